@@ -1,0 +1,354 @@
+//! One pre-allocated, memory-mapped store file (RocketMQ's "mapped file").
+//!
+//! A segment is created at its full size (blocks allocated with
+//! `fallocate`, so a later write through the mapping can never hit a full
+//! disk), mapped shared, and optionally warmed: every page touched so the
+//! append path never takes a page fault, then `mlock`ed and advised
+//! `WILLNEED`.
+//!
+//! Concurrency contract: exactly one writer (the owner of the log this
+//! segment belongs to) writes at or beyond `wrote`; readers read only below
+//! the published `readable` position. Positions are published with
+//! release stores after the bytes are in place and read with acquire loads,
+//! so a reader that sees a position also sees the bytes below it.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::error::{Result, StoreError};
+
+/// Page size used for warming and dirty-page accounting.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// File name of a segment: its start offset, zero-padded to 20 digits.
+pub fn file_name(start_offset: u64) -> String {
+    format!("{start_offset:020}")
+}
+
+/// Parses a segment file name back into its start offset.
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
+        name.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// A pre-allocated, mapped store file.
+pub struct Segment {
+    path: PathBuf,
+    file: File,
+    map: MmapRaw,
+    start_offset: u64,
+    size: u64,
+    /// Bytes written by the writer (relative to the segment start).
+    wrote: AtomicU64,
+    /// Bytes visible to readers: equal to `wrote` for direct writes, behind
+    /// it while a write buffer (read/write separation) is not yet committed.
+    readable: AtomicU64,
+    /// Bytes known durable on disk.
+    flushed: AtomicU64,
+    locked: AtomicBool,
+}
+
+// SAFETY: the raw mapping is shared memory. Writes happen only through
+// `write_at`, which the owning log calls from its single writer; readers read
+// only below `readable`, which the writer publishes with release ordering
+// after the bytes are in place. No two threads write the same range.
+unsafe impl Sync for Segment {}
+unsafe impl Send for Segment {}
+
+impl Segment {
+    /// Creates (or reopens) the file at `dir/<start_offset>` with `size` bytes
+    /// allocated on disk, and maps it. `warm` pre-faults every page; `lock`
+    /// additionally pins the pages with `mlock`.
+    pub fn create(dir: &Path, start_offset: u64, size: u64, warm: bool, lock: bool) -> Result<Self> {
+        let path = dir.join(file_name(start_offset));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+        if len != size {
+            if len > size {
+                return Err(StoreError::Corrupt { path, reason: format!("file is {len} bytes, expected {size}") });
+            }
+            allocate(&file, size).map_err(|e| StoreError::io(&path, e))?;
+        }
+        let map = MmapOptions::new().len(size as usize).map_raw(&file).map_err(|e| StoreError::io(&path, e))?;
+        let segment = Segment {
+            path,
+            file,
+            map,
+            start_offset,
+            size,
+            wrote: AtomicU64::new(0),
+            readable: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            locked: AtomicBool::new(false),
+        };
+        if warm {
+            segment.warm(lock);
+        }
+        Ok(segment)
+    }
+
+    /// Touches every page so later writes do not fault, and optionally locks
+    /// the mapping in memory. Runs off the append path (allocator thread).
+    fn warm(&self, lock: bool) {
+        let ptr = self.map.as_mut_ptr();
+        let mut pos = 0u64;
+        while pos < self.size {
+            // SAFETY: in bounds of the mapping; the segment is not yet shared
+            // with any writer or reader, and a new file is all zeros, so
+            // writing a zero byte changes nothing but the page tables.
+            unsafe { std::ptr::write_volatile(ptr.add(pos as usize), 0u8) };
+            pos += PAGE_SIZE;
+        }
+        // SAFETY: advisory calls on our own live mapping.
+        unsafe {
+            libc::madvise(ptr.cast(), self.size as usize, libc::MADV_WILLNEED);
+            if lock && libc::mlock(ptr.cast(), self.size as usize) == 0 {
+                self.locked.store(true, Ordering::Relaxed);
+            }
+        }
+        if lock && !self.locked.load(Ordering::Relaxed) {
+            tracing::warn!(path = %self.path.display(), error = %io::Error::last_os_error(), "mlock failed; segment is warmed but not locked");
+        }
+    }
+
+    /// Path of the file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Offset of the first byte of this segment in the log.
+    pub fn start_offset(&self) -> u64 {
+        self.start_offset
+    }
+
+    /// Size of the file in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Offset just past this segment.
+    pub fn end_offset(&self) -> u64 {
+        self.start_offset + self.size
+    }
+
+    /// Bytes written (relative).
+    pub fn wrote(&self) -> u64 {
+        self.wrote.load(Ordering::Acquire)
+    }
+
+    /// Bytes readable (relative).
+    pub fn readable(&self) -> u64 {
+        self.readable.load(Ordering::Acquire)
+    }
+
+    /// Bytes flushed (relative).
+    pub fn flushed(&self) -> u64 {
+        self.flushed.load(Ordering::Acquire)
+    }
+
+    /// Whether the mapping is `mlock`ed.
+    pub fn is_locked(&self) -> bool {
+        self.locked.load(Ordering::Relaxed)
+    }
+
+    /// Space left for the writer.
+    pub fn remaining(&self) -> u64 {
+        self.size - self.wrote.load(Ordering::Relaxed)
+    }
+
+    /// Copies `bytes` into the mapping at relative `pos`. Writer only.
+    ///
+    /// The caller guarantees it is the only writer and that `pos` is at or
+    /// beyond every position published to readers.
+    pub fn write_at(&self, pos: u64, bytes: &[u8]) {
+        assert!(pos + bytes.len() as u64 <= self.size, "write past segment end");
+        debug_assert!(pos >= self.readable.load(Ordering::Relaxed));
+        // SAFETY: bounds checked above; the single-writer contract means no
+        // other thread writes this range and no reader reads it yet.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_mut_ptr().add(pos as usize), bytes.len());
+        }
+    }
+
+    /// Writes a record so that a crash mid-copy leaves its first four bytes
+    /// (the size field) zero: everything after the size goes in first, then
+    /// the size. Recovery sees a zero size as the end of the log, never a
+    /// half-copied record.
+    pub fn write_record_at(&self, pos: u64, record: &[u8]) {
+        debug_assert!(record.len() >= 4);
+        self.write_at(pos + 4, &record[4..]);
+        std::sync::atomic::fence(Ordering::Release);
+        self.write_at(pos, &record[..4]);
+    }
+
+    /// Publishes `wrote` (and `readable`, for direct writes). Writer only.
+    pub fn set_wrote(&self, pos: u64, also_readable: bool) {
+        debug_assert!(pos <= self.size);
+        self.wrote.store(pos, Ordering::Release);
+        if also_readable {
+            self.readable.store(pos, Ordering::Release);
+        }
+    }
+
+    /// Publishes `readable` (used by the committer of a write buffer, and by
+    /// recovery).
+    pub fn set_readable(&self, pos: u64) {
+        debug_assert!(pos <= self.wrote.load(Ordering::Relaxed));
+        self.readable.store(pos, Ordering::Release);
+    }
+
+    /// Marks everything below `pos` flushed (recovery, or after `flush`).
+    pub fn set_flushed(&self, pos: u64) {
+        self.flushed.fetch_max(pos, Ordering::AcqRel);
+    }
+
+    /// Copies `len` bytes at relative `pos` out of the mapping. The range
+    /// must be below `readable` (or the caller must own the segment).
+    pub fn read(&self, pos: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        self.read_into(pos, &mut out);
+        out
+    }
+
+    /// Copies bytes at relative `pos` into `out`.
+    pub fn read_into(&self, pos: u64, out: &mut [u8]) {
+        assert!(pos + out.len() as u64 <= self.size, "read past segment end");
+        // SAFETY: bounds checked; the range is below the published position,
+        // so the writer no longer touches it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(pos as usize), out.as_mut_ptr(), out.len());
+        }
+    }
+
+    /// Writes through the file descriptor instead of the mapping (the
+    /// committer of a write buffer uses this; the page cache is shared with
+    /// the mapping, so readers see the bytes).
+    pub fn pwrite(&self, pos: u64, bytes: &[u8]) -> Result<()> {
+        self.file.write_all_at(bytes, pos).map_err(|e| StoreError::io(&self.path, e))
+    }
+
+    /// Makes everything written so far (through the mapping or the file)
+    /// durable with one `fdatasync`, and records the flushed position.
+    /// Blocking: call from a store thread only.
+    pub fn flush(&self) -> Result<u64> {
+        let target = self.readable();
+        if target > self.flushed() {
+            self.file.sync_data().map_err(|e| StoreError::io(&self.path, e))?;
+            self.set_flushed(target);
+        }
+        Ok(self.flushed())
+    }
+
+    /// Zeroes `[pos, end of what was written)` so the tail reads as empty,
+    /// then resets positions to `pos`. Writer-exclusive (truncation, recovery).
+    pub fn truncate_to(&self, pos: u64) {
+        let end = self.wrote().max(pos).min(self.size);
+        // Zero in pages to bound the temporary buffer.
+        let zeros = vec![0u8; 64 * 1024];
+        let mut at = pos;
+        while at < end {
+            let n = ((end - at) as usize).min(zeros.len());
+            self.write_at(at, &zeros[..n]);
+            at += n as u64;
+        }
+        self.wrote.store(pos, Ordering::Release);
+        self.readable.store(pos, Ordering::Release);
+        self.flushed.store(self.flushed().min(pos), Ordering::Release);
+    }
+
+    /// Unmaps and deletes the file.
+    pub fn destroy(self) -> Result<()> {
+        let path = self.path.clone();
+        drop(self);
+        std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))
+    }
+
+    /// Last-modified time of the file, for retention.
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
+        self.file.metadata().and_then(|m| m.modified()).ok()
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.is_locked() {
+            // SAFETY: unlocking our own mapping before it is unmapped.
+            unsafe { libc::munlock(self.map.as_ptr().cast(), self.size as usize) };
+        }
+    }
+}
+
+/// Reserves `size` bytes of disk for the file so writes through the mapping
+/// cannot fail for lack of space later.
+fn allocate(file: &File, size: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(size),
+        err => Err(io::Error::from_raw_os_error(err)),
+    }
+}
+
+/// Fsyncs a directory so a created, renamed or deleted entry is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(file_name(1073741824), "00000000001073741824");
+        assert_eq!(parse_file_name("00000000001073741824"), Some(1073741824));
+        assert_eq!(parse_file_name("0000000000107374182x"), None);
+        assert_eq!(parse_file_name("123"), None);
+    }
+
+    #[test]
+    fn write_read_flush_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = Segment::create(dir.path(), 4096, 8192, true, false).unwrap();
+        assert_eq!(std::fs::metadata(seg.path()).unwrap().len(), 8192);
+        seg.write_record_at(0, b"abcdefgh");
+        seg.set_wrote(8, true);
+        assert_eq!(seg.read(0, 8), b"abcdefgh");
+        assert_eq!(seg.flush().unwrap(), 8);
+        seg.truncate_to(4);
+        assert_eq!(seg.read(0, 8), b"abcd\0\0\0\0");
+        assert_eq!(seg.flushed(), 4);
+        assert_eq!(seg.end_offset(), 12288);
+    }
+
+    #[test]
+    fn reopen_keeps_bytes_and_refuses_oversized_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let seg = Segment::create(dir.path(), 0, 4096, false, false).unwrap();
+            seg.write_at(10, b"xyz");
+            seg.set_wrote(13, true);
+            seg.flush().unwrap();
+        }
+        let seg = Segment::create(dir.path(), 0, 4096, false, false).unwrap();
+        assert_eq!(seg.read(10, 3), b"xyz");
+        drop(seg);
+        assert!(matches!(Segment::create(dir.path(), 0, 1024, false, false), Err(StoreError::Corrupt { .. })));
+    }
+}
