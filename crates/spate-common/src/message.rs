@@ -144,7 +144,8 @@ pub fn validate_topic(topic: &str) -> Result<(), MessageError> {
 pub fn encode_properties<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<String, MessageError> {
     let mut out = String::new();
     for (k, v) in pairs {
-        if k.contains([NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR]) || v.contains([NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR])
+        if k.contains([NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR])
+            || v.contains([NAME_VALUE_SEPARATOR, PROPERTY_SEPARATOR])
         {
             return Err(MessageError::PropertyIllegal { key: k.to_string() });
         }
@@ -261,7 +262,15 @@ pub fn encode_record(msg: &NewMessage, max_body: usize, out: &mut Vec<u8>) -> Re
         sys_flag |= SYSFLAG_STOREHOST_V6;
     }
     let v2 = msg.topic.len() > u8::MAX as usize;
-    let len = 4 + 4 + 4 + 4 + 4 + 8 + 8 + 4 + 8
+    let len = 4
+        + 4
+        + 4
+        + 4
+        + 4
+        + 8
+        + 8
+        + 4
+        + 8
         + host_len(msg.born_host.is_ipv6())
         + 8
         + host_len(msg.store_host.is_ipv6())
@@ -313,7 +322,13 @@ fn put_host(out: &mut Vec<u8>, addr: SocketAddr) {
 }
 
 /// Fills the store-assigned fields of an encoded record.
-pub fn patch_record(record: &mut [u8], slots: RecordSlots, queue_offset: i64, physical_offset: i64, store_timestamp: i64) {
+pub fn patch_record(
+    record: &mut [u8],
+    slots: RecordSlots,
+    queue_offset: i64,
+    physical_offset: i64,
+    store_timestamp: i64,
+) {
     record[QUEUE_OFFSET_POS..QUEUE_OFFSET_POS + 8].copy_from_slice(&queue_offset.to_be_bytes());
     record[PHYSICAL_OFFSET_POS..PHYSICAL_OFFSET_POS + 8].copy_from_slice(&physical_offset.to_be_bytes());
     record[slots.store_timestamp_pos..slots.store_timestamp_pos + 8].copy_from_slice(&store_timestamp.to_be_bytes());
@@ -414,7 +429,8 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], MessageError> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or(MessageError::Malformed("truncated"))?;
+        let end =
+            self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or(MessageError::Malformed("truncated"))?;
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -620,7 +636,10 @@ mod tests {
         let bad_topic = sample("bad topic", b"x", "", false);
         assert!(matches!(encode_record(&bad_topic, 99, &mut buf), Err(MessageError::TopicIllegal { .. })));
         let long_value = "v".repeat(PROPERTIES_MAX_LEN);
-        assert!(matches!(encode_properties([("k", long_value.as_str())]), Err(MessageError::PropertiesTooLarge { .. })));
+        assert!(matches!(
+            encode_properties([("k", long_value.as_str())]),
+            Err(MessageError::PropertiesTooLarge { .. })
+        ));
         assert!(matches!(encode_properties([("k", "a\u{1}b")]), Err(MessageError::PropertyIllegal { .. })));
     }
 

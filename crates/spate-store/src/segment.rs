@@ -176,8 +176,15 @@ impl Segment {
     /// The caller guarantees it is the only writer and that `pos` is at or
     /// beyond every position published to readers.
     pub fn write_at(&self, pos: u64, bytes: &[u8]) {
-        assert!(pos + bytes.len() as u64 <= self.size, "write past segment end");
         debug_assert!(pos >= self.readable.load(Ordering::Relaxed));
+        self.copy_in(pos, bytes);
+    }
+
+    /// Copies into the mapping without the writer-position check: for
+    /// writer-exclusive work (truncation, recovery) that rewrites published
+    /// bytes while no reader can look.
+    fn copy_in(&self, pos: u64, bytes: &[u8]) {
+        assert!(pos + bytes.len() as u64 <= self.size, "write past segment end");
         // SAFETY: bounds checked above; the single-writer contract means no
         // other thread writes this range and no reader reads it yet.
         unsafe {
@@ -215,6 +222,23 @@ impl Segment {
     /// Marks everything below `pos` flushed (recovery, or after `flush`).
     pub fn set_flushed(&self, pos: u64) {
         self.flushed.fetch_max(pos, Ordering::AcqRel);
+    }
+
+    /// Zeroes `[pos, size)` wherever it is not zero already (recovery: stale
+    /// bytes past a cut must never read back as records).
+    pub fn zero_from(&self, pos: u64) {
+        const CHUNK: u64 = 64 * 1024;
+        let zeros = vec![0u8; CHUNK as usize];
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut at = pos;
+        while at < self.size {
+            let n = (self.size - at).min(CHUNK) as usize;
+            self.read_into(at, &mut buf[..n]);
+            if buf[..n].iter().any(|b| *b != 0) {
+                self.copy_in(at, &zeros[..n]);
+            }
+            at += n as u64;
+        }
     }
 
     /// Copies `len` bytes at relative `pos` out of the mapping. The range
@@ -263,7 +287,7 @@ impl Segment {
         let mut at = pos;
         while at < end {
             let n = ((end - at) as usize).min(zeros.len());
-            self.write_at(at, &zeros[..n]);
+            self.copy_in(at, &zeros[..n]);
             at += n as u64;
         }
         self.wrote.store(pos, Ordering::Release);

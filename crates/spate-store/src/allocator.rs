@@ -1,0 +1,245 @@
+//! Background preparation of what the append path will need next: the next
+//! commit-log segment (created, sized, warmed) and, with read/write
+//! separation, pre-locked write buffers.
+//!
+//! The writer asks for segment `start` as soon as it begins the one before,
+//! so by the time it rolls over the file is ready and taking it is a mutex
+//! hand-off, not a file creation.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memmap2::MmapRaw;
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Result, StoreError};
+use crate::segment::Segment;
+
+#[derive(Default)]
+struct Slot {
+    requested: Option<u64>,
+    ready: Option<(u64, Result<Segment>)>,
+    shutdown: bool,
+}
+
+/// Creates commit-log segments ahead of need on its own thread.
+pub struct Allocator {
+    dir: PathBuf,
+    size: u64,
+    warm: bool,
+    lock: bool,
+    slot: Mutex<Slot>,
+    changed: Condvar,
+    /// Longest time an append waited for a segment, in microseconds.
+    pub wait_us_max: AtomicU64,
+}
+
+impl Allocator {
+    /// A new allocator for segments of `size` bytes in `dir`.
+    pub fn new(dir: PathBuf, size: u64, warm: bool, lock: bool) -> Self {
+        Allocator {
+            dir,
+            size,
+            warm,
+            lock,
+            slot: Mutex::new(Slot::default()),
+            changed: Condvar::new(),
+            wait_us_max: AtomicU64::new(0),
+        }
+    }
+
+    /// Asks for the segment starting at `start` to be prepared. Replaces any
+    /// earlier request that was not taken (a prepared file for it is left on
+    /// disk; recovery ignores empty files past the end).
+    pub fn request(&self, start: u64) {
+        let mut slot = self.slot.lock();
+        if slot.requested == Some(start) || matches!(slot.ready, Some((s, _)) if s == start) {
+            return;
+        }
+        slot.requested = Some(start);
+        slot.ready = None;
+        self.changed.notify_all();
+    }
+
+    /// Takes the segment starting at `start`, waiting up to `timeout` for
+    /// the background thread. Requests it first if nobody did.
+    pub fn take(&self, start: u64, timeout: Duration) -> Result<Segment> {
+        let began = Instant::now();
+        let deadline = began + timeout;
+        let mut slot = self.slot.lock();
+        loop {
+            if let Some((s, _)) = &slot.ready {
+                if *s == start {
+                    let (_, seg) = slot.ready.take().ok_or(StoreError::Busy("segment allocator"))?;
+                    let waited = began.elapsed().as_micros() as u64;
+                    self.wait_us_max.fetch_max(waited, Ordering::Relaxed);
+                    return seg;
+                }
+            }
+            if slot.shutdown {
+                return Err(StoreError::ShutDown);
+            }
+            if slot.requested != Some(start) && !matches!(slot.ready, Some((s, _)) if s == start) {
+                slot.requested = Some(start);
+                slot.ready = None;
+                self.changed.notify_all();
+            }
+            if self.changed.wait_until(&mut slot, deadline).timed_out() {
+                return Err(StoreError::Busy("next commit-log segment not ready within allocateMappedFileTimeout"));
+            }
+        }
+    }
+
+    /// The allocator thread's loop; returns on [`Allocator::shutdown`].
+    pub fn run(&self) {
+        loop {
+            let start = {
+                let mut slot = self.slot.lock();
+                loop {
+                    if slot.shutdown {
+                        return;
+                    }
+                    if let Some(start) = slot.requested.take() {
+                        break start;
+                    }
+                    self.changed.wait(&mut slot);
+                }
+            };
+            let began = Instant::now();
+            let seg = Segment::create(&self.dir, start, self.size, self.warm, self.lock);
+            match &seg {
+                Ok(_) => tracing::debug!(start, elapsed_ms = began.elapsed().as_millis() as u64, "next segment ready"),
+                Err(e) => tracing::error!(start, error = %e, "cannot prepare next commit-log segment"),
+            }
+            let mut slot = self.slot.lock();
+            // A newer request supersedes this one; keep only what is wanted.
+            if slot.requested.is_none() {
+                slot.ready = Some((start, seg));
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    /// Stops the thread; waiting takers get [`StoreError::ShutDown`].
+    pub fn shutdown(&self) {
+        self.slot.lock().shutdown = true;
+        self.changed.notify_all();
+    }
+}
+
+/// One pre-locked, segment-sized memory buffer for read/write separation.
+pub struct WriteBuffer {
+    map: MmapRaw,
+    len: usize,
+}
+
+// SAFETY: same contract as `Segment`: one writer writes at or beyond the
+// segment's `wrote`, the committer reads below it.
+unsafe impl Sync for WriteBuffer {}
+unsafe impl Send for WriteBuffer {}
+
+impl WriteBuffer {
+    fn new(len: usize, lock: bool) -> Result<Self> {
+        let map = memmap2::MmapOptions::new()
+            .len(len)
+            .map_anon()
+            .map(MmapRaw::from)
+            .map_err(|e| StoreError::io("<write buffer>", e))?;
+        let ptr = map.as_mut_ptr();
+        // Touch every page so writes never fault, then pin if asked.
+        for pos in (0..len).step_by(crate::segment::PAGE_SIZE as usize) {
+            // SAFETY: in bounds; nobody else has the buffer yet.
+            unsafe { std::ptr::write_volatile(ptr.add(pos), 0u8) };
+        }
+        // SAFETY: our own live mapping.
+        if lock && unsafe { libc::mlock(ptr.cast(), len) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "mlock of write buffer failed");
+        }
+        Ok(WriteBuffer { map, len })
+    }
+
+    /// Copies `bytes` in at `pos`. Writer only.
+    pub fn write_at(&self, pos: u64, bytes: &[u8]) {
+        assert!(pos as usize + bytes.len() <= self.len, "write past buffer end");
+        // SAFETY: bounds checked; single writer.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_mut_ptr().add(pos as usize), bytes.len()) }
+    }
+
+    /// The bytes in `[from, to)`. Committer only, below the writer.
+    pub fn slice(&self, from: u64, to: u64) -> &[u8] {
+        assert!(from <= to && to as usize <= self.len);
+        // SAFETY: bounds checked; the writer no longer writes below `to`.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(from as usize), (to - from) as usize) }
+    }
+
+    fn clear(&self) {
+        // SAFETY: the buffer is back in the pool: no writer or committer.
+        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr(), 0, self.len) }
+    }
+}
+
+/// RocketMQ's transient store pool: a fixed set of write buffers.
+pub struct WriteBufferPool {
+    free: Mutex<Vec<Arc<WriteBuffer>>>,
+}
+
+impl WriteBufferPool {
+    /// Allocates `count` buffers of `len` bytes up front.
+    pub fn new(count: usize, len: usize, lock: bool) -> Result<Self> {
+        let free = (0..count).map(|_| WriteBuffer::new(len, lock).map(Arc::new)).collect::<Result<Vec<_>>>()?;
+        Ok(WriteBufferPool { free: Mutex::new(free) })
+    }
+
+    /// Borrows a buffer, if any is free.
+    pub fn borrow(&self) -> Option<Arc<WriteBuffer>> {
+        self.free.lock().pop()
+    }
+
+    /// Returns a buffer, cleared, so a stale tail never reaches a file.
+    pub fn give_back(&self, buf: Arc<WriteBuffer>) {
+        buf.clear();
+        self.free.lock().push(buf);
+    }
+
+    /// Buffers available now.
+    pub fn available(&self) -> usize {
+        self.free.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepares_ahead_and_times_out_when_asked_for_the_impossible() {
+        let dir = tempfile::tempdir().unwrap();
+        let alloc = Arc::new(Allocator::new(dir.path().to_path_buf(), 65536, true, false));
+        let runner = alloc.clone();
+        let t = std::thread::spawn(move || runner.run());
+        alloc.request(0);
+        let seg = alloc.take(0, Duration::from_secs(5)).unwrap();
+        assert_eq!(seg.start_offset(), 0);
+        alloc.request(65536);
+        let seg2 = alloc.take(65536, Duration::from_secs(5)).unwrap();
+        assert_eq!(seg2.start_offset(), 65536);
+        alloc.shutdown();
+        t.join().unwrap();
+        assert!(matches!(alloc.take(131072, Duration::from_millis(10)), Err(StoreError::ShutDown)));
+    }
+
+    #[test]
+    fn pool_lends_and_clears() {
+        let pool = WriteBufferPool::new(2, 8192, false).unwrap();
+        let a = pool.borrow().unwrap();
+        let _b = pool.borrow().unwrap();
+        assert!(pool.borrow().is_none());
+        a.write_at(10, b"abc");
+        assert_eq!(a.slice(10, 13), b"abc");
+        pool.give_back(a);
+        let c = pool.borrow().unwrap();
+        assert_eq!(c.slice(10, 13), &[0, 0, 0]);
+    }
+}

@@ -1,0 +1,691 @@
+//! The commit log: every message of every topic, appended in one sequence of
+//! pre-allocated segments.
+//!
+//! One writer at a time holds [`CommitLog::lock_writer`] for the length of a
+//! memory copy; it never does file I/O under that lock (segments come ready
+//! from the [`Allocator`], flushing happens on the flusher thread). Readers
+//! find segments under a short read lock and copy bytes below the published
+//! readable offset; they never wait for the writer.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
+use spate_common::message::{self, MessageError, NewMessage, Probe, RecordSlots, BLANK_MIN_LEN};
+
+use crate::allocator::{Allocator, WriteBuffer, WriteBufferPool};
+use crate::error::{Result, StoreError};
+use crate::segment::{self, Segment};
+use crate::signal::Signal;
+
+/// Highest queue id the store accepts (queues per topic are far fewer).
+pub const MAX_QUEUE_ID: i32 = 65_535;
+
+/// Where one appended message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Offset of the record in the commit log.
+    pub physical_offset: u64,
+    /// Record size in bytes.
+    pub size: u32,
+    /// Offset in its consume queue.
+    pub queue_offset: i64,
+    /// Store time (ms since the epoch) written into the record.
+    pub store_timestamp: i64,
+}
+
+impl AppendResult {
+    /// Offset just past the record: durable once the flushed offset reaches it.
+    pub fn end_offset(&self) -> u64 {
+        self.physical_offset + self.size as u64
+    }
+}
+
+/// State owned by whoever holds the writer lock.
+pub struct Writer {
+    current: Option<Arc<Segment>>,
+    buffer: Option<Arc<WriteBuffer>>,
+    /// Next queue offset per topic and queue id.
+    pub(crate) queue_offsets: HashMap<String, Vec<i64>>,
+}
+
+impl Writer {
+    fn next_queue_offset(&self, topic: &str, queue_id: i32) -> i64 {
+        self.queue_offsets.get(topic).and_then(|q| q.get(queue_id as usize)).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn set_next_queue_offset(&mut self, topic: &str, queue_id: i32, next: i64) {
+        let queues = match self.queue_offsets.get_mut(topic) {
+            Some(q) => q,
+            None => self.queue_offsets.entry(topic.to_string()).or_default(),
+        };
+        let idx = queue_id as usize;
+        if queues.len() <= idx {
+            queues.resize(idx + 1, 0);
+        }
+        queues[idx] = next;
+    }
+}
+
+/// A segment the committer still has to copy from its write buffer (or a
+/// direct segment queued behind one, to keep the readable offset in order).
+type PendingCommit = (Arc<Segment>, Option<Arc<WriteBuffer>>);
+
+/// The segmented commit log.
+pub struct CommitLog {
+    dir: PathBuf,
+    segment_size: u64,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    writer: Mutex<Writer>,
+    allocator: Arc<Allocator>,
+    allocate_timeout: Duration,
+    pool: Option<WriteBufferPool>,
+    pending_commit: Mutex<VecDeque<PendingCommit>>,
+    commit_lock: Mutex<()>,
+    max_offset: AtomicU64,
+    readable_offset: AtomicU64,
+    flushed_offset: AtomicU64,
+    clock: Instant,
+    append_started_ns: AtomicU64,
+    writable: AtomicBool,
+    failure: Mutex<Option<String>>,
+    segments_rolled: AtomicU64,
+    /// Woken after bytes become readable (dispatcher).
+    pub(crate) readable_signal: Arc<Signal>,
+    /// Woken after bytes are written into a write buffer (committer).
+    pub(crate) commit_signal: Arc<Signal>,
+}
+
+/// What recovery found at the end of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// First offset past the last intact record.
+    pub end_offset: u64,
+    /// Why the scan stopped before the written data ended, if it did.
+    pub damage: Option<String>,
+}
+
+impl CommitLog {
+    /// Opens the commit log in `dir`, validates records from the segment
+    /// holding `scan_from` to the end, and cuts off a torn or corrupt tail.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        dir: &Path,
+        segment_size: u64,
+        scan_from: u64,
+        allocator: Arc<Allocator>,
+        allocate_timeout: Duration,
+        pool: Option<WriteBufferPool>,
+        readable_signal: Arc<Signal>,
+        commit_signal: Arc<Signal>,
+    ) -> Result<(CommitLog, ScanEnd)> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let mut starts = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
+            let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+            match entry.file_name().to_str().and_then(segment::parse_file_name) {
+                Some(start) => starts.push(start),
+                None => tracing::warn!(file = ?entry.path(), "ignoring unknown file in commit-log directory"),
+            }
+        }
+        starts.sort_unstable();
+        let mut segments = Vec::with_capacity(starts.len());
+        for (i, start) in starts.iter().enumerate() {
+            let path = dir.join(segment::file_name(*start));
+            if start % segment_size != 0 || (i > 0 && starts[i - 1] + segment_size != *start) {
+                return Err(StoreError::Corrupt {
+                    path,
+                    reason: format!("segment start {start} does not follow the previous one at size {segment_size}"),
+                });
+            }
+            segments.push(Arc::new(Segment::create(dir, *start, segment_size, false, false)?));
+        }
+        let scan = scan(&segments, scan_from);
+        if let Some(reason) = &scan.damage {
+            tracing::warn!(end_offset = scan.end_offset, reason = %reason, "commit log tail cut off during recovery");
+        }
+        let end = scan.end_offset;
+        // Cut: zero the tail of the segment holding the end, drop later ones.
+        let mut kept = Vec::new();
+        for seg in segments {
+            if seg.start_offset() > end {
+                let path = seg.path().to_path_buf();
+                drop(seg);
+                std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+            } else if seg.end_offset() <= end {
+                seg.set_wrote(seg.size(), true);
+                seg.set_flushed(seg.size());
+                kept.push(seg);
+            } else {
+                let rel = end - seg.start_offset();
+                seg.zero_from(rel);
+                seg.set_wrote(rel, true);
+                seg.flush()?;
+                seg.set_flushed(rel);
+                kept.push(seg);
+            }
+        }
+        segment::sync_dir(dir)?;
+        let current = kept.last().cloned();
+        let log = CommitLog {
+            dir: dir.to_path_buf(),
+            segment_size,
+            segments: RwLock::new(kept),
+            writer: Mutex::new(Writer { current, buffer: None, queue_offsets: HashMap::new() }),
+            allocator,
+            allocate_timeout,
+            pool,
+            pending_commit: Mutex::new(VecDeque::new()),
+            commit_lock: Mutex::new(()),
+            max_offset: AtomicU64::new(end),
+            readable_offset: AtomicU64::new(end),
+            flushed_offset: AtomicU64::new(end),
+            clock: Instant::now(),
+            append_started_ns: AtomicU64::new(0),
+            writable: AtomicBool::new(true),
+            failure: Mutex::new(None),
+            segments_rolled: AtomicU64::new(0),
+            readable_signal,
+            commit_signal,
+        };
+        let next = log.current_segment_end().unwrap_or(0);
+        log.allocator.request(next);
+        Ok((log, scan))
+    }
+
+    fn current_segment_end(&self) -> Option<u64> {
+        self.segments.read().last().map(|s| s.end_offset())
+    }
+
+    /// Takes the writer lock (appends, truncation).
+    pub fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock()
+    }
+
+    /// Appends one message. Encoding happens before the lock; under it, only
+    /// the offsets are patched and the bytes copied.
+    pub fn append(&self, msg: &NewMessage, max_body: usize) -> Result<AppendResult> {
+        let mut record = Vec::new();
+        let slots = encode(msg, max_body, &mut record)?;
+        let mut w = self.writer.lock();
+        let mut results = self.append_locked(&mut w, &mut [(msg, slots, record.as_mut_slice())])?;
+        results.pop().ok_or(StoreError::Busy("empty append"))
+    }
+
+    /// Appends messages contiguously in one segment, each with the next
+    /// offset of its queue.
+    pub fn append_batch(&self, msgs: &[NewMessage], max_body: usize) -> Result<Vec<AppendResult>> {
+        let mut encoded = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let mut record = Vec::new();
+            let slots = encode(msg, max_body, &mut record)?;
+            encoded.push((slots, record));
+        }
+        let mut parts: Vec<(&NewMessage, RecordSlots, &mut [u8])> =
+            msgs.iter().zip(encoded.iter_mut()).map(|(m, (s, r))| (m, *s, r.as_mut_slice())).collect();
+        let mut w = self.writer.lock();
+        self.append_locked(&mut w, &mut parts)
+    }
+
+    fn append_locked(
+        &self,
+        w: &mut Writer,
+        parts: &mut [(&NewMessage, RecordSlots, &mut [u8])],
+    ) -> Result<Vec<AppendResult>> {
+        self.check_writable()?;
+        let total: u64 = parts.iter().map(|(_, s, _)| s.len as u64).sum();
+        if total + BLANK_MIN_LEN as u64 > self.segment_size {
+            return Err(StoreError::InvalidMessage(MessageError::BodyTooLarge {
+                size: total as usize,
+                max: (self.segment_size as usize).saturating_sub(BLANK_MIN_LEN),
+            }));
+        }
+        let started = self.clock.elapsed().as_nanos() as u64;
+        self.append_started_ns.store(started.max(1), Ordering::Relaxed);
+        let outcome = self.append_inner(w, parts, total);
+        self.append_started_ns.store(0, Ordering::Relaxed);
+        outcome
+    }
+
+    fn append_inner(
+        &self,
+        w: &mut Writer,
+        parts: &mut [(&NewMessage, RecordSlots, &mut [u8])],
+        total: u64,
+    ) -> Result<Vec<AppendResult>> {
+        let seg = match &w.current {
+            Some(seg) if seg.remaining() >= total + BLANK_MIN_LEN as u64 => seg.clone(),
+            _ => self.roll(w)?,
+        };
+        let store_timestamp = now_ms();
+        let mut pos = seg.wrote();
+        let mut results = Vec::with_capacity(parts.len());
+        for (msg, slots, record) in parts.iter_mut() {
+            let queue_offset = w.next_queue_offset(&msg.topic, msg.queue_id);
+            let physical_offset = seg.start_offset() + pos;
+            message::patch_record(record, *slots, queue_offset, physical_offset as i64, store_timestamp);
+            match &w.buffer {
+                Some(buf) => buf.write_at(pos, record),
+                None => seg.write_record_at(pos, record),
+            }
+            w.set_next_queue_offset(&msg.topic, msg.queue_id, queue_offset + 1);
+            pos += slots.len as u64;
+            results.push(AppendResult { physical_offset, size: slots.len as u32, queue_offset, store_timestamp });
+        }
+        self.publish(w, &seg, pos);
+        Ok(results)
+    }
+
+    /// Publishes the writer's position after bytes are in place.
+    fn publish(&self, w: &Writer, seg: &Segment, pos: u64) {
+        let direct = self.pool.is_none();
+        seg.set_wrote(pos, w.buffer.is_none());
+        self.max_offset.store(seg.start_offset() + pos, Ordering::Release);
+        if direct {
+            self.readable_offset.store(seg.start_offset() + pos, Ordering::Release);
+            self.readable_signal.notify();
+        } else {
+            self.commit_signal.notify();
+        }
+    }
+
+    /// Seals the current segment with a blank marker and switches to the next
+    /// one, already prepared by the allocator.
+    fn roll(&self, w: &mut Writer) -> Result<Arc<Segment>> {
+        let next_start = match w.current.clone() {
+            Some(cur) => {
+                let pos = cur.wrote();
+                if pos < cur.size() {
+                    let marker = message::blank_marker((cur.size() - pos) as usize);
+                    match &w.buffer {
+                        Some(buf) => buf.write_at(pos, &marker),
+                        None => cur.write_at(pos, &marker),
+                    }
+                }
+                self.publish(w, &cur, cur.size());
+                cur.end_offset()
+            }
+            None => self.max_offset.load(Ordering::Acquire),
+        };
+        debug_assert_eq!(next_start % self.segment_size, 0);
+        let seg = match self.allocator.take(next_start, self.allocate_timeout) {
+            Ok(seg) => Arc::new(seg),
+            Err(e @ StoreError::Io { .. }) => {
+                self.fail(format!("cannot create commit-log segment at {next_start}: {e}"));
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        self.allocator.request(next_start + self.segment_size);
+        w.buffer = match &self.pool {
+            Some(pool) => {
+                let buf = pool.borrow();
+                if buf.is_none() {
+                    tracing::warn!(start = next_start, "write buffer pool exhausted; writing this segment directly");
+                }
+                self.pending_commit.lock().push_back((seg.clone(), buf.clone()));
+                buf
+            }
+            None => None,
+        };
+        self.segments.write().push(seg.clone());
+        w.current = Some(seg.clone());
+        self.segments_rolled.fetch_add(1, Ordering::Relaxed);
+        Ok(seg)
+    }
+
+    /// Copies written bytes from write buffers into their files and advances
+    /// the readable offset (read/write separation). Committer thread, and
+    /// truncation; returns whether anything was committed.
+    pub fn commit_pending(&self) -> Result<bool> {
+        let _guard = self.commit_lock.lock();
+        let mut progressed = false;
+        loop {
+            let Some((seg, buf)) = self.pending_commit.lock().front().cloned() else { break };
+            let wrote = seg.wrote();
+            let done = seg.readable();
+            if let Some(buf) = &buf {
+                if wrote > done {
+                    if let Err(e) = seg.pwrite(done, buf.slice(done, wrote)) {
+                        self.fail(format!("commit of write buffer failed: {e}"));
+                        return Err(e);
+                    }
+                    seg.set_readable(wrote);
+                    progressed = true;
+                }
+            }
+            let readable = seg.start_offset() + seg.readable();
+            if readable > self.readable_offset.fetch_max(readable, Ordering::AcqRel) {
+                progressed = true;
+            }
+            if wrote == seg.size() && seg.readable() == wrote {
+                self.pending_commit.lock().pop_front();
+                if let (Some(pool), Some(buf)) = (&self.pool, buf) {
+                    pool.give_back(buf);
+                }
+                continue;
+            }
+            break;
+        }
+        if progressed {
+            self.readable_signal.notify();
+        }
+        Ok(progressed)
+    }
+
+    /// Flushes every segment with readable, unflushed bytes (one fdatasync
+    /// each) and returns the new flushed offset. Flusher thread only.
+    pub fn flush(&self) -> Result<u64> {
+        let target = self.readable_offset.load(Ordering::Acquire);
+        let flushed = self.flushed_offset.load(Ordering::Acquire);
+        if target <= flushed {
+            return Ok(flushed);
+        }
+        let dirty: Vec<Arc<Segment>> = self
+            .segments
+            .read()
+            .iter()
+            .filter(|s| s.end_offset() > flushed && s.start_offset() < target)
+            .cloned()
+            .collect();
+        for seg in dirty {
+            if let Err(e) = seg.flush() {
+                self.fail(format!("flush failed: {e}"));
+                return Err(e);
+            }
+        }
+        self.flushed_offset.fetch_max(target, Ordering::AcqRel);
+        Ok(target)
+    }
+
+    /// Reads `len` bytes at `offset`; the range must be readable.
+    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let seg = self.segment_for(offset)?;
+        let rel = offset - seg.start_offset();
+        if rel + len as u64 > seg.readable() {
+            return Err(StoreError::BadOffset { offset, reason: "range not readable" });
+        }
+        Ok(seg.read(rel, len))
+    }
+
+    /// Reads the whole record at `offset`.
+    pub fn read_record(&self, offset: u64) -> Result<Vec<u8>> {
+        let head = self.read(offset, 8)?;
+        match message::probe(&head) {
+            Probe::Record(size) => self.read(offset, size),
+            _ => Err(StoreError::BadOffset { offset, reason: "no record starts here" }),
+        }
+    }
+
+    /// Up to `max_len` readable bytes from `offset`, never crossing a segment
+    /// end (replication reads). Empty at the readable end.
+    pub fn read_raw(&self, offset: u64, max_len: usize) -> Result<Vec<u8>> {
+        if offset == self.readable_offset() {
+            return Ok(Vec::new());
+        }
+        let seg = self.segment_for(offset)?;
+        let rel = offset - seg.start_offset();
+        let len = (seg.readable().saturating_sub(rel)).min(max_len as u64) as usize;
+        Ok(seg.read(rel, len))
+    }
+
+    /// The segment holding `offset`.
+    pub fn segment_for(&self, offset: u64) -> Result<Arc<Segment>> {
+        let segs = self.segments.read();
+        let idx = segs.partition_point(|s| s.end_offset() <= offset);
+        match segs.get(idx) {
+            Some(seg) if seg.start_offset() <= offset => Ok(seg.clone()),
+            _ if offset < segs.first().map(|s| s.start_offset()).unwrap_or(0) => {
+                Err(StoreError::BadOffset { offset, reason: "below the oldest segment" })
+            }
+            _ => Err(StoreError::BadOffset { offset, reason: "beyond the end of the log" }),
+        }
+    }
+
+    /// Appends bytes copied from a master's log at `offset`, which must be
+    /// this log's end (a slave's write path). The bytes must be whole,
+    /// intact records whose stored offsets match their positions, optionally
+    /// ending with the blank marker that closes a segment, all within one
+    /// segment. Returns the new end offset.
+    pub fn append_raw(&self, offset: u64, bytes: &[u8]) -> Result<u64> {
+        let mut w = self.writer.lock();
+        self.check_writable()?;
+        let end = self.max_offset.load(Ordering::Acquire);
+        if offset != end {
+            return Err(StoreError::BadOffset { offset, reason: "raw append must start at the end of the log" });
+        }
+        if bytes.is_empty() {
+            return Ok(end);
+        }
+        let seg = match &w.current {
+            Some(seg) if seg.wrote() < seg.size() => seg.clone(),
+            _ => self.roll(&mut w)?,
+        };
+        let pos = seg.wrote();
+        if pos + bytes.len() as u64 > seg.size() {
+            return Err(StoreError::BadOffset { offset, reason: "raw bytes cross a segment end" });
+        }
+        let mut next_offsets = Vec::new();
+        let mut at = 0usize;
+        while at < bytes.len() {
+            match message::probe(&bytes[at..]) {
+                Probe::Record(size) => {
+                    let rec = message::decode_record(bytes.get(at..at + size).unwrap_or(&[]), true)?;
+                    if rec.physical_offset as u64 != offset + at as u64 {
+                        return Err(StoreError::BadOffset {
+                            offset,
+                            reason: "record offset does not match its position",
+                        });
+                    }
+                    next_offsets.push((rec.topic.to_string(), rec.queue_id, rec.queue_offset + 1));
+                    at += size;
+                }
+                Probe::Blank if pos + bytes.len() as u64 == seg.size() => at = bytes.len(),
+                _ => {
+                    return Err(StoreError::InvalidMessage(MessageError::Malformed("raw bytes are not whole records")))
+                }
+            }
+        }
+        match &w.buffer {
+            Some(buf) => buf.write_at(pos, bytes),
+            None => seg.write_at(pos, bytes),
+        }
+        for (topic, queue_id, next) in next_offsets {
+            w.set_next_queue_offset(&topic, queue_id, next);
+        }
+        self.publish(&w, &seg, pos + bytes.len() as u64);
+        Ok(self.max_offset())
+    }
+
+    /// Cuts the log at `offset` (a record boundary at or below the end):
+    /// zeroes the rest of its segment and deletes later segments. The caller
+    /// holds the writer lock and has stopped the dispatcher.
+    pub fn truncate_locked(&self, w: &mut Writer, offset: u64) -> Result<()> {
+        self.commit_pending()?;
+        let end = self.max_offset();
+        if offset > end {
+            return Err(StoreError::BadOffset { offset, reason: "beyond the end of the log" });
+        }
+        if offset < end {
+            let head = self.read(offset, 8)?;
+            if !matches!(message::probe(&head), Probe::Record(_)) {
+                return Err(StoreError::BadOffset { offset, reason: "not a record boundary" });
+            }
+        }
+        let mut segs = self.segments.write();
+        let mut removed = Vec::new();
+        while segs.last().is_some_and(|s| s.start_offset() > offset || (s.start_offset() == offset && segs.len() > 1)) {
+            if let Some(s) = segs.pop() {
+                removed.push(s);
+            }
+        }
+        let current = segs.last().cloned();
+        drop(segs);
+        if let Some(seg) = &current {
+            let rel = offset - seg.start_offset();
+            seg.truncate_to(rel);
+            seg.flush()?;
+        }
+        for seg in removed {
+            let path = seg.path().to_path_buf();
+            drop(seg);
+            std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+        }
+        segment::sync_dir(&self.dir)?;
+        self.pending_commit.lock().retain(|(s, _)| current.as_ref().is_some_and(|c| Arc::ptr_eq(s, c)));
+        w.current = current;
+        if w.current.is_none() {
+            w.buffer = None;
+        }
+        self.max_offset.store(offset, Ordering::Release);
+        self.readable_offset.store(offset, Ordering::Release);
+        self.flushed_offset.store(self.flushed_offset().min(offset), Ordering::Release);
+        self.allocator.request(self.current_segment_end().unwrap_or(0));
+        Ok(())
+    }
+
+    /// Removes the oldest segments for retention: those `pick` accepts, in
+    /// order, never the newest one and never past `limit_offset`. Returns the
+    /// removed segments (the caller deletes the files after dropping them).
+    pub fn remove_oldest(
+        &self,
+        limit_offset: u64,
+        max: usize,
+        mut pick: impl FnMut(&Segment) -> bool,
+    ) -> Vec<Arc<Segment>> {
+        let mut segs = self.segments.write();
+        let mut n = 0;
+        while n < max && n + 1 < segs.len() && segs[n].end_offset() <= limit_offset && pick(&segs[n]) {
+            n += 1;
+        }
+        segs.drain(..n).collect()
+    }
+
+    /// Oldest offset still stored.
+    pub fn min_offset(&self) -> u64 {
+        self.segments.read().first().map(|s| s.start_offset()).unwrap_or_else(|| self.max_offset())
+    }
+
+    /// Offset just past the last written byte.
+    pub fn max_offset(&self) -> u64 {
+        self.max_offset.load(Ordering::Acquire)
+    }
+
+    /// Offset up to which readers may read.
+    pub fn readable_offset(&self) -> u64 {
+        self.readable_offset.load(Ordering::Acquire)
+    }
+
+    /// Offset up to which everything is on disk.
+    pub fn flushed_offset(&self) -> u64 {
+        self.flushed_offset.load(Ordering::Acquire)
+    }
+
+    /// Segment size.
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    /// Segments rolled over since open.
+    pub fn segments_rolled(&self) -> u64 {
+        self.segments_rolled.load(Ordering::Relaxed)
+    }
+
+    /// Number of segments on disk.
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().len()
+    }
+
+    /// Longest wait of an append for the next segment, in microseconds.
+    pub fn roll_wait_us_max(&self) -> u64 {
+        self.allocator.wait_us_max.load(Ordering::Relaxed)
+    }
+
+    /// Write buffers free in the pool (read/write separation), if enabled.
+    pub fn write_buffers_available(&self) -> Option<usize> {
+        self.pool.as_ref().map(|p| p.available())
+    }
+
+    /// How long the append in progress has held the writer, if one does.
+    pub fn append_in_progress_for(&self) -> Option<Duration> {
+        let started = self.append_started_ns.load(Ordering::Relaxed);
+        (started != 0).then(|| self.clock.elapsed().saturating_sub(Duration::from_nanos(started)))
+    }
+
+    /// Refuses writes after `fail` was called.
+    pub fn check_writable(&self) -> Result<()> {
+        if self.writable.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(StoreError::NotWritable(self.failure.lock().clone().unwrap_or_default()))
+        }
+    }
+
+    /// Marks the log not writable, keeping the first reason.
+    pub fn fail(&self, reason: String) {
+        let mut failure = self.failure.lock();
+        if failure.is_none() {
+            tracing::error!(reason = %reason, "commit log is no longer writable");
+            *failure = Some(reason);
+        }
+        self.writable.store(false, Ordering::Release);
+    }
+
+    /// The reason writes are refused, if they are.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+}
+
+fn encode(msg: &NewMessage, max_body: usize, out: &mut Vec<u8>) -> Result<RecordSlots> {
+    if msg.queue_id > MAX_QUEUE_ID {
+        return Err(StoreError::InvalidMessage(MessageError::QueueIdIllegal { queue_id: msg.queue_id }));
+    }
+    Ok(message::encode_record(msg, max_body, out)?)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Validates records from the segment holding `from` onwards; returns the
+/// offset past the last intact record and why it stopped early, if it did.
+pub fn scan(segments: &[Arc<Segment>], from: u64) -> ScanEnd {
+    let first = segments.partition_point(|s| s.end_offset() <= from).min(segments.len().saturating_sub(1));
+    let Some(start) = segments.get(first) else { return ScanEnd { end_offset: 0, damage: None } };
+    let mut end = start.start_offset();
+    for (i, seg) in segments.iter().enumerate().skip(first) {
+        let mut pos = 0u64;
+        loop {
+            end = seg.start_offset() + pos;
+            if pos + BLANK_MIN_LEN as u64 > seg.size() {
+                return ScanEnd { end_offset: end, damage: Some("record runs into the segment end".into()) };
+            }
+            let head = seg.read(pos, BLANK_MIN_LEN);
+            match message::probe(&head) {
+                Probe::Record(size) if pos + size as u64 + BLANK_MIN_LEN as u64 <= seg.size() => {
+                    let bytes = seg.read(pos, size);
+                    match message::decode_record(&bytes, true) {
+                        Ok(rec) if rec.physical_offset as u64 == end => pos += size as u64,
+                        Ok(_) => return ScanEnd { end_offset: end, damage: Some(format!("stale record at {end}")) },
+                        Err(e) => return ScanEnd { end_offset: end, damage: Some(format!("{e} at {end}")) },
+                    }
+                }
+                Probe::Record(_) => {
+                    return ScanEnd { end_offset: end, damage: Some(format!("record size out of range at {end}")) }
+                }
+                Probe::Blank if i + 1 < segments.len() => break,
+                Probe::Blank => return ScanEnd { end_offset: seg.end_offset(), damage: None },
+                Probe::End => return ScanEnd { end_offset: end, damage: None },
+                Probe::Invalid => {
+                    return ScanEnd { end_offset: end, damage: Some(format!("bad record header at {end}")) }
+                }
+            }
+        }
+    }
+    ScanEnd { end_offset: end, damage: None }
+}

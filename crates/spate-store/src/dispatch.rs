@@ -1,0 +1,169 @@
+//! The dispatcher: turns newly readable commit-log records into consume-queue
+//! units and index entries, then tells listeners (long-polling pulls) which
+//! queues grew.
+//!
+//! It reads the log itself rather than taking notes from the writer, so the
+//! same code serves appends, a slave's replicated bytes and recovery. It is
+//! woken by the writer the moment bytes become readable; there is no polling
+//! delay on the path from append to pull.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use spate_common::message::{self, property, Probe};
+
+use crate::commit_log::CommitLog;
+use crate::consume_queue::{ConsumeQueueTable, CqUnit};
+use crate::error::Result;
+use crate::index::IndexService;
+
+/// Called after a batch is dispatched with each queue that grew and its new
+/// max offset. Must not block: it runs on the dispatcher thread.
+pub type DispatchListener = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
+
+/// Builds consume queues and the index from the commit log.
+pub struct Dispatcher {
+    pub(crate) commit_log: Arc<CommitLog>,
+    pub(crate) queues: Arc<ConsumeQueueTable>,
+    pub(crate) index: Option<Arc<IndexService>>,
+    listener: Mutex<Option<DispatchListener>>,
+    /// Held while a batch is dispatched; truncation takes it to pause us.
+    pub(crate) lock: Mutex<()>,
+    dispatched: AtomicU64,
+    batch_bytes: usize,
+}
+
+impl Dispatcher {
+    /// A dispatcher that starts at `from`.
+    pub fn new(
+        commit_log: Arc<CommitLog>,
+        queues: Arc<ConsumeQueueTable>,
+        index: Option<Arc<IndexService>>,
+        from: u64,
+        batch_bytes: usize,
+    ) -> Self {
+        Dispatcher {
+            commit_log,
+            queues,
+            index,
+            listener: Mutex::new(None),
+            lock: Mutex::new(()),
+            dispatched: AtomicU64::new(from),
+            batch_bytes,
+        }
+    }
+
+    /// Installs the listener told about grown queues.
+    pub fn set_listener(&self, listener: DispatchListener) {
+        *self.listener.lock() = Some(listener);
+    }
+
+    /// Offset up to which every record is in its consume queue and index.
+    pub fn dispatched(&self) -> u64 {
+        self.dispatched.load(Ordering::Acquire)
+    }
+
+    /// Moves the dispatched offset back after a truncation. Caller holds `lock`.
+    pub(crate) fn reset_to(&self, offset: u64) {
+        self.dispatched.store(offset, Ordering::Release);
+    }
+
+    /// Dispatches everything readable now; returns whether it did anything.
+    pub fn run_once(&self) -> Result<bool> {
+        let _guard = self.lock.lock();
+        self.dispatch_locked()
+    }
+
+    /// As [`Dispatcher::run_once`], with `lock` already held.
+    pub(crate) fn dispatch_locked(&self) -> Result<bool> {
+        let mut grown: HashMap<(String, i32), i64> = HashMap::new();
+        let mut any = false;
+        loop {
+            let from = self.dispatched();
+            let readable = self.commit_log.readable_offset();
+            if from >= readable {
+                break;
+            }
+            let seg = self.commit_log.segment_for(from)?;
+            let rel = from - seg.start_offset();
+            let avail = seg.readable().saturating_sub(rel);
+            let mut chunk = seg.read(rel, avail.min(self.batch_bytes as u64) as usize);
+            let mut at = 0usize;
+            let mut next = from;
+            while at < chunk.len() {
+                match message::probe(&chunk[at..]) {
+                    Probe::Record(size) => {
+                        if at + size > chunk.len() {
+                            if at == 0 {
+                                // A record bigger than the batch: read it whole.
+                                chunk = seg.read(rel, size.min(avail as usize));
+                                if size > chunk.len() {
+                                    break;
+                                }
+                                continue;
+                            }
+                            break;
+                        }
+                        self.dispatch_record(&chunk[at..at + size], next, &mut grown)?;
+                        at += size;
+                        next += size as u64;
+                    }
+                    Probe::Blank => {
+                        next = seg.end_offset();
+                        break;
+                    }
+                    Probe::End | Probe::Invalid => {
+                        tracing::error!(offset = next, "dispatcher found no record below the readable offset");
+                        self.commit_log.fail(format!("commit log unreadable at {next}"));
+                        return Ok(any);
+                    }
+                }
+            }
+            if next == from {
+                break;
+            }
+            self.dispatched.store(next, Ordering::Release);
+            any = true;
+        }
+        if !grown.is_empty() {
+            if let Some(listener) = self.listener.lock().clone() {
+                for ((topic, queue_id), max) in grown {
+                    listener(&topic, queue_id, max);
+                }
+            }
+        }
+        Ok(any)
+    }
+
+    fn dispatch_record(&self, bytes: &[u8], offset: u64, grown: &mut HashMap<(String, i32), i64>) -> Result<()> {
+        let rec = message::decode_record(bytes, false)?;
+        debug_assert_eq!(rec.physical_offset as u64, offset);
+        let tags_code = message::tags_code(rec.property(property::TAGS));
+        let unit = CqUnit { physical_offset: offset, size: rec.total_size as u32, tags_code };
+        self.queues.get_or_create(rec.topic, rec.queue_id)?.put(rec.queue_offset, unit)?;
+        match grown.get_mut(&(rec.topic.to_string(), rec.queue_id)) {
+            Some(max) => *max = rec.queue_offset + 1,
+            None => {
+                grown.insert((rec.topic.to_string(), rec.queue_id), rec.queue_offset + 1);
+            }
+        }
+        if let Some(index) = &self.index {
+            if let Some(keys) = rec.property(property::KEYS) {
+                for key in keys.split(' ').filter(|k| !k.is_empty()) {
+                    index.put(&index_key(rec.topic, key), offset, rec.store_timestamp)?;
+                }
+            }
+            if let Some(uniq) = rec.property(property::UNIQ_KEY) {
+                index.put(&index_key(rec.topic, uniq), offset, rec.store_timestamp)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The index key of a message key or unique id within a topic.
+pub fn index_key(topic: &str, key: &str) -> String {
+    format!("{topic}#{key}")
+}
