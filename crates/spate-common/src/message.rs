@@ -465,7 +465,8 @@ impl<'a> Cursor<'a> {
 
 /// Decodes one record from the start of `buf` and checks its structure:
 /// magic, every length consistent with the total size, UTF-8 topic and
-/// properties. The body CRC is checked only when `check_crc`.
+/// properties. With `check_crc`, also the body CRC, the topic name and the
+/// properties' final separator: what recovery needs to reject a torn tail.
 pub fn decode_record(buf: &[u8], check_crc: bool) -> Result<Record<'_>, MessageError> {
     let mut c = Cursor { buf, pos: 0 };
     let total = c.i32()?;
@@ -528,8 +529,18 @@ pub fn decode_record(buf: &[u8], check_crc: bool) -> Result<Record<'_>, MessageE
         topic,
         properties,
     };
-    if check_crc && !record.crc_ok() {
-        return Err(MessageError::Malformed("body CRC mismatch"));
+    if check_crc {
+        if !record.crc_ok() {
+            return Err(MessageError::Malformed("body CRC mismatch"));
+        }
+        // A write torn at the tail leaves zeros where the topic or the
+        // properties' final separator should be; the CRC does not cover them.
+        if validate_topic(record.topic).is_err() {
+            return Err(MessageError::Malformed("topic is not a valid name"));
+        }
+        if !record.properties.is_empty() && !record.properties.ends_with(PROPERTY_SEPARATOR) {
+            return Err(MessageError::Malformed("properties do not end with a separator"));
+        }
     }
     Ok(record)
 }

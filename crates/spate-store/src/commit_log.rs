@@ -58,6 +58,10 @@ impl Writer {
     }
 
     pub(crate) fn set_next_queue_offset(&mut self, topic: &str, queue_id: i32, next: i64) {
+        if !valid_queue_id(queue_id) {
+            tracing::error!(topic, queue_id, "queue id out of range ignored");
+            return;
+        }
         let queues = match self.queue_offsets.get_mut(topic) {
             Some(q) => q,
             None => self.queue_offsets.entry(topic.to_string()).or_default(),
@@ -420,16 +424,38 @@ impl CommitLog {
         }
     }
 
-    /// Up to `max_len` readable bytes from `offset`, never crossing a segment
-    /// end (replication reads). Empty at the readable end.
+    /// Whole records from `offset` (a record boundary), about `max_len`
+    /// bytes of them but at least one, never crossing a segment end; a blank
+    /// marker comes with the rest of its segment. Empty at the readable end.
+    /// This is what a master ships to a slave.
     pub fn read_raw(&self, offset: u64, max_len: usize) -> Result<Vec<u8>> {
         if offset == self.readable_offset() {
             return Ok(Vec::new());
         }
         let seg = self.segment_for(offset)?;
         let rel = offset - seg.start_offset();
-        let len = (seg.readable().saturating_sub(rel)).min(max_len as u64) as usize;
-        Ok(seg.read(rel, len))
+        let avail = seg.readable().saturating_sub(rel);
+        let mut bytes = seg.read(rel, avail.min(max_len.max(BLANK_MIN_LEN) as u64) as usize);
+        let mut at = 0usize;
+        while at + BLANK_MIN_LEN <= bytes.len() {
+            match message::probe(&bytes[at..]) {
+                Probe::Record(size) if at + size <= bytes.len() => at += size,
+                Probe::Record(size) if at == 0 && (size as u64) <= avail => {
+                    bytes = seg.read(rel, size);
+                    at = size;
+                }
+                Probe::Blank if at == 0 => {
+                    bytes = seg.read(rel, avail as usize);
+                    at = bytes.len();
+                }
+                Probe::Record(_) | Probe::Blank => break,
+                Probe::End | Probe::Invalid => {
+                    return Err(StoreError::BadOffset { offset: offset + at as u64, reason: "no record starts here" })
+                }
+            }
+        }
+        bytes.truncate(at);
+        Ok(bytes)
     }
 
     /// The segment holding `offset`.
@@ -474,6 +500,11 @@ impl CommitLog {
             match message::probe(&bytes[at..]) {
                 Probe::Record(size) => {
                     let rec = message::decode_record(bytes.get(at..at + size).unwrap_or(&[]), true)?;
+                    if !valid_queue_id(rec.queue_id) {
+                        return Err(StoreError::InvalidMessage(MessageError::QueueIdIllegal {
+                            queue_id: rec.queue_id,
+                        }));
+                    }
                     if rec.physical_offset as u64 != offset + at as u64 {
                         return Err(StoreError::BadOffset {
                             offset,
@@ -640,6 +671,11 @@ impl CommitLog {
     }
 }
 
+/// Whether the store would have written this queue id.
+pub fn valid_queue_id(queue_id: i32) -> bool {
+    (0..=MAX_QUEUE_ID).contains(&queue_id)
+}
+
 fn encode(msg: &NewMessage, max_body: usize, out: &mut Vec<u8>) -> Result<RecordSlots> {
     if msg.queue_id > MAX_QUEUE_ID {
         return Err(StoreError::InvalidMessage(MessageError::QueueIdIllegal { queue_id: msg.queue_id }));
@@ -670,7 +706,9 @@ pub fn scan(segments: &[Arc<Segment>], from: u64) -> ScanEnd {
                 Probe::Record(size) if pos + size as u64 + BLANK_MIN_LEN as u64 <= seg.size() => {
                     let bytes = seg.read(pos, size);
                     match message::decode_record(&bytes, true) {
-                        Ok(rec) if rec.physical_offset as u64 == end => pos += size as u64,
+                        Ok(rec) if rec.physical_offset as u64 == end && valid_queue_id(rec.queue_id) => {
+                            pos += size as u64
+                        }
                         Ok(_) => return ScanEnd { end_offset: end, damage: Some(format!("stale record at {end}")) },
                         Err(e) => return ScanEnd { end_offset: end, damage: Some(format!("{e} at {end}")) },
                     }

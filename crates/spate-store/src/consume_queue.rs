@@ -140,7 +140,8 @@ impl ConsumeQueue {
     }
 
     /// Stores the unit for `queue_offset`. Units already present are kept
-    /// (re-dispatch after recovery); a gap is left empty and logged.
+    /// (re-dispatch after recovery); an offset past the end is refused and
+    /// logged (it can only come from a damaged record).
     /// Dispatcher only.
     pub fn put(&self, queue_offset: i64, unit: CqUnit) -> Result<()> {
         let max = self.max_offset();
@@ -148,7 +149,10 @@ impl ConsumeQueue {
             return Ok(());
         }
         if queue_offset > max {
-            tracing::warn!(topic = %self.topic, queue_id = self.queue_id, expected = max, got = queue_offset, "gap in consume queue");
+            // Offsets are dense by construction; a jump means the record's
+            // header is damaged. Keep the queue consistent and say so.
+            tracing::error!(topic = %self.topic, queue_id = self.queue_id, expected = max, got = queue_offset, physical_offset = unit.physical_offset, "record skipped: queue offset out of sequence");
+            return Ok(());
         }
         let byte = queue_offset as u64 * UNIT_SIZE;
         let seg = self.segment_for_write(byte)?;

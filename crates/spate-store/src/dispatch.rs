@@ -140,6 +140,10 @@ impl Dispatcher {
     fn dispatch_record(&self, bytes: &[u8], offset: u64, grown: &mut HashMap<(String, i32), i64>) -> Result<()> {
         let rec = message::decode_record(bytes, false)?;
         debug_assert_eq!(rec.physical_offset as u64, offset);
+        if !crate::commit_log::valid_queue_id(rec.queue_id) {
+            tracing::error!(offset, queue_id = rec.queue_id, "record with an impossible queue id not dispatched");
+            return Ok(());
+        }
         let tags_code = message::tags_code(rec.property(property::TAGS));
         let unit = CqUnit { physical_offset: offset, size: rec.total_size as u32, tags_code };
         self.queues.get_or_create(rec.topic, rec.queue_id)?.put(rec.queue_offset, unit)?;
