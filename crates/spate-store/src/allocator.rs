@@ -15,7 +15,7 @@ use memmap2::MmapRaw;
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Result, StoreError};
-use crate::segment::Segment;
+use crate::segment::{Segment, Warm};
 
 #[derive(Default)]
 struct Slot {
@@ -28,8 +28,7 @@ struct Slot {
 pub struct Allocator {
     dir: PathBuf,
     size: u64,
-    warm: bool,
-    lock: bool,
+    warm: Warm,
     slot: Mutex<Slot>,
     changed: Condvar,
     /// Longest time an append waited for a segment, in microseconds.
@@ -38,12 +37,11 @@ pub struct Allocator {
 
 impl Allocator {
     /// A new allocator for segments of `size` bytes in `dir`.
-    pub fn new(dir: PathBuf, size: u64, warm: bool, lock: bool) -> Self {
+    pub fn new(dir: PathBuf, size: u64, warm: Warm) -> Self {
         Allocator {
             dir,
             size,
             warm,
-            lock,
             slot: Mutex::new(Slot::default()),
             changed: Condvar::new(),
             wait_us_max: AtomicU64::new(0),
@@ -108,7 +106,7 @@ impl Allocator {
                 }
             };
             let began = Instant::now();
-            let seg = Segment::create(&self.dir, start, self.size, self.warm, self.lock);
+            let seg = Segment::create_with(&self.dir, start, self.size, self.warm);
             match &seg {
                 Ok(_) => tracing::debug!(start, elapsed_ms = began.elapsed().as_millis() as u64, "next segment ready"),
                 Err(e) => tracing::error!(start, error = %e, "cannot prepare next commit-log segment"),
@@ -216,7 +214,7 @@ mod tests {
     #[test]
     fn prepares_ahead_and_times_out_when_asked_for_the_impossible() {
         let dir = tempfile::tempdir().unwrap();
-        let alloc = Arc::new(Allocator::new(dir.path().to_path_buf(), 65536, true, false));
+        let alloc = Arc::new(Allocator::new(dir.path().to_path_buf(), 65536, Warm { touch: true, lock: false }));
         let runner = alloc.clone();
         let t = std::thread::spawn(move || runner.run());
         alloc.request(0);

@@ -52,6 +52,9 @@ pub struct StoreConfig {
     /// `syncFlushMaxWaiters` (Spate): bound on appenders waiting for one
     /// group commit; beyond it appends fail fast as busy.
     pub sync_flush_max_waiters: usize,
+    /// `syncFlushSpinMicros` (Spate): how long the idle sync flusher polls
+    /// for the next waiter before it parks (trades idle CPU for latency).
+    pub sync_flush_spin: Duration,
     /// `transientStorePoolEnable`: read/write separation. Appends go into
     /// pre-locked memory buffers and a committer thread writes them to the
     /// file; readers see committed bytes. Async flush only, as upstream.
@@ -108,6 +111,7 @@ impl StoreConfig {
             flush_commit_log_thorough_interval: Duration::from_secs(10),
             sync_flush_timeout: Duration::from_secs(5),
             sync_flush_max_waiters: 65_536,
+            sync_flush_spin: Duration::from_micros(50),
             transient_store_pool_enable: false,
             transient_store_pool_size: 5,
             warm_mapped_file_enable: true,
@@ -138,6 +142,7 @@ impl StoreConfig {
         "flushCommitLogThoroughInterval",
         "syncFlushTimeout",
         "syncFlushMaxWaiters",
+        "syncFlushSpinMicros",
         "transientStorePoolEnable",
         "transientStorePoolSize",
         "warmMapedFileEnable",
@@ -174,6 +179,7 @@ impl StoreConfig {
             "flushCommitLogThoroughInterval" => self.flush_commit_log_thorough_interval = millis(key, v)?,
             "syncFlushTimeout" => self.sync_flush_timeout = millis(key, v)?,
             "syncFlushMaxWaiters" => self.sync_flush_max_waiters = parse(key, v)?,
+            "syncFlushSpinMicros" => self.sync_flush_spin = Duration::from_micros(parse(key, v)?),
             "transientStorePoolEnable" => self.transient_store_pool_enable = parse(key, v)?,
             "transientStorePoolSize" => self.transient_store_pool_size = parse(key, v)?,
             "warmMapedFileEnable" => self.warm_mapped_file_enable = parse(key, v)?,

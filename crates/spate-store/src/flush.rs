@@ -9,12 +9,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_queue::ArrayQueue;
 use tokio::sync::oneshot;
 
 use crate::commit_log::CommitLog;
 use crate::config::{FlushDiskType, StoreConfig};
 use crate::error::{Result, StoreError};
+use crate::signal::Signal;
 
 /// The store's durability promise for an acknowledged append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +40,9 @@ pub enum FlushPolicy {
         timeout: Duration,
         /// `syncFlushMaxWaiters`: bound on the group-commit queue.
         max_waiters: usize,
+        /// `syncFlushSpinMicros`: how long the idle flusher polls for the
+        /// next waiter before parking.
+        spin: Duration,
     },
 }
 
@@ -49,9 +55,11 @@ impl FlushPolicy {
                 least_pages: c.flush_commit_log_least_pages,
                 thorough_interval: c.flush_commit_log_thorough_interval,
             },
-            FlushDiskType::Sync => {
-                FlushPolicy::Sync { timeout: c.sync_flush_timeout, max_waiters: c.sync_flush_max_waiters }
-            }
+            FlushDiskType::Sync => FlushPolicy::Sync {
+                timeout: c.sync_flush_timeout,
+                max_waiters: c.sync_flush_max_waiters,
+                spin: c.sync_flush_spin,
+            },
         }
     }
 }
@@ -89,30 +97,32 @@ struct Waiter {
     tx: oneshot::Sender<Result<()>>,
 }
 
-#[derive(Default)]
-struct Queue {
-    waiters: VecDeque<Waiter>,
-    shutdown: bool,
-}
-
 /// Runs the flush policy on its own thread.
 pub struct Flusher {
     policy: FlushPolicy,
     log: Arc<CommitLog>,
-    queue: Mutex<Queue>,
-    wake: Condvar,
-    skip_final: std::sync::atomic::AtomicBool,
+    /// Appenders waiting for a group commit. Lock-free and bounded, so an
+    /// appender never waits on a lock the flusher holds.
+    waiters: ArrayQueue<Waiter>,
+    wake: Signal,
+    stop: AtomicBool,
+    skip_final: AtomicBool,
 }
 
 impl Flusher {
     /// A flusher for `log`.
     pub fn new(policy: FlushPolicy, log: Arc<CommitLog>) -> Self {
+        let capacity = match policy {
+            FlushPolicy::Sync { max_waiters, .. } => max_waiters.max(1),
+            FlushPolicy::Async { .. } => 1,
+        };
         Flusher {
             policy,
             log,
-            queue: Mutex::new(Queue::default()),
-            wake: Condvar::new(),
-            skip_final: Default::default(),
+            waiters: ArrayQueue::new(capacity),
+            wake: Signal::default(),
+            stop: AtomicBool::new(false),
+            skip_final: AtomicBool::new(false),
         }
     }
 
@@ -123,55 +133,66 @@ impl Flusher {
 
     /// What an appender whose record ends at `end_offset` waits on.
     pub fn wait_for(&self, end_offset: u64) -> Result<FlushWait> {
-        let FlushPolicy::Sync { timeout, max_waiters } = self.policy else { return Ok(FlushWait::Ready) };
+        let FlushPolicy::Sync { timeout, .. } = self.policy else { return Ok(FlushWait::Ready) };
         if self.log.flushed_offset() >= end_offset {
             return Ok(FlushWait::Ready);
         }
-        let (tx, rx) = oneshot::channel();
-        let mut q = self.queue.lock();
-        if q.shutdown {
+        if self.stop.load(Ordering::Acquire) {
             return Err(StoreError::ShutDown);
         }
-        if q.waiters.len() >= max_waiters {
+        let (tx, rx) = oneshot::channel();
+        let waiter = Waiter { offset: end_offset, deadline: Instant::now() + timeout, tx };
+        if self.waiters.push(waiter).is_err() {
             return Err(StoreError::Busy("group-commit queue full (syncFlushMaxWaiters)"));
         }
-        q.waiters.push_back(Waiter { offset: end_offset, deadline: Instant::now() + timeout, tx });
-        drop(q);
-        self.wake.notify_one();
+        self.wake.notify();
         Ok(FlushWait::Pending(rx))
     }
 
     /// The flusher thread's loop; returns after [`Flusher::shutdown`], having
-    /// flushed everything written.
+    /// flushed everything written (unless told to skip that).
     pub fn run(&self) {
+        let mut pending = VecDeque::new();
         match self.policy {
-            FlushPolicy::Sync { .. } => self.run_sync(),
+            FlushPolicy::Sync { timeout, spin, .. } => self.run_sync(&mut pending, timeout, spin),
             FlushPolicy::Async { interval, least_pages, thorough_interval } => {
                 self.run_async(interval, least_pages, thorough_interval)
             }
         }
-        if !self.skip_final.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.skip_final.load(Ordering::Acquire) {
             let outcome = self.log.commit_pending().and_then(|_| self.log.flush());
             if let Err(e) = outcome {
                 tracing::error!(error = %e, "final flush failed");
             }
         }
-        self.settle(Some(self.log.flushed_offset()), Instant::now(), true);
+        self.drain(&mut pending);
+        self.settle(&mut pending, Some(self.log.flushed_offset()), true, Duration::ZERO);
     }
 
-    fn run_sync(&self) {
-        loop {
-            {
-                let mut q = self.queue.lock();
-                while q.waiters.is_empty() && !q.shutdown {
-                    self.wake.wait(&mut q);
+    fn drain(&self, pending: &mut VecDeque<Waiter>) {
+        while let Some(w) = self.waiters.pop() {
+            pending.push_back(w);
+        }
+    }
+
+    fn run_sync(&self, pending: &mut VecDeque<Waiter>, timeout: Duration, spin: Duration) {
+        while !self.stop.load(Ordering::Acquire) {
+            self.drain(pending);
+            if pending.is_empty() {
+                // Spin a little before parking: a closed-loop appender comes
+                // back within microseconds of its ack, and waking a parked
+                // thread on another (virtual) CPU costs tens of them.
+                let spin_until = Instant::now() + spin;
+                while self.waiters.is_empty() && Instant::now() < spin_until {
+                    std::hint::spin_loop();
                 }
-                if q.shutdown {
-                    return;
+                if self.waiters.is_empty() {
+                    self.wake.wait(Duration::from_millis(100));
                 }
+                continue;
             }
-            // One fdatasync covers every record written so far, including
-            // appends that queued while the previous sync ran.
+            // One sync covers every record written so far, including those
+            // of appenders that queued while the previous sync ran.
             let flushed = match self.log.flush() {
                 Ok(off) => Some(off),
                 Err(e) => {
@@ -179,53 +200,38 @@ impl Flusher {
                     None
                 }
             };
-            self.settle(flushed, Instant::now(), false);
+            self.drain(pending);
+            self.settle(pending, flushed, false, timeout);
         }
     }
 
     /// Answers waiters: covered ones succeed, expired ones time out, and on
     /// a flush failure (or at shutdown) the rest fail.
-    fn settle(&self, flushed: Option<u64>, now: Instant, final_pass: bool) {
-        let mut done = Vec::new();
-        {
-            let mut q = self.queue.lock();
-            let mut keep = VecDeque::with_capacity(q.waiters.len());
-            for w in q.waiters.drain(..) {
-                let outcome = match flushed {
-                    Some(off) if w.offset <= off => Some(Ok(())),
-                    None => Some(Err(StoreError::NotWritable(self.log.failure().unwrap_or_default()))),
-                    Some(_) if final_pass => Some(Err(StoreError::ShutDown)),
-                    Some(_) if now >= w.deadline => Some(Err(StoreError::FlushTimeout {
-                        timeout_ms: match self.policy {
-                            FlushPolicy::Sync { timeout, .. } => timeout.as_millis() as u64,
-                            FlushPolicy::Async { .. } => 0,
-                        },
-                    })),
-                    Some(_) => None,
-                };
-                match outcome {
-                    Some(o) => done.push((w.tx, o)),
-                    None => keep.push_back(w),
+    fn settle(&self, pending: &mut VecDeque<Waiter>, flushed: Option<u64>, final_pass: bool, timeout: Duration) {
+        let now = Instant::now();
+        for w in std::mem::take(pending) {
+            let outcome = match flushed {
+                Some(off) if w.offset <= off => Ok(()),
+                None => Err(StoreError::NotWritable(self.log.failure().unwrap_or_default())),
+                Some(_) if final_pass => Err(StoreError::ShutDown),
+                Some(_) if now >= w.deadline => {
+                    Err(StoreError::FlushTimeout { timeout_ms: timeout.as_millis() as u64 })
                 }
-            }
-            q.waiters = keep;
-        }
-        for (tx, outcome) in done {
-            let _ = tx.send(outcome);
+                Some(_) => {
+                    pending.push_back(w);
+                    continue;
+                }
+            };
+            let _ = w.tx.send(outcome);
         }
     }
 
     fn run_async(&self, interval: Duration, least_pages: u64, thorough: Duration) {
         let mut last_thorough = Instant::now();
-        loop {
-            {
-                let mut q = self.queue.lock();
-                if !q.shutdown {
-                    let _ = self.wake.wait_for(&mut q, interval);
-                }
-                if q.shutdown {
-                    return;
-                }
+        while !self.stop.load(Ordering::Acquire) {
+            self.wake.wait(interval);
+            if self.stop.load(Ordering::Acquire) {
+                return;
             }
             let dirty = self.log.readable_offset().saturating_sub(self.log.flushed_offset());
             let due = last_thorough.elapsed() >= thorough;
@@ -243,12 +249,12 @@ impl Flusher {
 
     /// Makes the loop exit without its last flush (simulated crashes).
     pub fn skip_final_flush(&self) {
-        self.skip_final.store(true, std::sync::atomic::Ordering::Release);
+        self.skip_final.store(true, Ordering::Release);
     }
 
     /// Stops the loop after a last flush.
     pub fn shutdown(&self) {
-        self.queue.lock().shutdown = true;
-        self.wake.notify_all();
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify();
     }
 }

@@ -40,6 +40,15 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
     }
 }
 
+/// How a new segment is prepared before the writer gets it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Warm {
+    /// Pre-fault every page by writing a zero into it.
+    pub touch: bool,
+    /// `mlock` the mapping (keeps the pages from being reclaimed).
+    pub lock: bool,
+}
+
 /// A pre-allocated, mapped store file.
 pub struct Segment {
     path: PathBuf,
@@ -69,6 +78,11 @@ impl Segment {
     /// allocated on disk, and maps it. `warm` pre-faults every page; `lock`
     /// additionally pins the pages with `mlock`.
     pub fn create(dir: &Path, start_offset: u64, size: u64, warm: bool, lock: bool) -> Result<Self> {
+        Self::create_with(dir, start_offset, size, Warm { touch: warm, lock })
+    }
+
+    /// As [`Segment::create`], with every warming option.
+    pub fn create_with(dir: &Path, start_offset: u64, size: u64, warm: Warm) -> Result<Self> {
         let path = dir.join(file_name(start_offset));
         let file = OpenOptions::new()
             .read(true)
@@ -96,8 +110,8 @@ impl Segment {
             flushed: AtomicU64::new(0),
             locked: AtomicBool::new(false),
         };
-        if warm {
-            segment.warm(lock);
+        if warm.touch {
+            segment.warm(warm.lock);
         }
         Ok(segment)
     }

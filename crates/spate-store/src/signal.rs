@@ -1,35 +1,78 @@
-//! A wake-up flag for store threads: one side notifies, the other waits
-//! with a timeout. Notifying a thread that is busy costs one uncontended
-//! lock; the flag makes sure a notify between two waits is not lost.
+//! A wake-up for one store thread that never blocks the notifier.
+//!
+//! The append path notifies the dispatcher (or committer) after every
+//! append. If that took a lock, a background thread preempted while holding
+//! it would stall the append for a whole scheduler slice. Instead the
+//! notifier sets an atomic flag and unparks the waiter only when the flag
+//! was clear: one atomic swap when the waiter is already busy, a futex wake
+//! when it sleeps.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::thread::Thread;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
-
-/// A level-triggered wake-up.
+/// A level-triggered wake-up with a single waiter thread.
 #[derive(Default)]
 pub struct Signal {
-    set: Mutex<bool>,
-    cond: Condvar,
+    pending: AtomicBool,
+    waiter: OnceLock<Thread>,
 }
 
 impl Signal {
-    /// Wakes the waiter (or makes its next wait return at once).
+    /// Wakes the waiter, or makes its next wait return at once. Lock-free.
     pub fn notify(&self) {
-        let mut set = self.set.lock();
-        if !*set {
-            *set = true;
-            self.cond.notify_one();
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            if let Some(t) = self.waiter.get() {
+                t.unpark();
+            }
         }
     }
 
-    /// Waits until notified or `timeout` passes; clears the flag. Returns
-    /// whether it was notified.
+    /// Waits until notified or `timeout` passes, then clears the flag.
+    /// Returns whether it was notified. Only one thread may wait on a signal.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let mut set = self.set.lock();
-        if !*set {
-            let _ = self.cond.wait_for(&mut set, timeout);
+        let me = self.waiter.get_or_init(std::thread::current);
+        debug_assert_eq!(me.id(), std::thread::current().id(), "a Signal has one waiter");
+        if self.pending.swap(false, Ordering::AcqRel) {
+            return true;
         }
-        std::mem::replace(&mut *set, false)
+        std::thread::park_timeout(timeout);
+        self.pending.swap(false, Ordering::AcqRel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn notify_before_wait_is_not_lost_and_timeout_returns() {
+        let s = Signal::default();
+        s.notify();
+        assert!(s.wait(Duration::from_secs(5)));
+        let t = Instant::now();
+        assert!(!s.wait(Duration::from_millis(20)));
+        assert!(t.elapsed() >= Duration::from_millis(15));
+    }
+
+    #[test]
+    fn notify_wakes_a_sleeping_waiter() {
+        let s = Arc::new(Signal::default());
+        let s2 = s.clone();
+        let waiter = std::thread::spawn(move || {
+            let t = Instant::now();
+            let mut woke = false;
+            while !woke && t.elapsed() < Duration::from_secs(5) {
+                woke = s2.wait(Duration::from_secs(5));
+            }
+            (woke, t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        s.notify();
+        let (woke, took) = waiter.join().unwrap();
+        assert!(woke && took < Duration::from_secs(4));
     }
 }

@@ -160,12 +160,13 @@ impl MessageStore {
         let checkpoint = Checkpoint::load(&checkpoint_path);
         let scan_from = checkpoint.map(|c| c.commit_log_flushed.min(c.dispatched_flushed)).unwrap_or(0);
 
-        let allocator = Arc::new(Allocator::new(
-            config.commit_log_dir(),
-            config.mapped_file_size_commit_log,
-            config.warm_mapped_file_enable,
-            config.lock_mapped_file_enable,
-        ));
+        // With read/write separation appends never touch the mapping, so
+        // warming it would only dirty a segment of zeros for nothing.
+        let warm = crate::segment::Warm {
+            touch: config.warm_mapped_file_enable && !config.transient_store_pool_enable,
+            lock: config.lock_mapped_file_enable,
+        };
+        let allocator = Arc::new(Allocator::new(config.commit_log_dir(), config.mapped_file_size_commit_log, warm));
         let mut threads = Vec::new();
         let a = allocator.clone();
         threads.push(spawn("spate-allocator", move || a.run())?);
@@ -626,18 +627,20 @@ impl MessageStore {
     /// Test support: stops like a killed process would (no final flush, no
     /// checkpoint, abort marker left). With `lose_unflushed`, also drops the
     /// commit-log bytes past the flushed offset, as a power loss would.
+    /// Returns the end of the log as left behind.
     #[doc(hidden)]
-    pub fn crash(self, lose_unflushed: bool) {
+    pub fn crash(self, lose_unflushed: bool) -> u64 {
         self.closed.store(true, Ordering::Release);
         self.stop_threads(true);
+        let log = &self.inner.commit_log;
         if lose_unflushed {
-            let log = &self.inner.commit_log;
             let mut w = log.lock_writer();
             let flushed = log.flushed_offset();
             if let Err(e) = log.truncate_locked(&mut w, flushed) {
                 tracing::error!(error = %e, "simulated power loss failed");
             }
         }
+        log.max_offset()
     }
 }
 
@@ -728,7 +731,9 @@ fn start_threads(inner: &Arc<Inner>, readable: Arc<Signal>, commit: Arc<Signal>)
                     readable.wait(Duration::from_millis(100));
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "dispatch failed");
+                    // Without consume queues new messages cannot be consumed:
+                    // refuse further writes with the reason, keep retrying.
+                    i.commit_log.fail(format!("building consume queues failed: {e}"));
                     readable.wait(Duration::from_millis(100));
                 }
             }
