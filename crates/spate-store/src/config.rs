@@ -272,7 +272,11 @@ fn bad(key: &str, value: &str, want: &str) -> StoreError {
 }
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
-    value.parse().map_err(|_| bad(key, value, std::any::type_name::<T>()))
+    let want = match std::any::type_name::<T>() {
+        "bool" => "true or false",
+        _ => "a whole number",
+    };
+    value.parse().map_err(|_| bad(key, value, want))
 }
 
 fn millis(key: &str, value: &str) -> Result<Duration> {

@@ -116,7 +116,10 @@ fn verify(dir: &Path, acked: &HashMap<u64, Ack>) -> usize {
     }
     let end = store.max_offset();
     let seg = store.config().mapped_file_size_commit_log;
-    assert!(end == last_end || (end.is_multiple_of(seg) && end - last_end < seg), "log end {end}, last record ends {last_end}");
+    assert!(
+        end == last_end || (end.is_multiple_of(seg) && end - last_end < seg),
+        "log end {end}, last record ends {last_end}"
+    );
     acked.len()
 }
 

@@ -47,7 +47,12 @@ fn check(store: &MessageStore, model: &[Stored]) -> Result<(), TestCaseError> {
     let seg = store.config().mapped_file_size_commit_log;
     // The log ends where the last message ends, or at the end of its
     // segment when only a blank marker follows.
-    prop_assert!(max == end || (max > end && max.is_multiple_of(seg) && max - end < seg), "log end {} vs model {}", max, end);
+    prop_assert!(
+        max == end || (max > end && max.is_multiple_of(seg) && max - end < seg),
+        "log end {} vs model {}",
+        max,
+        end
+    );
     for q in 0..3 {
         let expected: Vec<&Stored> = model.iter().filter(|m| m.queue == q).collect();
         prop_assert_eq!(store.max_offset_in_queue("M", q), expected.len() as i64, "queue {} length", q);
