@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the store benchmarks recorded in BENCHMARKS.md, one JSON line each.
-# Usage: scripts/bench-store.sh [OUT_DIR]   (takes about 6 minutes)
+# Usage: scripts/bench-store.sh [OUT_DIR]   (takes about 7 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/bench-results}
@@ -12,6 +12,7 @@ run() {
   echo "== $name: bench_append $*" >&2
   "$bench" --json "$@" | tee "$out/$name.json"
 }
+run control-noop-pinned    --size 1024 --rate 100000 --seconds 30 --flush async --pin --noop
 run async-100k-pinned      --size 1024 --rate 100000 --seconds 30 --flush async --pin
 run async-100k             --size 1024 --rate 100000 --seconds 30 --flush async
 run async-100k-256m-pinned --size 1024 --rate 100000 --seconds 30 --flush async --pin --segment-size 268435456

@@ -64,6 +64,10 @@ struct Args {
     /// Pin producers to CPU 0 and the store's threads to the other CPUs.
     #[arg(long)]
     pin: bool,
+    /// Control run: follow the same schedule but append nothing (an idle
+    /// 1 MiB store stays open), to measure the platform's own jitter.
+    #[arg(long)]
+    noop: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -92,6 +96,12 @@ fn main() -> anyhow::Result<()> {
     config.max_message_size = (args.size + 1024).max(4 * 1024 * 1024).min(args.segment_size as usize / 2);
     config.flush_interval_commit_log = Duration::from_millis(args.flush_interval_ms);
     config.sync_flush_max_waiters = args.producers.max(1) * 4;
+    if args.noop {
+        // The control run keeps an idle, tiny store only to share the code path.
+        config.mapped_file_size_commit_log = 1 << 20;
+        config.max_message_size = 64 * 1024;
+        config.warm_mapped_file_enable = false;
+    }
     let store = Arc::new(MessageStore::open(config)?);
     if args.pin {
         pin_store_threads()?;
@@ -112,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         prepared_tx_offset: 0,
     };
     // Warm-up, not measured: the first segment and the allocator's next one.
-    for _ in 0..1000 {
+    for _ in 0..if args.noop { 0 } else { 1000 } {
         store.put_message(&message)?.flush.wait_blocking()?;
     }
     let rolled_before = store.stats().segments_rolled;
@@ -130,12 +140,12 @@ fn main() -> anyhow::Result<()> {
                 let mut message = message.clone();
                 message.queue_id = (p % 8) as i32;
                 let interval = (args.rate > 0).then(|| Duration::from_secs_f64(producers as f64 / args.rate as f64));
-                let pin = args.pin;
+                let (pin, noop) = (args.pin, args.noop);
                 std::thread::spawn(move || {
                     if pin {
                         set_affinity(0, &[0]);
                     }
-                    produce(&store, &message, start, duration, interval, p, producers, &stop)
+                    produce(&store, &message, start, duration, interval, p, producers, &stop, noop)
                 })
             })
             .collect();
@@ -160,6 +170,7 @@ fn main() -> anyhow::Result<()> {
         "segment_size": args.segment_size,
         "transient_pool": args.transient_pool,
         "warm": !args.no_warm,
+        "noop": args.noop,
         "mlock": args.mlock,
         "count": hist.len(),
         "errors": errors,
@@ -173,6 +184,14 @@ fn main() -> anyhow::Result<()> {
         "roll_wait_us_max": stats.roll_wait_us_max,
         "fdatasync_p50_us": fdatasync_p50_us,
     });
+    let mut report = report;
+    if flush == FlushDiskType::Async {
+        let u = *USAGE.lock().map_err(|_| anyhow::anyhow!("usage lock poisoned"))?;
+        report["producer_minor_faults"] = u[0].into();
+        report["producer_major_faults"] = u[1].into();
+        report["producer_voluntary_switches"] = u[2].into();
+        report["producer_involuntary_switches"] = u[3].into();
+    }
     if args.json {
         println!("{report}");
     } else {
@@ -191,11 +210,13 @@ fn produce(
     p: usize,
     producers: usize,
     stop: &AtomicBool,
+    noop: bool,
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000_000, 3)?;
     let mut errors = 0;
     let end = start + duration;
     let mut i: u64 = 0;
+    let usage_before = thread_usage();
     loop {
         let intended = match interval {
             // Producers interleave on one global schedule.
@@ -206,7 +227,7 @@ fn produce(
             break;
         }
         wait_until(intended);
-        let outcome = store.put_message(message).and_then(|r| r.flush.wait_blocking());
+        let outcome = if noop { Ok(()) } else { store.put_message(message).and_then(|r| r.flush.wait_blocking()) };
         let latency = intended.elapsed().as_nanos() as u64;
         if latency > 500_000 && std::env::var_os("BENCH_TRACE_SLOW").is_some() {
             eprintln!("slow append at {:.3}s: {} us", intended.duration_since(start).as_secs_f64(), latency / 1000);
@@ -217,8 +238,16 @@ fn produce(
         }
         i += 1;
     }
+    let usage_after = thread_usage();
+    let mut usage = USAGE.lock().map_err(|_| anyhow::anyhow!("usage lock poisoned"))?;
+    for k in 0..4 {
+        usage[k] += usage_after[k] - usage_before[k];
+    }
     Ok((hist, errors))
 }
+
+/// Producer-thread faults and switches, summed over producers.
+static USAGE: std::sync::Mutex<[i64; 4]> = std::sync::Mutex::new([0; 4]);
 
 /// Sync flush: producers are async tasks awaiting their group commit, as
 /// the broker's request handlers will be, on a one-worker runtime (pinned
@@ -287,6 +316,18 @@ fn produce_tasks(
         }
         Ok((hist, errors))
     })
+}
+
+/// Page faults and context switches of the calling thread so far:
+/// (minor, major, voluntary, involuntary). A fault or an involuntary switch
+/// on the append path is where tail latency comes from.
+fn thread_usage() -> [i64; 4] {
+    // SAFETY: getrusage fills the struct we pass.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut ru);
+        [ru.ru_minflt, ru.ru_majflt, ru.ru_nvcsw, ru.ru_nivcsw]
+    }
 }
 
 /// Sleeps most of the way, then spins, so the schedule is kept to the
