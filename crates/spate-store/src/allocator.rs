@@ -106,7 +106,10 @@ impl Allocator {
                 }
             };
             let began = Instant::now();
-            let seg = Segment::create_with(&self.dir, start, self.size, self.warm);
+            // The directory entry is made durable here, off the append path:
+            // a synced record in a segment whose name was lost is lost too.
+            let seg = Segment::create_with(&self.dir, start, self.size, self.warm)
+                .and_then(|seg| crate::segment::sync_dir(&self.dir).map(|_| seg));
             match &seg {
                 Ok(_) => tracing::debug!(start, elapsed_ms = began.elapsed().as_millis() as u64, "next segment ready"),
                 Err(e) => tracing::error!(start, error = %e, "cannot prepare next commit-log segment"),

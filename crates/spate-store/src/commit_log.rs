@@ -49,12 +49,12 @@ pub struct Writer {
     current: Option<Arc<Segment>>,
     buffer: Option<Arc<WriteBuffer>>,
     /// Next queue offset per topic and queue id.
-    pub(crate) queue_offsets: HashMap<String, Vec<i64>>,
+    pub(crate) queue_offsets: HashMap<String, HashMap<i32, i64>>,
 }
 
 impl Writer {
     fn next_queue_offset(&self, topic: &str, queue_id: i32) -> i64 {
-        self.queue_offsets.get(topic).and_then(|q| q.get(queue_id as usize)).copied().unwrap_or(0)
+        self.queue_offsets.get(topic).and_then(|q| q.get(&queue_id)).copied().unwrap_or(0)
     }
 
     pub(crate) fn set_next_queue_offset(&mut self, topic: &str, queue_id: i32, next: i64) {
@@ -66,11 +66,7 @@ impl Writer {
             Some(q) => q,
             None => self.queue_offsets.entry(topic.to_string()).or_default(),
         };
-        let idx = queue_id as usize;
-        if queues.len() <= idx {
-            queues.resize(idx + 1, 0);
-        }
-        queues[idx] = next;
+        queues.insert(queue_id, next);
     }
 }
 
@@ -89,6 +85,14 @@ pub struct CommitLog {
     pool: Option<WriteBufferPool>,
     pending_commit: Mutex<VecDeque<PendingCommit>>,
     commit_lock: Mutex<()>,
+    /// Held by a flush pass and by truncation, so a flush that started
+    /// before a cut cannot publish a flushed offset past it.
+    flush_lock: Mutex<()>,
+    /// Truncation generation: odd while a truncation runs. Readers copy
+    /// bytes between two loads of it and discard the copy if it moved.
+    truncations: AtomicU64,
+    /// Offset of the last truncation.
+    last_cut: AtomicU64,
     max_offset: AtomicU64,
     readable_offset: AtomicU64,
     flushed_offset: AtomicU64,
@@ -136,44 +140,65 @@ impl CommitLog {
             }
         }
         starts.sort_unstable();
-        let mut segments = Vec::with_capacity(starts.len());
-        for (i, start) in starts.iter().enumerate() {
-            let path = dir.join(segment::file_name(*start));
-            if start % segment_size != 0 || (i > 0 && starts[i - 1] + segment_size != *start) {
+        let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(starts.len());
+        for start in starts {
+            let path = dir.join(segment::file_name(start));
+            let follows = segments.last().map_or(start % segment_size == 0, |l| l.end_offset() == start);
+            if follows {
+                segments.push(Arc::new(Segment::create(dir, start, segment_size, false, false)?));
+                continue;
+            }
+            // Past a gap only files the allocator prepared and nobody wrote
+            // may lie (left by a truncation); anything else is real damage.
+            let head = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+            if head.iter().take(8).all(|b| *b == 0) {
+                tracing::warn!(path = %path.display(), "removing unused prepared segment past a gap");
+                std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+            } else {
                 return Err(StoreError::Corrupt {
                     path,
-                    reason: format!("segment start {start} does not follow the previous one at size {segment_size}"),
+                    reason: format!("segment {start} holds data but does not follow the previous segment"),
                 });
             }
-            segments.push(Arc::new(Segment::create(dir, *start, segment_size, false, false)?));
         }
         let scan = scan(&segments, scan_from);
         if let Some(reason) = &scan.damage {
             tracing::warn!(end_offset = scan.end_offset, reason = %reason, "commit log tail cut off during recovery");
         }
         let end = scan.end_offset;
+        let scanned_from = segments.iter().find(|s| s.end_offset() > scan_from).map_or(end, |s| s.start_offset());
         // Cut: zero the tail of the segment holding the end, drop later ones.
+        // What was scanned may only be in the page cache (a crashed process
+        // leaves it there): sync it before it counts as flushed.
         let mut kept = Vec::new();
         for seg in segments {
             if seg.start_offset() > end {
                 let path = seg.path().to_path_buf();
                 drop(seg);
                 std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
-            } else if seg.end_offset() <= end {
-                seg.set_wrote(seg.size(), true);
-                seg.set_flushed(seg.size());
-                kept.push(seg);
-            } else {
-                let rel = end - seg.start_offset();
-                seg.zero_from(rel);
-                seg.set_wrote(rel, true);
-                seg.flush()?;
-                seg.set_flushed(rel);
-                kept.push(seg);
+                continue;
             }
+            let rel = (end - seg.start_offset()).min(seg.size());
+            if rel < seg.size() {
+                seg.zero_from(rel);
+            }
+            seg.set_wrote(rel, true);
+            if seg.start_offset() >= scanned_from || rel < seg.size() {
+                seg.flush()?;
+            } else {
+                seg.set_flushed(rel);
+            }
+            kept.push(seg);
         }
         segment::sync_dir(dir)?;
         let current = kept.last().cloned();
+        // With read/write separation the committer publishes the readable
+        // offset; it must know the segment appends continue in (written
+        // directly: its buffer, if it had one, died with the last process).
+        let mut pending = VecDeque::new();
+        if let (Some(seg), true) = (&current, pool.is_some()) {
+            pending.push_back((seg.clone(), None));
+        }
         let log = CommitLog {
             dir: dir.to_path_buf(),
             segment_size,
@@ -182,8 +207,11 @@ impl CommitLog {
             allocator,
             allocate_timeout,
             pool,
-            pending_commit: Mutex::new(VecDeque::new()),
+            pending_commit: Mutex::new(pending),
             commit_lock: Mutex::new(()),
+            flush_lock: Mutex::new(()),
+            truncations: AtomicU64::new(0),
+            last_cut: AtomicU64::new(u64::MAX),
             max_offset: AtomicU64::new(end),
             readable_offset: AtomicU64::new(end),
             flushed_offset: AtomicU64::new(end),
@@ -249,9 +277,16 @@ impl CommitLog {
         }
         let started = self.clock.elapsed().as_nanos() as u64;
         self.append_started_ns.store(started.max(1), Ordering::Relaxed);
-        let outcome = self.append_inner(w, parts, total);
-        self.append_started_ns.store(0, Ordering::Relaxed);
-        outcome
+        // Cleared on every exit, a panic included, so the store never
+        // reports itself busy forever.
+        struct Clear<'a>(&'a AtomicU64);
+        impl Drop for Clear<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::Relaxed);
+            }
+        }
+        let _clear = Clear(&self.append_started_ns);
+        self.append_inner(w, parts, total)
     }
 
     fn append_inner(
@@ -383,6 +418,7 @@ impl CommitLog {
     /// Flushes every segment with readable, unflushed bytes (one fdatasync
     /// each) and returns the new flushed offset. Flusher thread only.
     pub fn flush(&self) -> Result<u64> {
+        let _flushing = self.flush_lock.lock();
         let target = self.readable_offset.load(Ordering::Acquire);
         let flushed = self.flushed_offset.load(Ordering::Acquire);
         if target <= flushed {
@@ -407,12 +443,40 @@ impl CommitLog {
 
     /// Reads `len` bytes at `offset`; the range must be readable.
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let generation = self.read_begin(offset)?;
         let seg = self.segment_for(offset)?;
         let rel = offset - seg.start_offset();
         if rel + len as u64 > seg.readable() {
             return Err(StoreError::BadOffset { offset, reason: "range not readable" });
         }
-        Ok(seg.read(rel, len))
+        let bytes = seg.read(rel, len);
+        self.read_end(offset, generation)?;
+        Ok(bytes)
+    }
+
+    /// Starts a read: the truncation generation, refusing while one runs.
+    pub fn read_begin(&self, offset: u64) -> Result<u64> {
+        let generation = self.truncations.load(Ordering::Acquire);
+        if generation % 2 == 1 {
+            return Err(StoreError::BadOffset { offset, reason: "log is being truncated" });
+        }
+        Ok(generation)
+    }
+
+    /// Ends a read begun at `generation`: fails if a truncation ran since,
+    /// because the bytes copied may be half zeroed.
+    pub fn read_end(&self, offset: u64, generation: u64) -> Result<()> {
+        std::sync::atomic::fence(Ordering::Acquire);
+        if self.truncations.load(Ordering::Relaxed) != generation {
+            return Err(StoreError::BadOffset { offset, reason: "log was truncated during the read" });
+        }
+        Ok(())
+    }
+
+    /// The truncation generation and the offset of the last cut, for
+    /// answering flush waiters queued before a truncation.
+    pub fn truncation(&self) -> (u64, u64) {
+        (self.truncations.load(Ordering::Acquire), self.last_cut.load(Ordering::Acquire))
     }
 
     /// Reads the whole record at `offset`.
@@ -432,6 +496,7 @@ impl CommitLog {
         if offset == self.readable_offset() {
             return Ok(Vec::new());
         }
+        let generation = self.read_begin(offset)?;
         let seg = self.segment_for(offset)?;
         let rel = offset - seg.start_offset();
         let avail = seg.readable().saturating_sub(rel);
@@ -445,8 +510,9 @@ impl CommitLog {
                     at = size;
                 }
                 Probe::Blank if at == 0 => {
-                    bytes = seg.read(rel, avail as usize);
-                    at = bytes.len();
+                    // Only the marker: the rest of the segment is unused.
+                    at = BLANK_MIN_LEN;
+                    break;
                 }
                 Probe::Record(_) | Probe::Blank => break,
                 Probe::End | Probe::Invalid => {
@@ -455,6 +521,7 @@ impl CommitLog {
             }
         }
         bytes.truncate(at);
+        self.read_end(offset, generation)?;
         Ok(bytes)
     }
 
@@ -496,9 +563,12 @@ impl CommitLog {
         }
         let mut next_offsets = Vec::new();
         let mut at = 0usize;
+        let mut end_rel = pos + bytes.len() as u64;
         while at < bytes.len() {
+            let rel = pos + at as u64;
             match message::probe(&bytes[at..]) {
-                Probe::Record(size) => {
+                // The writer's own rule: a record leaves room for a blank marker.
+                Probe::Record(size) if rel + size as u64 + BLANK_MIN_LEN as u64 <= seg.size() => {
                     let rec = message::decode_record(bytes.get(at..at + size).unwrap_or(&[]), true)?;
                     if !valid_queue_id(rec.queue_id) {
                         return Err(StoreError::InvalidMessage(MessageError::QueueIdIllegal {
@@ -514,7 +584,16 @@ impl CommitLog {
                     next_offsets.push((rec.topic.to_string(), rec.queue_id, rec.queue_offset + 1));
                     at += size;
                 }
-                Probe::Blank if pos + bytes.len() as u64 == seg.size() => at = bytes.len(),
+                // A blank marker closes the segment: it must be last and its
+                // size must be exactly the space left.
+                Probe::Blank
+                    if at + BLANK_MIN_LEN == bytes.len()
+                        && i32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as u64
+                            == seg.size() - rel =>
+                {
+                    end_rel = seg.size();
+                    at = bytes.len();
+                }
                 _ => {
                     return Err(StoreError::InvalidMessage(MessageError::Malformed("raw bytes are not whole records")))
                 }
@@ -527,25 +606,45 @@ impl CommitLog {
         for (topic, queue_id, next) in next_offsets {
             w.set_next_queue_offset(&topic, queue_id, next);
         }
-        self.publish(&w, &seg, pos + bytes.len() as u64);
+        self.publish(&w, &seg, end_rel);
         Ok(self.max_offset())
     }
 
-    /// Cuts the log at `offset` (a record boundary at or below the end):
-    /// zeroes the rest of its segment and deletes later segments. The caller
-    /// holds the writer lock and has stopped the dispatcher.
+    /// Cuts the log at `offset` (a record boundary at or below the end, or
+    /// where a blank marker starts): zeroes the rest of its segment durably
+    /// and deletes later segments. The caller holds the writer lock and has
+    /// stopped the dispatcher. Waits for a running flush; blocking.
     pub fn truncate_locked(&self, w: &mut Writer, offset: u64) -> Result<()> {
         self.commit_pending()?;
+        let _committing = self.commit_lock.lock();
+        let _flushing = self.flush_lock.lock();
         let end = self.max_offset();
         if offset > end {
             return Err(StoreError::BadOffset { offset, reason: "beyond the end of the log" });
         }
         if offset < end {
-            let head = self.read(offset, 8)?;
-            if !matches!(message::probe(&head), Probe::Record(_)) {
+            let head = self.read(offset, BLANK_MIN_LEN)?;
+            let boundary = match message::probe(&head) {
+                Probe::Blank => true,
+                Probe::Record(size) => self
+                    .read(offset, size)
+                    .ok()
+                    .and_then(|b| message::decode_record(&b, true).ok().map(|r| r.physical_offset as u64 == offset))
+                    .unwrap_or(false),
+                _ => false,
+            };
+            if !boundary {
                 return Err(StoreError::BadOffset { offset, reason: "not a record boundary" });
             }
         }
+        self.truncations.fetch_add(1, Ordering::AcqRel);
+        let outcome = self.cut(w, offset);
+        self.last_cut.store(offset, Ordering::Release);
+        self.truncations.fetch_add(1, Ordering::AcqRel);
+        outcome
+    }
+
+    fn cut(&self, w: &mut Writer, offset: u64) -> Result<()> {
         let mut segs = self.segments.write();
         let mut removed = Vec::new();
         while segs.last().is_some_and(|s| s.start_offset() > offset || (s.start_offset() == offset && segs.len() > 1)) {
@@ -555,25 +654,51 @@ impl CommitLog {
         }
         let current = segs.last().cloned();
         drop(segs);
+        self.max_offset.store(offset, Ordering::Release);
+        self.readable_offset.store(offset, Ordering::Release);
+        self.flushed_offset.store(self.flushed_offset().min(offset), Ordering::Release);
         if let Some(seg) = &current {
-            let rel = offset - seg.start_offset();
-            seg.truncate_to(rel);
-            seg.flush()?;
+            seg.truncate_to(offset - seg.start_offset())?;
         }
         for seg in removed {
             let path = seg.path().to_path_buf();
             drop(seg);
             std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
         }
-        segment::sync_dir(&self.dir)?;
-        self.pending_commit.lock().retain(|(s, _)| current.as_ref().is_some_and(|c| Arc::ptr_eq(s, c)));
-        w.current = current;
-        if w.current.is_none() {
-            w.buffer = None;
+        // Files the allocator prepared past the new end would leave a gap.
+        let new_end = current.as_ref().map_or(offset, |s| s.end_offset());
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_str().and_then(segment::parse_file_name).is_some_and(|s| s > new_end) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
         }
-        self.max_offset.store(offset, Ordering::Release);
-        self.readable_offset.store(offset, Ordering::Release);
-        self.flushed_offset.store(self.flushed_offset().min(offset), Ordering::Release);
+        segment::sync_dir(&self.dir)?;
+        // Write buffers: keep the current segment's, return the others.
+        let mut pending = self.pending_commit.lock();
+        let mut kept_buffer = None;
+        for (seg, buf) in pending.drain(..) {
+            match (&current, buf) {
+                (Some(c), buf) if Arc::ptr_eq(&seg, c) => kept_buffer = Some(buf),
+                (_, Some(buf)) => {
+                    if let Some(pool) = &self.pool {
+                        pool.give_back(buf);
+                    }
+                }
+                _ => {}
+            }
+        }
+        w.buffer = None;
+        if let (Some(c), true) = (&current, self.pool.is_some()) {
+            // Without an entry the committer would never advance this
+            // segment's readable offset again.
+            let buf = kept_buffer.flatten();
+            w.buffer = buf.clone();
+            pending.push_back((c.clone(), buf));
+        }
+        drop(pending);
+        w.current = current;
         self.allocator.request(self.current_segment_end().unwrap_or(0));
         Ok(())
     }

@@ -96,6 +96,13 @@ pub struct StoreConfig {
     pub allocate_mapped_file_timeout: Duration,
     /// `dispatchBatchBytes` (Spate): bytes the dispatcher reads per batch.
     pub dispatch_batch_bytes: usize,
+    /// `maxTransferCountOnMessageInMemory`: most messages one read returns.
+    pub max_transfer_count_on_message_in_memory: usize,
+    /// `maxTransferBytesOnMessageInMemory`: about the most bytes one read
+    /// returns (at least one message is always returned).
+    pub max_transfer_bytes_on_message_in_memory: usize,
+    /// `maxMsgsNumBatch`: most messages one key query returns.
+    pub max_msgs_num_batch: usize,
 }
 
 impl StoreConfig {
@@ -128,6 +135,9 @@ impl StoreConfig {
             os_page_cache_busy_timeout: Duration::from_millis(1000),
             allocate_mapped_file_timeout: Duration::from_secs(5),
             dispatch_batch_bytes: 1 << 20,
+            max_transfer_count_on_message_in_memory: 32,
+            max_transfer_bytes_on_message_in_memory: 256 * 1024,
+            max_msgs_num_batch: 64,
         }
     }
 
@@ -159,6 +169,9 @@ impl StoreConfig {
         "osPageCacheBusyTimeOutMills",
         "allocateMappedFileTimeout",
         "dispatchBatchBytes",
+        "maxTransferCountOnMessageInMemory",
+        "maxTransferBytesOnMessageInMemory",
+        "maxMsgsNumBatch",
     ];
 
     /// Sets one setting by its RocketMQ key. Returns `Ok(false)` for a key
@@ -202,6 +215,9 @@ impl StoreConfig {
             "osPageCacheBusyTimeOutMills" => self.os_page_cache_busy_timeout = millis(key, v)?,
             "allocateMappedFileTimeout" => self.allocate_mapped_file_timeout = millis(key, v)?,
             "dispatchBatchBytes" => self.dispatch_batch_bytes = parse(key, v)?,
+            "maxTransferCountOnMessageInMemory" => self.max_transfer_count_on_message_in_memory = parse(key, v)?,
+            "maxTransferBytesOnMessageInMemory" => self.max_transfer_bytes_on_message_in_memory = parse(key, v)?,
+            "maxMsgsNumBatch" => self.max_msgs_num_batch = parse(key, v)?,
             _ => return Ok(false),
         }
         Ok(true)

@@ -74,7 +74,18 @@ impl ConsumeQueue {
     /// Opens (or creates) the queue in `dir` and finds its end by scanning
     /// the last file for the first empty unit.
     pub fn open(topic: &str, queue_id: i32, dir: PathBuf, file_size: u64) -> Result<ConsumeQueue> {
-        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+            // Make the new directories durable: the checkpoint will claim
+            // this queue's units are on disk.
+            let mut d = dir.parent();
+            for _ in 0..2 {
+                if let Some(p) = d {
+                    segment::sync_dir(p)?;
+                    d = p.parent();
+                }
+            }
+        }
         let mut starts: Vec<u64> = std::fs::read_dir(&dir)
             .map_err(|e| StoreError::io(&dir, e))?
             .filter_map(|e| e.ok()?.file_name().to_str().and_then(segment::parse_file_name))
@@ -112,8 +123,9 @@ impl ConsumeQueue {
         }
         for seg in segs.iter() {
             let rel = if Arc::ptr_eq(seg, last) { end } else { seg.size() };
+            // Not marked flushed: after a crash these pages may exist only
+            // in the page cache; the first checkpoint syncs them.
             seg.set_wrote(rel, true);
-            seg.set_flushed(rel);
         }
         self.min_offset.store((first.start_offset() / UNIT_SIZE) as i64, Ordering::Release);
         self.max_offset.store(((last.start_offset() + end) / UNIT_SIZE) as i64, Ordering::Release);
@@ -146,6 +158,13 @@ impl ConsumeQueue {
     pub fn put(&self, queue_offset: i64, unit: CqUnit) -> Result<()> {
         let max = self.max_offset();
         if queue_offset < max {
+            // Re-dispatch after recovery: keep what is there, but fill a unit
+            // a power loss left empty (a hole below the queue's end).
+            if queue_offset >= self.min_offset() && self.get(queue_offset).is_some_and(|u| u.size == 0) {
+                let byte = queue_offset as u64 * UNIT_SIZE;
+                let seg = self.segment_for_write(byte)?;
+                seg.write_at_published(byte - seg.start_offset(), &unit.encode());
+            }
             return Ok(());
         }
         if queue_offset > max {
@@ -169,8 +188,16 @@ impl ConsumeQueue {
                 return Ok(seg.clone());
             }
         }
+        {
+            let segs = self.segments.read();
+            let idx = segs.partition_point(|s| s.end_offset() <= byte);
+            if let Some(seg) = segs.get(idx).filter(|s| s.start_offset() <= byte) {
+                return Ok(seg.clone());
+            }
+        }
         let start = byte - byte % self.file_size;
         let seg = Arc::new(Segment::create(&self.dir, start, self.file_size, false, false)?);
+        segment::sync_dir(&self.dir)?;
         let mut segs = self.segments.write();
         if segs.is_empty() {
             self.min_offset.store((start / UNIT_SIZE) as i64, Ordering::Release);
@@ -234,7 +261,7 @@ impl ConsumeQueue {
         }
         if let Some(seg) = segs.last() {
             let rel = byte.saturating_sub(seg.start_offset()).min(seg.size());
-            seg.truncate_to(rel);
+            seg.truncate_to(rel)?;
         }
         self.max_offset.store(lo, Ordering::Release);
         tracing::info!(topic = %self.topic, queue_id = self.queue_id, from = max, to = lo, "consume queue truncated");

@@ -93,6 +93,8 @@ impl FlushWait {
 
 struct Waiter {
     offset: u64,
+    /// Truncation generation when the append was made.
+    generation: u64,
     deadline: Instant,
     tx: oneshot::Sender<Result<()>>,
 }
@@ -141,11 +143,16 @@ impl Flusher {
             return Err(StoreError::ShutDown);
         }
         let (tx, rx) = oneshot::channel();
-        let waiter = Waiter { offset: end_offset, deadline: Instant::now() + timeout, tx };
+        let generation = self.log.truncation().0;
+        let waiter = Waiter { offset: end_offset, generation, deadline: Instant::now() + timeout, tx };
         if self.waiters.push(waiter).is_err() {
             return Err(StoreError::Busy("group-commit queue full (syncFlushMaxWaiters)"));
         }
         self.wake.notify();
+        if self.stop.load(Ordering::Acquire) {
+            // The flusher may have drained for the last time already.
+            return Err(StoreError::ShutDown);
+        }
         Ok(FlushWait::Pending(rx))
     }
 
@@ -209,7 +216,17 @@ impl Flusher {
     /// a flush failure (or at shutdown) the rest fail.
     fn settle(&self, pending: &mut VecDeque<Waiter>, flushed: Option<u64>, final_pass: bool, timeout: Duration) {
         let now = Instant::now();
+        let (generation, cut) = self.log.truncation();
         for w in std::mem::take(pending) {
+            // A truncation since the append may have cut the record: its
+            // offset then names other bytes, which must not acknowledge it.
+            if w.generation != generation && w.offset > cut {
+                let _ = w.tx.send(Err(StoreError::BadOffset {
+                    offset: w.offset,
+                    reason: "cut by a truncation before it was flushed",
+                }));
+                continue;
+            }
             let outcome = match flushed {
                 Some(off) if w.offset <= off => Ok(()),
                 None => Err(StoreError::NotWritable(self.log.failure().unwrap_or_default())),

@@ -11,6 +11,9 @@
 //! - with [`FlushPolicy::Async`] (`ASYNC_FLUSH`), the record was in the page
 //!   cache; it survives a crash of the process (recovery finds it), and is
 //!   on disk within `flushIntervalCommitLog` unless the machine loses power.
+//!   With read/write separation (`transientStorePoolEnable`) the record was
+//!   in a write buffer: the committer moves it to the page cache within
+//!   microseconds, but a process crash in that window loses it (as upstream).
 //!
 //! Recovery (on every open after an unclean stop) validates the commit log
 //! from the last checkpoint: sizes, magic, body CRC and each record's own

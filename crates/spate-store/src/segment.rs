@@ -194,6 +194,13 @@ impl Segment {
         self.copy_in(pos, bytes);
     }
 
+    /// Rewrites bytes below the published position: only for an all-zero
+    /// consume-queue unit being filled during re-dispatch (no reader can
+    /// have used an empty unit).
+    pub fn write_at_published(&self, pos: u64, bytes: &[u8]) {
+        self.copy_in(pos, bytes);
+    }
+
     /// Copies into the mapping without the writer-position check: for
     /// writer-exclusive work (truncation, recovery) that rewrites published
     /// bytes while no reader can look.
@@ -293,8 +300,9 @@ impl Segment {
     }
 
     /// Zeroes `[pos, end of what was written)` so the tail reads as empty,
-    /// then resets positions to `pos`. Writer-exclusive (truncation, recovery).
-    pub fn truncate_to(&self, pos: u64) {
+    /// makes the zeros durable, then resets positions to `pos`.
+    /// Writer-exclusive (truncation). Blocking.
+    pub fn truncate_to(&self, pos: u64) -> Result<()> {
         let end = self.wrote().max(pos).min(self.size);
         // Zero in pages to bound the temporary buffer.
         let zeros = vec![0u8; 64 * 1024];
@@ -304,9 +312,15 @@ impl Segment {
             self.copy_in(at, &zeros[..n]);
             at += n as u64;
         }
+        if end > pos {
+            // Without this the cut records could come back after a power loss.
+            let start = pos - pos % PAGE_SIZE;
+            self.map.flush_range(start as usize, (end - start) as usize).map_err(|e| StoreError::io(&self.path, e))?;
+        }
         self.wrote.store(pos, Ordering::Release);
         self.readable.store(pos, Ordering::Release);
         self.flushed.store(self.flushed().min(pos), Ordering::Release);
+        Ok(())
     }
 
     /// Unmaps and deletes the file.
@@ -369,7 +383,7 @@ mod tests {
         seg.set_wrote(8, true);
         assert_eq!(seg.read(0, 8), b"abcdefgh");
         assert_eq!(seg.flush().unwrap(), 8);
-        seg.truncate_to(4);
+        seg.truncate_to(4).unwrap();
         assert_eq!(seg.read(0, 8), b"abcd\0\0\0\0");
         assert_eq!(seg.flushed(), 4);
         assert_eq!(seg.end_offset(), 12288);

@@ -315,6 +315,8 @@ impl MessageStore {
 
     /// Reads up to `max_msgs` messages (and about `max_bytes`) from a queue,
     /// starting at `offset`, keeping those whose tag hash passes `filter`.
+    /// Both limits are capped by `maxTransferCountOnMessageInMemory` and
+    /// `maxTransferBytesOnMessageInMemory`.
     pub fn get_messages(
         &self,
         topic: &str,
@@ -342,6 +344,14 @@ impl MessageStore {
         if let Some((status, next)) = status {
             return Ok(GetResult::empty(status, next, min, max));
         }
+        let max_msgs = max_msgs.min(self.inner.config.max_transfer_count_on_message_in_memory);
+        let max_bytes = max_bytes.min(self.inner.config.max_transfer_bytes_on_message_in_memory);
+        // A truncation racing this read could leave torn units or records:
+        // then answer "nothing yet" and let the consumer come back.
+        let log = &self.inner.commit_log;
+        let Ok(generation) = log.read_begin(0) else {
+            return Ok(GetResult::empty(GetStatus::NoMatchedMessage, offset, min, max));
+        };
         // Bound the scan, as upstream does, so a filter matching nothing
         // cannot make one pull walk the whole queue.
         let scan_max = max_msgs.max(1).max(800);
@@ -377,6 +387,9 @@ impl MessageStore {
                     Err(_) => gone += 1,
                 }
             }
+        }
+        if log.read_end(0, generation).is_err() {
+            return Ok(GetResult::empty(GetStatus::NoMatchedMessage, offset, min, max));
         }
         let status = if !messages.is_empty() {
             GetStatus::Found
@@ -451,9 +464,11 @@ impl MessageStore {
     }
 
     /// Messages of `topic` whose `KEYS` contain `key` or whose unique id is
-    /// `key`, stored within `[begin_ms, end_ms]`, newest first, at most `max`.
+    /// `key`, stored within `[begin_ms, end_ms]`, newest first, at most `max`
+    /// (capped by `maxMsgsNumBatch`).
     pub fn query_by_key(&self, topic: &str, key: &str, begin_ms: i64, end_ms: i64, max: usize) -> Result<Vec<Vec<u8>>> {
         let Some(index) = &self.inner.index else { return Ok(Vec::new()) };
+        let max = max.min(self.inner.config.max_msgs_num_batch);
         let candidates = index.query(&index_key(topic, key), begin_ms, end_ms, max.saturating_mul(4).max(max));
         let mut out = Vec::new();
         for offset in candidates {
@@ -506,8 +521,10 @@ impl MessageStore {
             w.set_next_queue_offset(cq.topic(), cq.queue_id(), cq.max_offset());
         }
         inner.epochs.lock().truncate_after(offset)?;
-        drop(w);
+        // The old checkpoint may name offsets past the cut: replace it
+        // before any append can be acknowledged.
         inner.write_checkpoint()?;
+        drop(w);
         tracing::info!(offset, "store truncated");
         Ok(())
     }
@@ -627,7 +644,7 @@ impl MessageStore {
     /// Test support: stops like a killed process would (no final flush, no
     /// checkpoint, abort marker left). With `lose_unflushed`, also drops the
     /// commit-log bytes past the flushed offset, as a power loss would.
-    /// Returns the end of the log as left behind.
+    /// Returns the end of the log as left behind (what recovery will find).
     #[doc(hidden)]
     pub fn crash(self, lose_unflushed: bool) -> u64 {
         self.closed.store(true, Ordering::Release);
@@ -640,7 +657,9 @@ impl MessageStore {
                 tracing::error!(error = %e, "simulated power loss failed");
             }
         }
-        log.max_offset()
+        // What a restarted process finds: committed bytes only (with
+        // read/write separation, uncommitted buffer bytes die with it).
+        log.readable_offset()
     }
 }
 

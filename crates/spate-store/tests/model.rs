@@ -56,9 +56,9 @@ fn check(store: &MessageStore, model: &[Stored]) -> Result<(), TestCaseError> {
     for q in 0..3 {
         let expected: Vec<&Stored> = model.iter().filter(|m| m.queue == q).collect();
         prop_assert_eq!(store.max_offset_in_queue("M", q), expected.len() as i64, "queue {} length", q);
-        let got = store.get_messages("M", q, 0, 100_000, usize::MAX, None).unwrap();
-        prop_assert_eq!(got.messages.len(), expected.len());
-        for (rec, want) in got.messages.iter().zip(&expected) {
+        let got = common::read_queue(store, "M", q, 0);
+        prop_assert_eq!(got.len(), expected.len());
+        for (rec, want) in got.iter().zip(&expected) {
             let r = decode_record(rec, true).unwrap();
             prop_assert_eq!(r.body, &body(want.seq, want.len)[..]);
             prop_assert_eq!(r.physical_offset as u64, want.offset);
@@ -67,10 +67,12 @@ fn check(store: &MessageStore, model: &[Stored]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn run(ops: Vec<Op>, flush: FlushDiskType) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, flush: FlushDiskType, pool: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.flush_disk_type = flush;
+    cfg.transient_store_pool_enable = pool;
+    cfg.transient_store_pool_size = 3;
     // Keep the background flusher out of the way: the model decides when
     // async data is flushed (explicit Flush ops and clean restarts).
     cfg.flush_interval_commit_log = std::time::Duration::from_secs(3600);
@@ -132,11 +134,16 @@ proptest! {
 
     #[test]
     fn async_store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
-        run(ops, FlushDiskType::Async)?;
+        run(ops, FlushDiskType::Async, false)?;
     }
 
     #[test]
     fn sync_store_matches_model(ops in proptest::collection::vec(op(), 1..30)) {
-        run(ops, FlushDiskType::Sync)?;
+        run(ops, FlushDiskType::Sync, false)?;
+    }
+
+    #[test]
+    fn read_write_separated_store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
+        run(ops, FlushDiskType::Async, true)?;
     }
 }

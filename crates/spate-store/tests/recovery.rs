@@ -53,8 +53,8 @@ fn assert_exactly(store: &MessageStore, records: &[(u64, u32)], intact: usize) {
     let per_queue = [intact.div_ceil(2) as i64, (intact / 2) as i64];
     for q in 0..2 {
         assert_eq!(store.max_offset_in_queue("Rec", q), per_queue[q as usize], "queue {q} length");
-        let got = store.get_messages("Rec", q, 0, 10_000, usize::MAX, None).unwrap();
-        for (n, rec) in got.messages.iter().enumerate() {
+        let got = common::read_queue(store, "Rec", q, 0);
+        for (n, rec) in got.iter().enumerate() {
             let r = decode_record(rec, true).expect("served record is intact");
             assert_eq!(r.body, &body(n as u64 * 2 + q as u64, 90)[..]);
         }
@@ -109,7 +109,7 @@ fn flipped_bytes_in_the_tail_never_panic_and_keep_earlier_records() {
         }
         // Whatever is served is intact.
         for q in 0..2 {
-            for rec in store.get_messages("Rec", q, 0, 10_000, usize::MAX, None).unwrap().messages {
+            for rec in common::read_queue(&store, "Rec", q, 0) {
                 assert!(decode_record(&rec, true).is_ok(), "flip at {pos}: a damaged record is served");
             }
         }

@@ -61,3 +61,19 @@ pub fn body(n: u64, len: usize) -> Vec<u8> {
     b.truncate(len.max(20));
     b
 }
+
+/// Every record of a queue from `from` on, read in capped batches the way a
+/// consumer pulls.
+pub fn read_queue(store: &spate_store::MessageStore, topic: &str, queue_id: i32, from: i64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    while offset < store.max_offset_in_queue(topic, queue_id) {
+        let got = store.get_messages(topic, queue_id, offset, 32, usize::MAX, None).unwrap();
+        if got.next_begin_offset <= offset {
+            break;
+        }
+        out.extend(got.messages);
+        offset = got.next_begin_offset;
+    }
+    out
+}
