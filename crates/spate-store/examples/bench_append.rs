@@ -125,7 +125,8 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..if args.noop { 0 } else { 1000 } {
         store.put_message(&message)?.flush.wait_blocking()?;
     }
-    let rolled_before = store.stats().segments_rolled;
+    let before = store.stats();
+    let rolled_before = before.segments_rolled;
 
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now() + Duration::from_millis(10);
@@ -183,6 +184,8 @@ fn main() -> anyhow::Result<()> {
         "segments_rolled": stats.segments_rolled - rolled_before,
         "roll_wait_us_max": stats.roll_wait_us_max,
         "fdatasync_p50_us": fdatasync_p50_us,
+        "store_syncs": stats.syncs - before.syncs,
+        "store_sync_avg_us": ((stats.sync_us_total - before.sync_us_total) as f64 / (stats.syncs - before.syncs).max(1) as f64).round(),
     });
     let mut report = report;
     if flush == FlushDiskType::Async {

@@ -101,6 +101,9 @@ pub struct CommitLog {
     writable: AtomicBool,
     failure: Mutex<Option<String>>,
     segments_rolled: AtomicU64,
+    /// Syncs done by `flush`, and the time they took in total (us).
+    syncs: AtomicU64,
+    sync_us_total: AtomicU64,
     /// Woken after bytes become readable (dispatcher).
     pub(crate) readable_signal: Arc<Signal>,
     /// Woken after bytes are written into a write buffer (committer).
@@ -220,6 +223,8 @@ impl CommitLog {
             writable: AtomicBool::new(true),
             failure: Mutex::new(None),
             segments_rolled: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            sync_us_total: AtomicU64::new(0),
             readable_signal,
             commit_signal,
         };
@@ -431,12 +436,15 @@ impl CommitLog {
             .filter(|s| s.end_offset() > flushed && s.start_offset() < target)
             .cloned()
             .collect();
+        let began = Instant::now();
         for seg in dirty {
             if let Err(e) = seg.flush() {
                 self.fail(format!("flush failed: {e}"));
                 return Err(e);
             }
         }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_us_total.fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.flushed_offset.fetch_max(target, Ordering::AcqRel);
         Ok(target)
     }
@@ -743,6 +751,11 @@ impl CommitLog {
     /// Segment size.
     pub fn segment_size(&self) -> u64 {
         self.segment_size
+    }
+
+    /// Flush passes that synced data since open, and their total time (us).
+    pub fn sync_stats(&self) -> (u64, u64) {
+        (self.syncs.load(Ordering::Relaxed), self.sync_us_total.load(Ordering::Relaxed))
     }
 
     /// Segments rolled over since open.

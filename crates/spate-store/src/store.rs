@@ -103,6 +103,10 @@ pub struct StoreStats {
     pub write_buffers_available: Option<usize>,
     /// Why writes are refused, if they are.
     pub not_writable_reason: Option<String>,
+    /// Commit-log flush passes that synced data.
+    pub syncs: u64,
+    /// Their total duration (us).
+    pub sync_us_total: u64,
 }
 
 /// What recovery did on open.
@@ -576,6 +580,8 @@ impl MessageStore {
             roll_wait_us_max: log.roll_wait_us_max(),
             write_buffers_available: log.write_buffers_available(),
             not_writable_reason: log.failure(),
+            syncs: log.sync_stats().0,
+            sync_us_total: log.sync_stats().1,
         }
     }
 
