@@ -684,6 +684,28 @@ mod tests {
 
     proptest! {
         #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600), check in any::<bool>()) {
+            let _ = probe(&bytes);
+            let _ = decode_record(&bytes, check);
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = parse_offset_msg_id(&text);
+            let _ = properties(&text).count();
+        }
+
+        #[test]
+        fn damaged_records_never_panic(pos in 0usize..400, val in any::<u8>(), cut in 0usize..400) {
+            let msg = sample("TopicDamage", &[9u8; 120], "KEYS\u{1}a b\u{2}", false);
+            let mut buf = Vec::new();
+            encode_record(&msg, 4096, &mut buf).unwrap();
+            let pos = pos % buf.len();
+            buf[pos] = val;
+            buf.truncate(cut.max(1).min(buf.len()));
+            if let Ok(r) = decode_record(&buf, true) {
+                prop_assert!(r.total_size <= buf.len() && r.body.len() <= r.total_size);
+            }
+        }
+
+        #[test]
         fn encode_decode_round_trip(topic in "[a-zA-Z0-9_%|-]{1,300}", body in proptest::collection::vec(any::<u8>(), 0..512),
                                     key in "[a-z]{1,8}", value in "[ -~]{0,40}", v6 in any::<bool>(), qoff in any::<i64>()) {
             let topic = &topic[..topic.len().min(TOPIC_MAX_LEN)];
