@@ -743,41 +743,37 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
     std::thread::Builder::new().name(name.to_string()).spawn(f).map_err(|e| StoreError::io(name, e))
 }
 
+/// Runs `step` until the store stops, parking on `signal` whenever a step
+/// made no progress (the timeout only bounds a lost wake-up).
+fn work_loop(inner: &Inner, signal: &Signal, mut step: impl FnMut() -> bool) {
+    while !inner.stopping.load(Ordering::Acquire) {
+        if !step() {
+            signal.wait(Duration::from_millis(100));
+        }
+    }
+}
+
 fn start_threads(inner: &Arc<Inner>, readable: Arc<Signal>, commit: Arc<Signal>) -> Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::new();
     let i = inner.clone();
     threads.push(spawn("spate-flusher", move || i.flusher.run())?);
     let i = inner.clone();
     threads.push(spawn("spate-dispatcher", move || {
-        while !i.stopping.load(Ordering::Acquire) {
-            match i.dispatcher.run_once() {
-                Ok(true) => {}
-                Ok(false) => {
-                    readable.wait(Duration::from_millis(100));
-                }
-                Err(e) => {
-                    // Without consume queues new messages cannot be consumed:
-                    // refuse further writes with the reason, keep retrying.
-                    i.commit_log.fail(format!("building consume queues failed: {e}"));
-                    readable.wait(Duration::from_millis(100));
-                }
+        work_loop(&i, &readable, || match i.dispatcher.run_once() {
+            Ok(progressed) => progressed,
+            Err(e) => {
+                // Without consume queues new messages cannot be consumed:
+                // refuse further writes with the reason, keep retrying.
+                i.commit_log.fail(format!("building consume queues failed: {e}"));
+                false
             }
-        }
+        })
     })?);
     if inner.config.transient_store_pool_enable {
         let i = inner.clone();
         threads.push(spawn("spate-committer", move || {
-            while !i.stopping.load(Ordering::Acquire) {
-                match i.commit_log.commit_pending() {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        commit.wait(Duration::from_millis(100));
-                    }
-                    Err(_) => {
-                        commit.wait(Duration::from_millis(100));
-                    }
-                }
-            }
+            // A commit failure already marked the log not writable.
+            work_loop(&i, &commit, || matches!(i.commit_log.commit_pending(), Ok(true)))
         })?);
     }
     let i = inner.clone();
