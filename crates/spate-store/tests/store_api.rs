@@ -417,3 +417,31 @@ fn reopen_after_truncation_and_crash_ignores_prepared_segments() {
     assert_eq!(store.max_offset_in_queue("G", 0), 50);
     store.put_message(&msg("G", 0, b"after-reopen-message", None, None)).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_callers_await_group_commit_without_blocking_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MessageStore::open(sync_config(dir.path())).unwrap());
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ends = Vec::new();
+                for i in 0..20u64 {
+                    let r = store.put_message(&msg("Async", t % 4, &body(i, 100), None, None)).unwrap();
+                    r.flush.wait().await.unwrap();
+                    ends.push(r.append.end_offset());
+                }
+                ends
+            })
+        })
+        .collect();
+    let mut max_end = 0;
+    for t in tasks {
+        max_end = max_end.max(t.await.unwrap().into_iter().max().unwrap());
+    }
+    assert!(store.flushed_offset() >= max_end, "every awaited append is on disk");
+    assert!(store.wait_dispatched(WAIT));
+    let stored: i64 = (0..4).map(|q| store.max_offset_in_queue("Async", q)).sum();
+    assert_eq!(stored, 32 * 20);
+}
