@@ -15,20 +15,33 @@ use memmap2::MmapRaw;
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Result, StoreError};
-use crate::segment::{Segment, Warm};
+use crate::segment::Segment;
 
 #[derive(Default)]
 struct Slot {
     requested: Option<u64>,
+    /// The start the thread is preparing now.
+    in_progress: Option<u64>,
+    /// The start a writer is blocked on.
+    waiting: Option<u64>,
     ready: Option<(u64, Result<Segment>)>,
     shutdown: bool,
+}
+
+/// How new segments are pre-faulted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WarmPolicy {
+    /// Touch every page (`warmMapedFileEnable`).
+    pub touch: bool,
+    /// Also `mlock` (`lockMappedFileEnable`).
+    pub lock: bool,
 }
 
 /// Creates commit-log segments ahead of need on its own thread.
 pub struct Allocator {
     dir: PathBuf,
     size: u64,
-    warm: Warm,
+    warm: WarmPolicy,
     slot: Mutex<Slot>,
     changed: Condvar,
     /// Longest time an append waited for a segment, in microseconds.
@@ -37,7 +50,7 @@ pub struct Allocator {
 
 impl Allocator {
     /// A new allocator for segments of `size` bytes in `dir`.
-    pub fn new(dir: PathBuf, size: u64, warm: Warm) -> Self {
+    pub fn new(dir: PathBuf, size: u64, warm: WarmPolicy) -> Self {
         Allocator {
             dir,
             size,
@@ -53,7 +66,10 @@ impl Allocator {
     /// disk; recovery ignores empty files past the end).
     pub fn request(&self, start: u64) {
         let mut slot = self.slot.lock();
-        if slot.requested == Some(start) || matches!(slot.ready, Some((s, _)) if s == start) {
+        if slot.requested == Some(start)
+            || slot.in_progress == Some(start)
+            || matches!(slot.ready, Some((s, _)) if s == start)
+        {
             return;
         }
         slot.requested = Some(start);
@@ -70,6 +86,7 @@ impl Allocator {
         loop {
             if let Some((s, _)) = &slot.ready {
                 if *s == start {
+                    slot.waiting = None;
                     let (_, seg) = slot.ready.take().ok_or(StoreError::Busy("segment allocator"))?;
                     let waited = began.elapsed().as_micros() as u64;
                     self.wait_us_max.fetch_max(waited, Ordering::Relaxed);
@@ -77,14 +94,18 @@ impl Allocator {
                 }
             }
             if slot.shutdown {
+                slot.waiting = None;
                 return Err(StoreError::ShutDown);
             }
-            if slot.requested != Some(start) && !matches!(slot.ready, Some((s, _)) if s == start) {
+            if slot.requested != Some(start) && slot.in_progress != Some(start) {
                 slot.requested = Some(start);
                 slot.ready = None;
                 self.changed.notify_all();
             }
+            // Tells the thread to cut warming short: we are blocked on it.
+            slot.waiting = Some(start);
             if self.changed.wait_until(&mut slot, deadline).timed_out() {
+                slot.waiting = None;
                 return Err(StoreError::Busy("next commit-log segment not ready within allocateMappedFileTimeout"));
             }
         }
@@ -100,6 +121,7 @@ impl Allocator {
                         return;
                     }
                     if let Some(start) = slot.requested.take() {
+                        slot.in_progress = Some(start);
                         break start;
                     }
                     self.changed.wait(&mut slot);
@@ -108,15 +130,27 @@ impl Allocator {
             let began = Instant::now();
             // The directory entry is made durable here, off the append path:
             // a synced record in a segment whose name was lost is lost too.
-            let seg = Segment::create_with(&self.dir, start, self.size, self.warm)
+            let seg = Segment::create(&self.dir, start, self.size, false, false)
                 .and_then(|seg| crate::segment::sync_dir(&self.dir).map(|_| seg));
             match &seg {
-                Ok(_) => tracing::debug!(start, elapsed_ms = began.elapsed().as_millis() as u64, "next segment ready"),
+                Ok(seg) => {
+                    let complete = !self.warm.touch
+                        || seg.warm(self.warm.lock, || {
+                            let slot = self.slot.lock();
+                            slot.shutdown || slot.waiting == Some(start)
+                        });
+                    if !complete {
+                        tracing::warn!(start, "writer caught up with warming; handing over a partly warmed segment");
+                    }
+                    tracing::debug!(start, elapsed_ms = began.elapsed().as_millis() as u64, "next segment ready");
+                }
                 Err(e) => tracing::error!(start, error = %e, "cannot prepare next commit-log segment"),
             }
             let mut slot = self.slot.lock();
+            slot.in_progress = None;
             // A newer request supersedes this one; keep only what is wanted.
-            if slot.requested.is_none() {
+            if slot.requested.is_none() || slot.requested == Some(start) {
+                slot.requested = None;
                 slot.ready = Some((start, seg));
             }
             self.changed.notify_all();
@@ -217,7 +251,7 @@ mod tests {
     #[test]
     fn prepares_ahead_and_times_out_when_asked_for_the_impossible() {
         let dir = tempfile::tempdir().unwrap();
-        let alloc = Arc::new(Allocator::new(dir.path().to_path_buf(), 65536, Warm { touch: true, lock: false }));
+        let alloc = Arc::new(Allocator::new(dir.path().to_path_buf(), 65536, WarmPolicy { touch: true, lock: false }));
         let runner = alloc.clone();
         let t = std::thread::spawn(move || runner.run());
         alloc.request(0);

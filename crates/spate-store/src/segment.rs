@@ -40,15 +40,6 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
     }
 }
 
-/// How a new segment is prepared before the writer gets it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Warm {
-    /// Pre-fault every page by writing a zero into it.
-    pub touch: bool,
-    /// `mlock` the mapping (keeps the pages from being reclaimed).
-    pub lock: bool,
-}
-
 /// A pre-allocated, mapped store file.
 pub struct Segment {
     path: PathBuf,
@@ -78,11 +69,6 @@ impl Segment {
     /// allocated on disk, and maps it. `warm` pre-faults every page; `lock`
     /// additionally pins the pages with `mlock`.
     pub fn create(dir: &Path, start_offset: u64, size: u64, warm: bool, lock: bool) -> Result<Self> {
-        Self::create_with(dir, start_offset, size, Warm { touch: warm, lock })
-    }
-
-    /// As [`Segment::create`], with every warming option.
-    pub fn create_with(dir: &Path, start_offset: u64, size: u64, warm: Warm) -> Result<Self> {
         let path = dir.join(file_name(start_offset));
         let file = OpenOptions::new()
             .read(true)
@@ -110,18 +96,26 @@ impl Segment {
             flushed: AtomicU64::new(0),
             locked: AtomicBool::new(false),
         };
-        if warm.touch {
-            segment.warm(warm.lock);
+        if warm {
+            segment.warm(lock, || false);
         }
         Ok(segment)
     }
 
     /// Touches every page so later writes do not fault, and optionally locks
-    /// the mapping in memory. Runs off the append path (allocator thread).
-    fn warm(&self, lock: bool) {
+    /// the mapping in memory. Runs off the append path (allocator thread),
+    /// before the segment is handed to the writer. `abort` is polled every
+    /// 16 MiB: when the writer is already waiting for this segment, a cold
+    /// rest (page faults) costs it less than waiting for the whole warm-up.
+    /// Returns whether every page was touched.
+    pub fn warm(&self, lock: bool, abort: impl Fn() -> bool) -> bool {
+        const CHUNK: u64 = 16 << 20;
         let ptr = self.map.as_mut_ptr();
         let mut pos = 0u64;
         while pos < self.size {
+            if pos.is_multiple_of(CHUNK) && abort() {
+                return false;
+            }
             // SAFETY: in bounds of the mapping; the segment is not yet shared
             // with any writer or reader, and a new file is all zeros, so
             // writing a zero byte changes nothing but the page tables.
@@ -138,6 +132,7 @@ impl Segment {
         if lock && !self.locked.load(Ordering::Relaxed) {
             tracing::warn!(path = %self.path.display(), error = %io::Error::last_os_error(), "mlock failed; segment is warmed but not locked");
         }
+        true
     }
 
     /// Path of the file.
@@ -387,6 +382,14 @@ mod tests {
         assert_eq!(seg.read(0, 8), b"abcd\0\0\0\0");
         assert_eq!(seg.flushed(), 4);
         assert_eq!(seg.end_offset(), 12288);
+    }
+
+    #[test]
+    fn warming_stops_when_asked_and_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = Segment::create(dir.path(), 0, 1 << 20, false, false).unwrap();
+        assert!(!seg.warm(false, || true), "an abort before the first chunk leaves it cold");
+        assert!(seg.warm(false, || false));
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl MessageStore {
 
         // With read/write separation appends never touch the mapping, so
         // warming it would only dirty a segment of zeros for nothing.
-        let warm = crate::segment::Warm {
+        let warm = crate::allocator::WarmPolicy {
             touch: config.warm_mapped_file_enable && !config.transient_store_pool_enable,
             lock: config.lock_mapped_file_enable,
         };
