@@ -99,6 +99,47 @@ struct Waiter {
     tx: oneshot::Sender<Result<()>>,
 }
 
+/// What one settle pass knows.
+struct Pass {
+    /// Offset now durable, or `None` if the sync failed.
+    flushed: Option<u64>,
+    /// Truncation generation and last cut.
+    truncation: (u64, u64),
+    now: Instant,
+    final_pass: bool,
+}
+
+/// The answer a waiter gets from a settle pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Wait,
+    Durable,
+    Truncated,
+    FlushFailed,
+    ShutDown,
+    TimedOut,
+}
+
+impl Pass {
+    /// Decides one waiter's fate (pure: the flusher's whole policy for
+    /// answering appenders).
+    fn verdict(&self, offset: u64, generation: u64, deadline: Instant) -> Verdict {
+        let (current_generation, cut) = self.truncation;
+        // A truncation since the append may have cut the record: its offset
+        // then names other bytes, which must not acknowledge it.
+        if generation != current_generation && offset > cut {
+            return Verdict::Truncated;
+        }
+        match self.flushed {
+            Some(off) if offset <= off => Verdict::Durable,
+            None => Verdict::FlushFailed,
+            Some(_) if self.final_pass => Verdict::ShutDown,
+            Some(_) if self.now >= deadline => Verdict::TimedOut,
+            Some(_) => Verdict::Wait,
+        }
+    }
+}
+
 /// Runs the flush policy on its own thread.
 pub struct Flusher {
     policy: FlushPolicy,
@@ -215,29 +256,20 @@ impl Flusher {
     /// Answers waiters: covered ones succeed, expired ones time out, and on
     /// a flush failure (or at shutdown) the rest fail.
     fn settle(&self, pending: &mut VecDeque<Waiter>, flushed: Option<u64>, final_pass: bool, timeout: Duration) {
-        let now = Instant::now();
-        let (generation, cut) = self.log.truncation();
+        let pass = Pass { flushed, truncation: self.log.truncation(), now: Instant::now(), final_pass };
         for w in std::mem::take(pending) {
-            // A truncation since the append may have cut the record: its
-            // offset then names other bytes, which must not acknowledge it.
-            if w.generation != generation && w.offset > cut {
-                let _ = w.tx.send(Err(StoreError::BadOffset {
-                    offset: w.offset,
-                    reason: "cut by a truncation before it was flushed",
-                }));
-                continue;
-            }
-            let outcome = match flushed {
-                Some(off) if w.offset <= off => Ok(()),
-                None => Err(StoreError::NotWritable(self.log.failure().unwrap_or_default())),
-                Some(_) if final_pass => Err(StoreError::ShutDown),
-                Some(_) if now >= w.deadline => {
-                    Err(StoreError::FlushTimeout { timeout_ms: timeout.as_millis() as u64 })
-                }
-                Some(_) => {
+            let outcome = match pass.verdict(w.offset, w.generation, w.deadline) {
+                Verdict::Wait => {
                     pending.push_back(w);
                     continue;
                 }
+                Verdict::Durable => Ok(()),
+                Verdict::Truncated => {
+                    Err(StoreError::BadOffset { offset: w.offset, reason: "cut by a truncation before it was flushed" })
+                }
+                Verdict::FlushFailed => Err(StoreError::NotWritable(self.log.failure().unwrap_or_default())),
+                Verdict::ShutDown => Err(StoreError::ShutDown),
+                Verdict::TimedOut => Err(StoreError::FlushTimeout { timeout_ms: timeout.as_millis() as u64 }),
             };
             let _ = w.tx.send(outcome);
         }
@@ -273,5 +305,29 @@ impl Flusher {
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
         self.wake.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_cover_every_case() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(5);
+        let earlier = now - Duration::from_millis(1);
+        let pass = |flushed, truncation, final_pass| Pass { flushed, truncation, now, final_pass };
+        let ok = pass(Some(1000), (0, u64::MAX), false);
+        assert_eq!(ok.verdict(1000, 0, later), Verdict::Durable, "covered by the sync");
+        assert_eq!(ok.verdict(1001, 0, later), Verdict::Wait, "not yet covered, time left");
+        assert_eq!(ok.verdict(1001, 0, earlier), Verdict::TimedOut, "past syncFlushTimeout");
+        assert_eq!(pass(None, (0, u64::MAX), false).verdict(10, 0, later), Verdict::FlushFailed);
+        assert_eq!(pass(Some(5), (0, u64::MAX), true).verdict(10, 0, later), Verdict::ShutDown);
+        // A cut at 600 after the append (generation 0 -> 2).
+        let cut = pass(Some(1000), (2, 600), false);
+        assert_eq!(cut.verdict(900, 0, later), Verdict::Truncated, "bytes past the cut are not its record");
+        assert_eq!(cut.verdict(600, 0, later), Verdict::Durable, "a record ending at the cut survived it");
+        assert_eq!(cut.verdict(900, 2, later), Verdict::Durable, "appended after the cut");
     }
 }
