@@ -68,6 +68,10 @@ struct Args {
     /// 1 MiB store stays open), to measure the platform's own jitter.
     #[arg(long)]
     noop: bool,
+    /// Any store setting by its RocketMQ key, e.g. `--set flushIntervalConsumeQueue=5000`
+    /// (repeatable; applied after the options above).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -96,6 +100,12 @@ fn main() -> anyhow::Result<()> {
     config.max_message_size = (args.size + 1024).max(4 * 1024 * 1024).min(args.segment_size as usize / 2);
     config.flush_interval_commit_log = Duration::from_millis(args.flush_interval_ms);
     config.sync_flush_max_waiters = args.producers.max(1) * 4;
+    for kv in &args.settings {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--set wants KEY=VALUE, got {kv:?}"))?;
+        if !config.set(k, v)? {
+            anyhow::bail!("unknown store setting {k:?}");
+        }
+    }
     if args.noop {
         // The control run keeps an idle, tiny store only to share the code path.
         config.mapped_file_size_commit_log = 1 << 20;
