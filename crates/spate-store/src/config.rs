@@ -64,8 +64,8 @@ pub struct StoreConfig {
     /// `warmMapedFileEnable`: pre-fault every page of a new segment in the
     /// background (Spate defaults this on: the append path must not fault).
     pub warm_mapped_file_enable: bool,
-    /// `lockMappedFileEnable` (Spate): also `mlock` warmed segments and pool
-    /// buffers.
+    /// `lockMappedFileEnable` (Spate): also `mlock` warmed segments (pool
+    /// buffers are always locked).
     pub lock_mapped_file_enable: bool,
     /// `maxMessageSize`: largest message body accepted (4 MiB).
     pub max_message_size: usize,

@@ -175,10 +175,12 @@ impl MessageStore {
         let a = allocator.clone();
         threads.push(spawn("spate-allocator", move || a.run())?);
         let pool = if config.transient_store_pool_enable {
+            // Pool buffers are always locked, as upstream's are: the point of
+            // them is memory the writer can never fault on.
             Some(WriteBufferPool::new(
                 config.transient_store_pool_size,
                 config.mapped_file_size_commit_log as usize,
-                config.lock_mapped_file_enable,
+                true,
             )?)
         } else {
             None
