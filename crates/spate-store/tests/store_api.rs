@@ -232,6 +232,8 @@ fn read_write_separation_serves_committed_bytes() {
         store.put_message(&msg("W", 0, &body(i, 300), None, None)).unwrap();
     }
     assert!(store.wait_dispatched(WAIT), "committer and dispatcher catch up: {:?}", store.stats());
+    // flush() takes the committer's lock, so a buffer being returned is back.
+    store.flush().unwrap();
     let stats = store.stats();
     assert!(stats.segments_rolled >= 4);
     assert_eq!(stats.write_buffers_available.map(|n| n >= 2), Some(true), "sealed segments return their buffers");
@@ -389,6 +391,7 @@ fn truncation_into_an_older_segment_with_read_write_separation() {
         store.put_message(&msg("P", 0, &body(10_000 + i, 300), None, None)).unwrap();
     }
     assert!(store.wait_dispatched(WAIT), "committer and dispatcher keep up after the cut: {:?}", store.stats());
+    store.flush().unwrap();
     assert_eq!(store.stats().write_buffers_available.map(|n| n >= 2), Some(true), "no buffer leaked");
     let all = common::read_queue(&store, "P", 0, 0);
     assert_eq!(all.len(), 2100);
