@@ -124,17 +124,25 @@ impl Dispatcher {
             if next == from {
                 break;
             }
+            // Listeners hear of a batch before the dispatched offset covers
+            // it: "dispatched past X" then implies "told about X".
+            self.notify(&mut grown);
             self.dispatched.store(next, Ordering::Release);
             any = true;
         }
-        if !grown.is_empty() {
-            if let Some(listener) = self.listener.lock().clone() {
-                for ((topic, queue_id), max) in grown {
-                    listener(&topic, queue_id, max);
-                }
+        Ok(any)
+    }
+
+    fn notify(&self, grown: &mut HashMap<(String, i32), i64>) {
+        if grown.is_empty() {
+            return;
+        }
+        let listener = self.listener.lock().clone();
+        for ((topic, queue_id), max) in grown.drain() {
+            if let Some(listener) = &listener {
+                listener(&topic, queue_id, max);
             }
         }
-        Ok(any)
     }
 
     fn dispatch_record(&self, bytes: &[u8], offset: u64, grown: &mut HashMap<(String, i32), i64>) -> Result<()> {
