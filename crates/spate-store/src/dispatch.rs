@@ -23,6 +23,9 @@ use crate::index::IndexService;
 /// max offset. Must not block: it runs on the dispatcher thread.
 pub type DispatchListener = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
 
+/// Queues that grew in a batch: topic -> queue id -> new max offset.
+type Grown = HashMap<String, HashMap<i32, i64>>;
+
 /// Builds consume queues and the index from the commit log.
 pub struct Dispatcher {
     pub(crate) commit_log: Arc<CommitLog>,
@@ -78,7 +81,7 @@ impl Dispatcher {
 
     /// As [`Dispatcher::run_once`], with `lock` already held.
     pub(crate) fn dispatch_locked(&self) -> Result<bool> {
-        let mut grown: HashMap<(String, i32), i64> = HashMap::new();
+        let mut grown: Grown = HashMap::new();
         let mut any = false;
         loop {
             let from = self.dispatched();
@@ -133,19 +136,21 @@ impl Dispatcher {
         Ok(any)
     }
 
-    fn notify(&self, grown: &mut HashMap<(String, i32), i64>) {
+    fn notify(&self, grown: &mut Grown) {
         if grown.is_empty() {
             return;
         }
         let listener = self.listener.lock().clone();
-        for ((topic, queue_id), max) in grown.drain() {
-            if let Some(listener) = &listener {
-                listener(&topic, queue_id, max);
+        for (topic, queues) in grown.drain() {
+            for (queue_id, max) in queues {
+                if let Some(listener) = &listener {
+                    listener(&topic, queue_id, max);
+                }
             }
         }
     }
 
-    fn dispatch_record(&self, bytes: &[u8], offset: u64, grown: &mut HashMap<(String, i32), i64>) -> Result<()> {
+    fn dispatch_record(&self, bytes: &[u8], offset: u64, grown: &mut Grown) -> Result<()> {
         let rec = message::decode_record(bytes, false)?;
         debug_assert_eq!(rec.physical_offset as u64, offset);
         if !crate::commit_log::valid_queue_id(rec.queue_id) {
@@ -155,10 +160,13 @@ impl Dispatcher {
         let tags_code = message::tags_code(rec.property(property::TAGS));
         let unit = CqUnit { physical_offset: offset, size: rec.total_size as u32, tags_code };
         self.queues.get_or_create(rec.topic, rec.queue_id)?.put(rec.queue_offset, unit)?;
-        match grown.get_mut(&(rec.topic.to_string(), rec.queue_id)) {
-            Some(max) => *max = rec.queue_offset + 1,
+        // Looked up by &str: no allocation per record once a topic is seen.
+        match grown.get_mut(rec.topic) {
+            Some(queues) => {
+                queues.insert(rec.queue_id, rec.queue_offset + 1);
+            }
             None => {
-                grown.insert((rec.topic.to_string(), rec.queue_id), rec.queue_offset + 1);
+                grown.insert(rec.topic.to_string(), HashMap::from([(rec.queue_id, rec.queue_offset + 1)]));
             }
         }
         if let Some(index) = &self.index {

@@ -243,12 +243,18 @@ impl Segment {
     /// Zeroes `[pos, size)` wherever it is not zero already (recovery: stale
     /// bytes past a cut must never read back as records).
     pub fn zero_from(&self, pos: u64) {
+        self.zero_range(pos, self.size);
+    }
+
+    /// Zeroes `[from, to)` in 64 KiB chunks, skipping chunks already zero
+    /// (reading is cheaper than dirtying pages that need no change).
+    fn zero_range(&self, from: u64, to: u64) {
         const CHUNK: u64 = 64 * 1024;
         let zeros = vec![0u8; CHUNK as usize];
         let mut buf = vec![0u8; CHUNK as usize];
-        let mut at = pos;
-        while at < self.size {
-            let n = (self.size - at).min(CHUNK) as usize;
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(CHUNK) as usize;
             self.read_into(at, &mut buf[..n]);
             if buf[..n].iter().any(|b| *b != 0) {
                 self.copy_in(at, &zeros[..n]);
@@ -299,14 +305,7 @@ impl Segment {
     /// Writer-exclusive (truncation). Blocking.
     pub fn truncate_to(&self, pos: u64) -> Result<()> {
         let end = self.wrote().max(pos).min(self.size);
-        // Zero in pages to bound the temporary buffer.
-        let zeros = vec![0u8; 64 * 1024];
-        let mut at = pos;
-        while at < end {
-            let n = ((end - at) as usize).min(zeros.len());
-            self.copy_in(at, &zeros[..n]);
-            at += n as u64;
-        }
+        self.zero_range(pos, end);
         if end > pos {
             // Without this the cut records could come back after a power loss.
             let start = pos - pos % PAGE_SIZE;
@@ -316,13 +315,6 @@ impl Segment {
         self.readable.store(pos, Ordering::Release);
         self.flushed.store(self.flushed().min(pos), Ordering::Release);
         Ok(())
-    }
-
-    /// Unmaps and deletes the file.
-    pub fn destroy(self) -> Result<()> {
-        let path = self.path.clone();
-        drop(self);
-        std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))
     }
 
     /// Last-modified time of the file, for retention.

@@ -604,10 +604,11 @@ impl MessageStore {
     /// Flushes the commit log, consume queues and index now and writes the
     /// checkpoint. Blocking.
     pub fn flush(&self) -> Result<()> {
-        self.inner.commit_log.commit_pending()?;
-        self.inner.commit_log.flush()?;
-        self.inner.dispatcher.run_once()?;
-        self.inner.write_checkpoint()
+        let inner = &self.inner;
+        inner.commit_log.commit_pending()?;
+        inner.commit_log.flush()?;
+        inner.dispatcher.run_once()?;
+        inner.write_checkpoint()
     }
 
     /// Deletes expired (or, with a full disk, the oldest) commit-log
@@ -623,11 +624,8 @@ impl MessageStore {
             return Ok(());
         }
         self.stop_threads(false);
+        self.flush()?;
         let inner = &self.inner;
-        inner.commit_log.commit_pending()?;
-        inner.commit_log.flush()?;
-        inner.dispatcher.run_once()?;
-        inner.write_checkpoint()?;
         std::fs::remove_file(&inner.abort_path).map_err(|e| StoreError::io(&inner.abort_path, e))?;
         crate::segment::sync_dir(&inner.config.store_path_root_dir)?;
         Ok(())
