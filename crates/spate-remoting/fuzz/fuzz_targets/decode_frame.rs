@@ -1,0 +1,18 @@
+//! Feeds arbitrary bytes to the frame codec; run with
+//! `cargo +nightly fuzz run decode_frame` from crates/spate-remoting.
+#![no_main]
+
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+use spate_remoting::codec::FrameCodec;
+use tokio_util::codec::Decoder;
+
+fuzz_target!(|data: &[u8]| {
+    let mut codec = FrameCodec::new(1 << 20);
+    let mut buf = BytesMut::from(data);
+    // Decode until the codec wants more bytes or rejects the stream; a
+    // decoded command must encode again without panicking.
+    while let Ok(Some(cmd)) = codec.decode(&mut buf) {
+        let _ = cmd.to_bytes();
+    }
+});

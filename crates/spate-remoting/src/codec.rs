@@ -1,0 +1,92 @@
+//! Splits a byte stream into frames, enforcing the frame size limit before
+//! buffering anything.
+
+use bytes::{Buf, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::command::RemotingCommand;
+use crate::error::FrameError;
+
+/// Upstream's `com.rocketmq.remoting.frameMaxLength`: 16 MiB.
+pub const DEFAULT_FRAME_MAX_LENGTH: usize = 16 * 1024 * 1024;
+
+/// Frame codec for `tokio_util::codec::Framed`.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    frame_max_length: usize,
+}
+
+impl FrameCodec {
+    pub fn new(frame_max_length: usize) -> Self {
+        FrameCodec { frame_max_length }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = RemotingCommand;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<RemotingCommand>, FrameError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([src[0], src[1], src[2], src[3]]) as i64;
+        if len < 4 {
+            return Err(FrameError::Malformed(format!("frame length {len} is below the minimum of 4")));
+        }
+        if len as u64 > self.frame_max_length as u64 {
+            return Err(FrameError::TooLarge { len, max: self.frame_max_length });
+        }
+        let len = len as usize;
+        if src.len() < 4 + len {
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        let frame = src.split_to(len).freeze();
+        RemotingCommand::decode(frame).map(Some)
+    }
+}
+
+impl Encoder<RemotingCommand> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, cmd: RemotingCommand, dst: &mut BytesMut) -> Result<(), FrameError> {
+        cmd.encode(dst);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    #[test]
+    fn split_frames_decode_one_by_one() {
+        let mut codec = FrameCodec::new(DEFAULT_FRAME_MAX_LENGTH);
+        let a = RemotingCommand::request(1).with("k", "v");
+        let b = RemotingCommand::request(2).with_body(vec![7u8; 100]);
+        let mut all = BytesMut::new();
+        a.encode(&mut all);
+        b.encode(&mut all);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for byte in all.iter() {
+            buf.put_u8(*byte);
+            while let Some(cmd) = codec.decode(&mut buf).unwrap() {
+                out.push(cmd);
+            }
+        }
+        assert_eq!(out, vec![a, b]);
+    }
+
+    #[test]
+    fn oversized_and_negative_lengths_are_rejected_before_buffering() {
+        let mut codec = FrameCodec::new(DEFAULT_FRAME_MAX_LENGTH);
+        let mut buf = BytesMut::from(&(i32::MAX).to_be_bytes()[..]);
+        assert!(matches!(codec.decode(&mut buf), Err(FrameError::TooLarge { .. })));
+        let mut buf = BytesMut::from(&(-5i32).to_be_bytes()[..]);
+        assert!(matches!(codec.decode(&mut buf), Err(FrameError::Malformed(_))));
+    }
+}

@@ -1,0 +1,484 @@
+//! `RemotingCommand`: one request or response, and its two header encodings.
+//!
+//! Frame layout (all integers big-endian):
+//! `total_len i32 | (serialize_type << 24 | header_len) i32 | header | body`,
+//! where `total_len` counts everything after itself.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Map, Value};
+
+use crate::code::{response, LanguageCode};
+use crate::error::{FrameError, HeaderError};
+
+/// Flag bit 0: this command is a response.
+pub const FLAG_RESPONSE: i32 = 1;
+/// Flag bit 1: the sender expects no response.
+pub const FLAG_ONEWAY: i32 = 1 << 1;
+/// The protocol version Spate announces (upstream's V4_9_4 ordinal); peers ignore it.
+pub const SPATE_VERSION: i32 = 435;
+
+/// How the header is serialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SerializeType {
+    Json = 0,
+    RocketMq = 1,
+}
+
+/// One request or response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemotingCommand {
+    pub code: i32,
+    pub language: LanguageCode,
+    pub version: i32,
+    pub opaque: i32,
+    pub flag: i32,
+    pub remark: Option<String>,
+    /// The command's custom header fields (`extFields`).
+    pub ext_fields: HashMap<String, String>,
+    /// The header encoding; a response is sent in its request's encoding.
+    pub serialize_type: SerializeType,
+    pub body: Bytes,
+}
+
+impl RemotingCommand {
+    /// A new request; the connection assigns `opaque` when it is sent.
+    pub fn request(code: i32) -> Self {
+        RemotingCommand {
+            code,
+            language: LanguageCode::Rust,
+            version: SPATE_VERSION,
+            opaque: 0,
+            flag: 0,
+            remark: None,
+            ext_fields: HashMap::new(),
+            serialize_type: SerializeType::Json,
+            body: Bytes::new(),
+        }
+    }
+
+    /// A response to `req`: same opaque, same header encoding.
+    pub fn response_to(req: &RemotingCommand, code: i32, remark: impl Into<Option<String>>) -> Self {
+        RemotingCommand {
+            code,
+            language: LanguageCode::Rust,
+            version: SPATE_VERSION,
+            opaque: req.opaque,
+            flag: FLAG_RESPONSE,
+            remark: remark.into(),
+            ext_fields: HashMap::new(),
+            serialize_type: req.serialize_type,
+            body: Bytes::new(),
+        }
+    }
+
+    /// A SUCCESS response to `req`.
+    pub fn success(req: &RemotingCommand) -> Self {
+        Self::response_to(req, response::SUCCESS, None)
+    }
+
+    /// An error response to `req` with a remark saying why.
+    pub fn error(req: &RemotingCommand, code: i32, remark: impl Into<String>) -> Self {
+        Self::response_to(req, code, Some(remark.into()))
+    }
+
+    pub fn is_response(&self) -> bool {
+        self.flag & FLAG_RESPONSE != 0
+    }
+
+    pub fn is_oneway(&self) -> bool {
+        self.flag & FLAG_ONEWAY != 0
+    }
+
+    pub fn mark_oneway(mut self) -> Self {
+        self.flag |= FLAG_ONEWAY;
+        self
+    }
+
+    /// Sets one header field.
+    pub fn with(mut self, key: &str, value: impl ToString) -> Self {
+        self.ext_fields.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Sets one header field when `value` is present.
+    pub fn with_opt(self, key: &str, value: Option<impl ToString>) -> Self {
+        match value {
+            Some(v) => self.with(key, v),
+            None => self,
+        }
+    }
+
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    pub fn with_remark(mut self, remark: impl Into<String>) -> Self {
+        self.remark = Some(remark.into());
+        self
+    }
+
+    /// A header field, if present.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.ext_fields.get(key).map(String::as_str)
+    }
+
+    /// A required string field.
+    pub fn str_field(&self, key: &str) -> Result<&str, HeaderError> {
+        self.field(key).ok_or_else(|| HeaderError::Missing(key.to_string()))
+    }
+
+    /// A required integer field; accepts surrounding spaces.
+    pub fn i64_field(&self, key: &str) -> Result<i64, HeaderError> {
+        parse_i64(key, self.str_field(key)?)
+    }
+
+    /// A required `i32` field.
+    pub fn i32_field(&self, key: &str) -> Result<i32, HeaderError> {
+        let v = self.i64_field(key)?;
+        i32::try_from(v).map_err(|_| HeaderError::Invalid(key.to_string(), v.to_string()))
+    }
+
+    /// An optional integer field: missing or empty is `None`, garbage is an error.
+    pub fn opt_i64_field(&self, key: &str) -> Result<Option<i64>, HeaderError> {
+        match self.field(key).map(str::trim) {
+            None | Some("") | Some("null") => Ok(None),
+            Some(v) => parse_i64(key, v).map(Some),
+        }
+    }
+
+    /// An optional `i32` field.
+    pub fn opt_i32_field(&self, key: &str) -> Result<Option<i32>, HeaderError> {
+        match self.opt_i64_field(key)? {
+            None => Ok(None),
+            Some(v) => i32::try_from(v).map(Some).map_err(|_| HeaderError::Invalid(key.to_string(), v.to_string())),
+        }
+    }
+
+    /// An optional boolean field; accepts `true`/`false` in any case and `1`/`0`.
+    pub fn opt_bool_field(&self, key: &str) -> Result<Option<bool>, HeaderError> {
+        match self.field(key).map(str::trim) {
+            None | Some("") | Some("null") => Ok(None),
+            Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(Some(true)),
+            Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Ok(Some(false)),
+            Some(v) => Err(HeaderError::Invalid(key.to_string(), v.to_string())),
+        }
+    }
+
+    /// Encodes the whole frame, length prefix included.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let header = match self.serialize_type {
+            SerializeType::Json => self.encode_json_header(),
+            SerializeType::RocketMq => self.encode_binary_header(),
+        };
+        let total = 4 + header.len() + self.body.len();
+        dst.reserve(4 + total);
+        dst.put_i32(total as i32);
+        dst.put_i32(((self.serialize_type as i32) << 24) | header.len() as i32);
+        dst.put_slice(&header);
+        dst.put_slice(&self.body);
+    }
+
+    /// Encodes into a fresh buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        self.encode(&mut b);
+        b.freeze()
+    }
+
+    /// Decodes one frame without its leading `total_len` (the codec strips it).
+    pub fn decode(frame: Bytes) -> Result<RemotingCommand, FrameError> {
+        if frame.len() < 4 {
+            return Err(FrameError::Malformed("frame shorter than its header length field".into()));
+        }
+        let meta = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        let kind = (meta >> 24) & 0xFF;
+        let header_len = (meta & 0x00FF_FFFF) as usize;
+        if 4 + header_len > frame.len() {
+            return Err(FrameError::Malformed(format!(
+                "header length {header_len} exceeds frame length {}",
+                frame.len()
+            )));
+        }
+        let header = &frame[4..4 + header_len];
+        let mut cmd = match kind {
+            0 => decode_json_header(header)?,
+            1 => decode_binary_header(header)?,
+            other => return Err(FrameError::Malformed(format!("unknown header serialize type {other}"))),
+        };
+        cmd.body = frame.slice(4 + header_len..);
+        Ok(cmd)
+    }
+
+    fn encode_json_header(&self) -> Vec<u8> {
+        let mut obj = Map::new();
+        obj.insert("code".into(), self.code.into());
+        obj.insert("language".into(), self.language.name().into());
+        obj.insert("version".into(), self.version.into());
+        obj.insert("opaque".into(), self.opaque.into());
+        obj.insert("flag".into(), self.flag.into());
+        if let Some(r) = &self.remark {
+            obj.insert("remark".into(), r.clone().into());
+        }
+        if !self.ext_fields.is_empty() {
+            let ext: Map<String, Value> =
+                self.ext_fields.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            obj.insert("extFields".into(), Value::Object(ext));
+        }
+        obj.insert("serializeTypeCurrentRPC".into(), "JSON".into());
+        serde_json::to_vec(&Value::Object(obj)).unwrap_or_default()
+    }
+
+    fn encode_binary_header(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64);
+        b.put_i16(self.code as i16);
+        b.put_u8(self.language.code());
+        b.put_i16(self.version as i16);
+        b.put_i32(self.opaque);
+        b.put_i32(self.flag);
+        match &self.remark {
+            Some(r) => {
+                b.put_i32(r.len() as i32);
+                b.put_slice(r.as_bytes());
+            }
+            None => b.put_i32(0),
+        }
+        let mut ext = Vec::new();
+        for (k, v) in &self.ext_fields {
+            ext.put_i16(k.len() as i16);
+            ext.put_slice(k.as_bytes());
+            ext.put_i32(v.len() as i32);
+            ext.put_slice(v.as_bytes());
+        }
+        b.put_i32(ext.len() as i32);
+        b.put_slice(&ext);
+        b
+    }
+}
+
+fn parse_i64(key: &str, v: &str) -> Result<i64, HeaderError> {
+    v.trim().parse::<i64>().map_err(|_| HeaderError::Invalid(key.to_string(), v.to_string()))
+}
+
+/// Reads JSON scalars leniently: peers send numbers where others send strings.
+fn json_i32(v: Option<&Value>) -> i32 {
+    match v {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0) as i32,
+        Some(Value::String(s)) => s.trim().parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn json_to_field(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn decode_json_header(header: &[u8]) -> Result<RemotingCommand, FrameError> {
+    let v: Value = serde_json::from_slice(header)
+        .map_err(|e| FrameError::Malformed(format!("JSON header does not parse: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| FrameError::Malformed("JSON header is not an object".into()))?;
+    let language = match obj.get("language") {
+        Some(Value::String(s)) => LanguageCode::from_name(s),
+        Some(Value::Number(n)) => LanguageCode::from_code(n.as_u64().unwrap_or(7).min(255) as u8),
+        _ => LanguageCode::Other,
+    };
+    let mut ext_fields = HashMap::new();
+    if let Some(Value::Object(ext)) = obj.get("extFields") {
+        for (k, v) in ext {
+            if let Some(s) = json_to_field(v) {
+                ext_fields.insert(k.clone(), s);
+            }
+        }
+    }
+    Ok(RemotingCommand {
+        code: json_i32(obj.get("code")),
+        language,
+        version: json_i32(obj.get("version")),
+        opaque: json_i32(obj.get("opaque")),
+        flag: json_i32(obj.get("flag")),
+        remark: obj.get("remark").and_then(json_to_field),
+        ext_fields,
+        serialize_type: SerializeType::Json,
+        body: Bytes::new(),
+    })
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], FrameError> {
+        if self.buf.len() < n {
+            return Err(FrameError::Malformed(format!("binary header truncated in {what}")));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn i16(&mut self, what: &str) -> Result<i16, FrameError> {
+        let b = self.take(2, what)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+    fn i32(&mut self, what: &str) -> Result<i32, FrameError> {
+        let b = self.take(4, what)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn string(&mut self, len: i64, what: &str) -> Result<String, FrameError> {
+        if len < 0 {
+            return Err(FrameError::Malformed(format!("negative length in {what}")));
+        }
+        let b = self.take(len as usize, what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| FrameError::Malformed(format!("{what} is not UTF-8")))
+    }
+}
+
+fn decode_binary_header(header: &[u8]) -> Result<RemotingCommand, FrameError> {
+    let mut r = Reader { buf: header };
+    let code = r.i16("code")? as i32;
+    let language = LanguageCode::from_code(r.take(1, "language")?[0]);
+    let version = r.i16("version")? as i32;
+    let opaque = r.i32("opaque")?;
+    let flag = r.i32("flag")?;
+    let remark_len = r.i32("remark length")?;
+    let remark = if remark_len > 0 { Some(r.string(remark_len as i64, "remark")?) } else { None };
+    let ext_len = r.i32("extFields length")?;
+    if ext_len < 0 {
+        return Err(FrameError::Malformed("negative extFields length".into()));
+    }
+    let mut ext = Reader { buf: r.take(ext_len as usize, "extFields")? };
+    let mut ext_fields = HashMap::new();
+    while !ext.buf.is_empty() {
+        let klen = ext.i16("extFields key length")?;
+        let key = ext.string(klen as i64, "extFields key")?;
+        let vlen = ext.i32("extFields value length")?;
+        let val = ext.string(vlen as i64, "extFields value")?;
+        ext_fields.insert(key, val);
+    }
+    Ok(RemotingCommand {
+        code,
+        language,
+        version,
+        opaque,
+        flag,
+        remark,
+        ext_fields,
+        serialize_type: SerializeType::RocketMq,
+        body: Bytes::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip(cmd: &RemotingCommand) -> RemotingCommand {
+        let frame = cmd.to_bytes();
+        let total = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+        assert_eq!(total, frame.len() - 4);
+        RemotingCommand::decode(frame.slice(4..)).expect("own frame decodes")
+    }
+
+    #[test]
+    fn json_header_accepts_numbers_and_missing_optional_fields() {
+        let header = br#"{"code":10,"language":"GO","opaque":7,"flag":0,"extFields":{"queueId":3,"batch":false,"topic":"T","x":null}}"#;
+        let mut frame = BytesMut::new();
+        frame.put_i32(header.len() as i32);
+        frame.put_slice(header);
+        frame.put_slice(b"body");
+        let cmd = RemotingCommand::decode(frame.freeze()).unwrap();
+        assert_eq!(cmd.code, 10);
+        assert_eq!(cmd.language, LanguageCode::Go);
+        assert_eq!(cmd.i32_field("queueId").unwrap(), 3);
+        assert_eq!(cmd.opt_bool_field("batch").unwrap(), Some(false));
+        assert_eq!(cmd.field("x"), None);
+        assert_eq!(cmd.remark, None);
+        assert_eq!(&cmd.body[..], b"body");
+    }
+
+    #[test]
+    fn header_field_errors_name_the_field() {
+        let cmd = RemotingCommand::request(10).with("queueId", "abc");
+        assert_eq!(cmd.i32_field("queueId").unwrap_err().to_string(), "header field `queueId` has invalid value `abc`");
+        assert_eq!(cmd.str_field("topic").unwrap_err().to_string(), "header field `topic` is missing");
+    }
+
+    #[test]
+    fn binary_header_matches_upstream_layout() {
+        let cmd = RemotingCommand {
+            serialize_type: SerializeType::RocketMq,
+            ..RemotingCommand::request(105).with("topic", "T")
+        };
+        let frame = cmd.to_bytes();
+        // meta: type 1 in the top byte
+        assert_eq!(frame[4], 1);
+        let h = &frame[8..];
+        assert_eq!(&h[0..2], &105i16.to_be_bytes());
+        assert_eq!(h[2], LanguageCode::Rust.code());
+        // remark length 0, then extFields length 2+5+4+1
+        assert_eq!(&h[13..17], &0i32.to_be_bytes());
+        assert_eq!(&h[17..21], &12i32.to_be_bytes());
+        assert_eq!(&h[21..23], &5i16.to_be_bytes());
+        assert_eq!(&h[23..28], b"topic");
+    }
+
+    #[test]
+    fn truncated_binary_header_is_an_error() {
+        let cmd = RemotingCommand {
+            serialize_type: SerializeType::RocketMq,
+            ..RemotingCommand::request(105).with("topic", "T").with_remark("hello")
+        };
+        let frame = cmd.to_bytes().slice(4..);
+        let header_len = (i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) & 0xFFFFFF) as usize;
+        for cut in 0..header_len {
+            let mut f = BytesMut::new();
+            f.put_i32((1 << 24) | cut as i32);
+            f.put_slice(&frame[4..4 + cut]);
+            assert!(RemotingCommand::decode(f.freeze()).is_err(), "cut at {cut}");
+        }
+    }
+
+    fn arb_cmd() -> impl Strategy<Value = RemotingCommand> {
+        (
+            any::<i16>(),
+            0u8..14,
+            any::<i16>(),
+            any::<i32>(),
+            0i32..4,
+            proptest::option::of("[ -~é]{1,20}"),
+            proptest::collection::hash_map("[a-zA-Z]{1,8}", "[ -~]{0,12}", 0..6),
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(code, lang, version, opaque, flag, remark, ext, binary, body)| RemotingCommand {
+                code: code as i32,
+                language: LanguageCode::from_code(lang),
+                version: version as i32,
+                opaque,
+                flag,
+                remark,
+                ext_fields: ext,
+                serialize_type: if binary { SerializeType::RocketMq } else { SerializeType::Json },
+                body: Bytes::from(body),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn both_header_encodings_round_trip(cmd in arb_cmd()) {
+            prop_assert_eq!(roundtrip(&cmd), cmd);
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = RemotingCommand::decode(Bytes::from(data));
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! RocketMQ's remoting protocol for Spate.
+//!
+//! - [`command`]: `RemotingCommand` and its JSON and binary header encodings.
+//! - [`codec`]: frame splitting with the 16 MiB limit.
+//! - [`connection`]: one TCP connection, requests both ways, correlation by `opaque`.
+//! - [`server`] and [`client`]: the accepting and the connecting side.
+//! - [`code`]: request and response codes.
+//! - [`protocol`]: bodies and their JSON shapes, shared by servers and clients.
+//!
+//! This crate knows nothing about storage.
+
+pub mod client;
+pub mod code;
+pub mod codec;
+pub mod command;
+pub mod connection;
+pub mod error;
+pub mod protocol;
+pub mod server;
+
+pub use client::{ClientConfig, RemotingClient};
+pub use code::{request, response, LanguageCode};
+pub use command::{RemotingCommand, SerializeType};
+pub use connection::{BoxFuture, Connection, ConnectionConfig, RequestHandler};
+pub use error::{FrameError, HeaderError, RemotingError};
+pub use server::RemotingServer;

@@ -1,0 +1,101 @@
+//! Topic and subscription-group configuration as brokers persist and register them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::perm;
+
+/// One topic's configuration on a broker (`TopicConfig` upstream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TopicConfig {
+    pub topic_name: String,
+    pub read_queue_nums: i32,
+    pub write_queue_nums: i32,
+    pub perm: i32,
+    pub topic_filter_type: String,
+    pub topic_sys_flag: i32,
+    pub order: bool,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            topic_name: String::new(),
+            read_queue_nums: 16,
+            write_queue_nums: 16,
+            perm: perm::READ | perm::WRITE,
+            topic_filter_type: "SINGLE_TAG".into(),
+            topic_sys_flag: 0,
+            order: false,
+        }
+    }
+}
+
+impl TopicConfig {
+    pub fn new(name: &str, queues: i32, perm: i32) -> Self {
+        TopicConfig {
+            topic_name: name.to_string(),
+            read_queue_nums: queues,
+            write_queue_nums: queues,
+            perm,
+            ..TopicConfig::default()
+        }
+    }
+}
+
+/// Version stamp of a broker's topic table; the name server skips unchanged ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DataVersion {
+    pub timestamp: i64,
+    pub counter: i64,
+}
+
+/// A broker's topic table (GET_ALL_TOPIC_CONFIG body, inside REGISTER_BROKER's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TopicConfigSerializeWrapper {
+    pub topic_config_table: BTreeMap<String, TopicConfig>,
+    pub data_version: DataVersion,
+}
+
+/// The body of REGISTER_BROKER.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RegisterBrokerBody {
+    pub topic_config_serialize_wrapper: TopicConfigSerializeWrapper,
+    pub filter_server_list: Vec<String>,
+}
+
+/// A consumer group's settings (`SubscriptionGroupConfig` upstream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SubscriptionGroupConfig {
+    pub group_name: String,
+    pub consume_enable: bool,
+    pub consume_from_min_enable: bool,
+    pub consume_broadcast_enable: bool,
+    pub retry_queue_nums: i32,
+    pub retry_max_times: i32,
+    pub broker_id: i64,
+    pub which_broker_when_consume_slowly: i64,
+    pub notify_consumer_ids_changed_enable: bool,
+}
+
+impl Default for SubscriptionGroupConfig {
+    fn default() -> Self {
+        SubscriptionGroupConfig {
+            group_name: String::new(),
+            consume_enable: true,
+            consume_from_min_enable: true,
+            consume_broadcast_enable: true,
+            retry_queue_nums: 1,
+            retry_max_times: 16,
+            broker_id: 0,
+            which_broker_when_consume_slowly: 1,
+            notify_consumer_ids_changed_enable: true,
+        }
+    }
+}
