@@ -1,14 +1,20 @@
 //! The `spate` binary: command line, configuration loading, signals.
 //!
-//! Today it runs the store alone (`spate standalone`); the name server and
-//! the broker's network side arrive with the remoting layer.
+//! - `spate standalone`: name server and broker in one process (the zero-setup default).
+//! - `spate namesrv`: a name server.
+//! - `spate broker -c broker.conf`: a broker.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use spate_store::{MessageStore, StoreConfig};
+use spate_broker::{Broker, BrokerConfig};
+use spate_namesrv::{NameServer, NamesrvConfig};
+
+/// How long shutdown waits for requests in progress (held pulls included).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Parser)]
 #[command(name = "spate", version, about = "Spate: a RocketMQ-compatible message engine")]
@@ -19,14 +25,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run Spate on one machine with zero setup (data under ./spate-data).
+    /// Name server and broker in one process, data under ./spate-data.
     Standalone {
         /// Store root (RocketMQ's storePathRootDir).
         #[arg(long, default_value = "spate-data")]
         data_dir: PathBuf,
-        /// A broker.conf-style properties file with store settings.
+        /// Name server port.
+        #[arg(long, default_value_t = 9876)]
+        namesrv_port: u16,
+        /// Broker port (listenPort).
+        #[arg(long, default_value_t = 10911)]
+        broker_port: u16,
+        /// A broker.conf with further settings (the flags above win).
         #[arg(short = 'c', long)]
         config: Option<PathBuf>,
+    },
+    /// A name server.
+    Namesrv {
+        #[arg(long, default_value_t = 9876)]
+        port: u16,
+        /// Drop a broker silent for this long (brokerChannelExpiredTime), in ms.
+        #[arg(long, default_value_t = 10_000)]
+        broker_expired_millis: u64,
+    },
+    /// A broker configured by a broker.conf file.
+    Broker {
+        #[arg(short = 'c', long)]
+        config: PathBuf,
+        /// Overrides namesrvAddr.
+        #[arg(short = 'n', long)]
+        namesrv_addr: Option<String>,
     },
 }
 
@@ -34,30 +62,87 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    match Cli::parse().command {
-        Command::Standalone { data_dir, config } => standalone(&data_dir, config.as_deref()),
-    }
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("spate").build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Standalone { data_dir, namesrv_port, broker_port, config } => {
+                standalone(data_dir, namesrv_port, broker_port, config.as_deref()).await
+            }
+            Command::Namesrv { port, broker_expired_millis } => namesrv(port, broker_expired_millis).await,
+            Command::Broker { config, namesrv_addr } => broker(&config, namesrv_addr).await,
+        }
+    })
 }
 
-fn standalone(data_dir: &Path, config_file: Option<&Path>) -> Result<()> {
-    let started = Instant::now();
-    let mut config = StoreConfig::new(data_dir);
-    if let Some(path) = config_file {
-        apply_properties(&mut config, path)?;
+fn load_broker_config(data_dir: &Path, file: Option<&Path>) -> Result<BrokerConfig> {
+    let mut cfg = BrokerConfig::new(data_dir);
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        for key in cfg.apply_properties(&text, &path.display().to_string())? {
+            tracing::warn!(key = %key, file = %path.display(), "unknown setting ignored");
+        }
     }
-    let store = MessageStore::open(config).context("opening the store")?;
-    let r = store.recovery();
+    Ok(cfg)
+}
+
+async fn standalone(data_dir: PathBuf, namesrv_port: u16, broker_port: u16, config: Option<&Path>) -> Result<()> {
+    let started = Instant::now();
+    let mut cfg = load_broker_config(&data_dir, config)?;
+    cfg.store.store_path_root_dir = data_dir.clone();
+    cfg.listen_port = broker_port;
+    let namesrv = NameServer::start(NamesrvConfig {
+        listen_addr: SocketAddr::from(([0, 0, 0, 0], namesrv_port)),
+        ..NamesrvConfig::default()
+    })
+    .await
+    .with_context(|| format!("starting the name server on port {namesrv_port}"))?;
+    cfg.namesrv_addr = vec![format!("127.0.0.1:{}", namesrv.local_addr().port())];
+    let broker = Broker::start(cfg).await.context("starting the broker")?;
+    let r = broker.state().store.recovery();
     tracing::info!(
         data_dir = %data_dir.display(),
+        namesrv = %namesrv.local_addr(),
+        broker = %broker.local_addr(),
         end_offset = r.end_offset,
         after_crash = r.after_crash,
         ready_ms = started.elapsed().as_millis() as u64,
-        "spate standalone ready (store only: the broker and name server ports come with the remoting layer)"
+        "spate standalone ready"
     );
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(wait_for_signal())?;
-    tracing::info!("shutting down: flushing and writing the checkpoint");
-    store.shutdown().context("clean shutdown")?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down: answering requests in progress, flushing, checkpointing");
+    broker.shutdown(SHUTDOWN_GRACE).await.context("broker shutdown")?;
+    namesrv.shutdown(Duration::from_millis(200)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn namesrv(port: u16, broker_expired_millis: u64) -> Result<()> {
+    let namesrv = NameServer::start(NamesrvConfig {
+        listen_addr: SocketAddr::from(([0, 0, 0, 0], port)),
+        broker_expired_time: Duration::from_millis(broker_expired_millis),
+        ..NamesrvConfig::default()
+    })
+    .await
+    .with_context(|| format!("starting the name server on port {port}"))?;
+    tracing::info!(addr = %namesrv.local_addr(), "name server ready");
+    wait_for_signal().await?;
+    namesrv.shutdown(SHUTDOWN_GRACE).await;
+    Ok(())
+}
+
+async fn broker(config: &Path, namesrv_addr: Option<String>) -> Result<()> {
+    let mut cfg = load_broker_config(Path::new("spate-data"), Some(config))?;
+    if let Some(addrs) = namesrv_addr {
+        cfg.set("namesrvAddr", &addrs)?;
+    }
+    if cfg.namesrv_addr.is_empty() {
+        tracing::warn!("namesrvAddr is not set: clients will not find this broker");
+    }
+    let broker = Broker::start(cfg).await.context("starting the broker")?;
+    tracing::info!(addr = %broker.local_addr(), "broker ready");
+    wait_for_signal().await?;
+    broker.shutdown(SHUTDOWN_GRACE).await.context("broker shutdown")?;
     Ok(())
 }
 
@@ -66,27 +151,6 @@ async fn wait_for_signal() -> Result<()> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
         _ = term.recv() => {}
-    }
-    Ok(())
-}
-
-/// Reads `key=value` lines (RocketMQ's properties format, `#` comments) into
-/// the store settings. Unknown keys warn; bad values refuse to start.
-fn apply_properties(config: &mut StoreConfig, path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=').or_else(|| line.split_once(':')) else {
-            bail!("{}:{}: expected key=value", path.display(), n + 1);
-        };
-        let key = key.trim();
-        let known = config.set(key, value).with_context(|| format!("{}:{}", path.display(), n + 1))?;
-        if !known {
-            tracing::warn!(key, file = %path.display(), "unknown setting ignored");
-        }
     }
     Ok(())
 }

@@ -27,6 +27,8 @@ pub struct BrokerData {
     pub cluster: String,
     pub broker_name: String,
     pub broker_addrs: BTreeMap<i64, String>,
+    /// Upstream 5.x field; some clients refuse a route without it.
+    pub enable_acting_master: bool,
 }
 
 impl BrokerData {
@@ -39,10 +41,11 @@ impl BrokerData {
     pub fn to_fastjson(&self) -> String {
         let addrs: Vec<String> = self.broker_addrs.iter().map(|(id, a)| format!("{id}:{}", string(a))).collect();
         format!(
-            "{{\"brokerAddrs\":{{{}}},\"brokerName\":{},\"cluster\":{}}}",
+            "{{\"brokerAddrs\":{{{}}},\"brokerName\":{},\"cluster\":{},\"enableActingMaster\":{}}}",
             addrs.join(","),
             string(&self.broker_name),
-            string(&self.cluster)
+            string(&self.cluster),
+            self.enable_acting_master
         )
     }
 }
@@ -117,6 +120,7 @@ mod tests {
                 cluster: "c".into(),
                 broker_name: "b1".into(),
                 broker_addrs: BTreeMap::from([(0, "127.0.0.1:10911".into()), (1, "127.0.0.1:10921".into())]),
+                enable_acting_master: false,
             }],
             filter_server_table: BTreeMap::new(),
         }

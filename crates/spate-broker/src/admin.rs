@@ -1,0 +1,290 @@
+//! Operator and lookup requests: topics, groups, broker config and runtime
+//! info, consume stats, queue offsets, and message queries.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use spate_common::message::{self, parse_offset_msg_id};
+use spate_remoting::protocol::{
+    json, perm, ConsumeStats, KvTable, MessageQueue, OffsetWrapper, SubscriptionData, SubscriptionGroupConfig,
+    TopicConfig,
+};
+use spate_remoting::{response, RemotingCommand};
+
+use crate::config::RUNTIME_KEYS;
+use crate::error::BrokerError;
+use crate::topics::MAX_QUEUE_NUMS;
+use crate::BrokerState;
+
+pub async fn create_topic(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let topic = req.str_field("topic")?;
+    if let Err(e) = message::validate_topic(topic) {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e.to_string()));
+    }
+    let default_queues = state.config.read().default_topic_queue_nums;
+    let read = req.opt_i32_field("readQueueNums")?.unwrap_or(default_queues);
+    let write = req.opt_i32_field("writeQueueNums")?.unwrap_or(default_queues);
+    for (key, n) in [("readQueueNums", read), ("writeQueueNums", write)] {
+        if !(1..=MAX_QUEUE_NUMS).contains(&n) {
+            return Ok(RemotingCommand::error(
+                req,
+                response::INVALID_PARAMETER,
+                format!("{key} {n} is out of range 1..={MAX_QUEUE_NUMS}"),
+            ));
+        }
+    }
+    let tc = TopicConfig {
+        topic_name: topic.to_string(),
+        read_queue_nums: read,
+        write_queue_nums: write,
+        perm: req.opt_i32_field("perm")?.unwrap_or(perm::READ | perm::WRITE)
+            & (perm::READ | perm::WRITE | perm::INHERIT),
+        topic_filter_type: req.field("topicFilterType").unwrap_or("SINGLE_TAG").to_string(),
+        topic_sys_flag: req.opt_i32_field("topicSysFlag")?.unwrap_or(0),
+        order: req.opt_bool_field("order")?.unwrap_or(false),
+    };
+    if !state.topics.upsert(tc) {
+        return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, "the broker's topic table is full"));
+    }
+    tracing::info!(topic, read, write, "topic created or updated");
+    state.topics_changed();
+    state.topics.persist().await?;
+    Ok(RemotingCommand::success(req))
+}
+
+pub async fn delete_topic(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let topic = req.str_field("topic")?;
+    if state.topics.delete(topic) {
+        state.offsets.remove_topic(topic);
+        state.long_poll.forget_topic(topic);
+        tracing::info!(topic, "topic deleted");
+        state.topics_changed();
+        state.topics.persist().await?;
+    }
+    Ok(RemotingCommand::success(req))
+}
+
+pub fn all_topic_config(state: &Arc<BrokerState>, req: &RemotingCommand) -> RemotingCommand {
+    RemotingCommand::success(req).with_body(serde_json::to_vec(&state.topics.snapshot()).unwrap_or_default())
+}
+
+pub async fn create_group(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let cfg: SubscriptionGroupConfig = json::decode(&req.body, "SubscriptionGroupConfig")?;
+    if cfg.group_name.is_empty() || message::validate_topic(&cfg.group_name).is_err() {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("invalid group name `{}`", cfg.group_name),
+        ));
+    }
+    if !state.groups.upsert(cfg) {
+        return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, "the broker's group table is full"));
+    }
+    state.groups.persist().await?;
+    Ok(RemotingCommand::success(req))
+}
+
+pub fn all_groups(state: &Arc<BrokerState>, req: &RemotingCommand) -> RemotingCommand {
+    RemotingCommand::success(req).with_body(serde_json::to_vec(&state.groups.snapshot()).unwrap_or_default())
+}
+
+pub fn broker_config(state: &Arc<BrokerState>, req: &RemotingCommand) -> RemotingCommand {
+    RemotingCommand::success(req).with_body(state.config.read().to_properties())
+}
+
+pub fn update_broker_config(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let text = String::from_utf8_lossy(&req.body).to_string();
+    let mut updated = state.config.read().clone();
+    let mut restart = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let Some((k, v)) = line.split_once('=') else {
+            return Ok(RemotingCommand::error(
+                req,
+                response::INVALID_PARAMETER,
+                format!("expected key=value, got `{line}`"),
+            ));
+        };
+        let k = k.trim();
+        if !RUNTIME_KEYS.contains(&k) {
+            restart.push(k.to_string());
+            continue;
+        }
+        if let Err(e) = updated.set(k, v) {
+            return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e.to_string()));
+        }
+    }
+    if !restart.is_empty() {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("keys {restart:?} cannot change at runtime (allowed: {RUNTIME_KEYS:?}); nothing was changed"),
+        ));
+    }
+    let perm_changed = updated.broker_permission != state.config.read().broker_permission;
+    *state.config.write() = updated;
+    if perm_changed {
+        state.topics_changed();
+    }
+    Ok(RemotingCommand::success(req))
+}
+
+pub fn runtime_info(state: &Arc<BrokerState>, req: &RemotingCommand) -> RemotingCommand {
+    let s = state.store.stats();
+    let (puts, put_bytes, gets, get_bytes) = state.stats.totals();
+    let mut table = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        table.insert(k.to_string(), v);
+    };
+    put("brokerVersionDesc", format!("Spate {}", env!("CARGO_PKG_VERSION")));
+    put("brokerVersion", spate_remoting::command::SPATE_VERSION.to_string());
+    put("msgPutTotalTodayNow", puts.to_string());
+    put("msgGetTotalTodayNow", gets.to_string());
+    put("putMessageSizeTotal", put_bytes.to_string());
+    put("getMessageSizeTotal", get_bytes.to_string());
+    put("commitLogMinOffset", state.store.min_offset().to_string());
+    put("commitLogMaxOffset", state.store.max_offset().to_string());
+    put("commitLogFlushedOffset", state.store.flushed_offset().to_string());
+    put("dispatchBehindBytes", state.store.max_offset().saturating_sub(state.store.dispatched_offset()).to_string());
+    put("pageCacheLockTimeMills", if state.store.is_os_page_cache_busy() { "busy" } else { "0" }.to_string());
+    put("storeSyncs", s.syncs.to_string());
+    put("runtime", format!("[ {} seconds ]", state.started.elapsed().as_secs()));
+    put("heldPulls", state.long_poll.held_count().to_string());
+    put("consumerGroups", state.clients.consumer_group_count().to_string());
+    put("topics", state.topics.len().to_string());
+    put("brokerRole", format!("{:?}", state.config.read().broker_role));
+    RemotingCommand::success(req).with_body(serde_json::to_vec(&KvTable { table }).unwrap_or_default())
+}
+
+pub fn consume_stats(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let group = req.str_field("consumerGroup")?;
+    let topics = match req.field("topic").filter(|t| !t.is_empty()) {
+        Some(t) => vec![t.to_string()],
+        None => state.offsets.topics_of_group(group),
+    };
+    let mut stats = ConsumeStats::default();
+    for topic in topics {
+        let Some(tc) = state.topics.get(&topic) else { continue };
+        let committed = state.offsets.queues(group, &topic);
+        for queue_id in 0..tc.read_queue_nums {
+            let broker_offset = state.store.max_offset_in_queue(&topic, queue_id);
+            let consumer_offset = committed.get(&queue_id).copied().unwrap_or(0);
+            stats.offset_table.insert(
+                MessageQueue::new(&topic, &state.broker_name, queue_id),
+                OffsetWrapper { broker_offset, consumer_offset, last_timestamp: 0 },
+            );
+        }
+    }
+    if stats.offset_table.is_empty() {
+        return Ok(RemotingCommand::error(
+            req,
+            response::CONSUMER_NOT_ONLINE,
+            format!("group {group} has no offsets on this broker"),
+        ));
+    }
+    Ok(RemotingCommand::success(req).with_body(stats.to_fastjson()))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConsumerConnection {
+    connection_set: Vec<spate_remoting::protocol::ClientConnection>,
+    subscription_table: BTreeMap<String, SubscriptionData>,
+    consume_type: String,
+    message_model: String,
+    consume_from_where: String,
+}
+
+pub fn consumer_connections(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let group = req.str_field("consumerGroup")?;
+    let Some(g) = state.clients.consumer_group(group) else {
+        return Ok(RemotingCommand::error(
+            req,
+            response::CONSUMER_NOT_ONLINE,
+            format!("the consumer group[{group}] not online"),
+        ));
+    };
+    let body = ConsumerConnection {
+        connection_set: g.connections(),
+        subscription_table: g.subscriptions.clone(),
+        consume_type: g.consume_type.clone(),
+        message_model: g.message_model.clone(),
+        consume_from_where: g.consume_from_where.clone(),
+    };
+    Ok(RemotingCommand::success(req).with_body(serde_json::to_vec(&body).unwrap_or_default()))
+}
+
+/// GET_MAX_OFFSET, GET_MIN_OFFSET, SEARCH_OFFSET_BY_TIMESTAMP, GET_EARLIEST_MSG_STORETIME.
+pub async fn queue_offset(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    use spate_remoting::request as r;
+    let topic = req.str_field("topic")?.to_string();
+    let queue_id = req.i32_field("queueId")?;
+    let store = state.store.clone();
+    let code = req.code;
+    let timestamp = if code == r::SEARCH_OFFSET_BY_TIMESTAMP { req.i64_field("timestamp")? } else { 0 };
+    let answer = tokio::task::spawn_blocking(move || -> Result<(&'static str, i64), spate_store::StoreError> {
+        Ok(match code {
+            r::GET_MAX_OFFSET => ("offset", store.max_offset_in_queue(&topic, queue_id)),
+            r::GET_MIN_OFFSET => ("offset", store.min_offset_in_queue(&topic, queue_id)),
+            r::SEARCH_OFFSET_BY_TIMESTAMP => ("offset", store.offset_by_time(&topic, queue_id, timestamp)?),
+            _ => ("timestamp", store.earliest_store_time(&topic, queue_id)?.unwrap_or(-1)),
+        })
+    })
+    .await
+    .map_err(|e| BrokerError::Config(format!("offset task failed: {e}")))?;
+    match answer {
+        Ok((key, v)) => Ok(RemotingCommand::success(req).with(key, v)),
+        Err(e) => Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, e.to_string())),
+    }
+}
+
+/// QUERY_MESSAGE: by key (KEYS or UNIQ_KEY) within a time range.
+pub async fn query_message(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let topic = req.str_field("topic")?.to_string();
+    let key = req.str_field("key")?.to_string();
+    let max = req.opt_i32_field("maxNum")?.unwrap_or(32).clamp(1, 64) as usize;
+    let begin = req.opt_i64_field("beginTimestamp")?.unwrap_or(0);
+    let end = req.opt_i64_field("endTimestamp")?.unwrap_or(i64::MAX);
+    let store = state.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.query_by_key(&topic, &key, begin, end, max))
+        .await
+        .map_err(|e| BrokerError::Config(format!("query task failed: {e}")))?;
+    let records = match found {
+        Ok(r) => r,
+        Err(e) => return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, e.to_string())),
+    };
+    if records.is_empty() {
+        return Ok(RemotingCommand::error(
+            req,
+            response::QUERY_NOT_FOUND,
+            "can not find message, maybe time range not correct",
+        ));
+    }
+    Ok(RemotingCommand::success(req)
+        .with("indexLastUpdateTimestamp", 0)
+        .with("indexLastUpdatePhyoffset", state.store.dispatched_offset())
+        .with_body(records.concat()))
+}
+
+/// VIEW_MESSAGE_BY_ID: the header carries the commit-log offset.
+pub async fn view_message(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let offset = match req.opt_i64_field("offset")? {
+        Some(o) => o,
+        None => match req.field("msgId").and_then(parse_offset_msg_id) {
+            Some((_, o)) => o as i64,
+            None => {
+                return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, "header field `offset` is missing"))
+            }
+        },
+    };
+    let store = state.store.clone();
+    let got = tokio::task::spawn_blocking(move || store.read_record(offset.max(0) as u64))
+        .await
+        .map_err(|e| BrokerError::Config(format!("read task failed: {e}")))?;
+    match got {
+        Ok(raw) => Ok(RemotingCommand::success(req).with_body(raw)),
+        Err(e) => {
+            Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, format!("no message at offset {offset}: {e}")))
+        }
+    }
+}

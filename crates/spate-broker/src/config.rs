@@ -1,0 +1,311 @@
+//! `broker.conf`: RocketMQ's properties format and key names. Broker keys
+//! are read here; store keys go to [`StoreConfig::set`]. Unknown keys warn;
+//! a value that does not parse refuses to start with the key named.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use spate_store::StoreConfig;
+
+use crate::error::BrokerError;
+
+/// The replication role (`brokerRole`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerRole {
+    AsyncMaster,
+    SyncMaster,
+    Slave,
+}
+
+/// Broker settings, by RocketMQ key.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `brokerClusterName` (DefaultCluster).
+    pub broker_cluster_name: String,
+    /// `brokerName` (broker-a): the replica group.
+    pub broker_name: String,
+    /// `brokerId`: 0 is the master.
+    pub broker_id: i64,
+    /// `namesrvAddr`: `host:port` list separated by `;`.
+    pub namesrv_addr: Vec<String>,
+    /// `brokerIP1`: the address clients are told to use (detected when unset).
+    pub broker_ip1: IpAddr,
+    /// `listenPort` (10911).
+    pub listen_port: u16,
+    /// `haListenPort` (10912; used by replication).
+    pub ha_listen_port: u16,
+    /// `brokerRole` (ASYNC_MASTER).
+    pub broker_role: BrokerRole,
+    /// `brokerPermission` (6: read and write).
+    pub broker_permission: i32,
+    /// `autoCreateTopicEnable` (true): a send naming TBW102 as its default topic creates the topic.
+    pub auto_create_topic_enable: bool,
+    /// `autoCreateSubscriptionGroup` (true).
+    pub auto_create_subscription_group: bool,
+    /// `defaultTopicQueueNums` (8): queues of an auto-created or default topic.
+    pub default_topic_queue_nums: i32,
+    /// `registerNameServerPeriod`: re-registration interval (upstream 30 s; Spate 5 s).
+    pub register_name_server_period: Duration,
+    /// `registerBrokerTimeoutMills` (6000).
+    pub register_broker_timeout: Duration,
+    /// `longPollingEnable` (true).
+    pub long_polling_enable: bool,
+    /// `shortPollingTimeMills` (1000): hold time when long polling is off.
+    pub short_polling_time: Duration,
+    /// `flushConsumerOffsetInterval` (5000 ms).
+    pub flush_consumer_offset_interval: Duration,
+    /// `channelExpiredTimeout` (120 s): a client silent this long is dropped.
+    pub channel_expired_timeout: Duration,
+    /// `notifyConsumerIdsChangedEnable` (true).
+    pub notify_consumer_ids_changed_enable: bool,
+    /// `maxHeldPulls`: suspended pulls across all connections (Spate).
+    pub max_held_pulls: usize,
+    /// The store's settings (`storePathRootDir`, `flushDiskType`, ...).
+    pub store: StoreConfig,
+}
+
+/// Broker keys, for the unknown-key check and `GET_BROKER_CONFIG`.
+pub const BROKER_KEYS: &[&str] = &[
+    "brokerClusterName",
+    "brokerName",
+    "brokerId",
+    "namesrvAddr",
+    "brokerIP1",
+    "listenPort",
+    "haListenPort",
+    "brokerRole",
+    "brokerPermission",
+    "autoCreateTopicEnable",
+    "autoCreateSubscriptionGroup",
+    "defaultTopicQueueNums",
+    "registerNameServerPeriod",
+    "registerBrokerTimeoutMills",
+    "longPollingEnable",
+    "shortPollingTimeMills",
+    "flushConsumerOffsetInterval",
+    "channelExpiredTimeout",
+    "notifyConsumerIdsChangedEnable",
+    "maxHeldPulls",
+];
+
+impl BrokerConfig {
+    /// Defaults with the store under `store_root`.
+    pub fn new(store_root: impl Into<PathBuf>) -> Self {
+        BrokerConfig {
+            broker_cluster_name: "DefaultCluster".into(),
+            broker_name: "broker-a".into(),
+            broker_id: 0,
+            namesrv_addr: Vec::new(),
+            broker_ip1: detect_local_ip(),
+            listen_port: 10911,
+            ha_listen_port: 10912,
+            broker_role: BrokerRole::AsyncMaster,
+            broker_permission: 6,
+            auto_create_topic_enable: true,
+            auto_create_subscription_group: true,
+            default_topic_queue_nums: 8,
+            register_name_server_period: Duration::from_secs(5),
+            register_broker_timeout: Duration::from_millis(6000),
+            long_polling_enable: true,
+            short_polling_time: Duration::from_millis(1000),
+            flush_consumer_offset_interval: Duration::from_millis(5000),
+            channel_expired_timeout: Duration::from_secs(120),
+            notify_consumer_ids_changed_enable: true,
+            max_held_pulls: 100_000,
+            store: StoreConfig::new(store_root),
+        }
+    }
+
+    /// Sets one key. `Ok(false)`: neither the broker nor the store knows it.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, BrokerError> {
+        let v = value.trim();
+        match key {
+            "brokerClusterName" => self.broker_cluster_name = nonempty(key, v)?,
+            "brokerName" => self.broker_name = nonempty(key, v)?,
+            "brokerId" => self.broker_id = parse(key, v)?,
+            "namesrvAddr" => self.namesrv_addr = split_addrs(v),
+            "brokerIP1" => self.broker_ip1 = parse(key, v)?,
+            "listenPort" => self.listen_port = parse(key, v)?,
+            "haListenPort" => self.ha_listen_port = parse(key, v)?,
+            "brokerRole" => {
+                self.broker_role = match v {
+                    "ASYNC_MASTER" => BrokerRole::AsyncMaster,
+                    "SYNC_MASTER" => BrokerRole::SyncMaster,
+                    "SLAVE" => BrokerRole::Slave,
+                    _ => return Err(invalid(key, v, "ASYNC_MASTER, SYNC_MASTER or SLAVE")),
+                }
+            }
+            "brokerPermission" => self.broker_permission = parse(key, v)?,
+            "autoCreateTopicEnable" => self.auto_create_topic_enable = parse_bool(key, v)?,
+            "autoCreateSubscriptionGroup" => self.auto_create_subscription_group = parse_bool(key, v)?,
+            "defaultTopicQueueNums" => self.default_topic_queue_nums = parse(key, v)?,
+            "registerNameServerPeriod" => self.register_name_server_period = millis(key, v)?,
+            "registerBrokerTimeoutMills" => self.register_broker_timeout = millis(key, v)?,
+            "longPollingEnable" => self.long_polling_enable = parse_bool(key, v)?,
+            "shortPollingTimeMills" => self.short_polling_time = millis(key, v)?,
+            "flushConsumerOffsetInterval" => self.flush_consumer_offset_interval = millis(key, v)?,
+            "channelExpiredTimeout" => self.channel_expired_timeout = millis(key, v)?,
+            "notifyConsumerIdsChangedEnable" => self.notify_consumer_ids_changed_enable = parse_bool(key, v)?,
+            "maxHeldPulls" => self.max_held_pulls = parse(key, v)?,
+            _ => return self.store.set(key, v).map_err(|e| BrokerError::Config(e.to_string())),
+        }
+        Ok(true)
+    }
+
+    /// Reads a properties file: `key=value` lines, `#`/`!` comments.
+    pub fn apply_properties(&mut self, text: &str, origin: &str) -> Result<Vec<String>, BrokerError> {
+        let mut unknown = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=').or_else(|| line.split_once(':')) else {
+                return Err(BrokerError::Config(format!("{origin}:{}: expected key=value", n + 1)));
+            };
+            let key = key.trim();
+            match self.set(key, value) {
+                Ok(true) => {}
+                Ok(false) => unknown.push(key.to_string()),
+                Err(e) => return Err(BrokerError::Config(format!("{origin}:{}: {e}", n + 1))),
+            }
+        }
+        Ok(unknown)
+    }
+
+    /// Checks settings that only make sense together.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        if self.default_topic_queue_nums < 1 || self.default_topic_queue_nums > 1024 {
+            return Err(invalid("defaultTopicQueueNums", &self.default_topic_queue_nums.to_string(), "1..=1024"));
+        }
+        if self.broker_role == BrokerRole::Slave && self.broker_id == 0 {
+            return Err(invalid("brokerId", "0", "a slave's brokerId must be greater than 0"));
+        }
+        if self.broker_role != BrokerRole::Slave && self.broker_id != 0 {
+            return Err(invalid("brokerId", &self.broker_id.to_string(), "a master's brokerId must be 0"));
+        }
+        self.store.validate().map_err(|e| BrokerError::Config(e.to_string()))
+    }
+
+    /// The address written into records and given to clients.
+    pub fn broker_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.broker_ip1, self.listen_port)
+    }
+
+    /// The current settings as `key=value` lines (GET_BROKER_CONFIG).
+    pub fn to_properties(&self) -> String {
+        let role = match self.broker_role {
+            BrokerRole::AsyncMaster => "ASYNC_MASTER",
+            BrokerRole::SyncMaster => "SYNC_MASTER",
+            BrokerRole::Slave => "SLAVE",
+        };
+        let lines = [
+            ("brokerClusterName", self.broker_cluster_name.clone()),
+            ("brokerName", self.broker_name.clone()),
+            ("brokerId", self.broker_id.to_string()),
+            ("namesrvAddr", self.namesrv_addr.join(";")),
+            ("brokerIP1", self.broker_ip1.to_string()),
+            ("listenPort", self.listen_port.to_string()),
+            ("haListenPort", self.ha_listen_port.to_string()),
+            ("brokerRole", role.to_string()),
+            ("brokerPermission", self.broker_permission.to_string()),
+            ("autoCreateTopicEnable", self.auto_create_topic_enable.to_string()),
+            ("autoCreateSubscriptionGroup", self.auto_create_subscription_group.to_string()),
+            ("defaultTopicQueueNums", self.default_topic_queue_nums.to_string()),
+            ("registerNameServerPeriod", self.register_name_server_period.as_millis().to_string()),
+            ("registerBrokerTimeoutMills", self.register_broker_timeout.as_millis().to_string()),
+            ("longPollingEnable", self.long_polling_enable.to_string()),
+            ("shortPollingTimeMills", self.short_polling_time.as_millis().to_string()),
+            ("flushConsumerOffsetInterval", self.flush_consumer_offset_interval.as_millis().to_string()),
+            ("channelExpiredTimeout", self.channel_expired_timeout.as_millis().to_string()),
+            ("notifyConsumerIdsChangedEnable", self.notify_consumer_ids_changed_enable.to_string()),
+            ("maxHeldPulls", self.max_held_pulls.to_string()),
+            ("storePathRootDir", self.store.store_path_root_dir.display().to_string()),
+        ];
+        lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+    }
+}
+
+/// Keys that may change at runtime through UPDATE_BROKER_CONFIG; others need a restart.
+pub const RUNTIME_KEYS: &[&str] = &[
+    "autoCreateTopicEnable",
+    "autoCreateSubscriptionGroup",
+    "defaultTopicQueueNums",
+    "brokerPermission",
+    "longPollingEnable",
+    "shortPollingTimeMills",
+    "notifyConsumerIdsChangedEnable",
+];
+
+fn split_addrs(v: &str) -> Vec<String> {
+    v.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+fn invalid(key: &str, value: &str, expected: &str) -> BrokerError {
+    BrokerError::Config(format!("invalid value `{value}` for {key}: expected {expected}"))
+}
+
+fn nonempty(key: &str, v: &str) -> Result<String, BrokerError> {
+    if v.is_empty() {
+        return Err(invalid(key, v, "a non-empty name"));
+    }
+    Ok(v.to_string())
+}
+
+fn parse<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, BrokerError> {
+    v.parse().map_err(|_| invalid(key, v, std::any::type_name::<T>()))
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, BrokerError> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(key, v, "true or false")),
+    }
+}
+
+fn millis(key: &str, v: &str) -> Result<Duration, BrokerError> {
+    parse::<u64>(key, v).map(Duration::from_millis)
+}
+
+/// The first non-loopback IPv4 address (no packet is sent), else loopback.
+fn detect_local_ip() -> IpAddr {
+    UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("10.255.255.255:1").map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_set_broker_and_store_keys_and_report_unknown_ones() {
+        let mut c = BrokerConfig::new("/tmp/x");
+        let text = "# comment\nbrokerName = b1\nnamesrvAddr=127.0.0.1:9876;127.0.0.1:9877\nflushDiskType=SYNC_FLUSH\nlistenPort=10999\nbogusKey=1\n";
+        let unknown = c.apply_properties(text, "broker.conf").unwrap();
+        assert_eq!(unknown, vec!["bogusKey".to_string()]);
+        assert_eq!(c.broker_name, "b1");
+        assert_eq!(c.namesrv_addr.len(), 2);
+        assert_eq!(c.listen_port, 10999);
+        assert!(c.to_properties().contains("brokerName=b1\n"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let mut c = BrokerConfig::new("/tmp/x");
+        let err = c.apply_properties("listenPort=abc\n", "broker.conf").unwrap_err().to_string();
+        assert!(err.contains("listenPort") && err.contains("broker.conf:1"), "{err}");
+        let err = c.apply_properties("brokerRole=LEADER\n", "b").unwrap_err().to_string();
+        assert!(err.contains("brokerRole"), "{err}");
+        let err = c.apply_properties("maxMessageSize=-1\n", "b").unwrap_err().to_string();
+        assert!(err.contains("maxMessageSize"), "{err}");
+        c.set("brokerRole", "SLAVE").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("brokerId"));
+    }
+}

@@ -1,0 +1,191 @@
+//! Requests about consumers: heartbeats and membership, offsets, orderly
+//! queue locks, and messages sent back for retry.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use spate_common::message::{self, decode_record, NewMessage};
+use spate_remoting::protocol::{
+    dlq_topic, json, perm, retry_topic, ConsumerListBody, HeartbeatData, LockBatchRequestBody, LockBatchResponseBody,
+    TopicConfig,
+};
+use spate_remoting::{request, response, Connection, RemotingCommand};
+
+use crate::clients::ClientChannel;
+use crate::error::BrokerError;
+use crate::send::{retry_properties, store_error_response};
+use crate::BrokerState;
+
+pub async fn heart_beat(
+    state: &Arc<BrokerState>,
+    conn: &Arc<Connection>,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, BrokerError> {
+    let hb: HeartbeatData = json::decode(&req.body, "HeartbeatData")?;
+    let channel = |client_id: &str| ClientChannel {
+        client_id: client_id.to_string(),
+        conn: conn.clone(),
+        language: req.language.name().to_string(),
+        version: req.version,
+        last_update: Instant::now(),
+    };
+    let auto_group = state.config.read().auto_create_subscription_group;
+    let mut topics_changed = false;
+    for data in &hb.consumer_data_set {
+        let group_cfg_changed = state.groups.ensure(&data.group_name, auto_group);
+        if group_cfg_changed {
+            state.persist_groups_soon();
+        }
+        if !data.is_broadcasting() {
+            let queues = state.groups.get(&data.group_name).map_or(1, |g| g.retry_queue_nums);
+            if state.topics.get(&retry_topic(&data.group_name)).is_none() {
+                topics_changed |= state.topics.ensure_retry_topic(&data.group_name, queues).is_some();
+            }
+        }
+        let changed = state.clients.register_consumer(channel(&hb.client_id), data);
+        if changed {
+            tracing::info!(group = %data.group_name, client = %hb.client_id, "consumer joined");
+            state.notify_consumer_ids_changed(&data.group_name);
+        }
+    }
+    for p in &hb.producer_data_set {
+        state.clients.register_producer(&p.group_name, channel(&hb.client_id));
+    }
+    if topics_changed {
+        state.topics_changed();
+    }
+    Ok(RemotingCommand::success(req))
+}
+
+pub fn unregister_client(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let client_id = req.str_field("clientID")?;
+    if let Some(group) = req.field("producerGroup").filter(|g| !g.is_empty()) {
+        state.clients.unregister_producer(group, client_id);
+    }
+    if let Some(group) = req.field("consumerGroup").filter(|g| !g.is_empty()) {
+        if state.clients.unregister_consumer(group, client_id) {
+            tracing::info!(group, client = client_id, "consumer left");
+            state.notify_consumer_ids_changed(group);
+        }
+    }
+    Ok(RemotingCommand::success(req))
+}
+
+pub fn consumer_list(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let group = req.str_field("consumerGroup")?;
+    let ids = state.clients.consumer_ids(group);
+    if ids.is_empty() {
+        return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, format!("no consumer for this group, {group}")));
+    }
+    let body = ConsumerListBody { consumer_id_list: ids };
+    Ok(RemotingCommand::success(req).with_body(serde_json::to_vec(&body).unwrap_or_default()))
+}
+
+pub fn query_offset(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let group = req.str_field("consumerGroup")?;
+    let topic = req.str_field("topic")?;
+    let queue_id = req.i32_field("queueId")?;
+    if let Some(offset) = state.offsets.query(group, topic, queue_id) {
+        return Ok(RemotingCommand::success(req).with("offset", offset));
+    }
+    // Upstream: a new group on a queue that still starts at 0 begins there.
+    let zero_if_not_found = req.opt_bool_field("setZeroIfNotFound")?.unwrap_or(true);
+    if zero_if_not_found && state.store.min_offset_in_queue(topic, queue_id) <= 0 {
+        return Ok(RemotingCommand::success(req).with("offset", 0));
+    }
+    Ok(RemotingCommand::error(req, response::QUERY_NOT_FOUND, "Not found, maybe this group consumer boot first"))
+}
+
+pub fn update_offset(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let group = req.str_field("consumerGroup")?;
+    let topic = req.str_field("topic")?;
+    let queue_id = req.i32_field("queueId")?;
+    let offset = req.i64_field("commitOffset")?;
+    if offset < 0 {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("commitOffset {offset} is negative"),
+        ));
+    }
+    state.offsets.commit(group, topic, queue_id, offset);
+    Ok(RemotingCommand::success(req))
+}
+
+pub fn lock_batch(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let body: LockBatchRequestBody = json::decode(&req.body, "LockBatchRequestBody")?;
+    let now = Instant::now();
+    let held = if req.code == request::LOCK_BATCH_MQ {
+        state.locks.lock(&body.consumer_group, &body.client_id, &body.mq_set, now)
+    } else {
+        state.locks.unlock(&body.consumer_group, &body.client_id, &body.mq_set);
+        return Ok(RemotingCommand::success(req));
+    };
+    let resp = LockBatchResponseBody { lock_ok_mq_set: held };
+    Ok(RemotingCommand::success(req).with_body(serde_json::to_vec(&resp).unwrap_or_default()))
+}
+
+/// CONSUMER_SEND_MSG_BACK: a message the consumer failed to process goes to
+/// the group's retry topic, or to its dead-letter topic after
+/// `maxReconsumeTimes`. Delivery is immediate: delay levels arrive with
+/// scheduled messages.
+pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let offset = req.i64_field("offset")?;
+    let group = req.str_field("group")?.to_string();
+    let max_times = req.opt_i32_field("maxReconsumeTimes")?.unwrap_or(16);
+    let store = state.store.clone();
+    let raw = tokio::task::spawn_blocking(move || store.read_record(offset.max(0) as u64))
+        .await
+        .map_err(|e| BrokerError::Config(format!("read task failed: {e}")))?;
+    let raw = match raw {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, format!("look back message failed: {e}")))
+        }
+    };
+    let rec = match decode_record(&raw, false) {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(RemotingCommand::error(
+                req,
+                response::SYSTEM_ERROR,
+                format!("stored message is unreadable: {e}"),
+            ))
+        }
+    };
+    let origin_topic = rec.property(message::property::RETRY_TOPIC).unwrap_or(rec.topic).to_string();
+    let origin_id = req
+        .field("originMsgId")
+        .map(str::to_string)
+        .unwrap_or_else(|| message::offset_msg_id(rec.store_host, rec.physical_offset as u64));
+    let times = rec.reconsume_times + 1;
+    let dead = times > max_times || req.opt_i32_field("delayLevel")?.is_some_and(|l| l < 0);
+    let target = if dead { dlq_topic(&group) } else { retry_topic(&group) };
+    if state.topics.get(&target).is_none() {
+        let p = if dead { perm::WRITE } else { perm::READ | perm::WRITE };
+        state.topics.upsert(TopicConfig::new(&target, 1, p));
+        state.topics_changed();
+    }
+    let msg = NewMessage {
+        topic: target.clone(),
+        queue_id: 0,
+        flag: rec.flag,
+        body: bytes::Bytes::copy_from_slice(rec.body),
+        properties: retry_properties(rec.properties, &origin_topic, &origin_id),
+        sys_flag: rec.sys_flag,
+        born_timestamp: rec.born_timestamp,
+        born_host: rec.born_host,
+        store_host: state.broker_addr,
+        reconsume_times: times,
+        prepared_tx_offset: 0,
+    };
+    let put = match state.store.put_message(&msg) {
+        Ok(p) => p,
+        Err(e) => return Ok(store_error_response(req, &e)),
+    };
+    if let Err(e) = put.flush.wait().await {
+        return Ok(store_error_response(req, &e));
+    }
+    tracing::debug!(group = %group, topic = %target, times, "message sent back");
+    Ok(RemotingCommand::success(req))
+}

@@ -1,0 +1,22 @@
+//! The broker's errors.
+
+use spate_remoting::protocol::json::BodyError;
+use spate_remoting::HeaderError;
+use spate_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A setting is missing or does not parse; the message names the key.
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} does not parse: {reason}")]
+    BadFile { path: String, reason: String },
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error(transparent)]
+    Body(#[from] BodyError),
+}

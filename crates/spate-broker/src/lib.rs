@@ -1,0 +1,312 @@
+//! Spate's broker: RocketMQ's request processors on top of `spate-store`.
+//!
+//! - [`config`]: `broker.conf` keys.
+//! - [`send`], [`pull`], [`consumer`], [`admin`]: the request processors.
+//! - [`long_poll`]: pulls waiting for messages, woken by the dispatcher.
+//! - [`topics`], [`offsets`], [`subscriptions`]: persisted tables under `config/`.
+//! - [`clients`]: connected producer and consumer groups, orderly queue locks.
+//! - [`register`]: registration with the name servers.
+//!
+//! Blocking file work (store reads, table writes, the store's shutdown) runs
+//! on the blocking pool; appends are memory copies into pre-faulted files.
+
+pub mod admin;
+pub mod clients;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod long_poll;
+pub mod offsets;
+pub mod persist;
+pub mod pull;
+pub mod register;
+pub mod send;
+pub mod subscriptions;
+pub mod topics;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use spate_remoting::{
+    request, response, BoxFuture, Connection, ConnectionConfig, RemotingCommand, RemotingServer, RequestHandler,
+};
+use spate_store::MessageStore;
+
+pub use config::{BrokerConfig, BrokerRole};
+pub use error::BrokerError;
+
+use clients::{Clients, QueueLocks};
+use long_poll::LongPoll;
+use offsets::ConsumerOffsets;
+use subscriptions::SubscriptionGroups;
+use topics::TopicTable;
+
+/// Message and byte counters since start.
+#[derive(Default)]
+pub struct Stats {
+    puts: AtomicU64,
+    put_bytes: AtomicU64,
+    gets: AtomicU64,
+    get_bytes: AtomicU64,
+}
+
+impl Stats {
+    pub fn record_put(&self, n: u64, bytes: u64) {
+        self.puts.fetch_add(n, Ordering::Relaxed);
+        self.put_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub fn record_get(&self, n: u64, bytes: u64) {
+        self.gets.fetch_add(n, Ordering::Relaxed);
+        self.get_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    /// (puts, put bytes, gets, get bytes).
+    pub fn totals(&self) -> (u64, u64, u64, u64) {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (l(&self.puts), l(&self.put_bytes), l(&self.gets), l(&self.get_bytes))
+    }
+}
+
+/// Everything the request processors share.
+pub struct BrokerState {
+    pub config: RwLock<BrokerConfig>,
+    pub broker_name: String,
+    /// The address written into records and registered with name servers.
+    pub broker_addr: SocketAddr,
+    pub store: Arc<MessageStore>,
+    pub topics: TopicTable,
+    pub offsets: ConsumerOffsets,
+    pub groups: SubscriptionGroups,
+    pub clients: Clients,
+    pub locks: QueueLocks,
+    pub long_poll: Arc<LongPoll>,
+    pub stats: Stats,
+    pub started: Instant,
+    topic_change: tokio::sync::Notify,
+    group_change: tokio::sync::Notify,
+}
+
+impl BrokerState {
+    /// The topic table changed: register with the name servers now and persist.
+    pub fn topics_changed(&self) {
+        self.topic_change.notify_one();
+    }
+
+    /// A subscription group was created implicitly; persist it soon.
+    pub fn persist_groups_soon(&self) {
+        self.group_change.notify_one();
+    }
+
+    /// Tells a group's members to rebalance (one-way, best effort).
+    pub fn notify_consumer_ids_changed(&self, group: &str) {
+        if !self.config.read().notify_consumer_ids_changed_enable {
+            return;
+        }
+        for conn in self.clients.consumer_connections(group) {
+            let req = RemotingCommand::request(request::NOTIFY_CONSUMER_IDS_CHANGED).with("consumerGroup", group);
+            tokio::spawn(async move {
+                if let Err(e) = conn.oneway(req).await {
+                    tracing::debug!(peer = %conn.peer_addr(), error = %e, "notify failed");
+                }
+            });
+        }
+    }
+}
+
+/// A running broker.
+pub struct Broker {
+    state: Arc<BrokerState>,
+    server: RemotingServer,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Broker {
+    /// Opens the store (recovering it), loads the tables, binds `listenPort`
+    /// and registers with the name servers.
+    pub async fn start(cfg: BrokerConfig) -> Result<Broker, BrokerError> {
+        cfg.validate()?;
+        let store_cfg = cfg.store.clone();
+        let store = tokio::task::spawn_blocking(move || MessageStore::open(store_cfg))
+            .await
+            .map_err(|e| BrokerError::Config(format!("store open task failed: {e}")))??;
+        let store = Arc::new(store);
+        let root = cfg.store.store_path_root_dir.clone();
+        let (topics, offsets, groups) = {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, BrokerError> {
+                Ok((TopicTable::load(&root)?, ConsumerOffsets::load(&root)?, SubscriptionGroups::load(&root)?))
+            })
+            .await
+            .map_err(|e| BrokerError::Config(format!("table load task failed: {e}")))??
+        };
+        topics.ensure_system_topics(
+            &cfg.broker_cluster_name,
+            &cfg.broker_name,
+            cfg.auto_create_topic_enable,
+            cfg.default_topic_queue_nums,
+        );
+        let long_poll = LongPoll::new(cfg.max_held_pulls);
+        let lp = long_poll.clone();
+        store.set_dispatch_listener(Arc::new(move |topic: &str, queue_id: i32, max: i64| {
+            lp.notify(topic, queue_id, max)
+        }));
+
+        let listen = SocketAddr::new([0, 0, 0, 0].into(), cfg.listen_port);
+        let state = Arc::new(BrokerState {
+            broker_name: cfg.broker_name.clone(),
+            broker_addr: cfg.broker_addr(),
+            config: RwLock::new(cfg),
+            store,
+            topics,
+            offsets,
+            groups,
+            clients: Clients::default(),
+            locks: QueueLocks::default(),
+            long_poll,
+            stats: Stats::default(),
+            started: Instant::now(),
+            topic_change: tokio::sync::Notify::new(),
+            group_change: tokio::sync::Notify::new(),
+        });
+        state.topics.persist().await?;
+        let handler = Arc::new(Processor { state: state.clone() });
+        let server = RemotingServer::bind(listen, ConnectionConfig::default(), handler)
+            .await
+            .map_err(|e| BrokerError::Io { path: format!("listen {listen}"), source: e })?;
+        let mut tasks = vec![register::spawn(state.clone())];
+        tasks.push(spawn_housekeeping(state.clone()));
+        tracing::info!(addr = %state.broker_addr, broker = %state.broker_name, "broker listening");
+        Ok(Broker { state, server, tasks })
+    }
+
+    pub fn state(&self) -> &Arc<BrokerState> {
+        &self.state
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Stops accepting, answers requests in progress (long polls included,
+    /// up to `grace`), unregisters, persists the tables, flushes and
+    /// checkpoints the store.
+    pub async fn shutdown(self, grace: Duration) -> Result<(), BrokerError> {
+        self.server.shutdown(grace).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        register::unregister_all(&self.state).await;
+        self.state.topics.persist().await?;
+        self.state.offsets.persist().await?;
+        self.state.groups.persist().await?;
+        let store = self.state.store.clone();
+        tokio::task::spawn_blocking(move || store.shutdown())
+            .await
+            .map_err(|e| BrokerError::Config(format!("store shutdown task failed: {e}")))??;
+        Ok(())
+    }
+}
+
+/// Persists offsets and tables, expires silent clients.
+fn spawn_housekeeping(state: Arc<BrokerState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let interval = state.config.read().flush_consumer_offset_interval;
+        let mut offsets_tick = tokio::time::interval(interval);
+        let mut clients_tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = offsets_tick.tick() => {
+                    if let Err(e) = state.offsets.persist().await {
+                        tracing::error!(error = %e, "persisting consumer offsets failed");
+                    }
+                }
+                _ = state.group_change.notified() => {
+                    if let Err(e) = state.groups.persist().await {
+                        tracing::error!(error = %e, "persisting subscription groups failed");
+                    }
+                }
+                _ = clients_tick.tick() => {
+                    let timeout = state.config.read().channel_expired_timeout;
+                    for group in state.clients.expire(Instant::now(), timeout) {
+                        state.notify_consumer_ids_changed(&group);
+                    }
+                }
+            }
+        }
+    })
+}
+
+struct Processor {
+    state: Arc<BrokerState>,
+}
+
+impl RequestHandler for Processor {
+    fn handle(&self, conn: Arc<Connection>, req: RemotingCommand) -> BoxFuture<Option<RemotingCommand>> {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let resp = match process(&state, &conn, &req).await {
+                Ok(r) => r,
+                Err(e) => error_response(&req, &e),
+            };
+            Some(resp)
+        })
+    }
+
+    fn on_close(&self, conn: &Arc<Connection>) {
+        for group in self.state.clients.connection_closed(conn.id()) {
+            tracing::info!(group = %group, peer = %conn.peer_addr(), "consumer connection closed");
+            self.state.notify_consumer_ids_changed(&group);
+        }
+    }
+}
+
+fn error_response(req: &RemotingCommand, e: &BrokerError) -> RemotingCommand {
+    match e {
+        BrokerError::Header(_) | BrokerError::Body(_) => {
+            RemotingCommand::error(req, response::INVALID_PARAMETER, e.to_string())
+        }
+        BrokerError::Store(se) => send::store_error_response(req, se),
+        _ => RemotingCommand::error(req, response::SYSTEM_ERROR, e.to_string()),
+    }
+}
+
+async fn process(
+    state: &Arc<BrokerState>,
+    conn: &Arc<Connection>,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, BrokerError> {
+    use request as r;
+    Ok(match req.code {
+        r::SEND_MESSAGE | r::SEND_MESSAGE_V2 | r::SEND_BATCH_MESSAGE => send::send(state, conn, req).await?,
+        r::PULL_MESSAGE => pull::pull(state, req).await?,
+        r::HEART_BEAT => consumer::heart_beat(state, conn, req).await?,
+        r::UNREGISTER_CLIENT => consumer::unregister_client(state, req)?,
+        r::GET_CONSUMER_LIST_BY_GROUP => consumer::consumer_list(state, req)?,
+        r::QUERY_CONSUMER_OFFSET => consumer::query_offset(state, req)?,
+        r::UPDATE_CONSUMER_OFFSET => consumer::update_offset(state, req)?,
+        r::LOCK_BATCH_MQ | r::UNLOCK_BATCH_MQ => consumer::lock_batch(state, req)?,
+        r::CONSUMER_SEND_MSG_BACK => consumer::send_back(state, req).await?,
+        r::GET_MAX_OFFSET | r::GET_MIN_OFFSET | r::SEARCH_OFFSET_BY_TIMESTAMP | r::GET_EARLIEST_MSG_STORETIME => {
+            admin::queue_offset(state, req).await?
+        }
+        r::UPDATE_AND_CREATE_TOPIC => admin::create_topic(state, req).await?,
+        r::DELETE_TOPIC_IN_BROKER => admin::delete_topic(state, req).await?,
+        r::GET_ALL_TOPIC_CONFIG => admin::all_topic_config(state, req),
+        r::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP => admin::create_group(state, req).await?,
+        r::GET_ALL_SUBSCRIPTIONGROUP_CONFIG => admin::all_groups(state, req),
+        r::GET_BROKER_CONFIG => admin::broker_config(state, req),
+        r::UPDATE_BROKER_CONFIG => admin::update_broker_config(state, req)?,
+        r::GET_BROKER_RUNTIME_INFO => admin::runtime_info(state, req),
+        r::GET_CONSUME_STATS => admin::consume_stats(state, req)?,
+        r::GET_CONSUMER_CONNECTION_LIST => admin::consumer_connections(state, req)?,
+        r::QUERY_MESSAGE => admin::query_message(state, req).await?,
+        r::VIEW_MESSAGE_BY_ID => admin::view_message(state, req).await?,
+        code => RemotingCommand::error(
+            req,
+            response::REQUEST_CODE_NOT_SUPPORTED,
+            format!("request code {code} is not supported by this broker"),
+        ),
+    })
+}

@@ -1,0 +1,104 @@
+//! Consumer offsets committed by clustering consumers, persisted as
+//! `config/consumerOffset.json` every `flushConsumerOffsetInterval` and at
+//! shutdown. Keys are `topic@group`, as upstream.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::error::BrokerError;
+use crate::persist;
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct OffsetFile {
+    offset_table: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+/// Committed offsets by group, topic and queue.
+pub struct ConsumerOffsets {
+    table: Mutex<OffsetFile>,
+    dirty: Mutex<bool>,
+    path: PathBuf,
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+fn key(topic: &str, group: &str) -> String {
+    format!("{topic}@{group}")
+}
+
+impl ConsumerOffsets {
+    /// Loads the offsets (blocking; at start-up).
+    pub fn load(root: &std::path::Path) -> Result<ConsumerOffsets, BrokerError> {
+        let path = persist::config_path(root, "consumerOffset.json");
+        let table = persist::load(&path)?.unwrap_or_default();
+        Ok(ConsumerOffsets {
+            table: Mutex::new(table),
+            dirty: Mutex::new(false),
+            path,
+            write_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn commit(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
+        self.table.lock().offset_table.entry(key(topic, group)).or_default().insert(queue_id, offset);
+        *self.dirty.lock() = true;
+    }
+
+    pub fn query(&self, group: &str, topic: &str, queue_id: i32) -> Option<i64> {
+        self.table.lock().offset_table.get(&key(topic, group)).and_then(|q| q.get(&queue_id).copied())
+    }
+
+    /// Every queue's offset for `group` on `topic`.
+    pub fn queues(&self, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+        self.table.lock().offset_table.get(&key(topic, group)).cloned().unwrap_or_default()
+    }
+
+    /// Topics `group` has committed offsets for.
+    pub fn topics_of_group(&self, group: &str) -> Vec<String> {
+        let suffix = format!("@{group}");
+        self.table.lock().offset_table.keys().filter_map(|k| k.strip_suffix(&suffix).map(str::to_string)).collect()
+    }
+
+    /// Forgets a deleted topic's offsets.
+    pub fn remove_topic(&self, topic: &str) {
+        let prefix = format!("{topic}@");
+        self.table.lock().offset_table.retain(|k, _| !k.starts_with(&prefix));
+        *self.dirty.lock() = true;
+    }
+
+    /// Writes the table when it changed since the last write.
+    pub async fn persist(&self) -> Result<(), BrokerError> {
+        let _serial = self.write_lock.lock().await;
+        let bytes = {
+            let mut dirty = self.dirty.lock();
+            if !*dirty {
+                return Ok(());
+            }
+            *dirty = false;
+            serde_json::to_vec(&*self.table.lock()).unwrap_or_default()
+        };
+        persist::save_async(self.path.clone(), bytes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn offsets_survive_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = ConsumerOffsets::load(dir.path()).unwrap();
+        o.commit("g", "T", 0, 5);
+        o.commit("g", "T", 3, 9);
+        o.commit("g2", "U", 0, 1);
+        o.persist().await.unwrap();
+        let again = ConsumerOffsets::load(dir.path()).unwrap();
+        assert_eq!(again.query("g", "T", 3), Some(9));
+        assert_eq!(again.query("g", "T", 1), None);
+        assert_eq!(again.topics_of_group("g"), vec!["T".to_string()]);
+    }
+}

@@ -1,0 +1,203 @@
+//! PULL_MESSAGE with long polling and tag filtering.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use spate_remoting::protocol::{perm, TagFilter};
+use spate_remoting::{response, RemotingCommand};
+use spate_store::GetStatus;
+
+use crate::error::BrokerError;
+use crate::long_poll::LongPoll;
+use crate::BrokerState;
+
+/// Pull request flag bits (`PullSysFlag`).
+pub const FLAG_COMMIT_OFFSET: i32 = 0x1;
+pub const FLAG_SUSPEND: i32 = 0x2;
+pub const FLAG_SUBSCRIPTION: i32 = 0x4;
+
+/// Longest a pull may be held, whatever the client asks (`brokerSuspendMaxTimeMillis` is the client's side).
+pub const MAX_SUSPEND: Duration = Duration::from_secs(60);
+
+struct PullHeader {
+    group: String,
+    topic: String,
+    queue_id: i32,
+    queue_offset: i64,
+    max_msgs: usize,
+    max_bytes: usize,
+    sys_flag: i32,
+    commit_offset: i64,
+    suspend: Duration,
+    subscription: Option<String>,
+    expression_type: String,
+}
+
+fn parse(req: &RemotingCommand) -> Result<PullHeader, BrokerError> {
+    Ok(PullHeader {
+        group: req.str_field("consumerGroup")?.to_string(),
+        topic: req.str_field("topic")?.to_string(),
+        queue_id: req.i32_field("queueId")?,
+        queue_offset: req.i64_field("queueOffset")?,
+        max_msgs: req.opt_i32_field("maxMsgNums")?.unwrap_or(32).max(1) as usize,
+        max_bytes: req.opt_i32_field("maxMsgBytes")?.filter(|b| *b > 0).unwrap_or(i32::MAX) as usize,
+        sys_flag: req.opt_i32_field("sysFlag")?.unwrap_or(0),
+        commit_offset: req.opt_i64_field("commitOffset")?.unwrap_or(-1),
+        suspend: Duration::from_millis(req.opt_i64_field("suspendTimeoutMillis")?.unwrap_or(0).max(0) as u64),
+        subscription: req.field("subscription").map(str::to_string),
+        expression_type: req.field("expressionType").unwrap_or("TAG").to_string(),
+    })
+}
+
+pub async fn pull(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let h = parse(req)?;
+    if !perm::readable(state.config.read().broker_permission) {
+        return Ok(RemotingCommand::error(req, response::NO_PERMISSION, "the broker pulling message is forbidden"));
+    }
+    let Some(tc) = state.topics.get(&h.topic) else {
+        return Ok(RemotingCommand::error(
+            req,
+            response::TOPIC_NOT_EXIST,
+            format!("topic[{}] not exist, apply first please!", h.topic),
+        ));
+    };
+    if !perm::readable(tc.perm) {
+        return Ok(RemotingCommand::error(
+            req,
+            response::NO_PERMISSION,
+            format!("the topic[{}] pulling message is forbidden", h.topic),
+        ));
+    }
+    if h.queue_id < 0 || h.queue_id >= tc.read_queue_nums {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("queueId[{}] is illegal, topic[{}] has {} read queues", h.queue_id, h.topic, tc.read_queue_nums),
+        ));
+    }
+    if !h.expression_type.eq_ignore_ascii_case("TAG") {
+        return Ok(RemotingCommand::error(
+            req,
+            response::SUBSCRIPTION_PARSE_FAILED,
+            format!("expression type {} is not supported; use TAG", h.expression_type),
+        ));
+    }
+    // The request's own expression when the client sends one, else what the
+    // group registered by heartbeat, else everything.
+    let expression = match &h.subscription {
+        Some(s) if h.sys_flag & FLAG_SUBSCRIPTION != 0 || !s.trim().is_empty() => s.clone(),
+        _ => state.clients.subscription(&h.group, &h.topic).map(|s| s.sub_string).unwrap_or_else(|| "*".into()),
+    };
+    let filter = TagFilter::parse(&expression);
+    let codes = filter.codes();
+    state.groups.ensure(&h.group, state.config.read().auto_create_subscription_group);
+    if h.sys_flag & FLAG_COMMIT_OFFSET != 0 && h.commit_offset >= 0 {
+        state.offsets.commit(&h.group, &h.topic, h.queue_id, h.commit_offset);
+    }
+
+    let suspend = h.sys_flag & FLAG_SUSPEND != 0 && !h.suspend.is_zero();
+    let hold_for = if state.config.read().long_polling_enable {
+        h.suspend.min(MAX_SUSPEND)
+    } else {
+        state.config.read().short_polling_time
+    };
+    let deadline = Instant::now() + hold_for;
+    let mut slot = None;
+    loop {
+        // Subscribe before reading so a message stored in between wakes us.
+        let mut rx = state.long_poll.subscribe(&h.topic, h.queue_id);
+        let result = read(state, &h, codes.clone()).await?;
+        let waiting = matches!(result.code, response::PULL_NOT_FOUND) && suspend;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !waiting || left.is_zero() {
+            return Ok(finish(req, result));
+        }
+        if slot.is_none() {
+            slot = state.long_poll.hold();
+            if slot.is_none() {
+                // Too many waiting pulls: answer now, the client pulls again.
+                return Ok(finish(req, result));
+            }
+        }
+        if !LongPoll::wait(&mut rx, left).await {
+            // Timed out: one last read, then answer whatever it says.
+            let result = read(state, &h, codes.clone()).await?;
+            return Ok(finish(req, result));
+        }
+    }
+}
+
+struct PullResult {
+    code: i32,
+    body: Option<BytesMut>,
+    next_begin: i64,
+    min: i64,
+    max: i64,
+    remark: Option<&'static str>,
+}
+
+fn finish(req: &RemotingCommand, r: PullResult) -> RemotingCommand {
+    let mut resp = RemotingCommand::response_to(req, r.code, r.remark.map(str::to_string))
+        .with("suggestWhichBrokerId", 0)
+        .with("nextBeginOffset", r.next_begin)
+        .with("minOffset", r.min)
+        .with("maxOffset", r.max);
+    if let Some(body) = r.body {
+        resp.body = body.freeze();
+    }
+    resp
+}
+
+async fn read(
+    state: &Arc<BrokerState>,
+    h: &PullHeader,
+    codes: std::collections::BTreeSet<i32>,
+) -> Result<PullResult, BrokerError> {
+    let store = state.store.clone();
+    let (topic, queue_id, offset, max_msgs, max_bytes) =
+        (h.topic.clone(), h.queue_id, h.queue_offset, h.max_msgs, h.max_bytes);
+    // Reading may fault pages in from disk: keep it off the async workers.
+    let got = tokio::task::spawn_blocking(move || {
+        let filter = |code: i64| codes.is_empty() || codes.contains(&(code as i32));
+        let f: Option<&dyn Fn(i64) -> bool> = Some(&filter);
+        store.get_messages(&topic, queue_id, offset, max_msgs, max_bytes, f)
+    })
+    .await
+    .map_err(|e| BrokerError::Config(format!("pull task failed: {e}")))??;
+    // A queue that looks short while the dispatcher is still behind the
+    // commit log is not a moved offset: wait for the dispatch instead.
+    let dispatching = state.store.dispatched_offset() < state.store.max_offset();
+    let status = match got.status {
+        GetStatus::NoMessageInQueue | GetStatus::NoMatchingQueue | GetStatus::OffsetOverflowBadly if dispatching => {
+            GetStatus::OffsetOverflowOne
+        }
+        s => s,
+    };
+    let next_begin = if status == got.status { got.next_begin_offset } else { h.queue_offset };
+    let (code, remark) = match status {
+        GetStatus::Found => (response::SUCCESS, None),
+        GetStatus::NoMatchedMessage => (response::PULL_RETRY_IMMEDIATELY, Some("no message matched the filter")),
+        GetStatus::NoMessageInQueue | GetStatus::NoMatchingQueue if h.queue_offset != 0 => {
+            (response::PULL_OFFSET_MOVED, Some("the queue is empty"))
+        }
+        GetStatus::NoMessageInQueue | GetStatus::NoMatchingQueue => (response::PULL_NOT_FOUND, None),
+        GetStatus::OffsetOverflowOne => (response::PULL_NOT_FOUND, None),
+        GetStatus::OffsetTooSmall | GetStatus::OffsetOverflowBadly => {
+            (response::PULL_OFFSET_MOVED, Some("offset is outside the queue"))
+        }
+        GetStatus::OffsetFoundNull => (response::PULL_NOT_FOUND, Some("message was deleted")),
+    };
+    let body = if got.messages.is_empty() {
+        None
+    } else {
+        let total: usize = got.messages.iter().map(Vec::len).sum();
+        let mut b = BytesMut::with_capacity(total);
+        for m in &got.messages {
+            b.extend_from_slice(m);
+        }
+        state.stats.record_get(got.messages.len() as u64, total as u64);
+        Some(b)
+    };
+    Ok(PullResult { code, body, next_begin, min: got.min_offset, max: got.max_offset, remark })
+}

@@ -1,0 +1,84 @@
+//! Registration with every name server: at start, every
+//! `registerNameServerPeriod`, and at once when the topic table changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spate_remoting::protocol::RegisterBrokerBody;
+use spate_remoting::{request, response, ClientConfig, RemotingClient, RemotingCommand};
+
+use crate::BrokerState;
+
+/// Shortest gap between two registrations triggered by topic changes, so a
+/// burst of topic creations costs one registration.
+const CHANGE_DEBOUNCE: Duration = Duration::from_millis(20);
+
+pub fn spawn(state: Arc<BrokerState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = RemotingClient::new(ClientConfig::default(), None);
+        loop {
+            register_all(&state, &client).await;
+            let period = state.config.read().register_name_server_period;
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = state.topic_change.notified() => tokio::time::sleep(CHANGE_DEBOUNCE).await,
+            }
+        }
+    })
+}
+
+fn registration(state: &BrokerState) -> RemotingCommand {
+    let cfg = state.config.read();
+    let mut topics = state.topics.snapshot();
+    // A broker without write permission advertises its topics read-only.
+    for tc in topics.topic_config_table.values_mut() {
+        tc.perm &= cfg.broker_permission | spate_remoting::protocol::perm::INHERIT;
+    }
+    let body = RegisterBrokerBody { topic_config_serialize_wrapper: topics, filter_server_list: Vec::new() };
+    RemotingCommand::request(request::REGISTER_BROKER)
+        .with("brokerAddr", state.broker_addr)
+        .with("brokerName", &cfg.broker_name)
+        .with("clusterName", &cfg.broker_cluster_name)
+        .with("brokerId", cfg.broker_id)
+        .with("haServerAddr", format!("{}:{}", cfg.broker_ip1, cfg.ha_listen_port))
+        .with("compressed", false)
+        .with_body(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+async fn register_all(state: &Arc<BrokerState>, client: &RemotingClient) {
+    let (addrs, timeout) = {
+        let cfg = state.config.read();
+        (cfg.namesrv_addr.clone(), cfg.register_broker_timeout)
+    };
+    let req = registration(state);
+    let calls = addrs.iter().map(|addr| {
+        let req = req.clone();
+        async move { (addr, client.invoke(addr, req, timeout).await) }
+    });
+    for (addr, result) in futures_util::future::join_all(calls).await {
+        match result {
+            Ok(r) if r.code == response::SUCCESS => {}
+            Ok(r) => tracing::warn!(namesrv = %addr, code = r.code, remark = ?r.remark, "registration refused"),
+            Err(e) => tracing::warn!(namesrv = %addr, error = %e, "registration failed"),
+        }
+    }
+}
+
+/// Tells every name server this broker is leaving (clean shutdown).
+pub async fn unregister_all(state: &BrokerState) {
+    let client = RemotingClient::new(ClientConfig::default(), None);
+    let (addrs, req) = {
+        let cfg = state.config.read();
+        let req = RemotingCommand::request(request::UNREGISTER_BROKER)
+            .with("brokerAddr", state.broker_addr)
+            .with("brokerName", &cfg.broker_name)
+            .with("clusterName", &cfg.broker_cluster_name)
+            .with("brokerId", cfg.broker_id);
+        (cfg.namesrv_addr.clone(), req)
+    };
+    for addr in addrs {
+        if let Err(e) = client.invoke(&addr, req.clone(), Duration::from_secs(1)).await {
+            tracing::debug!(namesrv = %addr, error = %e, "unregister failed");
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! SEND_MESSAGE, SEND_MESSAGE_V2 and SEND_BATCH_MESSAGE.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use spate_common::message::{self, offset_msg_id, property, NewMessage};
+use spate_remoting::protocol::{perm, DEFAULT_TOPIC, DLQ_GROUP_TOPIC_PREFIX, RETRY_GROUP_TOPIC_PREFIX};
+use spate_remoting::{request, response, Connection, RemotingCommand};
+use spate_store::StoreError;
+
+use crate::error::BrokerError;
+use crate::BrokerState;
+
+/// The request header of a send, whichever code carried it.
+#[derive(Debug, Clone)]
+pub struct SendHeader {
+    pub producer_group: String,
+    pub topic: String,
+    pub default_topic: String,
+    pub default_topic_queue_nums: i32,
+    pub queue_id: i32,
+    pub sys_flag: i32,
+    pub born_timestamp: i64,
+    pub flag: i32,
+    pub properties: String,
+    pub reconsume_times: i32,
+    pub max_reconsume_times: Option<i32>,
+    pub batch: bool,
+}
+
+/// SEND_MESSAGE_V2's one-letter keys, by long name.
+const V2_KEYS: &[(&str, &str)] = &[
+    ("producerGroup", "a"),
+    ("topic", "b"),
+    ("defaultTopic", "c"),
+    ("defaultTopicQueueNums", "d"),
+    ("queueId", "e"),
+    ("sysFlag", "f"),
+    ("bornTimestamp", "g"),
+    ("flag", "h"),
+    ("properties", "i"),
+    ("reconsumeTimes", "j"),
+    ("unitMode", "k"),
+    ("maxReconsumeTimes", "l"),
+    ("batch", "m"),
+];
+
+impl SendHeader {
+    pub fn parse(req: &RemotingCommand) -> Result<SendHeader, BrokerError> {
+        let mut req = req.clone();
+        if req.code == request::SEND_MESSAGE_V2 || req.code == request::SEND_BATCH_MESSAGE && req.field("b").is_some() {
+            for (long, short) in V2_KEYS {
+                if let Some(v) = req.ext_fields.remove(*short) {
+                    req.ext_fields.insert(long.to_string(), v);
+                }
+            }
+        }
+        Ok(SendHeader {
+            producer_group: req.field("producerGroup").unwrap_or_default().to_string(),
+            topic: req.str_field("topic")?.to_string(),
+            default_topic: req.field("defaultTopic").unwrap_or(DEFAULT_TOPIC).to_string(),
+            default_topic_queue_nums: req.opt_i32_field("defaultTopicQueueNums")?.unwrap_or(4),
+            queue_id: req.opt_i32_field("queueId")?.unwrap_or(-1),
+            sys_flag: req.opt_i32_field("sysFlag")?.unwrap_or(0),
+            born_timestamp: req.opt_i64_field("bornTimestamp")?.unwrap_or(0),
+            flag: req.opt_i32_field("flag")?.unwrap_or(0),
+            properties: req.field("properties").unwrap_or_default().to_string(),
+            reconsume_times: req.opt_i32_field("reconsumeTimes")?.unwrap_or(0),
+            max_reconsume_times: req.opt_i32_field("maxReconsumeTimes")?,
+            batch: req.opt_bool_field("batch")?.unwrap_or(false),
+        })
+    }
+}
+
+/// Maps a store failure to the response a client understands.
+pub fn store_error_response(req: &RemotingCommand, e: &StoreError) -> RemotingCommand {
+    let code = match e {
+        StoreError::InvalidMessage(_) => response::MESSAGE_ILLEGAL,
+        StoreError::NotWritable(_) => response::SERVICE_NOT_AVAILABLE,
+        StoreError::Busy(_) => response::SYSTEM_BUSY,
+        StoreError::FlushTimeout { .. } => response::FLUSH_DISK_TIMEOUT,
+        _ => response::SYSTEM_ERROR,
+    };
+    RemotingCommand::error(req, code, e.to_string())
+}
+
+pub async fn send(
+    state: &Arc<BrokerState>,
+    conn: &Arc<Connection>,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, BrokerError> {
+    let h = SendHeader::parse(req)?;
+    if let Err(e) = message::validate_topic(&h.topic) {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e.to_string()));
+    }
+    if !perm::writeable(state.config.read().broker_permission) {
+        return Ok(RemotingCommand::error(
+            req,
+            response::NO_PERMISSION,
+            format!("the broker[{}] sending message is forbidden", state.broker_name),
+        ));
+    }
+    let topic_config = match state.topics.get(&h.topic) {
+        Some(tc) => tc,
+        None => match auto_create(state, &h) {
+            Some(tc) => tc,
+            None => {
+                return Ok(RemotingCommand::error(
+                    req,
+                    response::TOPIC_NOT_EXIST,
+                    format!("topic[{}] not exist, apply first please!", h.topic),
+                ))
+            }
+        },
+    };
+    if !perm::writeable(topic_config.perm) {
+        return Ok(RemotingCommand::error(
+            req,
+            response::NO_PERMISSION,
+            format!("the topic[{}] sending message is forbidden", h.topic),
+        ));
+    }
+    let queue_id =
+        if h.queue_id < 0 { (rand_index() % topic_config.write_queue_nums.max(1) as u64) as i32 } else { h.queue_id };
+    if queue_id >= topic_config.write_queue_nums.max(topic_config.read_queue_nums) {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!(
+                "queueId[{queue_id}] is illegal, topic[{}] has {} write queues",
+                h.topic, topic_config.write_queue_nums
+            ),
+        ));
+    }
+    let base = NewMessage {
+        topic: h.topic.clone(),
+        queue_id,
+        flag: h.flag,
+        body: req.body.clone(),
+        properties: h.properties.clone(),
+        sys_flag: h.sys_flag,
+        born_timestamp: h.born_timestamp,
+        born_host: conn.peer_addr(),
+        store_host: state.broker_addr,
+        reconsume_times: h.reconsume_times,
+        prepared_tx_offset: 0,
+    };
+    if req.code == request::SEND_BATCH_MESSAGE || h.batch {
+        return send_batch(state, req, base).await;
+    }
+    let put = match state.store.put_message(&base) {
+        Ok(p) => p,
+        Err(e) => return Ok(store_error_response(req, &e)),
+    };
+    let a = put.append;
+    let mut resp = RemotingCommand::success(req);
+    if let Err(e) = put.flush.wait().await {
+        resp = store_error_response(req, &e);
+    }
+    state.stats.record_put(1, a.size as u64);
+    Ok(resp
+        .with("msgId", offset_msg_id(state.broker_addr, a.physical_offset))
+        .with("queueId", queue_id)
+        .with("queueOffset", a.queue_offset)
+        .with("MSG_REGION", "DefaultRegion")
+        .with("TRACE_ON", "true"))
+}
+
+async fn send_batch(
+    state: &Arc<BrokerState>,
+    req: &RemotingCommand,
+    base: NewMessage,
+) -> Result<RemotingCommand, BrokerError> {
+    let msgs = match decode_batch(&req.body, &base) {
+        Ok(m) => m,
+        Err(why) => return Ok(RemotingCommand::error(req, response::MESSAGE_ILLEGAL, why)),
+    };
+    if msgs.is_empty() {
+        return Ok(RemotingCommand::error(req, response::MESSAGE_ILLEGAL, "batch has no messages"));
+    }
+    let put = match state.store.put_messages(&msgs) {
+        Ok(p) => p,
+        Err(e) => return Ok(store_error_response(req, &e)),
+    };
+    let mut resp = RemotingCommand::success(req);
+    if let Err(e) = put.flush.wait().await {
+        resp = store_error_response(req, &e);
+    }
+    let ids: Vec<String> = put.appends.iter().map(|a| offset_msg_id(state.broker_addr, a.physical_offset)).collect();
+    let bytes: u64 = put.appends.iter().map(|a| a.size as u64).sum();
+    state.stats.record_put(put.appends.len() as u64, bytes);
+    let first_offset = put.appends.first().map_or(0, |a| a.queue_offset);
+    Ok(resp
+        .with("msgId", ids.join(","))
+        .with("queueId", base.queue_id)
+        .with("queueOffset", first_offset)
+        .with("MSG_REGION", "DefaultRegion")
+        .with("TRACE_ON", "true"))
+}
+
+/// Splits a batch body (upstream's encodeMessages layout):
+/// `totalSize i32 | magic i32 | bodyCRC i32 | flag i32 | bodyLen i32 | body | propLen i16 | props`.
+pub fn decode_batch(body: &Bytes, base: &NewMessage) -> Result<Vec<NewMessage>, String> {
+    const MAX_BATCH: usize = 10_000;
+    let mut buf = body.clone();
+    let mut out = Vec::new();
+    while buf.has_remaining() {
+        if out.len() >= MAX_BATCH {
+            return Err(format!("batch has more than {MAX_BATCH} messages"));
+        }
+        if buf.remaining() < 20 {
+            return Err(format!("batch entry {} is truncated", out.len()));
+        }
+        let total = buf.get_i32();
+        if total < 22 || total as usize - 4 > buf.remaining() {
+            return Err(format!("batch entry {} has bad size {total}", out.len()));
+        }
+        let mut entry = buf.split_to(total as usize - 4);
+        let _magic = entry.get_i32();
+        let _crc = entry.get_i32();
+        let flag = entry.get_i32();
+        let body_len = entry.get_i32();
+        if body_len < 0 || body_len as usize + 2 > entry.remaining() {
+            return Err(format!("batch entry {} has bad body length {body_len}", out.len()));
+        }
+        let msg_body = entry.split_to(body_len as usize);
+        let prop_len = entry.get_i16();
+        if prop_len < 0 || prop_len as usize > entry.remaining() {
+            return Err(format!("batch entry {} has bad properties length {prop_len}", out.len()));
+        }
+        let props = std::str::from_utf8(&entry[..prop_len as usize])
+            .map_err(|_| format!("batch entry {} properties are not UTF-8", out.len()))?
+            .to_string();
+        let mut m = base.clone();
+        m.flag = flag;
+        m.body = msg_body;
+        m.properties = props;
+        out.push(m);
+    }
+    Ok(out)
+}
+
+fn auto_create(state: &Arc<BrokerState>, h: &SendHeader) -> Option<spate_remoting::protocol::TopicConfig> {
+    let tc = if h.topic.starts_with(RETRY_GROUP_TOPIC_PREFIX) || h.topic.starts_with(DLQ_GROUP_TOPIC_PREFIX) {
+        let tc = spate_remoting::protocol::TopicConfig::new(&h.topic, 1, perm::READ | perm::WRITE);
+        state.topics.upsert(tc.clone()).then_some(tc)?
+    } else {
+        if !state.config.read().auto_create_topic_enable {
+            return None;
+        }
+        state.topics.create_on_send(&h.topic, &h.default_topic, h.default_topic_queue_nums)?
+    };
+    tracing::info!(topic = %h.topic, queues = tc.write_queue_nums, "topic created on first send");
+    state.topics_changed();
+    Some(tc)
+}
+
+fn rand_index() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The properties of a message sent back for retry: the original ones plus
+/// where it came from.
+pub fn retry_properties(original: &str, origin_topic: &str, origin_msg_id: &str) -> String {
+    let mut pairs: Vec<(&str, &str)> = message::properties(original)
+        .filter(|(k, _)| *k != property::RETRY_TOPIC && *k != property::ORIGIN_MESSAGE_ID)
+        .collect();
+    pairs.push((property::RETRY_TOPIC, origin_topic));
+    pairs.push((property::ORIGIN_MESSAGE_ID, origin_msg_id));
+    message::encode_properties(pairs).unwrap_or_else(|_| original.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn base() -> NewMessage {
+        NewMessage {
+            topic: "T".into(),
+            queue_id: 0,
+            flag: 0,
+            body: Bytes::new(),
+            properties: String::new(),
+            sys_flag: 0,
+            born_timestamp: 0,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            store_host: "127.0.0.1:2".parse().unwrap(),
+            reconsume_times: 0,
+            prepared_tx_offset: 0,
+        }
+    }
+
+    fn entry(body: &[u8], props: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.put_i32((4 + 4 + 4 + 4 + 4 + body.len() + 2 + props.len()) as i32);
+        b.put_i32(0);
+        b.put_i32(0);
+        b.put_i32(7);
+        b.put_i32(body.len() as i32);
+        b.put_slice(body);
+        b.put_i16(props.len() as i16);
+        b.put_slice(props.as_bytes());
+        b
+    }
+
+    #[test]
+    fn batch_bodies_split_and_bad_sizes_are_refused() {
+        let mut all = entry(b"one", "KEYS\u{1}a\u{2}");
+        all.extend(entry(b"two!", ""));
+        let msgs = decode_batch(&Bytes::from(all.clone()), &base()).unwrap();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(&msgs[0].body[..], b"one");
+        assert_eq!(msgs[0].flag, 7);
+        assert_eq!(msgs[0].properties, "KEYS\u{1}a\u{2}");
+        assert_eq!(&msgs[1].body[..], b"two!");
+        for cut in 1..all.len() {
+            assert!(
+                decode_batch(&Bytes::from(all[..cut].to_vec()), &base()).is_err()
+                    || cut == entry(b"one", "KEYS\u{1}a\u{2}").len()
+            );
+        }
+    }
+
+    #[test]
+    fn v2_header_maps_one_letter_keys() {
+        let req = RemotingCommand::request(request::SEND_MESSAGE_V2)
+            .with("a", "pg")
+            .with("b", "T")
+            .with("e", "3")
+            .with("i", "TAGS\u{1}x\u{2}")
+            .with("m", "false");
+        let h = SendHeader::parse(&req).unwrap();
+        assert_eq!((h.producer_group.as_str(), h.topic.as_str(), h.queue_id), ("pg", "T", 3));
+        assert_eq!(h.properties, "TAGS\u{1}x\u{2}");
+        assert!(!h.batch);
+        let missing = RemotingCommand::request(request::SEND_MESSAGE).with("queueId", "1");
+        assert!(SendHeader::parse(&missing).unwrap_err().to_string().contains("topic"));
+    }
+}

@@ -1,0 +1,73 @@
+//! Consumer group settings, persisted as `config/subscriptionGroup.json`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use spate_remoting::protocol::{DataVersion, SubscriptionGroupConfig};
+
+use crate::error::BrokerError;
+use crate::persist;
+
+/// Most groups one broker keeps.
+pub const MAX_GROUPS: usize = 100_000;
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SubscriptionGroupFile {
+    pub subscription_group_table: BTreeMap<String, SubscriptionGroupConfig>,
+    pub data_version: DataVersion,
+}
+
+pub struct SubscriptionGroups {
+    table: RwLock<SubscriptionGroupFile>,
+    path: PathBuf,
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+impl SubscriptionGroups {
+    pub fn load(root: &std::path::Path) -> Result<SubscriptionGroups, BrokerError> {
+        let path = persist::config_path(root, "subscriptionGroup.json");
+        let table = persist::load(&path)?.unwrap_or_default();
+        Ok(SubscriptionGroups { table: RwLock::new(table), path, write_lock: tokio::sync::Mutex::new(()) })
+    }
+
+    pub fn get(&self, group: &str) -> Option<SubscriptionGroupConfig> {
+        self.table.read().subscription_group_table.get(group).cloned()
+    }
+
+    /// Adds or replaces a group; false when the table is full.
+    pub fn upsert(&self, cfg: SubscriptionGroupConfig) -> bool {
+        let mut t = self.table.write();
+        if !t.subscription_group_table.contains_key(&cfg.group_name) && t.subscription_group_table.len() >= MAX_GROUPS {
+            return false;
+        }
+        t.subscription_group_table.insert(cfg.group_name.clone(), cfg);
+        t.data_version.counter += 1;
+        true
+    }
+
+    /// The group's config, created with defaults when `auto_create` allows.
+    /// Returns whether the table changed.
+    pub fn ensure(&self, group: &str, auto_create: bool) -> bool {
+        if !auto_create || self.get(group).is_some() {
+            return false;
+        }
+        self.upsert(SubscriptionGroupConfig { group_name: group.to_string(), ..Default::default() })
+    }
+
+    pub fn delete(&self, group: &str) -> bool {
+        self.table.write().subscription_group_table.remove(group).is_some()
+    }
+
+    pub fn snapshot(&self) -> SubscriptionGroupFile {
+        self.table.read().clone()
+    }
+
+    pub async fn persist(&self) -> Result<(), BrokerError> {
+        let _serial = self.write_lock.lock().await;
+        let bytes = serde_json::to_vec_pretty(&self.snapshot()).unwrap_or_default();
+        persist::save_async(self.path.clone(), bytes).await
+    }
+}

@@ -1,0 +1,174 @@
+//! The broker's topic table, persisted as `config/topics.json`.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use spate_remoting::protocol::{
+    perm, retry_topic, DataVersion, TopicConfig, TopicConfigSerializeWrapper, DEFAULT_TOPIC,
+};
+
+use crate::error::BrokerError;
+use crate::persist;
+
+/// Most queues a topic may have on one broker.
+pub const MAX_QUEUE_NUMS: i32 = 1024;
+/// Most topics one broker holds (each queue costs files and mappings).
+pub const MAX_TOPICS: usize = 100_000;
+
+/// Topics and their queue counts and permissions.
+pub struct TopicTable {
+    table: RwLock<TopicConfigSerializeWrapper>,
+    path: PathBuf,
+    /// Serializes writers of the file so an older snapshot never wins.
+    write_lock: tokio::sync::Mutex<()>,
+    counter: Mutex<i64>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl TopicTable {
+    /// Loads the table (blocking; at start-up).
+    pub fn load(root: &std::path::Path) -> Result<TopicTable, BrokerError> {
+        let path = persist::config_path(root, "topics.json");
+        let table: TopicConfigSerializeWrapper = persist::load(&path)?.unwrap_or_default();
+        let counter = table.data_version.counter;
+        Ok(TopicTable {
+            table: RwLock::new(table),
+            path,
+            write_lock: tokio::sync::Mutex::new(()),
+            counter: Mutex::new(counter),
+        })
+    }
+
+    /// Creates the topics every broker has: TBW102 (when auto-creation is
+    /// on), SELF_TEST_TOPIC, and topics named after the cluster and broker.
+    pub fn ensure_system_topics(&self, cluster: &str, broker: &str, auto_create: bool, default_queues: i32) {
+        let mut wanted = vec![
+            TopicConfig::new("SELF_TEST_TOPIC", 1, perm::READ | perm::WRITE),
+            TopicConfig::new(cluster, 16, perm::READ | perm::WRITE),
+            TopicConfig::new(broker, 1, perm::READ | perm::WRITE),
+        ];
+        if auto_create {
+            wanted.push(TopicConfig::new(DEFAULT_TOPIC, default_queues, perm::READ | perm::WRITE | perm::INHERIT));
+        }
+        for tc in wanted {
+            if self.get(&tc.topic_name).is_none() {
+                self.upsert(tc);
+            }
+        }
+        if !auto_create && self.delete(DEFAULT_TOPIC) {
+            tracing::info!("autoCreateTopicEnable is off: TBW102 removed");
+        }
+    }
+
+    pub fn get(&self, topic: &str) -> Option<TopicConfig> {
+        self.table.read().topic_config_table.get(topic).cloned()
+    }
+
+    /// Adds or replaces a topic; false when the table is full.
+    pub fn upsert(&self, tc: TopicConfig) -> bool {
+        let mut t = self.table.write();
+        if !t.topic_config_table.contains_key(&tc.topic_name) && t.topic_config_table.len() >= MAX_TOPICS {
+            return false;
+        }
+        t.topic_config_table.insert(tc.topic_name.clone(), tc);
+        t.data_version = self.next_version();
+        true
+    }
+
+    pub fn delete(&self, topic: &str) -> bool {
+        let mut t = self.table.write();
+        let removed = t.topic_config_table.remove(topic).is_some();
+        if removed {
+            t.data_version = self.next_version();
+        }
+        removed
+    }
+
+    fn next_version(&self) -> DataVersion {
+        let mut c = self.counter.lock();
+        *c += 1;
+        DataVersion { timestamp: now_ms(), counter: *c }
+    }
+
+    /// Upstream's send-time creation: an unknown topic whose producer names a
+    /// default topic with INHERIT permission is created with
+    /// min(requested, default's) queues. Returns the new config.
+    pub fn create_on_send(&self, topic: &str, default_topic: &str, requested_queues: i32) -> Option<TopicConfig> {
+        if let Some(tc) = self.get(topic) {
+            return Some(tc);
+        }
+        let template = self.get(default_topic)?;
+        if template.perm & perm::INHERIT == 0 {
+            return None;
+        }
+        let queues = requested_queues.clamp(1, template.write_queue_nums.max(1));
+        let tc = TopicConfig::new(topic, queues, template.perm & !perm::INHERIT);
+        self.upsert(tc.clone()).then_some(tc)
+    }
+
+    /// A consumer group's retry topic, created on first need.
+    pub fn ensure_retry_topic(&self, group: &str, queues: i32) -> Option<TopicConfig> {
+        let name = retry_topic(group);
+        if let Some(tc) = self.get(&name) {
+            return Some(tc);
+        }
+        let tc = TopicConfig::new(&name, queues.max(1), perm::READ | perm::WRITE);
+        self.upsert(tc.clone()).then_some(tc)
+    }
+
+    /// The table with its version, for registration and GET_ALL_TOPIC_CONFIG.
+    pub fn snapshot(&self) -> TopicConfigSerializeWrapper {
+        self.table.read().clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.read().topic_config_table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes the current table to disk off the async workers.
+    pub async fn persist(&self) -> Result<(), BrokerError> {
+        let _serial = self.write_lock.lock().await;
+        let bytes = serde_json::to_vec_pretty(&self.snapshot()).unwrap_or_default();
+        persist::save_async(self.path.clone(), bytes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_time_creation_follows_the_default_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = TopicTable::load(dir.path()).unwrap();
+        t.ensure_system_topics("c", "b", true, 8);
+        let tc = t.create_on_send("NewTopic", DEFAULT_TOPIC, 4).unwrap();
+        assert_eq!((tc.read_queue_nums, tc.write_queue_nums, tc.perm), (4, 4, 6));
+        let tc = t.create_on_send("Big", DEFAULT_TOPIC, 64).unwrap();
+        assert_eq!(tc.write_queue_nums, 8, "capped by TBW102's queues");
+        assert!(t.create_on_send("X", "NoSuchDefault", 4).is_none());
+        assert!(t.create_on_send("Y", "SELF_TEST_TOPIC", 4).is_none(), "no INHERIT, no creation");
+    }
+
+    #[tokio::test]
+    async fn table_survives_reload_and_version_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = TopicTable::load(dir.path()).unwrap();
+        t.ensure_system_topics("c", "b", false, 8);
+        let v1 = t.snapshot().data_version;
+        t.upsert(TopicConfig::new("T", 3, 6));
+        assert_ne!(t.snapshot().data_version, v1);
+        t.persist().await.unwrap();
+        let again = TopicTable::load(dir.path()).unwrap();
+        assert_eq!(again.get("T").unwrap().write_queue_nums, 3);
+        assert!(again.get(DEFAULT_TOPIC).is_none());
+    }
+}

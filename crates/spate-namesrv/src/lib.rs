@@ -1,0 +1,182 @@
+//! Spate's name server: brokers register every few seconds; clients ask it
+//! for topic routes. It keeps everything in memory; several may run side by
+//! side, each told about every broker.
+//!
+//! - [`routes`]: the tables and their rules, driven by an explicit clock.
+//! - [`NameServer`]: the request processor, the expiry task, the listener.
+
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use spate_remoting::protocol::{json, RegisterBrokerBody};
+use spate_remoting::{
+    request, response, BoxFuture, Connection, ConnectionConfig, HeaderError, RemotingCommand, RemotingServer,
+    RequestHandler,
+};
+
+use routes::{Registration, Routes};
+
+/// Name server settings.
+#[derive(Debug, Clone)]
+pub struct NamesrvConfig {
+    /// Address to listen on (`listenPort`, default 9876).
+    pub listen_addr: SocketAddr,
+    /// A broker not heard from for this long is dropped from all routes
+    /// (`brokerChannelExpiredTime`; upstream 120 s, Spate 10 s so clients
+    /// stop using a dead broker quickly).
+    pub broker_expired_time: Duration,
+    /// How often expiry is checked (`scanNotActiveBrokerInterval`; upstream 5 s).
+    pub scan_not_active_broker_interval: Duration,
+    pub connection: ConnectionConfig,
+}
+
+impl Default for NamesrvConfig {
+    fn default() -> Self {
+        NamesrvConfig {
+            listen_addr: SocketAddr::from(([0, 0, 0, 0], 9876)),
+            broker_expired_time: Duration::from_secs(10),
+            scan_not_active_broker_interval: Duration::from_secs(1),
+            connection: ConnectionConfig::default(),
+        }
+    }
+}
+
+/// A running name server.
+pub struct NameServer {
+    server: RemotingServer,
+    routes: Arc<RwLock<Routes>>,
+    expiry_task: tokio::task::JoinHandle<()>,
+}
+
+impl NameServer {
+    /// Binds and starts serving on the current runtime.
+    pub async fn start(cfg: NamesrvConfig) -> std::io::Result<NameServer> {
+        let routes = Arc::new(RwLock::new(Routes::default()));
+        let handler = Arc::new(Processor { routes: routes.clone() });
+        let server = RemotingServer::bind(cfg.listen_addr, cfg.connection.clone(), handler).await?;
+        let expiry_routes = routes.clone();
+        let expiry_task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(cfg.scan_not_active_broker_interval);
+            loop {
+                tick.tick().await;
+                expiry_routes.write().expire(Instant::now(), cfg.broker_expired_time);
+            }
+        });
+        tracing::info!(addr = %server.local_addr(), "name server listening");
+        Ok(NameServer { server, routes, expiry_task })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Brokers currently registered.
+    pub fn live_broker_count(&self) -> usize {
+        self.routes.read().live_broker_count()
+    }
+
+    /// Stops accepting and answers what is in progress.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.expiry_task.abort();
+        self.server.shutdown(grace).await;
+    }
+}
+
+struct Processor {
+    routes: Arc<RwLock<Routes>>,
+}
+
+impl RequestHandler for Processor {
+    fn handle(&self, conn: Arc<Connection>, req: RemotingCommand) -> BoxFuture<Option<RemotingCommand>> {
+        let resp = match self.process(&conn, &req) {
+            Ok(resp) => resp,
+            Err(e) => RemotingCommand::error(&req, response::INVALID_PARAMETER, e.to_string()),
+        };
+        Box::pin(async move { Some(resp) })
+    }
+
+    fn on_close(&self, conn: &Arc<Connection>) {
+        let gone = self.routes.write().connection_closed(conn.id());
+        if !gone.is_empty() {
+            tracing::info!(brokers = ?gone, "broker connection closed");
+        }
+    }
+}
+
+/// A request that cannot be served as sent.
+#[derive(Debug, thiserror::Error)]
+enum BadRequest {
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error(transparent)]
+    Body(#[from] json::BodyError),
+}
+
+impl Processor {
+    fn process(&self, conn: &Arc<Connection>, req: &RemotingCommand) -> Result<RemotingCommand, BadRequest> {
+        let ok = RemotingCommand::success(req);
+        Ok(match req.code {
+            request::REGISTER_BROKER => self.register(conn, req)?,
+            request::UNREGISTER_BROKER => {
+                self.routes.write().unregister(req.str_field("brokerAddr")?);
+                ok
+            }
+            request::GET_ROUTEINFO_BY_TOPIC => {
+                let topic = req.str_field("topic")?;
+                match self.routes.read().route(topic) {
+                    Some(route) => ok.with_body(route.to_fastjson()),
+                    None => RemotingCommand::error(
+                        req,
+                        response::TOPIC_NOT_EXIST,
+                        format!("No topic route info in name server for the topic: {topic}"),
+                    ),
+                }
+            }
+            request::GET_BROKER_CLUSTER_INFO => ok.with_body(self.routes.read().cluster_info().to_fastjson()),
+            request::GET_ALL_TOPIC_LIST_FROM_NAMESERVER => ok.with_body(to_json(&self.routes.read().topics())),
+            request::GET_TOPICS_BY_CLUSTER => {
+                let cluster = req.str_field("cluster")?;
+                ok.with_body(to_json(&self.routes.read().topics_of_cluster(cluster)))
+            }
+            request::DELETE_TOPIC_IN_NAMESRV => {
+                let topic = req.str_field("topic")?;
+                self.routes.write().delete_topic(topic, req.field("clusterName"));
+                ok
+            }
+            code => RemotingCommand::error(
+                req,
+                response::REQUEST_CODE_NOT_SUPPORTED,
+                format!("request code {code} is not supported by the name server"),
+            ),
+        })
+    }
+
+    fn register(&self, conn: &Arc<Connection>, req: &RemotingCommand) -> Result<RemotingCommand, BadRequest> {
+        let body: RegisterBrokerBody = if req.body.is_empty() {
+            RegisterBrokerBody::default()
+        } else {
+            json::decode(&req.body, "RegisterBrokerBody")?
+        };
+        let reg = Registration {
+            cluster: req.str_field("clusterName")?.to_string(),
+            broker_addr: req.str_field("brokerAddr")?.to_string(),
+            broker_name: req.str_field("brokerName")?.to_string(),
+            broker_id: req.i64_field("brokerId")?,
+            ha_server_addr: req.field("haServerAddr").unwrap_or_default().to_string(),
+            topics: body.topic_config_serialize_wrapper,
+            connection_id: conn.id(),
+        };
+        let answer = self.routes.write().register(reg, Instant::now());
+        Ok(RemotingCommand::success(req)
+            .with_opt("masterAddr", answer.master_addr)
+            .with_opt("haServerAddr", answer.ha_server_addr))
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}

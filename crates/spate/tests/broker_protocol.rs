@@ -1,0 +1,234 @@
+//! The broker and name server over real TCP in a real `spate standalone`
+//! process: sends, pulls, long polling, offsets, topics, and bad input.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{call, raw_client, Standalone};
+use spate_common::message::{decode_record, encode_properties};
+use spate_remoting::protocol::{json, TopicRouteData};
+use spate_remoting::{request, response, RemotingCommand, SerializeType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn send_req(topic: &str, queue_id: i32, body: &[u8], tags: &str) -> RemotingCommand {
+    let props = encode_properties([("TAGS", tags), ("KEYS", "k1"), ("WAIT", "true")]).unwrap();
+    RemotingCommand::request(request::SEND_MESSAGE)
+        .with("producerGroup", "pg")
+        .with("topic", topic)
+        .with("defaultTopic", "TBW102")
+        .with("defaultTopicQueueNums", 4)
+        .with("queueId", queue_id)
+        .with("sysFlag", 0)
+        .with("bornTimestamp", 1)
+        .with("flag", 0)
+        .with("properties", props)
+        .with("reconsumeTimes", 0)
+        .with("unitMode", false)
+        .with_body(Bytes::copy_from_slice(body))
+}
+
+fn pull_req(topic: &str, queue_id: i32, offset: i64, suspend_ms: i64, sub: &str) -> RemotingCommand {
+    RemotingCommand::request(request::PULL_MESSAGE)
+        .with("consumerGroup", "cg")
+        .with("topic", topic)
+        .with("queueId", queue_id)
+        .with("queueOffset", offset)
+        .with("maxMsgNums", 32)
+        .with("sysFlag", if suspend_ms > 0 { 2 | 4 } else { 4 })
+        .with("commitOffset", 0)
+        .with("suspendTimeoutMillis", suspend_ms)
+        .with("subscription", sub)
+        .with("subVersion", 0)
+}
+
+fn records(body: &[u8]) -> Vec<(Vec<u8>, String)> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let r = decode_record(rest, true).expect("pull body holds whole records");
+        out.push((r.body.to_vec(), r.property("TAGS").unwrap_or_default().to_string()));
+        rest = &rest[r.total_size..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_pull_offsets_and_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Standalone::start(&dir.path().join("data"));
+    let c = raw_client();
+    let broker = spate.broker();
+
+    // First send auto-creates the topic from TBW102.
+    let r = call(&c, &broker, send_req("Orders", 1, b"hello", "TagA")).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    assert_eq!(r.field("queueOffset"), Some("0"));
+    assert_eq!(r.field("msgId").map(str::len), Some(32));
+    // The binary header encoding works too, and is answered in kind.
+    let mut bin = send_req("Orders", 1, b"world", "TagB");
+    bin.serialize_type = SerializeType::RocketMq;
+    let r = call(&c, &broker, bin).await;
+    assert_eq!((r.code, r.serialize_type), (response::SUCCESS, SerializeType::RocketMq));
+    assert_eq!(r.field("queueOffset"), Some("1"));
+
+    // The route appears on the name server soon after (registration on topic change).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let route = loop {
+        let r = call(
+            &c,
+            &spate.namesrv(),
+            RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC).with("topic", "Orders"),
+        )
+        .await;
+        if r.code == response::SUCCESS {
+            break json::decode::<TopicRouteData>(&r.body, "route").unwrap();
+        }
+        assert!(Instant::now() < deadline, "route never appeared: {:?}", r.remark);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(route.queue_datas[0].write_queue_nums, 4);
+    assert!(String::from_utf8_lossy(
+        &call(&c, &spate.namesrv(), RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC).with("topic", "Orders"))
+            .await
+            .body
+    )
+    .contains("{0:\""));
+
+    // Pull both, then with a tag filter (spaces around ||).
+    let r = call(&c, &broker, pull_req("Orders", 1, 0, 0, "*")).await;
+    assert_eq!(r.code, response::SUCCESS);
+    assert_eq!(records(&r.body), vec![(b"hello".to_vec(), "TagA".into()), (b"world".to_vec(), "TagB".into())]);
+    assert_eq!(r.field("nextBeginOffset"), Some("2"));
+    let r = call(&c, &broker, pull_req("Orders", 1, 0, 0, "TagB || TagC")).await;
+    assert_eq!(records(&r.body), vec![(b"world".to_vec(), "TagB".into())]);
+
+    // Offsets: max/min, commit and query.
+    let r =
+        call(&c, &broker, RemotingCommand::request(request::GET_MAX_OFFSET).with("topic", "Orders").with("queueId", 1))
+            .await;
+    assert_eq!(r.field("offset"), Some("2"));
+    let commit = RemotingCommand::request(request::UPDATE_CONSUMER_OFFSET)
+        .with("consumerGroup", "cg")
+        .with("topic", "Orders")
+        .with("queueId", 1)
+        .with("commitOffset", 2);
+    assert_eq!(call(&c, &broker, commit).await.code, response::SUCCESS);
+    let q = RemotingCommand::request(request::QUERY_CONSUMER_OFFSET)
+        .with("consumerGroup", "cg")
+        .with("topic", "Orders")
+        .with("queueId", 1);
+    assert_eq!(call(&c, &broker, q).await.field("offset"), Some("2"));
+
+    // Query by key and view by id.
+    let r = call(
+        &c,
+        &broker,
+        RemotingCommand::request(request::QUERY_MESSAGE)
+            .with("topic", "Orders")
+            .with("key", "k1")
+            .with("maxNum", 10)
+            .with("beginTimestamp", 0)
+            .with("endTimestamp", i64::MAX),
+    )
+    .await;
+    assert_eq!((r.code, records(&r.body).len()), (response::SUCCESS, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_answers_within_milliseconds_of_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Standalone::start(&dir.path().join("data"));
+    let c = std::sync::Arc::new(raw_client());
+    let broker = spate.broker();
+    assert_eq!(call(&c, &broker, send_req("LP", 0, b"first", "a")).await.code, response::SUCCESS);
+    let mut worst = Duration::ZERO;
+    for i in 1..=20i64 {
+        let (c2, b2) = (c.clone(), broker.clone());
+        let waiter = tokio::spawn(async move {
+            let r = call(&c2, &b2, pull_req("LP", 0, i, 10_000, "*")).await;
+            (r, Instant::now())
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if waiter.is_finished() {
+            let (r, _) = waiter.await.unwrap();
+            panic!("pull {i} was answered before any message arrived: code {} {:?}", r.code, r.remark);
+        }
+        let sent_at = Instant::now();
+        assert_eq!(call(&c, &broker, send_req("LP", 0, b"next", "a")).await.code, response::SUCCESS);
+        let (r, answered_at) = waiter.await.unwrap();
+        assert_eq!(r.code, response::SUCCESS);
+        worst = worst.max(answered_at - sent_at);
+    }
+    // Includes the send's own round trip; a periodic scan would show ~1 s or more.
+    assert!(worst < Duration::from_millis(200), "worst wake-up {worst:?}");
+    eprintln!("long-poll worst send-to-pull-answer: {worst:?}");
+    // A held pull times out with PULL_NOT_FOUND.
+    let t = Instant::now();
+    let r = call(&c, &broker, pull_req("LP", 0, 21, 300, "*")).await;
+    assert_eq!(r.code, response::PULL_NOT_FOUND);
+    assert!(t.elapsed() >= Duration::from_millis(290));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Standalone::start(&dir.path().join("data"));
+    let c = raw_client();
+    let broker = spate.broker();
+    let healthy = || send_req("Healthy", 0, b"ok", "t");
+    assert_eq!(call(&c, &broker, healthy()).await.code, response::SUCCESS);
+
+    // Garbage bytes, a frame claiming 2 GiB, a truncated header: connection closed.
+    for garbage in [
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        (i32::MAX).to_be_bytes().to_vec(),
+        [&40i32.to_be_bytes()[..], &[0, 0, 0, 30], b"{\"code\":10,"].concat(),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&broker).await.unwrap();
+        s.write_all(&garbage).await.unwrap();
+        let mut buf = [0u8; 64];
+        // The truncated one waits for more bytes: close our side to finish it.
+        let _ = s.shutdown().await;
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed").unwrap_or(0);
+        assert_eq!(n, 0);
+        assert_eq!(call(&c, &broker, healthy()).await.code, response::SUCCESS);
+    }
+
+    // Unknown request code.
+    let r = call(&c, &broker, RemotingCommand::request(9999)).await;
+    assert_eq!(r.code, response::REQUEST_CODE_NOT_SUPPORTED);
+    // Illegal topic name.
+    let r = call(&c, &broker, send_req("bad topic!", 0, b"x", "t")).await;
+    assert_eq!(r.code, response::INVALID_PARAMETER, "{:?}", r.remark);
+    assert!(r.remark.unwrap_or_default().contains("bad topic!"));
+    // A 5 MiB body: above maxMessageSize (4 MiB), below the frame limit.
+    let r = call(&c, &broker, send_req("Healthy", 0, &vec![7u8; 5 * 1024 * 1024], "t")).await;
+    assert_eq!(r.code, response::MESSAGE_ILLEGAL, "{:?}", r.remark);
+    // Missing and malformed header fields, undecodable bodies.
+    let r = call(&c, &broker, RemotingCommand::request(request::PULL_MESSAGE).with("topic", "Healthy")).await;
+    assert_eq!(r.code, response::INVALID_PARAMETER);
+    assert!(r.remark.unwrap_or_default().contains("consumerGroup"));
+    let r = call(&c, &broker, pull_req("Healthy", 0, 0, 0, "*").with("queueOffset", "zero")).await;
+    assert_eq!(r.code, response::INVALID_PARAMETER);
+    let r = call(&c, &broker, RemotingCommand::request(request::HEART_BEAT).with_body(&b"{not json"[..])).await;
+    assert_eq!(r.code, response::INVALID_PARAMETER);
+    let r = call(
+        &c,
+        &broker,
+        RemotingCommand::request(request::SEND_BATCH_MESSAGE)
+            .with("topic", "Healthy")
+            .with("queueId", 0)
+            .with_body(&[0u8, 0, 0, 99, 1][..]),
+    )
+    .await;
+    assert_eq!(r.code, response::MESSAGE_ILLEGAL);
+    // A pull on a queue the topic does not have.
+    let r = call(&c, &broker, pull_req("Healthy", 999, 0, 0, "*")).await;
+    assert_eq!(r.code, response::INVALID_PARAMETER);
+    // Still serving, and nothing stored was damaged.
+    assert_eq!(call(&c, &broker, healthy()).await.code, response::SUCCESS);
+    let r = call(&c, &broker, pull_req("Healthy", 0, 0, 0, "*")).await;
+    assert_eq!(records(&r.body).len(), 5);
+}

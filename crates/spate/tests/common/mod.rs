@@ -1,0 +1,145 @@
+//! Runs real `spate` processes on loopback and free ports for end-to-end tests.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spate_remoting::{ClientConfig, RemotingClient, RemotingCommand};
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A `spate standalone` child process, killed when dropped.
+pub struct Standalone {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub namesrv_port: u16,
+    pub broker_port: u16,
+    log: PathBuf,
+    extra_conf: Option<PathBuf>,
+}
+
+impl Standalone {
+    pub fn start(data_dir: &Path) -> Standalone {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Starts with extra broker.conf lines.
+    pub fn start_with(data_dir: &Path, conf: &[&str]) -> Standalone {
+        let extra_conf = if conf.is_empty() {
+            None
+        } else {
+            let p = data_dir.with_extension("conf");
+            std::fs::write(&p, conf.join("\n")).expect("write conf");
+            Some(p)
+        };
+        let mut s = Standalone {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            namesrv_port: free_port(),
+            broker_port: free_port(),
+            log: data_dir.with_extension("log"),
+            extra_conf,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spate"));
+        cmd.arg("standalone")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--namesrv-port")
+            .arg(self.namesrv_port.to_string())
+            .arg("--broker-port")
+            .arg(self.broker_port.to_string())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(c) = &self.extra_conf {
+            cmd.arg("-c").arg(c);
+        }
+        self.child = Some(cmd.spawn().expect("spawn spate"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for port in [self.namesrv_port, self.broker_port] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    panic!("spate exited early with {status}; log:\n{}", self.log_text());
+                }
+                assert!(Instant::now() < deadline, "spate did not open port {port}; log:\n{}", self.log_text());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    pub fn namesrv(&self) -> String {
+        format!("127.0.0.1:{}", self.namesrv_port)
+    }
+
+    pub fn broker(&self) -> String {
+        format!("127.0.0.1:{}", self.broker_port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, no chance to flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe_kill(c.id() as i32, 15);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+}
+
+fn unsafe_kill(pid: i32, sig: i32) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- spate log ---\n{}", self.log_text());
+        }
+        self.kill9();
+    }
+}
+
+/// A raw protocol client.
+pub fn raw_client() -> RemotingClient {
+    RemotingClient::new(ClientConfig::default(), None)
+}
+
+pub async fn call(client: &RemotingClient, addr: &str, req: RemotingCommand) -> RemotingCommand {
+    client.invoke(addr, req, Duration::from_secs(10)).await.expect("call answered")
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds spate (debug) and runs the rocketmq-client-rust interop test against it.
+# Usage: interop/run.sh [extra cargo test args]   (exits non-zero on failure)
+# CARGO_TARGET_DIR defaults to /work/interop-target (a cache outside the checkout);
+# SPATE_BIN overrides the server binary (default: <main>/target/debug/spate).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+main="$(dirname "$here")"
+
+# The main workspace keeps its own target dir (so an outer CARGO_TARGET_DIR must not leak in).
+(cd "$main" && env -u CARGO_TARGET_DIR nice -n 15 cargo build -p spate)
+export SPATE_BIN="${SPATE_BIN:-$main/target/debug/spate}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/interop-target}"
+cd "$here"
+nice -n 15 cargo test --test interop -- --nocapture "$@"

@@ -1,0 +1,1 @@
+//! Empty: the interop test lives in tests/interop.rs.

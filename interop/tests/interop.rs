@@ -1,0 +1,620 @@
+//! Interoperability test: a real `spate standalone` process (name server +
+//! broker) driven by the `rocketmq-client-rust` 1.0.0 client from crates.io.
+//!
+//! Flow: start spate -> create the topic (client admin API, key TBW102) ->
+//! produce N messages -> push-consume them in a new clustering group from the
+//! first offset -> check every message arrived with identical body, tag, key,
+//! user properties, queue and offset. Duplicates are allowed but counted.
+//!
+//! Environment:
+//! - `SPATE_BIN`: the spate binary (default `../target/debug/spate` relative to
+//!   this crate, i.e. the main workspace's debug build).
+//! - `INTEROP_MESSAGES`: number of messages (default 200).
+//!
+//! It is a plain `#[test]` (not `#[tokio::test]`): the client refuses to
+//! discover an ambient Tokio runtime and wants an application-owned
+//! `rocketmq_runtime::RuntimeOwner`, which builds its own runtime, so the test
+//! owns that runtime and blocks on it.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rocketmq_client_rust::{
+    ClientResult, ClientRuntime, ClientRuntimeConfig, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus,
+    DefaultMQProducer, DefaultMQPushConsumer, MQPushConsumer, MessageListenerConcurrently, SendStatus,
+};
+use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
+use rocketmq_model::common::message::message_ext::MessageExt;
+use rocketmq_model::common::message::message_single::Message;
+use rocketmq_observability::TelemetryRuntimeGuard;
+use rocketmq_protocol::protocol::heartbeat::message_model::MessageModel;
+use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
+
+const TOPIC: &str = "SpateInteropTopic";
+const QUEUES: i32 = 4;
+/// Key topic for `createTopic`: the broker's default topic, as upstream.
+const CREATE_TOPIC_KEY: &str = "TBW102";
+const TAGS: [&str; 2] = ["TagA", "TagB"];
+/// User property carrying the message index (ASCII value).
+const PROP_SEQ: &str = "interopSeq";
+/// User property with a non-ASCII value, to check UTF-8 survives the
+/// properties string end to end.
+const PROP_NOTE: &str = "interopNote";
+const DEFAULT_MESSAGES: usize = 200;
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
+const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+const CONSUME_TIMEOUT: Duration = Duration::from_secs(30);
+const SEND_TIMEOUT_MS: u64 = 5_000;
+
+// ---------------------------------------------------------------------------
+// The spate child process
+// ---------------------------------------------------------------------------
+
+/// Owns the spate child process and its data directory. Dropping it (normal
+/// end or panic unwind) kills and reaps the child; on panic it also prints
+/// the tail of the server's log.
+struct SpateServer {
+    child: Child,
+    namesrv_port: u16,
+    broker_port: u16,
+    log_path: PathBuf,
+    // Declared last: removed after the child is gone.
+    _data_dir: tempfile::TempDir,
+}
+
+impl SpateServer {
+    fn start() -> SpateServer {
+        let bin = spate_bin();
+        assert!(
+            bin.is_file(),
+            "spate binary not found at {} (build it with `cargo build -p spate` in the main \
+             workspace, or set SPATE_BIN)",
+            bin.display()
+        );
+        let data_dir = tempfile::Builder::new().prefix("spate-interop-").tempdir().expect("create temp dir");
+        let store_dir = data_dir.path().join("data");
+        std::fs::create_dir_all(&store_dir).expect("create data dir");
+        let log_path = data_dir.path().join("spate.log");
+        let log = std::fs::File::create(&log_path).expect("create spate log");
+        let (namesrv_port, broker_port) = two_free_ports();
+
+        let child = Command::new(&bin)
+            .arg("standalone")
+            .arg("--data-dir")
+            .arg(&store_dir)
+            .arg("--namesrv-port")
+            .arg(namesrv_port.to_string())
+            .arg("--broker-port")
+            .arg(broker_port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut server = SpateServer { child, namesrv_port, broker_port, log_path, _data_dir: data_dir };
+        println!(
+            "spate started: pid {}, name server 127.0.0.1:{namesrv_port}, broker 127.0.0.1:{broker_port}",
+            server.child.id()
+        );
+        server.wait_until_listening();
+        server
+    }
+
+    fn namesrv_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.namesrv_port)
+    }
+
+    /// Bounded wait until both ports accept TCP connections; fails early if
+    /// the child exits.
+    fn wait_until_listening(&mut self) {
+        let deadline = Instant::now() + SERVER_START_TIMEOUT;
+        for (what, port) in [("name server", self.namesrv_port), ("broker", self.broker_port)] {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            loop {
+                if let Some(status) = self.child.try_wait().expect("try_wait on spate") {
+                    panic!(
+                        "spate exited during start-up ({status}) before its {what} port {port} accepted connections"
+                    );
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "spate's {what} port {port} did not accept TCP connections within {:?}",
+                        SERVER_START_TIMEOUT
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn log_tail(&self, max_bytes: usize) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let mut bytes = Vec::new();
+            let _ = f.read_to_end(&mut bytes);
+            let start = bytes.len().saturating_sub(max_bytes);
+            text = String::from_utf8_lossy(&bytes[start..]).into_owned();
+        }
+        text
+    }
+}
+
+impl Drop for SpateServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- last 8 KiB of spate's output ({}) ----\n{}\n---- end of spate output ----",
+                self.log_path.display(),
+                self.log_tail(8 * 1024)
+            );
+        }
+    }
+}
+
+fn spate_bin() -> PathBuf {
+    match std::env::var_os("SPATE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/spate"),
+    }
+}
+
+/// Two distinct free loopback ports: bind both at once, then release them.
+fn two_free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind free port");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind free port");
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+}
+
+// ---------------------------------------------------------------------------
+// What was sent / what arrived
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Sent {
+    key: String,
+    tag: &'static str,
+    body: Vec<u8>,
+    seq: String,
+    note: String,
+    /// `SendResult.msg_id`: the client-made unique id (UNIQ_KEY property).
+    msg_id: String,
+    offset_msg_id: Option<String>,
+    queue_id: i32,
+    queue_offset: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Received {
+    topic: String,
+    body: Vec<u8>,
+    tag: Option<String>,
+    keys: Option<String>,
+    uniq_key: Option<String>,
+    seq: Option<String>,
+    note: Option<String>,
+    queue_id: i32,
+    queue_offset: i64,
+    msg_id: String,
+    reconsume_times: i32,
+}
+
+/// Records every delivery, keyed by the message key.
+#[derive(Default)]
+struct Collected {
+    by_key: HashMap<String, Vec<Received>>,
+    without_key: Vec<Received>,
+    deliveries: usize,
+}
+
+#[derive(Clone)]
+struct RecordingListener {
+    collected: Arc<Mutex<Collected>>,
+}
+
+impl MessageListenerConcurrently for RecordingListener {
+    fn consume_message(
+        &self,
+        msgs: &[&MessageExt],
+        _context: &ConsumeConcurrentlyContext,
+    ) -> ClientResult<ConsumeConcurrentlyStatus> {
+        let mut collected = self.collected.lock().unwrap();
+        for m in msgs {
+            let inner = m.message_inner();
+            let prop = |k: &str| inner.property(k).map(str::to_owned);
+            let r = Received {
+                topic: m.topic().to_string(),
+                body: m.body().map(|b| b.to_vec()).unwrap_or_default(),
+                tag: prop("TAGS"),
+                keys: prop("KEYS"),
+                uniq_key: prop("UNIQ_KEY"),
+                seq: prop(PROP_SEQ),
+                note: prop(PROP_NOTE),
+                queue_id: m.queue_id(),
+                queue_offset: m.queue_offset(),
+                msg_id: m.msg_id().to_string(),
+                reconsume_times: m.reconsume_times(),
+            };
+            collected.deliveries += 1;
+            match r.keys.clone() {
+                Some(k) => collected.by_key.entry(k).or_default().push(r),
+                None => collected.without_key.push(r),
+            }
+        }
+        Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
+    }
+}
+
+/// Distinct bodies: non-ASCII UTF-8 text, every byte value, and sizes from a
+/// few bytes to ~6 KiB (bodies over 4 KiB are zlib-compressed by the client
+/// and carry the COMPRESSED sysflag through the broker).
+fn make_body(i: usize) -> Vec<u8> {
+    let mut body = format!("interop #{i:04} Grüße ✓ 日本語 ").into_bytes();
+    match i % 5 {
+        0 => {}
+        1 => body.extend((0..=255u8).cycle().skip(i).take(300)),
+        2 => body.extend(std::iter::repeat_n(b'x', 1024 + i)),
+        3 => body.extend((0..(3 * 1024 + i)).map(|j| (j * 31 + i) as u8)),
+        _ => body.extend((0..(6 * 1024 + i)).map(|j| ((j ^ i) % 251) as u8)),
+    }
+    body
+}
+
+fn message_count() -> usize {
+    std::env::var("INTEROP_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MESSAGES)
+}
+
+/// The client's runtime. The push consumer runs listener calls on the
+/// runtime's metadata-io blocking lane, which on 2 cores admits 4 running and
+/// 16 queued tasks; one pull burst (4 queues x 32 messages) overflows it and
+/// the client sends the overflow back to the retry topic. Widen it.
+fn client_runtime_owner() -> RuntimeOwner {
+    let mut config =
+        RuntimeConfig::for_parallelism("spate-interop", 2).with_max_blocking_threads(96).expect("valid blocking limit");
+    config.blocking_lane_policies.metadata_io.max_concurrency = 64;
+    config.blocking_lane_policies.metadata_io.max_queue_depth = 4096;
+    RuntimeOwner::plan(config).expect("valid runtime config").build().expect("build client runtime")
+}
+
+// ---------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------
+
+#[test]
+fn rocketmq_rust_client_round_trip() {
+    let server = SpateServer::start();
+    let namesrv = server.namesrv_addr();
+    let n = message_count();
+
+    let owner = client_runtime_owner();
+    let telemetry = TelemetryRuntimeGuard::noop();
+    let client_runtime = ClientRuntime::try_new(
+        owner.root_context().component("interop-client"),
+        ClientRuntimeConfig::default(),
+        telemetry.handle(),
+    )
+    .expect("client runtime");
+
+    owner.block_on(async {
+        let run_id = format!(
+            "{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+        );
+
+        // --- producer + topic ------------------------------------------------
+        let mut producer = DefaultMQProducer::builder(client_runtime.clone())
+            .producer_group(format!("interop_producer_{run_id}"))
+            .name_server_addr(namesrv.clone())
+            .send_msg_timeout(SEND_TIMEOUT_MS as u32)
+            .build();
+        bounded("producer start", SETUP_TIMEOUT, producer.start()).await.expect("producer start");
+
+        create_topic(&mut producer).await;
+
+        // --- produce ---------------------------------------------------------
+        let mut sent: Vec<Sent> = Vec::with_capacity(n);
+        for i in 0..n {
+            let tag = TAGS[i % 2];
+            let key = format!("interop-key-{i:04}");
+            let seq = i.to_string();
+            let note = format!("größe-{i}-ß✓");
+            let body = make_body(i);
+            let msg: Message = Message::builder()
+                .topic(TOPIC)
+                .tags(tag)
+                .key(key.clone())
+                .body(body.clone())
+                .raw_property(PROP_SEQ, seq.clone())
+                .expect("user property")
+                .raw_property(PROP_NOTE, note.clone())
+                .expect("user property")
+                .build()
+                .expect("message");
+            // The client retries a failed send (2 more attempts), each
+            // within SEND_TIMEOUT_MS; bound the whole call as well.
+            let result = bounded(
+                "send",
+                Duration::from_millis(4 * SEND_TIMEOUT_MS),
+                producer.send_with_timeout(msg, SEND_TIMEOUT_MS),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("send #{i} failed: {e}"))
+            .unwrap_or_else(|| panic!("send #{i}: no SendResult for a synchronous send"));
+            assert_eq!(result.send_status, SendStatus::SendOk, "send #{i}: {result:?}");
+            let mq =
+                result.message_queue.as_ref().unwrap_or_else(|| panic!("send #{i}: SendResult without message queue"));
+            assert_eq!(mq.topic_str(), TOPIC, "send #{i}: {result:?}");
+            let msg_id = result
+                .msg_id
+                .as_ref()
+                .map(|m| m.to_string())
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| panic!("send #{i}: SendResult without msgId"));
+            sent.push(Sent {
+                key,
+                tag,
+                body,
+                seq,
+                note,
+                msg_id,
+                offset_msg_id: result.offset_msg_id.clone(),
+                queue_id: mq.queue_id(),
+                queue_offset: result.queue_offset,
+            });
+        }
+        let mut per_queue: HashMap<i32, usize> = HashMap::new();
+        for s in &sent {
+            *per_queue.entry(s.queue_id).or_default() += 1;
+        }
+        println!("sent {n} messages; per queue: {per_queue:?}");
+        // (queue, offset) must be unique across sends.
+        let mut slots: HashMap<(i32, u64), &str> = HashMap::new();
+        for s in &sent {
+            if let Some(other) = slots.insert((s.queue_id, s.queue_offset), &s.key) {
+                panic!(
+                    "broker returned the same queue {} offset {} for {} and {}",
+                    s.queue_id, s.queue_offset, other, s.key
+                );
+            }
+        }
+
+        // --- push consume (rocketmq-client-rust) -----------------------------
+        let collected = Arc::new(Mutex::new(Collected::default()));
+        let mut consumer = DefaultMQPushConsumer::builder(client_runtime.clone())
+            .consumer_group(format!("interop_consumer_{run_id}"))
+            .name_server_addr(namesrv.clone())
+            .message_model(MessageModel::Clustering)
+            .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+            .consume_thread_min(32)
+            .consume_thread_max(64)
+            .build();
+        bounded("subscribe", SETUP_TIMEOUT, consumer.subscribe(TOPIC, "TagA || TagB")).await.expect("subscribe");
+        consumer.register_message_listener_concurrently(RecordingListener { collected: collected.clone() });
+        let consume_start = Instant::now();
+        bounded("consumer start", SETUP_TIMEOUT, consumer.start()).await.expect("consumer start");
+
+        let expected: Vec<&str> = sent.iter().map(|s| s.key.as_str()).collect();
+        let all_arrived = loop {
+            {
+                let c = collected.lock().unwrap();
+                if expected.iter().all(|k| c.by_key.contains_key(*k)) {
+                    break true;
+                }
+            }
+            if consume_start.elapsed() >= CONSUME_TIMEOUT {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let elapsed = consume_start.elapsed();
+        // Give in-flight redeliveries a moment to show up in the duplicate count.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if tokio::time::timeout(SETUP_TIMEOUT, consumer.shutdown()).await.is_err() {
+            eprintln!("note: consumer shutdown took longer than {SETUP_TIMEOUT:?}");
+        }
+
+        let report = verify(&sent, &collected.lock().unwrap(), TOPIC);
+        println!(
+            "rocketmq-client-rust consumer: {} of {n} distinct messages in {elapsed:?}, \
+             {} deliveries, {} duplicate deliveries",
+            report.distinct, report.deliveries, report.duplicates
+        );
+        assert!(
+            all_arrived && report.problems.is_empty(),
+            "rocketmq-client-rust round trip failed ({} of {n} messages within {:?}):\n{}",
+            report.distinct,
+            CONSUME_TIMEOUT,
+            report.problems.join("\n")
+        );
+
+        // ---------------------------------------------------------------------
+        // TODO(spate-client): consume the same messages with Spate's own client
+        // (crate `spate-client`, /work/main/crates/spate-client, not written yet).
+        //
+        //   * Add it to [dev-dependencies]:
+        //       spate-client = { path = "../crates/spate-client" }
+        //   * Connect to `namesrv` (name server 127.0.0.1:<port>), subscribe to
+        //     TOPIC in a NEW consumer group (e.g. format!("interop_spate_{run_id}"))
+        //     with "TagA || TagB", clustering, from the first offset. The
+        //     rocketmq-client-rust group above has committed its offsets, so a
+        //     new group is needed to see the messages again.
+        //   * Record each delivery as a `Received` (body, TAGS, KEYS, UNIQ_KEY,
+        //     PROP_SEQ, PROP_NOTE, queue id/offset, msg id, reconsume times)
+        //     into a fresh `Collected`, wait up to CONSUME_TIMEOUT for all
+        //     `expected` keys, then run `verify(&sent, &collected, TOPIC)` and
+        //     assert exactly as above (duplicates allowed, counted, printed).
+        //   * Optionally also produce with spate-client and consume with
+        //     rocketmq-client-rust (the reverse direction).
+        // ---------------------------------------------------------------------
+
+        // Shutdown problems are reported, not failed: they are not interop results.
+        if tokio::time::timeout(SETUP_TIMEOUT, producer.shutdown()).await.is_err() {
+            eprintln!("note: producer shutdown took longer than {SETUP_TIMEOUT:?}");
+        }
+        match tokio::time::timeout(Duration::from_secs(40), client_runtime.shutdown()).await {
+            Ok(report) if !report.is_healthy() => {
+                eprintln!("note: client runtime shutdown report: {}", report.to_json())
+            }
+            Ok(_) => {}
+            Err(_) => eprintln!("note: client runtime shutdown took longer than 40s"),
+        }
+    });
+
+    match owner.shutdown_runtime_blocking() {
+        Ok(report) if !report.is_healthy() => {
+            eprintln!("note: runtime shutdown report: {}", report.to_json())
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("note: runtime shutdown: {e}"),
+    }
+    let _ = telemetry.shutdown();
+    drop(server);
+}
+
+/// Creates TOPIC with QUEUES queues through the client's admin API
+/// (`createTopic` with key TBW102: route lookup of TBW102 on the name server,
+/// then UPDATE_AND_CREATE_TOPIC on each master), then waits until the name
+/// server's route for it shows QUEUES writable queues. Bounded: the broker may
+/// need a moment to register with the name server after start-up.
+async fn create_topic(producer: &mut DefaultMQProducer) {
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    let remaining = || deadline.saturating_duration_since(Instant::now());
+    loop {
+        let attempt =
+            tokio::time::timeout(remaining(), producer.create_topic(CREATE_TOPIC_KEY, TOPIC, QUEUES, HashMap::new()))
+                .await;
+        match attempt {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) if !remaining().is_zero() => {
+                eprintln!("createTopic not yet possible ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(500).min(remaining())).await;
+            }
+            Ok(Err(e)) => panic!(
+                "createTopic({TOPIC}, key {CREATE_TOPIC_KEY}, {QUEUES} queues) kept failing for {:?}: {e}",
+                SETUP_TIMEOUT
+            ),
+            Err(_) => panic!(
+                "createTopic({TOPIC}, key {CREATE_TOPIC_KEY}, {QUEUES} queues) did not succeed within {:?}",
+                SETUP_TIMEOUT
+            ),
+        }
+    }
+    loop {
+        let queues = tokio::time::timeout(remaining(), producer.fetch_publish_message_queues(TOPIC)).await;
+        match queues {
+            Ok(Ok(queues)) if queues.len() == QUEUES as usize => {
+                println!("topic {TOPIC} routed with {} queues", queues.len());
+                return;
+            }
+            other if remaining().is_zero() => panic!(
+                "name server route for {TOPIC} does not show {QUEUES} queues within {:?}: {:?}",
+                SETUP_TIMEOUT,
+                other.map(|r| r.map(|q| q.len()))
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(200).min(remaining())).await,
+        }
+    }
+}
+
+/// Runs a client call that has no deadline of its own, failing clearly if
+/// it does not finish in time.
+async fn bounded<T>(what: &str, limit: Duration, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {limit:?}"),
+    }
+}
+
+struct Report {
+    distinct: usize,
+    deliveries: usize,
+    duplicates: usize,
+    problems: Vec<String>,
+}
+
+/// Compares every sent message with every delivery of it. Missing messages,
+/// altered fields and unexpected messages are problems; extra deliveries of
+/// an intact message are only counted.
+fn verify(sent: &[Sent], collected: &Collected, topic: &str) -> Report {
+    const MAX_LISTED: usize = 20;
+    let mut problems = Vec::new();
+    let mut missing = Vec::new();
+    let mut distinct = 0;
+    for s in sent {
+        let Some(copies) = collected.by_key.get(&s.key) else {
+            missing.push(s.key.clone());
+            continue;
+        };
+        distinct += 1;
+        for (n, r) in copies.iter().enumerate() {
+            let mut diffs = Vec::new();
+            if r.topic != topic {
+                diffs.push(format!("topic {:?}", r.topic));
+            }
+            if r.body != s.body {
+                diffs.push(format!("body differs (got {} bytes, sent {})", r.body.len(), s.body.len()));
+            }
+            if r.tag.as_deref() != Some(s.tag) {
+                diffs.push(format!("tag {:?}, sent {:?}", r.tag, s.tag));
+            }
+            if r.keys.as_deref() != Some(s.key.as_str()) {
+                diffs.push(format!("keys {:?}", r.keys));
+            }
+            if r.seq.as_deref() != Some(s.seq.as_str()) {
+                diffs.push(format!("{PROP_SEQ} {:?}, sent {:?}", r.seq, s.seq));
+            }
+            if r.note.as_deref() != Some(s.note.as_str()) {
+                diffs.push(format!("{PROP_NOTE} {:?}, sent {:?}", r.note, s.note));
+            }
+            if r.uniq_key.as_deref() != Some(s.msg_id.as_str()) {
+                diffs.push(format!("UNIQ_KEY {:?}, but send returned msgId {:?}", r.uniq_key, s.msg_id));
+            }
+            if r.queue_id != s.queue_id || r.queue_offset != s.queue_offset as i64 {
+                diffs.push(format!(
+                    "stored at queue {} offset {}, but send returned queue {} offset {}",
+                    r.queue_id, r.queue_offset, s.queue_id, s.queue_offset
+                ));
+            }
+            if !diffs.is_empty() && problems.len() < MAX_LISTED {
+                problems.push(format!(
+                    "{} (delivery {}, msgId {}, offsetMsgId {:?}, reconsumeTimes {}): {}",
+                    s.key,
+                    n + 1,
+                    r.msg_id,
+                    s.offset_msg_id,
+                    r.reconsume_times,
+                    diffs.join("; ")
+                ));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let shown: Vec<_> = missing.iter().take(MAX_LISTED).cloned().collect();
+        problems.push(format!("{} message(s) never arrived, e.g. {}", missing.len(), shown.join(", ")));
+    }
+    let sent_keys: std::collections::HashSet<&str> = sent.iter().map(|s| s.key.as_str()).collect();
+    let unexpected: Vec<_> =
+        collected.by_key.keys().filter(|k| !sent_keys.contains(k.as_str())).take(MAX_LISTED).cloned().collect();
+    if !unexpected.is_empty() {
+        problems.push(format!("unexpected message keys: {}", unexpected.join(", ")));
+    }
+    if !collected.without_key.is_empty() {
+        problems.push(format!(
+            "{} deliveries without a KEYS property, e.g. {:?}",
+            collected.without_key.len(),
+            collected.without_key.first()
+        ));
+    }
+    let duplicates = sent.iter().filter_map(|s| collected.by_key.get(&s.key)).map(|copies| copies.len() - 1).sum();
+    Report { distinct, deliveries: collected.deliveries, duplicates, problems }
+}
