@@ -128,6 +128,10 @@ impl Processor {
             request::GET_ROUTEINFO_BY_TOPIC => {
                 let topic = req.str_field("topic")?;
                 match self.routes.read().route(topic) {
+                    // Java 5.x clients may ask for standard JSON (quoted numeric keys).
+                    Some(route) if req.opt_bool_field("acceptStandardJsonOnly")?.unwrap_or(false) => {
+                        ok.with_body(to_json(&route))
+                    }
                     Some(route) => ok.with_body(route.to_fastjson()),
                     None => RemotingCommand::error(
                         req,
