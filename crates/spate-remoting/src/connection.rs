@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -239,8 +241,20 @@ async fn read_loop(
         let conn2 = conn.clone();
         tokio::spawn(async move {
             let oneway = cmd.is_oneway();
-            let opaque = cmd.opaque;
-            if let Some(mut resp) = handler.handle(conn2.clone(), cmd).await {
+            let (opaque, code, serialize_type) = (cmd.opaque, cmd.code, cmd.serialize_type);
+            // A bug in one handler answers that one request with an error;
+            // the connection and everyone else keep going.
+            let outcome = AssertUnwindSafe(handler.handle(conn2.clone(), cmd)).catch_unwind().await;
+            let resp = outcome.unwrap_or_else(|_| {
+                tracing::error!(peer = %conn2.peer, code, "request handler panicked");
+                let mut r = RemotingCommand::request(0);
+                r.code = crate::code::response::SYSTEM_ERROR;
+                r.flag = crate::command::FLAG_RESPONSE;
+                r.serialize_type = serialize_type;
+                r.remark = Some(format!("internal error while processing request code {code}"));
+                Some(r)
+            });
+            if let Some(mut resp) = resp {
                 if !oneway {
                     resp.opaque = opaque;
                     let _ = conn2.send(resp).await;

@@ -15,6 +15,7 @@ const ECHO: i32 = 1;
 const SLOW: i32 = 2;
 const CALL_BACK: i32 = 3;
 const ONEWAY: i32 = 4;
+const PANIC: i32 = 5;
 
 struct Server {
     oneways: AtomicUsize,
@@ -43,6 +44,7 @@ impl RequestHandler for Server {
                     Some(RemotingCommand::success(&req).with("client_said", asked.field("answer").unwrap_or("")))
                 }
                 ONEWAY => None,
+                PANIC => panic!("handler bug"),
                 _ => Some(RemotingCommand::error(&req, response::REQUEST_CODE_NOT_SUPPORTED, "unknown")),
             }
         })
@@ -106,6 +108,10 @@ async fn timeouts_oneway_and_server_initiated_requests() {
     }
     let resp = client.invoke(&addr, RemotingCommand::request(777), Duration::from_secs(3)).await.unwrap();
     assert_eq!(resp.code, response::REQUEST_CODE_NOT_SUPPORTED);
+    // A panicking handler answers SYSTEM_ERROR and the connection lives on.
+    let resp = client.invoke(&addr, RemotingCommand::request(PANIC), Duration::from_secs(3)).await.unwrap();
+    assert_eq!(resp.code, response::SYSTEM_ERROR);
+    assert!(resp.remark.unwrap_or_default().contains("request code 5"));
     assert_eq!(handler.oneways.load(Ordering::SeqCst), 10);
 }
 
