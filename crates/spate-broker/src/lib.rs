@@ -193,6 +193,7 @@ impl Broker {
     /// up to `grace`), unregisters, persists the tables, flushes and
     /// checkpoints the store.
     pub async fn shutdown(self, grace: Duration) -> Result<(), BrokerError> {
+        self.state.long_poll.close();
         self.server.shutdown(grace).await;
         for t in &self.tasks {
             t.abort();

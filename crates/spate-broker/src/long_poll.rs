@@ -15,6 +15,37 @@ pub struct LongPoll {
     queues: RwLock<HashMap<String, HashMap<i32, watch::Sender<i64>>>>,
     held: AtomicUsize,
     max_held: usize,
+    /// Set at shutdown: waiting pulls answer at once.
+    closing: tokio_util_free::Closing,
+}
+
+/// A one-shot "we are closing" flag waiters can await.
+mod tokio_util_free {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::Notify;
+
+    #[derive(Default)]
+    pub struct Closing {
+        set: AtomicBool,
+        notify: Notify,
+    }
+
+    impl Closing {
+        pub fn close(&self) {
+            self.set.store(true, Ordering::Release);
+            self.notify.notify_waiters();
+        }
+        pub fn is_closed(&self) -> bool {
+            self.set.load(Ordering::Acquire)
+        }
+        pub async fn closed(&self) {
+            let notified = self.notify.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await
+        }
+    }
 }
 
 /// Releases a waiting slot when dropped.
@@ -28,7 +59,12 @@ impl Drop for HeldSlot {
 
 impl LongPoll {
     pub fn new(max_held: usize) -> Arc<LongPoll> {
-        Arc::new(LongPoll { queues: RwLock::new(HashMap::new()), held: AtomicUsize::new(0), max_held })
+        Arc::new(LongPoll {
+            queues: RwLock::new(HashMap::new()),
+            held: AtomicUsize::new(0),
+            max_held,
+            closing: Default::default(),
+        })
     }
 
     /// Called by the dispatcher (a plain thread) when a queue grew.
@@ -40,6 +76,9 @@ impl LongPoll {
 
     /// Takes a waiting slot, or `None` when `maxHeldPulls` pulls already wait.
     pub fn hold(self: &Arc<Self>) -> Option<HeldSlot> {
+        if self.closing.is_closed() {
+            return None;
+        }
         let prev = self.held.fetch_add(1, Ordering::AcqRel);
         if prev >= self.max_held {
             self.held.fetch_sub(1, Ordering::AcqRel);
@@ -63,9 +102,18 @@ impl LongPoll {
         tx.subscribe()
     }
 
-    /// Waits until the queue's signal changes or `timeout` passes; true if it changed.
-    pub async fn wait(rx: &mut watch::Receiver<i64>, timeout: Duration) -> bool {
-        matches!(tokio::time::timeout(timeout, rx.changed()).await, Ok(Ok(())))
+    /// Waits until the queue's signal changes, `timeout` passes or the
+    /// broker starts closing; true only if the queue changed.
+    pub async fn wait(&self, rx: &mut watch::Receiver<i64>, timeout: Duration) -> bool {
+        tokio::select! {
+            r = tokio::time::timeout(timeout, rx.changed()) => matches!(r, Ok(Ok(()))),
+            _ = self.closing.closed() => false,
+        }
+    }
+
+    /// Shutdown: every waiting pull answers now and no new one waits.
+    pub fn close(&self) {
+        self.closing.close();
     }
 
     /// Drops the channel of a deleted topic (waiting pulls then time out).
@@ -87,10 +135,21 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             lp2.notify("T", 1, 5);
         });
-        assert!(LongPoll::wait(&mut rx, Duration::from_secs(5)).await);
+        assert!(lp.wait(&mut rx, Duration::from_secs(5)).await);
         assert_eq!(*rx.borrow(), 5);
         let mut other = lp.subscribe("T", 2);
-        assert!(!LongPoll::wait(&mut other, Duration::from_millis(20)).await);
+        assert!(!lp.wait(&mut other, Duration::from_millis(20)).await);
+        let lp3 = lp.clone();
+        let waiter = tokio::spawn(async move {
+            let mut rx = lp3.subscribe("T", 3);
+            let t = std::time::Instant::now();
+            lp3.wait(&mut rx, Duration::from_secs(30)).await;
+            t.elapsed()
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lp.close();
+        assert!(waiter.await.unwrap() < Duration::from_secs(5), "close wakes waiters");
+        assert!(lp.hold().is_none(), "nothing waits after close");
     }
 
     #[test]

@@ -9,7 +9,6 @@ use spate_remoting::{response, RemotingCommand};
 use spate_store::GetStatus;
 
 use crate::error::BrokerError;
-use crate::long_poll::LongPoll;
 use crate::BrokerState;
 
 /// Pull request flag bits (`PullSysFlag`).
@@ -120,7 +119,7 @@ pub async fn pull(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<Rem
                 return Ok(finish(req, result));
             }
         }
-        if !LongPoll::wait(&mut rx, left).await {
+        if !state.long_poll.wait(&mut rx, left).await {
             // Timed out: one last read, then answer whatever it says.
             let result = read(state, &h, codes.clone()).await?;
             return Ok(finish(req, result));
