@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a fresh machine, then runs every test.
+# Installs what the tests need on a fresh machine, then runs every test:
+# the workspace's tests, then the interoperability test against a client we
+# did not write (rocketmq-client-rust from crates.io; set
+# SPATE_SKIP_INTEROP=1 to leave it out of a quick local run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +13,7 @@ if ! command -v mount >/dev/null 2>&1; then
 fi
 
 cargo test --workspace
+
+if [ "${SPATE_SKIP_INTEROP:-0}" != "1" ]; then
+  interop/run.sh
+fi
