@@ -1,0 +1,38 @@
+//! Spate's client for RocketMQ's remoting protocol.
+//!
+//! - [`ClientInstance`]: one client identity (`ip@instanceName`) with its
+//!   connections, route cache, periodic route refresh and heartbeats; shared
+//!   by producers and consumers, or made for each one.
+//! - [`Producer`]: sends, with retries on another broker, ordered sends via a
+//!   queue selector, batches, async and one-way sends.
+//! - [`PushConsumer`]: long-polling pulls per assigned queue, rebalancing,
+//!   concurrent or orderly listeners, offsets on the broker or in a file.
+//! - [`LitePullConsumer`]: the application polls; assignment by hand or by
+//!   subscription.
+//!
+//! Everything is async on tokio. Every limit and timeout is an option named
+//! after its RocketMQ counterpart. Compression of large bodies is not
+//! implemented (bodies are sent as they are; compressed bodies received from
+//! other clients are handed over still compressed, see
+//! [`MessageExt::is_compressed`]).
+
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod instance;
+pub mod message;
+pub mod producer;
+pub mod route;
+pub mod uniq_id;
+
+pub use config::ClientConfig;
+pub use consumer::allocate::allocate_averagely;
+pub use consumer::{
+    ConsumeContext, ConsumeFromWhere, ConsumeOrderlyStatus, ConsumeStatus, LitePullConsumer, LitePullConsumerOptions,
+    MessageListener, MessageModel, PushConsumer, PushConsumerOptions,
+};
+pub use error::ClientError;
+pub use instance::ClientInstance;
+pub use message::{Message, MessageExt};
+pub use producer::{queue_by_hash, Producer, ProducerOptions, SendResult, SendStatus};
+pub use spate_remoting::protocol::MessageQueue;
