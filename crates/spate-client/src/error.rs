@@ -77,6 +77,13 @@ pub enum ClientError {
         /// The last attempt's error.
         last: Box<ClientError>,
     },
+    /// Strict mode (`ProducerOptions::send_ok_required`): the broker stored the
+    /// message but did not confirm the flush or replication it waits for.
+    #[error("message stored but not confirmed: {:?}", result.status)]
+    NotStoredOk {
+        /// What the broker answered; the message is in the queue at this offset.
+        result: Box<crate::producer::SendResult>,
+    },
     /// Too many asynchronous sends are awaiting their brokers (`backPressureForAsyncSendNum`).
     #[error("too many asynchronous sends in flight ({0})")]
     TooManyInFlight(usize),

@@ -33,6 +33,11 @@ pub struct ProducerOptions {
     /// message but answered FLUSH_DISK_TIMEOUT / FLUSH_SLAVE_TIMEOUT /
     /// SLAVE_NOT_AVAILABLE (false: such a result is returned as is).
     pub retry_another_broker_when_not_store_ok: bool,
+    /// Spate's strict mode (no upstream counterpart): a result other than
+    /// SEND_OK (flush or slave not confirmed) is returned as
+    /// [`ClientError::NotStoredOk`], so "acknowledged" means "stored as the
+    /// broker promises" (false).
+    pub send_ok_required: bool,
     /// `maxMessageSize`: largest body (or batch body) sent (4 MiB).
     pub max_message_size: usize,
     /// `defaultTopicQueueNums`: queues per broker a topic gets when the broker
@@ -51,6 +56,7 @@ impl ProducerOptions {
             send_msg_timeout: Duration::from_millis(3000),
             retry_times_when_send_failed: 2,
             retry_another_broker_when_not_store_ok: false,
+            send_ok_required: false,
             max_message_size: 4 * 1024 * 1024,
             default_topic_queue_nums: 4,
             back_pressure_for_async_send_num: 10_000,
@@ -426,13 +432,21 @@ impl ProducerInner {
             }
         }
         if let Some(r) = last_not_ok {
-            return Ok(r);
+            return self.finish(r);
         }
         let last = last_err.unwrap_or(ClientError::Remoting(spate_remoting::RemotingError::Timeout {
             addr: String::from("(send budget)"),
             timeout_ms: budget.as_millis() as u64,
         }));
         Err(ClientError::SendFailed { topic: out.topic.clone(), attempts, last: Box::new(last) })
+    }
+
+    /// Applies strict mode to a stored-but-not-confirmed result.
+    fn finish(&self, r: SendResult) -> Result<SendResult> {
+        if self.options.send_ok_required && r.status != SendStatus::SendOk {
+            return Err(ClientError::NotStoredOk { result: Box::new(r) });
+        }
+        Ok(r)
     }
 
     /// One attempt on one queue. `Ok(None)` for one-way sends.
@@ -541,6 +555,32 @@ mod tests {
         assert_eq!(err.response_code(), Some(13));
         let missing = RemotingCommand::success(&req);
         assert!(matches!(parse_send_response("b", missing, &mq, "U"), Err(ClientError::BadResponse { .. })));
+    }
+
+    #[tokio::test]
+    async fn strict_mode_and_local_checks_fail_before_or_after_the_broker() {
+        let mut o = ProducerOptions::new("g");
+        o.send_ok_required = true;
+        o.max_message_size = 8;
+        let p = Producer::start(ClientConfig::new("127.0.0.1:1"), o).await.unwrap();
+        let mut r = SendResult {
+            status: SendStatus::FlushSlaveTimeout,
+            msg_id: "U".into(),
+            offset_msg_id: String::new(),
+            message_queue: MessageQueue::new("T", "b", 0),
+            queue_offset: 1,
+            transaction_id: None,
+        };
+        assert!(matches!(p.inner.finish(r.clone()), Err(ClientError::NotStoredOk { .. })));
+        r.status = SendStatus::SendOk;
+        assert!(p.inner.finish(r).is_ok());
+        assert!(matches!(p.send(Message::new("bad topic", "x")).await, Err(ClientError::Message(_))));
+        assert!(matches!(p.send(Message::new("T", "")).await, Err(ClientError::EmptyBody)));
+        assert!(matches!(p.send(Message::new("T", "123456789")).await, Err(ClientError::MessageTooLarge { .. })));
+        let mixed = vec![Message::new("A", "x"), Message::new("B", "y")];
+        assert!(matches!(p.send_batch(mixed).await, Err(ClientError::InvalidBatch(_))));
+        p.shutdown().await;
+        assert!(matches!(p.send(Message::new("T", "x")).await, Err(ClientError::State(_))));
     }
 
     #[test]
