@@ -3,6 +3,9 @@
 //! - `spate standalone`: name server and broker in one process (the zero-setup default).
 //! - `spate namesrv`: a name server.
 //! - `spate broker -c broker.conf`: a broker.
+//! - `spate admin ...`: operator commands (see `admin.rs`).
+
+mod admin;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,6 +59,11 @@ enum Command {
         #[arg(short = 'n', long)]
         namesrv_addr: Option<String>,
     },
+    /// Operator commands, named as in mqadmin.
+    Admin {
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
 }
 
 fn main() -> Result<()> {
@@ -71,6 +79,7 @@ fn main() -> Result<()> {
             }
             Command::Namesrv { port, broker_expired_millis } => namesrv(port, broker_expired_millis).await,
             Command::Broker { config, namesrv_addr } => broker(&config, namesrv_addr).await,
+            Command::Admin { command } => admin::run(command).await,
         }
     })
 }
