@@ -103,7 +103,7 @@ pub async fn run(cmd: AdminCommand) -> Result<()> {
         }
         AdminCommand::ClusterList { namesrv } => {
             let info = cluster_info(&client, &first_namesrv(&namesrv)?).await?;
-            println!("{:<20} {:<20} {:<6} {}", "#Cluster", "#Broker", "#BID", "#Addr");
+            println!("{:<20} {:<20} {:<6} #Addr", "#Cluster", "#Broker", "#BID");
             for (cluster, names) in &info.cluster_addr_table {
                 for name in names {
                     if let Some(b) = info.broker_addr_table.get(name) {
