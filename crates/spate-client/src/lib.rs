@@ -16,6 +16,8 @@
 //! other clients are handed over still compressed, see
 //! [`MessageExt::is_compressed`]).
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod consumer;
 pub mod error;

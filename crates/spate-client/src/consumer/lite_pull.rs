@@ -256,9 +256,13 @@ impl LitePullConsumer {
         if inner.state.compare_exchange(CREATED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(ClientError::State("lite pull consumer was already started"));
         }
-        inner.instance.start()?;
         let weak: Weak<LiteInner> = Arc::downgrade(inner);
-        inner.instance.register_consumer(&inner.options.group, weak)?;
+        if let Err(e) =
+            inner.instance.start().and_then(|_| inner.instance.register_consumer(&inner.options.group, weak))
+        {
+            inner.state.store(STOPPED, Ordering::Release);
+            return Err(e);
+        }
         let topics: Vec<String> = inner.subscriptions.read().keys().cloned().collect();
         for topic in &topics {
             if let Err(e) = inner.instance.update_route(topic).await {

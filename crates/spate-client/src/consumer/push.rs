@@ -264,9 +264,13 @@ impl PushConsumer {
             let sub = TagFilter::All.subscription(&retry, "*", now_ms());
             inner.subscriptions.write().entry(retry).or_insert(sub);
         }
-        inner.instance.start()?;
         let weak: Weak<PushInner> = Arc::downgrade(inner);
-        inner.instance.register_consumer(&inner.options.group, weak)?;
+        if let Err(e) =
+            inner.instance.start().and_then(|_| inner.instance.register_consumer(&inner.options.group, weak))
+        {
+            inner.state.store(STOPPED, Ordering::Release);
+            return Err(e);
+        }
         let topics: Vec<String> = inner.subscriptions.read().keys().cloned().collect();
         for topic in &topics {
             if let Err(e) = inner.instance.update_route(topic).await {
@@ -470,15 +474,22 @@ impl PushInner {
     async fn remove_queue(&self, mq: &MessageQueue) {
         let Some(slot) = self.slots.lock().remove(mq) else { return };
         slot.drop_queue();
+        let orderly = self.is_orderly_clustering();
+        // Orderly: let a running listener finish before the offset is saved and
+        // another consumer may lock the queue (bounded wait, as upstream).
+        let guard = if orderly {
+            tokio::time::timeout(Duration::from_secs(1), slot.consume_lock.lock()).await.ok()
+        } else {
+            None
+        };
         if let Err(e) = self.offsets.persist(std::slice::from_ref(mq)).await {
             tracing::debug!(topic = mq.topic, queue = mq.queue_id, error = %e, "offset of a dropped queue not persisted");
         }
         self.offsets.remove(mq);
-        if self.is_orderly_clustering() {
-            // Let a running listener finish before another consumer may take the queue.
-            let _ = tokio::time::timeout(Duration::from_secs(1), slot.consume_lock.lock()).await;
+        if orderly {
             self.unlock(BTreeSet::from([mq.clone()])).await;
         }
+        drop(guard);
     }
 
     fn by_broker(mqs: BTreeSet<MessageQueue>) -> BTreeMap<String, BTreeSet<MessageQueue>> {
@@ -759,7 +770,6 @@ impl PushInner {
             let ctx = ConsumeContext { message_queue: slot.mq.clone() };
             let status = listener.consume_orderly(msgs, ctx).await;
             drop(permit);
-            drop(guard);
             if slot.is_dropped() {
                 break;
             }
@@ -772,6 +782,7 @@ impl PushInner {
                 }
                 ConsumeOrderlyStatus::SuspendCurrentQueueAMoment => {
                     slot.pq.lock().make_again();
+                    drop(guard);
                     if !self.sleep(Some(&slot), self.options.suspend_current_queue_time).await {
                         break;
                     }
