@@ -271,6 +271,9 @@ async fn reconsume_later_comes_back_through_the_retry_topic() {
     assert!(retried.iter().all(|(id, _)| s.iter().any(|(first, r)| first == id && *r == 0)), "{s:?}");
 }
 
+/// Received (queue offset, body) by queue id.
+type PerQueue = BTreeMap<i32, Vec<(i64, String)>>;
+
 /// Creates a topic through the broker and waits for its route.
 async fn create_topic(spate: &common::Standalone, topic: &str, queues: i32) {
     use spate_remoting::{request, response, RemotingCommand};
@@ -311,7 +314,7 @@ async fn selector_sends_arrive_in_send_order_per_queue() {
         sent.entry(r.message_queue.queue_id).or_default().push(body);
     }
     assert_eq!(sent.len(), 4, "the selector spread orders over every queue");
-    let seen: Arc<Mutex<BTreeMap<i32, Vec<(i64, String)>>>> = Arc::default();
+    let seen: Arc<Mutex<PerQueue>> = Arc::default();
     let s = seen.clone();
     let c = PushConsumer::new(config(&ns, "c"), consumer_options("ordered-group")).unwrap();
     c.subscribe("Ordered", "*").unwrap();
