@@ -11,13 +11,15 @@
 //!   subscription.
 //!
 //! Everything is async on tokio. Every limit and timeout is an option named
-//! after its RocketMQ counterpart. Compression of large bodies is not
-//! implemented (bodies are sent as they are; compressed bodies received from
-//! other clients are handed over still compressed, see
+//! after its RocketMQ counterpart. Bodies above
+//! `compressMsgBodyOverHowmuch` are sent zlib-compressed and zlib bodies are
+//! inflated on receipt, as upstream clients do; bodies compressed with other
+//! algorithms (LZ4, ZSTD) are handed over as they are (see
 //! [`MessageExt::is_compressed`]).
 
 #![warn(missing_docs)]
 
+pub mod compress;
 pub mod config;
 pub mod consumer;
 pub mod error;

@@ -153,7 +153,7 @@ pub fn encode_batch(messages: &[Message]) -> Result<Bytes, MessageError> {
 pub struct MessageExt {
     /// Topic (for messages from the retry topic: the original topic, as upstream resets it).
     pub topic: String,
-    /// Payload (still compressed when `sys_flag` has the compressed bit; see [`MessageExt::is_compressed`]).
+    /// Payload; zlib bodies are inflated, others stay compressed (see [`MessageExt::is_compressed`]).
     pub body: Bytes,
     /// User flag.
     pub flag: i32,
@@ -209,8 +209,8 @@ impl MessageExt {
         self.properties.get(key).map(String::as_str)
     }
 
-    /// Whether the body is compressed (a producer with compression on sent it);
-    /// Spate's client does not decompress.
+    /// Whether the body is still compressed (an algorithm other than zlib, or
+    /// a body that did not inflate).
     pub fn is_compressed(&self) -> bool {
         self.sys_flag & SYSFLAG_COMPRESSED != 0
     }
@@ -227,6 +227,8 @@ impl MessageExt {
                 topic = original.clone();
             }
         }
+        // Inflate zlib bodies as upstream clients do; keep others as sent.
+        let (body, sys_flag) = crate::compress::inflate(record.sys_flag, &body).unwrap_or((body, record.sys_flag));
         MessageExt {
             topic,
             body,
@@ -240,7 +242,7 @@ impl MessageExt {
             commit_log_offset: record.physical_offset,
             store_size: record.total_size as i32,
             body_crc: record.body_crc,
-            sys_flag: record.sys_flag,
+            sys_flag,
             born_timestamp: record.born_timestamp,
             born_host: record.born_host,
             store_timestamp: record.store_timestamp,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use spate_common::message::{property, validate_topic, SYSFLAG_COMPRESSED};
+use spate_common::message::{property, validate_topic};
 use spate_remoting::protocol::{MessageQueue, DEFAULT_TOPIC};
 use spate_remoting::{request, response, RemotingCommand};
 use tokio::sync::Semaphore;
@@ -46,6 +46,11 @@ pub struct ProducerOptions {
     /// `backPressureForAsyncSendNum`: asynchronous sends awaiting brokers at
     /// once; beyond it `send_async` fails at once (10000).
     pub back_pressure_for_async_send_num: usize,
+    /// `compressMsgBodyOverHowmuch`: bodies longer than this are sent
+    /// zlib-compressed (4096; batches are never compressed).
+    pub compress_msg_body_over_howmuch: usize,
+    /// `compressLevel`: zlib level 0-9 (5).
+    pub compress_level: u32,
 }
 
 impl ProducerOptions {
@@ -60,6 +65,8 @@ impl ProducerOptions {
             max_message_size: 4 * 1024 * 1024,
             default_topic_queue_nums: 4,
             back_pressure_for_async_send_num: 10_000,
+            compress_msg_body_over_howmuch: 4096,
+            compress_level: 5,
         }
     }
 
@@ -75,6 +82,9 @@ impl ProducerOptions {
         }
         if self.default_topic_queue_nums <= 0 {
             return Err(ClientError::Config { name: "defaultTopicQueueNums", reason: "must be positive".into() });
+        }
+        if self.compress_level > 9 {
+            return Err(ClientError::Config { name: "compressLevel", reason: "must be 0..=9".into() });
         }
         if self.back_pressure_for_async_send_num == 0 {
             return Err(ClientError::Config { name: "backPressureForAsyncSendNum", reason: "must be positive".into() });
@@ -350,7 +360,20 @@ impl Producer {
         check_size(msg.body.len(), self.inner.options.max_message_size)?;
         let msg_id = self.ensure_uniq_id(&mut msg);
         let properties = msg.encoded_properties()?;
-        Ok(Outgoing { topic: msg.topic, body: msg.body, flag: msg.flag, sys_flag: 0, properties, msg_id, batch: false })
+        let (body, sys_flag) = self.maybe_compress(msg.body);
+        Ok(Outgoing { topic: msg.topic, body, flag: msg.flag, sys_flag, properties, msg_id, batch: false })
+    }
+
+    /// zlib for bodies above `compressMsgBodyOverHowmuch`, when it pays.
+    fn maybe_compress(&self, body: Bytes) -> (Bytes, i32) {
+        let o = &self.inner.options;
+        if body.len() <= o.compress_msg_body_over_howmuch {
+            return (body, 0);
+        }
+        match crate::compress::zlib(&body, o.compress_level) {
+            Ok(packed) if packed.len() < body.len() => (Bytes::from(packed), crate::compress::zlib_sys_flag(0)),
+            _ => (body, 0),
+        }
     }
 }
 
@@ -458,7 +481,6 @@ impl ProducerInner {
         timeout: Duration,
     ) -> Result<Option<SendResult>> {
         let addr = self.instance.master_addr_or_refresh(&mq.broker_name, &out.topic).await?;
-        debug_assert_eq!(out.sys_flag & SYSFLAG_COMPRESSED, 0, "compression is not implemented");
         let code = if out.batch { request::SEND_BATCH_MESSAGE } else { request::SEND_MESSAGE_V2 };
         let req = RemotingCommand::request(code)
             .with("a", &self.options.group)

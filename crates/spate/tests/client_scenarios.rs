@@ -420,3 +420,38 @@ async fn long_polling_delivers_within_milliseconds() {
     c.shutdown().await;
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_travel_zlib_compressed_and_arrive_intact() {
+    use spate_remoting::{request, RemotingCommand};
+    let (_dir, spate) = standalone();
+    let ns = spate.namesrv();
+    create_topic(&spate, "Big", 1).await;
+    let p = Producer::start(config(&ns, "p"), ProducerOptions::new("pg")).await.unwrap();
+    let body: Vec<u8> = (0..64 * 1024u32).map(|i| b"spate-compress "[(i % 15) as usize]).collect();
+    p.send(Message::new("Big", body.clone())).await.unwrap();
+    // Stored compressed, flagged as upstream 5.x does (COMPRESSED | ZLIB type).
+    let c = common::raw_client();
+    let pull = RemotingCommand::request(request::PULL_MESSAGE)
+        .with("consumerGroup", "raw")
+        .with("topic", "Big")
+        .with("queueId", 0)
+        .with("queueOffset", 0)
+        .with("maxMsgNums", 1)
+        .with("sysFlag", 0);
+    let r = common::call(&c, &spate.broker(), pull).await;
+    let rec = spate_common::message::decode_record(&r.body, true).unwrap();
+    assert_eq!(rec.sys_flag & 0x301, 0x301);
+    assert!(rec.body.len() < body.len() / 4);
+    // The consumer inflates it.
+    let (got, l) = collecting();
+    let cons = PushConsumer::new(config(&ns, "c"), consumer_options("big-group")).unwrap();
+    cons.subscribe("Big", "*").unwrap();
+    cons.start(l).await.unwrap();
+    wait_until("the big message", Duration::from_secs(15), || !got.lock().is_empty()).await;
+    let m = got.lock()[0].clone();
+    assert!(!m.is_compressed());
+    assert_eq!(&m.body[..], &body[..]);
+    cons.shutdown().await;
+    p.shutdown().await;
+}
