@@ -304,7 +304,7 @@ fn rocketmq_rust_client_round_trip() {
     )
     .expect("client runtime");
 
-    owner.block_on(async {
+    let (sent, run_id) = owner.block_on(async {
         let run_id = format!(
             "{}_{}",
             std::process::id(),
@@ -438,25 +438,6 @@ fn rocketmq_rust_client_round_trip() {
         );
 
         // ---------------------------------------------------------------------
-        // TODO(spate-client): consume the same messages with Spate's own client
-        // (crate `spate-client`, /work/main/crates/spate-client, not written yet).
-        //
-        //   * Add it to [dev-dependencies]:
-        //       spate-client = { path = "../crates/spate-client" }
-        //   * Connect to `namesrv` (name server 127.0.0.1:<port>), subscribe to
-        //     TOPIC in a NEW consumer group (e.g. format!("interop_spate_{run_id}"))
-        //     with "TagA || TagB", clustering, from the first offset. The
-        //     rocketmq-client-rust group above has committed its offsets, so a
-        //     new group is needed to see the messages again.
-        //   * Record each delivery as a `Received` (body, TAGS, KEYS, UNIQ_KEY,
-        //     PROP_SEQ, PROP_NOTE, queue id/offset, msg id, reconsume times)
-        //     into a fresh `Collected`, wait up to CONSUME_TIMEOUT for all
-        //     `expected` keys, then run `verify(&sent, &collected, TOPIC)` and
-        //     assert exactly as above (duplicates allowed, counted, printed).
-        //   * Optionally also produce with spate-client and consume with
-        //     rocketmq-client-rust (the reverse direction).
-        // ---------------------------------------------------------------------
-
         // Shutdown problems are reported, not failed: they are not interop results.
         if tokio::time::timeout(SETUP_TIMEOUT, producer.shutdown()).await.is_err() {
             eprintln!("note: producer shutdown took longer than {SETUP_TIMEOUT:?}");
@@ -468,6 +449,7 @@ fn rocketmq_rust_client_round_trip() {
             Ok(_) => {}
             Err(_) => eprintln!("note: client runtime shutdown took longer than 40s"),
         }
+        (sent, run_id)
     });
 
     match owner.shutdown_runtime_blocking() {
@@ -478,6 +460,25 @@ fn rocketmq_rust_client_round_trip() {
         Err(e) => eprintln!("note: runtime shutdown: {e}"),
     }
     let _ = telemetry.shutdown();
+
+    // --- consume the same messages with Spate's own client ------------------
+    // A new group (the one above committed its offsets), on a plain tokio
+    // runtime of its own.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let collected = rt.block_on(consume_with_spate_client(&namesrv, &run_id, &sent));
+    let report = verify(&sent, &collected, TOPIC);
+    println!(
+        "spate-client consumer: {} of {} distinct messages, {} deliveries, {} duplicate deliveries",
+        report.distinct,
+        sent.len(),
+        report.deliveries,
+        report.duplicates
+    );
+    assert!(
+        report.distinct == sent.len() && report.problems.is_empty(),
+        "spate-client did not read back what rocketmq-client-rust produced:\n{}",
+        report.problems.join("\n")
+    );
     drop(server);
 }
 
@@ -617,4 +618,61 @@ fn verify(sent: &[Sent], collected: &Collected, topic: &str) -> Report {
     }
     let duplicates = sent.iter().filter_map(|s| collected.by_key.get(&s.key)).map(|copies| copies.len() - 1).sum();
     Report { distinct, deliveries: collected.deliveries, duplicates, problems }
+}
+
+/// Push-consumes TOPIC with spate-client in a new group from the first offset.
+async fn consume_with_spate_client(namesrv: &str, run_id: &str, sent: &[Sent]) -> Collected {
+    use spate_client::{
+        ClientConfig, ConsumeFromWhere, ConsumeStatus, MessageListener, PushConsumer, PushConsumerOptions,
+    };
+    let collected = Arc::new(Mutex::new(Collected::default()));
+    let sink = collected.clone();
+    let mut options = PushConsumerOptions::new(format!("interop_spate_{run_id}"));
+    options.consume_from_where = ConsumeFromWhere::FirstOffset;
+    let consumer = PushConsumer::new(ClientConfig::new(namesrv).with_instance_name("interop-spate"), options)
+        .expect("spate consumer");
+    consumer.subscribe(TOPIC, "TagA || TagB").expect("subscribe");
+    consumer
+        .start(MessageListener::concurrently(move |msgs, _| {
+            let mut c = sink.lock().unwrap();
+            for m in msgs {
+                let prop = |k: &str| m.property(k).map(str::to_owned);
+                let r = Received {
+                    topic: m.topic.clone(),
+                    body: m.body.to_vec(),
+                    tag: prop("TAGS"),
+                    keys: prop("KEYS"),
+                    uniq_key: prop("UNIQ_KEY"),
+                    seq: prop(PROP_SEQ),
+                    note: prop(PROP_NOTE),
+                    queue_id: m.queue_id,
+                    queue_offset: m.queue_offset,
+                    msg_id: m.msg_id.clone(),
+                    reconsume_times: m.reconsume_times,
+                };
+                c.deliveries += 1;
+                match r.keys.clone() {
+                    Some(k) => c.by_key.entry(k).or_default().push(r),
+                    None => c.without_key.push(r),
+                }
+            }
+            ConsumeStatus::ConsumeSuccess
+        }))
+        .await
+        .expect("spate consumer start");
+    let start = Instant::now();
+    while start.elapsed() < CONSUME_TIMEOUT {
+        let done = {
+            let c = collected.lock().unwrap();
+            sent.iter().all(|s| c.by_key.contains_key(&s.key))
+        };
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    consumer.shutdown().await;
+    let c = collected.lock().unwrap();
+    Collected { by_key: c.by_key.clone(), without_key: c.without_key.clone(), deliveries: c.deliveries }
 }
