@@ -4,7 +4,9 @@
 //! Flow: start spate -> create the topic (client admin API, key TBW102) ->
 //! produce N messages -> push-consume them in a new clustering group from the
 //! first offset -> check every message arrived with identical body, tag, key,
-//! user properties, queue and offset. Duplicates are allowed but counted.
+//! user properties, queue and offset -> consume them again with Spate's own
+//! client (`spate-client`) in another new group, checked the same way.
+//! Duplicates are allowed but counted.
 //!
 //! Environment:
 //! - `SPATE_BIN`: the spate binary (default `../target/debug/spate` relative to
