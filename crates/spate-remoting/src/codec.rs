@@ -10,6 +10,9 @@ use crate::error::FrameError;
 /// Upstream's `com.rocketmq.remoting.frameMaxLength`: 16 MiB.
 pub const DEFAULT_FRAME_MAX_LENGTH: usize = 16 * 1024 * 1024;
 
+/// Most bytes reserved ahead of a partly received frame.
+const RESERVE_AHEAD_MAX: usize = 64 * 1024;
+
 /// Frame codec for `tokio_util::codec::Framed`.
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
@@ -39,7 +42,9 @@ impl Decoder for FrameCodec {
         }
         let len = len as usize;
         if src.len() < 4 + len {
-            src.reserve(4 + len - src.len());
+            // Grow with the bytes that arrive, not with what a peer claims:
+            // a 4-byte prefix must not make us allocate 16 MiB.
+            src.reserve((4 + len - src.len()).min(RESERVE_AHEAD_MAX));
             return Ok(None);
         }
         src.advance(4);
@@ -79,6 +84,14 @@ mod tests {
             }
         }
         assert_eq!(out, vec![a, b]);
+    }
+
+    #[test]
+    fn a_large_claim_does_not_reserve_the_whole_frame() {
+        let mut codec = FrameCodec::new(DEFAULT_FRAME_MAX_LENGTH);
+        let mut buf = BytesMut::from(&((16 * 1024 * 1024 - 16) as i32).to_be_bytes()[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= 2 * RESERVE_AHEAD_MAX, "reserved {}", buf.capacity());
     }
 
     #[test]

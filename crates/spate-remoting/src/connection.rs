@@ -51,6 +51,9 @@ pub struct ConnectionConfig {
     pub max_inbound_in_flight: usize,
     /// Our requests awaiting the peer's response (`clientAsyncSemaphoreValue`).
     pub max_outbound_pending: usize,
+    /// A peer that takes longer than this to accept one batch of writes is
+    /// dropped, so a client that stops reading cannot pin our buffers.
+    pub write_timeout: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -61,6 +64,7 @@ impl Default for ConnectionConfig {
             outbound_queue_frames: 4096,
             max_inbound_in_flight: 1024,
             max_outbound_pending: 65535,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -107,7 +111,7 @@ impl Connection {
             max_outbound_pending: cfg.max_outbound_pending,
             closed: CancellationToken::new(),
         });
-        tokio::spawn(write_loop(writer, rx, conn.closed.clone(), peer));
+        tokio::spawn(write_loop(writer, rx, conn.closed.clone(), peer, cfg.write_timeout));
         tokio::spawn(read_loop(conn.clone(), reader, handler, cfg.clone()));
         Ok(conn)
     }
@@ -161,6 +165,10 @@ impl Connection {
         })
         .await;
         match result {
+            Ok(Err(e)) => {
+                self.pending.lock().remove(&opaque);
+                Err(e)
+            }
             Ok(r) => r,
             Err(_) => {
                 self.pending.lock().remove(&opaque);
@@ -181,7 +189,21 @@ impl Connection {
         if self.is_closed() {
             return Err(RemotingError::Closed(self.peer.to_string()));
         }
-        self.outbound.send(cmd).await.map_err(|_| RemotingError::Closed(self.peer.to_string()))
+        tokio::select! {
+            r = self.outbound.send(cmd) => r.map_err(|_| RemotingError::Closed(self.peer.to_string())),
+            _ = self.closed.cancelled() => Err(RemotingError::Closed(self.peer.to_string())),
+        }
+    }
+
+    /// Queues a one-way request without waiting: fails at once when the
+    /// outbound queue is full (for best-effort notifications).
+    pub fn try_oneway(&self, mut request: RemotingCommand) -> Result<(), RemotingError> {
+        if self.is_closed() {
+            return Err(RemotingError::Closed(self.peer.to_string()));
+        }
+        request.opaque = NEXT_OPAQUE.fetch_add(1, Ordering::Relaxed);
+        request.flag |= FLAG_ONEWAY;
+        self.outbound.try_send(request).map_err(|_| RemotingError::TooManyInFlight(self.peer.to_string()))
     }
 
     fn complete(&self, response: RemotingCommand) {
@@ -275,6 +297,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<RemotingCommand>,
     closed: CancellationToken,
     peer: SocketAddr,
+    write_timeout: Duration,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -288,7 +311,7 @@ async fn write_loop(
             while let Ok(cmd) = rx.try_recv() {
                 cmd.encode(&mut buf);
             }
-            let _ = writer.write_all(&buf).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(&buf)).await;
             break;
         };
         first.encode(&mut buf);
@@ -299,9 +322,20 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = writer.write_all(&buf).await {
-            tracing::debug!(peer = %peer, error = %e, "connection write failed");
-            break;
+        let written = tokio::select! {
+            r = tokio::time::timeout(write_timeout, writer.write_all(&buf)) => r,
+            _ = closed.cancelled() => break,
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer, error = %e, "connection write failed");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(peer = %peer, timeout_s = write_timeout.as_secs(), "peer stopped reading; closing");
+                break;
+            }
         }
         buf.clear();
     }

@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::command::RemotingCommand;
 use crate::connection::{BoxFuture, Connection, ConnectionConfig, RequestHandler};
 
+/// Default `serverMaxConnections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 /// A running server. Dropping it does not stop it; call [`RemotingServer::shutdown`].
 pub struct RemotingServer {
     local_addr: SocketAddr,
@@ -56,11 +59,23 @@ impl Drop for InFlight {
 }
 
 impl RemotingServer {
-    /// Binds `addr` and starts accepting on the current runtime.
+    /// Binds `addr` and starts accepting on the current runtime, with at most
+    /// [`DEFAULT_MAX_CONNECTIONS`] connections.
     pub async fn bind(
         addr: SocketAddr,
         cfg: ConnectionConfig,
         handler: Arc<dyn RequestHandler>,
+    ) -> std::io::Result<RemotingServer> {
+        Self::bind_with_limit(addr, cfg, handler, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// Like [`RemotingServer::bind`] with an explicit connection limit
+    /// (`serverMaxConnections`); connections beyond it are closed at accept.
+    pub async fn bind_with_limit(
+        addr: SocketAddr,
+        cfg: ConnectionConfig,
+        handler: Arc<dyn RequestHandler>,
+        max_connections: usize,
     ) -> std::io::Result<RemotingServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
@@ -68,7 +83,7 @@ impl RemotingServer {
             Arc::new(ServerState { connections: Mutex::new(HashMap::new()), in_flight: AtomicUsize::new(0), handler });
         let stop_accepting = CancellationToken::new();
         let tracking: Arc<dyn RequestHandler> = Arc::new(Tracking(state.clone()));
-        tokio::spawn(accept_loop(listener, cfg, tracking, state.clone(), stop_accepting.clone()));
+        tokio::spawn(accept_loop(listener, cfg, tracking, state.clone(), stop_accepting.clone(), max_connections));
         Ok(RemotingServer { local_addr, stop_accepting, state })
     }
 
@@ -102,6 +117,7 @@ async fn accept_loop(
     handler: Arc<dyn RequestHandler>,
     state: Arc<ServerState>,
     stop: CancellationToken,
+    max_connections: usize,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -109,12 +125,23 @@ async fn accept_loop(
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, _)) => match Connection::start(stream, Some(handler.clone()), &cfg) {
-                Ok(conn) => {
-                    state.connections.lock().insert(conn.id(), conn);
+            Ok((stream, peer)) => {
+                if state.connections.lock().len() >= max_connections {
+                    tracing::warn!(peer = %peer, max_connections, "connection refused: serverMaxConnections reached");
+                    continue;
                 }
-                Err(e) => tracing::debug!(error = %e, "accepted connection vanished"),
-            },
+                match Connection::start(stream, Some(handler.clone()), &cfg) {
+                    Ok(conn) => {
+                        state.connections.lock().insert(conn.id(), conn.clone());
+                        // A peer that hung up at once may have been forgotten
+                        // before it was recorded: do not keep it.
+                        if conn.is_closed() {
+                            state.connections.lock().remove(&conn.id());
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "accepted connection vanished"),
+                }
+            }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
