@@ -89,7 +89,7 @@ mod tests {
     #[test]
     fn a_large_claim_does_not_reserve_the_whole_frame() {
         let mut codec = FrameCodec::new(DEFAULT_FRAME_MAX_LENGTH);
-        let mut buf = BytesMut::from(&((16 * 1024 * 1024 - 16) as i32).to_be_bytes()[..]);
+        let mut buf = BytesMut::from(&(16 * 1024 * 1024 - 16i32).to_be_bytes()[..]);
         assert!(codec.decode(&mut buf).unwrap().is_none());
         assert!(buf.capacity() <= 2 * RESERVE_AHEAD_MAX, "reserved {}", buf.capacity());
     }
