@@ -54,13 +54,20 @@ pub async fn create_topic(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
 }
 
 pub async fn delete_topic(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
-    let topic = req.str_field("topic")?;
-    if state.topics.delete(topic) {
-        state.offsets.remove_topic(topic);
-        state.long_poll.forget_topic(topic);
-        tracing::info!(topic, "topic deleted");
-        state.topics_changed();
+    let topic = req.str_field("topic")?.to_string();
+    if state.topics.delete(&topic) {
         state.topics.persist().await?;
+        state.topics_changed();
+        // Its queues go too, so a topic made again with the same name starts
+        // empty at offset 0, consistent with the offsets removed here.
+        let store = state.store.clone();
+        let t = topic.clone();
+        tokio::task::spawn_blocking(move || store.delete_topic(&t))
+            .await
+            .map_err(|e| BrokerError::Config(format!("delete task failed: {e}")))??;
+        state.offsets.remove_topic(&topic);
+        state.long_poll.forget_topic(&topic);
+        tracing::info!(topic = %topic, "topic deleted");
     }
     Ok(RemotingCommand::success(req))
 }
@@ -120,6 +127,9 @@ pub fn update_broker_config(state: &Arc<BrokerState>, req: &RemotingCommand) -> 
             response::INVALID_PARAMETER,
             format!("keys {restart:?} cannot change at runtime (allowed: {RUNTIME_KEYS:?}); nothing was changed"),
         ));
+    }
+    if let Err(e) = updated.validate() {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e.to_string()));
     }
     let perm_changed = updated.broker_permission != state.config.read().broker_permission;
     *state.config.write() = updated;

@@ -179,6 +179,27 @@ impl BrokerConfig {
         if self.default_topic_queue_nums < 1 || self.default_topic_queue_nums > 1024 {
             return Err(invalid("defaultTopicQueueNums", &self.default_topic_queue_nums.to_string(), "1..=1024"));
         }
+        for (key, d) in [
+            ("registerNameServerPeriod", self.register_name_server_period),
+            ("registerBrokerTimeoutMills", self.register_broker_timeout),
+            ("shortPollingTimeMills", self.short_polling_time),
+            ("flushConsumerOffsetInterval", self.flush_consumer_offset_interval),
+            ("channelExpiredTimeout", self.channel_expired_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "0", "a positive number of milliseconds"));
+            }
+        }
+        if self.register_name_server_period >= NAMESRV_BROKER_EXPIRY {
+            return Err(invalid(
+                "registerNameServerPeriod",
+                &self.register_name_server_period.as_millis().to_string(),
+                "less than the name server's broker expiry (10000 ms), or routes would flap",
+            ));
+        }
+        if self.max_held_pulls == 0 {
+            return Err(invalid("maxHeldPulls", "0", "at least 1"));
+        }
         if self.broker_role == BrokerRole::Slave && self.broker_id == 0 {
             return Err(invalid("brokerId", "0", "a slave's brokerId must be greater than 0"));
         }
@@ -225,6 +246,21 @@ impl BrokerConfig {
         ];
         lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
     }
+}
+
+/// Spate's name servers drop a broker silent for this long (`brokerChannelExpiredTime`).
+pub const NAMESRV_BROKER_EXPIRY: Duration = Duration::from_secs(10);
+
+/// Physical memory in bytes (`MemTotal`), or 8 GiB when it cannot be read.
+pub fn total_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(8 << 30, |kb| kb * 1024)
 }
 
 /// Keys that may change at runtime through UPDATE_BROKER_CONFIG; others need a restart.
@@ -305,6 +341,13 @@ mod tests {
         assert!(err.contains("brokerRole"), "{err}");
         let err = c.apply_properties("maxMessageSize=-1\n", "b").unwrap_err().to_string();
         assert!(err.contains("maxMessageSize"), "{err}");
+        let mut z = BrokerConfig::new("/tmp/x");
+        z.set("flushConsumerOffsetInterval", "0").unwrap();
+        assert!(z.validate().unwrap_err().to_string().contains("flushConsumerOffsetInterval"));
+        let mut slow = BrokerConfig::new("/tmp/x");
+        slow.set("registerNameServerPeriod", "30000").unwrap();
+        assert!(slow.validate().unwrap_err().to_string().contains("registerNameServerPeriod"));
+        assert!(total_memory_bytes() > 0);
         c.set("brokerRole", "SLAVE").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("brokerId"));
     }

@@ -32,11 +32,15 @@ pub async fn heart_beat(
     let auto_group = state.config.read().auto_create_subscription_group;
     let mut topics_changed = false;
     for data in &hb.consumer_data_set {
+        if let Err(e) = crate::pull::validate_group(&data.group_name) {
+            return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
+        }
         let group_cfg_changed = state.groups.ensure(&data.group_name, auto_group);
         if group_cfg_changed {
             state.persist_groups_soon();
         }
-        if !data.is_broadcasting() {
+        // The retry topic of a known group (upstream creates it here too).
+        if !data.is_broadcasting() && state.groups.get(&data.group_name).is_some() {
             let queues = state.groups.get(&data.group_name).map_or(1, |g| g.retry_queue_nums);
             if state.topics.get(&retry_topic(&data.group_name)).is_none() {
                 topics_changed |= state.topics.ensure_retry_topic(&data.group_name, queues).is_some();
@@ -52,6 +56,7 @@ pub async fn heart_beat(
         state.clients.register_producer(&p.group_name, channel(&hb.client_id));
     }
     if topics_changed {
+        state.topics.persist().await?;
         state.topics_changed();
     }
     Ok(RemotingCommand::success(req))
@@ -88,10 +93,18 @@ pub fn query_offset(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<R
     if let Some(offset) = state.offsets.query(group, topic, queue_id) {
         return Ok(RemotingCommand::success(req).with("offset", offset));
     }
-    // Upstream: a new group on a queue that still starts at 0 begins there.
+    // Upstream: a new group on a queue that still starts at 0, whose first
+    // message is still "hot" (within accessMessageInMemoryMaxRatio of memory
+    // behind the log end), begins there; otherwise its consumeFromWhere rules.
     let zero_if_not_found = req.opt_bool_field("setZeroIfNotFound")?.unwrap_or(true);
     if zero_if_not_found && state.store.min_offset_in_queue(topic, queue_id) <= 0 {
-        return Ok(RemotingCommand::success(req).with("offset", 0));
+        let hot = match state.store.consume_queue(topic, queue_id).and_then(|cq| cq.get(0)) {
+            None => true,
+            Some(unit) => state.store.max_offset().saturating_sub(unit.physical_offset) <= state.hot_bytes,
+        };
+        if hot {
+            return Ok(RemotingCommand::success(req).with("offset", 0));
+        }
     }
     Ok(RemotingCommand::error(req, response::QUERY_NOT_FOUND, "Not found, maybe this group consumer boot first"))
 }
@@ -101,6 +114,20 @@ pub fn update_offset(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<
     let topic = req.str_field("topic")?;
     let queue_id = req.i32_field("queueId")?;
     let offset = req.i64_field("commitOffset")?;
+    if let Err(e) = crate::pull::validate_group(group) {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
+    }
+    match state.topics.get(topic) {
+        None => return Ok(RemotingCommand::error(req, response::TOPIC_NOT_EXIST, format!("topic[{topic}] not exist"))),
+        Some(tc) if queue_id < 0 || queue_id >= tc.read_queue_nums.max(tc.write_queue_nums) => {
+            return Ok(RemotingCommand::error(
+                req,
+                response::INVALID_PARAMETER,
+                format!("queueId {queue_id} is out of range for topic {topic}"),
+            ))
+        }
+        Some(_) => {}
+    }
     if offset < 0 {
         return Ok(RemotingCommand::error(
             req,
@@ -161,9 +188,19 @@ pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
     let times = rec.reconsume_times + 1;
     let dead = times > max_times || req.opt_i32_field("delayLevel")?.is_some_and(|l| l < 0);
     let target = if dead { dlq_topic(&group) } else { retry_topic(&group) };
+    if let Err(e) = crate::pull::validate_group(&group) {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
+    }
     if state.topics.get(&target).is_none() {
         let p = if dead { perm::WRITE } else { perm::READ | perm::WRITE };
-        state.topics.upsert(TopicConfig::new(&target, 1, p));
+        if !state.topics.upsert(TopicConfig::new(&target, 1, p)) {
+            return Ok(RemotingCommand::error(
+                req,
+                response::SYSTEM_ERROR,
+                format!("cannot create {target}: topic table full"),
+            ));
+        }
+        state.topics.persist().await?;
         state.topics_changed();
     }
     let msg = NewMessage {

@@ -44,6 +44,9 @@ use offsets::ConsumerOffsets;
 use subscriptions::SubscriptionGroups;
 use topics::TopicTable;
 
+/// `accessMessageInMemoryMaxRatio` (percent of physical memory).
+pub const ACCESS_MESSAGE_IN_MEMORY_MAX_RATIO: u64 = 40;
+
 /// Message and byte counters since start.
 #[derive(Default)]
 pub struct Stats {
@@ -84,6 +87,9 @@ pub struct BrokerState {
     pub long_poll: Arc<LongPoll>,
     pub stats: Stats,
     pub started: Instant,
+    /// Commit-log distance within which a message counts as in memory
+    /// (`accessMessageInMemoryMaxRatio`, 40% of physical memory).
+    pub hot_bytes: u64,
     topic_change: tokio::sync::Notify,
     group_change: tokio::sync::Notify,
 }
@@ -106,11 +112,11 @@ impl BrokerState {
         }
         for conn in self.clients.consumer_connections(group) {
             let req = RemotingCommand::request(request::NOTIFY_CONSUMER_IDS_CHANGED).with("consumerGroup", group);
-            tokio::spawn(async move {
-                if let Err(e) = conn.oneway(req).await {
-                    tracing::debug!(peer = %conn.peer_addr(), error = %e, "notify failed");
-                }
-            });
+            // Best effort and never waiting: a member that does not read
+            // learns at its next periodic rebalance.
+            if let Err(e) = conn.try_oneway(req) {
+                tracing::debug!(peer = %conn.peer_addr(), error = %e, "notify failed");
+            }
         }
     }
 }
@@ -167,6 +173,7 @@ impl Broker {
             long_poll,
             stats: Stats::default(),
             started: Instant::now(),
+            hot_bytes: config::total_memory_bytes() / 100 * ACCESS_MESSAGE_IN_MEMORY_MAX_RATIO,
             topic_change: tokio::sync::Notify::new(),
             group_change: tokio::sync::Notify::new(),
         });
@@ -193,20 +200,32 @@ impl Broker {
     /// up to `grace`), unregisters, persists the tables, flushes and
     /// checkpoints the store.
     pub async fn shutdown(self, grace: Duration) -> Result<(), BrokerError> {
-        self.state.long_poll.close();
-        self.server.shutdown(grace).await;
+        // Leave the routes first so clients stop sending here, then drain.
         for t in &self.tasks {
             t.abort();
         }
         register::unregister_all(&self.state).await;
-        self.state.topics.persist().await?;
-        self.state.offsets.persist().await?;
-        self.state.groups.persist().await?;
+        self.state.long_poll.close();
+        self.server.shutdown(grace).await;
+        // Every step runs even if an earlier one failed; the first error is reported.
+        let mut first_error = None;
+        for result in
+            [self.state.topics.persist().await, self.state.offsets.persist().await, self.state.groups.persist().await]
+        {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "persisting a table at shutdown failed");
+                first_error.get_or_insert(e);
+            }
+        }
         let store = self.state.store.clone();
-        tokio::task::spawn_blocking(move || store.shutdown())
+        let stored = tokio::task::spawn_blocking(move || store.shutdown())
             .await
-            .map_err(|e| BrokerError::Config(format!("store shutdown task failed: {e}")))??;
-        Ok(())
+            .map_err(|e| BrokerError::Config(format!("store shutdown task failed: {e}")))
+            .and_then(|r| r.map_err(BrokerError::from));
+        if let Err(e) = stored {
+            first_error.get_or_insert(e);
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -281,7 +300,7 @@ async fn process(
     use request as r;
     Ok(match req.code {
         r::SEND_MESSAGE | r::SEND_MESSAGE_V2 | r::SEND_BATCH_MESSAGE => send::send(state, conn, req).await?,
-        r::PULL_MESSAGE => pull::pull(state, req).await?,
+        r::PULL_MESSAGE | r::LITE_PULL_MESSAGE => pull::pull(state, conn, req).await?,
         r::HEART_BEAT => consumer::heart_beat(state, conn, req).await?,
         r::UNREGISTER_CLIENT => consumer::unregister_client(state, req)?,
         r::GET_CONSUMER_LIST_BY_GROUP => consumer::consumer_list(state, req)?,

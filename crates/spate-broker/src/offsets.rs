@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -19,10 +21,10 @@ struct OffsetFile {
 
 /// Committed offsets by group, topic and queue.
 pub struct ConsumerOffsets {
-    table: Mutex<OffsetFile>,
-    dirty: Mutex<bool>,
+    table: Arc<Mutex<OffsetFile>>,
+    dirty: Arc<AtomicBool>,
     path: PathBuf,
-    write_lock: tokio::sync::Mutex<()>,
+    writer: persist::TableWriter,
 }
 
 fn key(topic: &str, group: &str) -> String {
@@ -35,16 +37,16 @@ impl ConsumerOffsets {
         let path = persist::config_path(root, "consumerOffset.json");
         let table = persist::load(&path)?.unwrap_or_default();
         Ok(ConsumerOffsets {
-            table: Mutex::new(table),
-            dirty: Mutex::new(false),
+            table: Arc::new(Mutex::new(table)),
+            dirty: Arc::new(AtomicBool::new(false)),
             path,
-            write_lock: tokio::sync::Mutex::new(()),
+            writer: Default::default(),
         })
     }
 
     pub fn commit(&self, group: &str, topic: &str, queue_id: i32, offset: i64) {
         self.table.lock().offset_table.entry(key(topic, group)).or_default().insert(queue_id, offset);
-        *self.dirty.lock() = true;
+        self.dirty.store(true, Ordering::Release);
     }
 
     pub fn query(&self, group: &str, topic: &str, queue_id: i32) -> Option<i64> {
@@ -66,21 +68,24 @@ impl ConsumerOffsets {
     pub fn remove_topic(&self, topic: &str) {
         let prefix = format!("{topic}@");
         self.table.lock().offset_table.retain(|k, _| !k.starts_with(&prefix));
-        *self.dirty.lock() = true;
+        self.dirty.store(true, Ordering::Release);
     }
 
     /// Writes the table when it changed since the last write.
     pub async fn persist(&self) -> Result<(), BrokerError> {
-        let _serial = self.write_lock.lock().await;
-        let bytes = {
-            let mut dirty = self.dirty.lock();
-            if !*dirty {
-                return Ok(());
-            }
-            *dirty = false;
-            serde_json::to_vec(&*self.table.lock()).unwrap_or_default()
-        };
-        persist::save_async(self.path.clone(), bytes).await
+        let (table, dirty) = (self.table.clone(), self.dirty.clone());
+        let result = self
+            .writer
+            .write(self.path.clone(), move || {
+                // Cleared before the snapshot: a commit after it marks dirty again.
+                dirty.swap(false, Ordering::AcqRel).then(|| serde_json::to_vec(&*table.lock()).unwrap_or_default())
+            })
+            .await;
+        if result.is_err() {
+            // Not on disk: the next round must write again.
+            self.dirty.store(true, Ordering::Release);
+        }
+        result
     }
 }
 

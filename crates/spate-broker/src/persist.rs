@@ -36,7 +36,10 @@ pub fn save(path: &Path, bytes: &[u8]) -> Result<(), BrokerError> {
     let io = |e| BrokerError::Io { path: path.display().to_string(), source: e };
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io)?;
-    let tmp = path.with_extension("tmp");
+    // A unique temporary name: two writers never share one.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let mut f = fs::File::create(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_data().map_err(io)?;
@@ -45,11 +48,32 @@ pub fn save(path: &Path, bytes: &[u8]) -> Result<(), BrokerError> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
-/// Runs [`save`] on the blocking pool.
-pub async fn save_async(path: PathBuf, bytes: Vec<u8>) -> Result<(), BrokerError> {
-    tokio::task::spawn_blocking(move || save(&path, &bytes))
-        .await
-        .map_err(|e| BrokerError::Config(format!("persist task failed: {e}")))?
+/// Serializes the writes of one table: snapshots are taken and written in
+/// order, and a caller that gives up (a cancelled task) cannot release the
+/// lock while its write is still running.
+#[derive(Default)]
+pub struct TableWriter {
+    lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl TableWriter {
+    /// Takes a snapshot with `snapshot` under the lock and writes it to
+    /// `path` on the blocking pool.
+    pub async fn write(
+        &self,
+        path: PathBuf,
+        snapshot: impl FnOnce() -> Option<Vec<u8>> + Send + 'static,
+    ) -> Result<(), BrokerError> {
+        let lock = self.lock.clone();
+        let task = tokio::spawn(async move {
+            let _serial = lock.lock_owned().await;
+            let Some(bytes) = snapshot() else { return Ok(()) };
+            tokio::task::spawn_blocking(move || save(&path, &bytes))
+                .await
+                .map_err(|e| BrokerError::Config(format!("persist task failed: {e}")))?
+        });
+        task.await.map_err(|e| BrokerError::Config(format!("persist task failed: {e}")))?
+    }
 }
 
 #[cfg(test)]
@@ -62,6 +86,8 @@ mod tests {
         let p = config_path(dir.path(), "t.json");
         assert_eq!(load::<serde_json::Value>(&p).unwrap(), None);
         save(&p, br#"{"a":1}"#).unwrap();
+        let leftovers = fs::read_dir(p.parent().unwrap()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file is left behind");
         assert_eq!(load::<serde_json::Value>(&p).unwrap().unwrap()["a"], 1);
         fs::write(&p, b"{broken").unwrap();
         assert!(load::<serde_json::Value>(&p).unwrap_err().to_string().contains("t.json"));

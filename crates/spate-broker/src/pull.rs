@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use spate_remoting::protocol::{perm, TagFilter};
-use spate_remoting::{response, RemotingCommand};
+use spate_remoting::{response, Connection, RemotingCommand};
 use spate_store::GetStatus;
 
 use crate::error::BrokerError;
@@ -15,6 +15,17 @@ use crate::BrokerState;
 pub const FLAG_COMMIT_OFFSET: i32 = 0x1;
 pub const FLAG_SUSPEND: i32 = 0x2;
 pub const FLAG_SUBSCRIPTION: i32 = 0x4;
+
+/// Longest a pull waits for the dispatcher before deciding an offset moved.
+const DISPATCH_WAIT_MAX: Duration = Duration::from_millis(100);
+
+/// Group names follow the topic-name rules (and so cannot contain `@`,
+/// which separates topic and group in the offset table).
+pub fn validate_group(group: &str) -> Result<(), String> {
+    spate_common::message::validate_topic(group).map_err(|_| {
+        format!("invalid consumer group name `{group}`: letters, digits, %|_- only, at most 127 characters")
+    })
+}
 
 /// Longest a pull may be held, whatever the client asks (`brokerSuspendMaxTimeMillis` is the client's side).
 pub const MAX_SUSPEND: Duration = Duration::from_secs(60);
@@ -49,8 +60,15 @@ fn parse(req: &RemotingCommand) -> Result<PullHeader, BrokerError> {
     })
 }
 
-pub async fn pull(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+pub async fn pull(
+    state: &Arc<BrokerState>,
+    conn: &Arc<Connection>,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, BrokerError> {
     let h = parse(req)?;
+    if let Err(e) = validate_group(&h.group) {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
+    }
     if !perm::readable(state.config.read().broker_permission) {
         return Ok(RemotingCommand::error(req, response::NO_PERMISSION, "the broker pulling message is forbidden"));
     }
@@ -119,7 +137,12 @@ pub async fn pull(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<Rem
                 return Ok(finish(req, result));
             }
         }
-        if !state.long_poll.wait(&mut rx, left).await {
+        let changed = tokio::select! {
+            c = state.long_poll.wait(&mut rx, left) => c,
+            // The client is gone: nobody to answer, free the slot now.
+            _ = conn.closed() => return Ok(finish(req, result)),
+        };
+        if !changed {
             // Timed out: one last read, then answer whatever it says.
             let result = read(state, &h, codes.clone()).await?;
             return Ok(finish(req, result));
@@ -153,10 +176,14 @@ async fn read(
     h: &PullHeader,
     codes: std::collections::BTreeSet<i32>,
 ) -> Result<PullResult, BrokerError> {
+    let codes_again = codes.clone();
     let store = state.store.clone();
     let (topic, queue_id, offset, max_msgs, max_bytes) =
         (h.topic.clone(), h.queue_id, h.queue_offset, h.max_msgs, h.max_bytes);
     // Reading may fault pages in from disk: keep it off the async workers.
+    // Anything appended before this pull must be dispatched before a short
+    // queue can be taken for a moved offset (bounded wait).
+    let log_end = state.store.max_offset();
     let got = tokio::task::spawn_blocking(move || {
         let filter = |code: i64| codes.is_empty() || codes.contains(&(code as i32));
         let f: Option<&dyn Fn(i64) -> bool> = Some(&filter);
@@ -164,17 +191,31 @@ async fn read(
     })
     .await
     .map_err(|e| BrokerError::Config(format!("pull task failed: {e}")))??;
-    // A queue that looks short while the dispatcher is still behind the
-    // commit log is not a moved offset: wait for the dispatch instead.
-    let dispatching = state.store.dispatched_offset() < state.store.max_offset();
-    let status = match got.status {
-        GetStatus::NoMessageInQueue | GetStatus::NoMatchingQueue | GetStatus::OffsetOverflowBadly if dispatching => {
-            GetStatus::OffsetOverflowOne
+    // A queue that looks short while the dispatcher has not yet caught up
+    // with what was appended before this pull is not a moved offset: wait
+    // briefly for the dispatch and read again.
+    let short =
+        matches!(got.status, GetStatus::NoMessageInQueue | GetStatus::NoMatchingQueue | GetStatus::OffsetOverflowBadly);
+    if short && state.store.dispatched_offset() < log_end {
+        let deadline = Instant::now() + DISPATCH_WAIT_MAX;
+        while state.store.dispatched_offset() < log_end && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        s => s,
-    };
-    let next_begin = if status == got.status { got.next_begin_offset } else { h.queue_offset };
-    let (code, remark) = match status {
+        if state.store.dispatched_offset() >= log_end {
+            return Box::pin(read(state, h, codes_again)).await;
+        }
+        // Still behind: answer "nothing new" without moving the offset.
+        return Ok(PullResult {
+            code: response::PULL_NOT_FOUND,
+            body: None,
+            next_begin: h.queue_offset,
+            min: got.min_offset,
+            max: got.max_offset,
+            remark: None,
+        });
+    }
+    let next_begin = got.next_begin_offset;
+    let (code, remark) = match got.status {
         GetStatus::Found => (response::SUCCESS, None),
         GetStatus::NoMatchedMessage => (response::PULL_RETRY_IMMEDIATELY, Some("no message matched the filter")),
         GetStatus::NoMessageInQueue | GetStatus::NoMatchingQueue if h.queue_offset != 0 => {
@@ -185,7 +226,8 @@ async fn read(
         GetStatus::OffsetTooSmall | GetStatus::OffsetOverflowBadly => {
             (response::PULL_OFFSET_MOVED, Some("offset is outside the queue"))
         }
-        GetStatus::OffsetFoundNull => (response::PULL_NOT_FOUND, Some("message was deleted")),
+        // Units pointing at deleted data: move on at once, do not hold.
+        GetStatus::OffsetFoundNull => (response::PULL_RETRY_IMMEDIATELY, Some("messages were deleted; skipping ahead")),
     };
     let body = if got.messages.is_empty() {
         None

@@ -100,9 +100,36 @@ pub async fn send(
             format!("the broker[{}] sending message is forbidden", state.broker_name),
         ));
     }
+    // Features that need broker-side scheduling are refused rather than
+    // delivered early (they arrive with the message-types issue).
+    if h.sys_flag & message::SYSFLAG_TX_MASK == message::SYSFLAG_TX_PREPARED
+        || message::property(&h.properties, property::TRAN_MSG) == Some("true")
+    {
+        return Ok(RemotingCommand::error(
+            req,
+            response::NO_PERMISSION,
+            "transactional messages are not supported by this broker yet; the message was not stored",
+        ));
+    }
+    if message::property(&h.properties, property::DELAY).is_some_and(|l| l.trim().parse::<i32>().is_ok_and(|l| l > 0)) {
+        return Ok(RemotingCommand::error(
+            req,
+            response::MESSAGE_ILLEGAL,
+            "delayed messages (DELAY property) are not supported by this broker yet; the message was not stored",
+        ));
+    }
+    // A retry-topic message past its group's retry budget goes to the DLQ.
+    let mut h = h;
+    if let Some(group) = h.topic.strip_prefix(RETRY_GROUP_TOPIC_PREFIX) {
+        let max = h.max_reconsume_times.unwrap_or(16);
+        if h.reconsume_times > max {
+            h.topic = spate_remoting::protocol::dlq_topic(group);
+            h.queue_id = 0;
+        }
+    }
     let topic_config = match state.topics.get(&h.topic) {
         Some(tc) => tc,
-        None => match auto_create(state, &h) {
+        None => match auto_create(state, &h).await? {
             Some(tc) => tc,
             None => {
                 return Ok(RemotingCommand::error(
@@ -240,19 +267,26 @@ pub fn decode_batch(body: &Bytes, base: &NewMessage) -> Result<Vec<NewMessage>, 
     Ok(out)
 }
 
-fn auto_create(state: &Arc<BrokerState>, h: &SendHeader) -> Option<spate_remoting::protocol::TopicConfig> {
-    let tc = if h.topic.starts_with(RETRY_GROUP_TOPIC_PREFIX) || h.topic.starts_with(DLQ_GROUP_TOPIC_PREFIX) {
+/// Creates the topic of a first send, and persists the table before the
+/// message is stored: an acknowledged message's topic survives a crash.
+async fn auto_create(
+    state: &Arc<BrokerState>,
+    h: &SendHeader,
+) -> Result<Option<spate_remoting::protocol::TopicConfig>, BrokerError> {
+    if !state.config.read().auto_create_topic_enable {
+        return Ok(None);
+    }
+    let created = if h.topic.starts_with(RETRY_GROUP_TOPIC_PREFIX) || h.topic.starts_with(DLQ_GROUP_TOPIC_PREFIX) {
         let tc = spate_remoting::protocol::TopicConfig::new(&h.topic, 1, perm::READ | perm::WRITE);
-        state.topics.upsert(tc.clone()).then_some(tc)?
+        state.topics.upsert(tc.clone()).then_some(tc)
     } else {
-        if !state.config.read().auto_create_topic_enable {
-            return None;
-        }
-        state.topics.create_on_send(&h.topic, &h.default_topic, h.default_topic_queue_nums)?
+        state.topics.create_on_send(&h.topic, &h.default_topic, h.default_topic_queue_nums)
     };
+    let Some(tc) = created else { return Ok(None) };
     tracing::info!(topic = %h.topic, queues = tc.write_queue_nums, "topic created on first send");
+    state.topics.persist().await?;
     state.topics_changed();
-    Some(tc)
+    Ok(Some(tc))
 }
 
 fn rand_index() -> u64 {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -21,16 +22,16 @@ pub struct SubscriptionGroupFile {
 }
 
 pub struct SubscriptionGroups {
-    table: RwLock<SubscriptionGroupFile>,
+    table: Arc<RwLock<SubscriptionGroupFile>>,
     path: PathBuf,
-    write_lock: tokio::sync::Mutex<()>,
+    writer: persist::TableWriter,
 }
 
 impl SubscriptionGroups {
     pub fn load(root: &std::path::Path) -> Result<SubscriptionGroups, BrokerError> {
         let path = persist::config_path(root, "subscriptionGroup.json");
         let table = persist::load(&path)?.unwrap_or_default();
-        Ok(SubscriptionGroups { table: RwLock::new(table), path, write_lock: tokio::sync::Mutex::new(()) })
+        Ok(SubscriptionGroups { table: Arc::new(RwLock::new(table)), path, writer: Default::default() })
     }
 
     pub fn get(&self, group: &str) -> Option<SubscriptionGroupConfig> {
@@ -66,8 +67,9 @@ impl SubscriptionGroups {
     }
 
     pub async fn persist(&self) -> Result<(), BrokerError> {
-        let _serial = self.write_lock.lock().await;
-        let bytes = serde_json::to_vec_pretty(&self.snapshot()).unwrap_or_default();
-        persist::save_async(self.path.clone(), bytes).await
+        let table = self.table.clone();
+        self.writer
+            .write(self.path.clone(), move || Some(serde_json::to_vec_pretty(&*table.read()).unwrap_or_default()))
+            .await
     }
 }

@@ -1,6 +1,7 @@
 //! The broker's topic table, persisted as `config/topics.json`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
@@ -13,15 +14,15 @@ use crate::persist;
 
 /// Most queues a topic may have on one broker.
 pub const MAX_QUEUE_NUMS: i32 = 1024;
-/// Most topics one broker holds (each queue costs files and mappings).
-pub const MAX_TOPICS: usize = 100_000;
+/// Most topics one broker holds: each queue costs files and mappings, and
+/// the whole table must fit one REGISTER_BROKER frame (16 MiB, ~170 bytes a topic).
+pub const MAX_TOPICS: usize = 50_000;
 
 /// Topics and their queue counts and permissions.
 pub struct TopicTable {
-    table: RwLock<TopicConfigSerializeWrapper>,
+    table: Arc<RwLock<TopicConfigSerializeWrapper>>,
     path: PathBuf,
-    /// Serializes writers of the file so an older snapshot never wins.
-    write_lock: tokio::sync::Mutex<()>,
+    writer: persist::TableWriter,
     counter: Mutex<i64>,
 }
 
@@ -36,9 +37,9 @@ impl TopicTable {
         let table: TopicConfigSerializeWrapper = persist::load(&path)?.unwrap_or_default();
         let counter = table.data_version.counter;
         Ok(TopicTable {
-            table: RwLock::new(table),
+            table: Arc::new(RwLock::new(table)),
             path,
-            write_lock: tokio::sync::Mutex::new(()),
+            writer: Default::default(),
             counter: Mutex::new(counter),
         })
     }
@@ -135,9 +136,10 @@ impl TopicTable {
 
     /// Writes the current table to disk off the async workers.
     pub async fn persist(&self) -> Result<(), BrokerError> {
-        let _serial = self.write_lock.lock().await;
-        let bytes = serde_json::to_vec_pretty(&self.snapshot()).unwrap_or_default();
-        persist::save_async(self.path.clone(), bytes).await
+        let table = self.table.clone();
+        self.writer
+            .write(self.path.clone(), move || Some(serde_json::to_vec_pretty(&*table.read()).unwrap_or_default()))
+            .await
     }
 }
 

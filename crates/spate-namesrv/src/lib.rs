@@ -174,7 +174,16 @@ impl Processor {
             topics: body.topic_config_serialize_wrapper,
             connection_id: conn.id(),
         };
-        let answer = self.routes.write().register(reg, Instant::now());
+        if conn.is_closed() {
+            // Its close already removed this broker; do not bring it back.
+            return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, "connection closed during registration"));
+        }
+        let mut routes = self.routes.write();
+        if routes.live_broker_count() >= routes::MAX_LIVE_BROKERS && !routes.is_live(&reg.broker_addr) {
+            return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, "the name server's broker table is full"));
+        }
+        let answer = routes.register(reg, Instant::now());
+        drop(routes);
         Ok(RemotingCommand::success(req)
             .with_opt("masterAddr", answer.master_addr)
             .with_opt("haServerAddr", answer.ha_server_addr))

@@ -9,6 +9,9 @@ use spate_remoting::protocol::{
     BrokerData, ClusterInfo, DataVersion, QueueData, TopicConfigSerializeWrapper, TopicList, TopicRouteData, MASTER_ID,
 };
 
+/// Most broker processes one name server tracks.
+pub const MAX_LIVE_BROKERS: usize = 10_000;
+
 /// One live broker process, keyed by its address.
 #[derive(Debug, Clone)]
 struct LiveBroker {
@@ -212,6 +215,10 @@ impl Routes {
                 removed
             }
         }
+    }
+
+    pub fn is_live(&self, broker_addr: &str) -> bool {
+        self.live.contains_key(broker_addr)
     }
 
     pub fn live_broker_count(&self) -> usize {

@@ -412,6 +412,25 @@ impl MessageStore {
         self.inner.queues.get(topic, queue_id)
     }
 
+    /// Removes a topic's consume queues and their files. Its records stay
+    /// in the commit log until retention removes them; a later message to
+    /// the topic starts its queues again at offset 0. An admin operation:
+    /// it holds the writer lock while the files go (appends wait).
+    pub fn delete_topic(&self, topic: &str) -> Result<()> {
+        let inner = &self.inner;
+        let _dispatch = inner.dispatcher.lock.lock();
+        let mut w = inner.commit_log.lock_writer();
+        // Everything appended so far is dispatched first, so no unit of the
+        // topic arrives after its queues are gone.
+        inner.commit_log.commit_pending()?;
+        inner.dispatcher.dispatch_locked()?;
+        inner.queues.delete_topic(topic)?;
+        w.queue_offsets.remove(topic);
+        drop(w);
+        tracing::info!(topic, "consume queues deleted");
+        Ok(())
+    }
+
     /// Queue ids with a consume queue for `topic`.
     pub fn queue_ids(&self, topic: &str) -> Vec<i32> {
         self.inner.queues.queue_ids(topic)

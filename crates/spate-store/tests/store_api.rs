@@ -448,3 +448,24 @@ async fn async_callers_await_group_commit_without_blocking_workers() {
     let stored: i64 = (0..4).map(|q| store.max_offset_in_queue("Async", q)).sum();
     assert_eq!(stored, 32 * 20);
 }
+
+#[test]
+fn deleted_topic_starts_again_at_offset_zero_and_others_are_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(common::config(dir.path())).unwrap();
+    for i in 0..5 {
+        store.put_message(&common::msg("Gone", 0, format!("g{i}").as_bytes(), None, None)).unwrap();
+        store.put_message(&common::msg("Kept", 0, format!("k{i}").as_bytes(), None, None)).unwrap();
+    }
+    store.delete_topic("Gone").unwrap();
+    assert_eq!(store.max_offset_in_queue("Gone", 0), 0);
+    let again = store.put_message(&common::msg("Gone", 0, b"new", None, None)).unwrap();
+    assert_eq!(again.append.queue_offset, 0);
+    assert!(store.wait_dispatched(std::time::Duration::from_secs(5)));
+    assert_eq!(store.max_offset_in_queue("Gone", 0), 1);
+    assert_eq!(store.max_offset_in_queue("Kept", 0), 5);
+    // The store keeps accepting both topics.
+    store.put_message(&common::msg("Kept", 0, b"k5", None, None)).unwrap();
+    assert!(store.wait_dispatched(std::time::Duration::from_secs(5)));
+    assert_eq!(store.max_offset_in_queue("Kept", 0), 6);
+}

@@ -121,6 +121,11 @@ async fn send_pull_offsets_and_routes() {
         .with("queueId", 1);
     assert_eq!(call(&c, &broker, q).await.field("offset"), Some("2"));
 
+    // LITE_PULL_MESSAGE (Java's lite pull consumer) is a pull too.
+    let mut lite = pull_req("Orders", 1, 0, 0, "*");
+    lite.code = request::LITE_PULL_MESSAGE;
+    assert_eq!(records(&call(&c, &broker, lite).await.body).len(), 2);
+
     // Query by key and view by id.
     let r = call(
         &c,
@@ -224,11 +229,31 @@ async fn bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
     )
     .await;
     assert_eq!(r.code, response::MESSAGE_ILLEGAL);
+    // Transactional half messages and delayed messages are refused, not delivered early.
+    let props = encode_properties([("TRAN_MSG", "true"), ("PGROUP", "pg")]).unwrap();
+    let r = call(&c, &broker, send_req("Healthy", 0, b"half", "t").with("sysFlag", 4).with("properties", props)).await;
+    assert_eq!(r.code, response::NO_PERMISSION, "{:?}", r.remark);
+    assert!(r.remark.unwrap_or_default().contains("transactional"));
+    let props = encode_properties([("DELAY", "3")]).unwrap();
+    let r = call(&c, &broker, send_req("Healthy", 0, b"later", "t").with("properties", props)).await;
+    assert_eq!(r.code, response::MESSAGE_ILLEGAL);
+    // Group names with characters that would corrupt offset keys.
+    let r = call(&c, &broker, pull_req("Healthy", 0, 0, 0, "*").with("consumerGroup", "a@b")).await;
+    assert_eq!(r.code, response::INVALID_PARAMETER);
     // A pull on a queue the topic does not have.
     let r = call(&c, &broker, pull_req("Healthy", 999, 0, 0, "*")).await;
     assert_eq!(r.code, response::INVALID_PARAMETER);
     // Still serving, and nothing stored was damaged.
     assert_eq!(call(&c, &broker, healthy()).await.code, response::SUCCESS);
-    let r = call(&c, &broker, pull_req("Healthy", 0, 0, 0, "*")).await;
-    assert_eq!(records(&r.body).len(), 5);
+    // (Dispatch follows the acknowledgement closely; poll briefly.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = call(&c, &broker, pull_req("Healthy", 0, 0, 0, "*")).await;
+        let n = records(&r.body).len();
+        if n == 5 {
+            break;
+        }
+        assert!(n < 5 && Instant::now() < deadline, "expected 5 stored messages, pulled {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -74,6 +74,7 @@ async fn a_broker_registers_with_every_name_server_and_leaves_cleanly() {
         .map(|p| {
             Command::new(env!("CARGO_BIN_EXE_spate"))
                 .args(["namesrv", "--port", &p.to_string()])
+                .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap()
@@ -93,6 +94,7 @@ async fn a_broker_registers_with_every_name_server_and_leaves_cleanly() {
     .unwrap();
     let mut broker = Command::new(env!("CARGO_BIN_EXE_spate"))
         .args(["broker", "-c", conf.to_str().unwrap()])
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -315,4 +317,27 @@ async fn admin_update_topic_creates_it_on_every_master() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("connect"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_created_topics_survive_kill_9_and_deleted_topics_start_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spate = Standalone::start(&dir.path().join("data"));
+    let c = raw_client();
+    for i in 0..3 {
+        assert_eq!(call(&c, &spate.broker(), send_req("Auto", 0, vec![i])).await.code, response::SUCCESS);
+    }
+    spate.kill9();
+    c.close_all();
+    spate.restart();
+    // The topic (created by the first send) is still known after the crash.
+    let got = pull_all(&c, &spate.broker(), "Auto", 0, 0).await;
+    assert_eq!(got.len(), 3, "auto-created topic and its messages survive kill -9");
+    // Delete it, send again: the queue starts over at offset 0.
+    let del = RemotingCommand::request(request::DELETE_TOPIC_IN_BROKER).with("topic", "Auto");
+    assert_eq!(call(&c, &spate.broker(), del).await.code, response::SUCCESS);
+    let r = call(&c, &spate.broker(), send_req("Auto", 0, vec![9])).await;
+    assert_eq!((r.code, r.field("queueOffset")), (response::SUCCESS, Some("0")));
+    let got = pull_all(&c, &spate.broker(), "Auto", 0, 0).await;
+    assert_eq!(got, vec![(0, vec![9])]);
 }

@@ -51,10 +51,27 @@ pub struct SubscriptionData {
     pub topic: String,
     pub sub_string: String,
     pub tags_set: BTreeSet<String>,
+    /// Tag hash codes. The Go client writes them as strings; both forms are read.
+    #[serde(deserialize_with = "lenient_codes")]
     pub code_set: BTreeSet<i32>,
     pub sub_version: i64,
     /// `TAG` (the default when absent) or `SQL92`.
     pub expression_type: Option<String>,
+}
+
+/// Reads a set of numbers written as numbers or numeric strings, skipping
+/// elements that are neither (the broker recomputes codes from the tags).
+fn lenient_codes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeSet<i32>, D::Error> {
+    let raw: Option<Vec<serde_json::Value>> = Option::deserialize(d)?;
+    Ok(raw
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| match v {
+            serde_json::Value::Number(n) => n.as_i64().and_then(|n| i32::try_from(n).ok()),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        })
+        .collect())
 }
 
 /// A parsed tag expression: `*`, or tags joined by `||` (spaces allowed).
@@ -137,5 +154,14 @@ mod tests {
         assert_eq!(hb.client_id, "c1");
         assert!(hb.consumer_data_set[0].is_broadcasting());
         assert_eq!(hb.consumer_data_set[0].subscription_data_set[0].expression_type, None);
+    }
+
+    #[test]
+    fn go_client_code_sets_are_strings() {
+        let body = br#"{"clientID":"go","consumerDataSet":[{"groupName":"g","subscriptionDataSet":[{"topic":"t","subString":"TagA","tagsSet":["TagA"],"codeSet":["2598919", 5, "x", null]}]}]}"#;
+        let hb: HeartbeatData = serde_json::from_slice(body).unwrap();
+        assert_eq!(hb.consumer_data_set[0].subscription_data_set[0].code_set, BTreeSet::from([2598919, 5]));
+        let null_set: SubscriptionData = serde_json::from_slice(br#"{"topic":"t","codeSet":null}"#).unwrap();
+        assert!(null_set.code_set.is_empty());
     }
 }
