@@ -35,7 +35,7 @@ pub enum ClientError {
     #[error("invalid batch: {0}")]
     InvalidBatch(&'static str),
     /// Neither the topic nor the auto-creation template (`TBW102`) has a route.
-    #[error("no route for topic {topic} (and none for the auto-creation topic)")]
+    #[error("no route for topic {topic}")]
     NoRoute {
         /// The topic.
         topic: String,

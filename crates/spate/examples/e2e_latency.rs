@@ -3,7 +3,9 @@
 //! - start-up: from spawning the process until both ports accept (empty store);
 //! - long polling: a pull is held, a message is sent to its queue, and we time
 //!   the held pull's answer from the send's acknowledgement (and from the
-//!   send's start).
+//!   send's start);
+//! - end to end with `spate-client`: a producer sends one message at a time
+//!   and a push consumer's listener records when it arrives.
 //!
 //! `cargo build --release -p spate && cargo run --release -p spate --example e2e_latency -- --bin target/release/spate`
 
@@ -110,6 +112,10 @@ fn pull(topic: &str, offset: i64) -> RemotingCommand {
 }
 
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let a = args()?;
     let tmp = std::env::temp_dir().join(format!("spate-e2e-latency-{}", std::process::id()));
     let mut startup = Histogram::<u64>::new(3)?;
@@ -148,12 +154,59 @@ fn main() -> Result<()> {
         }
         Ok::<_, anyhow::Error>((after_ack, after_send))
     })?;
+    let np = _np;
+    let client_e2e = rt.block_on(client_end_to_end(np, a.polls))?;
     println!(
-        "{{{},{},{}}}",
+        "{{{},{},{},{}}}",
         report("startup_ready", &startup),
         report("long_poll_answer_after_send_ack", &after_ack),
-        report("long_poll_answer_after_send_start", &after_send)
+        report("long_poll_answer_after_send_start", &after_send),
+        report("client_send_start_to_listener", &client_e2e)
     );
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
+}
+
+/// Producer send start -> push consumer listener, one message in flight.
+async fn client_end_to_end(namesrv_port: u16, n: usize) -> Result<Histogram<u64>> {
+    use spate_client::{
+        ClientConfig, ConsumeFromWhere, ConsumeStatus, Message, MessageListener, Producer, ProducerOptions,
+        PushConsumer, PushConsumerOptions,
+    };
+    let ns = format!("127.0.0.1:{namesrv_port}");
+    let producer =
+        Producer::start(ClientConfig::new(&ns).with_instance_name("bench-p"), ProducerOptions::new("bench-p")).await?;
+    // First send creates the topic.
+    producer.send(Message::new("ClientProbe", "warm-up")).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Instant>(1024);
+    let mut options = PushConsumerOptions::new("bench-c");
+    options.consume_from_where = ConsumeFromWhere::LastOffset;
+    let consumer = PushConsumer::new(ClientConfig::new(&ns).with_instance_name("bench-c"), options)?;
+    consumer.subscribe("ClientProbe", "*")?;
+    consumer
+        .start(MessageListener::concurrently(move |msgs, _| {
+            for _ in msgs {
+                let _ = tx.try_send(Instant::now());
+            }
+            ConsumeStatus::ConsumeSuccess
+        }))
+        .await?;
+    // Wait until the warm-up message (or any) arrives, so pulls are held.
+    let _ = tokio::time::timeout(Duration::from_secs(15), rx.recv()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while rx.try_recv().is_ok() {}
+    let mut h = Histogram::<u64>::new(3)?;
+    for i in 0..n {
+        let t0 = Instant::now();
+        producer.send(Message::new("ClientProbe", format!("m{i}"))).await?;
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?.context("listener gone")?;
+        let took = got.saturating_duration_since(t0);
+        if took > Duration::from_millis(500) {
+            eprintln!("slow delivery: message {i} took {took:?}");
+        }
+        h.record(took.as_micros() as u64)?;
+    }
+    consumer.shutdown().await;
+    producer.shutdown().await;
+    Ok(h)
 }

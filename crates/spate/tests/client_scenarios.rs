@@ -455,3 +455,23 @@ async fn large_bodies_travel_zlib_compressed_and_arrive_intact() {
     cons.shutdown().await;
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_started_with_a_brand_new_topic_does_not_wait_for_the_rebalance_timer() {
+    let (_dir, spate) = standalone();
+    let ns = spate.namesrv();
+    let p = Producer::start(config(&ns, "p"), ProducerOptions::new("pg")).await.unwrap();
+    // Auto-created by this send; the route reaches the name server a moment later.
+    p.send(Message::new("BrandNew", "first")).await.unwrap();
+    let mut o = consumer_options("fresh-group");
+    o.rebalance_interval = Duration::from_secs(20);
+    let (got, l) = collecting();
+    let c = PushConsumer::new(config(&ns, "c"), o).unwrap();
+    c.subscribe("BrandNew", "*").unwrap();
+    let t = Instant::now();
+    c.start(l).await.unwrap();
+    wait_until("the first message", Duration::from_secs(5), || !got.lock().is_empty()).await;
+    eprintln!("first delivery after {:?}", t.elapsed());
+    c.shutdown().await;
+    p.shutdown().await;
+}

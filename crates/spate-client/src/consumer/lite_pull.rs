@@ -436,19 +436,27 @@ impl LiteInner {
 
     async fn rebalance_loop(self: Arc<Self>) {
         loop {
-            self.rebalance().await;
+            let settled = self.rebalance().await;
+            // A topic without a route yet (just created) is retried soon.
+            let wait = if settled {
+                self.options.rebalance_interval
+            } else {
+                self.options.rebalance_interval.min(Duration::from_secs(1))
+            };
             tokio::select! {
                 _ = self.stop.cancelled() => break,
-                _ = tokio::time::sleep(self.options.rebalance_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.rebalance_signal.notified() => {}
             }
         }
     }
 
-    async fn rebalance(self: &Arc<Self>) {
+    /// False when some subscribed topic could not be rebalanced.
+    async fn rebalance(self: &Arc<Self>) -> bool {
         let mode = *self.mode.lock();
+        let mut settled = true;
         let target: BTreeSet<MessageQueue> = match mode {
-            Mode::Unset => return,
+            Mode::Unset => return true,
             Mode::Assign => self.assigned.lock().clone(),
             Mode::Subscribe => {
                 let topics: Vec<String> = self.subscriptions.read().keys().cloned().collect();
@@ -461,6 +469,7 @@ impl LiteInner {
                         Ok(t) => all.extend(t),
                         Err(e) => {
                             tracing::debug!(topic, error = %e, "rebalance skipped");
+                            settled = false;
                             // Keep the topic's current queues.
                             all.extend(self.queues.lock().keys().filter(|q| q.topic == topic).cloned());
                         }
@@ -483,9 +492,13 @@ impl LiteInner {
             let o = &self.options;
             match start_offset(&self.instance, &self.offsets, &mq, o.consume_from_where, o.consume_timestamp_ms).await {
                 Ok(off) => self.start_queue(mq, off, None),
-                Err(e) => tracing::debug!(topic = mq.topic, queue = mq.queue_id, error = %e, "no start offset yet"),
+                Err(e) => {
+                    tracing::debug!(topic = mq.topic, queue = mq.queue_id, error = %e, "no start offset yet");
+                    settled = false;
+                }
             }
         }
+        settled
     }
 
     fn start_queue(self: &Arc<Self>, mq: MessageQueue, offset: i64, consumed: Option<i64>) {

@@ -28,6 +28,10 @@ use crate::instance::{ClientInstance, ConsumerMember};
 use crate::message::MessageExt;
 use crate::uniq_id::now_ms;
 
+/// Rebalance retry while some topic has no route or some queue no start
+/// offset (rocketmq-client-rust's minimum rebalance interval).
+const REBALANCE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Push consumer settings (upstream `DefaultMQPushConsumer`).
 #[derive(Debug, Clone)]
 pub struct PushConsumerOptions {
@@ -401,31 +405,46 @@ impl PushInner {
 
     async fn rebalance_loop(self: Arc<Self>) {
         loop {
-            self.rebalance().await;
+            let settled = self.rebalance().await;
+            // Until every topic is routed and every queue started, try again
+            // soon instead of waiting out the full interval.
+            let wait = if settled {
+                self.options.rebalance_interval
+            } else {
+                self.options.rebalance_interval.min(REBALANCE_RETRY_INTERVAL)
+            };
             tokio::select! {
                 _ = self.stop.cancelled() => break,
-                _ = tokio::time::sleep(self.options.rebalance_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.rebalance_signal.notified() => {}
             }
         }
     }
 
-    async fn rebalance(self: &Arc<Self>) {
+    /// Rebalances every subscribed topic; false when some topic or queue
+    /// could not be settled.
+    async fn rebalance(self: &Arc<Self>) -> bool {
         let topics: Vec<String> = self.subscriptions.read().keys().cloned().collect();
+        let mut settled = true;
         for topic in topics {
             if self.stop.is_cancelled() {
-                return;
+                return true;
             }
             let target = target_queues(&self.instance, &self.options.group, &topic, self.options.message_model).await;
             self.heartbeat_new_brokers().await;
             match target {
-                Ok(target) => self.apply_assignment(&topic, target).await,
-                Err(e) => tracing::debug!(group = self.options.group, topic, error = %e, "rebalance skipped"),
+                Ok(target) => settled &= self.apply_assignment(&topic, target).await,
+                Err(e) => {
+                    tracing::debug!(group = self.options.group, topic, error = %e, "rebalance skipped");
+                    settled = false;
+                }
             }
         }
+        settled
     }
 
-    async fn apply_assignment(self: &Arc<Self>, topic: &str, target: Vec<MessageQueue>) {
+    /// Starts and stops queues; false when a queue could not be started.
+    async fn apply_assignment(self: &Arc<Self>, topic: &str, target: Vec<MessageQueue>) -> bool {
         let current: BTreeSet<MessageQueue> = self.slots.lock().keys().filter(|q| q.topic == topic).cloned().collect();
         let target: BTreeSet<MessageQueue> = target.into_iter().collect();
         let (add, remove) = plan(&current, &target);
@@ -435,14 +454,18 @@ impl PushInner {
         for mq in remove {
             self.remove_queue(&mq).await;
         }
+        let wanted = add.len();
         let add = if self.is_orderly_clustering() { self.lock(add.into_iter().collect()).await } else { add };
+        let mut settled = add.len() == wanted;
         for mq in add {
-            self.add_queue(mq).await;
+            settled &= self.add_queue(mq).await;
         }
+        settled
     }
 
-    async fn add_queue(self: &Arc<Self>, mq: MessageQueue) {
-        let Some(listener) = self.listener() else { return };
+    /// Starts pulling a queue; false when its start offset is not known yet.
+    async fn add_queue(self: &Arc<Self>, mq: MessageQueue) -> bool {
+        let Some(listener) = self.listener() else { return true };
         let o = &self.options;
         let offset = match start_offset(
             &self.instance,
@@ -457,7 +480,7 @@ impl PushInner {
             Err(e) => {
                 tracing::debug!(topic = mq.topic, broker = mq.broker_name, queue = mq.queue_id, error = %e,
                     "no start offset; queue left for the next rebalance");
-                return;
+                return false;
             }
         };
         let slot = Arc::new(QueueSlot::new(mq.clone()));
@@ -469,6 +492,7 @@ impl PushInner {
         if listener.is_orderly() {
             tokio::spawn(self.clone().orderly_loop(slot));
         }
+        true
     }
 
     async fn remove_queue(&self, mq: &MessageQueue) {

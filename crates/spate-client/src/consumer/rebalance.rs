@@ -21,7 +21,8 @@ pub(crate) async fn target_queues(
     model: MessageModel,
 ) -> Result<Vec<MessageQueue>> {
     let Some(route) = instance.route(topic).await? else {
-        return Ok(Vec::new());
+        // Not routed yet (e.g. just auto-created): the caller retries soon.
+        return Err(ClientError::NoRoute { topic: topic.to_string() });
     };
     if model == MessageModel::Broadcasting || route.read_queues.is_empty() {
         return Ok(route.read_queues.clone());
