@@ -148,7 +148,7 @@ async fn long_poll_answers_within_milliseconds_of_a_store() {
     let c = std::sync::Arc::new(raw_client());
     let broker = spate.broker();
     assert_eq!(call(&c, &broker, send_req("LP", 0, b"first", "a")).await.code, response::SUCCESS);
-    let mut worst = Duration::ZERO;
+    let mut took = Vec::new();
     for i in 1..=20i64 {
         let (c2, b2) = (c.clone(), broker.clone());
         let waiter = tokio::spawn(async move {
@@ -164,11 +164,14 @@ async fn long_poll_answers_within_milliseconds_of_a_store() {
         assert_eq!(call(&c, &broker, send_req("LP", 0, b"next", "a")).await.code, response::SUCCESS);
         let (r, answered_at) = waiter.await.unwrap();
         assert_eq!(r.code, response::SUCCESS);
-        worst = worst.max(answered_at - sent_at);
+        took.push(answered_at.saturating_duration_since(sent_at));
     }
-    // Includes the send's own round trip; a periodic scan would show ~1 s or more.
-    assert!(worst < Duration::from_millis(200), "worst wake-up {worst:?}");
-    eprintln!("long-poll worst send-to-pull-answer: {worst:?}");
+    took.sort();
+    let (median, worst) = (took[took.len() / 2], took[took.len() - 1]);
+    eprintln!("long-poll send-to-pull-answer: median {median:?}, worst {worst:?}");
+    // Includes the send's own round trip; a periodic scan would put the
+    // median near a second. Numbers: BENCHMARKS.md (e2e_latency).
+    assert!(median < Duration::from_millis(50), "median wake-up {median:?}");
     // A held pull times out with PULL_NOT_FOUND.
     let t = Instant::now();
     let r = call(&c, &broker, pull_req("LP", 0, 21, 300, "*")).await;

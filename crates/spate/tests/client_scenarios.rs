@@ -404,19 +404,22 @@ async fn long_polling_delivers_within_milliseconds() {
     .await;
     let p = Producer::start(config(&ns, "p"), ProducerOptions::new("pg")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await; // the consumer's pulls are now held
-    let mut worst = Duration::ZERO;
+    let mut took = Vec::new();
     for i in 0..30 {
         let before = delivered.lock().len();
         let sent = Instant::now();
         p.send(Message::new("Live", format!("{i}"))).await.unwrap();
         wait_until("delivery", Duration::from_secs(10), || delivered.lock().len() > before).await;
-        worst = worst.max(delivered.lock()[before] - sent);
+        took.push(delivered.lock()[before] - sent);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("worst send-to-listener with long polling: {worst:?}");
-    // Generous for a debug build on a shared VM; a periodic scan would take
-    // seconds. The measured number is in BENCHMARKS.md (e2e_latency).
-    assert!(worst < Duration::from_millis(250), "worst delivery {worst:?}");
+    took.sort();
+    let (median, worst) = (took[took.len() / 2], took[took.len() - 1]);
+    eprintln!("send-to-listener with long polling: median {median:?}, worst {worst:?}");
+    // A periodic scan (upstream's short polling: 1 s) would put the median
+    // near a second. The measured numbers are in BENCHMARKS.md (e2e_latency);
+    // a single stall on a loaded CI machine must not fail this.
+    assert!(median < Duration::from_millis(50), "median delivery {median:?}");
     c.shutdown().await;
     p.shutdown().await;
 }

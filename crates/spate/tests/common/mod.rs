@@ -28,13 +28,17 @@ impl Standalone {
         Self::start_with(data_dir, &[])
     }
 
-    /// Starts with extra broker.conf lines.
+    /// Starts with extra broker.conf lines. Tests use 32 MiB commit-log
+    /// segments unless they say otherwise: a dozen test brokers each warming
+    /// a 1 GiB segment at once would measure the machine, not Spate.
     pub fn start_with(data_dir: &Path, conf: &[&str]) -> Standalone {
-        let extra_conf = if conf.is_empty() {
-            None
-        } else {
+        let mut lines: Vec<&str> = conf.to_vec();
+        if !lines.iter().any(|l| l.starts_with("mappedFileSizeCommitLog")) {
+            lines.push("mappedFileSizeCommitLog=33554432");
+        }
+        let extra_conf = {
             let p = data_dir.with_extension("conf");
-            std::fs::write(&p, conf.join("\n")).expect("write conf");
+            std::fs::write(&p, lines.join("\n")).expect("write conf");
             Some(p)
         };
         let mut s = Standalone {
