@@ -478,3 +478,104 @@ async fn a_consumer_started_with_a_brand_new_topic_does_not_wait_for_the_rebalan
     c.shutdown().await;
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_async_send_load_then_the_consumer_resumes_from_its_committed_offset() {
+    use spate_remoting::{request, RemotingCommand};
+    let dir = tempfile::tempdir().unwrap();
+    let mut spate = common::Standalone::start_with(
+        &dir.path().join("data"),
+        &["flushDiskType=SYNC_FLUSH", "flushConsumerOffsetInterval=200"],
+    );
+    let ns = spate.namesrv();
+    create_topic(&spate, "Crash", 2).await;
+    let fast_commits = |name: &str| {
+        let mut c = config(&ns, name);
+        c.persist_consumer_offset_interval = Duration::from_millis(100);
+        c
+    };
+    // A slow consumer (one worker, 10 ms a message) is still behind at the crash.
+    let before: Received = Arc::default();
+    let seen = before.clone();
+    let slow = MessageListener::concurrently(move |msgs, _| {
+        std::thread::sleep(Duration::from_millis(10));
+        seen.lock().extend(msgs.iter().cloned());
+        ConsumeStatus::ConsumeSuccess
+    });
+    let mut slow_options = consumer_options("crash-group");
+    slow_options.consume_thread_min = 1;
+    slow_options.consume_thread_max = 1;
+    let a = PushConsumer::new(fast_commits("a"), slow_options).unwrap();
+    a.subscribe("Crash", "*").unwrap();
+    a.start(slow).await.unwrap();
+    // Asynchronous sends; the callback records what the broker acknowledged.
+    let p = Producer::start(config(&ns, "p"), ProducerOptions::new("pg")).await.unwrap();
+    let acked: Arc<Mutex<Vec<(i32, i64, String)>>> = Arc::default();
+    let sending = Instant::now();
+    let mut i = 0u32;
+    while sending.elapsed() < Duration::from_millis(1500) {
+        let acked = acked.clone();
+        let body = format!("crash-{i}");
+        i += 1;
+        let b = body.clone();
+        let _ = p.send_async(Message::new("Crash", body), move |r| {
+            if let Ok(r) = r {
+                acked.lock().push((r.message_queue.queue_id, r.queue_offset, b));
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Let the consumer commit and the broker persist, then kill -9 while
+    // sends are still in flight.
+    for j in 0..50 {
+        let _ = p.send_async(Message::new("Crash", format!("late-{j}")), |_| {});
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    spate.kill9();
+    a.shutdown().await;
+    p.shutdown().await;
+    let acked = acked.lock().clone();
+    assert!(acked.len() > 100, "only {} sends acknowledged", acked.len());
+    spate.restart();
+
+    let raw = common::raw_client();
+    let mut committed = BTreeMap::new();
+    for q in 0..2 {
+        let req = RemotingCommand::request(request::QUERY_CONSUMER_OFFSET)
+            .with("consumerGroup", "crash-group")
+            .with("topic", "Crash")
+            .with("queueId", q);
+        let r = common::call(&raw, &spate.broker(), req).await;
+        committed.insert(q, r.field("offset").and_then(|v| v.parse::<i64>().ok()).expect("a committed offset"));
+    }
+    assert!(committed.values().any(|o| *o > 0), "the consumer had committed progress before the crash");
+    // A new consumer of the group resumes at the committed offsets.
+    let (after, l) = collecting();
+    let b = PushConsumer::new(fast_commits("b"), consumer_options("crash-group")).unwrap();
+    b.subscribe("Crash", "*").unwrap();
+    b.start(l).await.unwrap();
+    let needed: Vec<&(i32, i64, String)> = acked.iter().filter(|(q, o, _)| *o >= committed[q]).collect();
+    assert!(!needed.is_empty(), "the consumer was behind at the crash: something is left to resume");
+    wait_until("every acknowledged message past the committed offsets", Duration::from_secs(20), || {
+        let got: HashSet<Vec<u8>> = after.lock().iter().map(|m| m.body.to_vec()).collect();
+        needed.iter().all(|(_, _, body)| got.contains(body.as_bytes()))
+    })
+    .await;
+    for q in 0..2 {
+        if needed.iter().any(|(nq, _, _)| *nq == q) {
+            let first = after.lock().iter().filter(|m| m.queue_id == q).map(|m| m.queue_offset).min();
+            assert_eq!(first, Some(committed[&q]), "queue {q} resumed at its committed offset");
+        }
+    }
+    // Nothing acknowledged is missing across the crash.
+    let seen: HashSet<Vec<u8>> = before.lock().iter().chain(after.lock().iter()).map(|m| m.body.to_vec()).collect();
+    let missing: Vec<&String> = acked.iter().map(|(_, _, b)| b).filter(|b| !seen.contains(b.as_bytes())).collect();
+    assert!(missing.is_empty(), "{} acknowledged messages never delivered, e.g. {:?}", missing.len(), missing.first());
+    eprintln!(
+        "{} acknowledged before kill -9, {} consumed before it; resumed at {committed:?}, {} delivered after",
+        acked.len(),
+        before.lock().len(),
+        after.lock().len()
+    );
+    b.shutdown().await;
+}
