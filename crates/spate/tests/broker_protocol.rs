@@ -260,3 +260,121 @@ async fn bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_and_lookup_requests() {
+    use spate_remoting::protocol::{ConsumerListBody, HeartbeatData, KvTable};
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Standalone::start(&dir.path().join("data"));
+    let c = raw_client();
+    let b = spate.broker();
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let mut msg_ids = Vec::new();
+    for i in 0..4 {
+        let r = call(&c, &b, send_req("Look", 0, format!("m{i}").as_bytes(), "t")).await;
+        msg_ids.push(r.field("msgId").unwrap().to_string());
+    }
+    // Offsets and times (once the four are dispatched).
+    let q = |code| RemotingCommand::request(code).with("topic", "Look").with("queueId", 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while call(&c, &b, q(request::GET_MAX_OFFSET)).await.field("offset") != Some("4") {
+        assert!(Instant::now() < deadline, "messages never dispatched");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(call(&c, &b, q(request::GET_MIN_OFFSET)).await.field("offset"), Some("0"));
+    let earliest: i64 =
+        call(&c, &b, q(request::GET_EARLIEST_MSG_STORETIME)).await.field("timestamp").unwrap().parse().unwrap();
+    assert!(earliest >= before - 1000, "earliest store time {earliest} vs {before}");
+    let r = call(&c, &b, q(request::SEARCH_OFFSET_BY_TIMESTAMP).with("timestamp", before - 60_000)).await;
+    assert_eq!(r.field("offset"), Some("0"));
+    // View by id: the offset message id names the commit-log offset.
+    let (_, phys) = spate_common::message::parse_offset_msg_id(&msg_ids[2]).unwrap();
+    let r = call(&c, &b, RemotingCommand::request(request::VIEW_MESSAGE_BY_ID).with("offset", phys)).await;
+    assert_eq!(decode_record(&r.body, true).unwrap().body, b"m2");
+
+    // A consumer group: heartbeat, membership, connections, consume stats.
+    let hb = HeartbeatData {
+        client_id: "10.0.0.1@test".into(),
+        consumer_data_set: vec![spate_remoting::protocol::ConsumerData {
+            group_name: "look-group".into(),
+            consume_type: "CONSUME_PASSIVELY".into(),
+            message_model: "CLUSTERING".into(),
+            consume_from_where: "CONSUME_FROM_FIRST_OFFSET".into(),
+            subscription_data_set: vec![spate_remoting::protocol::TagFilter::parse("*").subscription("Look", "*", 1)],
+            unit_mode: false,
+        }],
+        ..Default::default()
+    };
+    let r =
+        call(&c, &b, RemotingCommand::request(request::HEART_BEAT).with_body(serde_json::to_vec(&hb).unwrap())).await;
+    assert_eq!(r.code, response::SUCCESS);
+    let r =
+        call(&c, &b, RemotingCommand::request(request::GET_CONSUMER_LIST_BY_GROUP).with("consumerGroup", "look-group"))
+            .await;
+    let ids: ConsumerListBody = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(ids.consumer_id_list, vec!["10.0.0.1@test".to_string()]);
+    let r = call(
+        &c,
+        &b,
+        RemotingCommand::request(request::GET_CONSUMER_CONNECTION_LIST).with("consumerGroup", "look-group"),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&r.body).contains("10.0.0.1@test"));
+    let commit = RemotingCommand::request(request::UPDATE_CONSUMER_OFFSET)
+        .with("consumerGroup", "look-group")
+        .with("topic", "Look")
+        .with("queueId", 0)
+        .with("commitOffset", 1);
+    assert_eq!(call(&c, &b, commit).await.code, response::SUCCESS);
+    let r = call(
+        &c,
+        &b,
+        RemotingCommand::request(request::GET_CONSUME_STATS).with("consumerGroup", "look-group").with("topic", "Look"),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    assert!(
+        text.contains(r#"{"brokerName":"broker-a","queueId":0,"topic":"Look"}:{"brokerOffset":4,"consumerOffset":1"#),
+        "{text}"
+    );
+    // Unregistering empties the group.
+    let un = RemotingCommand::request(request::UNREGISTER_CLIENT)
+        .with("clientID", "10.0.0.1@test")
+        .with("consumerGroup", "look-group");
+    assert_eq!(call(&c, &b, un).await.code, response::SUCCESS);
+    let r =
+        call(&c, &b, RemotingCommand::request(request::GET_CONSUMER_LIST_BY_GROUP).with("consumerGroup", "look-group"))
+            .await;
+    assert_eq!(r.code, response::SYSTEM_ERROR);
+
+    // Subscription groups.
+    let group = br#"{"groupName":"made-group","retryMaxTimes":3}"#;
+    let r = call(&c, &b, RemotingCommand::request(request::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP).with_body(&group[..]))
+        .await;
+    assert_eq!(r.code, response::SUCCESS);
+    let r = call(&c, &b, RemotingCommand::request(request::GET_ALL_SUBSCRIPTIONGROUP_CONFIG)).await;
+    assert!(String::from_utf8_lossy(&r.body).contains("\"made-group\""));
+
+    // Broker config: read, change a runtime key, refuse a restart-only key.
+    let r = call(&c, &b, RemotingCommand::request(request::GET_BROKER_CONFIG)).await;
+    assert!(String::from_utf8_lossy(&r.body).contains("autoCreateTopicEnable=true"));
+    let r = call(
+        &c,
+        &b,
+        RemotingCommand::request(request::UPDATE_BROKER_CONFIG).with_body(&b"autoCreateTopicEnable=false\n"[..]),
+    )
+    .await;
+    assert_eq!(r.code, response::SUCCESS);
+    let r = call(&c, &b, send_req("NotAutoCreated", 0, b"x", "t")).await;
+    assert_eq!(r.code, response::TOPIC_NOT_EXIST, "auto-creation is off now");
+    let r =
+        call(&c, &b, RemotingCommand::request(request::UPDATE_BROKER_CONFIG).with_body(&b"listenPort=1\n"[..])).await;
+    assert_eq!(r.code, response::INVALID_PARAMETER);
+    assert!(r.remark.unwrap_or_default().contains("listenPort"));
+
+    // Runtime info.
+    let r = call(&c, &b, RemotingCommand::request(request::GET_BROKER_RUNTIME_INFO)).await;
+    let kv: KvTable = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(kv.table["msgPutTotalTodayNow"], "4");
+    assert!(kv.table["commitLogMaxOffset"].parse::<u64>().unwrap() > 0);
+}
