@@ -46,6 +46,8 @@ impl ConsumerGroup {
 
 /// Most clients one group may have on one broker.
 pub const MAX_CLIENTS_PER_GROUP: usize = 10_000;
+/// Most consumer (and, separately, producer) groups one broker tracks.
+pub const MAX_GROUPS: usize = 100_000;
 
 /// Consumer and producer groups.
 #[derive(Default)]
@@ -59,6 +61,10 @@ impl Clients {
     /// list changed (the members must be told to rebalance).
     pub fn register_consumer(&self, channel: ClientChannel, data: &ConsumerData) -> bool {
         let mut groups = self.consumers.lock();
+        if !groups.contains_key(&data.group_name) && groups.len() >= MAX_GROUPS {
+            tracing::warn!(group = %data.group_name, "too many consumer groups; heartbeat ignored");
+            return false;
+        }
         let g = groups.entry(data.group_name.clone()).or_default();
         g.consume_type = data.consume_type.clone();
         g.message_model = data.message_model.clone();
@@ -78,6 +84,9 @@ impl Clients {
 
     pub fn register_producer(&self, group: &str, channel: ClientChannel) {
         let mut p = self.producers.lock();
+        if !p.contains_key(group) && p.len() >= MAX_GROUPS {
+            return;
+        }
         let members = p.entry(group.to_string()).or_default();
         if members.len() < MAX_CLIENTS_PER_GROUP || members.contains_key(&channel.client_id) {
             members.insert(channel.client_id.clone(), channel);
@@ -185,7 +194,12 @@ impl QueueLocks {
         now: Instant,
     ) -> BTreeSet<MessageQueue> {
         let mut all = self.locks.lock();
+        if !all.contains_key(group) && all.len() >= MAX_GROUPS {
+            return BTreeSet::new();
+        }
         let table = all.entry(group.to_string()).or_default();
+        // Expired locks of the group go first, so the table cannot only grow.
+        table.retain(|_, (_, at)| now.saturating_duration_since(*at) <= LOCK_MAX_LIVE_TIME);
         let mut held = BTreeSet::new();
         for mq in mqs {
             let free = match table.get(mq) {

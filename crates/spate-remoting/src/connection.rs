@@ -61,7 +61,7 @@ impl Default for ConnectionConfig {
         ConnectionConfig {
             frame_max_length: DEFAULT_FRAME_MAX_LENGTH,
             idle_timeout: Duration::from_secs(120),
-            outbound_queue_frames: 4096,
+            outbound_queue_frames: 1024,
             max_inbound_in_flight: 1024,
             max_outbound_pending: 65535,
             write_timeout: Duration::from_secs(30),
