@@ -12,4 +12,6 @@ main="$(dirname "$here")"
 export SPATE_BIN="${SPATE_BIN:-$main/target/debug/spate}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/interop-target}"
 cd "$here"
+# Once with the client's default JSON headers, once with ROCKETMQ binary headers.
 nice -n 15 cargo test --test interop -- --nocapture "$@"
+ROCKETMQ_SERIALIZE_TYPE=ROCKETMQ nice -n 15 cargo test --test interop -- --nocapture "$@"

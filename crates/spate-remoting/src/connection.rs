@@ -246,6 +246,7 @@ async fn read_loop(
             }
             Ok(Some(Ok(cmd))) => cmd,
         };
+        tracing::trace!(peer = %conn.peer, code = cmd.code, response = cmd.is_response(), header = ?cmd.serialize_type, "frame");
         if cmd.is_response() {
             conn.complete(cmd);
             continue;
