@@ -5,8 +5,11 @@
 //! produce N messages -> push-consume them in a new clustering group from the
 //! first offset -> check every message arrived with identical body, tag, key,
 //! user properties, queue and offset -> consume them again with Spate's own
-//! client (`spate-client`) in another new group, checked the same way.
-//! Duplicates are allowed but counted.
+//! client (`spate-client`) in another new group, checked the same way. In
+//! the reverse direction, spate-client produces the same kind of messages
+//! (bodies over 4 KiB go zlib-compressed) and rocketmq-client-rust consumes
+//! them. Duplicates are allowed but counted. `run.sh` runs it with JSON and
+//! with ROCKETMQ binary headers.
 //!
 //! Environment:
 //! - `SPATE_BIN`: the spate binary (default `../target/debug/spate` relative to
@@ -38,6 +41,8 @@ use rocketmq_protocol::protocol::heartbeat::message_model::MessageModel;
 use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
 
 const TOPIC: &str = "SpateInteropTopic";
+/// Produced by spate-client, consumed by rocketmq-client-rust.
+const SPATE_TOPIC: &str = "SpateProducedTopic";
 const QUEUES: i32 = 4;
 /// Key topic for `createTopic`: the broker's default topic, as upstream.
 const CREATE_TOPIC_KEY: &str = "TBW102";
@@ -297,6 +302,13 @@ fn rocketmq_rust_client_round_trip() {
     let namesrv = server.namesrv_addr();
     let n = message_count();
 
+    // Spate's client produces to a second topic first; rocketmq-client-rust
+    // consumes it below (the reverse direction).
+    let sent_by_spate = {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+        rt.block_on(produce_with_spate_client(&namesrv, n))
+    };
+
     let owner = client_runtime_owner();
     let telemetry = TelemetryRuntimeGuard::noop();
     let client_runtime = ClientRuntime::try_new(
@@ -440,6 +452,48 @@ fn rocketmq_rust_client_round_trip() {
         );
 
         // ---------------------------------------------------------------------
+        // --- push consume what spate-client produced (rocketmq-client-rust) ---
+        let collected2 = Arc::new(Mutex::new(Collected::default()));
+        let mut consumer2 = DefaultMQPushConsumer::builder(client_runtime.clone())
+            .consumer_group(format!("interop_reverse_{run_id}"))
+            .name_server_addr(namesrv.clone())
+            .message_model(MessageModel::Clustering)
+            .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+            .consume_thread_min(32)
+            .consume_thread_max(64)
+            .build();
+        bounded("subscribe", SETUP_TIMEOUT, consumer2.subscribe(SPATE_TOPIC, "TagA || TagB")).await.expect("subscribe");
+        consumer2.register_message_listener_concurrently(RecordingListener { collected: collected2.clone() });
+        let start2 = Instant::now();
+        bounded("consumer start", SETUP_TIMEOUT, consumer2.start()).await.expect("consumer start");
+        while start2.elapsed() < CONSUME_TIMEOUT {
+            let done = {
+                let c = collected2.lock().unwrap();
+                sent_by_spate.iter().all(|s| c.by_key.contains_key(&s.key))
+            };
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if tokio::time::timeout(SETUP_TIMEOUT, consumer2.shutdown()).await.is_err() {
+            eprintln!("note: consumer shutdown took longer than {SETUP_TIMEOUT:?}");
+        }
+        let report2 = verify(&sent_by_spate, &collected2.lock().unwrap(), SPATE_TOPIC);
+        println!(
+            "rocketmq-client-rust consumer of spate-client's messages: {} of {} distinct, {} deliveries, {} duplicate deliveries",
+            report2.distinct,
+            sent_by_spate.len(),
+            report2.deliveries,
+            report2.duplicates
+        );
+        assert!(
+            report2.distinct == sent_by_spate.len() && report2.problems.is_empty(),
+            "rocketmq-client-rust did not read back what spate-client produced:\n{}",
+            report2.problems.join("\n")
+        );
+
         // Shutdown problems are reported, not failed: they are not interop results.
         if tokio::time::timeout(SETUP_TIMEOUT, producer.shutdown()).await.is_err() {
             eprintln!("note: producer shutdown took longer than {SETUP_TIMEOUT:?}");
@@ -677,4 +731,43 @@ async fn consume_with_spate_client(namesrv: &str, run_id: &str, sent: &[Sent]) -
     consumer.shutdown().await;
     let c = collected.lock().unwrap();
     Collected { by_key: c.by_key.clone(), without_key: c.without_key.clone(), deliveries: c.deliveries }
+}
+
+/// Produces `n` messages like the rocketmq-client-rust producer does (same
+/// bodies, tags, keys and properties) with spate-client, to SPATE_TOPIC,
+/// which the broker creates on first send.
+async fn produce_with_spate_client(namesrv: &str, n: usize) -> Vec<Sent> {
+    use spate_client::{ClientConfig, Message, Producer, ProducerOptions};
+    let producer = Producer::start(
+        ClientConfig::new(namesrv).with_instance_name("interop-spate-p"),
+        ProducerOptions::new("interop_spate_producer"),
+    )
+    .await
+    .expect("spate producer");
+    let mut sent = Vec::with_capacity(n);
+    for i in 0..n {
+        let tag = TAGS[i % 2];
+        let key = format!("spate-key-{i:04}");
+        let (seq, note, body) = (i.to_string(), format!("größe-{i}-ß✓"), make_body(i));
+        let msg = Message::new(SPATE_TOPIC, body.clone())
+            .with_tags(tag)
+            .with_keys([key.clone()])
+            .with_property(PROP_SEQ, seq.clone())
+            .with_property(PROP_NOTE, note.clone());
+        let r = producer.send(msg).await.unwrap_or_else(|e| panic!("spate-client send #{i}: {e}"));
+        sent.push(Sent {
+            key,
+            tag,
+            body,
+            seq,
+            note,
+            msg_id: r.msg_id.clone(),
+            offset_msg_id: Some(r.offset_msg_id.clone()),
+            queue_id: r.message_queue.queue_id,
+            queue_offset: r.queue_offset as u64,
+        });
+    }
+    producer.shutdown().await;
+    println!("spate-client produced {n} messages to {SPATE_TOPIC}");
+    sent
 }
