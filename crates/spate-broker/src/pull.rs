@@ -89,7 +89,7 @@ pub async fn pull(
     if h.queue_id < 0 || h.queue_id >= tc.read_queue_nums {
         return Ok(RemotingCommand::error(
             req,
-            response::INVALID_PARAMETER,
+            response::SYSTEM_ERROR,
             format!("queueId[{}] is illegal, topic[{}] has {} read queues", h.queue_id, h.topic, tc.read_queue_nums),
         ));
     }

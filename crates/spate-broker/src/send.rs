@@ -150,9 +150,12 @@ pub async fn send(
     let queue_id =
         if h.queue_id < 0 { (rand_index() % topic_config.write_queue_nums.max(1) as u64) as i32 } else { h.queue_id };
     if queue_id >= topic_config.write_queue_nums.max(topic_config.read_queue_nums) {
+        // SYSTEM_ERROR as upstream: clients retry it after refreshing the
+        // route (a producer still on TBW102's route may pick a queue the
+        // real topic does not have).
         return Ok(RemotingCommand::error(
             req,
-            response::INVALID_PARAMETER,
+            response::SYSTEM_ERROR,
             format!(
                 "queueId[{queue_id}] is illegal, topic[{}] has {} write queues",
                 h.topic, topic_config.write_queue_nums

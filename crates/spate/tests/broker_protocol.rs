@@ -245,7 +245,8 @@ async fn bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
     assert_eq!(r.code, response::INVALID_PARAMETER);
     // A pull on a queue the topic does not have.
     let r = call(&c, &broker, pull_req("Healthy", 999, 0, 0, "*")).await;
-    assert_eq!(r.code, response::INVALID_PARAMETER);
+    assert_eq!(r.code, response::SYSTEM_ERROR);
+    assert!(r.remark.unwrap_or_default().contains("queueId[999] is illegal"));
     // Still serving, and nothing stored was damaged.
     assert_eq!(call(&c, &broker, healthy()).await.code, response::SUCCESS);
     // (Dispatch follows the acknowledgement closely; poll briefly.)

@@ -579,3 +579,50 @@ async fn kill_9_under_async_send_load_then_the_consumer_resumes_from_its_committ
     );
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_fail_over_to_the_other_broker_when_one_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = common::Proc::namesrv();
+    let mut a = common::Proc::broker(dir.path(), "broker-a", &ns.addr());
+    let b = common::Proc::broker(dir.path(), "broker-b", &ns.addr());
+    let raw = common::raw_client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        use spate_remoting::{protocol, request, RemotingCommand};
+        let r = common::call(&raw, &ns.addr(), RemotingCommand::request(request::GET_BROKER_CLUSTER_INFO)).await;
+        let info: protocol::ClusterInfo = protocol::json::decode(&r.body, "cluster").unwrap();
+        if info.broker_addr_table.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both brokers never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["admin", "updateTopic", "-n", &ns.addr(), "-t", "Both", "-r", "2", "-w", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p = Producer::start(config(&ns.addr(), "p"), ProducerOptions::new("pg")).await.unwrap();
+    let mut brokers = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while brokers.len() < 2 {
+        assert!(Instant::now() < deadline, "sends never reached both brokers");
+        let r = p.send(Message::new("Both", "before")).await.unwrap();
+        brokers.insert(r.message_queue.broker_name);
+    }
+    a.kill9();
+    let t = Instant::now();
+    let mut landed = HashSet::new();
+    for i in 0..100 {
+        let r = p
+            .send(Message::new("Both", format!("after-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("send {i} after the kill: {e}"));
+        landed.insert(r.message_queue.broker_name);
+    }
+    eprintln!("100 sends after kill -9 of broker-a took {:?}", t.elapsed());
+    assert_eq!(landed, HashSet::from(["broker-b".to_string()]), "every send after the kill went to the live broker");
+    drop(b);
+    p.shutdown().await;
+}

@@ -147,3 +147,74 @@ pub fn raw_client() -> RemotingClient {
 pub async fn call(client: &RemotingClient, addr: &str, req: RemotingCommand) -> RemotingCommand {
     client.invoke(addr, req, Duration::from_secs(10)).await.expect("call answered")
 }
+
+/// A `spate namesrv` or `spate broker` child process, killed when dropped.
+pub struct Proc {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Proc {
+    /// `spate namesrv --port <free>`.
+    pub fn namesrv() -> Proc {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(["namesrv", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn namesrv");
+        let p = Proc { child: Some(child), port };
+        p.wait_port();
+        p
+    }
+
+    /// `spate broker -c <conf>` named `name`, registering with `namesrv`.
+    pub fn broker(dir: &Path, name: &str, namesrv: &str) -> Proc {
+        let port = free_port();
+        let conf = dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "brokerName={name}\nlistenPort={port}\nbrokerIP1=127.0.0.1\nnamesrvAddr={namesrv}\nstorePathRootDir={}\nmappedFileSizeCommitLog=33554432\n",
+                dir.join(name).display()
+            ),
+        )
+        .expect("write broker.conf");
+        let child = Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(["broker", "-c", conf.to_str().expect("utf-8 path")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn broker");
+        let p = Proc { child: Some(child), port };
+        p.wait_port();
+        p
+    }
+
+    fn wait_port(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "port {} never opened", self.port);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
