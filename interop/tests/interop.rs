@@ -417,19 +417,7 @@ fn rocketmq_rust_client_round_trip() {
         let consume_start = Instant::now();
         bounded("consumer start", SETUP_TIMEOUT, consumer.start()).await.expect("consumer start");
 
-        let expected: Vec<&str> = sent.iter().map(|s| s.key.as_str()).collect();
-        let all_arrived = loop {
-            {
-                let c = collected.lock().unwrap();
-                if expected.iter().all(|k| c.by_key.contains_key(*k)) {
-                    break true;
-                }
-            }
-            if consume_start.elapsed() >= CONSUME_TIMEOUT {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let all_arrived = wait_for_all(&collected, &sent, consume_start).await;
         let elapsed = consume_start.elapsed();
         // Give in-flight redeliveries a moment to show up in the duplicate count.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -466,16 +454,7 @@ fn rocketmq_rust_client_round_trip() {
         consumer2.register_message_listener_concurrently(RecordingListener { collected: collected2.clone() });
         let start2 = Instant::now();
         bounded("consumer start", SETUP_TIMEOUT, consumer2.start()).await.expect("consumer start");
-        while start2.elapsed() < CONSUME_TIMEOUT {
-            let done = {
-                let c = collected2.lock().unwrap();
-                sent_by_spate.iter().all(|s| c.by_key.contains_key(&s.key))
-            };
-            if done {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_all(&collected2, &sent_by_spate, start2).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         if tokio::time::timeout(SETUP_TIMEOUT, consumer2.shutdown()).await.is_err() {
             eprintln!("note: consumer shutdown took longer than {SETUP_TIMEOUT:?}");
@@ -716,17 +695,7 @@ async fn consume_with_spate_client(namesrv: &str, run_id: &str, sent: &[Sent]) -
         }))
         .await
         .expect("spate consumer start");
-    let start = Instant::now();
-    while start.elapsed() < CONSUME_TIMEOUT {
-        let done = {
-            let c = collected.lock().unwrap();
-            sent.iter().all(|s| c.by_key.contains_key(&s.key))
-        };
-        if done {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_all(&collected, sent, Instant::now()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     consumer.shutdown().await;
     let c = collected.lock().unwrap();
@@ -770,4 +739,18 @@ async fn produce_with_spate_client(namesrv: &str, n: usize) -> Vec<Sent> {
     producer.shutdown().await;
     println!("spate-client produced {n} messages to {SPATE_TOPIC}");
     sent
+}
+
+/// Waits until every sent key has been delivered, or CONSUME_TIMEOUT after
+/// `start`; true when all arrived.
+async fn wait_for_all(collected: &Mutex<Collected>, sent: &[Sent], start: Instant) -> bool {
+    loop {
+        if sent.iter().all(|s| collected.lock().unwrap().by_key.contains_key(&s.key)) {
+            return true;
+        }
+        if start.elapsed() >= CONSUME_TIMEOUT {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

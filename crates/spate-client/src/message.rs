@@ -10,22 +10,15 @@ use spate_common::message::{self as wire, property, MessageError, SYSFLAG_COMPRE
 
 use crate::error::{ClientError, Result};
 
-/// Property names the client reads or writes beyond those in `spate_common`.
-pub mod property_name {
-    /// Times a message has been consumed again (on retry-topic messages).
-    pub const RECONSUME_TIME: &str = "RECONSUME_TIME";
-    /// Retry limit carried with a retried message.
-    pub const MAX_RECONSUME_TIMES: &str = "MAX_RECONSUME_TIMES";
-    /// Lowest offset of the queue when the message was pulled.
-    pub const MIN_OFFSET: &str = "MIN_OFFSET";
-    /// Highest offset of the queue when the message was pulled.
-    pub const MAX_OFFSET: &str = "MAX_OFFSET";
-    /// When consumption of the message started (ms since the epoch).
-    pub const CONSUME_START_TIME: &str = "CONSUME_START_TIME";
-}
+/// Property names (kept in `spate_common`, the one place for them).
+pub use spate_common::message::property as property_name;
 
 /// Separator of several keys in the `KEYS` property.
 pub const KEY_SEPARATOR: &str = " ";
+
+fn split_keys(keys: Option<&str>) -> Vec<&str> {
+    keys.map(|k| k.split(KEY_SEPARATOR).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
+}
 
 /// A message to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,9 +87,7 @@ impl Message {
 
     /// The keys, if any.
     pub fn keys(&self) -> Vec<&str> {
-        self.property(property::KEYS)
-            .map(|k| k.split(KEY_SEPARATOR).filter(|s| !s.is_empty()).collect())
-            .unwrap_or_default()
+        split_keys(self.property(property::KEYS))
     }
 
     /// The delay level (0 when not delayed).
@@ -199,9 +190,7 @@ impl MessageExt {
 
     /// The keys, if any.
     pub fn keys(&self) -> Vec<&str> {
-        self.property(property::KEYS)
-            .map(|k| k.split(KEY_SEPARATOR).filter(|s| !s.is_empty()).collect())
-            .unwrap_or_default()
+        split_keys(self.property(property::KEYS))
     }
 
     /// A property.

@@ -70,6 +70,16 @@ pub mod property {
     pub const RETRY_TOPIC: &str = "RETRY_TOPIC";
     /// Original message id of a retried message.
     pub const ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
+    /// Times a message has been consumed again (on retry-topic messages).
+    pub const RECONSUME_TIME: &str = "RECONSUME_TIME";
+    /// Retry limit carried with a retried message.
+    pub const MAX_RECONSUME_TIMES: &str = "MAX_RECONSUME_TIMES";
+    /// Lowest offset of the queue when the message was pulled.
+    pub const MIN_OFFSET: &str = "MIN_OFFSET";
+    /// Highest offset of the queue when the message was pulled.
+    pub const MAX_OFFSET: &str = "MAX_OFFSET";
+    /// When consumption of the message started (ms since the epoch).
+    pub const CONSUME_START_TIME: &str = "CONSUME_START_TIME";
 }
 
 /// Longest topic name RocketMQ accepts.

@@ -183,13 +183,8 @@ impl ClientInstance {
         Ok(body.consumer_id_list)
     }
 
-    /// Locks `mqs` (all on the broker at `addr`) for this client; returns those now held.
-    pub(crate) async fn lock_batch(
-        &self,
-        addr: &str,
-        group: &str,
-        mqs: BTreeSet<MessageQueue>,
-    ) -> Result<BTreeSet<MessageQueue>> {
+    /// The body of LOCK_BATCH_MQ and UNLOCK_BATCH_MQ.
+    fn lock_body(&self, group: &str, mqs: BTreeSet<MessageQueue>) -> Vec<u8> {
         let body = LockBatchRequestBody {
             consumer_group: group.to_string(),
             client_id: self.client_id().to_string(),
@@ -197,8 +192,17 @@ impl ClientInstance {
             mq_set: mqs,
         };
         // Plain structs: encoding cannot fail.
-        let body = serde_json::to_vec(&body).unwrap_or_default();
-        let req = RemotingCommand::request(request::LOCK_BATCH_MQ).with_body(body);
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// Locks `mqs` (all on the broker at `addr`) for this client; returns those now held.
+    pub(crate) async fn lock_batch(
+        &self,
+        addr: &str,
+        group: &str,
+        mqs: BTreeSet<MessageQueue>,
+    ) -> Result<BTreeSet<MessageQueue>> {
+        let req = RemotingCommand::request(request::LOCK_BATCH_MQ).with_body(self.lock_body(group, mqs));
         let resp = self.call_ok(addr, req).await?;
         let out: LockBatchResponseBody = json::decode(&resp.body, "LockBatchResponseBody")
             .map_err(|e| ClientError::BadResponse { addr: addr.to_string(), reason: e.to_string() })?;
@@ -207,15 +211,7 @@ impl ClientInstance {
 
     /// Releases this client's locks on `mqs` (all on the broker at `addr`).
     pub(crate) async fn unlock_batch(&self, addr: &str, group: &str, mqs: BTreeSet<MessageQueue>) -> Result<()> {
-        let body = LockBatchRequestBody {
-            consumer_group: group.to_string(),
-            client_id: self.client_id().to_string(),
-            only_this_broker: false,
-            mq_set: mqs,
-        };
-        // Plain structs: encoding cannot fail.
-        let body = serde_json::to_vec(&body).unwrap_or_default();
-        let req = RemotingCommand::request(request::UNLOCK_BATCH_MQ).with_body(body);
+        let req = RemotingCommand::request(request::UNLOCK_BATCH_MQ).with_body(self.lock_body(group, mqs));
         self.call_ok(addr, req).await.map(|_| ())
     }
 

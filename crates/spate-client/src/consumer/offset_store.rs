@@ -22,6 +22,19 @@ pub(crate) enum OffsetBackend {
     LocalFile(PathBuf),
 }
 
+impl OffsetBackend {
+    /// Clustering keeps offsets on the brokers; broadcasting in
+    /// `<dir>/<clientId>/<group>/offsets.json`.
+    pub(crate) fn for_model(model: super::MessageModel, dir: &std::path::Path, client_id: &str, group: &str) -> Self {
+        match model {
+            super::MessageModel::Clustering => OffsetBackend::Remote,
+            super::MessageModel::Broadcasting => {
+                OffsetBackend::LocalFile(dir.join(client_id).join(group).join("offsets.json"))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct OffsetFile {

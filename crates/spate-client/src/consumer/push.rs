@@ -212,12 +212,12 @@ impl PushConsumer {
 
     fn build(instance: Arc<ClientInstance>, options: PushConsumerOptions, owns: bool) -> Result<PushConsumer> {
         options.validate()?;
-        let backend = match options.message_model {
-            MessageModel::Clustering => OffsetBackend::Remote,
-            MessageModel::Broadcasting => OffsetBackend::LocalFile(
-                options.offset_store_dir.join(instance.client_id()).join(&options.group).join("offsets.json"),
-            ),
-        };
+        let backend = OffsetBackend::for_model(
+            options.message_model,
+            &options.offset_store_dir,
+            instance.client_id(),
+            &options.group,
+        );
         let offsets = OffsetStore::new(&options.group, instance.clone(), backend)?;
         let workers = Arc::new(Semaphore::new(options.consume_thread_max));
         Ok(PushConsumer {
