@@ -403,27 +403,8 @@ fn rocketmq_rust_client_round_trip() {
         }
 
         // --- push consume (rocketmq-client-rust) -----------------------------
-        let collected = Arc::new(Mutex::new(Collected::default()));
-        let mut consumer = DefaultMQPushConsumer::builder(client_runtime.clone())
-            .consumer_group(format!("interop_consumer_{run_id}"))
-            .name_server_addr(namesrv.clone())
-            .message_model(MessageModel::Clustering)
-            .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
-            .consume_thread_min(32)
-            .consume_thread_max(64)
-            .build();
-        bounded("subscribe", SETUP_TIMEOUT, consumer.subscribe(TOPIC, "TagA || TagB")).await.expect("subscribe");
-        consumer.register_message_listener_concurrently(RecordingListener { collected: collected.clone() });
-        let consume_start = Instant::now();
-        bounded("consumer start", SETUP_TIMEOUT, consumer.start()).await.expect("consumer start");
-
-        let all_arrived = wait_for_all(&collected, &sent, consume_start).await;
-        let elapsed = consume_start.elapsed();
-        // Give in-flight redeliveries a moment to show up in the duplicate count.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if tokio::time::timeout(SETUP_TIMEOUT, consumer.shutdown()).await.is_err() {
-            eprintln!("note: consumer shutdown took longer than {SETUP_TIMEOUT:?}");
-        }
+        let group = format!("interop_consumer_{run_id}");
+        let (collected, all_arrived, elapsed) = consume_with_rocketmq(&client_runtime, &namesrv, group, TOPIC, &sent).await;
 
         let report = verify(&sent, &collected.lock().unwrap(), TOPIC);
         println!(
@@ -441,24 +422,8 @@ fn rocketmq_rust_client_round_trip() {
 
         // ---------------------------------------------------------------------
         // --- push consume what spate-client produced (rocketmq-client-rust) ---
-        let collected2 = Arc::new(Mutex::new(Collected::default()));
-        let mut consumer2 = DefaultMQPushConsumer::builder(client_runtime.clone())
-            .consumer_group(format!("interop_reverse_{run_id}"))
-            .name_server_addr(namesrv.clone())
-            .message_model(MessageModel::Clustering)
-            .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
-            .consume_thread_min(32)
-            .consume_thread_max(64)
-            .build();
-        bounded("subscribe", SETUP_TIMEOUT, consumer2.subscribe(SPATE_TOPIC, "TagA || TagB")).await.expect("subscribe");
-        consumer2.register_message_listener_concurrently(RecordingListener { collected: collected2.clone() });
-        let start2 = Instant::now();
-        bounded("consumer start", SETUP_TIMEOUT, consumer2.start()).await.expect("consumer start");
-        wait_for_all(&collected2, &sent_by_spate, start2).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if tokio::time::timeout(SETUP_TIMEOUT, consumer2.shutdown()).await.is_err() {
-            eprintln!("note: consumer shutdown took longer than {SETUP_TIMEOUT:?}");
-        }
+        let group = format!("interop_reverse_{run_id}");
+        let (collected2, _, _) = consume_with_rocketmq(&client_runtime, &namesrv, group, SPATE_TOPIC, &sent_by_spate).await;
         let report2 = verify(&sent_by_spate, &collected2.lock().unwrap(), SPATE_TOPIC);
         println!(
             "rocketmq-client-rust consumer of spate-client's messages: {} of {} distinct, {} deliveries, {} duplicate deliveries",
@@ -753,4 +718,37 @@ async fn wait_for_all(collected: &Mutex<Collected>, sent: &[Sent], start: Instan
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Push-consumes `topic` with rocketmq-client-rust in a new clustering
+/// group from the first offset until every `sent` key arrived (or the
+/// timeout); returns the deliveries, whether all arrived, and how long it took.
+async fn consume_with_rocketmq(
+    client_runtime: &Arc<ClientRuntime>,
+    namesrv: &str,
+    group: String,
+    topic: &str,
+    sent: &[Sent],
+) -> (Arc<Mutex<Collected>>, bool, Duration) {
+    let collected = Arc::new(Mutex::new(Collected::default()));
+    let mut consumer = DefaultMQPushConsumer::builder(client_runtime.clone())
+        .consumer_group(group)
+        .name_server_addr(namesrv.to_string())
+        .message_model(MessageModel::Clustering)
+        .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+        .consume_thread_min(32)
+        .consume_thread_max(64)
+        .build();
+    bounded("subscribe", SETUP_TIMEOUT, consumer.subscribe(topic, "TagA || TagB")).await.expect("subscribe");
+    consumer.register_message_listener_concurrently(RecordingListener { collected: collected.clone() });
+    let start = Instant::now();
+    bounded("consumer start", SETUP_TIMEOUT, consumer.start()).await.expect("consumer start");
+    let all_arrived = wait_for_all(&collected, sent, start).await;
+    let elapsed = start.elapsed();
+    // Give in-flight redeliveries a moment to show up in the duplicate count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if tokio::time::timeout(SETUP_TIMEOUT, consumer.shutdown()).await.is_err() {
+        eprintln!("note: consumer shutdown took longer than {SETUP_TIMEOUT:?}");
+    }
+    (collected, all_arrived, elapsed)
 }
