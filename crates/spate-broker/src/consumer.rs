@@ -216,7 +216,7 @@ pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
         reconsume_times: times,
         prepared_tx_offset: 0,
     };
-    let put = match state.store.put_message(&msg) {
+    let put = match crate::send::put_one(state, msg).await {
         Ok(p) => p,
         Err(e) => return Ok(store_error_response(req, &e)),
     };

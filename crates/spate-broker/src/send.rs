@@ -6,7 +6,7 @@ use bytes::{Buf, Bytes};
 use spate_common::message::{self, offset_msg_id, property, NewMessage};
 use spate_remoting::protocol::{perm, DEFAULT_TOPIC, DLQ_GROUP_TOPIC_PREFIX, RETRY_GROUP_TOPIC_PREFIX};
 use spate_remoting::{request, response, Connection, RemotingCommand};
-use spate_store::StoreError;
+use spate_store::{PutBatchResult, PutResult, StoreError};
 
 use crate::error::BrokerError;
 use crate::BrokerState;
@@ -70,6 +70,36 @@ impl SendHeader {
             batch: req.opt_bool_field("batch")?.unwrap_or(false),
         })
     }
+}
+
+/// Stores one message. The append is a memory copy and runs inline, except
+/// near the end of a segment, where it might wait for the next one: then it
+/// runs on the blocking pool so no runtime worker waits.
+pub async fn put_one(state: &Arc<BrokerState>, msg: NewMessage) -> Result<PutResult, StoreError> {
+    if !state.store.append_may_wait(approx_record_len(&msg)) {
+        return state.store.put_message(&msg);
+    }
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.put_message(&msg))
+        .await
+        .unwrap_or(Err(StoreError::Busy("append task failed")))
+}
+
+/// Stores a batch contiguously, like [`put_one`].
+pub async fn put_many(state: &Arc<BrokerState>, msgs: Vec<NewMessage>) -> Result<PutBatchResult, StoreError> {
+    let bytes: usize = msgs.iter().map(approx_record_len).sum();
+    if !state.store.append_may_wait(bytes) {
+        return state.store.put_messages(&msgs);
+    }
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.put_messages(&msgs))
+        .await
+        .unwrap_or(Err(StoreError::Busy("append task failed")))
+}
+
+/// A record's size give or take its fixed header (at most ~120 bytes).
+fn approx_record_len(m: &NewMessage) -> usize {
+    m.body.len() + m.properties.len() + m.topic.len() + 128
 }
 
 /// Maps a store failure to the response a client understands.
@@ -178,7 +208,8 @@ pub async fn send(
     if req.code == request::SEND_BATCH_MESSAGE || h.batch {
         return send_batch(state, req, base).await;
     }
-    let put = match state.store.put_message(&base) {
+    let queue_id = base.queue_id;
+    let put = match put_one(state, base).await {
         Ok(p) => p,
         Err(e) => return Ok(store_error_response(req, &e)),
     };
@@ -208,7 +239,8 @@ async fn send_batch(
     if msgs.is_empty() {
         return Ok(RemotingCommand::error(req, response::MESSAGE_ILLEGAL, "batch has no messages"));
     }
-    let put = match state.store.put_messages(&msgs) {
+    let queue_id = base.queue_id;
+    let put = match put_many(state, msgs).await {
         Ok(p) => p,
         Err(e) => return Ok(store_error_response(req, &e)),
     };
@@ -222,7 +254,7 @@ async fn send_batch(
     let first_offset = put.appends.first().map_or(0, |a| a.queue_offset);
     Ok(resp
         .with("msgId", ids.join(","))
-        .with("queueId", base.queue_id)
+        .with("queueId", queue_id)
         .with("queueOffset", first_offset)
         .with("MSG_REGION", "DefaultRegion")
         .with("TRACE_ON", "true"))

@@ -237,6 +237,11 @@ impl CommitLog {
         self.segments.read().last().map(|s| s.end_offset())
     }
 
+    /// Bytes left in the current segment (0 when there is none yet).
+    pub fn room_in_current_segment(&self) -> u64 {
+        self.current_segment_end().map_or(0, |end| end.saturating_sub(self.max_offset()))
+    }
+
     /// Takes the writer lock (appends, truncation).
     pub fn lock_writer(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock()

@@ -291,6 +291,16 @@ impl MessageStore {
         Ok(PutResult { append, flush })
     }
 
+    /// Whether appending about `bytes` might have to wait for the next
+    /// segment: the current one has less than `bytes` plus a margin of two
+    /// largest messages left (or there is none yet). Callers on an async
+    /// runtime hand such appends to a blocking thread; every other append
+    /// is a memory copy. The margin covers appends racing this check.
+    pub fn append_may_wait(&self, bytes: usize) -> bool {
+        let margin = 2 * self.inner.config.max_message_size as u64;
+        self.inner.commit_log.room_in_current_segment() < bytes as u64 + margin
+    }
+
     /// Stores messages contiguously (all in one segment).
     pub fn put_messages(&self, msgs: &[NewMessage]) -> Result<PutBatchResult> {
         self.check_open()?;

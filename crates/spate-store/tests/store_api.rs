@@ -469,3 +469,26 @@ fn deleted_topic_starts_again_at_offset_zero_and_others_are_untouched() {
     assert!(store.wait_dispatched(std::time::Duration::from_secs(5)));
     assert_eq!(store.max_offset_in_queue("Kept", 0), 6);
 }
+
+#[test]
+fn append_may_wait_only_near_a_segment_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path())).unwrap();
+    // 256 KiB segments, 64 KiB max message: the margin is 128 KiB.
+    store.put_message(&msg("T", 0, b"first", None, None)).unwrap();
+    assert!(!store.append_may_wait(1024), "plenty of room at the start of a segment");
+    let body = vec![7u8; 30 * 1024];
+    while !store.append_may_wait(1024) {
+        store.put_message(&msg("T", 0, &body, None, None)).unwrap();
+    }
+    // Within the margin of the segment end now; the first record of the
+    // next segment brings the room back.
+    loop {
+        let put = store.put_message(&msg("T", 0, &body, None, None)).unwrap();
+        if put.append.physical_offset >= 256 * 1024 {
+            break;
+        }
+        assert!(store.append_may_wait(1024), "still near the end of the first segment");
+    }
+    assert!(!store.append_may_wait(1024));
+}
