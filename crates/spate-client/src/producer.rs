@@ -252,7 +252,7 @@ impl Producer {
         let route = self.inner.instance.publish_route(&out.topic, self.inner.options.default_topic_queue_nums).await?;
         let mq = {
             let mut c = self.inner.queue_counter.fetch_add(1, Ordering::Relaxed);
-            select_queue(&route.write_queues, &mut c, None).cloned()
+            select_queue(&route.write_queues, &mut c, &[]).cloned()
         }
         .ok_or_else(|| ClientError::NoRoute { topic: out.topic.clone() })?;
         self.inner.send_once(&out, &mq, Mode::Oneway, self.inner.options.send_msg_timeout).await.map(|_| ())
@@ -267,10 +267,12 @@ impl Producer {
             });
         }
         let out = self.prepare(msg)?;
-        self.inner
+        let r = self
+            .inner
             .send_once(&out, mq, Mode::Sync, self.inner.options.send_msg_timeout)
             .await?
-            .ok_or(ClientError::State("no result for a synchronous send"))
+            .ok_or(ClientError::State("no result for a synchronous send"))?;
+        self.inner.finish(r)
     }
 
     /// Sends to the queue `selector` picks among the topic's writable queues,
@@ -403,12 +405,21 @@ pub(crate) fn send_retryable(err: &ClientError) -> bool {
     }
 }
 
+/// The error of a send whose sendMsgTimeout ran out.
+fn budget_spent(budget: Duration) -> ClientError {
+    ClientError::Remoting(spate_remoting::RemotingError::Timeout {
+        addr: String::from("(sendMsgTimeout)"),
+        timeout_ms: budget.as_millis() as u64,
+    })
+}
+
 impl ProducerInner {
     async fn send_with_retry(self: &Arc<Self>, out: &Outgoing) -> Result<SendResult> {
         let started = Instant::now();
         let budget = self.options.send_msg_timeout;
         let attempts_max = 1 + self.options.retry_times_when_send_failed;
-        let mut failed_broker: Option<String> = None;
+        // Brokers that failed this send; later attempts avoid all of them.
+        let mut failed_brokers: Vec<String> = Vec::new();
         let mut attempts = 0;
         let mut last_err: Option<ClientError> = None;
         let mut last_not_ok: Option<SendResult> = None;
@@ -417,7 +428,15 @@ impl ProducerInner {
                 break;
             };
             attempts += 1;
-            let route = match self.instance.publish_route(&out.topic, self.options.default_topic_queue_nums).await {
+            // Route lookup, address lookup and the call all count against
+            // what is left of sendMsgTimeout.
+            let route = tokio::time::timeout(
+                remaining,
+                self.instance.publish_route(&out.topic, self.options.default_topic_queue_nums),
+            )
+            .await
+            .unwrap_or_else(|_| Err(budget_spent(budget)));
+            let route = match route {
                 Ok(r) => r,
                 Err(e) if send_retryable(&e) && attempts < attempts_max => {
                     last_err = Some(e);
@@ -427,28 +446,37 @@ impl ProducerInner {
             };
             let mq = {
                 let mut c = self.queue_counter.fetch_add(1, Ordering::Relaxed);
-                select_queue(&route.write_queues, &mut c, failed_broker.as_deref()).cloned()
+                select_queue(&route.write_queues, &mut c, &failed_brokers).cloned()
             };
             let Some(mq) = mq else {
                 last_err = Some(ClientError::NoRoute { topic: out.topic.clone() });
                 continue;
             };
-            match self.send_once(out, &mq, Mode::Sync, remaining).await {
+            let remaining = budget.saturating_sub(started.elapsed());
+            let attempt = tokio::time::timeout(remaining, self.send_once(out, &mq, Mode::Sync, remaining))
+                .await
+                .unwrap_or_else(|_| Err(budget_spent(budget)));
+            match attempt {
                 Ok(Some(r))
                     if r.status == SendStatus::SendOk || !self.options.retry_another_broker_when_not_store_ok =>
                 {
-                    return Ok(r);
+                    return self.finish(r);
                 }
                 Ok(Some(r)) => {
-                    failed_broker = Some(mq.broker_name.clone());
+                    failed_brokers.push(mq.broker_name.clone());
                     last_not_ok = Some(r);
                 }
                 Ok(None) => return Err(ClientError::State("no result for a synchronous send")),
                 Err(e) if send_retryable(&e) => {
                     tracing::debug!(topic = out.topic, broker = mq.broker_name, queue = mq.queue_id, error = %e,
                         "send failed; retrying on another broker");
-                    failed_broker = Some(mq.broker_name.clone());
-                    self.instance.refresh_route_soon(&out.topic);
+                    failed_brokers.push(mq.broker_name.clone());
+                    // Refresh the route now, so the next attempt already sees
+                    // a broker the name server dropped (bounded by the budget).
+                    let left = budget.saturating_sub(started.elapsed());
+                    if tokio::time::timeout(left, self.instance.update_route(&out.topic)).await.is_err() {
+                        self.instance.refresh_route_soon(&out.topic);
+                    }
                     last_err = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -457,10 +485,7 @@ impl ProducerInner {
         if let Some(r) = last_not_ok {
             return self.finish(r);
         }
-        let last = last_err.unwrap_or(ClientError::Remoting(spate_remoting::RemotingError::Timeout {
-            addr: String::from("(send budget)"),
-            timeout_ms: budget.as_millis() as u64,
-        }));
+        let last = last_err.unwrap_or_else(|| budget_spent(budget));
         Err(ClientError::SendFailed { topic: out.topic.clone(), attempts, last: Box::new(last) })
     }
 

@@ -56,22 +56,18 @@ impl TopicRoute {
     }
 }
 
-/// Picks a write queue round robin, skipping queues of `avoid_broker` (the
-/// broker of the last failed attempt) when another broker has one. `counter`
-/// is the producer's rotating index and is advanced.
-pub fn select_queue<'a>(
-    queues: &'a [MessageQueue],
-    counter: &mut usize,
-    avoid_broker: Option<&str>,
-) -> Option<&'a MessageQueue> {
+/// Picks a write queue round robin, skipping queues of the brokers in
+/// `avoid` (those that already failed this send) while another broker has
+/// one. `counter` is the producer's rotating index and is advanced.
+pub fn select_queue<'a>(queues: &'a [MessageQueue], counter: &mut usize, avoid: &[String]) -> Option<&'a MessageQueue> {
     if queues.is_empty() {
         return None;
     }
-    if let Some(avoid) = avoid_broker {
+    if !avoid.is_empty() {
         for _ in 0..queues.len() {
             let mq = &queues[*counter % queues.len()];
             *counter = counter.wrapping_add(1);
-            if mq.broker_name != avoid {
+            if !avoid.contains(&mq.broker_name) {
                 return Some(mq);
             }
         }
@@ -133,17 +129,26 @@ mod tests {
     fn round_robin_and_retry_on_another_broker() {
         let qs = vec![MessageQueue::new("T", "a", 0), MessageQueue::new("T", "a", 1), MessageQueue::new("T", "b", 0)];
         let mut c = 0;
-        let picks: Vec<_> = (0..4).map(|_| select_queue(&qs, &mut c, None).unwrap().clone()).collect();
+        let picks: Vec<_> = (0..4).map(|_| select_queue(&qs, &mut c, &[]).unwrap().clone()).collect();
         assert_eq!(picks[0], qs[0]);
         assert_eq!(picks[3], qs[0]);
         // After a failure on "a", the next pick is on "b" whatever the counter.
         for start in 0..3 {
             let mut c = start;
-            assert_eq!(select_queue(&qs, &mut c, Some("a")).unwrap().broker_name, "b");
+            assert_eq!(select_queue(&qs, &mut c, &["a".to_string()]).unwrap().broker_name, "b");
         }
         // Only one broker: fall back to it.
         let one = vec![MessageQueue::new("T", "a", 0)];
-        assert_eq!(select_queue(&one, &mut c, Some("a")).unwrap().broker_name, "a");
-        assert!(select_queue(&[], &mut c, None).is_none());
+        assert_eq!(select_queue(&one, &mut c, &["a".to_string()]).unwrap().broker_name, "a");
+        assert!(select_queue(&[], &mut c, &[]).is_none());
+        let three: Vec<MessageQueue> = ["a", "b", "c"].iter().map(|b| MessageQueue::new("T", b, 0)).collect();
+        let avoid = ["a".to_string(), "b".to_string()];
+        for _ in 0..3 {
+            assert_eq!(
+                select_queue(&three, &mut c, &avoid).unwrap().broker_name,
+                "c",
+                "every failed broker is avoided"
+            );
+        }
     }
 }

@@ -603,6 +603,24 @@ async fn sends_fail_over_to_the_other_broker_when_one_dies() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Both brokers registered the new topic before producing starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        use spate_remoting::{protocol, request, RemotingCommand};
+        let r = common::call(
+            &raw,
+            &ns.addr(),
+            RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC).with("topic", "Both"),
+        )
+        .await;
+        if r.code == 0
+            && protocol::json::decode::<protocol::TopicRouteData>(&r.body, "route").unwrap().queue_datas.len() == 2
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the route never listed both brokers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let p = Producer::start(config(&ns.addr(), "p"), ProducerOptions::new("pg")).await.unwrap();
     let mut brokers = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(10);

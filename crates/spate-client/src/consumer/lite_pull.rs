@@ -186,12 +186,8 @@ impl LitePullConsumer {
 
     fn build(instance: Arc<ClientInstance>, options: LitePullConsumerOptions, owns: bool) -> Result<Self> {
         options.validate()?;
-        let backend = OffsetBackend::for_model(
-            options.message_model,
-            &options.offset_store_dir,
-            instance.client_id(),
-            &options.group,
-        );
+        let backend =
+            OffsetBackend::for_model(options.message_model, &options.offset_store_dir, &instance, &options.group);
         let offsets = OffsetStore::new(&options.group, instance.clone(), backend)?;
         let (tx, rx) = mpsc::channel(options.cache_batches());
         Ok(LitePullConsumer {
@@ -462,9 +458,9 @@ impl LiteInner {
                 let topics: Vec<String> = self.subscriptions.read().keys().cloned().collect();
                 let mut all = BTreeSet::new();
                 for topic in topics {
+                    self.heartbeat_new_brokers().await;
                     let t =
                         target_queues(&self.instance, &self.options.group, &topic, self.options.message_model).await;
-                    self.heartbeat_new_brokers().await;
                     match t {
                         Ok(t) => all.extend(t),
                         Err(e) => {

@@ -24,12 +24,21 @@ pub(crate) enum OffsetBackend {
 
 impl OffsetBackend {
     /// Clustering keeps offsets on the brokers; broadcasting in
-    /// `<dir>/<clientId>/<group>/offsets.json`.
-    pub(crate) fn for_model(model: super::MessageModel, dir: &std::path::Path, client_id: &str, group: &str) -> Self {
+    /// `<dir>/<ip>@<instanceName>/<group>/offsets.json`, where the instance
+    /// name is the configured one or `DEFAULT` (as upstream), never the
+    /// generated per-process name: the file must be found after a restart.
+    pub(crate) fn for_model(
+        model: super::MessageModel,
+        dir: &std::path::Path,
+        instance: &ClientInstance,
+        group: &str,
+    ) -> Self {
         match model {
             super::MessageModel::Clustering => OffsetBackend::Remote,
             super::MessageModel::Broadcasting => {
-                OffsetBackend::LocalFile(dir.join(client_id).join(group).join("offsets.json"))
+                let name = instance.config().instance_name.clone().unwrap_or_else(|| "DEFAULT".to_string());
+                let stable_id = format!("{}@{name}", instance.client_ip());
+                OffsetBackend::LocalFile(dir.join(stable_id).join(group).join("offsets.json"))
             }
         }
     }
@@ -57,6 +66,8 @@ pub(crate) struct OffsetStore {
     table: Mutex<HashMap<MessageQueue, i64>>,
     // The file's content when loaded (local backend).
     stored: Mutex<HashMap<MessageQueue, i64>>,
+    // Serializes writes of the local file.
+    file_writes: tokio::sync::Mutex<()>,
 }
 
 impl OffsetStore {
@@ -64,15 +75,13 @@ impl OffsetStore {
     pub fn new(group: &str, instance: Arc<ClientInstance>, backend: OffsetBackend) -> Result<Self> {
         let mut stored = HashMap::new();
         if let OffsetBackend::LocalFile(path) = &backend {
-            match std::fs::read(path) {
-                Ok(bytes) => {
-                    let file: OffsetFile = serde_json::from_slice(&bytes).map_err(|e| {
-                        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
-                    })?;
-                    stored = file.offset_table.into_iter().map(|e| (e.mq, e.offset)).collect();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
+            // The file, or its backup when the file is missing or torn.
+            let file = match read_offset_file(path)? {
+                Some(f) => Some(f),
+                None => read_offset_file(&backup_path(path))?,
+            };
+            if let Some(file) = file {
+                stored = file.offset_table.into_iter().map(|e| (e.mq, e.offset)).collect();
             }
         }
         Ok(OffsetStore {
@@ -81,6 +90,7 @@ impl OffsetStore {
             backend,
             table: Mutex::new(HashMap::new()),
             stored: Mutex::new(stored),
+            file_writes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -134,6 +144,8 @@ impl OffsetStore {
                 first_err.map_or(Ok(()), Err)
             }
             OffsetBackend::LocalFile(path) => {
+                // One writer at a time, each writing the latest table.
+                let _serial = self.file_writes.lock().await;
                 let file = {
                     let mut stored = self.stored.lock();
                     stored.extend(offsets);
@@ -147,13 +159,46 @@ impl OffsetStore {
     }
 }
 
-async fn write_atomically(path: &PathBuf, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await?;
+/// `offsets.json.bak`: the previous good file.
+fn backup_path(path: &std::path::Path) -> PathBuf {
+    path.with_extension("json.bak")
+}
+
+/// Reads an offset file; `None` when missing or unreadable (logged).
+fn read_offset_file(path: &std::path::Path) -> Result<Option<OffsetFile>> {
+    match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "offset file does not parse; trying its backup");
+                Ok(None)
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    let tmp = path.with_extension("json.tmp");
-    tokio::fs::write(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, path).await?;
+}
+
+/// Keeps the previous file as `.bak`, then replaces it durably (temporary
+/// file, sync, rename, directory sync), on the blocking pool.
+async fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let dir = path.parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        std::fs::create_dir_all(&dir)?;
+        if path.exists() {
+            std::fs::copy(&path, backup_path(&path))?;
+        }
+        let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })
+    .await
+    .map_err(|e| std::io::Error::other(format!("offset write task failed: {e}")))??;
     Ok(())
 }
 
@@ -180,5 +225,16 @@ mod tests {
         assert_eq!(again.read_memory(&mq), None);
         assert_eq!(again.read_stored(&mq).await.unwrap(), Some(5));
         assert_eq!(again.read_memory(&mq), Some(5));
+        // A torn file falls back to the backup of the previous write.
+        again.update(&mq, 7, false);
+        again.persist(std::slice::from_ref(&mq)).await.unwrap();
+        let file = dir.path().join("g").join("offsets.json");
+        std::fs::write(&file, b"{\"offsetTa").unwrap();
+        let recovered = OffsetStore::new("g", instance_for_test(), OffsetBackend::LocalFile(file)).unwrap();
+        assert_eq!(recovered.read_stored(&mq).await.unwrap(), Some(5), "the backup holds the write before the last");
+    }
+
+    fn instance_for_test() -> Arc<ClientInstance> {
+        ClientInstance::new(ClientConfig::new("127.0.0.1:1")).unwrap()
     }
 }

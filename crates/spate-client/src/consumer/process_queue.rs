@@ -150,6 +150,8 @@ impl ProcessQueue {
         self.waiting.clear();
         self.consuming.clear();
         self.bytes = 0;
+        // The old high mark must not become a commit past the new position.
+        self.offset_max = -1;
     }
 }
 

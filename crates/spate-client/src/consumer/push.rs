@@ -84,7 +84,7 @@ pub struct PushConsumerOptions {
     /// `awaitTerminationMillisWhenShutdown`: how long shutdown waits for running listeners (5 s).
     pub await_termination_when_shutdown: Duration,
     /// Broadcasting: directory of the offset files (`rocketmq.client.localOffsetStoreDir`,
-    /// `$HOME/.rocketmq_offsets`); the file is `<dir>/<clientId>/<group>/offsets.json`.
+    /// `$HOME/.rocketmq_offsets`); the file is `<dir>/<ip>@<instanceName or DEFAULT>/<group>/offsets.json`.
     pub offset_store_dir: PathBuf,
 }
 
@@ -212,12 +212,8 @@ impl PushConsumer {
 
     fn build(instance: Arc<ClientInstance>, options: PushConsumerOptions, owns: bool) -> Result<PushConsumer> {
         options.validate()?;
-        let backend = OffsetBackend::for_model(
-            options.message_model,
-            &options.offset_store_dir,
-            instance.client_id(),
-            &options.group,
-        );
+        let backend =
+            OffsetBackend::for_model(options.message_model, &options.offset_store_dir, &instance, &options.group);
         let offsets = OffsetStore::new(&options.group, instance.clone(), backend)?;
         let workers = Arc::new(Semaphore::new(options.consume_thread_max));
         Ok(PushConsumer {
@@ -430,8 +426,8 @@ impl PushInner {
             if self.stop.is_cancelled() {
                 return true;
             }
-            let target = target_queues(&self.instance, &self.options.group, &topic, self.options.message_model).await;
             self.heartbeat_new_brokers().await;
+            let target = target_queues(&self.instance, &self.options.group, &topic, self.options.message_model).await;
             match target {
                 Ok(target) => settled &= self.apply_assignment(&topic, target).await,
                 Err(e) => {
@@ -510,8 +506,17 @@ impl PushInner {
             tracing::debug!(topic = mq.topic, queue = mq.queue_id, error = %e, "offset of a dropped queue not persisted");
         }
         self.offsets.remove(mq);
-        if orderly {
+        if orderly && guard.is_some() {
             self.unlock(BTreeSet::from([mq.clone()])).await;
+        } else if orderly {
+            // A listener is still running on this queue: keep the broker's
+            // lock (not renewed any more, it expires) so no other consumer
+            // starts on the queue while ours is mid-message.
+            tracing::debug!(
+                topic = mq.topic,
+                queue = mq.queue_id,
+                "queue dropped while consuming; lock left to expire"
+            );
         }
         drop(guard);
     }
@@ -622,10 +627,22 @@ impl PushInner {
                                 to = next,
                                 "pull offset moved"
                             );
+                            // As upstream: drop this queue's state (in-flight
+                            // consumption of the old range must not commit),
+                            // save the new position, and let a rebalance start
+                            // the queue afresh from it.
+                            slot.drop_queue();
                             slot.pq.lock().clear();
-                            next_offset = next;
                             self.offsets.update(&mq, next, false);
                             let _ = self.offsets.persist(std::slice::from_ref(&mq)).await;
+                            {
+                                let mut slots = self.slots.lock();
+                                if slots.get(&mq).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                                    slots.remove(&mq);
+                                }
+                            }
+                            self.rebalance_now();
+                            break;
                         }
                     }
                     self.options.pull_interval
@@ -683,7 +700,12 @@ impl PushInner {
         slot: &Arc<QueueSlot>,
         msgs: Vec<MessageExt>,
     ) -> bool {
-        slot.pq.lock().put(msgs.iter().cloned());
+        // Only messages the cache did not already hold are handed out: one
+        // already cached (a repeated pull) is being consumed elsewhere.
+        let msgs: Vec<MessageExt> = {
+            let mut pq = slot.pq.lock();
+            msgs.into_iter().filter(|m| pq.put(std::iter::once(m.clone())) == 1).collect()
+        };
         if listener.is_orderly() {
             slot.arrived.notify_one();
             return true;
@@ -776,8 +798,23 @@ impl PushInner {
                 }
                 continue;
             }
+            // Take the queue's consume lock and a worker first, then check the
+            // queue is still ours, and only then take messages: a queue
+            // dropped or unlocked meanwhile is never consumed here.
+            let guard = slot.consume_lock.lock().await;
+            let permit = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                p = self.workers.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            if slot.is_dropped() || self.stop.is_cancelled() {
+                break;
+            }
+            if clustering && !slot.holds_lock(now_ms(), lock_live_ms) {
+                continue;
+            }
             let msgs = slot.pq.lock().take(self.options.consume_message_batch_max_size);
             if msgs.is_empty() {
+                drop((permit, guard));
                 tokio::select! {
                     _ = self.stop.cancelled() => break,
                     _ = slot.cancel.cancelled() => break,
@@ -786,13 +823,32 @@ impl PushInner {
                 }
                 continue;
             }
-            let guard = slot.consume_lock.lock().await;
-            let permit = tokio::select! {
-                _ = self.stop.cancelled() => break,
-                p = self.workers.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
             let ctx = ConsumeContext { message_queue: slot.mq.clone() };
+            // Messages that already used up their retries (upstream's
+            // checkReconsumeTimes) go to the dead-letter queue, not round again.
+            let exhausted = clustering && msgs.iter().all(|m| m.reconsume_times >= self.options.max_reconsume_times);
+            let batch = if exhausted { msgs.clone() } else { Vec::new() };
             let status = listener.consume_orderly(msgs, ctx).await;
+            let status = match status {
+                ConsumeOrderlyStatus::SuspendCurrentQueueAMoment if exhausted => {
+                    let mut all_sent = true;
+                    for m in &batch {
+                        let sent =
+                            self.instance.send_back(m, &self.options.group, -1, self.options.max_reconsume_times).await;
+                        if let Err(e) = sent {
+                            tracing::debug!(msg_id = m.msg_id, error = %e, "dead-lettering failed; retrying locally");
+                            all_sent = false;
+                            break;
+                        }
+                    }
+                    if all_sent {
+                        ConsumeOrderlyStatus::Success
+                    } else {
+                        ConsumeOrderlyStatus::SuspendCurrentQueueAMoment
+                    }
+                }
+                other => other,
+            };
             drop(permit);
             if slot.is_dropped() {
                 break;

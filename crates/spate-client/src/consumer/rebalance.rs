@@ -33,6 +33,11 @@ pub(crate) async fn target_queues(
     let mut last_err = None;
     for addr in masters {
         match instance.consumer_ids(&addr, group).await {
+            // A broker that has not seen our heartbeat yet would leave us
+            // without queues: keep the current assignment and retry soon.
+            Ok(ids) if !ids.iter().any(|id| id == instance.client_id()) => {
+                last_err = Some(ClientError::State("this client is not yet in the group's consumer list"));
+            }
             Ok(ids) => return Ok(allocate_averagely(instance.client_id(), &route.read_queues, &ids)),
             Err(e) => last_err = Some(e),
         }
