@@ -340,10 +340,13 @@ impl LitePullConsumer {
         if offset < min || offset > max {
             return Err(ClientError::Config { name: "offset", reason: format!("{offset} outside [{min}, {max}]") });
         }
+        // A rebalance may have taken the queue away while we asked the
+        // broker: only a queue still assigned is restarted.
         let old = inner.queues.lock().remove(mq);
-        if let Some(old) = old {
-            old.slot.drop_queue();
-        }
+        let Some(old) = old else {
+            return Err(ClientError::State("seek on a queue not assigned to this consumer"));
+        };
+        old.slot.drop_queue();
         inner.start_queue(mq.clone(), offset, Some(offset));
         Ok(())
     }
