@@ -4,8 +4,10 @@
 //! - `spate namesrv`: a name server.
 //! - `spate broker -c broker.conf`: a broker.
 //! - `spate admin ...`: operator commands (see `admin.rs`).
+//! - `spate bench ...`: load generators and latency reports (see `bench/`).
 
 mod admin;
+mod bench;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,11 +66,18 @@ enum Command {
         #[command(subcommand)]
         command: admin::AdminCommand,
     },
+    /// Load generators and latency reports.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // Logs go to stderr: stdout is for command output (bench JSON, admin tables).
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("spate").build()?;
@@ -80,6 +89,7 @@ fn main() -> Result<()> {
             Command::Namesrv { port, broker_expired_millis } => namesrv(port, broker_expired_millis).await,
             Command::Broker { config, namesrv_addr } => broker(&config, namesrv_addr).await,
             Command::Admin { command } => admin::run(command).await,
+            Command::Bench { command } => bench::run(command).await,
         }
     })
 }

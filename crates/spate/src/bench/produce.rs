@@ -1,0 +1,274 @@
+//! `spate bench produce`: open-loop (fixed rate, latency from each message's
+//! intended send time, so a stall delays everything scheduled behind it and
+//! shows in the percentiles) or maximum-rate (closed loop) sends through any
+//! RocketMQ-compatible name server.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use spate_client::{ClientConfig, ClientError, Message, Producer, ProducerOptions};
+use tokio::sync::Semaphore;
+
+use super::report::{histogram, Report};
+
+/// How each message is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendMode {
+    /// Wait for the broker's answer.
+    Sync,
+    /// Callback on the broker's answer.
+    Async,
+    /// No answer: latency is the time to hand the request to the socket.
+    Oneway,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProduceArgs {
+    /// Name server address(es), `host:port;host:port`.
+    #[arg(short = 'n', long = "namesrv", default_value = "127.0.0.1:9876")]
+    pub namesrv: String,
+    #[arg(long, default_value = "BenchmarkTest")]
+    pub topic: String,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Messages per second over all producers; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Measured duration (10s, 2m, 500ms).
+    #[arg(long, default_value = "10s", value_parser = super::report::parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured warm-up before it (routes, connections, topic creation).
+    #[arg(long, default_value = "1s", value_parser = super::report::parse_duration)]
+    pub warmup: Duration,
+    /// Producer client instances (each its own connections).
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Requests in flight at once over all producers.
+    #[arg(long = "in-flight", default_value_t = 64)]
+    pub in_flight: usize,
+    /// Messages per request (SEND_BATCH_MESSAGE when > 1).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[arg(long, value_enum, default_value_t = SendMode::Sync)]
+    pub mode: SendMode,
+    /// Send timeout (sendMsgTimeout).
+    #[arg(long, default_value = "3s", value_parser = super::report::parse_duration)]
+    pub timeout: Duration,
+}
+
+struct Shared {
+    latency: Mutex<Histogram<u64>>,
+    errors: Mutex<BTreeMap<i32, u64>>,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Results of operations intended before this instant are not recorded.
+    measure_from: Instant,
+    measure_until: Instant,
+}
+
+impl Shared {
+    fn record(&self, intended: Instant, done: Instant, messages: u64, result: Result<(), ClientError>) {
+        if intended < self.measure_from || intended >= self.measure_until {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.ok.fetch_add(messages, Ordering::Relaxed);
+                let us = done.saturating_duration_since(intended).as_micros().max(1) as u64;
+                let _ = self.latency.lock().record(us.min(60_000_000));
+            }
+            Err(e) => {
+                self.failed.fetch_add(messages, Ordering::Relaxed);
+                *self.errors.lock().entry(e.response_code().unwrap_or(-1)).or_default() += messages;
+            }
+        }
+    }
+}
+
+pub async fn run(a: &ProduceArgs) -> Result<Report> {
+    if a.producers == 0 || a.in_flight == 0 || a.batch == 0 || a.size == 0 {
+        bail!("--producers, --in-flight, --batch and --size must be positive");
+    }
+    let mut producers = Vec::with_capacity(a.producers);
+    for i in 0..a.producers {
+        let cfg = ClientConfig::new(&a.namesrv).with_instance_name(format!("bench-{}-{i}", std::process::id()));
+        let mut o = ProducerOptions::new(format!("bench_producer_{}", std::process::id()));
+        o.send_msg_timeout = a.timeout;
+        // Measure the broker, not zlib.
+        o.compress_msg_body_over_howmuch = usize::MAX;
+        producers
+            .push(Arc::new(Producer::start(cfg, o).await.with_context(|| format!("connecting to {}", a.namesrv))?));
+    }
+    let body = Bytes::from((0..a.size).map(|i| (i * 131 + 7) as u8).collect::<Vec<u8>>());
+    // Fail fast with a clear message when nothing can be sent at all.
+    producers[0]
+        .send(Message::new(&a.topic, body.clone()))
+        .await
+        .with_context(|| format!("first send to topic {} via {}", a.topic, a.namesrv))?;
+
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        latency: Mutex::new(histogram()),
+        errors: Mutex::new(BTreeMap::new()),
+        ok: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        measure_from: start + a.warmup,
+        measure_until: start + a.warmup + a.duration,
+    });
+    let progress = progress_bar(shared.clone(), a.warmup + a.duration);
+    let permits = Arc::new(Semaphore::new(a.in_flight));
+    if a.rate > 0 {
+        open_loop(a, &producers, &body, &shared, &permits, start).await;
+    } else {
+        closed_loop(a, &producers, &body, &shared, &permits).await;
+    }
+    // Wait for everything still in flight (bounded by the send timeout).
+    let _ = tokio::time::timeout(a.timeout + Duration::from_secs(1), permits.acquire_many(a.in_flight as u32)).await;
+    progress.abort();
+    for p in &producers {
+        p.shutdown().await;
+    }
+    let latency = shared.latency.lock().clone();
+    let errors = shared.errors.lock().clone();
+    let mut extra = serde_json::Map::new();
+    extra.insert("size".into(), a.size.into());
+    extra.insert("rate".into(), a.rate.into());
+    extra.insert("mode".into(), format!("{:?}", a.mode).to_lowercase().into());
+    extra.insert("producers".into(), a.producers.into());
+    extra.insert("in_flight".into(), a.in_flight.into());
+    extra.insert("batch".into(), a.batch.into());
+    extra.insert("open_loop".into(), (a.rate > 0).into());
+    Ok(Report {
+        name: "produce",
+        elapsed: a.duration,
+        latency_us: latency,
+        sent_ok: shared.ok.load(Ordering::Relaxed),
+        errors,
+        extra,
+    })
+}
+
+/// Issues request `k` at `start + k / rate` (in requests of `batch`
+/// messages); waiting for a free in-flight slot counts as latency. The
+/// schedule runs on its own thread with `std::thread::sleep`, whose
+/// precision is tens of microseconds; tokio's timer ticks in milliseconds
+/// and would add up to a millisecond to every latency measured.
+async fn open_loop(
+    a: &ProduceArgs,
+    producers: &[Arc<Producer>],
+    body: &Bytes,
+    shared: &Arc<Shared>,
+    permits: &Arc<Semaphore>,
+    start: Instant,
+) {
+    let requests_per_s = (a.rate as f64 / a.batch as f64).max(1e-9);
+    let (a, producers, body, shared, permits) =
+        (a.clone(), producers.to_vec(), body.clone(), shared.clone(), permits.clone());
+    let handle = tokio::runtime::Handle::current();
+    let scheduler = std::thread::spawn(move || {
+        // Wake on time: the default 50 us timer slack would be latency here.
+        // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's slack.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+        }
+        let end = shared.measure_until;
+        let mut k: u64 = 0;
+        loop {
+            let intended = start + Duration::from_secs_f64(k as f64 / requests_per_s);
+            if intended >= end {
+                break;
+            }
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            let Ok(permit) = handle.block_on(permits.clone().acquire_owned()) else { break };
+            let producer = producers[(k as usize) % producers.len()].clone();
+            issue(&handle, &a, producer, body.clone(), shared.clone(), intended, permit);
+            k += 1;
+        }
+    });
+    // Wait for the schedule without holding a runtime worker.
+    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
+}
+
+/// `in_flight` workers, each sending back to back; latency from each send's start.
+async fn closed_loop(
+    a: &ProduceArgs,
+    producers: &[Arc<Producer>],
+    body: &Bytes,
+    shared: &Arc<Shared>,
+    permits: &Arc<Semaphore>,
+) {
+    let mut k = 0usize;
+    while Instant::now() < shared.measure_until {
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let producer = producers[k % producers.len()].clone();
+        issue(&tokio::runtime::Handle::current(), a, producer, body.clone(), shared.clone(), Instant::now(), permit);
+        k += 1;
+    }
+}
+
+fn issue(
+    handle: &tokio::runtime::Handle,
+    a: &ProduceArgs,
+    producer: Arc<Producer>,
+    body: Bytes,
+    shared: Arc<Shared>,
+    intended: Instant,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let (topic, batch, mode) = (a.topic.clone(), a.batch, a.mode);
+    let messages = batch as u64;
+    if batch == 1 && mode == SendMode::Async {
+        let s = shared.clone();
+        let sent = producer.send_async(Message::new(&topic, body), move |r| {
+            s.record(intended, Instant::now(), 1, r.map(|_| ()));
+            drop(permit);
+        });
+        if let Err(e) = sent {
+            shared.record(intended, Instant::now(), 1, Err(e));
+        }
+        return;
+    }
+    handle.spawn(async move {
+        let result = if batch > 1 {
+            let msgs = (0..batch).map(|_| Message::new(&topic, body.clone())).collect();
+            producer.send_batch(msgs).await.map(|_| ())
+        } else if mode == SendMode::Oneway {
+            producer.send_oneway(Message::new(&topic, body)).await
+        } else {
+            producer.send(Message::new(&topic, body)).await.map(|_| ())
+        };
+        shared.record(intended, Instant::now(), messages, result);
+        drop(permit);
+    });
+}
+
+/// A spinner on stderr (hidden when stderr is not a terminal).
+fn progress_bar(shared: Arc<Shared>, total: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let bar = indicatif::ProgressBar::new(total.as_secs().max(1));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed} [{bar:30}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let started = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            bar.set_position(started.elapsed().as_secs());
+            bar.set_message(format!(
+                "ok {}  errors {}",
+                shared.ok.load(Ordering::Relaxed),
+                shared.failed.load(Ordering::Relaxed)
+            ));
+        }
+    })
+}
