@@ -1,119 +1,586 @@
-//! `spate admin`: the first of mqadmin's jobs (the rest arrive with the
-//! admin issue). Talks to name servers and brokers over the remoting protocol.
+//! `spate admin`: what RocketMQ operators do with mqadmin, as
+//! `spate admin -n HOST:PORT <noun> <verb>`. Every command prints a table
+//! by default or one JSON value with `--json`, and exits non-zero with a
+//! clear message on errors (unreachable name server, unknown topic, ...).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
-use spate_remoting::protocol::{json, ClusterInfo, TopicRouteData};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use spate_common::message::{decode_record, parse_offset_msg_id, Record};
+use spate_remoting::protocol::{json as fastjson, ClusterInfo, ConsumeStats, KvTable, TopicList, TopicRouteData};
 use spate_remoting::{request, response, ClientConfig, RemotingClient, RemotingCommand};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+#[derive(Args)]
+pub struct AdminArgs {
+    /// Name server address(es), `host:port;host:port`.
+    #[arg(short = 'n', long = "namesrv", default_value = "127.0.0.1:9876", global = true)]
+    namesrv: String,
+    /// One JSON value instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Noun,
+}
+
 #[derive(Subcommand)]
-pub enum AdminCommand {
-    /// Create or update a topic on every master of a cluster (mqadmin updateTopic).
-    #[command(name = "updateTopic")]
-    UpdateTopic {
-        /// Name server address(es), `host:port;host:port`.
-        #[arg(short = 'n', long = "namesrvAddr", default_value = "127.0.0.1:9876")]
-        namesrv: String,
-        /// Topic name.
-        #[arg(short = 't', long)]
+enum Noun {
+    /// Topics: create, update, delete, list, route, status.
+    Topic {
+        #[command(subcommand)]
+        verb: TopicVerb,
+    },
+    /// Clusters and their brokers.
+    Cluster {
+        #[command(subcommand)]
+        verb: ClusterVerb,
+    },
+    /// One broker: runtime status and configuration.
+    Broker {
+        #[command(subcommand)]
+        verb: BrokerVerb,
+    },
+    /// Consumer groups: create, list, progress (lag), connections, offset reset.
+    Group {
+        #[command(subcommand)]
+        verb: GroupVerb,
+    },
+    /// Look messages up by id or key.
+    Message {
+        #[command(subcommand)]
+        verb: MessageVerb,
+    },
+}
+
+#[derive(Args)]
+struct TopicSpec {
+    topic: String,
+    /// Read queues per broker.
+    #[arg(short = 'r', long = "readQueueNums", default_value_t = 8)]
+    read_queues: i32,
+    /// Write queues per broker.
+    #[arg(short = 'w', long = "writeQueueNums", default_value_t = 8)]
+    write_queues: i32,
+    /// Permission: 2 write, 4 read, 6 both.
+    #[arg(short = 'p', long, default_value_t = 6)]
+    perm: i32,
+    /// Only the brokers of this cluster (default: every cluster).
+    #[arg(short = 'c', long)]
+    cluster: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TopicVerb {
+    /// Create a topic on every master (of a cluster).
+    Create(TopicSpec),
+    /// Change a topic's queues or permission on every master (of a cluster).
+    Update(TopicSpec),
+    /// Delete a topic from every master and from the name server.
+    Delete {
         topic: String,
-        /// Cluster (default: every cluster the name server knows).
         #[arg(short = 'c', long)]
         cluster: Option<String>,
-        /// Read queues.
-        #[arg(short = 'r', long = "readQueueNums", default_value_t = 8)]
-        read_queues: i32,
-        /// Write queues.
-        #[arg(short = 'w', long = "writeQueueNums", default_value_t = 8)]
-        write_queues: i32,
-        /// Permission: 2 write, 4 read, 6 both.
-        #[arg(short = 'p', long, default_value_t = 6)]
-        perm: i32,
     },
-    /// Show a topic's route (mqadmin topicRoute).
-    #[command(name = "topicRoute")]
-    TopicRoute {
-        #[arg(short = 'n', long = "namesrvAddr", default_value = "127.0.0.1:9876")]
-        namesrv: String,
+    /// Every topic the name server knows.
+    List,
+    /// The topic's route: brokers and queue counts.
+    Route { topic: String },
+    /// Per queue: minimum and maximum offsets.
+    Status { topic: String },
+}
+
+#[derive(Subcommand)]
+enum ClusterVerb {
+    /// Clusters, brokers, ids and addresses.
+    List,
+}
+
+#[derive(Subcommand)]
+enum BrokerVerb {
+    /// Runtime figures of the broker at ADDR.
+    Status { addr: String },
+    /// Read or change the broker's configuration.
+    Config {
+        #[command(subcommand)]
+        verb: ConfigVerb,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigVerb {
+    /// The broker's settings.
+    Get { addr: String },
+    /// Change a runtime setting (others need a restart).
+    Set { addr: String, key: String, value: String },
+}
+
+#[derive(Subcommand)]
+enum GroupVerb {
+    /// Create (or update) a consumer group on every master (of a cluster).
+    Create {
+        group: String,
+        #[arg(short = 'c', long)]
+        cluster: Option<String>,
+        /// Retries before the dead-letter queue.
+        #[arg(long, default_value_t = 16)]
+        retry_max_times: i32,
+    },
+    /// Consumer groups known to the masters.
+    List,
+    /// Per queue: broker offset, consumer offset and lag.
+    Progress {
+        group: String,
+        /// Only this topic.
+        #[arg(short = 't', long)]
+        topic: Option<String>,
+    },
+    /// The group's connected clients.
+    Connections { group: String },
+    /// Move the group's offsets on a topic to the first message stored at or
+    /// after a time (stop the group's consumers first: they commit their own).
+    ResetOffset {
+        group: String,
         #[arg(short = 't', long)]
         topic: String,
+        /// Milliseconds since the epoch.
+        #[arg(long)]
+        timestamp: i64,
     },
-    /// List clusters and their brokers (mqadmin clusterList).
-    #[command(name = "clusterList")]
-    ClusterList {
-        #[arg(short = 'n', long = "namesrvAddr", default_value = "127.0.0.1:9876")]
-        namesrv: String,
+}
+
+#[derive(Subcommand)]
+enum MessageVerb {
+    /// By offset message id (the broker's msgId), or by unique key with --topic.
+    Id {
+        id: String,
+        #[arg(short = 't', long)]
+        topic: Option<String>,
     },
+    /// By key (KEYS property) within a time range.
+    Key {
+        topic: String,
+        key: String,
+        /// Range start, ms since the epoch (default: 0).
+        #[arg(long, default_value_t = 0)]
+        begin: i64,
+        /// Range end, ms since the epoch (default: now and beyond).
+        #[arg(long, default_value_t = i64::MAX)]
+        end: i64,
+        /// Most messages per broker.
+        #[arg(long, default_value_t = 32)]
+        max: i32,
+    },
+}
+
+struct Admin {
+    client: RemotingClient,
+    namesrv: String,
+}
+
+impl Admin {
+    /// A call that must succeed; a failure names the peer and its remark.
+    async fn call(&self, addr: &str, req: RemotingCommand) -> Result<RemotingCommand> {
+        let r = self.client.invoke(addr, req, TIMEOUT).await.with_context(|| format!("calling {addr}"))?;
+        if r.code != response::SUCCESS {
+            bail!("{addr} answered code {}: {}", r.code, r.remark.unwrap_or_default());
+        }
+        Ok(r)
+    }
+
+    async fn cluster(&self) -> Result<ClusterInfo> {
+        let r = self.call(&self.namesrv, RemotingCommand::request(request::GET_BROKER_CLUSTER_INFO)).await?;
+        Ok(fastjson::decode(&r.body, "ClusterInfo")?)
+    }
+
+    /// (broker name, master address) of every master, optionally of one cluster.
+    async fn masters(&self, cluster: Option<&str>) -> Result<Vec<(String, String)>> {
+        let info = self.cluster().await?;
+        let masters: Vec<_> = info
+            .broker_addr_table
+            .values()
+            .filter(|b| cluster.is_none_or(|c| b.cluster == c))
+            .filter_map(|b| b.master_addr().map(|a| (b.broker_name.clone(), a.to_string())))
+            .collect();
+        if masters.is_empty() {
+            bail!("no master broker registered{}", cluster.map(|c| format!(" in cluster {c}")).unwrap_or_default());
+        }
+        Ok(masters)
+    }
+
+    async fn route(&self, topic: &str) -> Result<TopicRouteData> {
+        let req = RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC).with("topic", topic);
+        let r = self
+            .client
+            .invoke(&self.namesrv, req, TIMEOUT)
+            .await
+            .with_context(|| format!("calling {}", self.namesrv))?;
+        if r.code == response::TOPIC_NOT_EXIST {
+            bail!("topic {topic} does not exist (no route on {})", self.namesrv);
+        }
+        if r.code != response::SUCCESS {
+            bail!("{} answered code {}: {}", self.namesrv, r.code, r.remark.unwrap_or_default());
+        }
+        Ok(fastjson::decode(&r.body, "TopicRouteData")?)
+    }
+
+    /// (broker name, master address, read queues) of a topic's masters.
+    async fn topic_masters(&self, topic: &str) -> Result<Vec<(String, String, i32)>> {
+        let route = self.route(topic).await?;
+        Ok(route
+            .queue_datas
+            .iter()
+            .filter_map(|q| {
+                let b = route.broker_datas.iter().find(|b| b.broker_name == q.broker_name)?;
+                Some((q.broker_name.clone(), b.master_addr()?.to_string(), q.read_queue_nums))
+            })
+            .collect())
+    }
 }
 
 fn first_namesrv(addrs: &str) -> Result<String> {
     addrs.split(';').map(str::trim).find(|a| !a.is_empty()).map(str::to_string).context("no name server address given")
 }
 
-async fn cluster_info(client: &RemotingClient, namesrv: &str) -> Result<ClusterInfo> {
-    let r = client.invoke(namesrv, RemotingCommand::request(request::GET_BROKER_CLUSTER_INFO), TIMEOUT).await?;
-    if r.code != response::SUCCESS {
-        bail!("name server answered code {}: {}", r.code, r.remark.unwrap_or_default());
+pub async fn run(args: AdminArgs) -> Result<()> {
+    let admin =
+        Admin { client: RemotingClient::new(ClientConfig::default(), None), namesrv: first_namesrv(&args.namesrv)? };
+    let (value, table) = match args.command {
+        Noun::Topic { verb } => topic(&admin, verb).await?,
+        Noun::Cluster { verb: ClusterVerb::List } => cluster_list(&admin).await?,
+        Noun::Broker { verb } => broker(&admin, verb).await?,
+        Noun::Group { verb } => group(&admin, verb).await?,
+        Noun::Message { verb } => message(&admin, verb).await?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{table}");
     }
-    Ok(json::decode(&r.body, "ClusterInfo")?)
+    Ok(())
 }
 
-pub async fn run(cmd: AdminCommand) -> Result<()> {
-    let client = RemotingClient::new(ClientConfig::default(), None);
-    match cmd {
-        AdminCommand::UpdateTopic { namesrv, topic, cluster, read_queues, write_queues, perm } => {
-            let info = cluster_info(&client, &first_namesrv(&namesrv)?).await?;
-            let masters: Vec<(String, String)> = info
-                .broker_addr_table
-                .values()
-                .filter(|b| cluster.as_deref().is_none_or(|c| b.cluster == c))
-                .filter_map(|b| b.master_addr().map(|a| (b.broker_name.clone(), a.to_string())))
-                .collect();
-            if masters.is_empty() {
-                bail!("no master broker found{}", cluster.map(|c| format!(" in cluster {c}")).unwrap_or_default());
-            }
-            for (name, addr) in masters {
+type Output = (Value, String);
+
+async fn topic(admin: &Admin, verb: TopicVerb) -> Result<Output> {
+    match verb {
+        TopicVerb::Create(spec) | TopicVerb::Update(spec) => {
+            let mut done = Vec::new();
+            let mut table = String::new();
+            for (name, addr) in admin.masters(spec.cluster.as_deref()).await? {
                 let req = RemotingCommand::request(request::UPDATE_AND_CREATE_TOPIC)
-                    .with("topic", &topic)
-                    .with("readQueueNums", read_queues)
-                    .with("writeQueueNums", write_queues)
-                    .with("perm", perm)
+                    .with("topic", &spec.topic)
+                    .with("readQueueNums", spec.read_queues)
+                    .with("writeQueueNums", spec.write_queues)
+                    .with("perm", spec.perm)
                     .with("topicFilterType", "SINGLE_TAG")
                     .with("topicSysFlag", 0)
                     .with("order", false);
-                let r = client.invoke(&addr, req, TIMEOUT).await.with_context(|| format!("broker {name} at {addr}"))?;
-                if r.code != response::SUCCESS {
-                    bail!("broker {name} at {addr} refused: code {} {}", r.code, r.remark.unwrap_or_default());
+                admin.call(&addr, req).await.with_context(|| format!("broker {name}"))?;
+                table.push_str(&format!("topic {} set on {name} ({addr})\n", spec.topic));
+                done.push(json!({"broker": name, "addr": addr}));
+            }
+            Ok((json!({"topic": spec.topic, "brokers": done}), table))
+        }
+        TopicVerb::Delete { topic, cluster } => {
+            let mut table = String::new();
+            let mut done = Vec::new();
+            for (name, addr) in admin.masters(cluster.as_deref()).await? {
+                let req = RemotingCommand::request(request::DELETE_TOPIC_IN_BROKER).with("topic", &topic);
+                admin.call(&addr, req).await.with_context(|| format!("broker {name}"))?;
+                table.push_str(&format!("topic {topic} deleted on {name} ({addr})\n"));
+                done.push(json!({"broker": name, "addr": addr}));
+            }
+            let req = RemotingCommand::request(request::DELETE_TOPIC_IN_NAMESRV)
+                .with("topic", &topic)
+                .with_opt("clusterName", cluster);
+            admin.call(&admin.namesrv, req).await?;
+            table.push_str(&format!("topic {topic} deleted on the name server\n"));
+            Ok((json!({"topic": topic, "brokers": done}), table))
+        }
+        TopicVerb::List => {
+            let r = admin
+                .call(&admin.namesrv, RemotingCommand::request(request::GET_ALL_TOPIC_LIST_FROM_NAMESERVER))
+                .await?;
+            let list: TopicList = fastjson::decode(&r.body, "TopicList")?;
+            let table = list.topic_list.iter().map(|t| format!("{t}\n")).collect();
+            Ok((json!(list.topic_list), table))
+        }
+        TopicVerb::Route { topic } => {
+            let route = admin.route(&topic).await?;
+            let mut table = format!("{:<20} {:>6} {:>6} {:>5}  {}\n", "#Broker", "#Read", "#Write", "#Perm", "#Addrs");
+            for q in &route.queue_datas {
+                let addrs = route
+                    .broker_datas
+                    .iter()
+                    .find(|b| b.broker_name == q.broker_name)
+                    .map(|b| b.broker_addrs.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                table.push_str(&format!(
+                    "{:<20} {:>6} {:>6} {:>5}  {addrs}\n",
+                    q.broker_name, q.read_queue_nums, q.write_queue_nums, q.perm
+                ));
+            }
+            Ok((serde_json::to_value(&route)?, table))
+        }
+        TopicVerb::Status { topic } => {
+            let mut rows = Vec::new();
+            let mut table = format!("{:<20} {:>6} {:>12} {:>12}\n", "#Broker", "#Queue", "#MinOffset", "#MaxOffset");
+            for (name, addr, queues) in admin.topic_masters(&topic).await? {
+                for q in 0..queues {
+                    let off = |code| RemotingCommand::request(code).with("topic", &topic).with("queueId", q);
+                    let min = offset_field(&admin.call(&addr, off(request::GET_MIN_OFFSET)).await?, "offset")?;
+                    let max = offset_field(&admin.call(&addr, off(request::GET_MAX_OFFSET)).await?, "offset")?;
+                    table.push_str(&format!("{name:<20} {q:>6} {min:>12} {max:>12}\n"));
+                    rows.push(json!({"broker": name, "queue_id": q, "min_offset": min, "max_offset": max}));
                 }
-                println!("create topic {topic} on {name} ({addr}) success");
             }
+            Ok((json!(rows), table))
         }
-        AdminCommand::TopicRoute { namesrv, topic } => {
-            let req = RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC).with("topic", &topic);
-            let r = client.invoke(&first_namesrv(&namesrv)?, req, TIMEOUT).await?;
-            if r.code != response::SUCCESS {
-                bail!("{}", r.remark.unwrap_or_else(|| format!("code {}", r.code)));
-            }
-            let route: TopicRouteData = json::decode(&r.body, "TopicRouteData")?;
-            println!("{}", serde_json::to_string_pretty(&route)?);
-        }
-        AdminCommand::ClusterList { namesrv } => {
-            let info = cluster_info(&client, &first_namesrv(&namesrv)?).await?;
-            println!("{:<20} {:<20} {:<6} #Addr", "#Cluster", "#Broker", "#BID");
-            for (cluster, names) in &info.cluster_addr_table {
-                for name in names {
-                    if let Some(b) = info.broker_addr_table.get(name) {
-                        for (id, addr) in &b.broker_addrs {
-                            println!("{cluster:<20} {name:<20} {id:<6} {addr}");
-                        }
-                    }
+    }
+}
+
+fn offset_field(r: &RemotingCommand, key: &str) -> Result<i64> {
+    r.field(key).and_then(|v| v.trim().parse().ok()).with_context(|| format!("answer without a valid `{key}`"))
+}
+
+async fn cluster_list(admin: &Admin) -> Result<Output> {
+    let info = admin.cluster().await?;
+    let mut rows = Vec::new();
+    let mut table = format!("{:<20} {:<20} {:<6} #Addr\n", "#Cluster", "#Broker", "#BID");
+    for (cluster, names) in &info.cluster_addr_table {
+        for name in names {
+            if let Some(b) = info.broker_addr_table.get(name) {
+                for (id, addr) in &b.broker_addrs {
+                    table.push_str(&format!("{cluster:<20} {name:<20} {id:<6} {addr}\n"));
+                    rows.push(json!({"cluster": cluster, "broker": name, "broker_id": id, "addr": addr}));
                 }
             }
         }
     }
-    Ok(())
+    Ok((json!(rows), table))
+}
+
+async fn broker(admin: &Admin, verb: BrokerVerb) -> Result<Output> {
+    match verb {
+        BrokerVerb::Status { addr } => {
+            let r = admin.call(&addr, RemotingCommand::request(request::GET_BROKER_RUNTIME_INFO)).await?;
+            let kv: KvTable = fastjson::decode(&r.body, "KVTable")?;
+            let table = kv.table.iter().map(|(k, v)| format!("{k:<32} {v}\n")).collect();
+            Ok((json!(kv.table), table))
+        }
+        BrokerVerb::Config { verb: ConfigVerb::Get { addr } } => {
+            let r = admin.call(&addr, RemotingCommand::request(request::GET_BROKER_CONFIG)).await?;
+            let text = String::from_utf8_lossy(&r.body).to_string();
+            let map: BTreeMap<String, String> = text
+                .lines()
+                .filter_map(|l| l.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+                .collect();
+            Ok((json!(map), text))
+        }
+        BrokerVerb::Config { verb: ConfigVerb::Set { addr, key, value } } => {
+            let req = RemotingCommand::request(request::UPDATE_BROKER_CONFIG).with_body(format!("{key}={value}\n"));
+            admin.call(&addr, req).await?;
+            Ok((json!({"addr": addr, key.clone(): value}), format!("{key} set on {addr}\n")))
+        }
+    }
+}
+
+async fn group(admin: &Admin, verb: GroupVerb) -> Result<Output> {
+    match verb {
+        GroupVerb::Create { group, cluster, retry_max_times } => {
+            let body = json!({"groupName": group, "consumeEnable": true, "retryMaxTimes": retry_max_times});
+            let mut table = String::new();
+            for (name, addr) in admin.masters(cluster.as_deref()).await? {
+                let req =
+                    RemotingCommand::request(request::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP).with_body(body.to_string());
+                admin.call(&addr, req).await.with_context(|| format!("broker {name}"))?;
+                table.push_str(&format!("group {group} set on {name} ({addr})\n"));
+            }
+            Ok((json!({"group": group}), table))
+        }
+        GroupVerb::List => {
+            let mut groups = std::collections::BTreeSet::new();
+            for (_, addr) in admin.masters(None).await? {
+                let r = admin.call(&addr, RemotingCommand::request(request::GET_ALL_SUBSCRIPTIONGROUP_CONFIG)).await?;
+                let v: Value = fastjson::decode(&r.body, "SubscriptionGroupWrapper")?;
+                if let Some(t) = v.get("subscriptionGroupTable").and_then(Value::as_object) {
+                    groups.extend(t.keys().cloned());
+                }
+            }
+            let table = groups.iter().map(|g| format!("{g}\n")).collect();
+            Ok((json!(groups), table))
+        }
+        GroupVerb::Progress { group, topic } => {
+            let mut rows = Vec::new();
+            let mut total_lag = 0;
+            let mut table = format!(
+                "{:<24} {:<16} {:>5} {:>12} {:>12} {:>8}\n",
+                "#Topic", "#Broker", "#QID", "#BrokerOffset", "#ConsumerOffset", "#Lag"
+            );
+            for (name, addr) in admin.masters(None).await? {
+                let req = RemotingCommand::request(request::GET_CONSUME_STATS)
+                    .with("consumerGroup", &group)
+                    .with_opt("topic", topic.clone());
+                let r = admin.client.invoke(&addr, req, TIMEOUT).await.with_context(|| format!("calling {addr}"))?;
+                if r.code == response::CONSUMER_NOT_ONLINE {
+                    continue; // no offsets of this group on that broker
+                }
+                if r.code != response::SUCCESS {
+                    bail!("{addr} answered code {}: {}", r.code, r.remark.unwrap_or_default());
+                }
+                let stats =
+                    ConsumeStats::from_fastjson(&r.body).with_context(|| format!("stats from broker {name}"))?;
+                for (mq, w) in &stats.offset_table {
+                    let lag = (w.broker_offset - w.consumer_offset).max(0);
+                    total_lag += lag;
+                    table.push_str(&format!(
+                        "{:<24} {:<16} {:>5} {:>12} {:>12} {:>8}\n",
+                        mq.topic, mq.broker_name, mq.queue_id, w.broker_offset, w.consumer_offset, lag
+                    ));
+                    rows.push(json!({"topic": mq.topic, "broker": mq.broker_name, "queue_id": mq.queue_id,
+                        "broker_offset": w.broker_offset, "consumer_offset": w.consumer_offset, "lag": lag}));
+                }
+            }
+            if rows.is_empty() {
+                bail!("consumer group {group} has no offsets on any broker");
+            }
+            table.push_str(&format!("total lag: {total_lag}\n"));
+            Ok((json!({"group": group, "queues": rows, "total_lag": total_lag}), table))
+        }
+        GroupVerb::Connections { group } => {
+            let mut all = Vec::new();
+            let mut table = String::new();
+            for (_, addr) in admin.masters(None).await? {
+                let req = RemotingCommand::request(request::GET_CONSUMER_CONNECTION_LIST).with("consumerGroup", &group);
+                let r = admin.client.invoke(&addr, req, TIMEOUT).await.with_context(|| format!("calling {addr}"))?;
+                if r.code != response::SUCCESS {
+                    continue;
+                }
+                let v: Value = fastjson::decode(&r.body, "ConsumerConnection")?;
+                for c in v.get("connectionSet").and_then(Value::as_array).into_iter().flatten() {
+                    table.push_str(&format!(
+                        "{:<40} {:<24} {}\n",
+                        c["clientId"].as_str().unwrap_or_default(),
+                        c["clientAddr"].as_str().unwrap_or_default(),
+                        c["language"].as_str().unwrap_or_default()
+                    ));
+                    all.push(c.clone());
+                }
+            }
+            if all.is_empty() {
+                bail!("consumer group {group} is not online");
+            }
+            Ok((json!(all), table))
+        }
+        GroupVerb::ResetOffset { group, topic, timestamp } => {
+            let mut rows = Vec::new();
+            let mut table = String::new();
+            for (name, addr, queues) in admin.topic_masters(&topic).await? {
+                for q in 0..queues {
+                    let search = RemotingCommand::request(request::SEARCH_OFFSET_BY_TIMESTAMP)
+                        .with("topic", &topic)
+                        .with("queueId", q)
+                        .with("timestamp", timestamp);
+                    let offset = offset_field(&admin.call(&addr, search).await?, "offset")?;
+                    let update = RemotingCommand::request(request::UPDATE_CONSUMER_OFFSET)
+                        .with("consumerGroup", &group)
+                        .with("topic", &topic)
+                        .with("queueId", q)
+                        .with("commitOffset", offset);
+                    admin.call(&addr, update).await?;
+                    table.push_str(&format!("{topic} {name} queue {q}: offset {offset}\n"));
+                    rows.push(json!({"broker": name, "queue_id": q, "offset": offset}));
+                }
+            }
+            Ok((json!(rows), table))
+        }
+    }
+}
+
+fn describe(r: &Record<'_>) -> Value {
+    json!({
+        "topic": r.topic,
+        "queue_id": r.queue_id,
+        "queue_offset": r.queue_offset,
+        "commit_log_offset": r.physical_offset,
+        "store_timestamp": r.store_timestamp,
+        "born_timestamp": r.born_timestamp,
+        "born_host": r.born_host.to_string(),
+        "store_host": r.store_host.to_string(),
+        "reconsume_times": r.reconsume_times,
+        "tags": r.property("TAGS"),
+        "keys": r.property("KEYS"),
+        "uniq_key": r.property("UNIQ_KEY"),
+        "properties": r.properties.replace(['\u{1}'], "=").replace(['\u{2}'], "; "),
+        "body_len": r.body.len(),
+        "body": String::from_utf8_lossy(&r.body[..r.body.len().min(256)]),
+    })
+}
+
+fn records(body: &[u8]) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let r = decode_record(rest, false).context("a stored record does not decode")?;
+        out.push(describe(&r));
+        rest = &rest[r.total_size..];
+    }
+    Ok(out)
+}
+
+fn message_table(found: &[Value]) -> String {
+    found.iter().map(|m| format!("{}\n", serde_json::to_string_pretty(m).unwrap_or_default())).collect()
+}
+
+async fn message(admin: &Admin, verb: MessageVerb) -> Result<Output> {
+    let found = match verb {
+        // Unique keys and offset ids are both 32 hex characters: with a
+        // topic, the unique-key index is asked first, as mqadmin does.
+        MessageVerb::Id { id, topic } => {
+            let by_key = match &topic {
+                Some(t) => query_key(admin, t, &id, 0, i64::MAX, 32).await?,
+                None => Vec::new(),
+            };
+            match (by_key.is_empty(), parse_offset_msg_id(&id)) {
+                (false, _) => by_key,
+                (true, Some((host, offset))) => {
+                    let req = RemotingCommand::request(request::VIEW_MESSAGE_BY_ID).with("offset", offset);
+                    records(&admin.call(&host.to_string(), req).await?.body)?
+                }
+                (true, None) if topic.is_none() => {
+                    bail!("`{id}` is not an offset message id; give --topic to look it up as a unique key")
+                }
+                (true, None) => Vec::new(),
+            }
+        }
+        MessageVerb::Key { topic, key, begin, end, max } => query_key(admin, &topic, &key, begin, end, max).await?,
+    };
+    if found.is_empty() {
+        bail!("no message found");
+    }
+    let table = message_table(&found);
+    Ok((json!(found), table))
+}
+
+async fn query_key(admin: &Admin, topic: &str, key: &str, begin: i64, end: i64, max: i32) -> Result<Vec<Value>> {
+    let mut found = Vec::new();
+    for (_, addr, _) in admin.topic_masters(topic).await? {
+        let req = RemotingCommand::request(request::QUERY_MESSAGE)
+            .with("topic", topic)
+            .with("key", key)
+            .with("maxNum", max)
+            .with("beginTimestamp", begin)
+            .with("endTimestamp", end);
+        let r = admin.client.invoke(&addr, req, TIMEOUT).await.with_context(|| format!("calling {addr}"))?;
+        match r.code {
+            response::SUCCESS => found.extend(records(&r.body)?),
+            response::QUERY_NOT_FOUND => {}
+            code => bail!("{addr} answered code {code}: {}", r.remark.unwrap_or_default()),
+        }
+    }
+    Ok(found)
 }

@@ -61,11 +61,8 @@ enum Command {
         #[arg(short = 'n', long)]
         namesrv_addr: Option<String>,
     },
-    /// Operator commands, named as in mqadmin.
-    Admin {
-        #[command(subcommand)]
-        command: admin::AdminCommand,
-    },
+    /// Operator commands (mqadmin's jobs): `spate admin -n HOST:PORT topic create T`.
+    Admin(admin::AdminArgs),
     /// Load generators and latency reports.
     Bench {
         #[command(subcommand)]
@@ -88,7 +85,7 @@ fn main() -> Result<()> {
             }
             Command::Namesrv { port, broker_expired_millis } => namesrv(port, broker_expired_millis).await,
             Command::Broker { config, namesrv_addr } => broker(&config, namesrv_addr).await,
-            Command::Admin { command } => admin::run(command).await,
+            Command::Admin(args) => admin::run(args).await,
             Command::Bench { command } => bench::run(command).await,
         }
     })

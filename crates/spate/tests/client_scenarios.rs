@@ -599,7 +599,7 @@ async fn sends_fail_over_to_the_other_broker_when_one_dies() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
-        .args(["admin", "updateTopic", "-n", &ns.addr(), "-t", "Both", "-r", "2", "-w", "2"])
+        .args(["admin", "-n", &ns.addr(), "topic", "create", "Both", "-r", "2", "-w", "2"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -292,11 +292,11 @@ async fn admin_update_topic_creates_it_on_every_master() {
     let dir = tempfile::tempdir().unwrap();
     let spate = Standalone::start(&dir.path().join("data"));
     let out = Command::new(env!("CARGO_BIN_EXE_spate"))
-        .args(["admin", "updateTopic", "-n", &spate.namesrv(), "-t", "AdminMade", "-r", "3", "-w", "3"])
+        .args(["admin", "-n", &spate.namesrv(), "topic", "create", "AdminMade", "-r", "3", "-w", "3"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("create topic AdminMade on broker-a"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("topic AdminMade set on broker-a"));
     let c = raw_client();
     let route = wait_for("route", async || {
         let r = call(
@@ -312,7 +312,7 @@ async fn admin_update_topic_creates_it_on_every_master() {
     assert_eq!(route.queue_datas[0].write_queue_nums, 3);
     // A name server that does not answer is a clear error, not a hang.
     let out = Command::new(env!("CARGO_BIN_EXE_spate"))
-        .args(["admin", "updateTopic", "-n", &format!("127.0.0.1:{}", free_port()), "-t", "X"])
+        .args(["admin", "-n", &format!("127.0.0.1:{}", free_port()), "topic", "create", "X"])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -89,6 +89,38 @@ impl ConsumeStats {
         format!("{{\"consumeTps\":{},\"offsetTable\":{{{}}}}}", self.consume_tps, entries.join(","))
     }
 
+    /// Reads fastjson's shape back (object keys in `offsetTable`), as
+    /// written by [`ConsumeStats::to_fastjson`] and by upstream brokers.
+    pub fn from_fastjson(body: &[u8]) -> Result<ConsumeStats, super::json::BodyError> {
+        let bad = |reason: &str| super::json::BodyError { what: "ConsumeStats", reason: reason.to_string() };
+        let text = std::str::from_utf8(body).map_err(|_| bad("not UTF-8"))?;
+        let mut stats = ConsumeStats::default();
+        if let Some(i) = text.find("\"consumeTps\":") {
+            let rest = &text[i + 13..];
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
+            stats.consume_tps = rest[..end].trim().parse().unwrap_or(0.0);
+        }
+        let Some(i) = text.find("\"offsetTable\":{") else { return Ok(stats) };
+        // Entries are `{MessageQueue}:{OffsetWrapper}`; neither nests braces.
+        let mut rest = &text[i + 15..];
+        loop {
+            rest = rest.trim_start_matches([',', ' ', '\n', '\r', '\t']);
+            if rest.starts_with('}') || rest.is_empty() {
+                break;
+            }
+            let key_end = rest.find('}').ok_or_else(|| bad("unterminated queue key"))? + 1;
+            let mq: MessageQueue =
+                serde_json::from_str(&rest[..key_end]).map_err(|e| bad(&format!("queue key: {e}")))?;
+            rest =
+                rest[key_end..].trim_start().strip_prefix(':').ok_or_else(|| bad("missing ':' after a queue key"))?;
+            let val_end = rest.find('}').ok_or_else(|| bad("unterminated offsets"))? + 1;
+            let w: OffsetWrapper = serde_json::from_str(&rest[..val_end]).map_err(|e| bad(&format!("offsets: {e}")))?;
+            stats.offset_table.insert(mq, w);
+            rest = &rest[val_end..];
+        }
+        Ok(stats)
+    }
+
     /// Total messages not yet consumed.
     pub fn lag(&self) -> i64 {
         self.offset_table.values().map(|w| (w.broker_offset - w.consumer_offset).max(0)).sum()
@@ -103,4 +135,27 @@ pub struct ClientConnection {
     pub client_addr: String,
     pub language: String,
     pub version: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consume_stats_round_trip_through_fastjson_object_keys() {
+        let mut s = ConsumeStats { consume_tps: 1.5, ..Default::default() };
+        s.offset_table.insert(
+            MessageQueue::new("T", "b", 0),
+            OffsetWrapper { broker_offset: 9, consumer_offset: 4, last_timestamp: 0 },
+        );
+        s.offset_table.insert(
+            MessageQueue::new("T", "b", 1),
+            OffsetWrapper { broker_offset: 3, consumer_offset: 3, last_timestamp: 7 },
+        );
+        let back = ConsumeStats::from_fastjson(s.to_fastjson().as_bytes()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.lag(), 5);
+        assert!(ConsumeStats::from_fastjson(b"{\"offsetTable\":{{\"topic\":").is_err());
+        assert!(ConsumeStats::from_fastjson(b"{}").unwrap().offset_table.is_empty());
+    }
 }
