@@ -61,6 +61,8 @@ pub struct BrokerConfig {
     pub notify_consumer_ids_changed_enable: bool,
     /// `maxHeldPulls`: suspended pulls across all connections (Spate).
     pub max_held_pulls: usize,
+    /// `metricsPromExporterPort`: HTTP port of `/metrics` (0: off).
+    pub metrics_prom_exporter_port: u16,
     /// The store's settings (`storePathRootDir`, `flushDiskType`, ...).
     pub store: StoreConfig,
 }
@@ -87,6 +89,7 @@ pub const BROKER_KEYS: &[&str] = &[
     "channelExpiredTimeout",
     "notifyConsumerIdsChangedEnable",
     "maxHeldPulls",
+    "metricsPromExporterPort",
 ];
 
 impl BrokerConfig {
@@ -113,6 +116,7 @@ impl BrokerConfig {
             channel_expired_timeout: Duration::from_secs(120),
             notify_consumer_ids_changed_enable: true,
             max_held_pulls: 100_000,
+            metrics_prom_exporter_port: 0,
             store: StoreConfig::new(store_root),
         }
     }
@@ -148,6 +152,7 @@ impl BrokerConfig {
             "channelExpiredTimeout" => self.channel_expired_timeout = millis(key, v)?,
             "notifyConsumerIdsChangedEnable" => self.notify_consumer_ids_changed_enable = parse_bool(key, v)?,
             "maxHeldPulls" => self.max_held_pulls = parse(key, v)?,
+            "metricsPromExporterPort" => self.metrics_prom_exporter_port = parse(key, v)?,
             _ => return self.store.set(key, v).map_err(|e| BrokerError::Config(e.to_string())),
         }
         Ok(true)
@@ -242,6 +247,7 @@ impl BrokerConfig {
             ("channelExpiredTimeout", self.channel_expired_timeout.as_millis().to_string()),
             ("notifyConsumerIdsChangedEnable", self.notify_consumer_ids_changed_enable.to_string()),
             ("maxHeldPulls", self.max_held_pulls.to_string()),
+            ("metricsPromExporterPort", self.metrics_prom_exporter_port.to_string()),
             ("storePathRootDir", self.store.store_path_root_dir.display().to_string()),
         ];
         lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect()

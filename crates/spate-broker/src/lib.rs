@@ -16,6 +16,7 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod long_poll;
+pub mod metrics;
 pub mod offsets;
 pub mod persist;
 pub mod pull;
@@ -90,6 +91,7 @@ pub struct BrokerState {
     /// Commit-log distance within which a message counts as in memory
     /// (`accessMessageInMemoryMaxRatio`, 40% of physical memory).
     pub hot_bytes: u64,
+    pub metrics: Arc<spate_metrics::Registry>,
     topic_change: tokio::sync::Notify,
     group_change: tokio::sync::Notify,
 }
@@ -174,6 +176,7 @@ impl Broker {
             stats: Stats::default(),
             started: Instant::now(),
             hot_bytes: config::total_memory_bytes() / 100 * ACCESS_MESSAGE_IN_MEMORY_MAX_RATIO,
+            metrics: spate_metrics::Registry::new(),
             topic_change: tokio::sync::Notify::new(),
             group_change: tokio::sync::Notify::new(),
         });
@@ -184,6 +187,15 @@ impl Broker {
             .map_err(|e| BrokerError::Io { path: format!("listen {listen}"), source: e })?;
         let mut tasks = vec![register::spawn(state.clone())];
         tasks.push(spawn_housekeeping(state.clone()));
+        let metrics_port = state.config.read().metrics_prom_exporter_port;
+        if metrics_port != 0 {
+            let s = state.clone();
+            let addr = SocketAddr::new([0, 0, 0, 0].into(), metrics_port);
+            let (_, task) = spate_metrics::serve(addr, Arc::new(move || metrics::render(&s)))
+                .await
+                .map_err(|e| BrokerError::Io { path: format!("metrics port {addr}"), source: e })?;
+            tasks.push(task);
+        }
         tracing::info!(addr = %state.broker_addr, broker = %state.broker_name, "broker listening");
         Ok(Broker { state, server, tasks })
     }
@@ -266,10 +278,23 @@ impl RequestHandler for Processor {
     fn handle(&self, conn: Arc<Connection>, req: RemotingCommand) -> BoxFuture<Option<RemotingCommand>> {
         let state = self.state.clone();
         Box::pin(async move {
+            let started = Instant::now();
             let resp = match process(&state, &conn, &req).await {
                 Ok(r) => r,
                 Err(e) => error_response(&req, &e),
             };
+            // Pulls are timed in pull.rs (their hold time is not processing).
+            if let Some(kind) = match req.code {
+                request::SEND_MESSAGE | request::SEND_MESSAGE_V2 | request::SEND_BATCH_MESSAGE => Some("send"),
+                request::HEART_BEAT => Some("heartbeat"),
+                request::QUERY_CONSUMER_OFFSET | request::UPDATE_CONSUMER_OFFSET => Some("offset"),
+                _ => None,
+            } {
+                metrics::latency(&state.metrics, kind, started.elapsed());
+                if kind == "send" && resp.code != response::SUCCESS {
+                    metrics::rejected(&state.metrics, resp.code);
+                }
+            }
             Some(resp)
         })
     }

@@ -64,6 +64,19 @@ impl ConsumerOffsets {
         self.table.lock().offset_table.keys().filter_map(|k| k.strip_suffix(&suffix).map(str::to_string)).collect()
     }
 
+    /// Every committed offset as (group, topic, queue id, offset).
+    pub fn all(&self) -> Vec<(String, String, i32, i64)> {
+        let t = self.table.lock();
+        let mut out = Vec::new();
+        for (key, queues) in &t.offset_table {
+            let Some((topic, group)) = key.split_once('@') else { continue };
+            for (q, o) in queues {
+                out.push((group.to_string(), topic.to_string(), *q, *o));
+            }
+        }
+        out
+    }
+
     /// Forgets a deleted topic's offsets.
     pub fn remove_topic(&self, topic: &str) {
         let prefix = format!("{topic}@");

@@ -131,6 +131,7 @@ pub async fn pull(
             return Ok(finish(req, result));
         }
         if slot.is_none() {
+            state.metrics.counter(crate::metrics::HELD_PULLS, "Pulls held by long polling.", &[]).inc();
             slot = state.long_poll.hold();
             if slot.is_none() {
                 // Too many waiting pulls: answer now, the client pulls again.
@@ -184,6 +185,7 @@ async fn read(
     // Anything appended before this pull must be dispatched before a short
     // queue can be taken for a moved offset (bounded wait).
     let log_end = state.store.max_offset();
+    let read_started = Instant::now();
     let got = tokio::task::spawn_blocking(move || {
         let filter = |code: i64| codes.is_empty() || codes.contains(&(code as i32));
         let f: Option<&dyn Fn(i64) -> bool> = Some(&filter);
@@ -191,6 +193,7 @@ async fn read(
     })
     .await
     .map_err(|e| BrokerError::Config(format!("pull task failed: {e}")))??;
+    crate::metrics::latency(&state.metrics, "pull_read", read_started.elapsed());
     // A queue that looks short while the dispatcher has not yet caught up
     // with what was appended before this pull is not a moved offset: wait
     // briefly for the dispatch and read again.
@@ -238,6 +241,7 @@ async fn read(
             b.extend_from_slice(m);
         }
         state.stats.record_get(got.messages.len() as u64, total as u64);
+        crate::metrics::delivered(&state.metrics, &h.topic, got.messages.len() as u64, total as u64);
         Some(b)
     };
     Ok(PullResult { code, body, next_begin, min: got.min_offset, max: got.max_offset, remark })

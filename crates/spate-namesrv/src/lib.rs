@@ -32,6 +32,8 @@ pub struct NamesrvConfig {
     /// How often expiry is checked (`scanNotActiveBrokerInterval`; upstream 5 s).
     pub scan_not_active_broker_interval: Duration,
     pub connection: ConnectionConfig,
+    /// HTTP port of Prometheus `/metrics` (0: off).
+    pub metrics_port: u16,
 }
 
 impl Default for NamesrvConfig {
@@ -41,6 +43,7 @@ impl Default for NamesrvConfig {
             broker_expired_time: Duration::from_secs(10),
             scan_not_active_broker_interval: Duration::from_secs(1),
             connection: ConnectionConfig::default(),
+            metrics_port: 0,
         }
     }
 }
@@ -50,6 +53,7 @@ pub struct NameServer {
     server: RemotingServer,
     routes: Arc<RwLock<Routes>>,
     expiry_task: tokio::task::JoinHandle<()>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl NameServer {
@@ -66,8 +70,26 @@ impl NameServer {
                 expiry_routes.write().expire(Instant::now(), cfg.broker_expired_time);
             }
         });
+        let metrics_task = if cfg.metrics_port != 0 {
+            let r = routes.clone();
+            let registry = spate_metrics::Registry::new();
+            let render = move || {
+                let routes = r.read();
+                registry
+                    .gauge("rocketmq_brokers_alive", "Broker processes registered.", &[])
+                    .set(routes.live_broker_count() as i64);
+                registry
+                    .gauge("rocketmq_topics", "Topics with a route.", &[])
+                    .set(routes.topics().topic_list.len() as i64);
+                registry.render()
+            };
+            let addr = SocketAddr::new(cfg.listen_addr.ip(), cfg.metrics_port);
+            Some(spate_metrics::serve(addr, Arc::new(render)).await?.1)
+        } else {
+            None
+        };
         tracing::info!(addr = %server.local_addr(), "name server listening");
-        Ok(NameServer { server, routes, expiry_task })
+        Ok(NameServer { server, routes, expiry_task, metrics_task })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -82,6 +104,9 @@ impl NameServer {
     /// Stops accepting and answers what is in progress.
     pub async fn shutdown(&self, grace: Duration) {
         self.expiry_task.abort();
+        if let Some(t) = &self.metrics_task {
+            t.abort();
+        }
         self.server.shutdown(grace).await;
     }
 }

@@ -44,6 +44,9 @@ enum Command {
         /// A broker.conf with further settings (the flags above win).
         #[arg(short = 'c', long)]
         config: Option<PathBuf>,
+        /// HTTP port of the broker's Prometheus `/metrics` (0: off; broker.conf's metricsPromExporterPort).
+        #[arg(long)]
+        metrics_port: Option<u16>,
     },
     /// A name server.
     Namesrv {
@@ -52,6 +55,9 @@ enum Command {
         /// Drop a broker silent for this long (brokerChannelExpiredTime), in ms.
         #[arg(long, default_value_t = 10_000)]
         broker_expired_millis: u64,
+        /// HTTP port of Prometheus `/metrics` (0: off).
+        #[arg(long, default_value_t = 0)]
+        metrics_port: u16,
     },
     /// A broker configured by a broker.conf file.
     Broker {
@@ -80,10 +86,12 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("spate").build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Standalone { data_dir, namesrv_port, broker_port, config } => {
-                standalone(data_dir, namesrv_port, broker_port, config.as_deref()).await
+            Command::Standalone { data_dir, namesrv_port, broker_port, config, metrics_port } => {
+                standalone(data_dir, namesrv_port, broker_port, config.as_deref(), metrics_port).await
             }
-            Command::Namesrv { port, broker_expired_millis } => namesrv(port, broker_expired_millis).await,
+            Command::Namesrv { port, broker_expired_millis, metrics_port } => {
+                namesrv(port, broker_expired_millis, metrics_port).await
+            }
             Command::Broker { config, namesrv_addr } => broker(&config, namesrv_addr).await,
             Command::Admin(args) => admin::run(args).await,
             Command::Bench { command } => bench::run(command).await,
@@ -102,11 +110,20 @@ fn load_broker_config(data_dir: &Path, file: Option<&Path>) -> Result<BrokerConf
     Ok(cfg)
 }
 
-async fn standalone(data_dir: PathBuf, namesrv_port: u16, broker_port: u16, config: Option<&Path>) -> Result<()> {
+async fn standalone(
+    data_dir: PathBuf,
+    namesrv_port: u16,
+    broker_port: u16,
+    config: Option<&Path>,
+    metrics_port: Option<u16>,
+) -> Result<()> {
     let started = Instant::now();
     let mut cfg = load_broker_config(&data_dir, config)?;
     cfg.store.store_path_root_dir = data_dir.clone();
     cfg.listen_port = broker_port;
+    if let Some(p) = metrics_port {
+        cfg.metrics_prom_exporter_port = p;
+    }
     let namesrv = NameServer::start(NamesrvConfig {
         listen_addr: SocketAddr::from(([0, 0, 0, 0], namesrv_port)),
         ..NamesrvConfig::default()
@@ -133,10 +150,11 @@ async fn standalone(data_dir: PathBuf, namesrv_port: u16, broker_port: u16, conf
     Ok(())
 }
 
-async fn namesrv(port: u16, broker_expired_millis: u64) -> Result<()> {
+async fn namesrv(port: u16, broker_expired_millis: u64, metrics_port: u16) -> Result<()> {
     let namesrv = NameServer::start(NamesrvConfig {
         listen_addr: SocketAddr::from(([0, 0, 0, 0], port)),
         broker_expired_time: Duration::from_millis(broker_expired_millis),
+        metrics_port,
         ..NamesrvConfig::default()
     })
     .await
