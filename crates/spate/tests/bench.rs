@@ -66,6 +66,26 @@ fn produce_prints_json_with_every_field_against_a_real_broker() {
         assert!(v["sent_ok"].as_u64().unwrap() > 0, "{extra:?}: {v}");
         assert_eq!(v["errors"], serde_json::json!({}), "{extra:?}");
     }
+    // End to end: every message of this run comes back, with latencies.
+    let v = bench(&[
+        "e2e",
+        "-n",
+        &ns,
+        "--topic",
+        "BenchE2e",
+        "--rate",
+        "500",
+        "--duration",
+        "1s",
+        "--warmup",
+        "500ms",
+        "--json",
+    ]);
+    for f in FIELDS {
+        assert!(v.get(f).is_some(), "e2e: missing {f} in {v}");
+    }
+    assert_eq!(v["sent_ok"], v["expected"], "every message of the run was consumed: {v}");
+    assert!(v["p50_us"].as_u64().unwrap() > 0);
     // The floor runs in the same binary.
     let out = Command::new(env!("CARGO_BIN_EXE_spate"))
         .args(["bench", "floor", "--dir", dir.path().to_str().unwrap(), "--json"])

@@ -1,6 +1,7 @@
 //! `spate bench`: load generators and latency reports (`produce`,
 //! `floor`). Open loop by default: see `produce.rs`.
 
+pub mod e2e;
 pub mod floor;
 pub mod produce;
 pub mod report;
@@ -26,6 +27,13 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Producer and push consumer in one process: born-to-consume latency.
+    E2e {
+        #[command(flatten)]
+        args: e2e::E2eArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure this machine's floor: loopback TCP round trip and fdatasync.
     Floor {
         /// Request size of the round trip.
@@ -48,6 +56,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             }
             print(&report, json);
         }
+        BenchCommand::E2e { args, json } => print(&e2e::run(&args).await?, json),
         BenchCommand::Floor { size, dir, json } => {
             let tcp = floor::tcp_round_trip(size, 5_000).await?;
             let d = dir.clone();

@@ -1,0 +1,197 @@
+//! `spate bench e2e`: a producer at a fixed rate and a push consumer in one
+//! process. Each body starts with its sequence number, so the consumer
+//! knows the message's intended send time: born-to-consume latency is
+//! measured from it (open loop), store-to-consume from the broker's store
+//! timestamp (millisecond resolution).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use spate_client::{
+    ClientConfig, ConsumeFromWhere, ConsumeStatus, Message, MessageListener, Producer, ProducerOptions, PushConsumer,
+    PushConsumerOptions,
+};
+
+use super::report::{histogram, Report};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct E2eArgs {
+    /// Name server address(es).
+    #[arg(short = 'n', long = "namesrv", default_value = "127.0.0.1:9876")]
+    pub namesrv: String,
+    #[arg(long, default_value = "BenchmarkE2e")]
+    pub topic: String,
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Messages per second (open loop).
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    #[arg(long, default_value = "10s", value_parser = super::report::parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = super::report::parse_duration)]
+    pub warmup: Duration,
+}
+
+pub async fn run(a: &E2eArgs) -> Result<Report> {
+    if a.rate == 0 || a.size < 16 {
+        bail!("--rate must be positive and --size at least 16");
+    }
+    // Bodies carry (run id, sequence number): messages of earlier runs in
+    // the same topic are skipped, not mistaken for this run's.
+    let run_id = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
+    let pid = std::process::id();
+    let producer = Producer::start(
+        ClientConfig::new(&a.namesrv).with_instance_name(format!("bench-e2e-p-{pid}")),
+        ProducerOptions::new(format!("bench_e2e_producer_{pid}")),
+    )
+    .await
+    .with_context(|| format!("connecting to {}", a.namesrv))?;
+    producer.send(Message::new(&a.topic, vec![0u8; a.size])).await.context("first send")?;
+
+    let group = format!("bench_e2e_consumer_{pid}");
+    // A new group would start at offset 0 while the queue is young (the
+    // broker's rule): move it to the end so only this run is consumed.
+    commit_group_at_end(&a.namesrv, &a.topic, &group).await?;
+
+    let start = Instant::now();
+    let measure_from = start + a.warmup;
+    let total = a.warmup + a.duration;
+    let born = Arc::new(Mutex::new(histogram()));
+    let stored = Arc::new(Mutex::new(histogram()));
+    let received = Arc::new(AtomicU64::new(0));
+    let rate = a.rate as f64;
+    let (b, s, r) = (born.clone(), stored.clone(), received.clone());
+    let mut o = PushConsumerOptions::new(group);
+    o.consume_from_where = ConsumeFromWhere::LastOffset;
+    let consumer =
+        PushConsumer::new(ClientConfig::new(&a.namesrv).with_instance_name(format!("bench-e2e-c-{pid}")), o)?;
+    consumer.subscribe(&a.topic, "*")?;
+    consumer
+        .start(MessageListener::concurrently(move |msgs, _| {
+            let now = Instant::now();
+            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+            for m in msgs {
+                if m.body.len() < 16 || m.body[..8] != run_id.to_be_bytes() {
+                    continue; // another run's message, or the first-send probe
+                }
+                let k = u64::from_be_bytes(m.body[8..16].try_into().unwrap_or([0; 8]));
+                let intended = start + Duration::from_secs_f64(k as f64 / rate);
+                if intended < measure_from {
+                    continue;
+                }
+                r.fetch_add(1, Ordering::Relaxed);
+                let _ = b.lock().record(now.saturating_duration_since(intended).as_micros().max(1) as u64);
+                let _ = s.lock().record(((now_ms - m.store_timestamp).max(0) as u64 * 1000).max(1));
+            }
+            ConsumeStatus::ConsumeSuccess
+        }))
+        .await?;
+    // Let the consumer's pulls reach the broker before the schedule starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let producer = Arc::new(producer);
+    let (p, size, topic, sent2) = (producer.clone(), a.size, a.topic.clone(), sent.clone());
+    let scheduler = std::thread::spawn(move || {
+        // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's slack.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+        }
+        let mut k: u64 = 0;
+        loop {
+            let intended = start + Duration::from_secs_f64(k as f64 / rate);
+            if intended >= start + total {
+                break;
+            }
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            let mut body = BytesMut::with_capacity(size);
+            body.put_u64(run_id);
+            body.put_u64(k);
+            body.resize(size, 0x5a);
+            let msg = Message::new(&topic, Bytes::from(body));
+            let s = sent2.clone();
+            let _ = p.send_async(msg, move |r| {
+                if r.is_ok() {
+                    s.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            k += 1;
+        }
+    });
+    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
+    // Stragglers: up to 5 s for the last messages to arrive.
+    let expected = (a.duration.as_secs_f64() * rate) as u64;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumer.shutdown().await;
+    producer.shutdown().await;
+    let got = received.load(Ordering::Relaxed);
+    let mut extra = serde_json::Map::new();
+    let st = stored.lock().clone();
+    extra.insert("store_to_consume_p50_us".into(), st.value_at_quantile(0.5).into());
+    extra.insert("store_to_consume_p99_us".into(), st.value_at_quantile(0.99).into());
+    extra.insert("rate".into(), a.rate.into());
+    extra.insert("size".into(), a.size.into());
+    extra.insert("expected".into(), expected.into());
+    extra.insert("latency".into(), "born_to_consume from intended send time".into());
+    let mut errors = std::collections::BTreeMap::new();
+    if got < expected {
+        errors.insert(-1, expected - got);
+    }
+    let latency_us = born.lock().clone();
+    Ok(Report { name: "e2e", elapsed: a.duration, latency_us, sent_ok: got, errors, extra })
+}
+
+/// Commits `group`'s offset on every queue of `topic` at the queue's end.
+async fn commit_group_at_end(namesrv: &str, topic: &str, group: &str) -> Result<()> {
+    use spate_remoting::protocol::{json, TopicRouteData};
+    use spate_remoting::{request, response, RemotingClient, RemotingCommand};
+    let t = Duration::from_secs(5);
+    let c = RemotingClient::new(spate_remoting::ClientConfig::default(), None);
+    let ns = namesrv.split(';').next().unwrap_or(namesrv).trim();
+    // The topic was just created by the first send: wait briefly for its route.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let route: TopicRouteData = loop {
+        let r = c.invoke(ns, RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC).with("topic", topic), t).await?;
+        if r.code == response::SUCCESS {
+            break json::decode(&r.body, "route")?;
+        }
+        if Instant::now() > deadline {
+            bail!("no route for topic {topic}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for q in &route.queue_datas {
+        let Some(addr) =
+            route.broker_datas.iter().find(|b| b.broker_name == q.broker_name).and_then(|b| b.master_addr())
+        else {
+            continue;
+        };
+        for id in 0..q.read_queue_nums {
+            let r = c
+                .invoke(
+                    addr,
+                    RemotingCommand::request(request::GET_MAX_OFFSET).with("topic", topic).with("queueId", id),
+                    t,
+                )
+                .await?;
+            let max: i64 = r.field("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let commit = RemotingCommand::request(request::UPDATE_CONSUMER_OFFSET)
+                .with("consumerGroup", group)
+                .with("topic", topic)
+                .with("queueId", id)
+                .with("commitOffset", max);
+            c.invoke(addr, commit, t).await?;
+        }
+    }
+    Ok(())
+}
