@@ -96,34 +96,18 @@ pub async fn run(a: &E2eArgs) -> Result<Report> {
     let sent = Arc::new(AtomicU64::new(0));
     let producer = Arc::new(producer);
     let (p, size, topic, sent2) = (producer.clone(), a.size, a.topic.clone(), sent.clone());
-    let scheduler = std::thread::spawn(move || {
-        // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's slack.
-        unsafe {
-            libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-        }
-        let mut k: u64 = 0;
-        loop {
-            let intended = start + Duration::from_secs_f64(k as f64 / rate);
-            if intended >= start + total {
-                break;
+    let scheduler = super::report::open_loop_schedule(start, start + total, rate, move |k, _| {
+        let mut body = BytesMut::with_capacity(size);
+        body.put_u64(run_id);
+        body.put_u64(k);
+        body.resize(size, 0x5a);
+        let s = sent2.clone();
+        let _ = p.send_async(Message::new(&topic, Bytes::from(body)), move |r| {
+            if r.is_ok() {
+                s.fetch_add(1, Ordering::Relaxed);
             }
-            let now = Instant::now();
-            if intended > now {
-                std::thread::sleep(intended - now);
-            }
-            let mut body = BytesMut::with_capacity(size);
-            body.put_u64(run_id);
-            body.put_u64(k);
-            body.resize(size, 0x5a);
-            let msg = Message::new(&topic, Bytes::from(body));
-            let s = sent2.clone();
-            let _ = p.send_async(msg, move |r| {
-                if r.is_ok() {
-                    s.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-            k += 1;
-        }
+        });
+        true
     });
     let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
     // Stragglers: up to 5 s for the last messages to arrive.

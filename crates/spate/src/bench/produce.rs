@@ -156,10 +156,7 @@ pub async fn run(a: &ProduceArgs) -> Result<Report> {
 }
 
 /// Issues request `k` at `start + k / rate` (in requests of `batch`
-/// messages); waiting for a free in-flight slot counts as latency. The
-/// schedule runs on its own thread with `std::thread::sleep`, whose
-/// precision is tens of microseconds; tokio's timer ticks in milliseconds
-/// and would add up to a millisecond to every latency measured.
+/// messages); waiting for a free in-flight slot counts as latency.
 async fn open_loop(
     a: &ProduceArgs,
     producers: &[Arc<Producer>],
@@ -172,28 +169,12 @@ async fn open_loop(
     let (a, producers, body, shared, permits) =
         (a.clone(), producers.to_vec(), body.clone(), shared.clone(), permits.clone());
     let handle = tokio::runtime::Handle::current();
-    let scheduler = std::thread::spawn(move || {
-        // Wake on time: the default 50 us timer slack would be latency here.
-        // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's slack.
-        unsafe {
-            libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-        }
-        let end = shared.measure_until;
-        let mut k: u64 = 0;
-        loop {
-            let intended = start + Duration::from_secs_f64(k as f64 / requests_per_s);
-            if intended >= end {
-                break;
-            }
-            let now = Instant::now();
-            if intended > now {
-                std::thread::sleep(intended - now);
-            }
-            let Ok(permit) = handle.block_on(permits.clone().acquire_owned()) else { break };
-            let producer = producers[(k as usize) % producers.len()].clone();
-            issue(&handle, &a, producer, body.clone(), shared.clone(), intended, permit);
-            k += 1;
-        }
+    let end = shared.measure_until;
+    let scheduler = super::report::open_loop_schedule(start, end, requests_per_s, move |k, intended| {
+        let Ok(permit) = handle.block_on(permits.clone().acquire_owned()) else { return false };
+        let producer = producers[(k as usize) % producers.len()].clone();
+        issue(&handle, &a, producer, body.clone(), shared.clone(), intended, permit);
+        true
     });
     // Wait for the schedule without holding a runtime worker.
     let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;

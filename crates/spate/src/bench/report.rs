@@ -91,6 +91,39 @@ impl Report {
     }
 }
 
+/// Runs an open-loop schedule on its own thread: calls `issue(k, intended)`
+/// at `start + k / per_second` until `end` or until `issue` returns false.
+/// `std::thread::sleep` with a 1 ns timer slack wakes within microseconds;
+/// tokio's millisecond timer would add up to a millisecond to every sample.
+pub fn open_loop_schedule(
+    start: std::time::Instant,
+    end: std::time::Instant,
+    per_second: f64,
+    mut issue: impl FnMut(u64, std::time::Instant) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's slack.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+        }
+        let mut k: u64 = 0;
+        loop {
+            let intended = start + Duration::from_secs_f64(k as f64 / per_second.max(1e-9));
+            if intended >= end {
+                return;
+            }
+            let now = std::time::Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            if !issue(k, intended) {
+                return;
+            }
+            k += 1;
+        }
+    })
+}
+
 /// `10s`, `2m`, `500ms`, `1h`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
