@@ -331,13 +331,21 @@ async fn auto_created_topics_survive_kill_9_and_deleted_topics_start_over() {
     c.close_all();
     spate.restart();
     // The topic (created by the first send) is still known after the crash.
-    let got = pull_all(&c, &spate.broker(), "Auto", 0, 0).await;
+    let got = wait_for("the recovered messages", async || {
+        let got = pull_all(&c, &spate.broker(), "Auto", 0, 0).await;
+        (got.len() >= 3).then_some(got)
+    })
+    .await;
     assert_eq!(got.len(), 3, "auto-created topic and its messages survive kill -9");
     // Delete it, send again: the queue starts over at offset 0.
     let del = RemotingCommand::request(request::DELETE_TOPIC_IN_BROKER).with("topic", "Auto");
     assert_eq!(call(&c, &spate.broker(), del).await.code, response::SUCCESS);
     let r = call(&c, &spate.broker(), send_req("Auto", 0, vec![9])).await;
     assert_eq!((r.code, r.field("queueOffset")), (response::SUCCESS, Some("0")));
-    let got = pull_all(&c, &spate.broker(), "Auto", 0, 0).await;
+    let got = wait_for("the new message", async || {
+        let got = pull_all(&c, &spate.broker(), "Auto", 0, 0).await;
+        (!got.is_empty()).then_some(got)
+    })
+    .await;
     assert_eq!(got, vec![(0, vec![9])]);
 }
