@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::code::{response, LanguageCode};
 use crate::error::{FrameError, HeaderError};
@@ -212,23 +212,38 @@ impl RemotingCommand {
         Ok(cmd)
     }
 
+    /// Writes the JSON header directly (no intermediate map): this runs
+    /// for every request and response.
     fn encode_json_header(&self) -> Vec<u8> {
-        let mut obj = Map::new();
-        obj.insert("code".into(), self.code.into());
-        obj.insert("language".into(), self.language.name().into());
-        obj.insert("version".into(), self.version.into());
-        obj.insert("opaque".into(), self.opaque.into());
-        obj.insert("flag".into(), self.flag.into());
+        use std::io::Write;
+        let mut b = Vec::with_capacity(128 + self.ext_fields.len() * 32);
+        let _ = write!(
+            b,
+            "{{\"code\":{},\"language\":\"{}\",\"version\":{},\"opaque\":{},\"flag\":{}",
+            self.code,
+            self.language.name(),
+            self.version,
+            self.opaque,
+            self.flag
+        );
         if let Some(r) = &self.remark {
-            obj.insert("remark".into(), r.clone().into());
+            b.extend_from_slice(b",\"remark\":");
+            let _ = serde_json::to_writer(&mut b, r);
         }
         if !self.ext_fields.is_empty() {
-            let ext: Map<String, Value> =
-                self.ext_fields.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-            obj.insert("extFields".into(), Value::Object(ext));
+            b.extend_from_slice(b",\"extFields\":{");
+            for (i, (k, v)) in self.ext_fields.iter().enumerate() {
+                if i > 0 {
+                    b.push(b',');
+                }
+                let _ = serde_json::to_writer(&mut b, k);
+                b.push(b':');
+                let _ = serde_json::to_writer(&mut b, v);
+            }
+            b.push(b'}');
         }
-        obj.insert("serializeTypeCurrentRPC".into(), "JSON".into());
-        serde_json::to_vec(&Value::Object(obj)).unwrap_or_default()
+        b.extend_from_slice(b",\"serializeTypeCurrentRPC\":\"JSON\"}");
+        b
     }
 
     fn encode_binary_header(&self) -> Vec<u8> {
@@ -279,30 +294,50 @@ fn json_to_field(v: &Value) -> Option<String> {
     }
 }
 
+/// The JSON header as peers send it. Fields are read leniently: numbers
+/// may come as strings and strings as numbers; every field may be absent.
+#[derive(serde::Deserialize)]
+struct JsonHeader {
+    #[serde(default)]
+    code: Option<Value>,
+    #[serde(default)]
+    language: Option<Value>,
+    #[serde(default)]
+    version: Option<Value>,
+    #[serde(default)]
+    opaque: Option<Value>,
+    #[serde(default)]
+    flag: Option<Value>,
+    #[serde(default)]
+    remark: Option<Value>,
+    #[serde(default, rename = "extFields")]
+    ext_fields: Option<HashMap<String, Value>>,
+}
+
 fn decode_json_header(header: &[u8]) -> Result<RemotingCommand, FrameError> {
-    let v: Value = serde_json::from_slice(header)
+    let h: JsonHeader = serde_json::from_slice(header)
         .map_err(|e| FrameError::Malformed(format!("JSON header does not parse: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| FrameError::Malformed("JSON header is not an object".into()))?;
-    let language = match obj.get("language") {
+    let language = match &h.language {
         Some(Value::String(s)) => LanguageCode::from_name(s),
         Some(Value::Number(n)) => LanguageCode::from_code(n.as_u64().unwrap_or(7).min(255) as u8),
         _ => LanguageCode::Other,
     };
-    let mut ext_fields = HashMap::new();
-    if let Some(Value::Object(ext)) = obj.get("extFields") {
-        for (k, v) in ext {
-            if let Some(s) = json_to_field(v) {
-                ext_fields.insert(k.clone(), s);
-            }
-        }
-    }
+    let ext_fields = h
+        .ext_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            Value::String(s) => Some((k, s)),
+            other => json_to_field(&other).map(|s| (k, s)),
+        })
+        .collect();
     Ok(RemotingCommand {
-        code: json_i32(obj.get("code")),
+        code: json_i32(h.code.as_ref()),
         language,
-        version: json_i32(obj.get("version")),
-        opaque: json_i32(obj.get("opaque")),
-        flag: json_i32(obj.get("flag")),
-        remark: obj.get("remark").and_then(json_to_field),
+        version: json_i32(h.version.as_ref()),
+        opaque: json_i32(h.opaque.as_ref()),
+        flag: json_i32(h.flag.as_ref()),
+        remark: h.remark.as_ref().and_then(json_to_field),
         ext_fields,
         serialize_type: SerializeType::Json,
         body: Bytes::new(),
