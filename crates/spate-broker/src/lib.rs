@@ -91,7 +91,7 @@ pub struct BrokerState {
     /// Commit-log distance within which a message counts as in memory
     /// (`accessMessageInMemoryMaxRatio`, 40% of physical memory).
     pub hot_bytes: u64,
-    pub metrics: Arc<spate_metrics::Registry>,
+    pub metrics: metrics::BrokerMetrics,
     topic_change: tokio::sync::Notify,
     group_change: tokio::sync::Notify,
 }
@@ -176,7 +176,7 @@ impl Broker {
             stats: Stats::default(),
             started: Instant::now(),
             hot_bytes: config::total_memory_bytes() / 100 * ACCESS_MESSAGE_IN_MEMORY_MAX_RATIO,
-            metrics: spate_metrics::Registry::new(),
+            metrics: metrics::BrokerMetrics::new(),
             topic_change: tokio::sync::Notify::new(),
             group_change: tokio::sync::Notify::new(),
         });
@@ -285,14 +285,16 @@ impl RequestHandler for Processor {
             };
             // Pulls are timed in pull.rs (their hold time is not processing).
             if let Some(kind) = match req.code {
-                request::SEND_MESSAGE | request::SEND_MESSAGE_V2 | request::SEND_BATCH_MESSAGE => Some("send"),
-                request::HEART_BEAT => Some("heartbeat"),
-                request::QUERY_CONSUMER_OFFSET | request::UPDATE_CONSUMER_OFFSET => Some("offset"),
+                request::SEND_MESSAGE | request::SEND_MESSAGE_V2 | request::SEND_BATCH_MESSAGE => {
+                    Some(metrics::Kind::Send)
+                }
+                request::HEART_BEAT => Some(metrics::Kind::Heartbeat),
+                request::QUERY_CONSUMER_OFFSET | request::UPDATE_CONSUMER_OFFSET => Some(metrics::Kind::Offset),
                 _ => None,
             } {
-                metrics::latency(&state.metrics, kind, started.elapsed());
-                if kind == "send" && resp.code != response::SUCCESS {
-                    metrics::rejected(&state.metrics, resp.code);
+                state.metrics.latency(kind, started.elapsed());
+                if matches!(kind, metrics::Kind::Send) && resp.code != response::SUCCESS {
+                    metrics::rejected(&state.metrics.registry, resp.code);
                 }
             }
             Some(resp)

@@ -2,10 +2,12 @@
 //! on the request paths, and gauges computed from the store and the tables
 //! at each scrape. Names follow RocketMQ 5's exporter where one exists.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spate_metrics::Registry;
+use parking_lot::RwLock;
+use spate_metrics::{Counter, Histogram, Registry};
 
 use crate::BrokerState;
 
@@ -18,21 +20,101 @@ pub const REJECTED: &str = "rocketmq_send_rejected_total";
 pub const HELD_PULLS: &str = "rocketmq_pull_held_total";
 const CONSUMER_LAG: &str = "rocketmq_consumer_lag_messages";
 
-/// Counts a stored message batch on `topic`.
-pub fn stored(m: &Registry, topic: &str, messages: u64, bytes: u64) {
-    m.counter(MESSAGES_IN, "Messages stored, by topic.", &[("topic", topic)]).add(messages);
-    m.counter(BYTES_IN, "Bytes of messages stored, by topic.", &[("topic", topic)]).add(bytes);
+/// One topic's traffic counters, looked up once per topic, not per message.
+struct TopicCounters {
+    messages_in: Arc<Counter>,
+    bytes_in: Arc<Counter>,
+    messages_out: Arc<Counter>,
+    bytes_out: Arc<Counter>,
 }
 
-/// Counts messages handed to consumers from `topic`.
-pub fn delivered(m: &Registry, topic: &str, messages: u64, bytes: u64) {
-    m.counter(MESSAGES_OUT, "Messages returned by pulls, by topic.", &[("topic", topic)]).add(messages);
-    m.counter(BYTES_OUT, "Bytes of messages returned by pulls, by topic.", &[("topic", topic)]).add(bytes);
+/// The registry plus handles of the series the request paths update, so a
+/// send costs a hash lookup and two atomic adds.
+pub struct BrokerMetrics {
+    pub registry: Arc<Registry>,
+    topics: RwLock<HashMap<String, Arc<TopicCounters>>>,
+    send: Arc<Histogram>,
+    pull_read: Arc<Histogram>,
+    heartbeat: Arc<Histogram>,
+    offset: Arc<Histogram>,
+    pub held_pulls: Arc<Counter>,
 }
 
-/// Records how long a request of `kind` took.
-pub fn latency(m: &Registry, kind: &'static str, took: Duration) {
-    m.histogram(RPC_LATENCY, "Request processing time, by request kind.", &[("request", kind)]).observe(took);
+/// Request kinds with a latency histogram.
+#[derive(Clone, Copy)]
+pub enum Kind {
+    Send,
+    PullRead,
+    Heartbeat,
+    Offset,
+}
+
+impl BrokerMetrics {
+    pub fn new() -> BrokerMetrics {
+        let registry = Registry::new();
+        let h =
+            |kind| registry.histogram(RPC_LATENCY, "Request processing time, by request kind.", &[("request", kind)]);
+        BrokerMetrics {
+            send: h("send"),
+            pull_read: h("pull_read"),
+            heartbeat: h("heartbeat"),
+            offset: h("offset"),
+            held_pulls: registry.counter(HELD_PULLS, "Pulls held by long polling.", &[]),
+            topics: RwLock::new(HashMap::new()),
+            registry,
+        }
+    }
+
+    fn topic(&self, topic: &str) -> Arc<TopicCounters> {
+        if let Some(t) = self.topics.read().get(topic) {
+            return t.clone();
+        }
+        let m = &self.registry;
+        let label = [("topic", topic)];
+        let t = Arc::new(TopicCounters {
+            messages_in: m.counter(MESSAGES_IN, "Messages stored, by topic.", &label),
+            bytes_in: m.counter(BYTES_IN, "Bytes of messages stored, by topic.", &label),
+            messages_out: m.counter(MESSAGES_OUT, "Messages returned by pulls, by topic.", &label),
+            bytes_out: m.counter(BYTES_OUT, "Bytes of messages returned by pulls, by topic.", &label),
+        });
+        let mut topics = self.topics.write();
+        // Bounded like the topic table (only topics that stored or served messages).
+        if topics.len() < crate::topics::MAX_TOPICS {
+            topics.insert(topic.to_string(), t.clone());
+        }
+        t
+    }
+
+    /// Counts a stored message batch on `topic`.
+    pub fn stored(&self, topic: &str, messages: u64, bytes: u64) {
+        let t = self.topic(topic);
+        t.messages_in.add(messages);
+        t.bytes_in.add(bytes);
+    }
+
+    /// Counts messages handed to consumers from `topic`.
+    pub fn delivered(&self, topic: &str, messages: u64, bytes: u64) {
+        let t = self.topic(topic);
+        t.messages_out.add(messages);
+        t.bytes_out.add(bytes);
+    }
+
+    /// Records how long a request of `kind` took.
+    pub fn latency(&self, kind: Kind, took: Duration) {
+        match kind {
+            Kind::Send => &self.send,
+            Kind::PullRead => &self.pull_read,
+            Kind::Heartbeat => &self.heartbeat,
+            Kind::Offset => &self.offset,
+        }
+        .observe(took);
+    }
+}
+
+impl Default for BrokerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Counts a refused send by its response code's name.
@@ -54,7 +136,7 @@ pub fn rejected(m: &Registry, code: i32) {
 
 /// The whole exposition, with the gauges recomputed now.
 pub fn render(state: &Arc<BrokerState>) -> String {
-    let m = &state.metrics;
+    let m = &state.metrics.registry;
     let s = state.store.stats();
     let g = |name: &'static str, help: &'static str, v: i64| m.gauge(name, help, &[]).set(v);
     g(

@@ -131,7 +131,7 @@ pub async fn pull(
             return Ok(finish(req, result));
         }
         if slot.is_none() {
-            state.metrics.counter(crate::metrics::HELD_PULLS, "Pulls held by long polling.", &[]).inc();
+            state.metrics.held_pulls.inc();
             slot = state.long_poll.hold();
             if slot.is_none() {
                 // Too many waiting pulls: answer now, the client pulls again.
@@ -193,7 +193,7 @@ async fn read(
     })
     .await
     .map_err(|e| BrokerError::Config(format!("pull task failed: {e}")))??;
-    crate::metrics::latency(&state.metrics, "pull_read", read_started.elapsed());
+    state.metrics.latency(crate::metrics::Kind::PullRead, read_started.elapsed());
     // A queue that looks short while the dispatcher has not yet caught up
     // with what was appended before this pull is not a moved offset: wait
     // briefly for the dispatch and read again.
@@ -241,7 +241,7 @@ async fn read(
             b.extend_from_slice(m);
         }
         state.stats.record_get(got.messages.len() as u64, total as u64);
-        crate::metrics::delivered(&state.metrics, &h.topic, got.messages.len() as u64, total as u64);
+        state.metrics.delivered(&h.topic, got.messages.len() as u64, total as u64);
         Some(b)
     };
     Ok(PullResult { code, body, next_begin, min: got.min_offset, max: got.max_offset, remark })

@@ -219,7 +219,7 @@ pub async fn send(
         resp = store_error_response(req, &e);
     }
     state.stats.record_put(1, a.size as u64);
-    crate::metrics::stored(&state.metrics, &h.topic, 1, a.size as u64);
+    state.metrics.stored(&h.topic, 1, a.size as u64);
     Ok(resp
         .with("msgId", offset_msg_id(state.broker_addr, a.physical_offset))
         .with("queueId", queue_id)
@@ -253,7 +253,7 @@ async fn send_batch(
     let ids: Vec<String> = put.appends.iter().map(|a| offset_msg_id(state.broker_addr, a.physical_offset)).collect();
     let bytes: u64 = put.appends.iter().map(|a| a.size as u64).sum();
     state.stats.record_put(put.appends.len() as u64, bytes);
-    crate::metrics::stored(&state.metrics, &base_topic, put.appends.len() as u64, bytes);
+    state.metrics.stored(&base_topic, put.appends.len() as u64, bytes);
     let first_offset = put.appends.first().map_or(0, |a| a.queue_offset);
     Ok(resp
         .with("msgId", ids.join(","))
