@@ -8,7 +8,7 @@ secs="${1:-10}"
 cargo build --release -p spate >/dev/null 2>&1
 bin=target/release/spate
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 start_broker() { # $1: name, $2: extra broker.conf lines
   printf '%s\n' "$2" > "$work/$1.conf"
