@@ -47,27 +47,31 @@ const V2_KEYS: &[(&str, &str)] = &[
 
 impl SendHeader {
     pub fn parse(req: &RemotingCommand) -> Result<SendHeader, BrokerError> {
-        let mut req = req.clone();
-        if req.code == request::SEND_MESSAGE_V2 || req.code == request::SEND_BATCH_MESSAGE && req.field("b").is_some() {
-            for (long, short) in V2_KEYS {
-                if let Some(v) = req.ext_fields.remove(*short) {
-                    req.ext_fields.insert(long.to_string(), v);
-                }
+        // SEND_MESSAGE_V2 (and batches sent with its header) use one-letter
+        // keys: look each field up under the name this header form uses,
+        // without copying the request.
+        let v2 =
+            req.code == request::SEND_MESSAGE_V2 || req.code == request::SEND_BATCH_MESSAGE && req.field("b").is_some();
+        let k = |long: &'static str| -> &'static str {
+            if v2 {
+                V2_KEYS.iter().find(|(l, _)| *l == long).map_or(long, |(_, short)| short)
+            } else {
+                long
             }
-        }
+        };
         Ok(SendHeader {
-            producer_group: req.field("producerGroup").unwrap_or_default().to_string(),
-            topic: req.str_field("topic")?.to_string(),
-            default_topic: req.field("defaultTopic").unwrap_or(DEFAULT_TOPIC).to_string(),
-            default_topic_queue_nums: req.opt_i32_field("defaultTopicQueueNums")?.unwrap_or(4),
-            queue_id: req.opt_i32_field("queueId")?.unwrap_or(-1),
-            sys_flag: req.opt_i32_field("sysFlag")?.unwrap_or(0),
-            born_timestamp: req.opt_i64_field("bornTimestamp")?.unwrap_or(0),
-            flag: req.opt_i32_field("flag")?.unwrap_or(0),
-            properties: req.field("properties").unwrap_or_default().to_string(),
-            reconsume_times: req.opt_i32_field("reconsumeTimes")?.unwrap_or(0),
-            max_reconsume_times: req.opt_i32_field("maxReconsumeTimes")?,
-            batch: req.opt_bool_field("batch")?.unwrap_or(false),
+            producer_group: req.field(k("producerGroup")).unwrap_or_default().to_string(),
+            topic: req.str_field(k("topic"))?.to_string(),
+            default_topic: req.field(k("defaultTopic")).unwrap_or(DEFAULT_TOPIC).to_string(),
+            default_topic_queue_nums: req.opt_i32_field(k("defaultTopicQueueNums"))?.unwrap_or(4),
+            queue_id: req.opt_i32_field(k("queueId"))?.unwrap_or(-1),
+            sys_flag: req.opt_i32_field(k("sysFlag"))?.unwrap_or(0),
+            born_timestamp: req.opt_i64_field(k("bornTimestamp"))?.unwrap_or(0),
+            flag: req.opt_i32_field(k("flag"))?.unwrap_or(0),
+            properties: req.field(k("properties")).unwrap_or_default().to_string(),
+            reconsume_times: req.opt_i32_field(k("reconsumeTimes"))?.unwrap_or(0),
+            max_reconsume_times: req.opt_i32_field(k("maxReconsumeTimes"))?,
+            batch: req.opt_bool_field(k("batch"))?.unwrap_or(false),
         })
     }
 }
@@ -197,7 +201,8 @@ pub async fn send(
         queue_id,
         flag: h.flag,
         body: req.body.clone(),
-        properties: h.properties.clone(),
+        // Moved, not copied: the header's string is not needed again.
+        properties: std::mem::take(&mut h.properties),
         sys_flag: h.sys_flag,
         born_timestamp: h.born_timestamp,
         born_host: conn.peer_addr(),
