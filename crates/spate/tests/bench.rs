@@ -86,6 +86,58 @@ fn produce_prints_json_with_every_field_against_a_real_broker() {
     }
     assert_eq!(v["sent_ok"], v["expected"], "every message of the run was consumed: {v}");
     assert!(v["p50_us"].as_u64().unwrap() > 0);
+    // Consume: a fresh group from the first offset drains what produce
+    // sent to BenchC (open loop, so every send is counted); a plot of its
+    // latency is written alongside.
+    let sent = bench(&[
+        "produce",
+        "-n",
+        &ns,
+        "--topic",
+        "BenchC",
+        "--rate",
+        "2000",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--json",
+    ]);
+    let produced = sent["sent_ok"].as_u64().unwrap() + 1; // plus the bench's first (probe) send
+    let plot = dir.path().join("consume.svg");
+    let v = bench(&[
+        "consume",
+        "-n",
+        &ns,
+        "--topic",
+        "BenchC",
+        "--from",
+        "first",
+        "--warmup",
+        "0s",
+        "--duration",
+        "20s",
+        "--count",
+        &produced.to_string(),
+        "--plot",
+        plot.to_str().unwrap(),
+        "--json",
+    ]);
+    for f in FIELDS {
+        assert!(v.get(f).is_some(), "consume: missing {f} in {v}");
+    }
+    assert_eq!(v["sent_ok"].as_u64().unwrap(), produced, "the whole backlog was consumed: {v}");
+    assert!(v["seconds"].as_f64().unwrap() < 20.0, "stopped at --count: {v}");
+    assert!(v.get("store_to_consume_p99_us").is_some());
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("spate bench consume") && svg.contains("<polyline"));
+    // A plot file that is not SVG is refused before anything runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["bench", "produce", "-n", &ns, "--plot", "x.png"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("*.svg"));
     // The floor runs in the same binary.
     let out = Command::new(env!("CARGO_BIN_EXE_spate"))
         .args(["bench", "floor", "--dir", dir.path().to_str().unwrap(), "--json"])
@@ -184,4 +236,33 @@ fn open_loop_accounting_shows_a_server_stall() {
     assert!(p999 >= 40_000, "open-loop p99.9 {p999} us hides the 50 ms stalls");
     assert!(p50 < 10_000, "p50 {p50} us: most sends are not stalled");
     drop(srv);
+}
+
+#[test]
+fn store_prints_json_with_every_field_in_open_loop_and_at_maximum_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().to_str().unwrap();
+    let common = ["store", "--duration", "1s", "--segment-size", "67108864", "--dir", store_dir, "--json"];
+    // Open loop, async flush: the schedule issues exactly rate x duration appends.
+    let v = bench(&[&common[..], &["--rate", "2000"]].concat());
+    for f in FIELDS {
+        assert!(v.get(f).is_some(), "store: missing {f} in {v}");
+    }
+    assert_eq!(v["errors"], serde_json::json!({}), "{v}");
+    assert_eq!(v["sent_ok"], 2000, "2000/s for 1 s: {v}");
+    let throughput = v["throughput_per_s"].as_f64().unwrap();
+    assert!((1000.0..=2100.0).contains(&throughput), "2000 appends in about 1 s: {throughput}/s");
+    assert!(v["p50_us"].as_u64() <= v["p99_us"].as_u64() && v["p99_us"].as_u64() <= v["max_us"].as_u64(), "{v}");
+    assert!(v["p50_ns"].as_u64().unwrap() > 0, "nanosecond percentiles: {v}");
+    assert!(v["producer_minor_faults"].is_i64() && v["fdatasync_p50_us"].as_f64().unwrap() > 0.0, "{v}");
+    // Sync flush, 4 producers as fast as they can: group commits happen.
+    let v = bench(&[&common[..], &["--flush", "sync", "--producers", "4", "--rate", "0"]].concat());
+    for f in FIELDS {
+        assert!(v.get(f).is_some(), "store sync: missing {f} in {v}");
+    }
+    assert_eq!(v["errors"], serde_json::json!({}), "{v}");
+    assert!(v["sent_ok"].as_u64().unwrap() > 0 && v["throughput_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["store_syncs"].as_u64().unwrap() > 0, "sync flush synced: {v}");
+    // The store's files went where --dir said.
+    assert!(dir.path().join("store").exists());
 }

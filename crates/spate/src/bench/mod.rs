@@ -1,10 +1,13 @@
 //! `spate bench`: load generators and latency reports (`produce`,
-//! `floor`). Open loop by default: see `produce.rs`.
+//! `consume`, `e2e`, `store`, `floor`). Open loop by default: see
+//! `produce.rs`; `--plot` writes a latency-by-percentile SVG.
 
+pub mod consume;
 pub mod e2e;
 pub mod floor;
 pub mod produce;
 pub mod report;
+pub mod store;
 
 use std::path::PathBuf;
 
@@ -26,6 +29,19 @@ pub enum BenchCommand {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also write a latency-by-percentile plot (SVG).
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+    },
+    /// Push consumer (long polling) on a topic others produce to:
+    /// throughput, born-to-consume and store-to-consume latency.
+    Consume {
+        #[command(flatten)]
+        args: consume::ConsumeArgs,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
     },
     /// Producer and push consumer in one process: born-to-consume latency.
     E2e {
@@ -33,6 +49,19 @@ pub enum BenchCommand {
         args: e2e::E2eArgs,
         #[arg(long)]
         json: bool,
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+    },
+    /// Append straight into a store in this process (no network): open-loop
+    /// latency and throughput of the store alone.
+    Store {
+        #[command(flatten)]
+        args: store::StoreArgs,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
     },
     /// Measure this machine's floor: loopback TCP round trip and fdatasync.
     Floor {
@@ -49,14 +78,28 @@ pub enum BenchCommand {
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
-        BenchCommand::Produce { args, with_floor, dir, json } => {
+        BenchCommand::Produce { args, with_floor, dir, json, plot } => {
+            check_plot_path(plot.as_deref())?;
             let mut report = produce::run(&args).await?;
             if with_floor {
                 report.extra.extend(floor::floor_fields(args.size, &dir).await?);
             }
-            print(&report, json);
+            finish(&report, json, plot.as_deref()).await?;
         }
-        BenchCommand::E2e { args, json } => print(&e2e::run(&args).await?, json),
+        BenchCommand::Consume { args, json, plot } => {
+            check_plot_path(plot.as_deref())?;
+            finish(&consume::run(&args).await?, json, plot.as_deref()).await?;
+        }
+        BenchCommand::E2e { args, json, plot } => {
+            check_plot_path(plot.as_deref())?;
+            finish(&e2e::run(&args).await?, json, plot.as_deref()).await?;
+        }
+        BenchCommand::Store { args, json, plot } => {
+            check_plot_path(plot.as_deref())?;
+            let report = store::run(args).await?;
+            report.print(json);
+            write_plot(&report.report, plot.as_deref()).await?;
+        }
         BenchCommand::Floor { size, dir, json } => {
             let tcp = floor::tcp_round_trip(size, 5_000).await?;
             let d = dir.clone();
@@ -67,6 +110,32 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
                 print!("{}{}", tcp.to_table(), sync.to_table());
             }
         }
+    }
+    Ok(())
+}
+
+/// Refuses a plot file name it cannot write before the run, not after it.
+fn check_plot_path(plot: Option<&std::path::Path>) -> Result<()> {
+    match plot {
+        Some(p) if p.extension().and_then(|e| e.to_str()) != Some("svg") => {
+            anyhow::bail!("--plot writes SVG: name the file *.svg (got {})", p.display())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Prints the report and writes its plot, if asked for.
+async fn finish(report: &report::Report, json: bool, plot: Option<&std::path::Path>) -> Result<()> {
+    print(report, json);
+    write_plot(report, plot).await
+}
+
+async fn write_plot(report: &report::Report, plot: Option<&std::path::Path>) -> Result<()> {
+    if let Some(path) = plot {
+        let title = format!("spate bench {}: {:.0} msg/s", report.name, report.throughput_per_s());
+        tokio::fs::write(path, report::plot_svg(&title, &report.latency_us))
+            .await
+            .map_err(|e| anyhow::anyhow!("writing the plot to {}: {e}", path.display()))?;
     }
     Ok(())
 }

@@ -53,6 +53,8 @@ impl Report {
             "p9999_us": q(0.9999),
             "max_us": h.max(),
             "samples": h.len(),
+            "pct_under_1ms": pct_at_or_below(h, 1_000),
+            "pct_under_10ms": pct_at_or_below(h, 10_000),
         });
         if let Value::Object(map) = &mut v {
             map.extend(self.extra.clone());
@@ -89,6 +91,92 @@ impl Report {
         }
         out
     }
+}
+
+/// Percent of samples at or below `us` (100 for an empty histogram).
+pub fn pct_at_or_below(h: &Histogram<u64>, us: u64) -> f64 {
+    if h.is_empty() {
+        return 100.0;
+    }
+    let below: u64 = h.iter_recorded().filter(|v| v.value_iterated_to() <= us).map(|v| v.count_at_value()).sum();
+    100.0 * below as f64 / h.len() as f64
+}
+
+/// Latency by percentile as an SVG image: x is the percentile on the usual
+/// "nines" scale (90%, 99%, 99.9%, ...), y the latency on a log scale.
+pub fn plot_svg(title: &str, h: &Histogram<u64>) -> String {
+    const W: f64 = 800.0;
+    const H: f64 = 480.0;
+    const LEFT: f64 = 80.0;
+    const RIGHT: f64 = 20.0;
+    const TOP: f64 = 40.0;
+    const BOTTOM: f64 = 50.0;
+    // Nines shown: up to 99.999%, but no further than the samples resolve.
+    let samples = h.len().max(1) as f64;
+    let max_nines = samples.log10().clamp(1.0, 5.0).floor();
+    let points: Vec<(f64, u64)> = (0..=(max_nines * 20.0) as usize)
+        .map(|i| {
+            let nines = i as f64 / 20.0;
+            let q = 1.0 - 10f64.powf(-nines);
+            (nines, if h.is_empty() { 1 } else { h.value_at_quantile(q).max(1) })
+        })
+        .chain(std::iter::once((max_nines, h.max().max(1))))
+        .collect();
+    let lo = points.iter().map(|p| p.1).min().unwrap_or(1).max(1);
+    let hi = points.iter().map(|p| p.1).max().unwrap_or(10).max(lo + 1);
+    let y_lo = (lo as f64).log10().floor();
+    let y_hi = (hi as f64).log10().ceil().max(y_lo + 1.0);
+    let x = |nines: f64| LEFT + nines / max_nines * (W - LEFT - RIGHT);
+    let y = |us: u64| TOP + (y_hi - (us as f64).log10()) / (y_hi - y_lo) * (H - TOP - BOTTOM);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
+        W / 2.0,
+        xml_escape(title)
+    );
+    for decade in y_lo as i32..=y_hi as i32 {
+        let us = 10u64.saturating_pow(decade.max(0) as u32);
+        let yy = y(us);
+        let label = match us {
+            u if u >= 1_000_000 => format!("{} s", u / 1_000_000),
+            u if u >= 1_000 => format!("{} ms", u / 1_000),
+            u => format!("{u} us"),
+        };
+        svg.push_str(&format!(
+            "<line x1=\"{LEFT}\" y1=\"{yy:.1}\" x2=\"{}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>\n",
+            W - RIGHT,
+            LEFT - 6.0,
+            yy + 4.0
+        ));
+    }
+    for n in 0..=max_nines as usize {
+        let xx = x(n as f64);
+        let label = ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"][n.min(5)];
+        svg.push_str(&format!(
+            "<line x1=\"{xx:.1}\" y1=\"{TOP}\" x2=\"{xx:.1}\" y2=\"{}\" stroke=\"#ddd\"/>\
+             <text x=\"{xx:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>\n",
+            H - BOTTOM,
+            H - BOTTOM + 18.0
+        ));
+    }
+    let path: Vec<String> = points.iter().map(|&(n, us)| format!("{:.1},{:.1}", x(n), y(us))).collect();
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"2\" points=\"{}\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">percentile</text>\n\
+         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">latency</text>\n</svg>\n",
+        path.join(" "),
+        (LEFT + W - RIGHT) / 2.0,
+        H - 12.0,
+        H / 2.0,
+        H / 2.0
+    ));
+    svg
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// Runs an open-loop schedule on its own thread: calls `issue(k, intended)`
@@ -179,5 +267,31 @@ mod tests {
         assert_eq!(v["throughput_per_s"], 500.0);
         assert_eq!(v["errors"]["2"], 3);
         assert!((495..=505).contains(&v["p50_us"].as_u64().unwrap()));
+        assert_eq!(v["pct_under_1ms"], 100.0);
+        let mut slow = histogram();
+        for v in 1..=1000u64 {
+            slow.record(if v <= 999 { 500 } else { 5_000 }).unwrap();
+        }
+        assert!((pct_at_or_below(&slow, 1_000) - 99.9).abs() < 1e-9);
+        assert_eq!(pct_at_or_below(&slow, 10_000), 100.0);
+    }
+
+    #[test]
+    fn plot_is_an_svg_with_the_tail_on_it() {
+        let mut h = histogram();
+        for v in 1..=10_000u64 {
+            h.record(if v % 1000 == 0 { 50_000 } else { 100 }).unwrap();
+        }
+        let svg = plot_svg("produce <test>", &h);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("produce &lt;test&gt;"));
+        assert!(svg.contains("99.99%") && !svg.contains("99.999%"), "4 nines for 10k samples");
+        assert!(svg.contains("100 ms") && svg.contains("100 us"));
+        // The line ends at the stall's height, the highest point (smallest y).
+        let points = svg.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+        let ys: Vec<f64> = points.split(' ').map(|p| p.split(',').nth(1).unwrap().parse().unwrap()).collect();
+        let last = *ys.last().unwrap();
+        assert!(ys.iter().all(|&y| y >= last), "{points}");
+        assert!(ys[0] > last + 100.0, "the p50 sits far below the stall");
     }
 }

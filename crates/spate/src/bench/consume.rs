@@ -1,0 +1,161 @@
+//! `spate bench consume`: a push consumer (long polling) on a topic that
+//! something else produces to, e.g. `spate bench produce` or any RocketMQ
+//! producer. Reports consume throughput and two latencies per message:
+//! born-to-consume (the producer's `bornTimestamp` to the listener call)
+//! and store-to-consume (the broker's `storeTimestamp` to the listener
+//! call). Both timestamps have millisecond resolution, so these
+//! percentiles are whole milliseconds; `spate bench e2e` measures with
+//! microsecond resolution when the producer is the bench itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use parking_lot::Mutex;
+use spate_client::{ClientConfig, ConsumeFromWhere, ConsumeStatus, MessageListener, PushConsumer, PushConsumerOptions};
+
+use super::report::{histogram, Report};
+
+/// Where a new consumer group starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartFrom {
+    /// Only messages stored after the consumer starts (CONSUME_FROM_LAST_OFFSET).
+    Last,
+    /// The whole backlog (CONSUME_FROM_FIRST_OFFSET): measures draining speed.
+    First,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsumeArgs {
+    /// Name server address(es), `host:port;host:port`.
+    #[arg(short = 'n', long = "namesrv", default_value = "127.0.0.1:9876")]
+    pub namesrv: String,
+    #[arg(long, default_value = "BenchmarkTest")]
+    pub topic: String,
+    /// Consumer group (default: a new group per run).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Subscription expression (tags), as in `subscribe(topic, "*")`.
+    #[arg(long, default_value = "*")]
+    pub expression: String,
+    #[arg(long, value_enum, default_value_t = StartFrom::Last)]
+    pub from: StartFrom,
+    /// Measured duration (10s, 2m).
+    #[arg(long, default_value = "10s", value_parser = super::report::parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured warm-up before it (rebalance, first pulls).
+    #[arg(long, default_value = "1s", value_parser = super::report::parse_duration)]
+    pub warmup: Duration,
+    /// Stop early once this many messages were measured (0: run the whole duration).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+    /// `consumeThreadMax`: listener calls running at once.
+    #[arg(long, default_value_t = 20)]
+    pub threads: usize,
+    /// `consumeMessageBatchMaxSize`: messages per listener call.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// `pullBatchSize`: messages asked for per pull.
+    #[arg(long = "pull-batch", default_value_t = 32)]
+    pub pull_batch: i32,
+}
+
+struct Tally {
+    born: Mutex<hdrhistogram::Histogram<u64>>,
+    stored: Mutex<hdrhistogram::Histogram<u64>>,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    /// Messages before the measurement window (warm-up).
+    skipped: AtomicU64,
+}
+
+pub async fn run(a: &ConsumeArgs) -> Result<Report> {
+    if a.threads == 0 || a.batch == 0 || a.pull_batch <= 0 {
+        bail!("--threads, --batch and --pull-batch must be positive");
+    }
+    let pid = std::process::id();
+    let group = a.group.clone().unwrap_or_else(|| format!("bench_consumer_{pid}"));
+    let mut o = PushConsumerOptions::new(group.clone());
+    o.consume_from_where = match a.from {
+        StartFrom::Last => ConsumeFromWhere::LastOffset,
+        StartFrom::First => ConsumeFromWhere::FirstOffset,
+    };
+    o.consume_thread_min = a.threads;
+    o.consume_thread_max = a.threads;
+    o.consume_message_batch_max_size = a.batch;
+    o.pull_batch_size = a.pull_batch;
+    let tally = Arc::new(Tally {
+        born: Mutex::new(histogram()),
+        stored: Mutex::new(histogram()),
+        messages: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        skipped: AtomicU64::new(0),
+    });
+    let start = Instant::now();
+    let measure_from = start + a.warmup;
+    let t = tally.clone();
+    let consumer = PushConsumer::new(ClientConfig::new(&a.namesrv).with_instance_name(format!("bench-c-{pid}")), o)?;
+    consumer.subscribe(&a.topic, &a.expression)?;
+    // The listener never blocks, so it is an async one: it runs on the
+    // runtime instead of hopping to a blocking-pool thread for every batch.
+    consumer
+        .start(MessageListener::concurrently_async(move |msgs, _| {
+            if Instant::now() < measure_from {
+                t.skipped.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                return std::future::ready(ConsumeStatus::ConsumeSuccess);
+            }
+            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+            let ms_to_us = |from_ms: i64| ((now_ms - from_ms).max(0) as u64 * 1000).clamp(1, 60_000_000);
+            {
+                let mut born = t.born.lock();
+                for m in &msgs {
+                    let _ = born.record(ms_to_us(m.born_timestamp));
+                }
+            }
+            {
+                let mut stored = t.stored.lock();
+                for m in &msgs {
+                    let _ = stored.record(ms_to_us(m.store_timestamp));
+                }
+            }
+            let bytes: usize = msgs.iter().map(|m| m.body.len()).sum();
+            t.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            t.messages.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+            std::future::ready(ConsumeStatus::ConsumeSuccess)
+        }))
+        .await
+        .with_context(|| format!("starting a consumer on {} via {}", a.topic, a.namesrv))?;
+
+    tokio::time::sleep_until((measure_from).into()).await;
+    let end = measure_from + a.duration;
+    loop {
+        let now = Instant::now();
+        let n = tally.messages.load(Ordering::Relaxed);
+        if now >= end || (a.count > 0 && n >= a.count) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10).min(end - now)).await;
+    }
+    let elapsed = measure_from.elapsed().min(a.duration);
+    consumer.shutdown().await;
+
+    let messages = tally.messages.load(Ordering::Relaxed);
+    let stored = tally.stored.lock().clone();
+    let q = |p: f64| if stored.is_empty() { 0 } else { stored.value_at_quantile(p) };
+    let mut extra = serde_json::Map::new();
+    extra.insert("group".into(), group.into());
+    extra.insert("topic".into(), a.topic.clone().into());
+    extra.insert("latency".into(), "born_to_consume (bornTimestamp, ms resolution)".into());
+    extra.insert("bytes_per_s".into(), (tally.bytes.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()).into());
+    extra.insert("warmup_messages".into(), tally.skipped.load(Ordering::Relaxed).into());
+    extra.insert("store_to_consume_p50_us".into(), q(0.5).into());
+    extra.insert("store_to_consume_p99_us".into(), q(0.99).into());
+    extra.insert("store_to_consume_p999_us".into(), q(0.999).into());
+    extra.insert("store_to_consume_max_us".into(), stored.max().into());
+    if messages == 0 {
+        extra.insert("note".into(), "nothing consumed: is anything producing to the topic?".into());
+    }
+    let latency_us = tally.born.lock().clone();
+    Ok(Report { name: "consume", elapsed, latency_us, sent_ok: messages, errors: Default::default(), extra })
+}
