@@ -63,6 +63,11 @@ pub struct BrokerConfig {
     pub max_held_pulls: usize,
     /// `metricsPromExporterPort`: HTTP port of `/metrics` (0: off).
     pub metrics_prom_exporter_port: u16,
+    /// `serverWorkerThreads`: async worker threads serving connections and
+    /// requests (0: half the CPUs, at least one). The store's writer-side
+    /// threads (dispatcher, flusher, allocator) are extra. Fewer workers
+    /// than CPUs means fewer cross-CPU wake-ups per request.
+    pub server_worker_threads: usize,
     /// The store's settings (`storePathRootDir`, `flushDiskType`, ...).
     pub store: StoreConfig,
 }
@@ -93,6 +98,14 @@ pub const BROKER_KEYS: &[&str] = &[
 ];
 
 impl BrokerConfig {
+    /// The worker-thread count `serverWorkerThreads` asks for on this machine.
+    pub fn worker_threads(&self) -> usize {
+        match self.server_worker_threads {
+            0 => std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1),
+            n => n,
+        }
+    }
+
     /// Defaults with the store under `store_root`.
     pub fn new(store_root: impl Into<PathBuf>) -> Self {
         BrokerConfig {
@@ -117,6 +130,7 @@ impl BrokerConfig {
             notify_consumer_ids_changed_enable: true,
             max_held_pulls: 100_000,
             metrics_prom_exporter_port: 0,
+            server_worker_threads: 0,
             store: StoreConfig::new(store_root),
         }
     }
@@ -153,6 +167,7 @@ impl BrokerConfig {
             "notifyConsumerIdsChangedEnable" => self.notify_consumer_ids_changed_enable = parse_bool(key, v)?,
             "maxHeldPulls" => self.max_held_pulls = parse(key, v)?,
             "metricsPromExporterPort" => self.metrics_prom_exporter_port = parse(key, v)?,
+            "serverWorkerThreads" => self.server_worker_threads = parse(key, v)?,
             _ => return self.store.set(key, v).map_err(|e| BrokerError::Config(e.to_string())),
         }
         Ok(true)
@@ -248,6 +263,7 @@ impl BrokerConfig {
             ("notifyConsumerIdsChangedEnable", self.notify_consumer_ids_changed_enable.to_string()),
             ("maxHeldPulls", self.max_held_pulls.to_string()),
             ("metricsPromExporterPort", self.metrics_prom_exporter_port.to_string()),
+            ("serverWorkerThreads", self.server_worker_threads.to_string()),
             ("storePathRootDir", self.store.store_path_root_dir.display().to_string()),
         ];
         lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
@@ -336,6 +352,16 @@ mod tests {
         assert_eq!(c.namesrv_addr.len(), 2);
         assert_eq!(c.listen_port, 10999);
         assert!(c.to_properties().contains("brokerName=b1\n"));
+    }
+
+    #[test]
+    fn worker_threads_default_to_half_the_cpus() {
+        let mut c = BrokerConfig::new("/tmp/x");
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.worker_threads(), (cpus / 2).max(1));
+        c.apply_properties("serverWorkerThreads=3\ninlineReadMaxBytes=4096\n", "broker.conf").unwrap();
+        assert_eq!(c.worker_threads(), 3);
+        assert_eq!(c.store.inline_read_max_bytes, 4096);
     }
 
     #[test]

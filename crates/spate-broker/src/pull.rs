@@ -181,18 +181,23 @@ async fn read(
     let store = state.store.clone();
     let (topic, queue_id, offset, max_msgs, max_bytes) =
         (h.topic.clone(), h.queue_id, h.queue_offset, h.max_msgs, h.max_bytes);
-    // Reading may fault pages in from disk: keep it off the async workers.
     // Anything appended before this pull must be dispatched before a short
     // queue can be taken for a moved offset (bounded wait).
     let log_end = state.store.max_offset();
     let read_started = Instant::now();
-    let got = tokio::task::spawn_blocking(move || {
-        let filter = |code: i64| codes.is_empty() || codes.contains(&(code as i32));
-        let f: Option<&dyn Fn(i64) -> bool> = Some(&filter);
-        store.get_messages(&topic, queue_id, offset, max_msgs, max_bytes, f)
-    })
-    .await
-    .map_err(|e| BrokerError::Config(format!("pull task failed: {e}")))??;
+    let filter = move |code: i64| codes.is_empty() || codes.contains(&(code as i32));
+    // A consumer at the queue's tail reads what is in the page cache: read
+    // it here. Anything else may fault pages in from disk: keep that off
+    // the async workers.
+    let inline = store.get_messages_if_resident(&topic, queue_id, offset, max_msgs, max_bytes, Some(&filter))?;
+    let got = match inline {
+        Some(got) => got,
+        None => tokio::task::spawn_blocking(move || {
+            store.get_messages(&topic, queue_id, offset, max_msgs, max_bytes, Some(&filter))
+        })
+        .await
+        .map_err(|e| BrokerError::Config(format!("pull task failed: {e}")))??,
+    };
     state.metrics.latency(crate::metrics::Kind::PullRead, read_started.elapsed());
     // A queue that looks short while the dispatcher has not yet caught up
     // with what was appended before this pull is not a moved offset: wait

@@ -467,6 +467,18 @@ impl CommitLog {
         Ok(bytes)
     }
 
+    /// Whether `offset..offset + len` lies in one segment and in the page
+    /// cache, so reading it cannot wait for the disk.
+    pub fn is_resident(&self, offset: u64, len: usize) -> bool {
+        match self.segment_for(offset) {
+            Ok(seg) => {
+                let rel = offset - seg.start_offset();
+                rel + len as u64 <= seg.readable() && seg.is_resident(rel, len)
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Starts a read: the truncation generation, refusing while one runs.
     pub fn read_begin(&self, offset: u64) -> Result<u64> {
         let generation = self.truncations.load(Ordering::Acquire);

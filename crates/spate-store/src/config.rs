@@ -98,6 +98,10 @@ pub struct StoreConfig {
     pub dispatch_batch_bytes: usize,
     /// `maxTransferCountOnMessageInMemory`: most messages one read returns.
     pub max_transfer_count_on_message_in_memory: usize,
+    /// `inlineReadMaxBytes` (Spate): the largest commit-log range a pull at a
+    /// queue's tail reads on the async worker when it is all in the page
+    /// cache (checked with `mincore`); other reads go to a blocking thread.
+    pub inline_read_max_bytes: usize,
     /// `maxTransferBytesOnMessageInMemory`: about the most bytes one read
     /// returns (at least one message is always returned).
     pub max_transfer_bytes_on_message_in_memory: usize,
@@ -136,6 +140,7 @@ impl StoreConfig {
             allocate_mapped_file_timeout: Duration::from_secs(5),
             dispatch_batch_bytes: 1 << 20,
             max_transfer_count_on_message_in_memory: 32,
+            inline_read_max_bytes: 1 << 20,
             max_transfer_bytes_on_message_in_memory: 256 * 1024,
             max_msgs_num_batch: 64,
         }
@@ -216,6 +221,7 @@ impl StoreConfig {
             "allocateMappedFileTimeout" => self.allocate_mapped_file_timeout = millis(key, v)?,
             "dispatchBatchBytes" => self.dispatch_batch_bytes = parse(key, v)?,
             "maxTransferCountOnMessageInMemory" => self.max_transfer_count_on_message_in_memory = parse(key, v)?,
+            "inlineReadMaxBytes" => self.inline_read_max_bytes = parse(key, v)?,
             "maxTransferBytesOnMessageInMemory" => self.max_transfer_bytes_on_message_in_memory = parse(key, v)?,
             "maxMsgsNumBatch" => self.max_msgs_num_batch = parse(key, v)?,
             _ => return Ok(false),

@@ -234,6 +234,24 @@ impl ConsumeQueue {
         bytes.chunks_exact(UNIT_SIZE as usize).map(CqUnit::decode).collect()
     }
 
+    /// Whether the units from `queue_offset` to the queue's end lie in one
+    /// file and in the page cache (see [`Segment::is_resident`]).
+    pub fn is_resident_from(&self, queue_offset: i64) -> bool {
+        let end = self.max_offset();
+        if queue_offset < self.min_offset() || queue_offset >= end {
+            return false;
+        }
+        let (first, last) = (queue_offset as u64 * UNIT_SIZE, end as u64 * UNIT_SIZE);
+        let segs = self.segments.read();
+        let idx = segs.partition_point(|s| s.end_offset() <= first);
+        match segs.get(idx) {
+            Some(seg) if seg.start_offset() <= first && last <= seg.end_offset() => {
+                seg.is_resident(first - seg.start_offset(), (last - first) as usize)
+            }
+            _ => false,
+        }
+    }
+
     /// Drops every unit whose record does not end at or below `phys_end`.
     /// Writer-exclusive (recovery, truncation).
     pub fn truncate_to_phys(&self, phys_end: u64) -> Result<()> {

@@ -271,6 +271,29 @@ impl Segment {
         out
     }
 
+    /// Whether every page of `pos..pos + len` is in the page cache, so that
+    /// reading it cannot wait for the disk (at worst a minor fault). One
+    /// `mincore` call; false on any error or a range past the end.
+    pub fn is_resident(&self, pos: u64, len: usize) -> bool {
+        const PAGE: usize = 4096;
+        if len == 0 || pos + len as u64 > self.size {
+            return len == 0;
+        }
+        let start = pos as usize / PAGE * PAGE;
+        let end = pos as usize + len;
+        let pages = end.div_ceil(PAGE) - start / PAGE;
+        // A bounded check: longer ranges are not worth a syscall's vector.
+        if pages > 256 {
+            return false;
+        }
+        let mut vec = [0u8; 256];
+        // SAFETY: the range lies inside this segment's mapping, `start` is
+        // page aligned (the mapping is), and `vec` holds one byte per page.
+        let rc =
+            unsafe { libc::mincore(self.map.as_ptr().add(start) as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
+        rc == 0 && vec[..pages].iter().all(|b| b & 1 == 1)
+    }
+
     /// Copies bytes at relative `pos` into `out`.
     pub fn read_into(&self, pos: u64, out: &mut [u8]) {
         assert!(pos + out.len() as u64 <= self.size, "read past segment end");
@@ -382,6 +405,22 @@ mod tests {
         let seg = Segment::create(dir.path(), 0, 1 << 20, false, false).unwrap();
         assert!(!seg.warm(false, || true), "an abort before the first chunk leaves it cold");
         assert!(seg.warm(false, || false));
+    }
+
+    #[test]
+    fn residency_follows_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = Segment::create(dir.path(), 0, 64 << 20, false, false).unwrap();
+        // Allocated but never touched: not in the page cache (far from the
+        // write below, so its read-around cannot bring it in either).
+        let far = 48 << 20;
+        assert!(!seg.is_resident(far, 100));
+        seg.write_at(4000, &[7u8; 200]);
+        assert!(seg.is_resident(4000, 200), "both pages written just now");
+        assert!(!seg.is_resident(far, 100));
+        assert!(seg.is_resident(0, 0));
+        assert!(!seg.is_resident((64 << 20) - 10, 20), "past the end");
+        assert!(!seg.is_resident(0, 2 << 20), "longer than one check covers");
     }
 
     #[test]

@@ -329,6 +329,44 @@ impl MessageStore {
         self.inner.dispatcher.set_listener(listener);
     }
 
+    /// [`get_messages`](Self::get_messages) when it can be served from
+    /// memory, so it may run on an async worker thread: the reader is at the
+    /// queue's tail (no more than `maxTransferCountOnMessageInMemory` units
+    /// behind), and the units and the records they point to are in the page
+    /// cache (checked with `mincore`, at most one commit-log segment and
+    /// `inlineReadMaxBytes`). `None`: read on a blocking thread instead.
+    /// Answers that touch no file (empty queue, offset out of range) are
+    /// always given here.
+    pub fn get_messages_if_resident(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        offset: i64,
+        max_msgs: usize,
+        max_bytes: usize,
+        filter: Option<&dyn Fn(i64) -> bool>,
+    ) -> Result<Option<GetResult>> {
+        if let Some(cq) = self.inner.queues.get(topic, queue_id) {
+            let (min, max) = (cq.min_offset(), cq.max_offset());
+            if min <= offset && offset < max {
+                let at_tail = (max - offset) as usize <= self.inner.config.max_transfer_count_on_message_in_memory;
+                if !at_tail || !cq.is_resident_from(offset) {
+                    return Ok(None);
+                }
+                let (Some(first), Some(last)) = (cq.get(offset), cq.get(max - 1)) else { return Ok(None) };
+                let end = last.physical_offset + last.size as u64;
+                let len = end.saturating_sub(first.physical_offset);
+                if first.size == 0
+                    || len > self.inner.config.inline_read_max_bytes as u64
+                    || !self.inner.commit_log.is_resident(first.physical_offset, len as usize)
+                {
+                    return Ok(None);
+                }
+            }
+        }
+        self.get_messages(topic, queue_id, offset, max_msgs, max_bytes, filter).map(Some)
+    }
+
     /// Reads up to `max_msgs` messages (and about `max_bytes`) from a queue,
     /// starting at `offset`, keeping those whose tag hash passes `filter`.
     /// Both limits are capped by `maxTransferCountOnMessageInMemory` and

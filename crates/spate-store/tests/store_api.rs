@@ -76,6 +76,35 @@ fn get_statuses_and_tag_filter() {
 }
 
 #[test]
+fn resident_reads_are_offered_only_at_a_queue_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.inline_read_max_bytes = 64 << 10;
+    let store = MessageStore::open(cfg).unwrap();
+    let read = |offset: i64| store.get_messages_if_resident("T", 0, offset, 32, 1 << 20, None).unwrap();
+    assert_eq!(read(0).map(|g| g.status), Some(GetStatus::NoMatchingQueue), "no file touched: answered");
+    for i in 0..100u64 {
+        store.put_message(&msg("T", 0, &body(i, 100), None, None)).unwrap();
+    }
+    assert!(store.wait_dispatched(WAIT));
+    // At the tail, just written: served, and the same as the ordinary read.
+    let hot = read(90).expect("the last ten records were just written");
+    let plain = store.get_messages("T", 0, 90, 32, 1 << 20, None).unwrap();
+    assert_eq!((hot.status, hot.messages.len(), hot.next_begin_offset), (GetStatus::Found, 10, 100));
+    assert_eq!(hot.messages, plain.messages);
+    // Far behind the tail: left to a blocking thread.
+    assert!(read(0).is_none(), "a reader 100 units behind is not at the tail");
+    assert_eq!(read(100).map(|g| g.status), Some(GetStatus::OffsetOverflowOne));
+    // A tail range longer than inlineReadMaxBytes is left to a blocking thread too.
+    for i in 0..10u64 {
+        store.put_message(&msg("T", 0, &body(i, 20_000), None, None)).unwrap();
+    }
+    assert!(store.wait_dispatched(WAIT));
+    assert!(read(100).is_none(), "ten 20 KB records exceed 64 KiB");
+    assert!(read(107).is_some());
+}
+
+#[test]
 fn batch_is_contiguous_with_consecutive_queue_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(config(dir.path())).unwrap();

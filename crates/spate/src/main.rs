@@ -83,18 +83,29 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("spate").build()?;
+    // A broker's settings are read before the runtime is built: they size it.
+    let broker_cfg = match &cli.command {
+        Command::Standalone { data_dir, config, .. } => Some(load_broker_config(data_dir, config.as_deref())?),
+        Command::Broker { config, .. } => Some(load_broker_config(Path::new("spate-data"), Some(config))?),
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(cfg) = &broker_cfg {
+        builder.worker_threads(cfg.worker_threads());
+    }
+    let runtime = builder.enable_all().thread_name("spate").build()?;
     runtime.block_on(async move {
-        match cli.command {
-            Command::Standalone { data_dir, namesrv_port, broker_port, config, metrics_port } => {
-                standalone(data_dir, namesrv_port, broker_port, config.as_deref(), metrics_port).await
+        match (cli.command, broker_cfg) {
+            (Command::Standalone { data_dir, namesrv_port, broker_port, metrics_port, .. }, Some(cfg)) => {
+                standalone(cfg, data_dir, namesrv_port, broker_port, metrics_port).await
             }
-            Command::Namesrv { port, broker_expired_millis, metrics_port } => {
+            (Command::Namesrv { port, broker_expired_millis, metrics_port }, _) => {
                 namesrv(port, broker_expired_millis, metrics_port).await
             }
-            Command::Broker { config, namesrv_addr } => broker(&config, namesrv_addr).await,
-            Command::Admin(args) => admin::run(args).await,
-            Command::Bench { command } => bench::run(command).await,
+            (Command::Broker { namesrv_addr, .. }, Some(cfg)) => broker(cfg, namesrv_addr).await,
+            (Command::Admin(args), _) => admin::run(args).await,
+            (Command::Bench { command }, _) => bench::run(command).await,
+            (Command::Standalone { .. } | Command::Broker { .. }, None) => unreachable!("read above"),
         }
     })
 }
@@ -111,14 +122,13 @@ fn load_broker_config(data_dir: &Path, file: Option<&Path>) -> Result<BrokerConf
 }
 
 async fn standalone(
+    mut cfg: BrokerConfig,
     data_dir: PathBuf,
     namesrv_port: u16,
     broker_port: u16,
-    config: Option<&Path>,
     metrics_port: Option<u16>,
 ) -> Result<()> {
     let started = Instant::now();
-    let mut cfg = load_broker_config(&data_dir, config)?;
     cfg.store.store_path_root_dir = data_dir.clone();
     cfg.listen_port = broker_port;
     if let Some(p) = metrics_port {
@@ -165,8 +175,7 @@ async fn namesrv(port: u16, broker_expired_millis: u64, metrics_port: u16) -> Re
     Ok(())
 }
 
-async fn broker(config: &Path, namesrv_addr: Option<String>) -> Result<()> {
-    let mut cfg = load_broker_config(Path::new("spate-data"), Some(config))?;
+async fn broker(mut cfg: BrokerConfig, namesrv_addr: Option<String>) -> Result<()> {
     if let Some(addrs) = namesrv_addr {
         cfg.set("namesrvAddr", &addrs)?;
     }
