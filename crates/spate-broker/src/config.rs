@@ -64,9 +64,10 @@ pub struct BrokerConfig {
     /// `metricsPromExporterPort`: HTTP port of `/metrics` (0: off).
     pub metrics_prom_exporter_port: u16,
     /// `serverWorkerThreads`: async worker threads serving connections and
-    /// requests (0: half the CPUs, at least one). The store's writer-side
-    /// threads (dispatcher, flusher, allocator) are extra. Fewer workers
-    /// than CPUs means fewer cross-CPU wake-ups per request.
+    /// requests (0: one per CPU). The store's threads (dispatcher, flusher,
+    /// allocator) come on top. Fewer workers mean fewer cross-CPU wake-ups
+    /// per request but no second worker to take over while one is
+    /// descheduled (BENCHMARKS.md measured both on 2 CPUs).
     pub server_worker_threads: usize,
     /// The store's settings (`storePathRootDir`, `flushDiskType`, ...).
     pub store: StoreConfig,
@@ -101,7 +102,7 @@ impl BrokerConfig {
     /// The worker-thread count `serverWorkerThreads` asks for on this machine.
     pub fn worker_threads(&self) -> usize {
         match self.server_worker_threads {
-            0 => std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1),
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         }
     }
@@ -355,10 +356,10 @@ mod tests {
     }
 
     #[test]
-    fn worker_threads_default_to_half_the_cpus() {
+    fn worker_threads_default_to_one_per_cpu() {
         let mut c = BrokerConfig::new("/tmp/x");
         let cpus = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(c.worker_threads(), (cpus / 2).max(1));
+        assert_eq!(c.worker_threads(), cpus);
         c.apply_properties("serverWorkerThreads=3\ninlineReadMaxBytes=4096\n", "broker.conf").unwrap();
         assert_eq!(c.worker_threads(), 3);
         assert_eq!(c.store.inline_read_max_bytes, 4096);
