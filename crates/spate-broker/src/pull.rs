@@ -172,6 +172,22 @@ fn finish(req: &RemotingCommand, r: PullResult) -> RemotingCommand {
     resp
 }
 
+/// Waits until the dispatcher has indexed everything below `log_end`, up to
+/// `DISPATCH_WAIT_MAX`: a few yields first (it is usually microseconds
+/// behind), then millisecond sleeps.
+async fn wait_dispatched(state: &BrokerState, log_end: u64) {
+    let deadline = Instant::now() + DISPATCH_WAIT_MAX;
+    let mut spins = 0;
+    while state.store.dispatched_offset() < log_end && Instant::now() < deadline {
+        if spins < 64 {
+            spins += 1;
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
 async fn read(
     state: &Arc<BrokerState>,
     h: &PullHeader,
@@ -181,10 +197,12 @@ async fn read(
     let store = state.store.clone();
     let (topic, queue_id, offset, max_msgs, max_bytes) =
         (h.topic.clone(), h.queue_id, h.queue_offset, h.max_msgs, h.max_bytes);
-    // Anything appended before this pull must be dispatched before a short
-    // queue can be taken for a moved offset (bounded wait).
+    // A pull sees every message whose send was acknowledged before it
+    // began: wait (briefly, bounded) for the dispatcher to index them. It
+    // is woken by each append, so this is rarely more than a few yields.
     let log_end = state.store.max_offset();
     let read_started = Instant::now();
+    wait_dispatched(state, log_end).await;
     let filter = move |code: i64| codes.is_empty() || codes.contains(&(code as i32));
     // A consumer at the queue's tail reads what is in the page cache: read
     // it here. Anything else may fault pages in from disk: keep that off
