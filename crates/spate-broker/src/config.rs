@@ -33,7 +33,8 @@ pub struct BrokerConfig {
     pub broker_ip1: IpAddr,
     /// `listenPort` (10911).
     pub listen_port: u16,
-    /// `haListenPort` (10912; used by replication).
+    /// `haListenPort`: where a master serves its slaves (0: `listenPort` + 1,
+    /// upstream's rule; 10912 with the default listen port).
     pub ha_listen_port: u16,
     /// `brokerRole` (ASYNC_MASTER).
     pub broker_role: BrokerRole,
@@ -69,6 +70,36 @@ pub struct BrokerConfig {
     /// per request but no second worker to take over while one is
     /// descheduled (BENCHMARKS.md measured both on 2 CPUs).
     pub server_worker_threads: usize,
+    /// `haMasterAddress`: a slave's master HA address (`host:haListenPort`).
+    /// Empty: the one the name servers report at registration.
+    pub ha_master_address: String,
+    /// `haSendHeartbeatInterval`: an idle replication link exchanges a
+    /// heartbeat this often (1 s; upstream 5 s).
+    pub ha_send_heartbeat_interval: Duration,
+    /// `haHousekeepingInterval`: a replication peer silent this long is
+    /// dead and its link is closed (3 s; upstream 20 s).
+    pub ha_housekeeping_interval: Duration,
+    /// `haTransferBatchSize`: most bytes per replication batch (256 KiB;
+    /// upstream 32 KiB).
+    pub ha_transfer_batch_size: usize,
+    /// `haMaxGapNotInSync`: a slave further behind than this is async; a
+    /// send on a SYNC_MASTER does not wait for it (256 MiB).
+    pub ha_max_gap_not_in_sync: u64,
+    /// `inSyncReplicas`: copies, the master's included, a SYNC_MASTER send
+    /// needs before it is acknowledged (2: the master and one slave).
+    pub in_sync_replicas: usize,
+    /// `haSyncTimeout` (Spate; upstream waits `syncFlushTimeout`): how long a
+    /// SYNC_MASTER send waits for its slaves (3 s).
+    pub ha_sync_timeout: Duration,
+    /// `haStrictSync` (Spate): a SYNC_MASTER send that cannot be replicated
+    /// fails (SYSTEM_ERROR, "in-sync replicas not enough" / "replication
+    /// timed out") instead of succeeding with SLAVE_NOT_AVAILABLE or
+    /// FLUSH_SLAVE_TIMEOUT; with too few slaves it is refused before it is
+    /// stored. So an acknowledged send is always a replicated one.
+    pub ha_strict_sync: bool,
+    /// `slaveSyncMetadataInterval` (Spate): how often a slave copies topics,
+    /// groups and consumer offsets from its master (3 s).
+    pub slave_sync_metadata_interval: Duration,
     /// The store's settings (`storePathRootDir`, `flushDiskType`, ...).
     pub store: StoreConfig,
 }
@@ -116,7 +147,7 @@ impl BrokerConfig {
             namesrv_addr: Vec::new(),
             broker_ip1: detect_local_ip(),
             listen_port: 10911,
-            ha_listen_port: 10912,
+            ha_listen_port: 0,
             broker_role: BrokerRole::AsyncMaster,
             broker_permission: 6,
             auto_create_topic_enable: true,
@@ -132,6 +163,15 @@ impl BrokerConfig {
             max_held_pulls: 100_000,
             metrics_prom_exporter_port: 0,
             server_worker_threads: 0,
+            ha_master_address: String::new(),
+            ha_send_heartbeat_interval: Duration::from_secs(1),
+            ha_housekeeping_interval: Duration::from_secs(3),
+            ha_transfer_batch_size: 256 << 10,
+            ha_max_gap_not_in_sync: 256 << 20,
+            in_sync_replicas: 2,
+            ha_sync_timeout: Duration::from_secs(3),
+            ha_strict_sync: false,
+            slave_sync_metadata_interval: Duration::from_secs(3),
             store: StoreConfig::new(store_root),
         }
     }
@@ -169,6 +209,15 @@ impl BrokerConfig {
             "maxHeldPulls" => self.max_held_pulls = parse(key, v)?,
             "metricsPromExporterPort" => self.metrics_prom_exporter_port = parse(key, v)?,
             "serverWorkerThreads" => self.server_worker_threads = parse(key, v)?,
+            "haMasterAddress" => self.ha_master_address = v.trim().to_string(),
+            "haSendHeartbeatInterval" => self.ha_send_heartbeat_interval = millis(key, v)?,
+            "haHousekeepingInterval" => self.ha_housekeeping_interval = millis(key, v)?,
+            "haTransferBatchSize" => self.ha_transfer_batch_size = parse(key, v)?,
+            "haMaxGapNotInSync" => self.ha_max_gap_not_in_sync = parse(key, v)?,
+            "inSyncReplicas" => self.in_sync_replicas = parse(key, v)?,
+            "haSyncTimeout" => self.ha_sync_timeout = millis(key, v)?,
+            "haStrictSync" => self.ha_strict_sync = parse_bool(key, v)?,
+            "slaveSyncMetadataInterval" => self.slave_sync_metadata_interval = millis(key, v)?,
             _ => return self.store.set(key, v).map_err(|e| BrokerError::Config(e.to_string())),
         }
         Ok(true)
@@ -206,6 +255,10 @@ impl BrokerConfig {
             ("shortPollingTimeMills", self.short_polling_time),
             ("flushConsumerOffsetInterval", self.flush_consumer_offset_interval),
             ("channelExpiredTimeout", self.channel_expired_timeout),
+            ("haSendHeartbeatInterval", self.ha_send_heartbeat_interval),
+            ("haHousekeepingInterval", self.ha_housekeeping_interval),
+            ("haSyncTimeout", self.ha_sync_timeout),
+            ("slaveSyncMetadataInterval", self.slave_sync_metadata_interval),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "0", "a positive number of milliseconds"));
@@ -221,6 +274,19 @@ impl BrokerConfig {
         if self.max_held_pulls == 0 {
             return Err(invalid("maxHeldPulls", "0", "at least 1"));
         }
+        if self.ha_housekeeping_interval <= self.ha_send_heartbeat_interval {
+            return Err(invalid(
+                "haHousekeepingInterval",
+                &self.ha_housekeeping_interval.as_millis().to_string(),
+                "longer than haSendHeartbeatInterval, or idle links would be closed",
+            ));
+        }
+        if !(4096..=(16 << 20)).contains(&self.ha_transfer_batch_size) {
+            return Err(invalid("haTransferBatchSize", &self.ha_transfer_batch_size.to_string(), "4096..=16777216"));
+        }
+        if self.in_sync_replicas == 0 {
+            return Err(invalid("inSyncReplicas", "0", "at least 1 (the master)"));
+        }
         if self.broker_role == BrokerRole::Slave && self.broker_id == 0 {
             return Err(invalid("brokerId", "0", "a slave's brokerId must be greater than 0"));
         }
@@ -231,6 +297,14 @@ impl BrokerConfig {
     }
 
     /// The address written into records and given to clients.
+    /// The replication port in use (`haListenPort`, or `listenPort` + 1).
+    pub fn ha_port(&self) -> u16 {
+        match self.ha_listen_port {
+            0 => self.listen_port.wrapping_add(1),
+            p => p,
+        }
+    }
+
     pub fn broker_addr(&self) -> SocketAddr {
         SocketAddr::new(self.broker_ip1, self.listen_port)
     }
@@ -249,7 +323,7 @@ impl BrokerConfig {
             ("namesrvAddr", self.namesrv_addr.join(";")),
             ("brokerIP1", self.broker_ip1.to_string()),
             ("listenPort", self.listen_port.to_string()),
-            ("haListenPort", self.ha_listen_port.to_string()),
+            ("haListenPort", self.ha_port().to_string()),
             ("brokerRole", role.to_string()),
             ("brokerPermission", self.broker_permission.to_string()),
             ("autoCreateTopicEnable", self.auto_create_topic_enable.to_string()),
@@ -265,6 +339,15 @@ impl BrokerConfig {
             ("maxHeldPulls", self.max_held_pulls.to_string()),
             ("metricsPromExporterPort", self.metrics_prom_exporter_port.to_string()),
             ("serverWorkerThreads", self.server_worker_threads.to_string()),
+            ("haMasterAddress", self.ha_master_address.clone()),
+            ("haSendHeartbeatInterval", self.ha_send_heartbeat_interval.as_millis().to_string()),
+            ("haHousekeepingInterval", self.ha_housekeeping_interval.as_millis().to_string()),
+            ("haTransferBatchSize", self.ha_transfer_batch_size.to_string()),
+            ("haMaxGapNotInSync", self.ha_max_gap_not_in_sync.to_string()),
+            ("inSyncReplicas", self.in_sync_replicas.to_string()),
+            ("haSyncTimeout", self.ha_sync_timeout.as_millis().to_string()),
+            ("haStrictSync", self.ha_strict_sync.to_string()),
+            ("slaveSyncMetadataInterval", self.slave_sync_metadata_interval.as_millis().to_string()),
             ("storePathRootDir", self.store.store_path_root_dir.display().to_string()),
         ];
         lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect()

@@ -218,7 +218,7 @@ pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
     };
     let put = match crate::send::put_one(state, msg).await {
         Ok(p) => p,
-        Err(e) => return Ok(store_error_response(req, &e)),
+        Err(e) => return Ok(e.response(req)),
     };
     if let Err(e) = put.flush.wait().await {
         return Ok(store_error_response(req, &e));

@@ -6,6 +6,7 @@
 //! - [`topics`], [`offsets`], [`subscriptions`]: persisted tables under `config/`.
 //! - [`clients`]: connected producer and consumer groups, orderly queue locks.
 //! - [`register`]: registration with the name servers.
+//! - [`ha`]: master/slave replication of the commit log.
 //!
 //! Blocking file work (store reads, table writes, the store's shutdown) runs
 //! on the blocking pool; appends are memory copies into pre-faulted files.
@@ -15,6 +16,7 @@ pub mod clients;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod ha;
 pub mod long_poll;
 pub mod metrics;
 pub mod offsets;
@@ -92,6 +94,10 @@ pub struct BrokerState {
     /// (`accessMessageInMemoryMaxRatio`, 40% of physical memory).
     pub hot_bytes: u64,
     pub metrics: metrics::BrokerMetrics,
+    /// A master's view of its slaves (unused on a slave).
+    pub replication: Arc<ha::Replication>,
+    /// A slave's link to its master (unused on a master).
+    pub slave: ha::slave::SlaveState,
     topic_change: tokio::sync::Notify,
     group_change: tokio::sync::Notify,
 }
@@ -162,6 +168,24 @@ impl Broker {
         }));
 
         let listen = SocketAddr::new([0, 0, 0, 0].into(), cfg.listen_port);
+        let replication = Arc::new(ha::Replication::new(ha::ReplicationPolicy {
+            required_slave_acks: cfg.in_sync_replicas.saturating_sub(1),
+            max_gap_not_in_sync: cfg.ha_max_gap_not_in_sync,
+            transfer_batch_size: cfg.ha_transfer_batch_size,
+        }));
+        let role = cfg.broker_role;
+        if role != BrokerRole::Slave {
+            // Every master incarnation writes in an epoch of its own, so a
+            // slave can tell this log's new bytes from any other's.
+            let s = store.clone();
+            let next = s.epochs().last().map_or(1, |e| e.epoch + 1);
+            let began = tokio::task::spawn_blocking(move || s.begin_epoch(next))
+                .await
+                .map_err(|e| BrokerError::Config(format!("epoch task failed: {e}")))??;
+            tracing::info!(epoch = began.epoch, start = began.start_offset, "master epoch begun");
+        }
+        let ha_listen = SocketAddr::new([0, 0, 0, 0].into(), cfg.ha_port());
+        let ha_port_chosen = cfg.ha_listen_port != 0;
         let state = Arc::new(BrokerState {
             broker_name: cfg.broker_name.clone(),
             broker_addr: cfg.broker_addr(),
@@ -177,6 +201,8 @@ impl Broker {
             started: Instant::now(),
             hot_bytes: config::total_memory_bytes() / 100 * ACCESS_MESSAGE_IN_MEMORY_MAX_RATIO,
             metrics: metrics::BrokerMetrics::new(),
+            replication,
+            slave: ha::slave::SlaveState::default(),
             topic_change: tokio::sync::Notify::new(),
             group_change: tokio::sync::Notify::new(),
         });
@@ -187,6 +213,21 @@ impl Broker {
             .map_err(|e| BrokerError::Io { path: format!("listen {listen}"), source: e })?;
         let mut tasks = vec![register::spawn(state.clone())];
         tasks.push(spawn_housekeeping(state.clone()));
+        if role == BrokerRole::Slave {
+            tasks.push(tokio::spawn(ha::slave::run(state.clone())));
+        } else {
+            match tokio::net::TcpListener::bind(ha_listen).await {
+                Ok(listener) => tasks.push(tokio::spawn(ha::master::serve(listener, state.clone()))),
+                Err(e) if ha_port_chosen => {
+                    return Err(BrokerError::Io { path: format!("haListenPort {ha_listen}"), source: e })
+                }
+                // The derived port (listenPort + 1) is taken: a master
+                // without slaves works on; say so for one that has some.
+                Err(e) => {
+                    tracing::warn!(addr = %ha_listen, error = %e, "replication port unavailable: no slave can follow this master; set haListenPort")
+                }
+            }
+        }
         let metrics_port = state.config.read().metrics_prom_exporter_port;
         if metrics_port != 0 {
             let s = state.clone();

@@ -37,6 +37,7 @@ pub struct BrokerMetrics {
     pull_read: Arc<Histogram>,
     heartbeat: Arc<Histogram>,
     offset: Arc<Histogram>,
+    replication: Arc<Histogram>,
     pub held_pulls: Arc<Counter>,
 }
 
@@ -47,6 +48,8 @@ pub enum Kind {
     PullRead,
     Heartbeat,
     Offset,
+    /// A SYNC_MASTER send's wait for its slaves.
+    Replication,
 }
 
 impl BrokerMetrics {
@@ -59,6 +62,7 @@ impl BrokerMetrics {
             pull_read: h("pull_read"),
             heartbeat: h("heartbeat"),
             offset: h("offset"),
+            replication: h("replication_wait"),
             held_pulls: registry.counter(HELD_PULLS, "Pulls held by long polling.", &[]),
             topics: RwLock::new(HashMap::new()),
             registry,
@@ -106,6 +110,7 @@ impl BrokerMetrics {
             Kind::PullRead => &self.pull_read,
             Kind::Heartbeat => &self.heartbeat,
             Kind::Offset => &self.offset,
+            Kind::Replication => &self.replication,
         }
         .observe(took);
     }

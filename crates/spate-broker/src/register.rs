@@ -40,7 +40,7 @@ fn registration(state: &BrokerState) -> RemotingCommand {
         .with("brokerName", &cfg.broker_name)
         .with("clusterName", &cfg.broker_cluster_name)
         .with("brokerId", cfg.broker_id)
-        .with("haServerAddr", format!("{}:{}", cfg.broker_ip1, cfg.ha_listen_port))
+        .with("haServerAddr", format!("{}:{}", cfg.broker_ip1, cfg.ha_port()))
         .with("compressed", false)
         .with_body(serde_json::to_vec(&body).unwrap_or_default())
 }
@@ -57,7 +57,10 @@ async fn register_all(state: &Arc<BrokerState>, client: &RemotingClient) {
     });
     for (addr, result) in futures_util::future::join_all(calls).await {
         match result {
-            Ok(r) if r.code == response::SUCCESS => {}
+            Ok(r) if r.code == response::SUCCESS => {
+                // A slave learns its master's replication address here.
+                state.slave.learn_master(r.field("haServerAddr").map(str::to_string));
+            }
             Ok(r) => tracing::warn!(namesrv = %addr, code = r.code, remark = ?r.remark, "registration refused"),
             Err(e) => tracing::warn!(namesrv = %addr, error = %e, "registration failed"),
         }

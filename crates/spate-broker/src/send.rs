@@ -9,7 +9,8 @@ use spate_remoting::{request, response, Connection, RemotingCommand};
 use spate_store::{PutBatchResult, PutResult, StoreError};
 
 use crate::error::BrokerError;
-use crate::BrokerState;
+use crate::ha::ReplicaWait;
+use crate::{BrokerRole, BrokerState};
 
 /// The request header of a send, whichever code carried it.
 #[derive(Debug, Clone)]
@@ -79,26 +80,115 @@ impl SendHeader {
 /// Stores one message. The append is a memory copy and runs inline, except
 /// near the end of a segment, where it might wait for the next one: then it
 /// runs on the blocking pool so no runtime worker waits.
-pub async fn put_one(state: &Arc<BrokerState>, msg: NewMessage) -> Result<PutResult, StoreError> {
-    if !state.store.append_may_wait(approx_record_len(&msg)) {
-        return state.store.put_message(&msg);
+pub async fn put_one(state: &Arc<BrokerState>, msg: NewMessage) -> Result<PutResult, PutError> {
+    writable_here(state)?;
+    let put = if !state.store.append_may_wait(approx_record_len(&msg)) {
+        state.store.put_message(&msg)
+    } else {
+        let store = state.store.clone();
+        tokio::task::spawn_blocking(move || store.put_message(&msg))
+            .await
+            .unwrap_or(Err(StoreError::Busy("append task failed")))
+    };
+    state.replication.notify_appended();
+    Ok(put?)
+}
+
+/// Why an append did not happen.
+#[derive(Debug)]
+pub enum PutError {
+    /// This broker does not take the append (role, replication); nothing stored.
+    Refused {
+        code: i32,
+        remark: String,
+    },
+    Store(StoreError),
+}
+
+impl From<StoreError> for PutError {
+    fn from(e: StoreError) -> PutError {
+        PutError::Store(e)
     }
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || store.put_message(&msg))
-        .await
-        .unwrap_or(Err(StoreError::Busy("append task failed")))
+}
+
+impl PutError {
+    pub fn response(&self, req: &RemotingCommand) -> RemotingCommand {
+        match self {
+            PutError::Refused { code, remark } => RemotingCommand::error(req, *code, remark.clone()),
+            PutError::Store(e) => store_error_response(req, e),
+        }
+    }
+}
+
+/// Refuses an append this broker must not take: it is a slave, or it is a
+/// strict SYNC_MASTER without enough slaves to replicate to.
+fn writable_here(state: &BrokerState) -> Result<(), PutError> {
+    let c = state.config.read();
+    match c.broker_role {
+        // Upstream's answer for a put on a slave.
+        BrokerRole::Slave => Err(PutError::Refused {
+            code: response::SERVICE_NOT_AVAILABLE,
+            remark: format!(
+                "broker {} (brokerId {}) is a slave: messages are sent to its master",
+                c.broker_name, c.broker_id
+            ),
+        }),
+        // Upstream answers IN_SYNC_REPLICAS_NOT_ENOUGH with SYSTEM_ERROR.
+        BrokerRole::SyncMaster if c.ha_strict_sync && !state.replication.enough_slaves() => Err(PutError::Refused {
+            code: response::SYSTEM_ERROR,
+            remark: format!(
+                "in-sync replicas not enough: {} of {} slaves in sync (haStrictSync); the message was not stored",
+                state.replication.in_sync_slaves(),
+                c.in_sync_replicas.saturating_sub(1)
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// On a SYNC_MASTER, waits until the required slaves hold everything below
+/// `end`; sets the response's code when they do not (upstream's
+/// SLAVE_NOT_AVAILABLE / FLUSH_SLAVE_TIMEOUT, or a failure with
+/// `haStrictSync`).
+pub async fn await_replication(state: &BrokerState, end: u64, resp: &mut RemotingCommand) {
+    let (role, timeout, strict) = {
+        let c = state.config.read();
+        (c.broker_role, c.ha_sync_timeout, c.ha_strict_sync)
+    };
+    if role != BrokerRole::SyncMaster || resp.code != response::SUCCESS {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let outcome = state.replication.wait_replicated(end, timeout).await;
+    state.metrics.latency(crate::metrics::Kind::Replication, started.elapsed());
+    let (code, remark) = match outcome {
+        ReplicaWait::Replicated => return,
+        ReplicaWait::NoSlave => (response::SLAVE_NOT_AVAILABLE, "no slave in sync to replicate to"),
+        ReplicaWait::Timeout => (response::FLUSH_SLAVE_TIMEOUT, "slaves did not acknowledge in time (haSyncTimeout)"),
+    };
+    if strict {
+        resp.code = response::SYSTEM_ERROR;
+        resp.remark = Some(format!("{remark}; stored on the master only, not acknowledged (haStrictSync)"));
+    } else {
+        resp.code = code;
+        resp.remark = Some(remark.to_string());
+    }
 }
 
 /// Stores a batch contiguously, like [`put_one`].
-pub async fn put_many(state: &Arc<BrokerState>, msgs: Vec<NewMessage>) -> Result<PutBatchResult, StoreError> {
+pub async fn put_many(state: &Arc<BrokerState>, msgs: Vec<NewMessage>) -> Result<PutBatchResult, PutError> {
+    writable_here(state)?;
     let bytes: usize = msgs.iter().map(approx_record_len).sum();
-    if !state.store.append_may_wait(bytes) {
-        return state.store.put_messages(&msgs);
-    }
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || store.put_messages(&msgs))
-        .await
-        .unwrap_or(Err(StoreError::Busy("append task failed")))
+    let put = if !state.store.append_may_wait(bytes) {
+        state.store.put_messages(&msgs)
+    } else {
+        let store = state.store.clone();
+        tokio::task::spawn_blocking(move || store.put_messages(&msgs))
+            .await
+            .unwrap_or(Err(StoreError::Busy("append task failed")))
+    };
+    state.replication.notify_appended();
+    Ok(put?)
 }
 
 /// A record's size give or take its fixed header (at most ~120 bytes).
@@ -216,13 +306,14 @@ pub async fn send(
     let queue_id = base.queue_id;
     let put = match put_one(state, base).await {
         Ok(p) => p,
-        Err(e) => return Ok(store_error_response(req, &e)),
+        Err(e) => return Ok(e.response(req)),
     };
     let a = put.append;
     let mut resp = RemotingCommand::success(req);
     if let Err(e) = put.flush.wait().await {
         resp = store_error_response(req, &e);
     }
+    await_replication(state, a.physical_offset + a.size as u64, &mut resp).await;
     state.stats.record_put(1, a.size as u64);
     state.metrics.stored(&h.topic, 1, a.size as u64);
     Ok(resp
@@ -249,11 +340,14 @@ async fn send_batch(
     let base_topic = base.topic.clone();
     let put = match put_many(state, msgs).await {
         Ok(p) => p,
-        Err(e) => return Ok(store_error_response(req, &e)),
+        Err(e) => return Ok(e.response(req)),
     };
     let mut resp = RemotingCommand::success(req);
     if let Err(e) = put.flush.wait().await {
         resp = store_error_response(req, &e);
+    }
+    if let Some(last) = put.appends.last() {
+        await_replication(state, last.physical_offset + last.size as u64, &mut resp).await;
     }
     let ids: Vec<String> = put.appends.iter().map(|a| offset_msg_id(state.broker_addr, a.physical_offset)).collect();
     let bytes: u64 = put.appends.iter().map(|a| a.size as u64).sum();

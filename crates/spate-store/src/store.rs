@@ -607,6 +607,23 @@ impl MessageStore {
         self.inner.commit_log.read_raw(offset, max_len)
     }
 
+    /// Where the next raw read starts after `chunk`, which `read_raw`
+    /// returned for `offset`: past a blank marker, the next segment.
+    pub fn raw_next_offset(&self, offset: u64, chunk: &[u8]) -> u64 {
+        match spate_common::message::probe(chunk) {
+            spate_common::message::Probe::Blank if chunk.len() >= 4 => {
+                offset + i32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]).max(0) as u64
+            }
+            _ => offset + chunk.len() as u64,
+        }
+    }
+
+    /// Whether the log's bytes `offset..offset + len` are in the page cache
+    /// (one segment at most), so reading them cannot wait for the disk.
+    pub fn log_is_resident(&self, offset: u64, len: usize) -> bool {
+        self.inner.commit_log.is_resident(offset, len)
+    }
+
     /// Appends bytes replicated from a master at `offset` (this log's end).
     /// Returns the new end and its durability wait.
     pub fn append_raw(&self, offset: u64, bytes: &[u8]) -> Result<(u64, FlushWait)> {

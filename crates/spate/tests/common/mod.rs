@@ -218,3 +218,124 @@ impl Drop for Proc {
         self.kill9();
     }
 }
+
+/// A `spate broker -c <conf>` child whose broker.conf a test can rewrite
+/// between restarts (role changes), logging to `<dir>/<label>.log`.
+pub struct BrokerProc {
+    child: Option<Child>,
+    pub port: u16,
+    pub ha_port: u16,
+    pub conf: PathBuf,
+    pub store_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl BrokerProc {
+    /// Starts a broker labelled `label` (its directory and files) with the
+    /// given broker.conf lines; listen and HA ports are chosen here.
+    pub fn start(dir: &Path, label: &str, namesrv: &str, lines: &[String]) -> BrokerProc {
+        let mut b = BrokerProc {
+            child: None,
+            port: free_port(),
+            ha_port: free_port(),
+            conf: dir.join(format!("{label}.conf")),
+            store_dir: dir.join(label),
+            log: dir.join(format!("{label}.log")),
+        };
+        b.write_conf(namesrv, lines);
+        b.spawn();
+        b
+    }
+
+    /// Rewrites broker.conf (ports and store stay); takes effect at the next start.
+    pub fn write_conf(&self, namesrv: &str, lines: &[String]) {
+        let mut text = format!(
+            "listenPort={}\nhaListenPort={}\nbrokerIP1=127.0.0.1\nnamesrvAddr={namesrv}\nstorePathRootDir={}\nmappedFileSizeCommitLog=33554432\n",
+            self.port,
+            self.ha_port,
+            self.store_dir.display()
+        );
+        for l in lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        std::fs::write(&self.conf, text).expect("write broker.conf");
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(["broker", "-c", self.conf.to_str().expect("utf-8 path")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn broker");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "broker port {} never opened; log:\n{}", self.port, self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn ha_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ha_port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The commit-log segment files, by name.
+    pub fn commit_log_files(&self) -> Vec<(String, Vec<u8>)> {
+        let dir = self.store_dir.join("commitlog");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names.into_iter().map(|n| (n.clone(), std::fs::read(dir.join(&n)).unwrap_or_default())).collect()
+    }
+}
+
+impl Drop for BrokerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Whether two commit logs hold the same bytes: a segment both have is
+/// equal on both, and a segment only one has is all zeros (one prepared
+/// ahead of need).
+pub fn same_commit_log(a: &[(String, Vec<u8>)], b: &[(String, Vec<u8>)]) -> Result<(), String> {
+    let zero = |v: &[u8]| v.iter().all(|x| *x == 0);
+    for (name, bytes) in a {
+        match b.iter().find(|(n, _)| n == name) {
+            Some((_, other)) if other == bytes => {}
+            Some((_, other)) => {
+                let at =
+                    bytes.iter().zip(other.iter()).position(|(x, y)| x != y).unwrap_or(bytes.len().min(other.len()));
+                return Err(format!("segment {name} differs at byte {at}"));
+            }
+            None if zero(bytes) => {}
+            None => return Err(format!("segment {name} is missing on one side")),
+        }
+    }
+    for (name, bytes) in b {
+        if !a.iter().any(|(n, _)| n == name) && !zero(bytes) {
+            return Err(format!("segment {name} is missing on one side"));
+        }
+    }
+    Ok(())
+}

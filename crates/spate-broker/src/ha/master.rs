@@ -1,0 +1,217 @@
+//! The master side of replication: accepts slaves on `haListenPort`,
+//! agrees with each where their logs part (`divergence.rs`), then streams
+//! its commit log in batches that never cross an epoch boundary, and
+//! records what each slave acknowledges ([`Replication`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::protocol::{read_frame, write_frame, Frame};
+use super::{divergence, HaError};
+use crate::config::BrokerRole;
+use crate::BrokerState;
+
+/// Slaves served at once; more are refused.
+pub const MAX_SLAVES: usize = 32;
+
+/// Accepts slaves until the task is aborted.
+pub async fn serve(listener: TcpListener, state: Arc<BrokerState>) {
+    let sessions = Arc::new(tokio::sync::Semaphore::new(MAX_SLAVES));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "replication accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = sessions.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "replication: too many slaves, connection refused");
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            match session(stream, peer, &state).await {
+                Ok(()) => tracing::info!(%peer, "replication: slave disconnected"),
+                Err(e) => tracing::warn!(%peer, error = %e, "replication: slave link ended"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The epoch containing `offset` and where the next one starts (the batch
+/// must stop there), from an epoch list oldest first.
+fn epoch_at(epochs: &[spate_store::EpochEntry], offset: u64) -> (u32, u64, u64) {
+    let i = epochs.partition_point(|e| e.start_offset <= offset);
+    let (epoch, start) = match i.checked_sub(1).and_then(|i| epochs.get(i)) {
+        Some(e) => (e.epoch, e.start_offset),
+        None => (0, 0),
+    };
+    let next = epochs.get(i).map_or(u64::MAX, |e| e.start_offset);
+    (epoch, start, next)
+}
+
+async fn session(stream: TcpStream, peer: SocketAddr, state: &Arc<BrokerState>) -> Result<(), HaError> {
+    stream.set_nodelay(true)?;
+    let (heartbeat, housekeeping, batch) = {
+        let c = state.config.read();
+        (c.ha_send_heartbeat_interval, c.ha_housekeeping_interval, c.ha_transfer_batch_size)
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::new();
+    let Some(hello) = read_frame(&mut rd, &mut buf, housekeeping).await? else { return Ok(()) };
+    let Frame::Hello { broker_name, broker_id, max_offset: slave_end, epochs: slave_epochs } = hello else {
+        return Err(HaError::Protocol(format!("expected Hello, got {hello:?}")));
+    };
+    let store = &state.store;
+    let refusal = {
+        let c = state.config.read();
+        if c.broker_role == BrokerRole::Slave {
+            Some("this broker is a slave".to_string())
+        } else if broker_name != c.broker_name {
+            Some(format!("this broker is {}, not {broker_name}", c.broker_name))
+        } else if broker_id <= 0 {
+            Some(format!("brokerId {broker_id} is not a slave's"))
+        } else {
+            None
+        }
+    };
+    let master_epochs = store.epochs();
+    let master_end = store.max_offset();
+    let start = divergence::agreed_end(&master_epochs, master_end, &slave_epochs, slave_end);
+    let refusal = refusal.or_else(|| {
+        (start < store.min_offset()).then(|| {
+            format!(
+                "the slave's log agrees only up to {start}, before this master's oldest offset {}: \
+                 empty the slave's store and restart it",
+                store.min_offset()
+            )
+        })
+    });
+    if let Some(reason) = refusal {
+        tracing::warn!(%peer, broker_id, %reason, "replication: slave refused");
+        write_frame(&mut wr, &Frame::Refuse { reason: reason.clone() }, housekeeping).await?;
+        return Err(HaError::Refused(reason));
+    }
+    write_frame(
+        &mut wr,
+        &Frame::Welcome { start_offset: start, master_max: master_end, epochs: master_epochs },
+        housekeeping,
+    )
+    .await?;
+    tracing::info!(%peer, broker_id, slave_end, start, master_end, "replication: slave joined");
+    let rep = state.replication.clone();
+    let id = rep.add_slave(broker_id, peer, start, master_end);
+    let _gone = Gone(rep.clone(), id);
+
+    // Acknowledgements arrive on their own task; the stream below never waits for them.
+    let acks = {
+        let (rep, state) = (rep.clone(), state.clone());
+        tokio::spawn(async move {
+            loop {
+                match read_frame(&mut rd, &mut buf, housekeeping).await {
+                    Ok(Some(Frame::Ack { max_offset })) => rep.ack(id, max_offset, state.store.max_offset()),
+                    Ok(Some(other)) => return HaError::Protocol(format!("expected Ack, got {other:?}")),
+                    Ok(None) => return HaError::Protocol("slave closed the link".into()),
+                    Err(e) => return e,
+                }
+            }
+        })
+    };
+    let mut acks = acks;
+    let result = stream_log(state, &mut wr, start, batch, heartbeat, housekeeping, &mut acks).await;
+    acks.abort();
+    result
+}
+
+/// Sends the log from `next` on, then new appends as they come, and a
+/// heartbeat whenever the link has been idle for `heartbeat`.
+async fn stream_log(
+    state: &Arc<BrokerState>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    mut next: u64,
+    batch: usize,
+    heartbeat: Duration,
+    write_timeout: Duration,
+    acks: &mut tokio::task::JoinHandle<HaError>,
+) -> Result<(), HaError> {
+    let store = state.store.clone();
+    let rep = state.replication.clone();
+    let mut last_sent = Instant::now();
+    loop {
+        if acks.is_finished() {
+            return Err(HaError::Protocol("the slave's acknowledgements stopped".into()));
+        }
+        if state.config.read().broker_role == BrokerRole::Slave {
+            return Err(HaError::Protocol("this broker is no longer a master".into()));
+        }
+        // Register for the next append before looking, so none is missed.
+        let appended = rep.appended().notified();
+        tokio::pin!(appended);
+        appended.as_mut().enable();
+        let end = store.max_offset();
+        if next < end {
+            let (epoch, epoch_start, epoch_next) = epoch_at(&store.epochs(), next);
+            let want = batch.min((epoch_next.min(end) - next) as usize);
+            let chunk = if store.log_is_resident(next, want) {
+                store.read_raw(next, want)?
+            } else {
+                let s = store.clone();
+                tokio::task::spawn_blocking(move || s.read_raw(next, want))
+                    .await
+                    .map_err(|e| HaError::Protocol(format!("read task failed: {e}")))??
+            };
+            if chunk.is_empty() {
+                return Err(HaError::Protocol(format!("nothing readable at {next} below the end {end}")));
+            }
+            let after = store.raw_next_offset(next, &chunk);
+            let frame = Frame::Data { offset: next, epoch, epoch_start, master_max: end, bytes: Bytes::from(chunk) };
+            write_frame(wr, &frame, write_timeout).await?;
+            next = after;
+            last_sent = Instant::now();
+            continue;
+        }
+        let idle_until = last_sent + heartbeat;
+        tokio::select! {
+            ended = &mut *acks => {
+                return Err(ended.unwrap_or_else(|e| HaError::Protocol(format!("ack task failed: {e}"))));
+            }
+            _ = &mut appended => {}
+            _ = tokio::time::sleep_until(idle_until.into()) => {
+                write_frame(wr, &Frame::Heartbeat { master_max: store.max_offset() }, write_timeout).await?;
+                last_sent = Instant::now();
+            }
+        }
+    }
+}
+
+/// Removes the slave from the master's view when its session ends, however it ends.
+struct Gone(Arc<super::Replication>, u64);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        self.0.remove_slave(self.1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spate_store::EpochEntry;
+
+    #[test]
+    fn batches_stop_at_the_next_epoch() {
+        let epochs = [EpochEntry { epoch: 1, start_offset: 0 }, EpochEntry { epoch: 4, start_offset: 1000 }];
+        assert_eq!(epoch_at(&epochs, 0), (1, 0, 1000));
+        assert_eq!(epoch_at(&epochs, 999), (1, 0, 1000));
+        assert_eq!(epoch_at(&epochs, 1000), (4, 1000, u64::MAX));
+        assert_eq!(epoch_at(&[], 50), (0, 0, u64::MAX));
+        assert_eq!(epoch_at(&epochs[1..], 10), (0, 0, 1000), "bytes before the first epoch are epoch 0");
+    }
+}

@@ -1,0 +1,269 @@
+//! Master/slave replication: a slave copies its master's commit log byte
+//! for byte over a stream of its own (`protocol.rs`), after cutting any
+//! tail the two logs do not share (`divergence.rs`). The master side
+//! (`master.rs`) serves slaves on `haListenPort` and tracks what each has
+//! acknowledged; the slave side (`slave.rs`) connects, truncates, appends
+//! and acknowledges. A send on a `SYNC_MASTER` waits here
+//! ([`Replication::wait_replicated`]) until enough slaves have its bytes.
+
+pub mod divergence;
+pub mod master;
+pub mod protocol;
+pub mod slave;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+
+/// Why a replication link ended.
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    #[error("replication I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Frame(#[from] protocol::FrameError),
+    #[error("replication peer silent for {0:?}")]
+    Silent(Duration),
+    #[error("replication protocol: {0}")]
+    Protocol(String),
+    #[error("master refused this slave: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] spate_store::StoreError),
+}
+
+/// How a slave is being treated right now (visible in admin and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum SlaveMode {
+    /// Behind by more than `haMaxGapNotInSync`: sends do not wait for it.
+    Async,
+    /// Within `haMaxGapNotInSync` but still catching up: a send waits until
+    /// the slave has everything up to it, so the gap closes into sync.
+    SemiSync,
+    /// Caught up (behind by at most one transfer batch).
+    Sync,
+}
+
+/// One connected slave, as its master sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlaveStatus {
+    pub broker_id: i64,
+    pub addr: String,
+    /// Highest offset the slave has acknowledged (it holds everything below).
+    pub acked_offset: u64,
+    /// When that acknowledgement arrived.
+    #[serde(skip)]
+    pub acked_at: Instant,
+    /// The master's end when the slave last acknowledged (lag in time: how
+    /// long ago the slave was caught up with that).
+    pub mode: SlaveMode,
+}
+
+/// Settings of the master side, from broker.conf.
+#[derive(Debug, Clone)]
+pub struct ReplicationPolicy {
+    /// Slaves that must hold a message before a `SYNC_MASTER` acks it
+    /// (`inSyncReplicas` minus the master itself).
+    pub required_slave_acks: usize,
+    /// `haMaxGapNotInSync`: a slave further behind than this is async.
+    pub max_gap_not_in_sync: u64,
+    /// `haTransferBatchSize`: a slave within one batch counts as in sync.
+    pub transfer_batch_size: usize,
+}
+
+/// Why a send on a `SYNC_MASTER` was not replicated in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaWait {
+    Replicated,
+    /// Not enough slaves in (semi-)sync to wait for: SLAVE_NOT_AVAILABLE.
+    NoSlave,
+    /// They were there but did not acknowledge in time: FLUSH_SLAVE_TIMEOUT.
+    Timeout,
+}
+
+/// The master's view of its slaves, shared by the HA sessions and the
+/// send path.
+pub struct Replication {
+    policy: ReplicationPolicy,
+    slaves: Mutex<BTreeMap<u64, SlaveStatus>>,
+    /// The offset that `required_slave_acks` in-sync slaves all hold. Sends
+    /// wait on it: one update releases every send at or below it at once.
+    replicated: watch::Sender<u64>,
+    /// New bytes were appended: sessions waiting for data wake.
+    appended: Notify,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+impl Replication {
+    pub fn new(policy: ReplicationPolicy) -> Replication {
+        Replication {
+            policy,
+            slaves: Mutex::new(BTreeMap::new()),
+            replicated: watch::channel(0).0,
+            appended: Notify::new(),
+            next_session: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    pub fn policy(&self) -> &ReplicationPolicy {
+        &self.policy
+    }
+
+    /// Called after every append on a master: wakes idle sessions.
+    pub fn notify_appended(&self) {
+        self.appended.notify_waiters();
+    }
+
+    pub(crate) fn appended(&self) -> &Notify {
+        &self.appended
+    }
+
+    /// A slave connected.
+    pub(crate) fn add_slave(&self, broker_id: i64, addr: SocketAddr, start: u64, master_end: u64) -> u64 {
+        let id = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let status = SlaveStatus {
+            broker_id,
+            addr: addr.to_string(),
+            acked_offset: start,
+            acked_at: Instant::now(),
+            mode: self.mode_for(master_end.saturating_sub(start)),
+        };
+        self.slaves.lock().insert(id, status);
+        self.recompute();
+        id
+    }
+
+    pub(crate) fn remove_slave(&self, session: u64) {
+        self.slaves.lock().remove(&session);
+        self.recompute();
+    }
+
+    /// A slave acknowledged `offset` while the master's log ended at `master_end`.
+    pub(crate) fn ack(&self, session: u64, offset: u64, master_end: u64) {
+        let mode = self.mode_for(master_end.saturating_sub(offset));
+        if let Some(s) = self.slaves.lock().get_mut(&session) {
+            s.acked_offset = s.acked_offset.max(offset);
+            s.acked_at = Instant::now();
+            s.mode = mode;
+        }
+        self.recompute();
+    }
+
+    fn mode_for(&self, lag: u64) -> SlaveMode {
+        if lag > self.policy.max_gap_not_in_sync {
+            SlaveMode::Async
+        } else if lag > self.policy.transfer_batch_size as u64 {
+            SlaveMode::SemiSync
+        } else {
+            SlaveMode::Sync
+        }
+    }
+
+    /// The offset held by the required number of (semi-)sync slaves.
+    fn recompute(&self) {
+        let k = self.policy.required_slave_acks.max(1);
+        let mut acked: Vec<u64> = {
+            let slaves = self.slaves.lock();
+            slaves.values().filter(|s| s.mode != SlaveMode::Async).map(|s| s.acked_offset).collect()
+        };
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let held = acked.get(k - 1).copied().unwrap_or(0);
+        self.replicated.send_if_modified(|v| {
+            let changed = *v != held;
+            *v = held;
+            changed
+        });
+    }
+
+    /// Slaves that count for a `SYNC_MASTER` send right now.
+    pub fn in_sync_slaves(&self) -> usize {
+        self.slaves.lock().values().filter(|s| s.mode != SlaveMode::Async).count()
+    }
+
+    /// Whether a send could be replicated now: enough slaves in (semi-)sync.
+    pub fn enough_slaves(&self) -> bool {
+        self.in_sync_slaves() >= self.policy.required_slave_acks.max(1)
+    }
+
+    /// Waits until the required slaves hold everything below `end`.
+    pub async fn wait_replicated(&self, end: u64, timeout: Duration) -> ReplicaWait {
+        if !self.enough_slaves() {
+            return ReplicaWait::NoSlave;
+        }
+        let mut rx = self.replicated.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|held| *held >= end)).await.map(|r| r.is_ok());
+        match reached {
+            Ok(true) => ReplicaWait::Replicated,
+            Ok(false) => ReplicaWait::NoSlave,
+            Err(_) if !self.enough_slaves() => ReplicaWait::NoSlave,
+            Err(_) => ReplicaWait::Timeout,
+        }
+    }
+
+    /// Every connected slave.
+    pub fn slaves(&self) -> Vec<SlaveStatus> {
+        self.slaves.lock().values().cloned().collect()
+    }
+
+    /// The offset the required slaves hold.
+    pub fn replicated_offset(&self) -> u64 {
+        *self.replicated.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(k: usize) -> ReplicationPolicy {
+        ReplicationPolicy { required_slave_acks: k, max_gap_not_in_sync: 1000, transfer_batch_size: 100 }
+    }
+
+    #[tokio::test]
+    async fn sends_wait_for_the_kth_slave_and_are_released_together() {
+        let r = std::sync::Arc::new(Replication::new(policy(2)));
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(r.wait_replicated(10, Duration::from_millis(10)).await, ReplicaWait::NoSlave);
+        let s1 = r.add_slave(1, a, 0, 0);
+        let s2 = r.add_slave(2, a, 0, 0);
+        let waiters: Vec<_> = (1..=5u64)
+            .map(|i| {
+                let r = r.clone();
+                tokio::spawn(async move { r.wait_replicated(i * 100, Duration::from_secs(5)).await })
+            })
+            .collect();
+        r.ack(s1, 500, 500);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(waiters.iter().all(|w| !w.is_finished()), "one slave of two is not enough");
+        r.ack(s2, 300, 500);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let done: Vec<bool> = waiters.iter().map(|w| w.is_finished()).collect();
+        assert_eq!(done, [true, true, true, false, false]);
+        r.ack(s2, 500, 500);
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), ReplicaWait::Replicated);
+        }
+        assert_eq!(r.wait_replicated(600, Duration::from_millis(20)).await, ReplicaWait::Timeout);
+        r.remove_slave(s1);
+        assert_eq!(r.wait_replicated(600, Duration::from_millis(20)).await, ReplicaWait::NoSlave);
+    }
+
+    #[test]
+    fn modes_follow_the_lag() {
+        let r = Replication::new(policy(1));
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let s = r.add_slave(1, a, 0, 5000);
+        assert_eq!(r.slaves()[0].mode, SlaveMode::Async);
+        assert!(!r.enough_slaves());
+        r.ack(s, 4500, 5000);
+        assert_eq!(r.slaves()[0].mode, SlaveMode::SemiSync);
+        assert!(r.enough_slaves());
+        r.ack(s, 4950, 5000);
+        assert_eq!(r.slaves()[0].mode, SlaveMode::Sync);
+        assert_eq!(r.replicated_offset(), 4950);
+    }
+}

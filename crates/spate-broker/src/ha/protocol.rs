@@ -1,0 +1,302 @@
+//! The replication stream's frames (Spate's own; RocketMQ clients never see
+//! it). Every frame is `length: u32` (of what follows), `kind: u8`, then
+//! the kind's fields, all big-endian:
+//!
+//! | kind | direction | fields |
+//! |---|---|---|
+//! | 1 `Hello` | slave -> master | broker name, broker id, max offset, epoch list |
+//! | 2 `Welcome` | master -> slave | start offset (truncate to it), master max offset, epoch list |
+//! | 3 `Data` | master -> slave | offset, epoch, epoch start, master max offset, bytes |
+//! | 4 `Heartbeat` | master -> slave | master max offset |
+//! | 5 `Ack` | slave -> master | slave max offset |
+//! | 6 `Refuse` | master -> slave | reason |
+//!
+//! Strings are `u16` length + UTF-8; an epoch list is `u32` count + (`u32`
+//! epoch, `u64` start offset) each; `Data`'s bytes run to the frame's end.
+//! Decoding is total: a short, oversized or unknown frame is an error,
+//! never a panic.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use spate_store::EpochEntry;
+
+/// Largest frame accepted (a `Data` batch is `haTransferBatchSize`, far below).
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// Most epochs in one list (an epoch begins at each master change).
+pub const MAX_EPOCHS: usize = 100_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello { broker_name: String, broker_id: i64, max_offset: u64, epochs: Vec<EpochEntry> },
+    Welcome { start_offset: u64, master_max: u64, epochs: Vec<EpochEntry> },
+    Data { offset: u64, epoch: u32, epoch_start: u64, master_max: u64, bytes: Bytes },
+    Heartbeat { master_max: u64 },
+    Ack { max_offset: u64 },
+    Refuse { reason: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("replication frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("replication frame truncated: {0}")]
+    Short(&'static str),
+    #[error("unknown replication frame kind {0}")]
+    UnknownKind(u8),
+    #[error("replication frame field {0} is invalid")]
+    Invalid(&'static str),
+}
+
+impl Frame {
+    /// Appends the whole frame (length prefix included) to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let at = out.len();
+        out.put_u32(0);
+        match self {
+            Frame::Hello { broker_name, broker_id, max_offset, epochs } => {
+                out.put_u8(1);
+                put_str(out, broker_name);
+                out.put_i64(*broker_id);
+                out.put_u64(*max_offset);
+                put_epochs(out, epochs);
+            }
+            Frame::Welcome { start_offset, master_max, epochs } => {
+                out.put_u8(2);
+                out.put_u64(*start_offset);
+                out.put_u64(*master_max);
+                put_epochs(out, epochs);
+            }
+            Frame::Data { offset, epoch, epoch_start, master_max, bytes } => {
+                out.put_u8(3);
+                out.put_u64(*offset);
+                out.put_u32(*epoch);
+                out.put_u64(*epoch_start);
+                out.put_u64(*master_max);
+                out.put_slice(bytes);
+            }
+            Frame::Heartbeat { master_max } => {
+                out.put_u8(4);
+                out.put_u64(*master_max);
+            }
+            Frame::Ack { max_offset } => {
+                out.put_u8(5);
+                out.put_u64(*max_offset);
+            }
+            Frame::Refuse { reason } => {
+                out.put_u8(6);
+                put_str(out, reason);
+            }
+        }
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Takes one whole frame off the front of `buf`: `Ok(None)` while it
+    /// is incomplete (nothing is consumed then).
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge(len));
+        }
+        if buf.len() < 4 + len {
+            buf.reserve(4 + len - buf.len());
+            return Ok(None);
+        }
+        buf.advance(4);
+        let mut body = buf.split_to(len).freeze();
+        if body.is_empty() {
+            return Err(FrameError::Short("kind"));
+        }
+        let kind = body.get_u8();
+        let frame = match kind {
+            1 => Frame::Hello {
+                broker_name: get_str(&mut body)?,
+                broker_id: get_i64(&mut body, "broker id")?,
+                max_offset: get_u64(&mut body, "max offset")?,
+                epochs: get_epochs(&mut body)?,
+            },
+            2 => Frame::Welcome {
+                start_offset: get_u64(&mut body, "start offset")?,
+                master_max: get_u64(&mut body, "master max")?,
+                epochs: get_epochs(&mut body)?,
+            },
+            3 => Frame::Data {
+                offset: get_u64(&mut body, "offset")?,
+                epoch: get_u32(&mut body, "epoch")?,
+                epoch_start: get_u64(&mut body, "epoch start")?,
+                master_max: get_u64(&mut body, "master max")?,
+                bytes: std::mem::take(&mut body),
+            },
+            4 => Frame::Heartbeat { master_max: get_u64(&mut body, "master max")? },
+            5 => Frame::Ack { max_offset: get_u64(&mut body, "max offset")? },
+            6 => Frame::Refuse { reason: get_str(&mut body)? },
+            k => return Err(FrameError::UnknownKind(k)),
+        };
+        if !body.is_empty() {
+            return Err(FrameError::Invalid("trailing bytes"));
+        }
+        Ok(Some(frame))
+    }
+}
+
+/// Reads the next frame, waiting at most `timeout` for it (a silent peer
+/// is a dead one). `Ok(None)`: the peer closed the connection.
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    timeout: std::time::Duration,
+) -> Result<Option<Frame>, super::HaError> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(f) = Frame::decode(buf)? {
+            return Ok(Some(f));
+        }
+        buf.reserve(64 << 10);
+        match tokio::time::timeout_at(deadline, r.read_buf(buf)).await {
+            Err(_) => return Err(super::HaError::Silent(timeout)),
+            Ok(Ok(0)) if buf.is_empty() => return Ok(None),
+            Ok(Ok(0)) => return Err(FrameError::Short("connection closed mid-frame").into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes one frame, giving up after `timeout` (a peer that stopped reading).
+pub async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &Frame,
+    timeout: std::time::Duration,
+) -> Result<(), super::HaError> {
+    use tokio::io::AsyncWriteExt;
+    let mut out = BytesMut::new();
+    frame.encode(&mut out);
+    match tokio::time::timeout(timeout, w.write_all(&out)).await {
+        Err(_) => Err(super::HaError::Silent(timeout)),
+        Ok(r) => Ok(r?),
+    }
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    out.put_u16(b.len() as u16);
+    out.put_slice(b);
+}
+
+fn put_epochs(out: &mut BytesMut, epochs: &[EpochEntry]) {
+    let n = epochs.len().min(MAX_EPOCHS);
+    out.put_u32(n as u32);
+    for e in &epochs[epochs.len() - n..] {
+        out.put_u32(e.epoch);
+        out.put_u64(e.start_offset);
+    }
+}
+
+fn get_u32(b: &mut Bytes, what: &'static str) -> Result<u32, FrameError> {
+    if b.remaining() < 4 {
+        return Err(FrameError::Short(what));
+    }
+    Ok(b.get_u32())
+}
+
+fn get_u64(b: &mut Bytes, what: &'static str) -> Result<u64, FrameError> {
+    if b.remaining() < 8 {
+        return Err(FrameError::Short(what));
+    }
+    Ok(b.get_u64())
+}
+
+fn get_i64(b: &mut Bytes, what: &'static str) -> Result<i64, FrameError> {
+    get_u64(b, what).map(|v| v as i64)
+}
+
+fn get_str(b: &mut Bytes) -> Result<String, FrameError> {
+    if b.remaining() < 2 {
+        return Err(FrameError::Short("string length"));
+    }
+    let n = b.get_u16() as usize;
+    if b.remaining() < n {
+        return Err(FrameError::Short("string"));
+    }
+    String::from_utf8(b.split_to(n).to_vec()).map_err(|_| FrameError::Invalid("string is not UTF-8"))
+}
+
+fn get_epochs(b: &mut Bytes) -> Result<Vec<EpochEntry>, FrameError> {
+    let n = get_u32(b, "epoch count")? as usize;
+    if n > MAX_EPOCHS || b.remaining() < n * 12 {
+        return Err(FrameError::Invalid("epoch count"));
+    }
+    Ok((0..n).map(|_| EpochEntry { epoch: b.get_u32(), start_offset: b.get_u64() }).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip(f: Frame) {
+        let mut buf = BytesMut::new();
+        f.encode(&mut buf);
+        f.encode(&mut buf);
+        let whole = buf.len();
+        // Every prefix short of a whole frame is "incomplete", not an error.
+        for cut in 0..whole / 2 {
+            let mut part = BytesMut::from(&buf[..cut]);
+            assert_eq!(Frame::decode(&mut part), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(Frame::decode(&mut buf).unwrap(), Some(f.clone()));
+        assert_eq!(Frame::decode(&mut buf).unwrap(), Some(f));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let epochs = vec![EpochEntry { epoch: 1, start_offset: 0 }, EpochEntry { epoch: 3, start_offset: 4096 }];
+        roundtrip(Frame::Hello {
+            broker_name: "broker-a".into(),
+            broker_id: 2,
+            max_offset: 77,
+            epochs: epochs.clone(),
+        });
+        roundtrip(Frame::Welcome { start_offset: 10, master_max: 20, epochs });
+        roundtrip(Frame::Data {
+            offset: 1 << 40,
+            epoch: 9,
+            epoch_start: 1 << 39,
+            master_max: u64::MAX,
+            bytes: Bytes::from_static(b"records"),
+        });
+        roundtrip(Frame::Heartbeat { master_max: 5 });
+        roundtrip(Frame::Ack { max_offset: 6 });
+        roundtrip(Frame::Refuse { reason: "not a master".into() });
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let mut b = BytesMut::from(&[0u8, 0, 0, 1, 99][..]);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::UnknownKind(99)));
+        let mut b = BytesMut::from(&[0u8, 0, 0, 3, 5, 1, 2][..]);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::Short("max offset")));
+        let mut b = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(Frame::decode(&mut b), Err(FrameError::TooLarge(_))));
+        let mut b = BytesMut::from(&[0u8, 0, 0, 0][..]);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::Short("kind")));
+        let mut b = BytesMut::new();
+        Frame::Ack { max_offset: 1 }.encode(&mut b);
+        b[3] += 1;
+        b.put_u8(0);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::Invalid("trailing bytes")));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut b = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = Frame::decode(&mut b) {}
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The slave side of replication: connect to the master's HA port
+//! (`haMasterAddress`, or the address the name servers report), say where
+//! this log stands, cut the tail the master does not share, then append
+//! what the master streams and acknowledge it. Reconnects after any error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+use super::protocol::{read_frame, write_frame, Frame};
+use super::HaError;
+use crate::BrokerState;
+
+/// Pause before reconnecting after a failed or lost link.
+pub const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// What a slave knows about its link (admin and metrics).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlaveLink {
+    /// The master's HA address in use, if connected.
+    pub master_ha_addr: Option<String>,
+    /// The master's log end, as last reported.
+    pub master_max_offset: u64,
+    /// When the link last carried anything.
+    #[serde(skip)]
+    pub last_heard: Option<Instant>,
+    /// The last error that ended a link.
+    pub last_error: Option<String>,
+}
+
+/// The slave's link state, shared with admin.
+#[derive(Default)]
+pub struct SlaveState {
+    link: Mutex<SlaveLink>,
+    /// The master's HA address the name servers reported at registration.
+    learned_master: Mutex<Option<String>>,
+}
+
+impl SlaveState {
+    pub fn link(&self) -> SlaveLink {
+        self.link.lock().clone()
+    }
+
+    /// Called with each registration answer (`haServerAddr`).
+    pub fn learn_master(&self, ha_addr: Option<String>) {
+        *self.learned_master.lock() = ha_addr.filter(|a| !a.is_empty());
+    }
+
+    fn master_addr(&self, configured: &str) -> Option<String> {
+        if !configured.is_empty() {
+            return Some(configured.to_string());
+        }
+        self.learned_master.lock().clone()
+    }
+}
+
+/// Runs the slave's replication until the task is aborted.
+pub async fn run(state: Arc<BrokerState>) {
+    loop {
+        let configured = state.config.read().ha_master_address.clone();
+        let Some(addr) = state.slave.master_addr(&configured) else {
+            tokio::time::sleep(RECONNECT_DELAY).await;
+            continue;
+        };
+        let result = session(&state, &addr).await;
+        {
+            let mut link = state.slave.link.lock();
+            link.master_ha_addr = None;
+            if let Err(e) = &result {
+                link.last_error = Some(e.to_string());
+            }
+        }
+        match result {
+            Ok(()) => tracing::info!(master = %addr, "replication: link closed"),
+            Err(e) => tracing::warn!(master = %addr, error = %e, "replication: link ended"),
+        }
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+async fn session(state: &Arc<BrokerState>, addr: &str) -> Result<(), HaError> {
+    let (broker_name, broker_id, housekeeping) = {
+        let c = state.config.read();
+        (c.broker_name.clone(), c.broker_id, c.ha_housekeeping_interval)
+    };
+    let stream = tokio::time::timeout(housekeeping, TcpStream::connect(addr))
+        .await
+        .map_err(|_| HaError::Silent(housekeeping))??;
+    stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = stream.into_split();
+    let store = state.store.clone();
+    let hello = Frame::Hello { broker_name, broker_id, max_offset: store.max_offset(), epochs: store.epochs() };
+    write_frame(&mut wr, &hello, housekeeping).await?;
+    let mut buf = BytesMut::new();
+    let welcome = read_frame(&mut rd, &mut buf, housekeeping).await?;
+    let (start, master_max) = match welcome {
+        Some(Frame::Welcome { start_offset, master_max, .. }) => (start_offset, master_max),
+        Some(Frame::Refuse { reason }) => return Err(HaError::Refused(reason)),
+        Some(other) => return Err(HaError::Protocol(format!("expected Welcome, got {other:?}"))),
+        None => return Err(HaError::Protocol("master closed the link".into())),
+    };
+    let end = store.max_offset();
+    if start > end {
+        return Err(HaError::Protocol(format!("master would stream from {start}, past this log's end {end}")));
+    }
+    if start < end {
+        tracing::warn!(master = %addr, from = end, to = start, "replication: cutting a tail the master does not have");
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.truncate(start))
+            .await
+            .map_err(|e| HaError::Protocol(format!("truncate task failed: {e}")))??;
+    }
+    tracing::info!(master = %addr, start, master_max, "replication: following");
+    {
+        let mut link = state.slave.link.lock();
+        link.master_ha_addr = Some(addr.to_string());
+        link.master_max_offset = master_max;
+        link.last_heard = Some(Instant::now());
+    }
+    write_frame(&mut wr, &Frame::Ack { max_offset: start }, housekeeping).await?;
+    loop {
+        let Some(frame) = read_frame(&mut rd, &mut buf, housekeeping).await? else { return Ok(()) };
+        let master_max = match frame {
+            Frame::Data { offset, epoch, epoch_start, master_max, bytes } => {
+                append(state, offset, epoch, epoch_start, bytes).await?;
+                master_max
+            }
+            Frame::Heartbeat { master_max } => master_max,
+            Frame::Refuse { reason } => return Err(HaError::Refused(reason)),
+            other => return Err(HaError::Protocol(format!("unexpected {other:?}"))),
+        };
+        {
+            let mut link = state.slave.link.lock();
+            link.master_max_offset = master_max;
+            link.last_heard = Some(Instant::now());
+        }
+        write_frame(&mut wr, &Frame::Ack { max_offset: store.max_offset() }, housekeeping).await?;
+    }
+}
+
+/// Appends one batch at this log's end, beginning its epoch first if it is new here.
+async fn append(
+    state: &Arc<BrokerState>,
+    offset: u64,
+    epoch: u32,
+    epoch_start: u64,
+    bytes: bytes::Bytes,
+) -> Result<(), HaError> {
+    let store = state.store.clone();
+    let end = store.max_offset();
+    if offset != end {
+        return Err(HaError::Protocol(format!("batch at {offset}, but this log ends at {end}")));
+    }
+    let last = store.epochs().last().map_or(0, |e| e.epoch);
+    if epoch > last {
+        // Batches never cross an epoch boundary, so a new epoch's first batch starts where it does.
+        if epoch_start != offset {
+            return Err(HaError::Protocol(format!(
+                "epoch {epoch} starts at {epoch_start}, but its first batch here is at {offset}"
+            )));
+        }
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.begin_epoch(epoch))
+            .await
+            .map_err(|e| HaError::Protocol(format!("epoch task failed: {e}")))??;
+    } else if epoch < last {
+        return Err(HaError::Protocol(format!("batch of epoch {epoch} after epoch {last}")));
+    }
+    // A plain copy runs here; one that may wait for the next segment runs
+    // on the blocking pool, as sends do.
+    if store.append_may_wait(bytes.len()) {
+        tokio::task::spawn_blocking(move || store.append_raw(offset, &bytes).map(|_| ()))
+            .await
+            .map_err(|e| HaError::Protocol(format!("append task failed: {e}")))??;
+    } else {
+        store.append_raw(offset, &bytes)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! Master/slave replication with real processes: byte-identical commit
+//! logs, catching up after a restart, cutting a diverged tail, and what a
+//! SYNC_MASTER acknowledges.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{call, raw_client, same_commit_log, BrokerProc, Proc};
+use spate_common::message::encode_properties;
+use spate_remoting::{request, response, RemotingClient, RemotingCommand};
+
+fn send_req(topic: &str, queue_id: i32, body: Vec<u8>) -> RemotingCommand {
+    let props = encode_properties([("KEYS", "k"), ("WAIT", "true")]).unwrap();
+    RemotingCommand::request(request::SEND_MESSAGE)
+        .with("producerGroup", "pg")
+        .with("topic", topic)
+        .with("defaultTopic", "TBW102")
+        .with("defaultTopicQueueNums", 4)
+        .with("queueId", queue_id)
+        .with("sysFlag", 0)
+        .with("bornTimestamp", 1)
+        .with("flag", 0)
+        .with("properties", props)
+        .with("reconsumeTimes", 0)
+        .with_body(Bytes::from(body))
+}
+
+/// Sends `n` messages of a few hundred bytes to `broker`, all acknowledged with SUCCESS.
+async fn burst(c: &RemotingClient, broker: &str, topic: &str, tag: u8, n: usize) {
+    for i in 0..n {
+        let body = vec![tag; 100 + (i * 37) % 400];
+        let r = call(c, broker, send_req(topic, (i % 4) as i32, body)).await;
+        assert_eq!(r.code, response::SUCCESS, "send {i}: {:?}", r.remark);
+    }
+}
+
+/// Waits until `a` and `b` hold byte-identical commit logs.
+fn wait_identical(a: &BrokerProc, b: &BrokerProc, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match same_commit_log(&a.commit_log_files(), &b.commit_log_files()) {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => {
+                panic!(
+                    "{what}: {e}\n--- {} log:\n{}\n--- {} log:\n{}",
+                    a.conf.display(),
+                    a.log_text(),
+                    b.conf.display(),
+                    b.log_text()
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn slave_lines(id: i64, master: &BrokerProc) -> Vec<String> {
+    vec![
+        "brokerName=broker-a".into(),
+        format!("brokerId={id}"),
+        "brokerRole=SLAVE".into(),
+        format!("haMasterAddress={}", master.ha_addr()),
+    ]
+}
+
+fn master_lines(role: &str) -> Vec<String> {
+    vec!["brokerName=broker-a".into(), "brokerId=0".into(), format!("brokerRole={role}")]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slaves_copy_the_log_byte_for_byte_catch_up_and_cut_a_diverged_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Proc::namesrv();
+    let c = raw_client();
+    let mut master = BrokerProc::start(dir.path(), "m", &ns.addr(), &master_lines("ASYNC_MASTER"));
+    let mut s1 = BrokerProc::start(dir.path(), "s1", &ns.addr(), &slave_lines(1, &master));
+    let mut s2 = BrokerProc::start(dir.path(), "s2", &ns.addr(), &slave_lines(2, &master));
+
+    // A burst, then both slaves hold exactly the master's bytes.
+    burst(&c, &master.addr(), "Rep", 1, 600).await;
+    wait_identical(&master, &s1, "slave 1 after the first burst");
+    wait_identical(&master, &s2, "slave 2 after the first burst");
+
+    // A slave killed mid-stream and restarted catches up.
+    s1.kill9();
+    burst(&c, &master.addr(), "Rep", 2, 400).await;
+    s1.spawn();
+    burst(&c, &master.addr(), "Rep", 3, 100).await;
+    wait_identical(&master, &s1, "slave 1 after kill -9 and restart");
+    wait_identical(&master, &s2, "slave 2 while slave 1 was away");
+    // A slave refuses writes: clients send to the master.
+    let r = call(&c, &s2.addr(), send_req("Rep", 0, b"to a slave".to_vec())).await;
+    assert_eq!(r.code, response::SERVICE_NOT_AVAILABLE, "{:?}", r.remark);
+    assert!(r.remark.unwrap_or_default().contains("slave"));
+
+    // Divergence: slave 2 stops; the master writes a tail slave 2 never
+    // sees, then dies. Slave 2 becomes the master (a new epoch) and takes
+    // writes; the old master returns as its slave and must cut that tail.
+    s1.kill9();
+    s2.kill9();
+    burst(&c, &master.addr(), "Rep", 4, 300).await;
+    master.kill9();
+    s2.write_conf(&ns.addr(), &master_lines("ASYNC_MASTER"));
+    s2.spawn();
+    burst(&c, &s2.addr(), "Rep", 5, 200).await;
+    master.write_conf(&ns.addr(), &slave_lines(3, &s2));
+    master.spawn();
+    wait_identical(&s2, &master, "the old master after cutting its diverged tail");
+    assert!(master.log_text().contains("cutting a tail"), "the old master said it truncated");
+    // And it serves the new master's messages, not its lost tail, at the same queue offsets.
+    let got = |b: &BrokerProc| {
+        let addr = b.addr();
+        let c = raw_client();
+        async move {
+            let mut max = BTreeMap::new();
+            for q in 0..4 {
+                let r = call(
+                    &c,
+                    &addr,
+                    RemotingCommand::request(request::GET_MAX_OFFSET).with("topic", "Rep").with("queueId", q),
+                )
+                .await;
+                max.insert(q, r.field("offset").unwrap_or("?").to_string());
+            }
+            max
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got(&master).await != got(&s2).await {
+        assert!(Instant::now() < deadline, "queue offsets differ: {:?} vs {:?}", got(&master).await, got(&s2).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_sync_master_acknowledges_only_replicated_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Proc::namesrv();
+    let c = raw_client();
+    let mut strict = master_lines("SYNC_MASTER");
+    strict.push("haStrictSync=true".into());
+    let mut master = BrokerProc::start(dir.path(), "m", &ns.addr(), &strict);
+    // No slave yet: a strict send is refused before it is stored.
+    let r = call(&c, &master.addr(), send_req("Sync", 0, b"alone".to_vec())).await;
+    assert_eq!(r.code, response::SYSTEM_ERROR, "{:?}", r.remark);
+    assert!(r.remark.unwrap_or_default().contains("in-sync replicas not enough"));
+
+    let mut slave = BrokerProc::start(dir.path(), "s", &ns.addr(), &slave_lines(1, &master));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut acked: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut i: i32 = 0;
+    while acked.values().sum::<i64>() < 300 {
+        let q: i32 = i % 4;
+        let r = call(&c, &master.addr(), send_req("Sync", q, vec![7; 256])).await;
+        i += 1;
+        if r.code == response::SUCCESS {
+            let off: i64 = r.field("queueOffset").unwrap().parse().unwrap();
+            acked.insert(q, acked.get(&q).copied().unwrap_or(-1).max(off));
+        } else {
+            assert!(Instant::now() < deadline, "sends never succeeded: {} {:?}", r.code, r.remark);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The master dies right after the last acknowledgement: the slave's own
+    // store holds every acknowledged message.
+    master.kill9();
+    for (q, last) in &acked {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = call(
+                &c,
+                &slave.addr(),
+                RemotingCommand::request(request::GET_MAX_OFFSET).with("topic", "Sync").with("queueId", *q),
+            )
+            .await;
+            let max: i64 = r.field("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+            if max > *last {
+                break;
+            }
+            assert!(Instant::now() < deadline, "queue {q}: slave has {max}, acknowledged up to {last}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Slave down: strict sends fail clearly; non-strict ones succeed with
+    // upstream's SLAVE_NOT_AVAILABLE.
+    slave.kill9();
+    master.spawn();
+    let r = call(&c, &master.addr(), send_req("Sync", 0, b"no slave".to_vec())).await;
+    assert_eq!(r.code, response::SYSTEM_ERROR, "{:?}", r.remark);
+    master.kill9();
+    master.write_conf(&ns.addr(), &master_lines("SYNC_MASTER"));
+    master.spawn();
+    let r = call(&c, &master.addr(), send_req("Sync", 0, b"no slave".to_vec())).await;
+    assert_eq!(r.code, response::SLAVE_NOT_AVAILABLE, "{:?}", r.remark);
+    assert!(r.field("msgId").is_some(), "stored: the answer names the message");
+}
