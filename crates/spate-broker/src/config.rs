@@ -100,6 +100,10 @@ pub struct BrokerConfig {
     /// `slaveSyncMetadataInterval` (Spate): how often a slave copies topics,
     /// groups and consumer offsets from its master (3 s).
     pub slave_sync_metadata_interval: Duration,
+    /// `slaveReadEnable`: consumers reading far behind (from disk) are sent
+    /// to a slave, and a slave keeps them while they are (false). A group
+    /// whose master is down is read from its slaves either way.
+    pub slave_read_enable: bool,
     /// The store's settings (`storePathRootDir`, `flushDiskType`, ...).
     pub store: StoreConfig,
 }
@@ -172,6 +176,7 @@ impl BrokerConfig {
             ha_sync_timeout: Duration::from_secs(3),
             ha_strict_sync: false,
             slave_sync_metadata_interval: Duration::from_secs(3),
+            slave_read_enable: false,
             store: StoreConfig::new(store_root),
         }
     }
@@ -218,6 +223,7 @@ impl BrokerConfig {
             "haSyncTimeout" => self.ha_sync_timeout = millis(key, v)?,
             "haStrictSync" => self.ha_strict_sync = parse_bool(key, v)?,
             "slaveSyncMetadataInterval" => self.slave_sync_metadata_interval = millis(key, v)?,
+            "slaveReadEnable" => self.slave_read_enable = parse_bool(key, v)?,
             _ => return self.store.set(key, v).map_err(|e| BrokerError::Config(e.to_string())),
         }
         Ok(true)
@@ -348,6 +354,7 @@ impl BrokerConfig {
             ("haSyncTimeout", self.ha_sync_timeout.as_millis().to_string()),
             ("haStrictSync", self.ha_strict_sync.to_string()),
             ("slaveSyncMetadataInterval", self.slave_sync_metadata_interval.as_millis().to_string()),
+            ("slaveReadEnable", self.slave_read_enable.to_string()),
             ("storePathRootDir", self.store.store_path_root_dir.display().to_string()),
         ];
         lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
@@ -378,6 +385,7 @@ pub const RUNTIME_KEYS: &[&str] = &[
     "longPollingEnable",
     "shortPollingTimeMills",
     "notifyConsumerIdsChangedEnable",
+    "slaveReadEnable",
 ];
 
 fn split_addrs(v: &str) -> Vec<String> {

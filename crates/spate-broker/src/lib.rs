@@ -215,6 +215,7 @@ impl Broker {
         tasks.push(spawn_housekeeping(state.clone()));
         if role == BrokerRole::Slave {
             tasks.push(tokio::spawn(ha::slave::run(state.clone())));
+            tasks.push(tokio::spawn(ha::metadata::run(state.clone())));
         } else {
             match tokio::net::TcpListener::bind(ha_listen).await {
                 Ok(listener) => tasks.push(tokio::spawn(ha::master::serve(listener, state.clone()))),
@@ -382,6 +383,7 @@ async fn process(
         r::UPDATE_AND_CREATE_TOPIC => admin::create_topic(state, req).await?,
         r::DELETE_TOPIC_IN_BROKER => admin::delete_topic(state, req).await?,
         r::GET_ALL_TOPIC_CONFIG => admin::all_topic_config(state, req),
+        r::GET_ALL_CONSUMER_OFFSET => RemotingCommand::success(req).with_body(state.offsets.to_json()),
         r::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP => admin::create_group(state, req).await?,
         r::GET_ALL_SUBSCRIPTIONGROUP_CONFIG => admin::all_groups(state, req),
         r::GET_BROKER_CONFIG => admin::broker_config(state, req),

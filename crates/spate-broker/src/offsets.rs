@@ -27,6 +27,9 @@ pub struct ConsumerOffsets {
     writer: persist::TableWriter,
 }
 
+/// Most `topic@group` entries a slave takes from its master.
+pub const MAX_OFFSET_KEYS: usize = 1_000_000;
+
 fn key(topic: &str, group: &str) -> String {
     format!("{topic}@{group}")
 }
@@ -75,6 +78,39 @@ impl ConsumerOffsets {
             }
         }
         out
+    }
+
+    /// The whole table as GET_ALL_CONSUMER_OFFSET's body (`offsetTable`).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&*self.table.lock()).unwrap_or_default()
+    }
+
+    /// A slave merges its master's offsets: per queue the larger wins, so
+    /// progress committed here while the master was away is not undone.
+    /// Returns how many queues moved.
+    pub fn merge_from_master(&self, body: &[u8]) -> Result<usize, BrokerError> {
+        let theirs: OffsetFile = serde_json::from_slice(body)
+            .map_err(|e| BrokerError::Config(format!("master's consumer offsets are not valid JSON: {e}")))?;
+        let mut moved = 0;
+        let mut t = self.table.lock();
+        for (k, queues) in theirs.offset_table {
+            if !t.offset_table.contains_key(&k) && t.offset_table.len() >= MAX_OFFSET_KEYS {
+                continue;
+            }
+            let mine = t.offset_table.entry(k).or_default();
+            for (q, o) in queues {
+                let e = mine.entry(q).or_insert(-1);
+                if o > *e {
+                    *e = o;
+                    moved += 1;
+                }
+            }
+        }
+        drop(t);
+        if moved > 0 {
+            self.dirty.store(true, Ordering::Release);
+        }
+        Ok(moved)
     }
 
     /// Forgets a deleted topic's offsets.

@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use spate_common::message::PHYSICAL_OFFSET_POS;
+use spate_remoting::protocol::MASTER_ID;
 use spate_remoting::protocol::{perm, TagFilter};
 use spate_remoting::{response, Connection, RemotingCommand};
 use spate_store::GetStatus;
@@ -109,7 +111,9 @@ pub async fn pull(
     let filter = TagFilter::parse(&expression);
     let codes = filter.codes();
     state.groups.ensure(&h.group, state.config.read().auto_create_subscription_group);
-    if h.sys_flag & FLAG_COMMIT_OFFSET != 0 && h.commit_offset >= 0 {
+    // A slave takes offsets from its master, not from pulls (as upstream).
+    let on_slave = state.config.read().broker_role == crate::BrokerRole::Slave;
+    if h.sys_flag & FLAG_COMMIT_OFFSET != 0 && h.commit_offset >= 0 && !on_slave {
         state.offsets.commit(&h.group, &h.topic, h.queue_id, h.commit_offset);
     }
 
@@ -128,25 +132,25 @@ pub async fn pull(
         let waiting = matches!(result.code, response::PULL_NOT_FOUND) && suspend;
         let left = deadline.saturating_duration_since(Instant::now());
         if !waiting || left.is_zero() {
-            return Ok(finish(req, result));
+            return Ok(finish(state, &h.group, req, result));
         }
         if slot.is_none() {
             state.metrics.held_pulls.inc();
             slot = state.long_poll.hold();
             if slot.is_none() {
                 // Too many waiting pulls: answer now, the client pulls again.
-                return Ok(finish(req, result));
+                return Ok(finish(state, &h.group, req, result));
             }
         }
         let changed = tokio::select! {
             c = state.long_poll.wait(&mut rx, left) => c,
             // The client is gone: nobody to answer, free the slot now.
-            _ = conn.closed() => return Ok(finish(req, result)),
+            _ = conn.closed() => return Ok(finish(state, &h.group, req, result)),
         };
         if !changed {
             // Timed out: one last read, then answer whatever it says.
             let result = read(state, &h, codes.clone()).await?;
-            return Ok(finish(req, result));
+            return Ok(finish(state, &h.group, req, result));
         }
     }
 }
@@ -158,11 +162,33 @@ struct PullResult {
     min: i64,
     max: i64,
     remark: Option<&'static str>,
+    /// The records lie further back than `accessMessageInMemoryMaxRatio` of
+    /// memory from the log's end: the consumer is slow and reads from disk.
+    from_disk: bool,
 }
 
-fn finish(req: &RemotingCommand, r: PullResult) -> RemotingCommand {
+/// Which broker of the group the consumer should pull this queue from next
+/// (`suggestWhichBrokerId`). With `slaveReadEnable`, a master whose reads
+/// go to disk sends the consumer to the group's `whichBrokerWhenConsumeSlowly`
+/// slave, and a slave sends it back once it reads from memory again.
+fn suggest_broker(state: &BrokerState, group: &str, r: &PullResult) -> i64 {
+    let (role, slave_read, own_id) = {
+        let c = state.config.read();
+        (c.broker_role, c.slave_read_enable, c.broker_id)
+    };
+    match role {
+        crate::BrokerRole::Slave if slave_read && r.from_disk => own_id,
+        crate::BrokerRole::Slave => MASTER_ID,
+        _ if slave_read && r.from_disk && state.replication.in_sync_slaves() > 0 => {
+            state.groups.get(group).map_or(1, |g| g.which_broker_when_consume_slowly)
+        }
+        _ => MASTER_ID,
+    }
+}
+
+fn finish(state: &BrokerState, group: &str, req: &RemotingCommand, r: PullResult) -> RemotingCommand {
     let mut resp = RemotingCommand::response_to(req, r.code, r.remark.map(str::to_string))
-        .with("suggestWhichBrokerId", 0)
+        .with("suggestWhichBrokerId", suggest_broker(state, group, &r))
         .with("nextBeginOffset", r.next_begin)
         .with("minOffset", r.min)
         .with("maxOffset", r.max);
@@ -217,6 +243,11 @@ async fn read(
         .map_err(|e| BrokerError::Config(format!("pull task failed: {e}")))??,
     };
     state.metrics.latency(crate::metrics::Kind::PullRead, read_started.elapsed());
+    let from_disk =
+        got.messages.first().and_then(|m| m.get(PHYSICAL_OFFSET_POS..PHYSICAL_OFFSET_POS + 8)).is_some_and(|b| {
+            let at = u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+            state.store.max_offset().saturating_sub(at) > state.hot_bytes
+        });
     // A queue that looks short while the dispatcher has not yet caught up
     // with what was appended before this pull is not a moved offset: wait
     // briefly for the dispatch and read again.
@@ -238,6 +269,7 @@ async fn read(
             min: got.min_offset,
             max: got.max_offset,
             remark: None,
+            from_disk,
         });
     }
     let next_begin = got.next_begin_offset;
@@ -267,5 +299,5 @@ async fn read(
         state.metrics.delivered(&h.topic, got.messages.len() as u64, total as u64);
         Some(b)
     };
-    Ok(PullResult { code, body, next_begin, min: got.min_offset, max: got.max_offset, remark })
+    Ok(PullResult { code, body, next_begin, min: got.min_offset, max: got.max_offset, remark, from_disk })
 }

@@ -59,7 +59,10 @@ async fn register_all(state: &Arc<BrokerState>, client: &RemotingClient) {
         match result {
             Ok(r) if r.code == response::SUCCESS => {
                 // A slave learns its master's replication address here.
-                state.slave.learn_master(r.field("haServerAddr").map(str::to_string));
+                state.slave.learn_master(
+                    r.field("haServerAddr").map(str::to_string),
+                    r.field("masterAddr").map(str::to_string),
+                );
             }
             Ok(r) => tracing::warn!(namesrv = %addr, code = r.code, remark = ?r.remark, "registration refused"),
             Err(e) => tracing::warn!(namesrv = %addr, error = %e, "registration failed"),

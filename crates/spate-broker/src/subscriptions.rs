@@ -62,6 +62,20 @@ impl SubscriptionGroups {
         self.table.write().subscription_group_table.remove(group).is_some()
     }
 
+    /// A slave takes its master's table as is; returns whether it changed.
+    pub fn replace_from_master(&self, mut from_master: SubscriptionGroupFile) -> bool {
+        let mut t = self.table.write();
+        if t.subscription_group_table == from_master.subscription_group_table {
+            return false;
+        }
+        if from_master.subscription_group_table.len() > MAX_GROUPS {
+            let keep: Vec<String> = from_master.subscription_group_table.keys().take(MAX_GROUPS).cloned().collect();
+            from_master.subscription_group_table.retain(|k, _| keep.contains(k));
+        }
+        *t = from_master;
+        true
+    }
+
     pub fn snapshot(&self) -> SubscriptionGroupFile {
         self.table.read().clone()
     }

@@ -121,6 +121,21 @@ impl TopicTable {
         self.upsert(tc.clone()).then_some(tc)
     }
 
+    /// A slave takes its master's table as is; returns whether it changed
+    /// (a different data version), so the slave re-registers and persists.
+    pub fn replace_from_master(&self, mut from_master: TopicConfigSerializeWrapper) -> bool {
+        let mut t = self.table.write();
+        if t.data_version == from_master.data_version {
+            return false;
+        }
+        if from_master.topic_config_table.len() > MAX_TOPICS {
+            let keep: Vec<String> = from_master.topic_config_table.keys().take(MAX_TOPICS).cloned().collect();
+            from_master.topic_config_table.retain(|k, _| keep.contains(k));
+        }
+        *t = from_master;
+        true
+    }
+
     /// The table with its version, for registration and GET_ALL_TOPIC_CONFIG.
     pub fn snapshot(&self) -> TopicConfigSerializeWrapper {
         self.table.read().clone()

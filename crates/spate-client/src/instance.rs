@@ -9,7 +9,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use spate_remoting::protocol::{json, ConsumerData, HeartbeatData, ProducerData, TopicRouteData, DEFAULT_TOPIC};
+use spate_remoting::protocol::{
+    json, ConsumerData, HeartbeatData, MessageQueue, ProducerData, TopicRouteData, DEFAULT_TOPIC,
+};
 use spate_remoting::{request, response, BoxFuture, Connection, RemotingClient, RemotingCommand, RequestHandler};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::route::TopicRoute;
+
+/// Most queues whose pull suggestion is remembered.
+const MAX_PULL_FROM_ENTRIES: usize = 100_000;
 
 /// What a consumer registered with the instance offers it.
 pub(crate) trait ConsumerMember: Send + Sync {
@@ -93,6 +98,9 @@ pub struct ClientInstance {
     routes: RwLock<HashMap<String, Arc<TopicRoute>>>,
     // broker name -> broker id -> address
     brokers: RwLock<HashMap<String, BTreeMap<i64, String>>>,
+    /// The broker id each queue's last pull answer suggested pulling from
+    /// next (`suggestWhichBrokerId`, upstream's pullFromWhichNodeTable).
+    pull_from: Mutex<HashMap<MessageQueue, i64>>,
     members: Arc<Members>,
     refreshing: Mutex<HashSet<String>>,
     namesrv_next: AtomicUsize,
@@ -122,6 +130,7 @@ impl ClientInstance {
             client_ip,
             routes: RwLock::new(HashMap::new()),
             brokers: RwLock::new(HashMap::new()),
+            pull_from: Mutex::new(HashMap::new()),
             members,
             refreshing: Mutex::new(HashSet::new()),
             namesrv_next: AtomicUsize::new(0),
@@ -350,6 +359,51 @@ impl ClientInstance {
         self.master_addr(broker_name).ok_or_else(|| ClientError::BrokerNotFound { broker: broker_name.to_string() })
     }
 
+    /// An address of `broker_name` to read from: broker `preferred_id` if
+    /// it is in the route, else the master, else its lowest-numbered slave
+    /// (upstream's findBrokerAddressInSubscribe: a group whose master is
+    /// gone is still read through its slaves).
+    pub fn subscribe_addr(&self, broker_name: &str, preferred_id: i64) -> Option<String> {
+        let brokers = self.brokers.read();
+        let group = brokers.get(broker_name)?;
+        group
+            .get(&preferred_id)
+            .or_else(|| group.get(&spate_remoting::protocol::MASTER_ID))
+            .or_else(|| group.values().next())
+            .cloned()
+    }
+
+    /// [`subscribe_addr`](Self::subscribe_addr), refreshing `topic`'s route once if unknown.
+    pub(crate) async fn subscribe_addr_or_refresh(&self, broker_name: &str, topic: &str, id: i64) -> Result<String> {
+        if let Some(a) = self.subscribe_addr(broker_name, id) {
+            return Ok(a);
+        }
+        self.update_route(topic).await?;
+        self.subscribe_addr(broker_name, id)
+            .ok_or_else(|| ClientError::BrokerNotFound { broker: broker_name.to_string() })
+    }
+
+    /// Where the next pull of `mq` goes: the broker its last answer suggested.
+    pub(crate) async fn pull_addr(&self, mq: &MessageQueue) -> Result<String> {
+        let id = self.pull_from.lock().get(mq).copied().unwrap_or(spate_remoting::protocol::MASTER_ID);
+        self.subscribe_addr_or_refresh(&mq.broker_name, &mq.topic, id).await
+    }
+
+    /// Records a pull answer's `suggestWhichBrokerId` for `mq`.
+    pub(crate) fn suggest_pull_from(&self, mq: &MessageQueue, broker_id: i64) {
+        let mut t = self.pull_from.lock();
+        if t.len() < MAX_PULL_FROM_ENTRIES || t.contains_key(mq) {
+            t.insert(mq.clone(), broker_id);
+        }
+    }
+
+    /// Every known broker address, masters and slaves.
+    pub(crate) fn all_broker_addrs(&self) -> Vec<String> {
+        let brokers = self.brokers.read();
+        let set: BTreeSet<String> = brokers.values().flat_map(|a| a.values().cloned()).collect();
+        set.into_iter().collect()
+    }
+
     /// Every known master address.
     pub(crate) fn master_addrs(&self) -> Vec<String> {
         let brokers = self.brokers.read();
@@ -361,7 +415,7 @@ impl ClientInstance {
     // ---- heartbeats ----
 
     /// Sends this instance's heartbeat (its producer and consumer groups) to
-    /// every known master now.
+    /// every known master now, and to slaves too when it has consumers.
     pub async fn send_heartbeat_to_all_brokers(&self) {
         let hb = self.members.heartbeat(&self.client_id);
         if hb.producer_data_set.is_empty() && hb.consumer_data_set.is_empty() {
@@ -374,7 +428,10 @@ impl ClientInstance {
                 return;
             }
         };
-        for addr in self.master_addrs() {
+        // Consumers tell slaves too: a slave serving reads while its master
+        // is away must know the group's members (upstream does the same).
+        let addrs = if hb.consumer_data_set.is_empty() { self.master_addrs() } else { self.all_broker_addrs() };
+        for addr in addrs {
             let req = RemotingCommand::request(request::HEART_BEAT).with_body(body.clone());
             if let Err(e) = self.call_ok(&addr, req).await {
                 tracing::debug!(broker = addr, error = %e, "heartbeat failed");

@@ -198,3 +198,123 @@ async fn a_strict_sync_master_acknowledges_only_replicated_messages() {
     assert_eq!(r.code, response::SLAVE_NOT_AVAILABLE, "{:?}", r.remark);
     assert!(r.field("msgId").is_some(), "stored: the answer names the message");
 }
+
+/// Waits until the name server's route for `topic` lists exactly the broker
+/// ids `ids` for broker-a.
+async fn wait_route_ids(ns: &str, topic: &str, ids: &[i64]) {
+    use spate_remoting::protocol::{json, TopicRouteData};
+    let c = raw_client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = call(&c, ns, RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC).with("topic", topic)).await;
+        let have: Vec<i64> = if r.code == response::SUCCESS {
+            let route: TopicRouteData = json::decode(&r.body, "route").unwrap();
+            route.broker_datas.iter().flat_map(|b| b.broker_addrs.keys().copied()).collect()
+        } else {
+            Vec::new()
+        };
+        if have == ids {
+            return;
+        }
+        assert!(Instant::now() < deadline, "route of {topic} lists {have:?}, want {ids:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_read_through_a_master_outage_from_the_slave() {
+    use parking_lot::Mutex;
+    use spate_client::{
+        ClientConfig, ConsumeFromWhere, ConsumeStatus, Message, MessageListener, Producer, ProducerOptions,
+        PushConsumer, PushConsumerOptions,
+    };
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Proc::namesrv();
+    let mut master = BrokerProc::start(dir.path(), "m", &ns.addr(), &master_lines("ASYNC_MASTER"));
+    let mut slave_conf = slave_lines(1, &master);
+    slave_conf.push("slaveSyncMetadataInterval=300".into());
+    let slave = BrokerProc::start(dir.path(), "s", &ns.addr(), &slave_conf);
+    let mut cfg = ClientConfig::new(&ns.addr()).with_instance_name("ha-read");
+    cfg.poll_name_server_interval = Duration::from_millis(500);
+    let producer =
+        Producer::start(cfg.clone().with_instance_name("ha-read-p"), ProducerOptions::new("pg_ha")).await.unwrap();
+    for i in 0..200 {
+        producer.send(Message::new("HaRead", format!("a{i}"))).await.unwrap();
+    }
+    wait_identical(&master, &slave, "the slave before the outage");
+    // The slave has the topic (copied metadata) and registers it.
+    let c = raw_client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(
+        &call(&c, &slave.addr(), RemotingCommand::request(request::GET_ALL_TOPIC_CONFIG)).await.body,
+    )
+    .contains("HaRead")
+    {
+        assert!(Instant::now() < deadline, "the slave never copied the topic");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The master dies; a consumer starting now reads everything from the slave.
+    master.kill9();
+    wait_route_ids(&ns.addr(), "HaRead", &[1]).await;
+    let got: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let g = got.clone();
+    let mut o = PushConsumerOptions::new("cg_ha");
+    o.consume_from_where = ConsumeFromWhere::FirstOffset;
+    o.rebalance_interval = Duration::from_secs(1);
+    let consumer = PushConsumer::new(cfg.clone().with_instance_name("ha-read-c"), o).unwrap();
+    consumer.subscribe("HaRead", "*").unwrap();
+    consumer
+        .start(MessageListener::concurrently(move |msgs, _| {
+            g.lock().extend(msgs.iter().map(|m| String::from_utf8_lossy(&m.body).to_string()));
+            ConsumeStatus::ConsumeSuccess
+        }))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.lock().len() < 200 {
+        assert!(Instant::now() < deadline, "read {} of 200 from the slave", got.lock().len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The master returns: new messages reach the consumer, and its progress
+    // is committed to the master again.
+    master.spawn();
+    wait_route_ids(&ns.addr(), "HaRead", &[0, 1]).await;
+    for i in 0..100 {
+        producer.send(Message::new("HaRead", format!("b{i}"))).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.lock().len() < 300 {
+        assert!(Instant::now() < deadline, "read {} of 300 after the master returned", got.lock().len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let want: HashSet<String> = (0..200).map(|i| format!("a{i}")).chain((0..100).map(|i| format!("b{i}"))).collect();
+    assert_eq!(*got.lock(), want);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut total = 0;
+        for q in 0..4 {
+            let r = call(
+                &c,
+                &master.addr(),
+                RemotingCommand::request(request::QUERY_CONSUMER_OFFSET)
+                    .with("consumerGroup", "cg_ha")
+                    .with("topic", "HaRead")
+                    .with("queueId", q),
+            )
+            .await;
+            total += r.field("offset").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        }
+        if total == 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the master holds committed offsets summing to {total}, want 300");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    consumer.shutdown().await;
+    producer.shutdown().await;
+}

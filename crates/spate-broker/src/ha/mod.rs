@@ -8,6 +8,7 @@
 
 pub mod divergence;
 pub mod master;
+pub mod metadata;
 pub mod protocol;
 pub mod slave;
 

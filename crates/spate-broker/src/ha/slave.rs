@@ -38,6 +38,8 @@ pub struct SlaveState {
     link: Mutex<SlaveLink>,
     /// The master's HA address the name servers reported at registration.
     learned_master: Mutex<Option<String>>,
+    /// The master's request address, from the same answer (metadata sync).
+    learned_master_addr: Mutex<Option<String>>,
 }
 
 impl SlaveState {
@@ -45,9 +47,15 @@ impl SlaveState {
         self.link.lock().clone()
     }
 
-    /// Called with each registration answer (`haServerAddr`).
-    pub fn learn_master(&self, ha_addr: Option<String>) {
+    /// Called with each registration answer (`haServerAddr`, `masterAddr`).
+    pub fn learn_master(&self, ha_addr: Option<String>, master_addr: Option<String>) {
         *self.learned_master.lock() = ha_addr.filter(|a| !a.is_empty());
+        *self.learned_master_addr.lock() = master_addr.filter(|a| !a.is_empty());
+    }
+
+    /// The master's request address, as the name servers last reported it.
+    pub fn master_addr_for_requests(&self) -> Option<String> {
+        self.learned_master_addr.lock().clone()
     }
 
     fn master_addr(&self, configured: &str) -> Option<String> {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use spate_remoting::protocol::{
-    json, ConsumerListBody, LockBatchRequestBody, LockBatchResponseBody, MessageQueue, SubscriptionData,
+    json, ConsumerListBody, LockBatchRequestBody, LockBatchResponseBody, MessageQueue, SubscriptionData, MASTER_ID,
 };
 use spate_remoting::{request, response, RemotingCommand};
 
@@ -88,6 +88,9 @@ impl ClientInstance {
             .with("subVersion", a.subscription.sub_version)
             .with("expressionType", a.subscription.expression_type.as_deref().unwrap_or("TAG"));
         let resp = self.call(addr, req, a.timeout).await?;
+        if let Ok(Some(id)) = resp.opt_i64_field("suggestWhichBrokerId") {
+            self.suggest_pull_from(a.mq, id);
+        }
         let Some(status) = pull_status(resp.code) else {
             return Err(ClientError::Broker {
                 addr: addr.into(),
@@ -117,7 +120,8 @@ impl ClientInstance {
 
     /// The group's committed offset of `mq` on its broker; `None` when it has none.
     pub(crate) async fn query_consumer_offset(&self, group: &str, mq: &MessageQueue) -> Result<Option<i64>> {
-        let addr = self.master_addr_or_refresh(&mq.broker_name, &mq.topic).await?;
+        // The master, or a slave while the master is away (it holds a copy).
+        let addr = self.subscribe_addr_or_refresh(&mq.broker_name, &mq.topic, MASTER_ID).await?;
         let req = RemotingCommand::request(request::QUERY_CONSUMER_OFFSET)
             .with("consumerGroup", group)
             .with("topic", &mq.topic)
@@ -132,7 +136,7 @@ impl ClientInstance {
     }
 
     pub(crate) async fn update_consumer_offset(&self, group: &str, mq: &MessageQueue, offset: i64) -> Result<()> {
-        let addr = self.master_addr_or_refresh(&mq.broker_name, &mq.topic).await?;
+        let addr = self.subscribe_addr_or_refresh(&mq.broker_name, &mq.topic, MASTER_ID).await?;
         let req = RemotingCommand::request(request::UPDATE_CONSUMER_OFFSET)
             .with("consumerGroup", group)
             .with("topic", &mq.topic)
@@ -142,7 +146,7 @@ impl ClientInstance {
     }
 
     async fn queue_offset_request(&self, code: i32, mq: &MessageQueue, timestamp: Option<i64>) -> Result<i64> {
-        let addr = self.master_addr_or_refresh(&mq.broker_name, &mq.topic).await?;
+        let addr = self.subscribe_addr_or_refresh(&mq.broker_name, &mq.topic, MASTER_ID).await?;
         let req = RemotingCommand::request(code)
             .with("topic", &mq.topic)
             .with("queueId", mq.queue_id)

@@ -423,10 +423,11 @@ impl LiteInner {
     }
 
     async fn heartbeat_new_brokers(&self) {
-        let masters = self.instance.master_addrs();
+        // Slaves too: a group whose master is away is read through them.
+        let brokers = self.instance.all_broker_addrs();
         let fresh = {
             let mut seen = self.heartbeated.lock();
-            masters.into_iter().filter(|m| seen.insert(m.clone())).count()
+            brokers.into_iter().filter(|m| seen.insert(m.clone())).count()
         };
         if fresh > 0 {
             self.instance.send_heartbeat_to_all_brokers().await;
@@ -526,7 +527,7 @@ impl LiteInner {
                 continue;
             }
             let Some(sub) = self.subscriptions.read().get(&mq.topic).cloned() else { break };
-            let addr = match self.instance.master_addr_or_refresh(&mq.broker_name, &mq.topic).await {
+            let addr = match self.instance.pull_addr(&mq).await {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::debug!(broker = mq.broker_name, error = %e, "no broker address");

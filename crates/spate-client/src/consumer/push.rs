@@ -389,10 +389,11 @@ impl PushInner {
     /// Heartbeats brokers this consumer has not told about itself yet, so they
     /// list it among the group before it asks for the group's members.
     async fn heartbeat_new_brokers(&self) {
-        let masters = self.instance.master_addrs();
+        // Slaves too: a group whose master is away is read through them.
+        let brokers = self.instance.all_broker_addrs();
         let fresh = {
             let mut seen = self.heartbeated.lock();
-            masters.into_iter().filter(|m| seen.insert(m.clone())).count()
+            brokers.into_iter().filter(|m| seen.insert(m.clone())).count()
         };
         if fresh > 0 {
             self.instance.send_heartbeat_to_all_brokers().await;
@@ -668,7 +669,7 @@ impl PushInner {
         offset: i64,
     ) -> Result<Option<(PullStatus, i64, Vec<MessageExt>)>> {
         let mq = &slot.mq;
-        let addr = self.instance.master_addr_or_refresh(&mq.broker_name, &mq.topic).await?;
+        let addr = self.instance.pull_addr(mq).await?;
         let commit_offset = match self.options.message_model {
             MessageModel::Clustering => self.offsets.read_memory(mq).filter(|o| *o > 0),
             MessageModel::Broadcasting => None,

@@ -27,8 +27,14 @@ pub(crate) async fn target_queues(
     if model == MessageModel::Broadcasting || route.read_queues.is_empty() {
         return Ok(route.read_queues.clone());
     }
-    let mut masters: Vec<String> =
-        route.data.broker_datas.iter().filter_map(|b| b.master_addr()).map(str::to_string).collect();
+    // Each group's master, or a slave of a group whose master is away.
+    let mut masters: Vec<String> = route
+        .data
+        .broker_datas
+        .iter()
+        .filter_map(|b| b.master_addr().or_else(|| b.broker_addrs.values().next().map(String::as_str)))
+        .map(str::to_string)
+        .collect();
     masters.shuffle(&mut rand::thread_rng());
     let mut last_err = None;
     for addr in masters {

@@ -1,0 +1,66 @@
+//! A slave's copy of its master's metadata: every
+//! `slaveSyncMetadataInterval` it fetches the topic table, the subscription
+//! groups and the consumer offsets (GET_ALL_TOPIC_CONFIG,
+//! GET_ALL_SUBSCRIPTIONGROUP_CONFIG, GET_ALL_CONSUMER_OFFSET) and takes
+//! them, so it can serve reads with the master's topics if the master goes
+//! away. Topics and groups are replaced; offsets are merged, the larger per
+//! queue winning.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spate_remoting::protocol::{json, TopicConfigSerializeWrapper};
+use spate_remoting::{request, response, ClientConfig, RemotingClient, RemotingCommand};
+
+use crate::subscriptions::SubscriptionGroupFile;
+use crate::BrokerState;
+
+/// Runs on a slave until the task is aborted.
+pub async fn run(state: Arc<BrokerState>) {
+    let client = RemotingClient::new(ClientConfig::default(), None);
+    loop {
+        let (interval, timeout) = {
+            let c = state.config.read();
+            (c.slave_sync_metadata_interval, c.register_broker_timeout)
+        };
+        if let Some(master) = state.slave.master_addr_for_requests() {
+            if let Err(e) = sync_once(&state, &client, &master, timeout).await {
+                tracing::warn!(%master, error = %e, "copying metadata from the master failed");
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+async fn fetch(client: &RemotingClient, master: &str, code: i32, timeout: Duration) -> Result<bytes::Bytes, String> {
+    let r = client.invoke(master, RemotingCommand::request(code), timeout).await.map_err(|e| e.to_string())?;
+    if r.code != response::SUCCESS {
+        return Err(format!("request {code} answered {}: {:?}", r.code, r.remark));
+    }
+    Ok(r.body)
+}
+
+/// One round: topics, groups, offsets.
+pub async fn sync_once(
+    state: &Arc<BrokerState>,
+    client: &RemotingClient,
+    master: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let body = fetch(client, master, request::GET_ALL_TOPIC_CONFIG, timeout).await?;
+    let topics: TopicConfigSerializeWrapper =
+        json::decode(&body, "TopicConfigSerializeWrapper").map_err(|e| e.to_string())?;
+    if state.topics.replace_from_master(topics) {
+        tracing::info!(topics = state.topics.len(), "topic table copied from the master");
+        state.topics.persist().await.map_err(|e| e.to_string())?;
+        state.topics_changed();
+    }
+    let body = fetch(client, master, request::GET_ALL_SUBSCRIPTIONGROUP_CONFIG, timeout).await?;
+    let groups: SubscriptionGroupFile = json::decode(&body, "SubscriptionGroupWrapper").map_err(|e| e.to_string())?;
+    if state.groups.replace_from_master(groups) {
+        state.persist_groups_soon();
+    }
+    let body = fetch(client, master, request::GET_ALL_CONSUMER_OFFSET, timeout).await?;
+    state.offsets.merge_from_master(&body).map_err(|e| e.to_string())?;
+    Ok(())
+}
