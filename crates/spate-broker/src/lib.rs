@@ -389,6 +389,9 @@ async fn process(
         r::GET_BROKER_CONFIG => admin::broker_config(state, req),
         r::UPDATE_BROKER_CONFIG => admin::update_broker_config(state, req)?,
         r::GET_BROKER_RUNTIME_INFO => admin::runtime_info(state, req),
+        r::GET_BROKER_HA_STATUS => {
+            RemotingCommand::success(req).with_body(serde_json::to_vec(&ha::status_json(state)).unwrap_or_default())
+        }
         r::GET_CONSUME_STATS => admin::consume_stats(state, req)?,
         r::GET_CONSUMER_CONNECTION_LIST => admin::consumer_connections(state, req)?,
         r::QUERY_MESSAGE => admin::query_message(state, req).await?,

@@ -19,6 +19,8 @@ pub const RPC_LATENCY: &str = "rocketmq_rpc_latency_seconds";
 pub const REJECTED: &str = "rocketmq_send_rejected_total";
 pub const HELD_PULLS: &str = "rocketmq_pull_held_total";
 const CONSUMER_LAG: &str = "rocketmq_consumer_lag_messages";
+const REPLICATION_LAG_BYTES: &str = "spate_replication_lag_bytes";
+const REPLICATION_LAG_MS: &str = "spate_replication_lag_milliseconds";
 
 /// One topic's traffic counters, looked up once per topic, not per message.
 struct TopicCounters {
@@ -192,6 +194,42 @@ pub fn render(state: &Arc<BrokerState>) -> String {
             &[("group", &group), ("topic", &topic), ("queue_id", &q)],
         )
         .set((max - committed).max(0));
+    }
+    // Replication lag: a master's view of each slave; a slave's own.
+    m.clear(REPLICATION_LAG_BYTES);
+    m.clear(REPLICATION_LAG_MS);
+    let status = crate::ha::status_json(state);
+    let lag = |id: &str, bytes: i64, ms: i64| {
+        let label = [("slave_id", id)];
+        m.gauge(REPLICATION_LAG_BYTES, "Bytes a slave is behind its master, by slave.", &label).set(bytes);
+        m.gauge(REPLICATION_LAG_MS, "How long ago a slave last held everything its master had, by slave.", &label)
+            .set(ms);
+    };
+    if let Some(slaves) = status["slaves"].as_array() {
+        for sl in slaves {
+            let id = sl["brokerId"].to_string();
+            lag(&id, sl["lagBytes"].as_i64().unwrap_or(0), sl["lagMs"].as_i64().unwrap_or(0));
+        }
+        g(
+            "spate_replication_in_sync_slaves",
+            "Slaves in sync or semi-sync (a SYNC_MASTER send waits for them).",
+            status["inSyncSlaves"].as_i64().unwrap_or(0),
+        );
+    }
+    if let Some(link) = status.get("link") {
+        let id = status["brokerId"].to_string();
+        m.gauge(REPLICATION_LAG_BYTES, "Bytes a slave is behind its master, by slave.", &[("slave_id", &id)])
+            .set(link["lagBytes"].as_i64().unwrap_or(0));
+        g(
+            "spate_replication_connected",
+            "1 while this slave follows its master.",
+            i64::from(link["connected"] == true),
+        );
+        g(
+            "spate_replication_last_heard_milliseconds",
+            "Time since this slave last heard from its master (-1: never).",
+            link["lastHeardMsAgo"].as_i64().unwrap_or(-1),
+        );
     }
     m.render()
 }

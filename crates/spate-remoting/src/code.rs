@@ -16,6 +16,8 @@ pub mod request {
     pub const UPDATE_BROKER_CONFIG: i32 = 25;
     pub const GET_BROKER_CONFIG: i32 = 26;
     pub const GET_BROKER_RUNTIME_INFO: i32 = 28;
+    /// A broker's replication state (upstream's HA runtime info; Spate's own JSON body).
+    pub const GET_BROKER_HA_STATUS: i32 = 907;
     pub const SEARCH_OFFSET_BY_TIMESTAMP: i32 = 29;
     pub const GET_MAX_OFFSET: i32 = 30;
     pub const GET_MIN_OFFSET: i32 = 31;

@@ -54,6 +54,21 @@ enum Noun {
         #[command(subcommand)]
         verb: MessageVerb,
     },
+    /// Replica groups: roles, offsets, replication lag and mode, epochs.
+    Ha {
+        #[command(subcommand)]
+        verb: HaVerb,
+    },
+}
+
+#[derive(Subcommand)]
+enum HaVerb {
+    /// Every replica group (of a cluster): each broker's role, log end and
+    /// epochs; each slave's lag in bytes and time and its mode.
+    Status {
+        #[arg(short = 'c', long)]
+        cluster: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -254,6 +269,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         Noun::Broker { verb } => broker(&admin, verb).await?,
         Noun::Group { verb } => group(&admin, verb).await?,
         Noun::Message { verb } => message(&admin, verb).await?,
+        Noun::Ha { verb: HaVerb::Status { cluster } } => ha_status(&admin, cluster.as_deref()).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -583,4 +599,68 @@ async fn query_key(admin: &Admin, topic: &str, key: &str, begin: i64, end: i64, 
         }
     }
     Ok(found)
+}
+
+/// `ha status`: asks every broker of every replica group for its replication state.
+async fn ha_status(admin: &Admin, cluster: Option<&str>) -> Result<Output> {
+    let info = admin.cluster().await?;
+    let mut groups = Vec::new();
+    let mut table = String::new();
+    for b in info.broker_addr_table.values().filter(|b| cluster.is_none_or(|c| b.cluster == c)) {
+        table.push_str(&format!("{} ({})\n", b.broker_name, b.cluster));
+        let mut members = Vec::new();
+        for (id, addr) in &b.broker_addrs {
+            let r = admin.call(addr, RemotingCommand::request(request::GET_BROKER_HA_STATUS)).await;
+            let v: Value = match r {
+                Ok(r) => serde_json::from_slice(&r.body).with_context(|| format!("{addr}: HA status is not JSON"))?,
+                Err(e) => json!({"brokerId": id, "addr": addr, "error": e.to_string()}),
+            };
+            table.push_str(&ha_rows(*id, addr, &v));
+            members.push(json!({"brokerId": id, "addr": addr, "status": v}));
+        }
+        groups.push(json!({"brokerName": b.broker_name, "cluster": b.cluster, "brokers": members}));
+    }
+    if groups.is_empty() {
+        bail!("no broker registered{}", cluster.map(|c| format!(" in cluster {c}")).unwrap_or_default());
+    }
+    Ok((json!(groups), table))
+}
+
+fn ha_rows(id: i64, addr: &str, v: &Value) -> String {
+    if let Some(e) = v.get("error") {
+        return format!("  #{id} {addr}: unreachable: {}\n", e.as_str().unwrap_or_default());
+    }
+    let epochs: Vec<String> = v["epochs"]
+        .as_array()
+        .map(|a| a.iter().map(|e| format!("{}@{}", e["epoch"], e["startOffset"])).collect())
+        .unwrap_or_default();
+    let mut out = format!(
+        "  #{id} {addr} {} maxOffset {} epochs [{}]\n",
+        v["role"].as_str().unwrap_or("?"),
+        v["maxOffset"],
+        epochs.join(" ")
+    );
+    if let Some(slaves) = v["slaves"].as_array() {
+        for s in slaves {
+            out.push_str(&format!(
+                "    slave #{} {} acked {} lag {} bytes / {} ms, {}\n",
+                s["brokerId"],
+                s["addr"].as_str().unwrap_or("?"),
+                s["ackedOffset"],
+                s["lagBytes"],
+                s["lagMs"],
+                s["mode"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    if let Some(link) = v.get("link") {
+        out.push_str(&format!(
+            "    following {} (master at {}, lag {} bytes){}\n",
+            link["masterHaAddr"].as_str().unwrap_or("nobody"),
+            link["masterMaxOffset"],
+            link["lagBytes"],
+            link["lastError"].as_str().map(|e| format!(", last error: {e}")).unwrap_or_default()
+        ));
+    }
+    out
 }

@@ -75,7 +75,10 @@ async fn slaves_copy_the_log_byte_for_byte_catch_up_and_cut_a_diverged_tail() {
     let dir = tempfile::tempdir().unwrap();
     let ns = Proc::namesrv();
     let c = raw_client();
-    let mut master = BrokerProc::start(dir.path(), "m", &ns.addr(), &master_lines("ASYNC_MASTER"));
+    let metrics_port = common::free_port();
+    let mut lines = master_lines("ASYNC_MASTER");
+    lines.push(format!("metricsPromExporterPort={metrics_port}"));
+    let mut master = BrokerProc::start(dir.path(), "m", &ns.addr(), &lines);
     let mut s1 = BrokerProc::start(dir.path(), "s1", &ns.addr(), &slave_lines(1, &master));
     let mut s2 = BrokerProc::start(dir.path(), "s2", &ns.addr(), &slave_lines(2, &master));
 
@@ -83,6 +86,54 @@ async fn slaves_copy_the_log_byte_for_byte_catch_up_and_cut_a_diverged_tail() {
     burst(&c, &master.addr(), "Rep", 1, 600).await;
     wait_identical(&master, &s1, "slave 1 after the first burst");
     wait_identical(&master, &s2, "slave 2 after the first burst");
+
+    // Admin shows the group: the master with two caught-up slaves, the
+    // slaves following it, the same epoch list everywhere.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let groups = loop {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(["admin", "-n", &ns.addr(), "ha", "status", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let m = &v[0]["brokers"][0]["status"];
+        let caught_up = m["slaves"].as_array().is_some_and(|a| a.len() == 2 && a.iter().all(|s| s["lagBytes"] == 0));
+        if caught_up && v[0]["brokers"].as_array().map(|b| b.len()) == Some(3) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "admin never showed two caught-up slaves: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let brokers = groups[0]["brokers"].as_array().unwrap();
+    let m = &brokers[0]["status"];
+    assert_eq!(m["role"], "AsyncMaster");
+    assert!(m["slaves"].as_array().unwrap().iter().all(|s| s["mode"] == "Sync" && s["lagMs"] == 0), "{m}");
+    assert!(!m["epochs"].as_array().unwrap().is_empty());
+    for b in &brokers[1..] {
+        let st = &b["status"];
+        assert_eq!(st["role"], "Slave");
+        assert_eq!(st["link"]["connected"], true, "{st}");
+        assert_eq!(st["epochs"], m["epochs"], "a slave holds its master's epochs");
+        assert_eq!(st["maxOffset"], m["maxOffset"]);
+    }
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["admin", "-n", &ns.addr(), "ha", "status"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("broker-a") && table.contains("lag 0 bytes") && table.contains("following"), "{table}");
+    // The master exports each slave's lag.
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(metrics.contains("spate_replication_lag_bytes{slave_id=\"1\"} 0"), "{metrics}");
+    assert!(metrics.contains("spate_replication_in_sync_slaves 2"), "{metrics}");
 
     // A slave killed mid-stream and restarted catches up.
     s1.kill9();

@@ -59,8 +59,10 @@ pub struct SlaveStatus {
     /// When that acknowledgement arrived.
     #[serde(skip)]
     pub acked_at: Instant,
-    /// The master's end when the slave last acknowledged (lag in time: how
-    /// long ago the slave was caught up with that).
+    /// The last time the slave held everything the master had then: the
+    /// lag in time is how long ago that was (zero while caught up).
+    #[serde(skip)]
+    pub caught_up_at: Instant,
     pub mode: SlaveMode,
 }
 
@@ -131,6 +133,7 @@ impl Replication {
             addr: addr.to_string(),
             acked_offset: start,
             acked_at: Instant::now(),
+            caught_up_at: Instant::now(),
             mode: self.mode_for(master_end.saturating_sub(start)),
         };
         self.slaves.lock().insert(id, status);
@@ -149,6 +152,9 @@ impl Replication {
         if let Some(s) = self.slaves.lock().get_mut(&session) {
             s.acked_offset = s.acked_offset.max(offset);
             s.acked_at = Instant::now();
+            if s.acked_offset >= master_end {
+                s.caught_up_at = s.acked_at;
+            }
             s.mode = mode;
         }
         self.recompute();
@@ -214,6 +220,64 @@ impl Replication {
     pub fn replicated_offset(&self) -> u64 {
         *self.replicated.borrow()
     }
+}
+
+/// GET_BROKER_HA_STATUS's body: this broker's replication as JSON (role,
+/// log end, epochs; a master's slaves with their lag and mode; a slave's
+/// link to its master).
+pub fn status_json(state: &crate::BrokerState) -> serde_json::Value {
+    let (role, name, id) = {
+        let c = state.config.read();
+        (c.broker_role, c.broker_name.clone(), c.broker_id)
+    };
+    let end = state.store.max_offset();
+    let epochs: Vec<serde_json::Value> = state
+        .store
+        .epochs()
+        .iter()
+        .map(|e| serde_json::json!({"epoch": e.epoch, "startOffset": e.start_offset}))
+        .collect();
+    let now = Instant::now();
+    let mut v = serde_json::json!({
+        "brokerName": name,
+        "brokerId": id,
+        "role": format!("{role:?}"),
+        "maxOffset": end,
+        "epochs": epochs,
+    });
+    if role == crate::BrokerRole::Slave {
+        let link = state.slave.link();
+        let lag = link.master_max_offset.saturating_sub(end);
+        v["link"] = serde_json::json!({
+            "masterHaAddr": link.master_ha_addr,
+            "connected": link.master_ha_addr.is_some(),
+            "masterMaxOffset": link.master_max_offset,
+            "lagBytes": lag,
+            "lastHeardMsAgo": link.last_heard.map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            "lastError": link.last_error,
+        });
+    } else {
+        let slaves: Vec<serde_json::Value> = state
+            .replication
+            .slaves()
+            .iter()
+            .map(|s| {
+                let lag = end.saturating_sub(s.acked_offset);
+                serde_json::json!({
+                    "brokerId": s.broker_id,
+                    "addr": s.addr,
+                    "ackedOffset": s.acked_offset,
+                    "lagBytes": lag,
+                    "lagMs": if lag == 0 { 0 } else { now.saturating_duration_since(s.caught_up_at).as_millis() as u64 },
+                    "mode": s.mode,
+                })
+            })
+            .collect();
+        v["slaves"] = serde_json::json!(slaves);
+        v["replicatedOffset"] = serde_json::json!(state.replication.replicated_offset());
+        v["inSyncSlaves"] = serde_json::json!(state.replication.in_sync_slaves());
+    }
+    v
 }
 
 #[cfg(test)]
