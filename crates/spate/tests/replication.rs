@@ -369,3 +369,60 @@ async fn consumers_read_through_a_master_outage_from_the_slave() {
     consumer.shutdown().await;
     producer.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_slave_times_sends_out_then_is_dropped_by_the_heartbeat_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Proc::namesrv();
+    let c = raw_client();
+    let mut lines = master_lines("SYNC_MASTER");
+    lines.extend([
+        "haSyncTimeout=400".to_string(),
+        "haHousekeepingInterval=1500".into(),
+        "haSendHeartbeatInterval=300".into(),
+    ]);
+    let master = BrokerProc::start(dir.path(), "m", &ns.addr(), &lines);
+    let mut slave_conf = slave_lines(1, &master);
+    slave_conf.extend(["haHousekeepingInterval=1500".to_string(), "haSendHeartbeatInterval=300".into()]);
+    let slave = BrokerProc::start(dir.path(), "s", &ns.addr(), &slave_conf);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = call(&c, &master.addr(), send_req("Hung", 0, vec![1; 100])).await;
+        if r.code == response::SUCCESS {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slave never joined: {} {:?}", r.code, r.remark);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The slave hangs: a send waits haSyncTimeout, then FLUSH_SLAVE_TIMEOUT.
+    slave.pause(true);
+    let started = Instant::now();
+    let r = call(&c, &master.addr(), send_req("Hung", 0, vec![2; 100])).await;
+    assert_eq!(r.code, response::FLUSH_SLAVE_TIMEOUT, "{:?}", r.remark);
+    assert!(started.elapsed() >= Duration::from_millis(350), "waited {:?}", started.elapsed());
+    // Silent past haHousekeepingInterval: the master drops it, and sends
+    // answer SLAVE_NOT_AVAILABLE at once instead of waiting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let started = Instant::now();
+        let r = call(&c, &master.addr(), send_req("Hung", 0, vec![3; 100])).await;
+        // (A send whose wait straddles the drop answers SLAVE_NOT_AVAILABLE late.)
+        if r.code == response::SLAVE_NOT_AVAILABLE && started.elapsed() < Duration::from_millis(300) {
+            break;
+        }
+        assert!([response::FLUSH_SLAVE_TIMEOUT, response::SLAVE_NOT_AVAILABLE].contains(&r.code), "{:?}", r.remark);
+        assert!(Instant::now() < deadline, "the hung slave was never dropped");
+    }
+    // Back: it reconnects, catches up, and sends are replicated again.
+    slave.pause(false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = call(&c, &master.addr(), send_req("Hung", 0, vec![4; 100])).await;
+        if r.code == response::SUCCESS {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slave never came back: {} {:?}", r.code, r.remark);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_identical(&master, &slave, "the slave after it resumed");
+}

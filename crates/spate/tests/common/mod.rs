@@ -298,6 +298,17 @@ impl BrokerProc {
         }
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a hung peer, not a dead one.
+    pub fn pause(&self, stop: bool) {
+        if let Some(c) = &self.child {
+            let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: signals our own child process.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
     /// The commit-log segment files, by name.
     pub fn commit_log_files(&self) -> Vec<(String, Vec<u8>)> {
         let dir = self.store_dir.join("commitlog");
