@@ -367,6 +367,18 @@ async fn process(
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, BrokerError> {
     use request as r;
+    // A slave's topics and groups are its master's copy: changed there only.
+    let metadata_write = matches!(
+        req.code,
+        r::UPDATE_AND_CREATE_TOPIC | r::DELETE_TOPIC_IN_BROKER | r::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP
+    );
+    if metadata_write && state.config.read().broker_role == BrokerRole::Slave {
+        return Ok(RemotingCommand::error(
+            req,
+            response::NO_PERMISSION,
+            format!("broker {} is a slave: topics and groups are changed on its master", state.broker_name),
+        ));
+    }
     Ok(match req.code {
         r::SEND_MESSAGE | r::SEND_MESSAGE_V2 | r::SEND_BATCH_MESSAGE => send::send(state, conn, req).await?,
         r::PULL_MESSAGE | r::LITE_PULL_MESSAGE => pull::pull(state, conn, req).await?,

@@ -146,6 +146,18 @@ async fn slaves_copy_the_log_byte_for_byte_catch_up_and_cut_a_diverged_tail() {
     let r = call(&c, &s2.addr(), send_req("Rep", 0, b"to a slave".to_vec())).await;
     assert_eq!(r.code, response::SERVICE_NOT_AVAILABLE, "{:?}", r.remark);
     assert!(r.remark.unwrap_or_default().contains("slave"));
+    // Its topics are the master's copy, read-only here.
+    let r = call(
+        &c,
+        &s2.addr(),
+        RemotingCommand::request(request::UPDATE_AND_CREATE_TOPIC)
+            .with("topic", "OnSlave")
+            .with("readQueueNums", 1)
+            .with("writeQueueNums", 1)
+            .with("perm", 6),
+    )
+    .await;
+    assert_eq!(r.code, response::NO_PERMISSION, "{:?}", r.remark);
 
     // Divergence: slave 2 stops; the master writes a tail slave 2 never
     // sees, then dies. Slave 2 becomes the master (a new epoch) and takes

@@ -50,8 +50,22 @@ pub async fn sync_once(
     let body = fetch(client, master, request::GET_ALL_TOPIC_CONFIG, timeout).await?;
     let topics: TopicConfigSerializeWrapper =
         json::decode(&body, "TopicConfigSerializeWrapper").map_err(|e| e.to_string())?;
+    let before: std::collections::BTreeSet<String> = state.topics.snapshot().topic_config_table.into_keys().collect();
+    let gone: Vec<String> = before.into_iter().filter(|t| !topics.topic_config_table.contains_key(t)).collect();
     if state.topics.replace_from_master(topics) {
         tracing::info!(topics = state.topics.len(), "topic table copied from the master");
+        // A topic deleted on the master is deleted here too, data and
+        // offsets, so a topic created again starts at offset 0 on both.
+        for topic in gone {
+            let store = state.store.clone();
+            let t = topic.clone();
+            tokio::task::spawn_blocking(move || store.delete_topic(&t))
+                .await
+                .map_err(|e| format!("delete task failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+            state.offsets.remove_topic(&topic);
+            tracing::info!(%topic, "topic deleted, following the master");
+        }
         state.topics.persist().await.map_err(|e| e.to_string())?;
         state.topics_changed();
     }

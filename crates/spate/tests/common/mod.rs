@@ -306,6 +306,18 @@ impl BrokerProc {
             unsafe {
                 libc::kill(c.id() as libc::pid_t, sig);
             }
+            // Delivery is asynchronous: wait until the state says so.
+            let stat = format!("/proc/{}/stat", c.id());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let state = std::fs::read_to_string(&stat).ok().and_then(|t| {
+                    t.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next())
+                });
+                if (state == Some('T')) == stop || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 
