@@ -310,9 +310,9 @@ impl BrokerProc {
             let stat = format!("/proc/{}/stat", c.id());
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                let state = std::fs::read_to_string(&stat).ok().and_then(|t| {
-                    t.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next())
-                });
+                let state = std::fs::read_to_string(&stat)
+                    .ok()
+                    .and_then(|t| t.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()));
                 if (state == Some('T')) == stop || Instant::now() > deadline {
                     break;
                 }
