@@ -7,9 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The full-disk test mounts a small tmpfs (needs root and util-linux's
-# mount). Later issues add ZooKeeper here.
-if ! command -v mount >/dev/null 2>&1; then
-  apt-get update && apt-get install -y mount
+# mount); the controller tests run a real ZooKeeper (Debian's package,
+# started by the tests themselves on free loopback ports).
+missing=()
+command -v mount >/dev/null 2>&1 || missing+=(mount)
+[ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null 2>&1 || missing+=(zookeeper)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update && apt-get install -y "${missing[@]}"
 fi
 
 cargo test --workspace

@@ -69,6 +69,29 @@ enum Command {
     },
     /// Operator commands (mqadmin's jobs): `spate admin -n HOST:PORT topic create T`.
     Admin(admin::AdminArgs),
+    /// The HA controller: drives every replica group's state machine in
+    /// ZooKeeper. Several may run; one leads, the others stand by.
+    Controller {
+        /// ZooKeeper connect string, `host:port[,host:port...]`.
+        #[arg(long = "zk")]
+        zk: String,
+        /// This controller's name (default: host name and process id).
+        #[arg(long)]
+        id: Option<String>,
+        /// ZooKeeper session timeout in ms: a dead leader is replaced after it.
+        #[arg(long, default_value_t = 3000)]
+        session_timeout_ms: u64,
+        /// How often the leader re-reads every group, in ms.
+        #[arg(long, default_value_t = 100)]
+        scan_interval_ms: u64,
+        /// A slave within this many bytes of its master is semi-sync (`haMaxGapNotInSync`).
+        #[arg(long, default_value_t = 256 << 20)]
+        semi_sync_max_lag: u64,
+        /// Elect a live broker outside the in-sync set when no member is alive
+        /// (`enableUncleanMasterElection`): acknowledged messages may be lost.
+        #[arg(long)]
+        unclean_election: bool,
+    },
     /// Load generators and latency reports.
     Bench {
         #[command(subcommand)]
@@ -105,6 +128,29 @@ fn main() -> Result<()> {
             (Command::Broker { namesrv_addr, .. }, Some(cfg)) => broker(cfg, namesrv_addr).await,
             (Command::Admin(args), _) => admin::run(args).await,
             (Command::Bench { command }, _) => bench::run(command).await,
+            (
+                Command::Controller {
+                    zk,
+                    id,
+                    session_timeout_ms,
+                    scan_interval_ms,
+                    semi_sync_max_lag,
+                    unclean_election,
+                },
+                _,
+            ) => {
+                let cfg = spate_controller::controller::ControllerConfig {
+                    zk_addrs: zk,
+                    id: id.unwrap_or_else(|| format!("controller-{}", std::process::id())),
+                    session_timeout: Duration::from_millis(session_timeout_ms),
+                    scan_interval: Duration::from_millis(scan_interval_ms.max(1)),
+                    policy: spate_controller::fsm::Policy { semi_sync_max_lag, unclean_election },
+                };
+                tokio::select! {
+                    r = spate_controller::controller::run(cfg) => r.context("controller"),
+                    r = wait_for_signal() => r,
+                }
+            }
             (Command::Standalone { .. } | Command::Broker { .. }, None) => unreachable!("read above"),
         }
     })

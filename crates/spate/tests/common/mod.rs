@@ -362,3 +362,68 @@ pub fn same_commit_log(a: &[(String, Vec<u8>)], b: &[(String, Vec<u8>)]) -> Resu
     }
     Ok(())
 }
+
+/// A real ZooKeeper server (Debian's `zookeeper` package, which
+/// `scripts/test.sh` installs) on a free loopback port, killed when dropped.
+/// `tickTime` is 200 ms, so sessions may time out in as little as 400 ms.
+pub struct ZooKeeper {
+    child: Option<Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Where Debian's package puts the server.
+pub const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+
+impl ZooKeeper {
+    pub fn start() -> ZooKeeper {
+        assert!(
+            Path::new(ZOOKEEPER_JAR).exists(),
+            "ZooKeeper is not installed ({ZOOKEEPER_JAR} missing): run scripts/test.sh, which installs it"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Command::new("java")
+            .args([
+                "-Dzookeeper.admin.enableServer=false",
+                "-Dzookeeper.4lw.commands.whitelist=ruok",
+                "-cp",
+                ZOOKEEPER_JAR,
+                "org.apache.zookeeper.server.ZooKeeperServerMain",
+                &port.to_string(),
+                dir.path().to_str().expect("utf-8 path"),
+                "200",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn java (ZooKeeper)");
+        let zk = ZooKeeper { child: Some(child), port, _dir: dir };
+        // Ready when it answers "imok".
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let mut out = String::new();
+                if s.write_all(b"ruok").is_ok() && s.read_to_string(&mut out).is_ok() && out == "imok" {
+                    return zk;
+                }
+            }
+            assert!(Instant::now() < deadline, "ZooKeeper on port {port} never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ZooKeeper {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

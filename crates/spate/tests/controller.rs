@@ -1,0 +1,122 @@
+//! The HA controller against a real ZooKeeper, as real `spate controller`
+//! processes (two: one leads, one stands by). The brokers' side is played
+//! by ZooKeeper sessions of the test that publish liveness nodes the way
+//! brokers do; the brokers' own use of the controller is the next step of
+//! issue 6.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::ZooKeeper;
+use spate_controller::fsm::{GroupState, Liveness, ReplState};
+use spate_controller::zk::Zk;
+
+struct Controller(Child);
+
+impl Controller {
+    fn start(zk: &str, id: &str) -> Controller {
+        let child = Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(["controller", "--zk", zk, "--id", id, "--session-timeout-ms", "1000", "--scan-interval-ms", "50"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn controller");
+        Controller(child)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A broker's ZooKeeper session publishing its liveness node.
+async fn broker(zk: &str, id: i64, max_offset: u64) -> (Zk, Liveness) {
+    let s = Zk::connect(zk, Duration::from_millis(800)).await.unwrap();
+    s.ensure_group("broker-a").await.unwrap();
+    let live = Liveness {
+        broker_id: id,
+        addr: format!("127.0.0.1:{}", 10911 + id),
+        max_offset,
+        epoch: 0,
+        ..Default::default()
+    };
+    s.publish_live("broker-a", &live).await.unwrap();
+    (s, live)
+}
+
+/// Waits until the group's durable state satisfies `ok`.
+async fn wait_group(zk: &Zk, what: &str, limit: Duration, ok: impl Fn(&GroupState) -> bool) -> (GroupState, Duration) {
+    let start = Instant::now();
+    loop {
+        let (g, _) = zk.read_group("broker-a").await.unwrap();
+        if ok(&g) {
+            return (g, start.elapsed());
+        }
+        assert!(start.elapsed() < limit, "{what}: group is {g:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_elect_promote_an_in_sync_slave_and_take_over_from_each_other() {
+    let zk = ZooKeeper::start();
+    let addr = zk.addr();
+    let c1 = Controller::start(&addr, "c1");
+    let observer = Zk::connect(&addr, Duration::from_secs(5)).await.unwrap();
+    // c1 leads once it is up; c2 stands by.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while observer.leader().await.unwrap().as_deref() != Some("c1") {
+        assert!(Instant::now() < deadline, "c1 never led");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c2 = Some(Controller::start(&addr, "c2"));
+
+    // The first broker up becomes master in epoch 1.
+    let (b0, mut l0) = broker(&addr, 0, 0).await;
+    let (g, _) = wait_group(&observer, "first election", Duration::from_secs(5), |g| g.master == Some(0)).await;
+    assert_eq!((g.master_epoch, g.state, g.in_sync.clone()), (1, ReplState::SingleMaster, BTreeSet::from([0])));
+
+    // Slaves join: far behind -> ASYNC; then slave 1 caught up and waited
+    // for by the master -> SYNC with {0, 1}; slave 2 stays out.
+    let (_b1, _) = broker(&addr, 1, 500).await;
+    let (_b2, _) = broker(&addr, 2, 900).await;
+    l0.max_offset = 1_000_000_000;
+    l0.slave_lag = [(1, 999_999_500), (2, 999_999_100)].into();
+    b0.publish_live("broker-a", &l0).await.unwrap();
+    wait_group(&observer, "ASYNC", Duration::from_secs(5), |g| g.state == ReplState::Async).await;
+    l0.slave_lag = [(1, 0), (2, 999_999_100)].into();
+    l0.acking = BTreeSet::from([1]);
+    b0.publish_live("broker-a", &l0).await.unwrap();
+    let (g, _) = wait_group(&observer, "SYNC", Duration::from_secs(5), |g| g.state == ReplState::Sync).await;
+    assert_eq!(g.in_sync, BTreeSet::from([0, 1]));
+
+    // The master's session ends (crash): slave 1, in sync, is promoted in
+    // epoch 2 -- not slave 2, although its log is longer.
+    drop(b0);
+    let (g, took) =
+        wait_group(&observer, "failover", Duration::from_secs(10), |g| g.master_epoch == 2 && g.master.is_some()).await;
+    assert_eq!((g.master, g.in_sync.clone(), g.state), (Some(1), BTreeSet::from([1]), ReplState::SingleMaster));
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
+
+    // The leading controller dies: c2 takes over and keeps driving the group.
+    drop(c1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while observer.leader().await.unwrap().as_deref() != Some("c2") {
+        assert!(Instant::now() < deadline, "c2 never took over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (b1, mut l1) = broker(&addr, 1, 1_000_000_000).await;
+    drop(_b1); // the old session of broker 1; its node is replaced by the new one
+    l1.acking = BTreeSet::from([2]);
+    l1.slave_lag = [(2, 0)].into();
+    b1.publish_live("broker-a", &l1).await.unwrap();
+    let (g, _) = wait_group(&observer, "SYNC under c2", Duration::from_secs(10), |g| g.in_sync.len() == 2).await;
+    assert_eq!((g.master, g.in_sync.clone()), (Some(1), BTreeSet::from([1, 2])));
+    drop(c2.take());
+}
