@@ -205,6 +205,37 @@ fn elect(current: &GroupState, live: &BTreeMap<i64, Liveness>, policy: &Policy) 
     Some((next, Change::Elected { broker_id: chosen, epoch, previous: current.master, unclean }))
 }
 
+/// An operator's election of `broker_id`: allowed only for a live member
+/// of the in-sync set (it holds every acknowledged message). Returns the
+/// new state, or why not.
+pub fn elect_by_hand(
+    current: &GroupState,
+    live: &BTreeMap<i64, Liveness>,
+    broker_id: i64,
+) -> Result<(GroupState, Change), String> {
+    if current.master == Some(broker_id) {
+        return Err(format!("broker {broker_id} is already the master"));
+    }
+    if !live.contains_key(&broker_id) {
+        return Err(format!("broker {broker_id} is not alive"));
+    }
+    if !current.in_sync.contains(&broker_id) {
+        return Err(format!(
+            "broker {broker_id} is not in the in-sync set {:?}: it may lack acknowledged messages",
+            current.in_sync
+        ));
+    }
+    let epoch = current.master_epoch + 1;
+    let next = GroupState {
+        master: Some(broker_id),
+        master_epoch: epoch,
+        state: ReplState::SingleMaster,
+        in_sync: BTreeSet::from([broker_id]),
+        sync_epoch: current.sync_epoch + 1,
+    };
+    Ok((next, Change::Elected { broker_id, epoch, previous: current.master, unclean: false }))
+}
+
 /// No eligible broker: record that the group has no master (once). The
 /// in-sync set is kept: its members are the ones that may lead again.
 fn leaderless(current: &GroupState) -> Option<(GroupState, Change)> {
@@ -285,6 +316,23 @@ mod tests {
         // The old master returns while leaderless: it may lead again.
         let (n2, _) = decide(&n, &map(vec![live(0, 3, 1000), live(2, 3, 900)]), &p).unwrap();
         assert_eq!((n2.master, n2.master_epoch), (Some(0), 4));
+    }
+
+    #[test]
+    fn an_operator_may_elect_only_a_live_in_sync_member() {
+        let g = GroupState {
+            master: Some(0),
+            master_epoch: 2,
+            state: ReplState::Sync,
+            in_sync: BTreeSet::from([0, 1]),
+            sync_epoch: 4,
+        };
+        let all = map(vec![live(0, 2, 10), live(1, 2, 10), live(2, 2, 10)]);
+        let (n, _) = elect_by_hand(&g, &all, 1).unwrap();
+        assert_eq!((n.master, n.master_epoch, n.in_sync), (Some(1), 3, BTreeSet::from([1])));
+        assert!(elect_by_hand(&g, &all, 2).unwrap_err().contains("in-sync"));
+        assert!(elect_by_hand(&g, &all, 0).unwrap_err().contains("already"));
+        assert!(elect_by_hand(&g, &map(vec![live(0, 2, 10)]), 1).unwrap_err().contains("not alive"));
     }
 
     // ---- simulation: random events against the safety properties ----

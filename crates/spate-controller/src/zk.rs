@@ -17,6 +17,9 @@ use crate::fsm::{GroupState, Liveness};
 pub const GROUPS: &str = "/spate/groups";
 pub const LEADER: &str = "/spate/controller/leader";
 
+/// Rounds of create / replace before publishing liveness gives up.
+const PUBLISH_ATTEMPTS: usize = 5;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ZkError {
     #[error("ZooKeeper at {addr}: {source}")]
@@ -154,18 +157,38 @@ impl Zk {
         Ok(out)
     }
 
-    /// Creates or updates this session's ephemeral liveness node.
+    /// Creates or updates this session's ephemeral liveness node. A node
+    /// left by an earlier session of the same broker (a quick restart, its
+    /// session not yet expired) is replaced, so the node lives and dies
+    /// with this session.
     pub async fn publish_live(&self, group: &str, live: &Liveness) -> Result<()> {
         let path = format!("{}/live/{}", group_path(group)?, live.broker_id);
         let body = serde_json::to_vec(live).unwrap_or_default();
         let opts = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-        match self.client.create(&path, &body, &opts).await {
-            Ok(_) => Ok(()),
-            Err(zk::Error::NodeExists) => {
-                self.client.set_data(&path, &body, None).await.map(|_| ()).map_err(op("set", &path))
+        let mine = self.client.session_id().0;
+        for _ in 0..PUBLISH_ATTEMPTS {
+            match self.client.create(&path, &body, &opts).await {
+                Ok(_) => return Ok(()),
+                Err(zk::Error::NodeExists) => {}
+                Err(e) => return Err(op("create", &path)(e)),
             }
-            Err(e) => Err(op("create", &path)(e)),
+            let stat = match self.client.check_stat(&path).await.map_err(op("stat", &path))? {
+                Some(stat) => stat,
+                None => continue, // gone meanwhile: create again
+            };
+            let result = if stat.ephemeral_owner == mine {
+                self.client.set_data(&path, &body, Some(stat.version)).await.map(|_| ())
+            } else {
+                self.client.delete(&path, Some(stat.version)).await.and(Err(zk::Error::NodeExists))
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                // Replaced, changed or gone meanwhile: look again.
+                Err(zk::Error::NodeExists | zk::Error::NoNode | zk::Error::BadVersion) => continue,
+                Err(e) => return Err(op("publish", &path)(e)),
+            }
         }
+        Err(op("publish", &path)(zk::Error::NodeExists))
     }
 
     /// Tries to become the leading controller; true when this session leads.

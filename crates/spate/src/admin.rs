@@ -69,6 +69,23 @@ enum HaVerb {
         #[arg(short = 'c', long)]
         cluster: Option<String>,
     },
+    /// The controller's view in ZooKeeper: per replica group the master,
+    /// its epoch, the replication state, the in-sync set, the live brokers,
+    /// and which controller leads.
+    Groups {
+        /// ZooKeeper connect string.
+        #[arg(long = "zk")]
+        zk: String,
+    },
+    /// Make a live in-sync slave the master of its group by hand (epoch + 1).
+    Elect {
+        #[arg(long = "zk")]
+        zk: String,
+        /// The replica group (brokerName).
+        group: String,
+        /// The broker id to elect.
+        broker_id: i64,
+    },
 }
 
 #[derive(Args)]
@@ -270,6 +287,8 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         Noun::Group { verb } => group(&admin, verb).await?,
         Noun::Message { verb } => message(&admin, verb).await?,
         Noun::Ha { verb: HaVerb::Status { cluster } } => ha_status(&admin, cluster.as_deref()).await?,
+        Noun::Ha { verb: HaVerb::Groups { zk } } => ha_groups(&zk).await?,
+        Noun::Ha { verb: HaVerb::Elect { zk, group, broker_id } } => ha_elect(&zk, &group, broker_id).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -663,4 +682,49 @@ fn ha_rows(id: i64, addr: &str, v: &Value) -> String {
         ));
     }
     out
+}
+
+async fn zk_session(addr: &str) -> Result<spate_controller::zk::Zk> {
+    spate_controller::zk::Zk::connect(addr, Duration::from_secs(5))
+        .await
+        .with_context(|| format!("connecting to ZooKeeper at {addr}"))
+}
+
+/// `ha groups`: every replica group as the controller sees it in ZooKeeper.
+async fn ha_groups(zk_addr: &str) -> Result<Output> {
+    let zk = zk_session(zk_addr).await?;
+    let leader = zk.leader().await?;
+    let mut table = format!("leading controller: {}\n", leader.as_deref().unwrap_or("none"));
+    let mut groups = Vec::new();
+    for name in zk.groups().await? {
+        let (g, version) = zk.read_group(&name).await?;
+        let live = zk.read_live(&name).await?;
+        table.push_str(&format!(
+            "{name}: master {} epoch {} {:?} in-sync {:?} (set epoch {})\n",
+            g.master.map_or("none".to_string(), |m| m.to_string()),
+            g.master_epoch,
+            g.state,
+            g.in_sync,
+            g.sync_epoch
+        ));
+        for l in live.values() {
+            table.push_str(&format!("  #{} {} maxOffset {} epoch {}\n", l.broker_id, l.addr, l.max_offset, l.epoch));
+        }
+        groups.push(json!({"group": name, "state": g, "version": version, "live": live.values().collect::<Vec<_>>()}));
+    }
+    Ok((json!({"leader": leader, "groups": groups}), table))
+}
+
+/// `ha elect`: an operator's election, written only if nobody changed the group meanwhile.
+async fn ha_elect(zk_addr: &str, group: &str, broker_id: i64) -> Result<Output> {
+    let zk = zk_session(zk_addr).await?;
+    let (current, version) = zk.read_group(group).await?;
+    let live = zk.read_live(group).await?;
+    let (next, _) = spate_controller::fsm::elect_by_hand(&current, &live, broker_id)
+        .map_err(|why| anyhow::anyhow!("cannot elect broker {broker_id} in {group}: {why}"))?;
+    if !zk.write_group(group, &next, version).await? {
+        bail!("{group} changed while electing; nothing written, try again");
+    }
+    let table = format!("{group}: broker {broker_id} is master in epoch {}\n", next.master_epoch);
+    Ok((json!({"group": group, "state": next}), table))
 }

@@ -118,5 +118,24 @@ async fn controllers_elect_promote_an_in_sync_slave_and_take_over_from_each_othe
     b1.publish_live("broker-a", &l1).await.unwrap();
     let (g, _) = wait_group(&observer, "SYNC under c2", Duration::from_secs(10), |g| g.in_sync.len() == 2).await;
     assert_eq!((g.master, g.in_sync.clone()), (Some(1), BTreeSet::from([1, 2])));
+
+    // The operator's view, and an election by hand: only a live in-sync member.
+    let admin = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_spate")).args(["admin", "ha"]).args(args).output().expect("admin runs")
+    };
+    let out = admin(&["groups", "--zk", &addr, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["leader"], "c2");
+    assert_eq!(v["groups"][0]["state"]["master"], 1);
+    assert_eq!(v["groups"][0]["state"]["inSync"], serde_json::json!([1, 2]));
+    assert_eq!(v["groups"][0]["state"]["state"], "SYNC");
+    let out = admin(&["elect", "--zk", &addr, "broker-a", "0"]);
+    assert!(!out.status.success(), "broker 0 is gone and out of the set");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not alive"));
+    let out = admin(&["elect", "--zk", &addr, "broker-a", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (g, _) = observer.read_group("broker-a").await.unwrap();
+    assert_eq!((g.master, g.master_epoch, g.in_sync), (Some(2), 3, BTreeSet::from([2])));
     drop(c2.take());
 }
