@@ -89,6 +89,9 @@ impl Default for GroupState {
 pub struct Liveness {
     pub broker_id: i64,
     pub addr: String,
+    /// Where it serves slaves when master (`haListenPort`).
+    #[serde(default)]
+    pub ha_addr: String,
     /// End of its commit log.
     pub max_offset: u64,
     /// The last epoch in its log.
@@ -194,7 +197,10 @@ fn elect(current: &GroupState, live: &BTreeMap<i64, Liveness>, policy: &Policy) 
         },
         None => return leaderless(current),
     };
-    let epoch = current.master_epoch + 1;
+    // Above every epoch any live broker has written in, so the new
+    // master's epoch is new to every log (brokers may carry epochs from
+    // before this controller, e.g. from static roles).
+    let epoch = live.values().map(|l| l.epoch).max().unwrap_or(0).max(current.master_epoch) + 1;
     let next = GroupState {
         master: Some(chosen),
         master_epoch: epoch,
@@ -225,7 +231,7 @@ pub fn elect_by_hand(
             current.in_sync
         ));
     }
-    let epoch = current.master_epoch + 1;
+    let epoch = live.values().map(|l| l.epoch).max().unwrap_or(0).max(current.master_epoch) + 1;
     let next = GroupState {
         master: Some(broker_id),
         master_epoch: epoch,

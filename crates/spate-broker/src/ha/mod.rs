@@ -12,7 +12,7 @@ pub mod metadata;
 pub mod protocol;
 pub mod slave;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -99,7 +99,38 @@ pub struct Replication {
     /// New bytes were appended: sessions waiting for data wake.
     appended: Notify,
     next_session: std::sync::atomic::AtomicU64,
+    /// Under a controller: the set-based acknowledgement rule (see [`AckSet`]).
+    controlled: Mutex<Option<AckSet>>,
 }
+
+/// A controlled master's acknowledgement rule (the protocol in
+/// `spate_controller::fsm`): every send waits for every slave in `acking`.
+/// A slave joins `acking` once it has caught up; it leaves only after the
+/// controller's in-sync set no longer names it (`wants_out` asks for that),
+/// so no write is acknowledged without a member of the durable set.
+#[derive(Debug, Clone, Default)]
+pub struct AckSet {
+    pub acking: BTreeSet<i64>,
+    pub wants_out: BTreeSet<i64>,
+    /// Highest offset each slave (by broker id) has acknowledged, kept
+    /// across its reconnections.
+    pub acked: BTreeMap<i64, u64>,
+    /// Slaves waited for since the master's end was at the given offset,
+    /// not yet holding everything below it: reported as members only once
+    /// they do (then they hold every acknowledged write).
+    pub joining: BTreeMap<i64, u64>,
+}
+
+impl AckSet {
+    /// The slaves reported to the controller as waited for.
+    pub fn reported(&self) -> BTreeSet<i64> {
+        self.acking.iter().copied().filter(|id| !self.joining.contains_key(id)).collect()
+    }
+}
+
+/// A slave within this many transfer batches of a controlled master starts
+/// being waited for (semi-sync): sends then wait until it has the rest.
+pub const JOIN_MAX_LAG_BATCHES: u64 = 4;
 
 impl Replication {
     pub fn new(policy: ReplicationPolicy) -> Replication {
@@ -109,7 +140,46 @@ impl Replication {
             replicated: watch::channel(0).0,
             appended: Notify::new(),
             next_session: std::sync::atomic::AtomicU64::new(1),
+            controlled: Mutex::new(None),
         }
+    }
+
+    /// Becomes a controlled master whose durable in-sync set is `in_sync`:
+    /// it waits for every other member from now on.
+    pub fn start_controlled(&self, me: i64, in_sync: &BTreeSet<i64>) {
+        let acking: BTreeSet<i64> = in_sync.iter().copied().filter(|id| *id != me).collect();
+        *self.controlled.lock() = Some(AckSet { acking, ..AckSet::default() });
+        self.recompute();
+    }
+
+    /// No longer a controlled master (demoted, fenced).
+    pub fn stop_controlled(&self) {
+        *self.controlled.lock() = None;
+        self.recompute();
+    }
+
+    /// Called with the controller's in-sync set each round: asks to drop
+    /// members without a link, and stops waiting for slaves this master
+    /// asked to drop once the set no longer names them.
+    pub fn apply_in_sync(&self, in_sync: &BTreeSet<i64>) {
+        let connected: BTreeSet<i64> = self.slaves.lock().values().map(|s| s.broker_id).collect();
+        if let Some(c) = self.controlled.lock().as_mut() {
+            // A member with no link is asked out (it cannot acknowledge).
+            let absent: Vec<i64> = c.acking.iter().copied().filter(|id| !connected.contains(id)).collect();
+            c.wants_out.extend(absent);
+            let dropped: Vec<i64> = c.wants_out.iter().copied().filter(|id| !in_sync.contains(id)).collect();
+            for id in dropped {
+                c.acking.remove(&id);
+                c.wants_out.remove(&id);
+                c.joining.remove(&id);
+            }
+        }
+        self.recompute();
+    }
+
+    /// A controlled master's acknowledgement rule, for its liveness report.
+    pub fn ack_set(&self) -> Option<AckSet> {
+        self.controlled.lock().clone()
     }
 
     pub fn policy(&self) -> &ReplicationPolicy {
@@ -142,13 +212,19 @@ impl Replication {
     }
 
     pub(crate) fn remove_slave(&self, session: u64) {
-        self.slaves.lock().remove(&session);
+        let gone = self.slaves.lock().remove(&session);
+        if let (Some(gone), Some(c)) = (gone, self.controlled.lock().as_mut()) {
+            if c.acking.contains(&gone.broker_id) {
+                c.wants_out.insert(gone.broker_id);
+            }
+        }
         self.recompute();
     }
 
     /// A slave acknowledged `offset` while the master's log ended at `master_end`.
     pub(crate) fn ack(&self, session: u64, offset: u64, master_end: u64) {
         let mode = self.mode_for(master_end.saturating_sub(offset));
+        let mut who = None;
         if let Some(s) = self.slaves.lock().get_mut(&session) {
             s.acked_offset = s.acked_offset.max(offset);
             s.acked_at = Instant::now();
@@ -156,6 +232,28 @@ impl Replication {
                 s.caught_up_at = s.acked_at;
             }
             s.mode = mode;
+            who = Some((s.broker_id, s.acked_offset));
+        }
+        if let (Some((id, acked)), Some(c)) = (who, self.controlled.lock().as_mut()) {
+            let e = c.acked.entry(id).or_insert(0);
+            *e = (*e).max(acked);
+            let lag = master_end.saturating_sub(acked);
+            if c.wants_out.contains(&id) {
+                // Waiting for the controller to drop it.
+            } else if c.acking.contains(&id) {
+                if c.joining.get(&id).is_some_and(|from| acked >= *from) {
+                    c.joining.remove(&id); // holds every acknowledged write now
+                }
+                if mode == SlaveMode::Async {
+                    c.wants_out.insert(id); // fell too far behind: ask to drop it
+                }
+            } else if lag <= self.policy.transfer_batch_size as u64 * JOIN_MAX_LAG_BATCHES {
+                // Semi-sync: waited for from now on; a member once it has the rest.
+                c.acking.insert(id);
+                if lag > 0 {
+                    c.joining.insert(id, master_end);
+                }
+            }
         }
         self.recompute();
     }
@@ -172,6 +270,16 @@ impl Replication {
 
     /// The offset held by the required number of (semi-)sync slaves.
     fn recompute(&self) {
+        if let Some(c) = self.controlled.lock().as_ref() {
+            // Every member of the acking set must hold it; none: nothing to wait for.
+            let held = c.acking.iter().map(|id| c.acked.get(id).copied().unwrap_or(0)).min().unwrap_or(u64::MAX);
+            self.replicated.send_if_modified(|v| {
+                let changed = *v != held;
+                *v = held;
+                changed
+            });
+            return;
+        }
         let k = self.policy.required_slave_acks.max(1);
         let mut acked: Vec<u64> = {
             let slaves = self.slaves.lock();
@@ -193,7 +301,8 @@ impl Replication {
 
     /// Whether a send could be replicated now: enough slaves in (semi-)sync.
     pub fn enough_slaves(&self) -> bool {
-        self.in_sync_slaves() >= self.policy.required_slave_acks.max(1)
+        // A controlled master waits for its acking set, whatever its size.
+        self.controlled.lock().is_some() || self.in_sync_slaves() >= self.policy.required_slave_acks.max(1)
     }
 
     /// Waits until the required slaves hold everything below `end`.
@@ -315,6 +424,41 @@ mod tests {
         assert_eq!(r.wait_replicated(600, Duration::from_millis(20)).await, ReplicaWait::Timeout);
         r.remove_slave(s1);
         assert_eq!(r.wait_replicated(600, Duration::from_millis(20)).await, ReplicaWait::NoSlave);
+    }
+
+    #[tokio::test]
+    async fn a_controlled_master_waits_for_its_whole_set_and_drops_members_only_with_the_controller() {
+        let r = Replication::new(policy(1));
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        // Resuming with {0, 1} in sync: slave 1 is waited for before it even connects.
+        r.start_controlled(0, &BTreeSet::from([0, 1]));
+        assert_eq!(r.wait_replicated(10, Duration::from_millis(20)).await, ReplicaWait::Timeout);
+        let s1 = r.add_slave(1, a, 0, 10);
+        r.ack(s1, 10, 10);
+        assert_eq!(r.wait_replicated(10, Duration::from_millis(20)).await, ReplicaWait::Replicated);
+        // Slave 2 comes within reach: waited for at once, reported once it has the rest.
+        let s2 = r.add_slave(2, a, 0, 50);
+        r.ack(s2, 45, 50);
+        let set = r.ack_set().unwrap();
+        assert!(set.acking.contains(&2) && !set.reported().contains(&2), "{set:?}");
+        r.ack(s1, 50, 50);
+        assert_eq!(
+            r.wait_replicated(50, Duration::from_millis(20)).await,
+            ReplicaWait::Timeout,
+            "slave 2 lacks 45..50"
+        );
+        r.ack(s2, 50, 50);
+        assert_eq!(r.wait_replicated(50, Duration::from_millis(20)).await, ReplicaWait::Replicated);
+        assert!(r.ack_set().unwrap().reported().contains(&2));
+        // Slave 1's link drops: still waited for until the controller's set drops it.
+        r.remove_slave(s1);
+        assert_eq!(r.wait_replicated(60, Duration::from_millis(20)).await, ReplicaWait::Timeout);
+        r.apply_in_sync(&BTreeSet::from([0, 1, 2]));
+        assert!(r.ack_set().unwrap().acking.contains(&1), "the set still names it");
+        r.apply_in_sync(&BTreeSet::from([0, 2]));
+        assert_eq!(r.ack_set().unwrap().acking, BTreeSet::from([2]));
+        r.ack(s2, 60, 60);
+        assert_eq!(r.wait_replicated(60, Duration::from_millis(20)).await, ReplicaWait::Replicated);
     }
 
     #[test]
