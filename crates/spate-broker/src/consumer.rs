@@ -223,6 +223,11 @@ pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
     if let Err(e) = put.flush.wait().await {
         return Ok(store_error_response(req, &e));
     }
-    tracing::debug!(group = %group, topic = %target, times, "message sent back");
-    Ok(RemotingCommand::success(req))
+    // On a SYNC_MASTER the retry message is replicated like any send
+    // before the consumer may move past the original.
+    let mut resp = RemotingCommand::success(req);
+    let a = put.append;
+    crate::send::await_replication(state, a.physical_offset + a.size as u64, &mut resp).await;
+    tracing::debug!(group = %group, topic = %target, times, code = resp.code, "message sent back");
+    Ok(resp)
 }

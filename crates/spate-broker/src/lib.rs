@@ -176,9 +176,15 @@ impl Broker {
         let role = cfg.broker_role;
         if role != BrokerRole::Slave {
             // Every master incarnation writes in an epoch of its own, so a
-            // slave can tell this log's new bytes from any other's.
+            // slave can tell this log's new bytes from any other's. Epochs
+            // only grow; taking the clock's seconds as well keeps two brokers
+            // that were each restarted as master (an operator's mistake) from
+            // picking the same number at the same offset.
             let s = store.clone();
-            let next = s.epochs().last().map_or(1, |e| e.epoch + 1);
+            let now_secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs().min(u32::MAX as u64 - 1) as u32);
+            let next = s.epochs().last().map_or(1, |e| e.epoch + 1).max(now_secs);
             let began = tokio::task::spawn_blocking(move || s.begin_epoch(next))
                 .await
                 .map_err(|e| BrokerError::Config(format!("epoch task failed: {e}")))??;

@@ -85,13 +85,13 @@ impl ConsumerOffsets {
         serde_json::to_vec(&*self.table.lock()).unwrap_or_default()
     }
 
-    /// A slave merges its master's offsets: per queue the larger wins, so
-    /// progress committed here while the master was away is not undone.
-    /// Returns how many queues moved.
+    /// A slave takes its master's offsets: every queue the master has is
+    /// overwritten with the master's value (a reset there reaches the
+    /// slave); queues only this slave knows are kept. Returns how many changed.
     pub fn merge_from_master(&self, body: &[u8]) -> Result<usize, BrokerError> {
         let theirs: OffsetFile = serde_json::from_slice(body)
             .map_err(|e| BrokerError::Config(format!("master's consumer offsets are not valid JSON: {e}")))?;
-        let mut moved = 0;
+        let mut changed = 0;
         let mut t = self.table.lock();
         for (k, queues) in theirs.offset_table {
             if !t.offset_table.contains_key(&k) && t.offset_table.len() >= MAX_OFFSET_KEYS {
@@ -99,18 +99,16 @@ impl ConsumerOffsets {
             }
             let mine = t.offset_table.entry(k).or_default();
             for (q, o) in queues {
-                let e = mine.entry(q).or_insert(-1);
-                if o > *e {
-                    *e = o;
-                    moved += 1;
+                if mine.insert(q, o) != Some(o) {
+                    changed += 1;
                 }
             }
         }
         drop(t);
-        if moved > 0 {
+        if changed > 0 {
             self.dirty.store(true, Ordering::Release);
         }
-        Ok(moved)
+        Ok(changed)
     }
 
     /// Forgets a deleted topic's offsets.

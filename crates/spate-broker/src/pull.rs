@@ -287,6 +287,14 @@ async fn read(
         // Units pointing at deleted data: move on at once, do not hold.
         GetStatus::OffsetFoundNull => (response::PULL_RETRY_IMMEDIATELY, Some("messages were deleted; skipping ahead")),
     };
+    // A slave may lag its master: an offset it does not have is not a moved
+    // one (upstream's offsetCheckInSlave=false). Keep the consumer where it is.
+    let (code, remark, next_begin) =
+        if code == response::PULL_OFFSET_MOVED && state.config.read().broker_role == crate::BrokerRole::Slave {
+            (response::PULL_RETRY_IMMEDIATELY, Some("this slave does not have that offset yet"), h.queue_offset)
+        } else {
+            (code, remark, next_begin)
+        };
     let body = if got.messages.is_empty() {
         None
     } else {

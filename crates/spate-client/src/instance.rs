@@ -439,9 +439,10 @@ impl ClientInstance {
         }
     }
 
-    /// Tells every known master that this client left `producer_group` / `consumer_group`.
+    /// Tells every known broker (slaves too) that this client left
+    /// `producer_group` / `consumer_group`.
     pub(crate) async fn unregister_client(&self, producer_group: Option<&str>, consumer_group: Option<&str>) {
-        for addr in self.master_addrs() {
+        for addr in self.all_broker_addrs() {
             let req = RemotingCommand::request(request::UNREGISTER_CLIENT)
                 .with("clientID", &self.client_id)
                 .with_opt("producerGroup", producer_group)

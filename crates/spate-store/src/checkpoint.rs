@@ -147,10 +147,13 @@ impl EpochFile {
         self.persist()
     }
 
-    /// Drops epochs that start after `offset` (the log was cut there).
+    /// Drops epochs that start at or after `offset` (the log was cut there).
     pub fn truncate_after(&mut self, offset: u64) -> Result<()> {
         let before = self.entries.len();
-        self.entries.retain(|e| e.start_offset <= offset);
+        // An epoch starting at the cut has no bytes left: it goes too, so a
+        // slave cut back to a master's history can take the master's epoch
+        // there (a kept one would outrank it).
+        self.entries.retain(|e| e.start_offset < offset);
         if self.entries.len() != before {
             self.persist()?;
         }

@@ -642,6 +642,13 @@ impl MessageStore {
         self.inner.commit_log.max_offset()
     }
 
+    /// Offset below which the log can be read (with read/write separation,
+    /// what the committer has moved into the mapped file; else the end).
+    /// A master replicates up to here.
+    pub fn readable_offset(&self) -> u64 {
+        self.inner.commit_log.readable_offset()
+    }
+
     /// Offset below which everything is on disk.
     pub fn flushed_offset(&self) -> u64 {
         self.inner.commit_log.flushed_offset()

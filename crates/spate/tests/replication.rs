@@ -70,17 +70,25 @@ fn master_lines(role: &str) -> Vec<String> {
     vec!["brokerName=broker-a".into(), "brokerId=0".into(), format!("brokerRole={role}")]
 }
 
+/// 256 KiB segments (and messages capped to fit): bursts of a few hundred
+/// KiB roll segments, so blank markers cross the replication stream too.
+fn small_segments(mut lines: Vec<String>) -> Vec<String> {
+    lines.push("mappedFileSizeCommitLog=262144".into());
+    lines.push("maxMessageSize=65536".into());
+    lines
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slaves_copy_the_log_byte_for_byte_catch_up_and_cut_a_diverged_tail() {
     let dir = tempfile::tempdir().unwrap();
     let ns = Proc::namesrv();
     let c = raw_client();
     let metrics_port = common::free_port();
-    let mut lines = master_lines("ASYNC_MASTER");
+    let mut lines = small_segments(master_lines("ASYNC_MASTER"));
     lines.push(format!("metricsPromExporterPort={metrics_port}"));
     let mut master = BrokerProc::start(dir.path(), "m", &ns.addr(), &lines);
-    let mut s1 = BrokerProc::start(dir.path(), "s1", &ns.addr(), &slave_lines(1, &master));
-    let mut s2 = BrokerProc::start(dir.path(), "s2", &ns.addr(), &slave_lines(2, &master));
+    let mut s1 = BrokerProc::start(dir.path(), "s1", &ns.addr(), &small_segments(slave_lines(1, &master)));
+    let mut s2 = BrokerProc::start(dir.path(), "s2", &ns.addr(), &small_segments(slave_lines(2, &master)));
 
     // A burst, then both slaves hold exactly the master's bytes.
     burst(&c, &master.addr(), "Rep", 1, 600).await;
@@ -166,13 +174,19 @@ async fn slaves_copy_the_log_byte_for_byte_catch_up_and_cut_a_diverged_tail() {
     s2.kill9();
     burst(&c, &master.addr(), "Rep", 4, 300).await;
     master.kill9();
-    s2.write_conf(&ns.addr(), &master_lines("ASYNC_MASTER"));
+    // Restarted once more as master (a new epoch at its end, no writes)
+    // before it is demoted: that epoch must go with the cut tail.
+    master.spawn();
+    master.kill9();
+    s2.write_conf(&ns.addr(), &small_segments(master_lines("ASYNC_MASTER")));
     s2.spawn();
     burst(&c, &s2.addr(), "Rep", 5, 200).await;
-    master.write_conf(&ns.addr(), &slave_lines(3, &s2));
+    master.write_conf(&ns.addr(), &small_segments(slave_lines(3, &s2)));
     master.spawn();
     wait_identical(&s2, &master, "the old master after cutting its diverged tail");
     assert!(master.log_text().contains("cutting a tail"), "the old master said it truncated");
+    let used = s2.commit_log_files().iter().filter(|(_, b)| b.iter().any(|x| *x != 0)).count();
+    assert!(used >= 3, "bursts rolled segments (blank markers replicated): {used} in use");
     // And it serves the new master's messages, not its lost tail, at the same queue offsets.
     let got = |b: &BrokerProc| {
         let addr = b.addr();
@@ -227,9 +241,10 @@ async fn a_strict_sync_master_acknowledges_only_replicated_messages() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    // The master dies right after the last acknowledgement: the slave's own
-    // store holds every acknowledged message.
-    master.kill9();
+    // Frozen right after the last acknowledgement (so nothing more can
+    // reach the slave), then killed: the slave's own store already holds
+    // every acknowledged message.
+    master.pause(true);
     for (q, last) in &acked {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -248,6 +263,7 @@ async fn a_strict_sync_master_acknowledges_only_replicated_messages() {
         }
     }
 
+    master.kill9();
     // Slave down: strict sends fail clearly; non-strict ones succeed with
     // upstream's SLAVE_NOT_AVAILABLE.
     slave.kill9();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::protocol::{read_frame, write_frame, Frame};
+use super::protocol::{read_frame, read_frame_within, write_frame, Frame};
 use super::{divergence, HaError};
 use crate::config::BrokerRole;
 use crate::BrokerState;
@@ -18,30 +18,44 @@ use crate::BrokerState;
 /// Slaves served at once; more are refused.
 pub const MAX_SLAVES: usize = 32;
 
-/// Accepts slaves until the task is aborted.
+/// How often a session looks again while appended bytes wait for the
+/// committer (read/write separation).
+const COMMIT_POLL: Duration = Duration::from_millis(1);
+
+/// Largest frame accepted from a peer before its Hello (a Hello is small).
+const MAX_HELLO_FRAME: usize = 2 << 20;
+
+/// Accepts slaves until the task is aborted; its sessions end with it.
 pub async fn serve(listener: TcpListener, state: Arc<BrokerState>) {
-    let sessions = Arc::new(tokio::sync::Semaphore::new(MAX_SLAVES));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SLAVES));
+    // Owned here: aborting `serve` (shutdown, role change) drops the set,
+    // which aborts every session.
+    let mut sessions = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "replication accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replication accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if sessions.len() >= MAX_SLAVES * 2 {
+                    tracing::warn!(%peer, "replication: too many connections, refused");
+                    continue;
+                }
+                let (state, slots) = (state.clone(), slots.clone());
+                sessions.spawn(async move {
+                    match session(stream, peer, &state, &slots).await {
+                        Ok(()) => tracing::info!(%peer, "replication: slave disconnected"),
+                        Err(e) => tracing::warn!(%peer, error = %e, "replication: slave link ended"),
+                    }
+                });
             }
-        };
-        let Ok(permit) = sessions.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "replication: too many slaves, connection refused");
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            match session(stream, peer, &state).await {
-                Ok(()) => tracing::info!(%peer, "replication: slave disconnected"),
-                Err(e) => tracing::warn!(%peer, error = %e, "replication: slave link ended"),
-            }
-            drop(permit);
-        });
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
     }
 }
 
@@ -57,7 +71,12 @@ fn epoch_at(epochs: &[spate_store::EpochEntry], offset: u64) -> (u32, u64, u64) 
     (epoch, start, next)
 }
 
-async fn session(stream: TcpStream, peer: SocketAddr, state: &Arc<BrokerState>) -> Result<(), HaError> {
+async fn session(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: &Arc<BrokerState>,
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> Result<(), HaError> {
     stream.set_nodelay(true)?;
     let (heartbeat, housekeeping, batch) = {
         let c = state.config.read();
@@ -65,10 +84,15 @@ async fn session(stream: TcpStream, peer: SocketAddr, state: &Arc<BrokerState>) 
     };
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::new();
-    let Some(hello) = read_frame(&mut rd, &mut buf, housekeeping).await? else { return Ok(()) };
-    let Frame::Hello { broker_name, broker_id, max_offset: slave_end, epochs: slave_epochs } = hello else {
+    let Some(hello) = read_frame_within(&mut rd, &mut buf, housekeeping, MAX_HELLO_FRAME).await? else {
+        return Ok(());
+    };
+    let Frame::Hello { broker_name, broker_id, max_offset: slave_end, epochs: slave_epochs, segment_size } = hello
+    else {
         return Err(HaError::Protocol(format!("expected Hello, got {hello:?}")));
     };
+    // A slot is taken only by a peer that said a valid Hello.
+    let slot = slots.clone().try_acquire_owned().ok();
     let store = &state.store;
     let refusal = {
         let c = state.config.read();
@@ -78,12 +102,30 @@ async fn session(stream: TcpStream, peer: SocketAddr, state: &Arc<BrokerState>) 
             Some(format!("this broker is {}, not {broker_name}", c.broker_name))
         } else if broker_id <= 0 {
             Some(format!("brokerId {broker_id} is not a slave's"))
+        } else if slot.is_none() {
+            Some(format!("this master already serves {MAX_SLAVES} slaves"))
+        } else if segment_size != c.store.mapped_file_size_commit_log {
+            Some(format!(
+                "mappedFileSizeCommitLog differs: the slave's is {segment_size}, this master's {}; \
+                 a slave's log must be laid out like its master's",
+                c.store.mapped_file_size_commit_log
+            ))
         } else {
             None
         }
     };
     let master_epochs = store.epochs();
     let master_end = store.max_offset();
+    // An empty master (a new or wiped store) would have the slave erase
+    // everything it holds, possibly the only copy: refuse instead.
+    let refusal = refusal.or_else(|| {
+        (master_end == 0 && slave_end > 0).then(|| {
+            format!(
+                "this master's log is empty but the slave holds {slave_end} bytes: refusing to erase them; \
+                 restore the master from the slave (or empty the slave deliberately)"
+            )
+        })
+    });
     let start = divergence::agreed_end(&master_epochs, master_end, &slave_epochs, slave_end);
     let refusal = refusal.or_else(|| {
         (start < store.min_offset()).then(|| {
@@ -155,7 +197,9 @@ async fn stream_log(
         let appended = rep.appended().notified();
         tokio::pin!(appended);
         appended.as_mut().enable();
-        let end = store.max_offset();
+        // Up to what is readable: with transientStorePoolEnable the
+        // committer moves appended bytes into the file a little later.
+        let end = store.readable_offset();
         if next < end {
             let (epoch, epoch_start, epoch_next) = epoch_at(&store.epochs(), next);
             let want = batch.min((epoch_next.min(end) - next) as usize);
@@ -178,7 +222,10 @@ async fn stream_log(
             continue;
         }
         let idle_until = last_sent + heartbeat;
+        // Appended but not yet readable (read/write separation): look again soon.
+        let pending = store.max_offset() > end;
         tokio::select! {
+            _ = tokio::time::sleep(COMMIT_POLL), if pending => {}
             ended = &mut *acks => {
                 return Err(ended.unwrap_or_else(|e| HaError::Protocol(format!("ack task failed: {e}"))));
             }

@@ -3,8 +3,9 @@
 //! groups and the consumer offsets (GET_ALL_TOPIC_CONFIG,
 //! GET_ALL_SUBSCRIPTIONGROUP_CONFIG, GET_ALL_CONSUMER_OFFSET) and takes
 //! them, so it can serve reads with the master's topics if the master goes
-//! away. Topics and groups are replaced; offsets are merged, the larger per
-//! queue winning.
+//! away. Topics and groups are replaced and offsets overwritten (upstream's
+//! rule), only while the slave follows that master. A topic deleted on the
+//! master leaves this slave's table; its data here stays until retention.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,10 @@ pub async fn run(state: Arc<BrokerState>) {
             let c = state.config.read();
             (c.slave_sync_metadata_interval, c.register_broker_timeout)
         };
-        if let Some(master) = state.slave.master_addr_for_requests() {
+        // Only from a master this slave follows (one that refused it, e.g.
+        // with an empty store, is not a source of truth).
+        let following = state.slave.link().master_ha_addr.is_some();
+        if let Some(master) = state.slave.master_addr_for_requests().filter(|_| following) {
             if let Err(e) = sync_once(&state, &client, &master, timeout).await {
                 tracing::warn!(%master, error = %e, "copying metadata from the master failed");
             }
@@ -50,22 +54,8 @@ pub async fn sync_once(
     let body = fetch(client, master, request::GET_ALL_TOPIC_CONFIG, timeout).await?;
     let topics: TopicConfigSerializeWrapper =
         json::decode(&body, "TopicConfigSerializeWrapper").map_err(|e| e.to_string())?;
-    let before: std::collections::BTreeSet<String> = state.topics.snapshot().topic_config_table.into_keys().collect();
-    let gone: Vec<String> = before.into_iter().filter(|t| !topics.topic_config_table.contains_key(t)).collect();
     if state.topics.replace_from_master(topics) {
         tracing::info!(topics = state.topics.len(), "topic table copied from the master");
-        // A topic deleted on the master is deleted here too, data and
-        // offsets, so a topic created again starts at offset 0 on both.
-        for topic in gone {
-            let store = state.store.clone();
-            let t = topic.clone();
-            tokio::task::spawn_blocking(move || store.delete_topic(&t))
-                .await
-                .map_err(|e| format!("delete task failed: {e}"))?
-                .map_err(|e| e.to_string())?;
-            state.offsets.remove_topic(&topic);
-            tracing::info!(%topic, "topic deleted, following the master");
-        }
         state.topics.persist().await.map_err(|e| e.to_string())?;
         state.topics_changed();
     }

@@ -206,7 +206,13 @@ impl Replication {
             caught_up_at: Instant::now(),
             mode: self.mode_for(master_end.saturating_sub(start)),
         };
-        self.slaves.lock().insert(id, status);
+        {
+            // One session per broker: a reconnecting slave's stale session
+            // must not count twice towards the acknowledgements.
+            let mut slaves = self.slaves.lock();
+            slaves.retain(|_, s| s.broker_id != broker_id);
+            slaves.insert(id, status);
+        }
         self.recompute();
         id
     }

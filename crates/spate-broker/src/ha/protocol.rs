@@ -4,7 +4,7 @@
 //!
 //! | kind | direction | fields |
 //! |---|---|---|
-//! | 1 `Hello` | slave -> master | broker name, broker id, max offset, epoch list |
+//! | 1 `Hello` | slave -> master | broker name, broker id, max offset, segment size, epoch list |
 //! | 2 `Welcome` | master -> slave | start offset (truncate to it), master max offset, epoch list |
 //! | 3 `Data` | master -> slave | offset, epoch, epoch start, master max offset, bytes |
 //! | 4 `Heartbeat` | master -> slave | master max offset |
@@ -27,7 +27,7 @@ pub const MAX_EPOCHS: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Hello { broker_name: String, broker_id: i64, max_offset: u64, epochs: Vec<EpochEntry> },
+    Hello { broker_name: String, broker_id: i64, max_offset: u64, segment_size: u64, epochs: Vec<EpochEntry> },
     Welcome { start_offset: u64, master_max: u64, epochs: Vec<EpochEntry> },
     Data { offset: u64, epoch: u32, epoch_start: u64, master_max: u64, bytes: Bytes },
     Heartbeat { master_max: u64 },
@@ -53,11 +53,12 @@ impl Frame {
         let at = out.len();
         out.put_u32(0);
         match self {
-            Frame::Hello { broker_name, broker_id, max_offset, epochs } => {
+            Frame::Hello { broker_name, broker_id, max_offset, segment_size, epochs } => {
                 out.put_u8(1);
                 put_str(out, broker_name);
                 out.put_i64(*broker_id);
                 out.put_u64(*max_offset);
+                out.put_u64(*segment_size);
                 put_epochs(out, epochs);
             }
             Frame::Welcome { start_offset, master_max, epochs } => {
@@ -94,15 +95,20 @@ impl Frame {
     /// Takes one whole frame off the front of `buf`: `Ok(None)` while it
     /// is incomplete (nothing is consumed then).
     pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        Frame::decode_within(buf, MAX_FRAME)
+    }
+
+    /// [`decode`](Self::decode) refusing frames over `max` bytes. Room is
+    /// made as bytes arrive, not for the length a header claims.
+    pub fn decode_within(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
         if buf.len() < 4 {
             return Ok(None);
         }
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len > MAX_FRAME {
+        if len > max.min(MAX_FRAME) {
             return Err(FrameError::TooLarge(len));
         }
         if buf.len() < 4 + len {
-            buf.reserve(4 + len - buf.len());
             return Ok(None);
         }
         buf.advance(4);
@@ -116,6 +122,7 @@ impl Frame {
                 broker_name: get_str(&mut body)?,
                 broker_id: get_i64(&mut body, "broker id")?,
                 max_offset: get_u64(&mut body, "max offset")?,
+                segment_size: get_u64(&mut body, "segment size")?,
                 epochs: get_epochs(&mut body)?,
             },
             2 => Frame::Welcome {
@@ -149,10 +156,20 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     buf: &mut BytesMut,
     timeout: std::time::Duration,
 ) -> Result<Option<Frame>, super::HaError> {
+    read_frame_within(r, buf, timeout, MAX_FRAME).await
+}
+
+/// [`read_frame`] refusing frames over `max` bytes.
+pub async fn read_frame_within<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    timeout: std::time::Duration,
+    max: usize,
+) -> Result<Option<Frame>, super::HaError> {
     use tokio::io::AsyncReadExt;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(f) = Frame::decode(buf)? {
+        if let Some(f) = Frame::decode_within(buf, max)? {
             return Ok(Some(f));
         }
         buf.reserve(64 << 10);
@@ -260,6 +277,7 @@ mod tests {
             broker_name: "broker-a".into(),
             broker_id: 2,
             max_offset: 77,
+            segment_size: 1 << 30,
             epochs: epochs.clone(),
         });
         roundtrip(Frame::Welcome { start_offset: 10, master_max: 20, epochs });
@@ -285,6 +303,11 @@ mod tests {
         assert!(matches!(Frame::decode(&mut b), Err(FrameError::TooLarge(_))));
         let mut b = BytesMut::from(&[0u8, 0, 0, 0][..]);
         assert_eq!(Frame::decode(&mut b), Err(FrameError::Short("kind")));
+        // A header claiming more than the caller allows is refused at once,
+        // before any room is made for it.
+        let mut b = BytesMut::from(&[0u8, 0x10, 0, 0][..]);
+        assert_eq!(Frame::decode_within(&mut b, 4096), Err(FrameError::TooLarge(0x10_0000)));
+        assert!(b.capacity() < 4096);
         let mut b = BytesMut::new();
         Frame::Ack { max_offset: 1 }.encode(&mut b);
         b[3] += 1;

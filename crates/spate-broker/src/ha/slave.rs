@@ -101,7 +101,9 @@ async fn session(state: &Arc<BrokerState>, addr: &str) -> Result<(), HaError> {
     stream.set_nodelay(true)?;
     let (mut rd, mut wr) = stream.into_split();
     let store = state.store.clone();
-    let hello = Frame::Hello { broker_name, broker_id, max_offset: store.max_offset(), epochs: store.epochs() };
+    let segment_size = store.config().mapped_file_size_commit_log;
+    let hello =
+        Frame::Hello { broker_name, broker_id, max_offset: store.max_offset(), segment_size, epochs: store.epochs() };
     write_frame(&mut wr, &hello, housekeeping).await?;
     let mut buf = BytesMut::new();
     let welcome = read_frame(&mut rd, &mut buf, housekeeping).await?;
