@@ -104,6 +104,17 @@ pub struct BrokerConfig {
     /// to a slave, and a slave keeps them while they are (false). A group
     /// whose master is down is read from its slaves either way.
     pub slave_read_enable: bool,
+    /// `zkAddr`: ZooKeeper of the HA controller (`host:port,...`). Set, the
+    /// broker takes its role from the controller (`brokerRole` is ignored),
+    /// `brokerId` names it in its group (1, 2, ...) and the master
+    /// registers with the name servers as 0. Empty: static roles.
+    pub zk_addr: String,
+    /// `zkSessionTimeoutMillis` (Spate): the broker's ZooKeeper session
+    /// timeout; a dead master is replaced after it (2 s).
+    pub zk_session_timeout: Duration,
+    /// `zkPollIntervalMillis` (Spate): how often a controlled broker
+    /// publishes its liveness and re-reads its group (100 ms).
+    pub zk_poll_interval: Duration,
     /// The store's settings (`storePathRootDir`, `flushDiskType`, ...).
     pub store: StoreConfig,
 }
@@ -177,6 +188,9 @@ impl BrokerConfig {
             ha_strict_sync: false,
             slave_sync_metadata_interval: Duration::from_secs(3),
             slave_read_enable: false,
+            zk_addr: String::new(),
+            zk_session_timeout: Duration::from_secs(2),
+            zk_poll_interval: Duration::from_millis(100),
             store: StoreConfig::new(store_root),
         }
     }
@@ -224,6 +238,9 @@ impl BrokerConfig {
             "haStrictSync" => self.ha_strict_sync = parse_bool(key, v)?,
             "slaveSyncMetadataInterval" => self.slave_sync_metadata_interval = millis(key, v)?,
             "slaveReadEnable" => self.slave_read_enable = parse_bool(key, v)?,
+            "zkAddr" | "controllerAddr" => self.zk_addr = v.trim().to_string(),
+            "zkSessionTimeoutMillis" => self.zk_session_timeout = millis(key, v)?,
+            "zkPollIntervalMillis" => self.zk_poll_interval = millis(key, v)?,
             _ => return self.store.set(key, v).map_err(|e| BrokerError::Config(e.to_string())),
         }
         Ok(true)
@@ -293,10 +310,25 @@ impl BrokerConfig {
         if self.in_sync_replicas == 0 {
             return Err(invalid("inSyncReplicas", "0", "at least 1 (the master)"));
         }
-        if self.broker_role == BrokerRole::Slave && self.broker_id == 0 {
+        if !self.zk_addr.is_empty() {
+            if self.broker_id <= 0 {
+                return Err(invalid(
+                    "brokerId",
+                    &self.broker_id.to_string(),
+                    "under a controller (zkAddr) brokerId names the broker in its group: 1, 2, ...; \
+                     the master registers as 0",
+                ));
+            }
+            for (key, d) in
+                [("zkSessionTimeoutMillis", self.zk_session_timeout), ("zkPollIntervalMillis", self.zk_poll_interval)]
+            {
+                if d.is_zero() {
+                    return Err(invalid(key, "0", "a positive number of milliseconds"));
+                }
+            }
+        } else if self.broker_role == BrokerRole::Slave && self.broker_id == 0 {
             return Err(invalid("brokerId", "0", "a slave's brokerId must be greater than 0"));
-        }
-        if self.broker_role != BrokerRole::Slave && self.broker_id != 0 {
+        } else if self.broker_role != BrokerRole::Slave && self.broker_id != 0 {
             return Err(invalid("brokerId", &self.broker_id.to_string(), "a master's brokerId must be 0"));
         }
         self.store.validate().map_err(|e| BrokerError::Config(e.to_string()))
@@ -355,6 +387,9 @@ impl BrokerConfig {
             ("haStrictSync", self.ha_strict_sync.to_string()),
             ("slaveSyncMetadataInterval", self.slave_sync_metadata_interval.as_millis().to_string()),
             ("slaveReadEnable", self.slave_read_enable.to_string()),
+            ("zkAddr", self.zk_addr.clone()),
+            ("zkSessionTimeoutMillis", self.zk_session_timeout.as_millis().to_string()),
+            ("zkPollIntervalMillis", self.zk_poll_interval.as_millis().to_string()),
             ("storePathRootDir", self.store.store_path_root_dir.display().to_string()),
         ];
         lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect()

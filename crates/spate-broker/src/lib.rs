@@ -94,6 +94,9 @@ pub struct BrokerState {
     /// (`accessMessageInMemoryMaxRatio`, 40% of physical memory).
     pub hot_bytes: u64,
     pub metrics: metrics::BrokerMetrics,
+    /// The configured `brokerId`: under a controller, this broker's name in
+    /// its group (the registered id changes with the role).
+    pub identity: i64,
     /// A master's view of its slaves (unused on a slave).
     pub replication: Arc<ha::Replication>,
     /// A slave's link to its master (unused on a master).
@@ -173,6 +176,14 @@ impl Broker {
             max_gap_not_in_sync: cfg.ha_max_gap_not_in_sync,
             transfer_batch_size: cfg.ha_transfer_batch_size,
         }));
+        let identity = cfg.broker_id;
+        let controlled = !cfg.zk_addr.is_empty();
+        let mut cfg = cfg;
+        if controlled {
+            // Until the controller says otherwise: a slave following nobody
+            // (no client writes), registered under its own id.
+            cfg.broker_role = BrokerRole::Slave;
+        }
         let role = cfg.broker_role;
         if role != BrokerRole::Slave {
             // Every master incarnation writes in an epoch of its own, so a
@@ -208,6 +219,7 @@ impl Broker {
             hot_bytes: config::total_memory_bytes() / 100 * ACCESS_MESSAGE_IN_MEMORY_MAX_RATIO,
             metrics: metrics::BrokerMetrics::new(),
             replication,
+            identity,
             slave: ha::slave::SlaveState::default(),
             topic_change: tokio::sync::Notify::new(),
             group_change: tokio::sync::Notify::new(),
@@ -219,7 +231,16 @@ impl Broker {
             .map_err(|e| BrokerError::Io { path: format!("listen {listen}"), source: e })?;
         let mut tasks = vec![register::spawn(state.clone())];
         tasks.push(spawn_housekeeping(state.clone()));
-        if role == BrokerRole::Slave {
+        if controlled {
+            // Roles change live: every side runs, each idle while not its role.
+            let listener = tokio::net::TcpListener::bind(ha_listen)
+                .await
+                .map_err(|e| BrokerError::Io { path: format!("haListenPort {ha_listen}"), source: e })?;
+            tasks.push(tokio::spawn(ha::master::serve(listener, state.clone())));
+            tasks.push(tokio::spawn(ha::slave::run(state.clone())));
+            tasks.push(tokio::spawn(ha::metadata::run(state.clone())));
+            tasks.push(tokio::spawn(ha::controlled::run(state.clone())));
+        } else if role == BrokerRole::Slave {
             tasks.push(tokio::spawn(ha::slave::run(state.clone())));
             tasks.push(tokio::spawn(ha::metadata::run(state.clone())));
         } else {

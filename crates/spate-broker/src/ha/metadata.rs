@@ -26,7 +26,8 @@ pub async fn run(state: Arc<BrokerState>) {
         };
         // Only from a master this slave follows (one that refused it, e.g.
         // with an empty store, is not a source of truth).
-        let following = state.slave.link().master_ha_addr.is_some();
+        let following =
+            state.slave.link().master_ha_addr.is_some() && state.config.read().broker_role == crate::BrokerRole::Slave;
         if let Some(master) = state.slave.master_addr_for_requests().filter(|_| following) {
             if let Err(e) = sync_once(&state, &client, &master, timeout).await {
                 tracing::warn!(%master, error = %e, "copying metadata from the master failed");

@@ -6,6 +6,7 @@
 //! and acknowledges. A send on a `SYNC_MASTER` waits here
 //! ([`Replication::wait_replicated`]) until enough slaves have its bytes.
 
+pub mod controlled;
 pub mod divergence;
 pub mod master;
 pub mod metadata;

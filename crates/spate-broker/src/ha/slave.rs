@@ -17,6 +17,9 @@ use crate::BrokerState;
 /// Pause before reconnecting after a failed or lost link.
 pub const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
+/// How often an idle follower (this broker is master) looks at its role.
+const IDLE_CHECK: Duration = Duration::from_millis(50);
+
 /// What a slave knows about its link (admin and metrics).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -40,6 +43,11 @@ pub struct SlaveState {
     learned_master: Mutex<Option<String>>,
     /// The master's request address, from the same answer (metadata sync).
     learned_master_addr: Mutex<Option<String>>,
+    /// Role or master changed: a following session ends at once (between
+    /// batches, never in the middle of an append).
+    changed: tokio::sync::Notify,
+    /// A session is following a master right now.
+    following: std::sync::atomic::AtomicBool,
 }
 
 impl SlaveState {
@@ -51,6 +59,16 @@ impl SlaveState {
     pub fn learn_master(&self, ha_addr: Option<String>, master_addr: Option<String>) {
         *self.learned_master.lock() = ha_addr.filter(|a| !a.is_empty());
         *self.learned_master_addr.lock() = master_addr.filter(|a| !a.is_empty());
+    }
+
+    /// Tells a following session to stop (role or master changed).
+    pub fn role_changed(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Whether a session is following a master right now.
+    pub fn is_following(&self) -> bool {
+        self.following.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The master's request address, as the name servers last reported it.
@@ -69,12 +87,26 @@ impl SlaveState {
 /// Runs the slave's replication until the task is aborted.
 pub async fn run(state: Arc<BrokerState>) {
     loop {
-        let configured = state.config.read().ha_master_address.clone();
-        let Some(addr) = state.slave.master_addr(&configured) else {
+        let (configured, role, controlled) = {
+            let c = state.config.read();
+            (c.ha_master_address.clone(), c.broker_role, !c.zk_addr.is_empty())
+        };
+        if role != crate::BrokerRole::Slave {
+            // A master (under a controller, roles change live): idle.
+            tokio::time::sleep(IDLE_CHECK).await;
+            continue;
+        }
+        // Under a controller only the master it names is followed, never
+        // one a name server still lists.
+        let addr =
+            if controlled { Some(configured).filter(|a| !a.is_empty()) } else { state.slave.master_addr(&configured) };
+        let Some(addr) = addr else {
             tokio::time::sleep(RECONNECT_DELAY).await;
             continue;
         };
+        state.slave.following.store(true, std::sync::atomic::Ordering::Release);
         let result = session(&state, &addr).await;
+        state.slave.following.store(false, std::sync::atomic::Ordering::Release);
         {
             let mut link = state.slave.link.lock();
             link.master_ha_addr = None;
@@ -93,7 +125,7 @@ pub async fn run(state: Arc<BrokerState>) {
 async fn session(state: &Arc<BrokerState>, addr: &str) -> Result<(), HaError> {
     let (broker_name, broker_id, housekeeping) = {
         let c = state.config.read();
-        (c.broker_name.clone(), c.broker_id, c.ha_housekeeping_interval)
+        (c.broker_name.clone(), state.identity, c.ha_housekeeping_interval)
     };
     let stream = tokio::time::timeout(housekeeping, TcpStream::connect(addr))
         .await
@@ -133,7 +165,18 @@ async fn session(state: &Arc<BrokerState>, addr: &str) -> Result<(), HaError> {
     }
     write_frame(&mut wr, &Frame::Ack { max_offset: start }, housekeeping).await?;
     loop {
-        let Some(frame) = read_frame(&mut rd, &mut buf, housekeeping).await? else { return Ok(()) };
+        {
+            let c = state.config.read();
+            let moved = !c.ha_master_address.is_empty() && c.ha_master_address != addr;
+            if c.broker_role != crate::BrokerRole::Slave || moved {
+                return Ok(()); // promoted, or told to follow another master
+            }
+        }
+        let frame = tokio::select! {
+            f = read_frame(&mut rd, &mut buf, housekeeping) => f?,
+            _ = state.slave.changed.notified() => return Ok(()),
+        };
+        let Some(frame) = frame else { return Ok(()) };
         let master_max = match frame {
             Frame::Data { offset, epoch, epoch_start, master_max, bytes } => {
                 append(state, offset, epoch, epoch_start, bytes).await?;

@@ -404,6 +404,8 @@ impl ZooKeeper {
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
                 use std::io::{Read, Write};
+                // A server still starting may accept and not answer yet.
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut out = String::new();
                 if s.write_all(b"ruok").is_ok() && s.read_to_string(&mut out).is_ok() && out == "imok" {
                     return zk;

@@ -1,0 +1,165 @@
+//! Automatic failover with real processes: ZooKeeper, a name server, a
+//! controller and three brokers under it (`zkAddr`). The controller picks a
+//! master; both slaves join the in-sync set; the master is killed with
+//! SIGKILL; an in-sync slave takes over in a new epoch with every
+//! acknowledged message; the old master returns as a slave and ends up
+//! byte-identical to the new master.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{call, raw_client, same_commit_log, BrokerProc, Proc, ZooKeeper};
+use spate_common::message::encode_properties;
+use spate_controller::fsm::ReplState;
+use spate_controller::zk::Zk;
+use spate_remoting::protocol::{json, ClusterInfo};
+use spate_remoting::{request, response, RemotingClient, RemotingCommand};
+
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn send_req(queue_id: i32, body: Vec<u8>) -> RemotingCommand {
+    let props = encode_properties([("WAIT", "true")]).unwrap();
+    RemotingCommand::request(request::SEND_MESSAGE)
+        .with("producerGroup", "pg")
+        .with("topic", "Fail")
+        .with("defaultTopic", "TBW102")
+        .with("defaultTopicQueueNums", 4)
+        .with("queueId", queue_id)
+        .with("sysFlag", 0)
+        .with("bornTimestamp", 1)
+        .with("flag", 0)
+        .with("properties", props)
+        .with("reconsumeTimes", 0)
+        .with_body(Bytes::from(body))
+}
+
+/// The address the name server lists as broker-a's master (id 0).
+async fn master_addr(c: &RemotingClient, ns: &str) -> Option<String> {
+    let r =
+        c.invoke(ns, RemotingCommand::request(request::GET_BROKER_CLUSTER_INFO), Duration::from_secs(2)).await.ok()?;
+    let info: ClusterInfo = json::decode(&r.body, "ClusterInfo").ok()?;
+    info.broker_addr_table.get("broker-a")?.broker_addrs.get(&0).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_is_replaced_by_an_in_sync_slave_without_losing_acknowledged_messages() {
+    let zk = ZooKeeper::start();
+    let ns = Proc::namesrv();
+    let dir = tempfile::tempdir().unwrap();
+    let _controller = Controller(
+        Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(["controller", "--zk", &zk.addr(), "--session-timeout-ms", "1000", "--scan-interval-ms", "50"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = |id: i64| -> Vec<String> {
+        vec![
+            "brokerName=broker-a".into(),
+            format!("brokerId={id}"),
+            format!("zkAddr={}", zk.addr()),
+            "zkSessionTimeoutMillis=1000".into(),
+            "haStrictSync=true".into(),
+            "haSyncTimeout=1000".into(),
+        ]
+    };
+    let mut brokers: BTreeMap<i64, BrokerProc> =
+        (1..=3).map(|id| (id, BrokerProc::start(dir.path(), &format!("b{id}"), &ns.addr(), &lines(id)))).collect();
+    let observer = Zk::connect(&zk.addr(), Duration::from_secs(5)).await.unwrap();
+    let c = raw_client();
+
+    // A master is elected and both slaves join the in-sync set.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Ok((g, _)) = observer.read_group("broker-a").await {
+            if g.state == ReplState::Sync && g.in_sync.len() == 3 {
+                break g;
+            }
+            assert!(Instant::now() < deadline, "the group never reached SYNC with 3 members: {g:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let old_id = first.master.unwrap();
+    let old_addr = brokers[&old_id].addr();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while master_addr(&c, &ns.addr()).await.as_deref() != Some(old_addr.as_str()) {
+        assert!(Instant::now() < deadline, "the master never registered as broker 0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Acknowledged sends (strict: on every in-sync member).
+    let mut acked: BTreeMap<i32, i64> = BTreeMap::new();
+    for i in 0..300 {
+        let q = i % 4;
+        let r = call(&c, &old_addr, send_req(q, vec![b'a'; 200])).await;
+        assert_eq!(r.code, response::SUCCESS, "send {i}: {:?}", r.remark);
+        let off: i64 = r.field("queueOffset").unwrap().parse().unwrap();
+        acked.insert(q, acked.get(&q).copied().unwrap_or(-1).max(off));
+    }
+
+    // The master dies. A new one, in a new epoch, takes writes again.
+    brokers.get_mut(&old_id).unwrap().kill9();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(20);
+    let new_addr = loop {
+        if let Some(addr) = master_addr(&c, &ns.addr()).await.filter(|a| *a != old_addr) {
+            if let Ok(r) = c.invoke(&addr, send_req(0, vec![b'b'; 200]), Duration::from_secs(2)).await {
+                if r.code == response::SUCCESS {
+                    break addr;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no new master took writes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let outage = killed.elapsed();
+    let (g, _) = observer.read_group("broker-a").await.unwrap();
+    assert_ne!(g.master, Some(old_id));
+    assert!(g.master_epoch > first.master_epoch, "{g:?}");
+    assert!(outage < Duration::from_secs(10), "writes were back after {outage:?}");
+    eprintln!("failover: writes back {outage:?} after the kill");
+
+    // Every acknowledged message is on the new master.
+    for (q, last) in &acked {
+        let r = call(
+            &c,
+            &new_addr,
+            RemotingCommand::request(request::GET_MAX_OFFSET).with("topic", "Fail").with("queueId", *q),
+        )
+        .await;
+        let max: i64 = r.field("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+        assert!(max > *last, "queue {q}: new master has {max}, {last} was acknowledged");
+    }
+
+    // The old master returns as a slave and catches up byte for byte.
+    let new_id = g.master.unwrap();
+    brokers.get_mut(&old_id).unwrap().spawn();
+    for i in 0..50 {
+        let r = call(&c, &new_addr, send_req(i % 4, vec![b'c'; 200])).await;
+        assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match same_commit_log(&brokers[&new_id].commit_log_files(), &brokers[&old_id].commit_log_files()) {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "old master never matched the new one: {e}\n{}",
+                brokers[&old_id].log_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
