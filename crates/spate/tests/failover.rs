@@ -65,12 +65,16 @@ async fn a_killed_master_is_replaced_by_an_in_sync_slave_without_losing_acknowle
             .spawn()
             .unwrap(),
     );
+    // The brokers' ZooKeeper session timeout bounds how fast a crash is
+    // noticed (SPATE_FAILOVER_ZK_SESSION_MS; ZooKeeper here allows >= 400).
+    let session_ms: u64 =
+        std::env::var("SPATE_FAILOVER_ZK_SESSION_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let lines = |id: i64| -> Vec<String> {
         vec![
             "brokerName=broker-a".into(),
             format!("brokerId={id}"),
             format!("zkAddr={}", zk.addr()),
-            "zkSessionTimeoutMillis=1000".into(),
+            format!("zkSessionTimeoutMillis={session_ms}"),
             "haStrictSync=true".into(),
             "haSyncTimeout=1000".into(),
         ]
@@ -99,67 +103,98 @@ async fn a_killed_master_is_replaced_by_an_in_sync_slave_without_losing_acknowle
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Acknowledged sends (strict: on every in-sync member).
+    // Trials: acknowledged sends, then SIGKILL the master; an in-sync slave
+    // takes writes again in a new epoch with every acknowledged message; the
+    // old master comes back as a slave and matches the new one byte for
+    // byte. SPATE_FAILOVER_TRIALS repeats it (scripts/bench-failover.sh).
+    let trials: usize = std::env::var("SPATE_FAILOVER_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let mut acked: BTreeMap<i32, i64> = BTreeMap::new();
-    for i in 0..300 {
-        let q = i % 4;
-        let r = call(&c, &old_addr, send_req(q, vec![b'a'; 200])).await;
-        assert_eq!(r.code, response::SUCCESS, "send {i}: {:?}", r.remark);
-        let off: i64 = r.field("queueOffset").unwrap().parse().unwrap();
-        acked.insert(q, acked.get(&q).copied().unwrap_or(-1).max(off));
-    }
+    let mut outages = Vec::new();
+    let (mut master_id, mut master) = (old_id, old_addr);
+    let mut epoch = first.master_epoch;
+    for trial in 0..trials {
+        for i in 0..300 {
+            let q = i % 4;
+            let r = call(&c, &master, send_req(q, vec![b'a'; 200])).await;
+            assert_eq!(r.code, response::SUCCESS, "trial {trial} send {i}: {:?}", r.remark);
+            let off: i64 = r.field("queueOffset").unwrap().parse().unwrap();
+            acked.insert(q, acked.get(&q).copied().unwrap_or(-1).max(off));
+        }
+        // Both slaves in sync again before the fault (the previous old
+        // master has rejoined), so the group can lose its master safely.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (g, _) = observer.read_group("broker-a").await.unwrap();
+            if g.in_sync.len() == 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "trial {trial}: in-sync set never refilled: {g:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
-    // The master dies. A new one, in a new epoch, takes writes again.
-    brokers.get_mut(&old_id).unwrap().kill9();
-    let killed = Instant::now();
-    let deadline = killed + Duration::from_secs(20);
-    let new_addr = loop {
-        if let Some(addr) = master_addr(&c, &ns.addr()).await.filter(|a| *a != old_addr) {
-            if let Ok(r) = c.invoke(&addr, send_req(0, vec![b'b'; 200]), Duration::from_secs(2)).await {
-                if r.code == response::SUCCESS {
-                    break addr;
+        brokers.get_mut(&master_id).unwrap().kill9();
+        let killed = Instant::now();
+        let deadline = killed + Duration::from_secs(20);
+        let new_addr = loop {
+            if let Some(addr) = master_addr(&c, &ns.addr()).await.filter(|a| *a != master) {
+                if let Ok(r) = c.invoke(&addr, send_req(0, vec![b'b'; 200]), Duration::from_secs(2)).await {
+                    if r.code == response::SUCCESS {
+                        let off: i64 = r.field("queueOffset").unwrap().parse().unwrap();
+                        acked.insert(0, acked.get(&0).copied().unwrap_or(-1).max(off));
+                        break addr;
+                    }
                 }
             }
-        }
-        assert!(Instant::now() < deadline, "no new master took writes");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let outage = killed.elapsed();
-    let (g, _) = observer.read_group("broker-a").await.unwrap();
-    assert_ne!(g.master, Some(old_id));
-    assert!(g.master_epoch > first.master_epoch, "{g:?}");
-    assert!(outage < Duration::from_secs(10), "writes were back after {outage:?}");
-    eprintln!("failover: writes back {outage:?} after the kill");
+            assert!(Instant::now() < deadline, "trial {trial}: no new master took writes");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let outage = killed.elapsed();
+        outages.push(outage.as_secs_f64() * 1000.0);
+        let (g, _) = observer.read_group("broker-a").await.unwrap();
+        assert_ne!(g.master, Some(master_id));
+        assert!(g.master_epoch > epoch, "trial {trial}: {g:?}");
+        assert!(outage < Duration::from_secs(10), "trial {trial}: writes were back after {outage:?}");
+        eprintln!("failover trial {trial}: writes back {outage:?} after the kill");
 
-    // Every acknowledged message is on the new master.
-    for (q, last) in &acked {
-        let r = call(
-            &c,
-            &new_addr,
-            RemotingCommand::request(request::GET_MAX_OFFSET).with("topic", "Fail").with("queueId", *q),
-        )
-        .await;
-        let max: i64 = r.field("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
-        assert!(max > *last, "queue {q}: new master has {max}, {last} was acknowledged");
-    }
-
-    // The old master returns as a slave and catches up byte for byte.
-    let new_id = g.master.unwrap();
-    brokers.get_mut(&old_id).unwrap().spawn();
-    for i in 0..50 {
-        let r = call(&c, &new_addr, send_req(i % 4, vec![b'c'; 200])).await;
-        assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match same_commit_log(&brokers[&new_id].commit_log_files(), &brokers[&old_id].commit_log_files()) {
-            Ok(()) => break,
-            Err(e) => assert!(
-                Instant::now() < deadline,
-                "old master never matched the new one: {e}\n{}",
-                brokers[&old_id].log_text()
-            ),
+        // Every acknowledged message so far is on the new master.
+        for (q, last) in &acked {
+            let r = call(
+                &c,
+                &new_addr,
+                RemotingCommand::request(request::GET_MAX_OFFSET).with("topic", "Fail").with("queueId", *q),
+            )
+            .await;
+            let max: i64 = r.field("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+            assert!(max > *last, "trial {trial} queue {q}: new master has {max}, {last} was acknowledged");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        // The old master returns as a slave and catches up byte for byte.
+        let new_id = g.master.unwrap();
+        brokers.get_mut(&master_id).unwrap().spawn();
+        for i in 0..50 {
+            let r = call(&c, &new_addr, send_req(i % 4, vec![b'c'; 200])).await;
+            assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+            let off: i64 = r.field("queueOffset").unwrap().parse().unwrap();
+            acked.insert(i % 4, acked.get(&(i % 4)).copied().unwrap_or(-1).max(off));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match same_commit_log(&brokers[&new_id].commit_log_files(), &brokers[&master_id].commit_log_files()) {
+                Ok(()) => break,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "trial {trial}: old master never matched the new one: {e}\n{}",
+                    brokers[&master_id].log_text()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (master_id, master, epoch) = (new_id, new_addr, g.master_epoch);
     }
+    outages.sort_by(|a, b| a.total_cmp(b));
+    let p50 = outages[outages.len() / 2];
+    let max = outages[outages.len() - 1];
+    println!(
+        "{{\"trials\":{trials},\"outage_ms_p50\":{p50:.0},\"outage_ms_max\":{max:.0},\"outages_ms\":{outages:?}}}"
+    );
 }
