@@ -101,7 +101,10 @@ enum Command {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,zookeeper_client=warn".into()),
+        )
         // Logs go to stderr: stdout is for command output (bench JSON, admin tables).
         .with_writer(std::io::stderr)
         .init();

@@ -1,9 +1,10 @@
 //! Automatic failover with real processes: ZooKeeper, a name server, a
 //! controller and three brokers under it (`zkAddr`). The controller picks a
 //! master; both slaves join the in-sync set; the master is killed with
-//! SIGKILL; an in-sync slave takes over in a new epoch with every
-//! acknowledged message; the old master returns as a slave and ends up
-//! byte-identical to the new master.
+//! SIGKILL (or hung with SIGSTOP); an in-sync slave takes over in a new
+//! epoch with every acknowledged message; a woken hung master acknowledges
+//! nothing; the old master returns as a slave and ends up byte-identical to
+//! the new master.
 
 mod common;
 
@@ -197,4 +198,96 @@ async fn a_killed_master_is_replaced_by_an_in_sync_slave_without_losing_acknowle
     println!(
         "{{\"trials\":{trials},\"outage_ms_p50\":{p50:.0},\"outage_ms_max\":{max:.0},\"outages_ms\":{outages:?}}}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_master_is_replaced_and_fenced_when_it_wakes() {
+    let zk = ZooKeeper::start();
+    let ns = Proc::namesrv();
+    let dir = tempfile::tempdir().unwrap();
+    let _controller = Controller(
+        Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(["controller", "--zk", &zk.addr(), "--session-timeout-ms", "1000", "--scan-interval-ms", "50"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = |id: i64| -> Vec<String> {
+        vec![
+            "brokerName=broker-a".into(),
+            format!("brokerId={id}"),
+            format!("zkAddr={}", zk.addr()),
+            "zkSessionTimeoutMillis=800".into(),
+            "haStrictSync=true".into(),
+            "haSyncTimeout=1000".into(),
+        ]
+    };
+    let brokers: BTreeMap<i64, BrokerProc> =
+        (1..=3).map(|id| (id, BrokerProc::start(dir.path(), &format!("b{id}"), &ns.addr(), &lines(id)))).collect();
+    let observer = Zk::connect(&zk.addr(), Duration::from_secs(5)).await.unwrap();
+    let c = raw_client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Ok((g, _)) = observer.read_group("broker-a").await {
+            if g.state == ReplState::Sync && g.in_sync.len() == 3 {
+                break g;
+            }
+        }
+        assert!(Instant::now() < deadline, "the group never reached SYNC with 3 members");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let old_id = first.master.unwrap();
+    let old_addr = brokers[&old_id].addr();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while master_addr(&c, &ns.addr()).await.as_deref() != Some(old_addr.as_str()) {
+        assert!(Instant::now() < deadline, "the master never registered as broker 0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..100 {
+        let r = call(&c, &old_addr, send_req(i % 4, vec![b'a'; 200])).await;
+        assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    }
+
+    // The master hangs: its session expires and an in-sync slave takes over.
+    brokers[&old_id].pause(true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (new_id, new_addr) = loop {
+        let (g, _) = observer.read_group("broker-a").await.unwrap();
+        if let Some(m) = g.master.filter(|m| *m != old_id) {
+            let addr = brokers[&m].addr();
+            if let Ok(r) = c.invoke(&addr, send_req(0, vec![b'b'; 200]), Duration::from_secs(2)).await {
+                if r.code == response::SUCCESS {
+                    break (m, addr);
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no new master while the old one hung");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // It wakes up: it must not acknowledge anything now (it is fenced, and
+    // its slaves follow the new master). Sends race its wake-up on purpose.
+    brokers[&old_id].pause(false);
+    for i in 0..20 {
+        let r = call(&c, &old_addr, send_req(i % 4, vec![b'z'; 200])).await;
+        assert_ne!(r.code, response::SUCCESS, "the old master acknowledged send {i} after the failover");
+    }
+    // And it comes back as a slave of the new master, byte for byte.
+    for i in 0..50 {
+        let r = call(&c, &new_addr, send_req(i % 4, vec![b'c'; 200])).await;
+        assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match same_commit_log(&brokers[&new_id].commit_log_files(), &brokers[&old_id].commit_log_files()) {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the woken master never matched the new one: {e}\n{}",
+                brokers[&old_id].log_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
