@@ -105,6 +105,10 @@ pub struct Liveness {
     /// As master: each connected slave's lag in bytes.
     #[serde(default)]
     pub slave_lag: BTreeMap<i64, u64>,
+    /// When ZooKeeper last saw this node updated (ms since the epoch; filled
+    /// in when read, not stored): the broker's last sign of life.
+    #[serde(skip)]
+    pub updated_ms: u64,
 }
 
 /// The controller's settings for every group.

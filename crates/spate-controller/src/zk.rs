@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use zookeeper_client as zk;
 
+use crate::availability::History;
 use crate::fsm::{GroupState, Liveness};
 
 pub const GROUPS: &str = "/spate/groups";
 pub const LEADER: &str = "/spate/controller/leader";
+pub const OUTAGES: &str = "/spate/outages";
 
 /// Rounds of create / replace before publishing liveness gives up.
 const PUBLISH_ATTEMPTS: usize = 5;
@@ -142,13 +144,14 @@ impl Zk {
         let mut out = BTreeMap::new();
         for id in ids {
             let path = format!("{dir}/{id}");
-            let data = match self.client.get_data(&path).await {
-                Ok((d, _)) => d,
+            let (data, stat) = match self.client.get_data(&path).await {
+                Ok(x) => x,
                 Err(zk::Error::NoNode) => continue, // gone meanwhile
                 Err(e) => return Err(op("get", &path)(e)),
             };
             match serde_json::from_slice::<Liveness>(&data) {
-                Ok(l) => {
+                Ok(mut l) => {
+                    l.updated_ms = stat.mtime.max(0) as u64;
                     out.insert(l.broker_id, l);
                 }
                 Err(e) => tracing::warn!(%path, error = %e, "unreadable liveness node skipped"),
@@ -207,6 +210,41 @@ impl Zk {
                 Ok(data == controller_id.as_bytes() && stat.ephemeral_owner == self.client.session_id().0)
             }
             Err(e) => Err(op("create", LEADER)(e)),
+        }
+    }
+
+    /// A group's availability record and its node version (`None`: no record yet).
+    pub async fn read_history(&self, group: &str) -> Result<(History, Option<i32>)> {
+        group_path(group)?;
+        let path = format!("{OUTAGES}/{group}");
+        match self.client.get_data(&path).await {
+            Ok((data, stat)) => {
+                let h = serde_json::from_slice(&data).map_err(|e| ZkError::BadData { path, reason: e.to_string() })?;
+                Ok((h, Some(stat.version)))
+            }
+            Err(zk::Error::NoNode) => Ok((History::default(), None)),
+            Err(e) => Err(op("get", &path)(e)),
+        }
+    }
+
+    /// Writes the record if it is still at `version` (or still absent);
+    /// false when another writer got there first.
+    pub async fn write_history(&self, group: &str, h: &History, version: Option<i32>) -> Result<bool> {
+        group_path(group)?;
+        let path = format!("{OUTAGES}/{group}");
+        let body = serde_json::to_vec(h).unwrap_or_default();
+        let result = match version {
+            Some(v) => self.client.set_data(&path, &body, Some(v)).await.map(|_| ()),
+            None => {
+                self.mkdir(OUTAGES).await?;
+                let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                self.client.create(&path, &body, &opts).await.map(|_| ())
+            }
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(zk::Error::BadVersion | zk::Error::NodeExists) => Ok(false),
+            Err(e) => Err(op("write", &path)(e)),
         }
     }
 

@@ -710,7 +710,36 @@ async fn ha_groups(zk_addr: &str) -> Result<Output> {
         for l in live.values() {
             table.push_str(&format!("  #{} {} maxOffset {} epoch {}\n", l.broker_id, l.addr, l.max_offset, l.epoch));
         }
-        groups.push(json!({"group": name, "state": g, "version": version, "live": live.values().collect::<Vec<_>>()}));
+        let (history, _) = zk.read_history(&name).await?;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let stats = history.stats(now);
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0} ms", v));
+        table.push_str(&format!(
+            "  availability {:.6} ({} nines), {} outages, MTBF {}, MTTR {}{}\n",
+            stats.availability,
+            stats.nines.map_or("no outage, so no".to_string(), |n| format!("{n:.2}")),
+            stats.failures,
+            ms(stats.mtbf_ms),
+            ms(stats.mttr_ms),
+            history
+                .open
+                .as_ref()
+                .map(|o| format!("; DOWN since {} ms ago: {}", now.saturating_sub(o.start_ms), o.cause))
+                .unwrap_or_default()
+        ));
+        for o in history.outages.iter().rev().take(5) {
+            table.push_str(&format!("    outage {} ms: {}\n", o.end_ms - o.start_ms, o.cause));
+        }
+        groups.push(json!({
+            "group": name,
+            "state": g,
+            "version": version,
+            "live": live.values().collect::<Vec<_>>(),
+            "availability": stats,
+            "outages": history.outages,
+            "openOutage": history.open,
+        }));
     }
     Ok((json!({"leader": leader, "groups": groups}), table))
 }

@@ -192,6 +192,34 @@ async fn a_killed_master_is_replaced_by_an_in_sync_slave_without_losing_acknowle
         }
         (master_id, master, epoch) = (new_id, new_addr, g.master_epoch);
     }
+    // The controller recorded each outage, and admin shows the figures.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let history = loop {
+        let (h, _) = observer.read_history("broker-a").await.unwrap();
+        if h.outages.len() >= trials && h.open.is_none() {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "outages recorded: {h:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(history.outages.len(), trials, "{history:?}");
+    for (o, measured) in history.outages.iter().zip(&outages) {
+        let recorded = (o.end_ms - o.start_ms) as f64;
+        // Dated from the master's last liveness update (every 100 ms) to the
+        // scan that saw the new master serve: close to what clients saw.
+        assert!(
+            recorded <= measured + 1000.0 && recorded >= measured / 2.0,
+            "recorded {recorded} ms against {measured} ms measured"
+        );
+        assert!(o.cause.contains("lost"), "{o:?}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["admin", "ha", "groups", "--zk", &zk.addr(), "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["groups"][0]["availability"]["failures"], trials as u64);
+    assert!(v["groups"][0]["availability"]["availability"].as_f64().unwrap() < 1.0);
     outages.sort_by(|a, b| a.total_cmp(b));
     let p50 = outages[outages.len() / 2];
     let max = outages[outages.len() - 1];
