@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{call, raw_client, same_commit_log, BrokerProc, Proc, ZooKeeper};
 use spate_common::message::encode_properties;
-use spate_controller::fsm::ReplState;
+use spate_controller::fsm::{GroupState, ReplState};
 use spate_controller::zk::Zk;
 use spate_remoting::protocol::{json, ClusterInfo};
 use spate_remoting::{request, response, RemotingClient, RemotingCommand};
@@ -53,56 +53,77 @@ async fn master_addr(c: &RemotingClient, ns: &str) -> Option<String> {
     info.broker_addr_table.get("broker-a")?.broker_addrs.get(&0).cloned()
 }
 
+/// ZooKeeper, a name server, one controller and three brokers of
+/// broker-a under it (strict sync), up and in SYNC with all three in the
+/// in-sync set, the master registered as broker 0.
+struct Cluster {
+    zk: ZooKeeper,
+    ns: Proc,
+    _controller: Controller,
+    brokers: BTreeMap<i64, BrokerProc>,
+    observer: Zk,
+    first: GroupState,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(session_ms: u64) -> Cluster {
+        let zk = ZooKeeper::start();
+        let ns = Proc::namesrv();
+        let dir = tempfile::tempdir().unwrap();
+        let controller = Controller(
+            Command::new(env!("CARGO_BIN_EXE_spate"))
+                .args(["controller", "--zk", &zk.addr(), "--session-timeout-ms", "1000", "--scan-interval-ms", "50"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let lines = |id: i64| -> Vec<String> {
+            vec![
+                "brokerName=broker-a".into(),
+                format!("brokerId={id}"),
+                format!("zkAddr={}", zk.addr()),
+                format!("zkSessionTimeoutMillis={session_ms}"),
+                "haStrictSync=true".into(),
+                "haSyncTimeout=1000".into(),
+            ]
+        };
+        let brokers: BTreeMap<i64, BrokerProc> =
+            (1..=3).map(|id| (id, BrokerProc::start(dir.path(), &format!("b{id}"), &ns.addr(), &lines(id)))).collect();
+        let observer = Zk::connect(&zk.addr(), Duration::from_secs(5)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let first = loop {
+            if let Ok((g, _)) = observer.read_group("broker-a").await {
+                if g.state == ReplState::Sync && g.in_sync.len() == 3 {
+                    break g;
+                }
+                assert!(Instant::now() < deadline, "the group never reached SYNC with 3 members: {g:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let master = brokers[&first.master.unwrap()].addr();
+        let c = raw_client();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while master_addr(&c, &ns.addr()).await.as_deref() != Some(master.as_str()) {
+            assert!(Instant::now() < deadline, "the master never registered as broker 0");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Cluster { zk, ns, _controller: controller, brokers, observer, first, _dir: dir }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_is_replaced_by_an_in_sync_slave_without_losing_acknowledged_messages() {
-    let zk = ZooKeeper::start();
-    let ns = Proc::namesrv();
-    let dir = tempfile::tempdir().unwrap();
-    let _controller = Controller(
-        Command::new(env!("CARGO_BIN_EXE_spate"))
-            .args(["controller", "--zk", &zk.addr(), "--session-timeout-ms", "1000", "--scan-interval-ms", "50"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
     // The brokers' ZooKeeper session timeout bounds how fast a crash is
     // noticed (SPATE_FAILOVER_ZK_SESSION_MS; ZooKeeper here allows >= 400).
     let session_ms: u64 =
         std::env::var("SPATE_FAILOVER_ZK_SESSION_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
-    let lines = |id: i64| -> Vec<String> {
-        vec![
-            "brokerName=broker-a".into(),
-            format!("brokerId={id}"),
-            format!("zkAddr={}", zk.addr()),
-            format!("zkSessionTimeoutMillis={session_ms}"),
-            "haStrictSync=true".into(),
-            "haSyncTimeout=1000".into(),
-        ]
-    };
-    let mut brokers: BTreeMap<i64, BrokerProc> =
-        (1..=3).map(|id| (id, BrokerProc::start(dir.path(), &format!("b{id}"), &ns.addr(), &lines(id)))).collect();
-    let observer = Zk::connect(&zk.addr(), Duration::from_secs(5)).await.unwrap();
+    // Every field bound: the ones not used here keep their processes alive.
+    let Cluster { zk, ns, _controller, mut brokers, observer, first, _dir } = Cluster::start(session_ms).await;
     let c = raw_client();
-
-    // A master is elected and both slaves join the in-sync set.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        if let Ok((g, _)) = observer.read_group("broker-a").await {
-            if g.state == ReplState::Sync && g.in_sync.len() == 3 {
-                break g;
-            }
-            assert!(Instant::now() < deadline, "the group never reached SYNC with 3 members: {g:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
     let old_id = first.master.unwrap();
     let old_addr = brokers[&old_id].addr();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while master_addr(&c, &ns.addr()).await.as_deref() != Some(old_addr.as_str()) {
-        assert!(Instant::now() < deadline, "the master never registered as broker 0");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // Trials: acknowledged sends, then SIGKILL the master; an in-sync slave
     // takes writes again in a new epoch with every acknowledged message; the
@@ -230,48 +251,10 @@ async fn a_killed_master_is_replaced_by_an_in_sync_slave_without_losing_acknowle
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_master_is_replaced_and_fenced_when_it_wakes() {
-    let zk = ZooKeeper::start();
-    let ns = Proc::namesrv();
-    let dir = tempfile::tempdir().unwrap();
-    let _controller = Controller(
-        Command::new(env!("CARGO_BIN_EXE_spate"))
-            .args(["controller", "--zk", &zk.addr(), "--session-timeout-ms", "1000", "--scan-interval-ms", "50"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let lines = |id: i64| -> Vec<String> {
-        vec![
-            "brokerName=broker-a".into(),
-            format!("brokerId={id}"),
-            format!("zkAddr={}", zk.addr()),
-            "zkSessionTimeoutMillis=800".into(),
-            "haStrictSync=true".into(),
-            "haSyncTimeout=1000".into(),
-        ]
-    };
-    let brokers: BTreeMap<i64, BrokerProc> =
-        (1..=3).map(|id| (id, BrokerProc::start(dir.path(), &format!("b{id}"), &ns.addr(), &lines(id)))).collect();
-    let observer = Zk::connect(&zk.addr(), Duration::from_secs(5)).await.unwrap();
+    let Cluster { zk: _zk, ns: _ns, _controller, brokers, observer, first, _dir } = Cluster::start(800).await;
     let c = raw_client();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        if let Ok((g, _)) = observer.read_group("broker-a").await {
-            if g.state == ReplState::Sync && g.in_sync.len() == 3 {
-                break g;
-            }
-        }
-        assert!(Instant::now() < deadline, "the group never reached SYNC with 3 members");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
     let old_id = first.master.unwrap();
     let old_addr = brokers[&old_id].addr();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while master_addr(&c, &ns.addr()).await.as_deref() != Some(old_addr.as_str()) {
-        assert!(Instant::now() < deadline, "the master never registered as broker 0");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     for i in 0..100 {
         let r = call(&c, &old_addr, send_req(i % 4, vec![b'a'; 200])).await;
         assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
