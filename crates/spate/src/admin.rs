@@ -206,7 +206,26 @@ enum MessageVerb {
         #[arg(long, default_value_t = 32)]
         max: i32,
     },
+    /// Every message of a topic stored within a time range (mqadmin's printMsg).
+    Range {
+        topic: String,
+        /// Range start, ms since the epoch.
+        #[arg(long)]
+        begin: i64,
+        /// Range end, ms since the epoch (default: now and beyond).
+        #[arg(long, default_value_t = i64::MAX)]
+        end: i64,
+        /// Most messages per queue.
+        #[arg(long, default_value_t = 32)]
+        max: usize,
+    },
 }
+
+/// The consumer group admin reads with (upstream's tools group).
+const TOOLS_GROUP: &str = "TOOLS_CONSUMER";
+
+/// Most messages one pull of `message range` asks for.
+const RANGE_PULL_BATCH: usize = 32;
 
 struct Admin {
     client: RemotingClient,
@@ -593,12 +612,61 @@ async fn message(admin: &Admin, verb: MessageVerb) -> Result<Output> {
             }
         }
         MessageVerb::Key { topic, key, begin, end, max } => query_key(admin, &topic, &key, begin, end, max).await?,
+        MessageVerb::Range { topic, begin, end, max } => query_range(admin, &topic, begin, end, max).await?,
     };
     if found.is_empty() {
         bail!("no message found");
     }
     let table = message_table(&found);
     Ok((json!(found), table))
+}
+
+/// Per queue: from the first offset stored at or after `begin`, pull until
+/// `end` is passed, the queue ends, or `max` messages were found.
+async fn query_range(admin: &Admin, topic: &str, begin: i64, end: i64, max: usize) -> Result<Vec<Value>> {
+    let mut found = Vec::new();
+    for (_, addr, queues) in admin.topic_masters(topic).await? {
+        for q in 0..queues {
+            let req = RemotingCommand::request(request::SEARCH_OFFSET_BY_TIMESTAMP)
+                .with("topic", topic)
+                .with("queueId", q)
+                .with("timestamp", begin);
+            let mut offset: i64 =
+                admin.call(&addr, req).await?.field("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut in_queue = 0;
+            'queue: while in_queue < max {
+                let req = RemotingCommand::request(request::PULL_MESSAGE)
+                    .with("consumerGroup", TOOLS_GROUP)
+                    .with("topic", topic)
+                    .with("queueId", q)
+                    .with("queueOffset", offset)
+                    .with("maxMsgNums", RANGE_PULL_BATCH.min(max - in_queue))
+                    .with("sysFlag", 0)
+                    .with("commitOffset", 0)
+                    .with("suspendTimeoutMillis", 0)
+                    .with("subscription", "*")
+                    .with("subVersion", 0)
+                    .with("expressionType", "TAG");
+                let r = admin.client.invoke(&addr, req, TIMEOUT).await.with_context(|| format!("calling {addr}"))?;
+                if r.code != response::SUCCESS {
+                    break; // nothing more in this queue (or a moved offset)
+                }
+                let next: i64 = r.field("nextBeginOffset").and_then(|v| v.parse().ok()).unwrap_or(offset);
+                for m in records(&r.body)? {
+                    if m["store_timestamp"].as_i64().is_some_and(|t| t > end) {
+                        break 'queue;
+                    }
+                    found.push(m);
+                    in_queue += 1;
+                }
+                if next <= offset {
+                    break;
+                }
+                offset = next;
+            }
+        }
+    }
+    Ok(found)
 }
 
 async fn query_key(admin: &Admin, topic: &str, key: &str, begin: i64, end: i64, max: i32) -> Result<Vec<Value>> {

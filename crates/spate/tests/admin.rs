@@ -115,6 +115,16 @@ async fn admin_topics_groups_lag_reset_and_lookups() {
     assert_eq!(by_key[0]["body"], "m7");
     let by_uniq = admin(&ns, &["message", "id", by_key[0]["uniq_key"].as_str().unwrap(), "-t", "Adm"]).unwrap();
     assert_eq!(by_uniq[0]["body"], "m7");
+    let all = admin(&ns, &["message", "range", "Adm", "--begin", "0"]).unwrap();
+    let mut bodies: Vec<String> =
+        all.as_array().unwrap().iter().map(|m| m["body"].as_str().unwrap().to_string()).collect();
+    bodies.sort();
+    let mut want: Vec<String> = (0..15).map(|i| format!("m{i}")).collect();
+    want.sort();
+    assert_eq!(bodies, want, "every message stored in the range");
+    let later = by_key[0]["store_timestamp"].as_i64().unwrap() + 3_600_000;
+    let none = admin(&ns, &["message", "range", "Adm", "--begin", &later.to_string()]).unwrap_err();
+    assert!(none.contains("no message found"), "{none}");
 
     // Broker status and config.
     let st = admin(&ns, &["broker", "status", &broker]).unwrap();
