@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{call, raw_client, same_commit_log, BrokerProc, Proc, ZooKeeper};
-use spate_common::message::encode_properties;
+use common::{call, raw_client, same_commit_log, send_req, BrokerProc, Proc, ZooKeeper};
 use spate_controller::fsm::{GroupState, ReplState};
 use spate_controller::zk::Zk;
 use spate_remoting::protocol::{json, ClusterInfo};
@@ -27,22 +25,6 @@ impl Drop for Controller {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn send_req(queue_id: i32, body: Vec<u8>) -> RemotingCommand {
-    let props = encode_properties([("WAIT", "true")]).unwrap();
-    RemotingCommand::request(request::SEND_MESSAGE)
-        .with("producerGroup", "pg")
-        .with("topic", "Fail")
-        .with("defaultTopic", "TBW102")
-        .with("defaultTopicQueueNums", 4)
-        .with("queueId", queue_id)
-        .with("sysFlag", 0)
-        .with("bornTimestamp", 1)
-        .with("flag", 0)
-        .with("properties", props)
-        .with("reconsumeTimes", 0)
-        .with_body(Bytes::from(body))
 }
 
 /// The address the name server lists as broker-a's master (id 0).
@@ -137,7 +119,7 @@ async fn a_killed_master_is_replaced_by_an_in_sync_slave_without_losing_acknowle
     for trial in 0..trials {
         for i in 0..300 {
             let q = i % 4;
-            let r = call(&c, &master, send_req(q, vec![b'a'; 200])).await;
+            let r = call(&c, &master, send_req("Fail", q, vec![b'a'; 200])).await;
             assert_eq!(r.code, response::SUCCESS, "trial {trial} send {i}: {:?}", r.remark);
             let off: i64 = r.field("queueOffset").unwrap().parse().unwrap();
             acked.insert(q, acked.get(&q).copied().unwrap_or(-1).max(off));
@@ -159,7 +141,7 @@ async fn a_killed_master_is_replaced_by_an_in_sync_slave_without_losing_acknowle
         let deadline = killed + Duration::from_secs(20);
         let new_addr = loop {
             if let Some(addr) = master_addr(&c, &ns.addr()).await.filter(|a| *a != master) {
-                if let Ok(r) = c.invoke(&addr, send_req(0, vec![b'b'; 200]), Duration::from_secs(2)).await {
+                if let Ok(r) = c.invoke(&addr, send_req("Fail", 0, vec![b'b'; 200]), Duration::from_secs(2)).await {
                     if r.code == response::SUCCESS {
                         let off: i64 = r.field("queueOffset").unwrap().parse().unwrap();
                         acked.insert(0, acked.get(&0).copied().unwrap_or(-1).max(off));
@@ -194,7 +176,7 @@ async fn a_killed_master_is_replaced_by_an_in_sync_slave_without_losing_acknowle
         let new_id = g.master.unwrap();
         brokers.get_mut(&master_id).unwrap().spawn();
         for i in 0..50 {
-            let r = call(&c, &new_addr, send_req(i % 4, vec![b'c'; 200])).await;
+            let r = call(&c, &new_addr, send_req("Fail", i % 4, vec![b'c'; 200])).await;
             assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
             let off: i64 = r.field("queueOffset").unwrap().parse().unwrap();
             acked.insert(i % 4, acked.get(&(i % 4)).copied().unwrap_or(-1).max(off));
@@ -256,7 +238,7 @@ async fn a_hung_master_is_replaced_and_fenced_when_it_wakes() {
     let old_id = first.master.unwrap();
     let old_addr = brokers[&old_id].addr();
     for i in 0..100 {
-        let r = call(&c, &old_addr, send_req(i % 4, vec![b'a'; 200])).await;
+        let r = call(&c, &old_addr, send_req("Fail", i % 4, vec![b'a'; 200])).await;
         assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
     }
 
@@ -267,7 +249,7 @@ async fn a_hung_master_is_replaced_and_fenced_when_it_wakes() {
         let (g, _) = observer.read_group("broker-a").await.unwrap();
         if let Some(m) = g.master.filter(|m| *m != old_id) {
             let addr = brokers[&m].addr();
-            if let Ok(r) = c.invoke(&addr, send_req(0, vec![b'b'; 200]), Duration::from_secs(2)).await {
+            if let Ok(r) = c.invoke(&addr, send_req("Fail", 0, vec![b'b'; 200]), Duration::from_secs(2)).await {
                 if r.code == response::SUCCESS {
                     break (m, addr);
                 }
@@ -281,12 +263,12 @@ async fn a_hung_master_is_replaced_and_fenced_when_it_wakes() {
     // its slaves follow the new master). Sends race its wake-up on purpose.
     brokers[&old_id].pause(false);
     for i in 0..20 {
-        let r = call(&c, &old_addr, send_req(i % 4, vec![b'z'; 200])).await;
+        let r = call(&c, &old_addr, send_req("Fail", i % 4, vec![b'z'; 200])).await;
         assert_ne!(r.code, response::SUCCESS, "the old master acknowledged send {i} after the failover");
     }
     // And it comes back as a slave of the new master, byte for byte.
     for i in 0..50 {
-        let r = call(&c, &new_addr, send_req(i % 4, vec![b'c'; 200])).await;
+        let r = call(&c, &new_addr, send_req("Fail", i % 4, vec![b'c'; 200])).await;
         assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
     }
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -7,26 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{call, raw_client, same_commit_log, BrokerProc, Proc};
-use spate_common::message::encode_properties;
+use common::{call, raw_client, same_commit_log, send_req, BrokerProc, Proc};
 use spate_remoting::{request, response, RemotingClient, RemotingCommand};
-
-fn send_req(topic: &str, queue_id: i32, body: Vec<u8>) -> RemotingCommand {
-    let props = encode_properties([("KEYS", "k"), ("WAIT", "true")]).unwrap();
-    RemotingCommand::request(request::SEND_MESSAGE)
-        .with("producerGroup", "pg")
-        .with("topic", topic)
-        .with("defaultTopic", "TBW102")
-        .with("defaultTopicQueueNums", 4)
-        .with("queueId", queue_id)
-        .with("sysFlag", 0)
-        .with("bornTimestamp", 1)
-        .with("flag", 0)
-        .with("properties", props)
-        .with("reconsumeTimes", 0)
-        .with_body(Bytes::from(body))
-}
 
 /// Sends `n` messages of a few hundred bytes to `broker`, all acknowledged with SUCCESS.
 async fn burst(c: &RemotingClient, broker: &str, topic: &str, tag: u8, n: usize) {

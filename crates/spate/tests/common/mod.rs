@@ -144,6 +144,24 @@ pub fn raw_client() -> RemotingClient {
     RemotingClient::new(ClientConfig::default(), None)
 }
 
+/// A SEND_MESSAGE (v1 header) of `body` to `topic`'s queue `queue_id`,
+/// auto-creating the topic from TBW102, with KEYS `k`.
+pub fn send_req(topic: &str, queue_id: i32, body: Vec<u8>) -> RemotingCommand {
+    let props = spate_common::message::encode_properties([("KEYS", "k"), ("WAIT", "true")]).expect("valid properties");
+    RemotingCommand::request(spate_remoting::request::SEND_MESSAGE)
+        .with("producerGroup", "pg")
+        .with("topic", topic)
+        .with("defaultTopic", "TBW102")
+        .with("defaultTopicQueueNums", 4)
+        .with("queueId", queue_id)
+        .with("sysFlag", 0)
+        .with("bornTimestamp", 1)
+        .with("flag", 0)
+        .with("properties", props)
+        .with("reconsumeTimes", 0)
+        .with_body(bytes::Bytes::from(body))
+}
+
 pub async fn call(client: &RemotingClient, addr: &str, req: RemotingCommand) -> RemotingCommand {
     client.invoke(addr, req, Duration::from_secs(10)).await.expect("call answered")
 }
