@@ -198,37 +198,36 @@ pub fn render(state: &Arc<BrokerState>) -> String {
     // Replication lag: a master's view of each slave; a slave's own.
     m.clear(REPLICATION_LAG_BYTES);
     m.clear(REPLICATION_LAG_MS);
-    let status = crate::ha::status_json(state);
-    let lag = |id: &str, bytes: i64, ms: i64| {
-        let label = [("slave_id", id)];
-        m.gauge(REPLICATION_LAG_BYTES, "Bytes a slave is behind its master, by slave.", &label).set(bytes);
-        m.gauge(REPLICATION_LAG_MS, "How long ago a slave last held everything its master had, by slave.", &label)
-            .set(ms);
-    };
-    if let Some(slaves) = status["slaves"].as_array() {
-        for sl in slaves {
-            let id = sl["brokerId"].to_string();
-            lag(&id, sl["lagBytes"].as_i64().unwrap_or(0), sl["lagMs"].as_i64().unwrap_or(0));
-        }
-        g(
-            "spate_replication_in_sync_slaves",
-            "Slaves in sync or semi-sync (a SYNC_MASTER send waits for them).",
-            status["inSyncSlaves"].as_i64().unwrap_or(0),
-        );
-    }
-    if let Some(link) = status.get("link") {
-        let id = status["brokerId"].to_string();
+    let end = state.store.max_offset();
+    let now = std::time::Instant::now();
+    if state.config.read().broker_role == crate::BrokerRole::Slave {
+        let link = state.slave.link();
+        let id = state.identity.to_string();
         m.gauge(REPLICATION_LAG_BYTES, "Bytes a slave is behind its master, by slave.", &[("slave_id", &id)])
-            .set(link["lagBytes"].as_i64().unwrap_or(0));
+            .set(link.master_max_offset.saturating_sub(end) as i64);
         g(
             "spate_replication_connected",
             "1 while this slave follows its master.",
-            i64::from(link["connected"] == true),
+            i64::from(link.master_ha_addr.is_some()),
         );
         g(
             "spate_replication_last_heard_milliseconds",
             "Time since this slave last heard from its master (-1: never).",
-            link["lastHeardMsAgo"].as_i64().unwrap_or(-1),
+            link.last_heard.map_or(-1, |t| now.saturating_duration_since(t).as_millis() as i64),
+        );
+    } else {
+        for s in state.replication.slaves() {
+            let (bytes, ms) = s.lag(end, now);
+            let id = s.broker_id.to_string();
+            let label = [("slave_id", id.as_str())];
+            m.gauge(REPLICATION_LAG_BYTES, "Bytes a slave is behind its master, by slave.", &label).set(bytes as i64);
+            m.gauge(REPLICATION_LAG_MS, "How long ago a slave last held everything its master had, by slave.", &label)
+                .set(ms as i64);
+        }
+        g(
+            "spate_replication_in_sync_slaves",
+            "Slaves in sync or semi-sync (a SYNC_MASTER send waits for them).",
+            state.replication.in_sync_slaves() as i64,
         );
     }
     m.render()

@@ -67,6 +67,17 @@ pub struct SlaveStatus {
     pub mode: SlaveMode,
 }
 
+impl SlaveStatus {
+    /// How far behind a master whose log ends at `end` this slave is: in
+    /// bytes, and in milliseconds since it last held everything (0 when
+    /// caught up).
+    pub fn lag(&self, end: u64, now: Instant) -> (u64, u64) {
+        let bytes = end.saturating_sub(self.acked_offset);
+        let ms = if bytes == 0 { 0 } else { now.saturating_duration_since(self.caught_up_at).as_millis() as u64 };
+        (bytes, ms)
+    }
+}
+
 /// Settings of the master side, from broker.conf.
 #[derive(Debug, Clone)]
 pub struct ReplicationPolicy {
@@ -378,13 +389,13 @@ pub fn status_json(state: &crate::BrokerState) -> serde_json::Value {
             .slaves()
             .iter()
             .map(|s| {
-                let lag = end.saturating_sub(s.acked_offset);
+                let (lag_bytes, lag_ms) = s.lag(end, now);
                 serde_json::json!({
                     "brokerId": s.broker_id,
                     "addr": s.addr,
                     "ackedOffset": s.acked_offset,
-                    "lagBytes": lag,
-                    "lagMs": if lag == 0 { 0 } else { now.saturating_duration_since(s.caught_up_at).as_millis() as u64 },
+                    "lagBytes": lag_bytes,
+                    "lagMs": lag_ms,
                     "mode": s.mode,
                 })
             })
