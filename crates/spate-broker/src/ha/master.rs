@@ -167,9 +167,10 @@ async fn session(
         })
     };
     let mut acks = acks;
-    let result = stream_log(state, &mut wr, start, batch, heartbeat, housekeeping, &mut acks).await;
-    acks.abort();
-    result
+    // However this session ends (an error, or aborted with its accept
+    // task), its acknowledgement reader ends with it.
+    let _stop_acks = StopOnDrop(acks.abort_handle());
+    stream_log(state, &mut wr, start, batch, heartbeat, housekeeping, &mut acks).await
 }
 
 /// Sends the log from `next` on, then new appends as they come, and a
@@ -235,6 +236,15 @@ async fn stream_log(
                 last_sent = Instant::now();
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct StopOnDrop(tokio::task::AbortHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
