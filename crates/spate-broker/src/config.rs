@@ -82,6 +82,11 @@ pub struct BrokerConfig {
     /// `haTransferBatchSize`: most bytes per replication batch (256 KiB;
     /// upstream 32 KiB).
     pub ha_transfer_batch_size: usize,
+    /// `haTransferBytesPerSecond` (Spate's own): most bytes per second a
+    /// master streams to each slave, so rebuilding a slave cannot take the
+    /// whole network; 0 is unlimited (the default). It paces the live tail
+    /// too, so it must exceed the write rate.
+    pub ha_transfer_bytes_per_second: u64,
     /// `haMaxGapNotInSync`: a slave further behind than this is async; a
     /// send on a SYNC_MASTER does not wait for it (256 MiB).
     pub ha_max_gap_not_in_sync: u64,
@@ -182,6 +187,7 @@ impl BrokerConfig {
             ha_send_heartbeat_interval: Duration::from_secs(1),
             ha_housekeeping_interval: Duration::from_secs(3),
             ha_transfer_batch_size: 256 << 10,
+            ha_transfer_bytes_per_second: 0,
             ha_max_gap_not_in_sync: 256 << 20,
             in_sync_replicas: 2,
             ha_sync_timeout: Duration::from_secs(3),
@@ -232,6 +238,7 @@ impl BrokerConfig {
             "haSendHeartbeatInterval" => self.ha_send_heartbeat_interval = millis(key, v)?,
             "haHousekeepingInterval" => self.ha_housekeeping_interval = millis(key, v)?,
             "haTransferBatchSize" => self.ha_transfer_batch_size = parse(key, v)?,
+            "haTransferBytesPerSecond" => self.ha_transfer_bytes_per_second = parse(key, v)?,
             "haMaxGapNotInSync" => self.ha_max_gap_not_in_sync = parse(key, v)?,
             "inSyncReplicas" => self.in_sync_replicas = parse(key, v)?,
             "haSyncTimeout" => self.ha_sync_timeout = millis(key, v)?,
@@ -381,6 +388,7 @@ impl BrokerConfig {
             ("haSendHeartbeatInterval", self.ha_send_heartbeat_interval.as_millis().to_string()),
             ("haHousekeepingInterval", self.ha_housekeeping_interval.as_millis().to_string()),
             ("haTransferBatchSize", self.ha_transfer_batch_size.to_string()),
+            ("haTransferBytesPerSecond", self.ha_transfer_bytes_per_second.to_string()),
             ("haMaxGapNotInSync", self.ha_max_gap_not_in_sync.to_string()),
             ("inSyncReplicas", self.in_sync_replicas.to_string()),
             ("haSyncTimeout", self.ha_sync_timeout.as_millis().to_string()),

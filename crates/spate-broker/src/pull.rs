@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use spate_common::message::PHYSICAL_OFFSET_POS;
+use spate_common::message::{PHYSICAL_OFFSET_POS, QUEUE_OFFSET_POS};
 use spate_remoting::protocol::MASTER_ID;
 use spate_remoting::protocol::{perm, TagFilter};
 use spate_remoting::{response, Connection, RemotingCommand};
@@ -126,8 +126,10 @@ pub async fn pull(
     let deadline = Instant::now() + hold_for;
     let mut slot = None;
     loop {
-        // Subscribe before reading so a message stored in between wakes us.
+        // Subscribe before reading so a message stored (or confirmed) in between wakes us.
         let mut rx = state.long_poll.subscribe(&h.topic, h.queue_id);
+        let mut confirmed = watch_read_limit(state);
+        confirmed.borrow_and_update();
         let result = read(state, &h, codes.clone()).await?;
         let waiting = matches!(result.code, response::PULL_NOT_FOUND) && suspend;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -144,6 +146,8 @@ pub async fn pull(
         }
         let changed = tokio::select! {
             c = state.long_poll.wait(&mut rx, left) => c,
+            // Messages were there but not yet held by the in-sync set: read again once they are.
+            r = confirmed.changed(), if result.unconfirmed => r.is_ok(),
             // The client is gone: nobody to answer, free the slot now.
             _ = conn.closed() => return Ok(finish(state, &h.group, req, result)),
         };
@@ -165,6 +169,8 @@ struct PullResult {
     /// The records lie further back than `accessMessageInMemoryMaxRatio` of
     /// memory from the log's end: the consumer is slow and reads from disk.
     from_disk: bool,
+    /// Messages past the confirm offset were held back.
+    unconfirmed: bool,
 }
 
 /// Which broker of the group the consumer should pull this queue from next
@@ -270,8 +276,11 @@ async fn read(
             max: got.max_offset,
             remark: None,
             from_disk,
+            unconfirmed: false,
         });
     }
+    let mut got = got;
+    let unconfirmed = hold_back_unconfirmed(state, &mut got);
     let next_begin = got.next_begin_offset;
     let (code, remark) = match got.status {
         GetStatus::Found => (response::SUCCESS, None),
@@ -307,5 +316,55 @@ async fn read(
         state.metrics.delivered(&h.topic, got.messages.len() as u64, total as u64);
         Some(b)
     };
-    Ok(PullResult { code, body, next_begin, min: got.min_offset, max: got.max_offset, remark, from_disk })
+    Ok(PullResult { code, body, next_begin, min: got.min_offset, max: got.max_offset, remark, from_disk, unconfirmed })
+}
+
+/// Where reads stop, under the controller: a master serves below its
+/// confirm offset, a slave below the one its master last sent, and a
+/// fenced broker (following nobody) serves nothing new, as its tail may be
+/// cut when it rejoins. `None`: no limit (static roles, as upstream).
+fn read_limit(state: &BrokerState) -> Option<u64> {
+    let (controlled, role, following) = {
+        let c = state.config.read();
+        (!c.zk_addr.is_empty(), c.broker_role, !c.ha_master_address.is_empty())
+    };
+    if !controlled {
+        return None;
+    }
+    match role {
+        crate::BrokerRole::Slave if following => Some(*state.slave.confirm.borrow()).filter(|c| *c != u64::MAX),
+        crate::BrokerRole::Slave => Some(0),
+        _ => state.replication.confirm_offset(),
+    }
+}
+
+/// Changes when [`read_limit`] may have moved.
+fn watch_read_limit(state: &BrokerState) -> tokio::sync::watch::Receiver<u64> {
+    if state.config.read().broker_role == crate::BrokerRole::Slave {
+        state.slave.confirm.subscribe()
+    } else {
+        state.replication.watch_confirm()
+    }
+}
+
+/// Under the controller, drops the messages at or past the confirm offset
+/// (not yet on every in-sync member) from a read: the consumer gets them
+/// once they are, and never a message a failover could still cut. The read
+/// then ends at the first held-back message (nothing found if it was the
+/// first). Returns whether anything was held back.
+fn hold_back_unconfirmed(state: &BrokerState, got: &mut spate_store::GetResult) -> bool {
+    let Some(confirm) = read_limit(state) else { return false };
+    let field = |m: &[u8], pos: usize| m.get(pos..pos + 8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
+    let Some(cut) =
+        got.messages.iter().position(|m| field(m, PHYSICAL_OFFSET_POS).is_none_or(|at| at + m.len() as u64 > confirm))
+    else {
+        return false;
+    };
+    let Some(queue_offset) = field(&got.messages[cut], QUEUE_OFFSET_POS) else { return false };
+    got.messages.truncate(cut);
+    got.next_begin_offset = queue_offset as i64;
+    if got.messages.is_empty() {
+        got.status = GetStatus::OffsetOverflowOne;
+    }
+    true
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{call, raw_client, Standalone};
+use common::{call, pull_req, raw_client, Standalone};
 use spate_common::message::{decode_record, encode_properties};
 use spate_remoting::protocol::{json, TopicRouteData};
 use spate_remoting::{request, response, RemotingCommand, SerializeType};
@@ -27,20 +27,6 @@ fn send_req(topic: &str, queue_id: i32, body: &[u8], tags: &str) -> RemotingComm
         .with("reconsumeTimes", 0)
         .with("unitMode", false)
         .with_body(Bytes::copy_from_slice(body))
-}
-
-fn pull_req(topic: &str, queue_id: i32, offset: i64, suspend_ms: i64, sub: &str) -> RemotingCommand {
-    RemotingCommand::request(request::PULL_MESSAGE)
-        .with("consumerGroup", "cg")
-        .with("topic", topic)
-        .with("queueId", queue_id)
-        .with("queueOffset", offset)
-        .with("maxMsgNums", 32)
-        .with("sysFlag", if suspend_ms > 0 { 2 | 4 } else { 4 })
-        .with("commitOffset", 0)
-        .with("suspendTimeoutMillis", suspend_ms)
-        .with("subscription", sub)
-        .with("subVersion", 0)
 }
 
 fn records(body: &[u8]) -> Vec<(Vec<u8>, String)> {

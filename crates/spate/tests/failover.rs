@@ -284,3 +284,44 @@ async fn a_hung_master_is_replaced_and_fenced_when_it_wakes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A consumer never reads a write the in-sync set does not hold yet (the
+/// confirm offset): with both slaves hung, a send is stored on the master
+/// but not acknowledged, and a pull does not return it; once the slaves
+/// hold it, the pull does (a held pull is woken by the acknowledgement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_read_only_what_the_in_sync_set_holds() {
+    // Sessions long enough that the hung slaves stay in the in-sync set.
+    let Cluster { zk: _zk, ns: _ns, _controller, brokers, observer: _o, first, _dir } = Cluster::start(4000).await;
+    let c = raw_client();
+    let master = brokers[&first.master.unwrap()].addr();
+    let r = call(&c, &master, send_req("Confirm", 0, b"held by all".to_vec())).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    let r = call(&c, &master, common::pull_req("Confirm", 0, 0, 0, "*")).await;
+    assert_eq!(r.code, response::SUCCESS, "the acknowledged message is readable: {:?}", r.remark);
+    assert_eq!(r.field("nextBeginOffset"), Some("1"));
+
+    let slaves: Vec<&BrokerProc> =
+        brokers.iter().filter(|(id, _)| Some(**id) != first.master).map(|(_, b)| b).collect();
+    for s in &slaves {
+        s.pause(true);
+    }
+    let r = call(&c, &master, send_req("Confirm", 0, b"on the master only".to_vec())).await;
+    assert_ne!(r.code, response::SUCCESS, "no slave holds it: it must not be acknowledged");
+    let r = call(&c, &master, common::pull_req("Confirm", 0, 1, 0, "*")).await;
+    assert_eq!(r.code, response::PULL_NOT_FOUND, "a write the in-sync set lacks was served: {:?}", r.remark);
+    assert_eq!(r.field("nextBeginOffset"), Some("1"));
+
+    // A held pull is answered once the slaves wake and hold the write.
+    let held = {
+        let (c, master) = (raw_client(), master.clone());
+        tokio::spawn(async move { call(&c, &master, common::pull_req("Confirm", 0, 1, 5000, "*")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for s in &slaves {
+        s.pause(false);
+    }
+    let r = held.await.unwrap();
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    assert_eq!(r.field("nextBeginOffset"), Some("2"));
+}

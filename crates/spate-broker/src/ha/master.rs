@@ -78,9 +78,14 @@ async fn session(
     slots: &Arc<tokio::sync::Semaphore>,
 ) -> Result<(), HaError> {
     stream.set_nodelay(true)?;
-    let (heartbeat, housekeeping, batch) = {
+    let (heartbeat, housekeeping, batch, rate) = {
         let c = state.config.read();
-        (c.ha_send_heartbeat_interval, c.ha_housekeeping_interval, c.ha_transfer_batch_size)
+        (
+            c.ha_send_heartbeat_interval,
+            c.ha_housekeeping_interval,
+            c.ha_transfer_batch_size,
+            c.ha_transfer_bytes_per_second,
+        )
     };
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::new();
@@ -170,7 +175,37 @@ async fn session(
     // However this session ends (an error, or aborted with its accept
     // task), its acknowledgement reader ends with it.
     let _stop_acks = StopOnDrop(acks.abort_handle());
-    stream_log(state, &mut wr, start, batch, heartbeat, housekeeping, &mut acks).await
+    let pace = Pace { bytes_per_second: rate, until: Instant::now() };
+    let how = Streaming { batch, pace, heartbeat, write_timeout: housekeeping };
+    stream_log(state, &mut wr, start, how, &mut acks).await
+}
+
+/// How a session streams: batch size, pace, heartbeat, write timeout.
+struct Streaming {
+    batch: usize,
+    pace: Pace,
+    heartbeat: Duration,
+    write_timeout: Duration,
+}
+
+/// `haTransferBytesPerSecond`: after each batch, the stream waits until the
+/// bytes sent so far fit the rate.
+struct Pace {
+    bytes_per_second: u64,
+    until: Instant,
+}
+
+impl Pace {
+    async fn sent(&mut self, bytes: usize) {
+        if self.bytes_per_second == 0 {
+            return;
+        }
+        let now = Instant::now();
+        self.until = self.until.max(now) + Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
+        if self.until > now {
+            tokio::time::sleep_until(self.until.into()).await;
+        }
+    }
 }
 
 /// Sends the log from `next` on, then new appends as they come, and a
@@ -179,11 +214,10 @@ async fn stream_log(
     state: &Arc<BrokerState>,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     mut next: u64,
-    batch: usize,
-    heartbeat: Duration,
-    write_timeout: Duration,
+    how: Streaming,
     acks: &mut tokio::task::JoinHandle<HaError>,
 ) -> Result<(), HaError> {
+    let Streaming { batch, mut pace, heartbeat, write_timeout } = how;
     let store = state.store.clone();
     let rep = state.replication.clone();
     let mut last_sent = Instant::now();
@@ -216,8 +250,11 @@ async fn stream_log(
                 return Err(HaError::Protocol(format!("nothing readable at {next} below the end {end}")));
             }
             let after = store.raw_next_offset(next, &chunk);
-            let frame = Frame::Data { offset: next, epoch, epoch_start, master_max: end, bytes: Bytes::from(chunk) };
+            let confirm = rep.confirm_offset().unwrap_or(u64::MAX);
+            let frame =
+                Frame::Data { offset: next, epoch, epoch_start, master_max: end, confirm, bytes: Bytes::from(chunk) };
             write_frame(wr, &frame, write_timeout).await?;
+            pace.sent((after - next) as usize).await;
             next = after;
             last_sent = Instant::now();
             continue;
@@ -232,7 +269,8 @@ async fn stream_log(
             }
             _ = &mut appended => {}
             _ = tokio::time::sleep_until(idle_until.into()) => {
-                write_frame(wr, &Frame::Heartbeat { master_max: store.max_offset() }, write_timeout).await?;
+                let confirm = rep.confirm_offset().unwrap_or(u64::MAX);
+                write_frame(wr, &Frame::Heartbeat { master_max: store.max_offset(), confirm }, write_timeout).await?;
                 last_sent = Instant::now();
             }
         }

@@ -312,6 +312,23 @@ impl Replication {
         });
     }
 
+    /// Under the controller, the end of what every member of the acking set
+    /// holds (upstream's *confirm offset*): consumers are served only below
+    /// it, so nobody reads a message that a failover could still cut.
+    /// `None` outside the controller (static roles serve everything, as
+    /// upstream) and when no slave is waited for.
+    pub fn confirm_offset(&self) -> Option<u64> {
+        self.controlled.lock().as_ref()?;
+        let held = *self.replicated.borrow();
+        (held != u64::MAX).then_some(held)
+    }
+
+    /// A receiver that changes whenever the confirm offset (the replication
+    /// watermark) moves: held pulls wait on it.
+    pub fn watch_confirm(&self) -> watch::Receiver<u64> {
+        self.replicated.subscribe()
+    }
+
     /// Slaves that count for a `SYNC_MASTER` send right now.
     pub fn in_sync_slaves(&self) -> usize {
         self.slaves.lock().values().filter(|s| s.mode != SlaveMode::Async).count()

@@ -27,12 +27,39 @@ pub const MAX_EPOCHS: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Hello { broker_name: String, broker_id: i64, max_offset: u64, segment_size: u64, epochs: Vec<EpochEntry> },
-    Welcome { start_offset: u64, master_max: u64, epochs: Vec<EpochEntry> },
-    Data { offset: u64, epoch: u32, epoch_start: u64, master_max: u64, bytes: Bytes },
-    Heartbeat { master_max: u64 },
-    Ack { max_offset: u64 },
-    Refuse { reason: String },
+    Hello {
+        broker_name: String,
+        broker_id: i64,
+        max_offset: u64,
+        segment_size: u64,
+        epochs: Vec<EpochEntry>,
+    },
+    Welcome {
+        start_offset: u64,
+        master_max: u64,
+        epochs: Vec<EpochEntry>,
+    },
+    /// `confirm`: the master's confirm offset under the controller (what
+    /// its whole in-sync set holds; `u64::MAX` when it has none), so a
+    /// slave serves reads only below it too.
+    Data {
+        offset: u64,
+        epoch: u32,
+        epoch_start: u64,
+        master_max: u64,
+        confirm: u64,
+        bytes: Bytes,
+    },
+    Heartbeat {
+        master_max: u64,
+        confirm: u64,
+    },
+    Ack {
+        max_offset: u64,
+    },
+    Refuse {
+        reason: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,17 +94,19 @@ impl Frame {
                 out.put_u64(*master_max);
                 put_epochs(out, epochs);
             }
-            Frame::Data { offset, epoch, epoch_start, master_max, bytes } => {
+            Frame::Data { offset, epoch, epoch_start, master_max, confirm, bytes } => {
                 out.put_u8(3);
                 out.put_u64(*offset);
                 out.put_u32(*epoch);
                 out.put_u64(*epoch_start);
                 out.put_u64(*master_max);
+                out.put_u64(*confirm);
                 out.put_slice(bytes);
             }
-            Frame::Heartbeat { master_max } => {
+            Frame::Heartbeat { master_max, confirm } => {
                 out.put_u8(4);
                 out.put_u64(*master_max);
+                out.put_u64(*confirm);
             }
             Frame::Ack { max_offset } => {
                 out.put_u8(5);
@@ -135,9 +164,13 @@ impl Frame {
                 epoch: get_u32(&mut body, "epoch")?,
                 epoch_start: get_u64(&mut body, "epoch start")?,
                 master_max: get_u64(&mut body, "master max")?,
+                confirm: get_u64(&mut body, "confirm offset")?,
                 bytes: std::mem::take(&mut body),
             },
-            4 => Frame::Heartbeat { master_max: get_u64(&mut body, "master max")? },
+            4 => Frame::Heartbeat {
+                master_max: get_u64(&mut body, "master max")?,
+                confirm: get_u64(&mut body, "confirm offset")?,
+            },
             5 => Frame::Ack { max_offset: get_u64(&mut body, "max offset")? },
             6 => Frame::Refuse { reason: get_str(&mut body)? },
             k => return Err(FrameError::UnknownKind(k)),
@@ -286,9 +319,10 @@ mod tests {
             epoch: 9,
             epoch_start: 1 << 39,
             master_max: u64::MAX,
+            confirm: 1 << 39,
             bytes: Bytes::from_static(b"records"),
         });
-        roundtrip(Frame::Heartbeat { master_max: 5 });
+        roundtrip(Frame::Heartbeat { master_max: 5, confirm: u64::MAX });
         roundtrip(Frame::Ack { max_offset: 6 });
         roundtrip(Frame::Refuse { reason: "not a master".into() });
     }

@@ -48,6 +48,8 @@ pub struct SlaveState {
     changed: tokio::sync::Notify,
     /// A session is following a master right now.
     following: std::sync::atomic::AtomicBool,
+    /// The master's confirm offset as last received (`u64::MAX`: no limit).
+    pub confirm: tokio::sync::watch::Sender<u64>,
 }
 
 impl SlaveState {
@@ -177,12 +179,12 @@ async fn session(state: &Arc<BrokerState>, addr: &str) -> Result<(), HaError> {
             _ = state.slave.changed.notified() => return Ok(()),
         };
         let Some(frame) = frame else { return Ok(()) };
-        let master_max = match frame {
-            Frame::Data { offset, epoch, epoch_start, master_max, bytes } => {
+        let (master_max, confirm) = match frame {
+            Frame::Data { offset, epoch, epoch_start, master_max, confirm, bytes } => {
                 append(state, offset, epoch, epoch_start, bytes).await?;
-                master_max
+                (master_max, confirm)
             }
-            Frame::Heartbeat { master_max } => master_max,
+            Frame::Heartbeat { master_max, confirm } => (master_max, confirm),
             Frame::Refuse { reason } => return Err(HaError::Refused(reason)),
             other => return Err(HaError::Protocol(format!("unexpected {other:?}"))),
         };
@@ -191,6 +193,7 @@ async fn session(state: &Arc<BrokerState>, addr: &str) -> Result<(), HaError> {
             link.master_max_offset = master_max;
             link.last_heard = Some(Instant::now());
         }
+        state.slave.confirm.send_if_modified(|c| std::mem::replace(c, confirm) != confirm);
         write_frame(&mut wr, &Frame::Ack { max_offset: store.max_offset() }, housekeeping).await?;
     }
 }

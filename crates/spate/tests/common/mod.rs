@@ -162,6 +162,21 @@ pub fn send_req(topic: &str, queue_id: i32, body: Vec<u8>) -> RemotingCommand {
         .with_body(bytes::Bytes::from(body))
 }
 
+/// A PULL_MESSAGE for group `cg` (suspended for `suspend_ms` when > 0).
+pub fn pull_req(topic: &str, queue_id: i32, offset: i64, suspend_ms: i64, sub: &str) -> RemotingCommand {
+    RemotingCommand::request(spate_remoting::request::PULL_MESSAGE)
+        .with("consumerGroup", "cg")
+        .with("topic", topic)
+        .with("queueId", queue_id)
+        .with("queueOffset", offset)
+        .with("maxMsgNums", 32)
+        .with("sysFlag", if suspend_ms > 0 { 2 | 4 } else { 4 })
+        .with("commitOffset", 0)
+        .with("suspendTimeoutMillis", suspend_ms)
+        .with("subscription", sub)
+        .with("subVersion", 0)
+}
+
 pub async fn call(client: &RemotingClient, addr: &str, req: RemotingCommand) -> RemotingCommand {
     client.invoke(addr, req, Duration::from_secs(10)).await.expect("call answered")
 }
