@@ -56,6 +56,9 @@ pub struct LitePullConsumerOptions {
     pub consumer_timeout_when_suspend: Duration,
     /// `pullTimeDelayMillsWhenException` (1 s).
     pub pull_time_delay_when_exception: Duration,
+    /// Pause after a pull that could not reach its broker; the route is
+    /// refreshed at once (Spate's own, 100 ms).
+    pub pull_time_delay_when_broker_unreachable: Duration,
     /// Pause while flow control holds (50 ms).
     pub pull_time_delay_when_flow_control: Duration,
     /// Rebalance period in subscribe mode (20 s).
@@ -81,6 +84,7 @@ impl LitePullConsumerOptions {
             broker_suspend_max_time: Duration::from_secs(15),
             consumer_timeout_when_suspend: Duration::from_secs(30),
             pull_time_delay_when_exception: Duration::from_secs(1),
+            pull_time_delay_when_broker_unreachable: Duration::from_millis(100),
             pull_time_delay_when_flow_control: Duration::from_millis(50),
             rebalance_interval: Duration::from_secs(20),
             offset_store_dir: default_offset_store_dir(),
@@ -576,7 +580,13 @@ impl LiteInner {
                 }
                 Err(e) => {
                     tracing::debug!(topic = mq.topic, queue = mq.queue_id, error = %e, "pull failed");
-                    if !self.sleep(&slot, o.pull_time_delay_when_exception).await {
+                    let delay = if matches!(e, ClientError::Remoting(_)) {
+                        self.instance.refresh_route_soon(&mq.topic);
+                        o.pull_time_delay_when_broker_unreachable
+                    } else {
+                        o.pull_time_delay_when_exception
+                    };
+                    if !self.sleep(&slot, delay).await {
                         break;
                     }
                 }

@@ -65,6 +65,11 @@ pub struct PushConsumerOptions {
     pub consumer_timeout_when_suspend: Duration,
     /// `pullTimeDelayMillsWhenException`: pause after a failed pull (3 s).
     pub pull_time_delay_when_exception: Duration,
+    /// Pause after a pull that could not reach its broker (Spate's own,
+    /// 100 ms): the route is refreshed at once, so after a failover the
+    /// next pull goes to the new master instead of waiting out
+    /// `pullTimeDelayMillsWhenException`.
+    pub pull_time_delay_when_broker_unreachable: Duration,
     /// `pullTimeDelayMillsWhenFlowControl`: pause while flow control holds (50 ms).
     pub pull_time_delay_when_flow_control: Duration,
     /// Rebalance period (`rocketmq.client.rebalance.waitInterval`, 20 s).
@@ -107,6 +112,7 @@ impl PushConsumerOptions {
             broker_suspend_max_time: Duration::from_millis(15_000),
             consumer_timeout_when_suspend: Duration::from_millis(30_000),
             pull_time_delay_when_exception: Duration::from_millis(3000),
+            pull_time_delay_when_broker_unreachable: Duration::from_millis(100),
             pull_time_delay_when_flow_control: Duration::from_millis(50),
             rebalance_interval: Duration::from_secs(20),
             max_reconsume_times: 16,
@@ -652,7 +658,12 @@ impl PushInner {
                 Err(e) => {
                     tracing::debug!(topic = mq.topic, broker = mq.broker_name, queue = mq.queue_id, error = %e,
                         "pull failed");
-                    self.options.pull_time_delay_when_exception
+                    if matches!(e, ClientError::Remoting(_)) {
+                        self.instance.refresh_route_soon(&mq.topic);
+                        self.options.pull_time_delay_when_broker_unreachable
+                    } else {
+                        self.options.pull_time_delay_when_exception
+                    }
                 }
             };
             if !delay.is_zero() && !self.sleep(Some(&slot), delay).await {
