@@ -6,6 +6,7 @@
 #   spate admin -n 127.0.0.1:9876 ha status        # the group, from its brokers
 #   spate admin ha groups --zk 127.0.0.1:2181       # the controller's view
 #   kill -9 <the master's pid>                       # and watch a slave take over
+#   curl -s 127.0.0.1:5557/metrics 127.0.0.1:5558/metrics   # availability, from the leader
 # Usage: scripts/ha-cluster.sh [work dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,10 @@ java -Dzookeeper.admin.enableServer=false -cp /usr/share/java/zookeeper.jar \
   org.apache.zookeeper.server.ZooKeeperServerMain 2181 "$work/zk" 200 >"$work/zk.log" 2>&1 &
 wait_port 2181
 $bin namesrv --port 9876 2>"$work/namesrv.log" &
-for c in 1 2; do $bin controller --zk 127.0.0.1:2181 --id "controller-$c" --session-timeout-ms 1000 2>"$work/controller-$c.log" & done
+for c in 1 2; do
+  $bin controller --zk 127.0.0.1:2181 --id "controller-$c" --session-timeout-ms 1000 \
+    --namesrv-addr 127.0.0.1:9876 --metrics-port $((5556 + c)) 2>"$work/controller-$c.log" &
+done
 for id in 1 2 3; do
   port=$((10901 + id * 10))
   cat > "$work/broker-$id.conf" <<CONF

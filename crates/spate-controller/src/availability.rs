@@ -8,10 +8,31 @@
 //! that served stops serving — dated from the last scan that saw it serve —
 //! and closes at the first scan that sees it serve again.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
+
+use crate::fsm::{GroupState, ReplState};
 
 /// Closed outages kept in full; older ones are folded into the totals.
 pub const MAX_OUTAGES: usize = 1000;
+
+/// State changes kept (the group's epoch and state history); the oldest
+/// are dropped first.
+pub const MAX_TRANSITIONS: usize = 200;
+
+/// One change of a group's durable state, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    pub at_ms: u64,
+    pub master: Option<i64>,
+    pub epoch: u32,
+    pub state: ReplState,
+    pub in_sync: BTreeSet<i64>,
+    /// Who or what made the change (`elected 2 ...`, `membership`, `operator`).
+    pub why: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -39,6 +60,8 @@ pub struct History {
     /// Outages dropped from `outages` (over [`MAX_OUTAGES`]) and their downtime.
     pub folded: u64,
     pub folded_downtime_ms: u64,
+    /// The group's state changes, oldest first (at most [`MAX_TRANSITIONS`]).
+    pub transitions: Vec<Transition>,
 }
 
 /// Figures over a group's whole history.
@@ -59,6 +82,21 @@ pub struct Stats {
 }
 
 impl History {
+    /// Records a written change of the group's durable state.
+    pub fn record(&mut self, at_ms: u64, g: &GroupState, why: String) {
+        if self.transitions.len() >= MAX_TRANSITIONS {
+            self.transitions.remove(0);
+        }
+        self.transitions.push(Transition {
+            at_ms,
+            master: g.master,
+            epoch: g.master_epoch,
+            state: g.state,
+            in_sync: g.in_sync.clone(),
+            why,
+        });
+    }
+
     /// Records one scan: whether the group serves now, and when it last
     /// did before. Returns whether the record changed.
     pub fn observe(&mut self, now_ms: u64, serving: bool, last_served_ms: u64, cause: impl FnOnce() -> String) -> bool {
@@ -143,6 +181,19 @@ mod tests {
         // An open outage counts up to now.
         h.observe(200_000, false, 199_000, || "master 2 lost".into());
         assert_eq!(h.stats(201_000).downtime_ms, 3_000);
+    }
+
+    #[test]
+    fn transitions_are_bounded_and_keep_the_newest() {
+        let mut h = History::default();
+        let mut g = GroupState::new();
+        for epoch in 0..(MAX_TRANSITIONS as u32 + 3) {
+            g.master_epoch = epoch;
+            h.record(u64::from(epoch), &g, format!("change {epoch}"));
+        }
+        assert_eq!(h.transitions.len(), MAX_TRANSITIONS);
+        assert_eq!(h.transitions[0].epoch, 3);
+        assert_eq!(h.transitions.last().unwrap().why, format!("change {}", MAX_TRANSITIONS + 2));
     }
 
     #[test]

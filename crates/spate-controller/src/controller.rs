@@ -1,15 +1,33 @@
 //! The controller process: stateless. It competes for leadership through an
-//! ephemeral node; the leader, every `scan_interval`, reads each replica
-//! group's durable state and live brokers, runs [`fsm::decide`] and writes
-//! the result conditionally on the version it read, so a stale or second
-//! leader can never overwrite a newer decision. Standbys retry leadership
-//! each interval and take over when the leader's session ends.
+//! ephemeral node; the leader reads each replica group's durable state and
+//! live brokers, runs [`fsm::decide`] and writes the result conditionally on
+//! the version it read, so a stale or second leader can never overwrite a
+//! newer decision. It scans when ZooKeeper reports a change under
+//! `/spate/groups` (a persistent recursive watch) and at least every
+//! `scan_interval` besides. Standbys retry leadership each interval and take
+//! over when the leader's session ends.
+//!
+//! Besides the state, the leader keeps each group's availability record
+//! (outages and state transitions, `availability.rs`), tells the name
+//! servers at once when a broker's session ends (so clients stop routing to
+//! it within the failover window, not after the name server's own scan),
+//! and keeps a snapshot of every group for `/metrics` (`metrics.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fsm::{self, Change, Policy};
+use parking_lot::Mutex;
+use spate_remoting::{request, ClientConfig, RemotingClient, RemotingCommand};
+
+use crate::availability::History;
+use crate::fsm::{self, Change, GroupState, Liveness, Policy};
 use crate::zk::{Zk, ZkError};
+
+/// How long the controller waits for a name server to take an unregister.
+const NAMESRV_TIMEOUT: Duration = Duration::from_secs(1);
+/// Shortest pause between two scans, however often the watch fires.
+const MIN_SCAN_GAP: Duration = Duration::from_millis(2);
 
 /// Settings of `spate controller`.
 #[derive(Debug, Clone)]
@@ -21,9 +39,11 @@ pub struct ControllerConfig {
     /// The controller's ZooKeeper session timeout: a dead leader is replaced
     /// after it.
     pub session_timeout: Duration,
-    /// How often the leader re-reads every group (and standbys retry).
+    /// The longest gap between two scans when no watch fires.
     pub scan_interval: Duration,
     pub policy: Policy,
+    /// Name servers told when a broker's session ends (`namesrvAddr`).
+    pub namesrv_addrs: Vec<String>,
 }
 
 /// One decision that was written (for logs and tests).
@@ -33,97 +53,205 @@ pub struct Applied {
     pub change: Change,
 }
 
-/// One pass over every group; returns the decisions written. A write that
-/// lost its version race is skipped (the next pass re-reads).
-pub async fn scan_once(
-    zk: &Zk,
-    policy: &Policy,
-    last_served: &mut HashMap<String, u64>,
-) -> Result<Vec<Applied>, ZkError> {
-    let mut applied = Vec::new();
-    for group in zk.groups().await? {
-        let (mut state, version) = zk.read_group(&group).await?;
-        let live = zk.read_live(&group).await?;
-        if let Some((next, change)) = fsm::decide(&state, &live, policy) {
-            if !zk.write_group(&group, &next, version).await? {
-                tracing::debug!(%group, "group changed under us; re-reading next pass");
+/// What the leader last saw of one group (for `/metrics`).
+#[derive(Debug, Clone)]
+pub struct GroupView {
+    pub state: GroupState,
+    pub live: BTreeMap<i64, Liveness>,
+    pub history: History,
+    pub serving: bool,
+}
+
+/// What `/metrics` shows: whether this controller leads, and every group
+/// as its last scan saw it (empty on a standby).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub leading: bool,
+    pub groups: BTreeMap<String, GroupView>,
+    pub scans: u64,
+    pub decisions: u64,
+    pub unregistered: u64,
+}
+
+/// The leader's memory between scans (lost on restart, which only delays
+/// an unregister or dates one outage from the next scan).
+pub struct Scanner {
+    policy: Policy,
+    namesrv: Vec<String>,
+    client: Option<Arc<RemotingClient>>,
+    last_served: HashMap<String, u64>,
+    last_live: HashMap<String, BTreeMap<i64, Liveness>>,
+    snapshot: Arc<Mutex<Snapshot>>,
+}
+
+impl Scanner {
+    pub fn new(policy: Policy, namesrv: Vec<String>, snapshot: Arc<Mutex<Snapshot>>) -> Scanner {
+        let client = (!namesrv.is_empty()).then(|| Arc::new(RemotingClient::new(ClientConfig::default(), None)));
+        Scanner { policy, namesrv, client, last_served: HashMap::new(), last_live: HashMap::new(), snapshot }
+    }
+
+    /// One pass over every group; returns the decisions written. A write
+    /// that lost its version race is skipped (the next pass re-reads).
+    pub async fn scan_once(&mut self, zk: &Zk) -> Result<Vec<Applied>, ZkError> {
+        let mut applied = Vec::new();
+        let mut views = BTreeMap::new();
+        for group in zk.groups().await? {
+            let (mut state, version) = zk.read_group(&group).await?;
+            let live = zk.read_live(&group).await?;
+            let mut change = None;
+            if let Some((next, c)) = fsm::decide(&state, &live, &self.policy) {
+                if zk.write_group(&group, &next, version).await? {
+                    tracing::info!(%group, change = ?c, master = ?next.master, epoch = next.master_epoch, "replica group changed");
+                    applied.push(Applied { group: group.clone(), change: c.clone() });
+                    state = next;
+                    change = Some(c);
+                } else {
+                    tracing::debug!(%group, "group changed under us; re-reading next pass");
+                }
+            }
+            self.unregister_gone(&group, &state, &live);
+            let (history, serving) = self.account(zk, &group, &state, &live, change.as_ref()).await?;
+            views.insert(group, GroupView { state, live, history, serving });
+        }
+        let mut snap = self.snapshot.lock();
+        snap.leading = true;
+        snap.groups = views;
+        snap.scans += 1;
+        snap.decisions += applied.len() as u64;
+        Ok(applied)
+    }
+
+    /// Availability: is the group serving (its master alive and in the
+    /// group's epoch)? Opens or closes an outage in the group's record, and
+    /// records a written change as a transition.
+    async fn account(
+        &mut self,
+        zk: &Zk,
+        group: &str,
+        state: &GroupState,
+        live: &BTreeMap<i64, Liveness>,
+        change: Option<&Change>,
+    ) -> Result<(History, bool), ZkError> {
+        let now = now_ms();
+        let master = state.master.and_then(|m| live.get(&m));
+        let serving = master.is_some_and(|l| l.epoch == state.master_epoch);
+        // An outage starts at the serving master's last sign of life (its
+        // liveness node's last update), not when its session expired.
+        let seen = self.last_served.get(group).copied().unwrap_or(now);
+        if let Some(l) = master.filter(|_| serving) {
+            self.last_served.insert(group.to_string(), l.updated_ms.clamp(seen.min(now), now));
+        }
+        let (mut history, version) = zk.read_history(group).await?;
+        let mut dirty = false;
+        if let Some(c) = change {
+            history.record(now, state, describe(c));
+            dirty = true;
+        }
+        let cause = || match (change, state.master) {
+            (Some(Change::Elected { previous: Some(p), .. }), _) => format!("master {p} lost"),
+            (Some(Change::Leaderless { previous: Some(p) }), _) => format!("master {p} lost; no live in-sync broker"),
+            (_, None) => "no master: no live in-sync broker".to_string(),
+            (_, Some(m)) if !live.contains_key(&m) => format!("master {m} lost"),
+            (_, Some(m)) => format!("broker {m} elected, not yet serving"),
+        };
+        let was_open = history.open.is_some();
+        dirty |= history.observe(now, serving, seen, cause);
+        if dirty && zk.write_history(group, &history, version).await? {
+            match (&history.open, history.outages.last()) {
+                (Some(open), _) if !was_open => tracing::warn!(%group, cause = %open.cause, "outage began"),
+                (None, Some(last)) if was_open => {
+                    tracing::info!(%group, ms = last.end_ms - last.start_ms, "outage ended")
+                }
+                _ => {}
+            }
+        }
+        Ok((history, serving))
+    }
+
+    /// Tells the name servers about brokers whose session ended since the
+    /// last scan (unless the same address is live again, e.g. restarted).
+    /// Fire and forget: a name server that misses it still expires the
+    /// broker on its own scan.
+    fn unregister_gone(&mut self, group: &str, state: &GroupState, live: &BTreeMap<i64, Liveness>) {
+        let before = self.last_live.insert(group.to_string(), live.clone()).unwrap_or_default();
+        let Some(client) = &self.client else { return };
+        for (id, gone) in before.iter().filter(|(id, _)| !live.contains_key(id)) {
+            if gone.addr.is_empty() || live.values().any(|l| l.addr == gone.addr) {
                 continue;
             }
-            tracing::info!(%group, ?change, master = ?next.master, epoch = next.master_epoch, "replica group changed");
-            applied.push(Applied { group: group.clone(), change: change.clone() });
-            state = next;
-            account(zk, &group, &state, &live, Some(&change), last_served).await?;
-            continue;
-        }
-        account(zk, &group, &state, &live, None, last_served).await?;
-    }
-    Ok(applied)
-}
-
-/// Availability: is the group serving (its master alive and in the
-/// group's epoch)? Opens or closes an outage in the group's record.
-async fn account(
-    zk: &Zk,
-    group: &str,
-    state: &fsm::GroupState,
-    live: &std::collections::BTreeMap<i64, fsm::Liveness>,
-    change: Option<&Change>,
-    last_served: &mut HashMap<String, u64>,
-) -> Result<(), ZkError> {
-    let now = now_ms();
-    let master = state.master.and_then(|m| live.get(&m));
-    let serving = master.is_some_and(|l| l.epoch == state.master_epoch);
-    // An outage starts at the serving master's last sign of life (its
-    // liveness node's last update), not when its session expired.
-    let seen = last_served.get(group).copied().unwrap_or(now);
-    if let Some(l) = master.filter(|_| serving) {
-        last_served.insert(group.to_string(), l.updated_ms.clamp(seen.min(now), now));
-    }
-    let (mut history, version) = zk.read_history(group).await?;
-    let cause = || match (change, state.master) {
-        (Some(Change::Elected { previous: Some(p), .. }), _) => format!("master {p} lost"),
-        (Some(Change::Leaderless { previous: Some(p) }), _) => format!("master {p} lost; no live in-sync broker"),
-        (_, None) => "no master: no live in-sync broker".to_string(),
-        (_, Some(m)) if !live.contains_key(&m) => format!("master {m} lost"),
-        (_, Some(m)) => format!("broker {m} elected, not yet serving"),
-    };
-    let was_open = history.open.is_some();
-    if history.observe(now, serving, seen, cause) && zk.write_history(group, &history, version).await? {
-        match (&history.open, history.outages.last()) {
-            (Some(open), _) => tracing::warn!(%group, cause = %open.cause, "outage began"),
-            (None, Some(last)) if was_open => tracing::info!(%group, ms = last.end_ms - last.start_ms, "outage ended"),
-            _ => {}
+            // A master is registered as broker 0; a slave under its own id.
+            let registered_id = if gone.role == "MASTER" || state.master == Some(*id) { 0 } else { *id };
+            let req = RemotingCommand::request(request::UNREGISTER_BROKER)
+                .with("brokerAddr", &gone.addr)
+                .with("brokerName", group)
+                .with("clusterName", &gone.cluster)
+                .with("brokerId", registered_id);
+            tracing::info!(%group, broker = id, addr = %gone.addr, "broker's session ended; unregistering it from the name servers");
+            self.snapshot.lock().unregistered += 1;
+            for ns in &self.namesrv {
+                let (client, req, ns) = (client.clone(), req.clone(), ns.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = client.invoke(&ns, req, NAMESRV_TIMEOUT).await {
+                        tracing::debug!(namesrv = %ns, error = %e, "unregister failed");
+                    }
+                });
+            }
         }
     }
-    Ok(())
 }
 
-fn now_ms() -> u64 {
+/// A written change in a few words (the transition's `why`).
+fn describe(c: &Change) -> String {
+    match c {
+        Change::Elected { broker_id, previous, unclean, .. } => format!(
+            "broker {broker_id} elected{}{}",
+            previous.map(|p| format!(" after {p}")).unwrap_or_default(),
+            if *unclean { " (unclean)" } else { "" }
+        ),
+        Change::Leaderless { previous } => {
+            format!("master {} lost; no live in-sync broker", previous.map_or("-".to_string(), |p| p.to_string()))
+        }
+        Change::Membership { .. } => "membership".to_string(),
+    }
+}
+
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Runs until the ZooKeeper session cannot be re-established (then the
-/// caller restarts it, as a fresh standby).
-pub async fn run(cfg: ControllerConfig) -> Result<(), ZkError> {
+/// Runs until the task is dropped; a lost session is replaced by a fresh
+/// one (as a standby). `snapshot` is kept current for `/metrics`.
+pub async fn run(cfg: ControllerConfig, snapshot: Arc<Mutex<Snapshot>>) -> Result<(), ZkError> {
     loop {
         let zk = Zk::connect(&cfg.zk_addrs, cfg.session_timeout).await?;
         tracing::info!(id = %cfg.id, zk = %cfg.zk_addrs, "controller connected");
+        let mut scanner = Scanner::new(cfg.policy.clone(), cfg.namesrv_addrs.clone(), snapshot.clone());
         let mut leading = false;
-        let mut last_served = HashMap::new();
+        let mut changes = None;
         while zk.session_alive() {
             if !leading {
                 leading = zk.try_lead(&cfg.id).await?;
                 if leading {
                     tracing::info!(id = %cfg.id, "controller leads");
+                    changes = Some(zk.watch_tree(crate::zk::GROUPS).await?);
                 }
             }
             if leading {
-                if let Err(e) = scan_once(&zk, &cfg.policy, &mut last_served).await {
+                if let Err(e) = scanner.scan_once(&zk).await {
                     tracing::warn!(error = %e, "scan failed");
                 }
             }
-            tokio::time::sleep(cfg.scan_interval).await;
+            match changes.as_mut() {
+                Some(w) => {
+                    tokio::select! {
+                        _ = w.changed() => tokio::time::sleep(MIN_SCAN_GAP).await,
+                        _ = tokio::time::sleep(cfg.scan_interval) => {}
+                    }
+                }
+                None => tokio::time::sleep(cfg.scan_interval).await,
+            }
         }
+        *snapshot.lock() = Snapshot::default();
         tracing::warn!(id = %cfg.id, "controller session ended; reconnecting as a standby");
     }
 }

@@ -89,6 +89,13 @@ impl Default for GroupState {
 pub struct Liveness {
     pub broker_id: i64,
     pub addr: String,
+    /// `brokerClusterName` (the controller unregisters a dead broker from
+    /// the name servers under it).
+    #[serde(default)]
+    pub cluster: String,
+    /// The role it acts in now: `MASTER`, `SLAVE` or `FENCED`.
+    #[serde(default)]
+    pub role: String,
     /// Where it serves slaves when master (`haListenPort`).
     #[serde(default)]
     pub ha_addr: String,

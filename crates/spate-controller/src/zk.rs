@@ -5,6 +5,7 @@
 //! /spate/groups/<brokerName>              persistent  GroupState (written with a version check)
 //! /spate/groups/<brokerName>/live/<id>    ephemeral   Liveness of broker <id> (gone with its session)
 //! /spate/controller/leader                ephemeral   the leading controller's id
+//! /spate/outages/<brokerName>             persistent  History: outages and state transitions
 //! ```
 
 use std::collections::BTreeMap;
@@ -192,6 +193,23 @@ impl Zk {
             }
         }
         Err(op("publish", &path)(zk::Error::NodeExists))
+    }
+
+    /// A persistent watch on `path` and everything under it: fires on every
+    /// create, delete and data change there (ZooKeeper 3.6 and later).
+    pub async fn watch_tree(&self, path: &str) -> Result<zk::PersistentWatcher> {
+        self.mkdir(path).await?;
+        self.client.watch(path, zk::AddWatchMode::PersistentRecursive).await.map_err(op("watch", path))
+    }
+
+    /// A persistent watch on one node (its data and its direct children).
+    pub async fn watch_node(&self, path: &str) -> Result<zk::PersistentWatcher> {
+        self.client.watch(path, zk::AddWatchMode::Persistent).await.map_err(op("watch", path))
+    }
+
+    /// The group's node path (`/spate/groups/<group>`).
+    pub fn group_node(group: &str) -> Result<String> {
+        group_path(group)
     }
 
     /// Tries to become the leading controller; true when this session leads.

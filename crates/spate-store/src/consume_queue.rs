@@ -379,6 +379,13 @@ impl ConsumeQueueTable {
         self.queues.read().values().flat_map(|q| q.values().cloned()).collect()
     }
 
+    /// Every topic with at least one queue.
+    pub fn topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.queues.read().keys().cloned().collect();
+        t.sort_unstable();
+        t
+    }
+
     /// Queue ids of a topic.
     pub fn queue_ids(&self, topic: &str) -> Vec<i32> {
         let mut ids: Vec<i32> = self.queues.read().get(topic).map(|q| q.keys().copied().collect()).unwrap_or_default();

@@ -479,6 +479,11 @@ impl MessageStore {
         Ok(())
     }
 
+    /// Every topic with a consume queue (what the log holds messages of).
+    pub fn topics(&self) -> Vec<String> {
+        self.inner.queues.topics()
+    }
+
     /// Queue ids with a consume queue for `topic`.
     pub fn queue_ids(&self, topic: &str) -> Vec<i32> {
         self.inner.queues.queue_ids(topic)

@@ -799,6 +799,17 @@ async fn ha_groups(zk_addr: &str) -> Result<Output> {
         for o in history.outages.iter().rev().take(5) {
             table.push_str(&format!("    outage {} ms: {}\n", o.end_ms - o.start_ms, o.cause));
         }
+        for t in history.transitions.iter().rev().take(8) {
+            table.push_str(&format!(
+                "    {} ms ago: epoch {} master {} {:?} in-sync {:?} ({})\n",
+                now.saturating_sub(t.at_ms),
+                t.epoch,
+                t.master.map_or("none".to_string(), |m| m.to_string()),
+                t.state,
+                t.in_sync,
+                t.why
+            ));
+        }
         groups.push(json!({
             "group": name,
             "state": g,
@@ -807,6 +818,7 @@ async fn ha_groups(zk_addr: &str) -> Result<Output> {
             "availability": stats,
             "outages": history.outages,
             "openOutage": history.open,
+            "transitions": history.transitions,
         }));
     }
     Ok((json!({"leader": leader, "groups": groups}), table))
@@ -821,6 +833,13 @@ async fn ha_elect(zk_addr: &str, group: &str, broker_id: i64) -> Result<Output> 
         .map_err(|why| anyhow::anyhow!("cannot elect broker {broker_id} in {group}: {why}"))?;
     if !zk.write_group(group, &next, version).await? {
         bail!("{group} changed while electing; nothing written, try again");
+    }
+    // The group's history records the operator's election (best effort:
+    // the leading controller may be writing the record at the same moment).
+    let (mut history, hv) = zk.read_history(group).await?;
+    history.record(spate_controller::controller::now_ms(), &next, format!("broker {broker_id} elected by an operator"));
+    if !zk.write_history(group, &history, hv).await? {
+        tracing::warn!(group, "the election is not in the group's history: the record changed meanwhile");
     }
     let table = format!("{group}: broker {broker_id} is master in epoch {}\n", next.master_epoch);
     Ok((json!({"group": group, "state": next}), table))

@@ -11,6 +11,7 @@ mod bench;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -91,6 +92,13 @@ enum Command {
         /// (`enableUncleanMasterElection`): acknowledged messages may be lost.
         #[arg(long)]
         unclean_election: bool,
+        /// Name servers to tell at once when a broker's session ends,
+        /// `host:port;host:port` (`namesrvAddr`).
+        #[arg(short = 'n', long = "namesrv-addr")]
+        namesrv_addr: Option<String>,
+        /// Port of the Prometheus endpoint (`/metrics`); 0 turns it off.
+        #[arg(long, default_value_t = 0)]
+        metrics_port: u16,
     },
     /// Load generators and latency reports.
     Bench {
@@ -139,6 +147,8 @@ fn main() -> Result<()> {
                     scan_interval_ms,
                     semi_sync_max_lag,
                     unclean_election,
+                    namesrv_addr,
+                    metrics_port,
                 },
                 _,
             ) => {
@@ -148,9 +158,28 @@ fn main() -> Result<()> {
                     session_timeout: Duration::from_millis(session_timeout_ms),
                     scan_interval: Duration::from_millis(scan_interval_ms.max(1)),
                     policy: spate_controller::fsm::Policy { semi_sync_max_lag, unclean_election },
+                    namesrv_addrs: namesrv_addr
+                        .unwrap_or_default()
+                        .split(';')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(String::from)
+                        .collect(),
                 };
+                let snapshot = Arc::new(parking_lot::Mutex::new(spate_controller::controller::Snapshot::default()));
+                if metrics_port != 0 {
+                    let snap = snapshot.clone();
+                    let render = Arc::new(move || {
+                        spate_controller::metrics::render(&snap.lock(), spate_controller::controller::now_ms())
+                    });
+                    let addr: SocketAddr = ([0, 0, 0, 0], metrics_port).into();
+                    let (bound, _task) = spate_metrics::serve(addr, render)
+                        .await
+                        .with_context(|| format!("metrics port {metrics_port}"))?;
+                    tracing::info!(%bound, "controller metrics at /metrics");
+                }
                 tokio::select! {
-                    r = spate_controller::controller::run(cfg) => r.context("controller"),
+                    r = spate_controller::controller::run(cfg, snapshot) => r.context("controller"),
                     r = wait_for_signal() => r,
                 }
             }

@@ -1,6 +1,7 @@
 //! A broker under the HA controller (`zkAddr` set): it publishes its
 //! liveness in ZooKeeper every `zkPollIntervalMillis`, reads its group's
-//! durable state, and takes the role that state gives it:
+//! durable state (at once when a watch on the group's node fires, and at
+//! every poll besides), and takes the role that state gives it:
 //!
 //! - **master** when the group names it: it stops following, begins the
 //!   group's epoch, waits for the durable in-sync set (`Replication`'s
@@ -21,6 +22,8 @@ use std::time::Duration;
 
 use spate_controller::fsm::{GroupState, Liveness};
 use spate_controller::zk::{Zk, ZkError};
+
+use spate_remoting::protocol::{perm, TopicConfig};
 
 use crate::{BrokerRole, BrokerState};
 
@@ -67,12 +70,17 @@ async fn session(state: &Arc<BrokerState>) -> Result<(), ZkError> {
         })
     };
     let _stop_watcher = AbortOnDrop(watcher);
+    // A new decision is acted on when ZooKeeper reports it, not at the next poll.
+    let mut decisions = zk.watch_node(&Zk::group_node(&group)?).await?;
     while zk.session_alive() {
         zk.publish_live(&group, &liveness(state)).await?;
         let (g, _) = zk.read_group(&group).await?;
         let live = zk.read_live(&group).await?;
         apply(state, &g, &live).await;
-        tokio::time::sleep(poll).await;
+        tokio::select! {
+            _ = decisions.changed() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
     }
     Ok(())
 }
@@ -87,15 +95,27 @@ impl Drop for AbortOnDrop {
 
 /// What this broker tells the controller about itself.
 fn liveness(state: &BrokerState) -> Liveness {
-    let (addr, ha_addr) = {
+    let (addr, ha_addr, cluster, role) = {
         let c = state.config.read();
-        (state.broker_addr.to_string(), format!("{}:{}", c.broker_ip1, c.ha_port()))
+        let role = match c.broker_role {
+            BrokerRole::Slave if c.ha_master_address.is_empty() => "FENCED",
+            BrokerRole::Slave => "SLAVE",
+            _ => "MASTER",
+        };
+        (
+            state.broker_addr.to_string(),
+            format!("{}:{}", c.broker_ip1, c.ha_port()),
+            c.broker_cluster_name.clone(),
+            role,
+        )
     };
     let end = state.store.max_offset();
     let mut live = Liveness {
         broker_id: state.identity,
         addr,
         ha_addr,
+        cluster,
+        role: role.to_string(),
         max_offset: end,
         epoch: state.store.epochs().last().map_or(0, |e| e.epoch),
         ..Liveness::default()
@@ -160,6 +180,7 @@ async fn become_master(state: &Arc<BrokerState>, g: &GroupState) {
             }
         }
     }
+    adopt_logged_topics(state);
     state.replication.start_controlled(state.identity, &g.in_sync);
     {
         let mut c = state.config.write();
@@ -168,6 +189,24 @@ async fn become_master(state: &Arc<BrokerState>, g: &GroupState) {
     }
     tracing::info!(epoch = g.master_epoch, in_sync = ?g.in_sync, "now master");
     state.topics_changed(); // register as broker 0 at once
+}
+
+/// A slave copies its master's topic table only every
+/// `slaveSyncMetadataInterval`, so a topic created just before a failover
+/// can be in the replicated log but not in the table. The new master
+/// serves every topic its log holds: a missing one is added with as many
+/// queues as the log has for it, so it is routed and its messages consumable.
+fn adopt_logged_topics(state: &BrokerState) {
+    for topic in state.store.topics() {
+        if state.topics.get(&topic).is_some() {
+            continue;
+        }
+        let queues = state.store.queue_ids(&topic).last().map_or(1, |q| q + 1);
+        let tc = TopicConfig::new(&topic, queues, perm::READ | perm::WRITE);
+        if state.topics.upsert(tc) {
+            tracing::info!(%topic, queues, "topic found in the log but not in the table: added");
+        }
+    }
 }
 
 fn become_slave(state: &Arc<BrokerState>, master_ha: &str) {
