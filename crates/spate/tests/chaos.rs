@@ -23,7 +23,7 @@
 //! and, for master faults, the time to a new master in ZooKeeper, are
 //! printed as one JSON line per fault.
 //!
-//! `SPATE_CHAOS_TRIALS` (default 2) repeats each fault; with
+//! `SPATE_CHAOS_TRIALS` (default 3) repeats each fault; with
 //! `SPATE_CHAOS_ZK_SESSION_MS` (brokers' session timeout, default 1000) and
 //! `SPATE_CHAOS_RATE` (sends per second, default 200) this is the chaos
 //! runner behind BENCHMARKS.md (`scripts/bench-chaos.sh`).
@@ -633,7 +633,7 @@ fn check_order(seen: &Seen) -> (Vec<String>, usize) {
 
 async fn run(fault: Fault) {
     let _serial = SERIAL.lock().await;
-    let trials: usize = env_or("SPATE_CHAOS_TRIALS", 2);
+    let trials: usize = env_or("SPATE_CHAOS_TRIALS", 3);
     let rate: u64 = env_or("SPATE_CHAOS_RATE", 200);
     let mut c = Cluster::start().await;
     let ns = c.ns.addr();

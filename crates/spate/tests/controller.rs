@@ -178,6 +178,12 @@ async fn real_brokers_walk_the_group_through_every_replication_state() {
     let (g, _) = wait_group(&observer, "a master alone", Duration::from_secs(15), |g| g.master == Some(1)).await;
     assert_eq!(g.state, ReplState::SingleMaster);
     let c = raw_client();
+    // Named in ZooKeeper first; takes the role a moment later.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while call(&c, &master.addr(), send_req("States", 0, b"first".to_vec())).await.code != response::SUCCESS {
+        assert!(Instant::now() < deadline, "broker 1 never took writes as master");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for i in 0..192 {
         let r = call(&c, &master.addr(), send_req("States", i % 4, vec![b's'; 64 << 10])).await;
         assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
