@@ -232,9 +232,14 @@ pub async fn queue_offset(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
     let store = state.store.clone();
     let code = req.code;
     let timestamp = if code == r::SEARCH_OFFSET_BY_TIMESTAMP { req.i64_field("timestamp")? } else { 0 };
+    // A consumer starting at the end starts below what a failover could cut.
+    let limit = crate::pull::read_limit(state);
     let answer = tokio::task::spawn_blocking(move || -> Result<(&'static str, i64), spate_store::StoreError> {
         Ok(match code {
-            r::GET_MAX_OFFSET => ("offset", store.max_offset_in_queue(&topic, queue_id)),
+            r::GET_MAX_OFFSET => match limit {
+                Some(end) => ("offset", store.max_offset_in_queue_below(&topic, queue_id, end)),
+                None => ("offset", store.max_offset_in_queue(&topic, queue_id)),
+            },
             r::GET_MIN_OFFSET => ("offset", store.min_offset_in_queue(&topic, queue_id)),
             r::SEARCH_OFFSET_BY_TIMESTAMP => ("offset", store.offset_by_time(&topic, queue_id, timestamp)?),
             _ => ("timestamp", store.earliest_store_time(&topic, queue_id)?.unwrap_or(-1)),

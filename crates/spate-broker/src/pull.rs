@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use spate_common::message::{PHYSICAL_OFFSET_POS, QUEUE_OFFSET_POS};
+use spate_common::message::PHYSICAL_OFFSET_POS;
 use spate_remoting::protocol::MASTER_ID;
 use spate_remoting::protocol::{perm, TagFilter};
 use spate_remoting::{response, Connection, RemotingCommand};
-use spate_store::GetStatus;
+use spate_store::{GetStatus, ReadLimits};
 
 use crate::error::BrokerError;
 use crate::BrokerState;
@@ -239,11 +239,14 @@ async fn read(
     // A consumer at the queue's tail reads what is in the page cache: read
     // it here. Anything else may fault pages in from disk: keep that off
     // the async workers.
-    let inline = store.get_messages_if_resident(&topic, queue_id, offset, max_msgs, max_bytes, Some(&filter))?;
+    // Under the controller, only what the in-sync set holds (see `read_limit`).
+    let limit = read_limit(state);
+    let limits = ReadLimits { max_msgs, max_bytes, physical_end: limit.unwrap_or(u64::MAX) };
+    let inline = store.get_messages_if_resident_within(&topic, queue_id, offset, limits, Some(&filter))?;
     let got = match inline {
         Some(got) => got,
         None => tokio::task::spawn_blocking(move || {
-            store.get_messages(&topic, queue_id, offset, max_msgs, max_bytes, Some(&filter))
+            store.get_messages_within(&topic, queue_id, offset, limits, Some(&filter))
         })
         .await
         .map_err(|e| BrokerError::Config(format!("pull task failed: {e}")))??,
@@ -279,8 +282,8 @@ async fn read(
             unconfirmed: false,
         });
     }
-    let mut got = got;
-    let unconfirmed = hold_back_unconfirmed(state, &mut got);
+    // Bytes past the limit exist: a held pull also waits for the limit to move.
+    let unconfirmed = limit.is_some_and(|l| l < state.store.max_offset());
     let next_begin = got.next_begin_offset;
     let (code, remark) = match got.status {
         GetStatus::Found => (response::SUCCESS, None),
@@ -323,7 +326,7 @@ async fn read(
 /// confirm offset, a slave below the one its master last sent, and a
 /// fenced broker (following nobody) serves nothing new, as its tail may be
 /// cut when it rejoins. `None`: no limit (static roles, as upstream).
-fn read_limit(state: &BrokerState) -> Option<u64> {
+pub(crate) fn read_limit(state: &BrokerState) -> Option<u64> {
     let (controlled, role, following) = {
         let c = state.config.read();
         (!c.zk_addr.is_empty(), c.broker_role, !c.ha_master_address.is_empty())
@@ -345,26 +348,4 @@ fn watch_read_limit(state: &BrokerState) -> tokio::sync::watch::Receiver<u64> {
     } else {
         state.replication.watch_confirm()
     }
-}
-
-/// Under the controller, drops the messages at or past the confirm offset
-/// (not yet on every in-sync member) from a read: the consumer gets them
-/// once they are, and never a message a failover could still cut. The read
-/// then ends at the first held-back message (nothing found if it was the
-/// first). Returns whether anything was held back.
-fn hold_back_unconfirmed(state: &BrokerState, got: &mut spate_store::GetResult) -> bool {
-    let Some(confirm) = read_limit(state) else { return false };
-    let field = |m: &[u8], pos: usize| m.get(pos..pos + 8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
-    let Some(cut) =
-        got.messages.iter().position(|m| field(m, PHYSICAL_OFFSET_POS).is_none_or(|at| at + m.len() as u64 > confirm))
-    else {
-        return false;
-    };
-    let Some(queue_offset) = field(&got.messages[cut], QUEUE_OFFSET_POS) else { return false };
-    got.messages.truncate(cut);
-    got.next_begin_offset = queue_offset as i64;
-    if got.messages.is_empty() {
-        got.status = GetStatus::OffsetOverflowOne;
-    }
-    true
 }

@@ -161,8 +161,20 @@ pub async fn await_replication(state: &BrokerState, end: u64, resp: &mut Remotin
     let started = std::time::Instant::now();
     let outcome = state.replication.wait_replicated(end, timeout).await;
     state.metrics.latency(crate::metrics::Kind::Replication, started.elapsed());
+    // Fenced or demoted while waiting: whatever the slaves hold now, this
+    // broker no longer speaks for the group.
+    let demoted = state.config.read().broker_role == BrokerRole::Slave;
+    let outcome = if demoted { ReplicaWait::RuleChanged } else { outcome };
     let (code, remark) = match outcome {
         ReplicaWait::Replicated => return,
+        ReplicaWait::RuleChanged => {
+            resp.code = response::SYSTEM_ERROR;
+            resp.remark = Some(
+                "this broker stopped being the master while the send waited for its slaves; not acknowledged"
+                    .to_string(),
+            );
+            return;
+        }
         ReplicaWait::NoSlave => (response::SLAVE_NOT_AVAILABLE, "no slave in sync to replicate to"),
         ReplicaWait::Timeout => (response::FLUSH_SLAVE_TIMEOUT, "slaves did not acknowledge in time (haSyncTimeout)"),
     };

@@ -57,4 +57,4 @@ pub use config::{FlushDiskType, StoreConfig};
 pub use error::StoreError;
 pub use flush::{FlushPolicy, FlushWait};
 pub use retention::RetentionTrigger;
-pub use store::{GetResult, GetStatus, MessageStore, PutBatchResult, PutResult, StoreStats};
+pub use store::{GetResult, GetStatus, MessageStore, PutBatchResult, PutResult, ReadLimits, StoreStats};

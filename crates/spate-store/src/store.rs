@@ -65,6 +65,19 @@ pub enum GetStatus {
     OffsetFoundNull,
 }
 
+/// How much one read may return.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// Most messages (also capped by `maxTransferCountOnMessageInMemory`).
+    pub max_msgs: usize,
+    /// About this many bytes at most (also capped by `maxTransferBytesOnMessageInMemory`).
+    pub max_bytes: usize,
+    /// Only messages ending at or below this commit-log offset (`u64::MAX`:
+    /// no bound). Replication's confirm offset, so consumers never read a
+    /// message a failover could still cut.
+    pub physical_end: u64,
+}
+
 /// Messages read from a consume queue.
 #[derive(Debug)]
 pub struct GetResult {
@@ -346,6 +359,19 @@ impl MessageStore {
         max_bytes: usize,
         filter: Option<&dyn Fn(i64) -> bool>,
     ) -> Result<Option<GetResult>> {
+        let limits = ReadLimits { max_msgs, max_bytes, physical_end: u64::MAX };
+        self.get_messages_if_resident_within(topic, queue_id, offset, limits, filter)
+    }
+
+    /// [`get_messages_if_resident`](Self::get_messages_if_resident) within `limits`.
+    pub fn get_messages_if_resident_within(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        offset: i64,
+        limits: ReadLimits,
+        filter: Option<&dyn Fn(i64) -> bool>,
+    ) -> Result<Option<GetResult>> {
         if let Some(cq) = self.inner.queues.get(topic, queue_id) {
             let (min, max) = (cq.min_offset(), cq.max_offset());
             if min <= offset && offset < max {
@@ -364,7 +390,7 @@ impl MessageStore {
                 }
             }
         }
-        self.get_messages(topic, queue_id, offset, max_msgs, max_bytes, filter).map(Some)
+        self.get_messages_within(topic, queue_id, offset, limits, filter).map(Some)
     }
 
     /// Reads up to `max_msgs` messages (and about `max_bytes`) from a queue,
@@ -380,6 +406,24 @@ impl MessageStore {
         max_bytes: usize,
         filter: Option<&dyn Fn(i64) -> bool>,
     ) -> Result<GetResult> {
+        let limits = ReadLimits { max_msgs, max_bytes, physical_end: u64::MAX };
+        self.get_messages_within(topic, queue_id, offset, limits, filter)
+    }
+
+    /// [`get_messages`](Self::get_messages) within `limits`: the scan also
+    /// stops at the first message ending past `limits.physical_end`, which
+    /// is neither returned nor passed over (a filter that skips units does
+    /// not carry the next offset past it). With nothing before it, the
+    /// answer is `OffsetOverflowOne` at `offset`: nothing readable yet.
+    pub fn get_messages_within(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        offset: i64,
+        limits: ReadLimits,
+        filter: Option<&dyn Fn(i64) -> bool>,
+    ) -> Result<GetResult> {
+        let ReadLimits { max_msgs, max_bytes, physical_end } = limits;
         let Some(cq) = self.inner.queues.get(topic, queue_id) else {
             return Ok(GetResult::empty(GetStatus::NoMatchingQueue, 0, 0, 0));
         };
@@ -412,6 +456,7 @@ impl MessageStore {
         let log_min = self.inner.commit_log.min_offset();
         let mut messages = Vec::new();
         let (mut next, mut bytes, mut scanned, mut gone) = (offset, 0usize, 0usize, 0usize);
+        let mut bounded = false;
         'outer: while scanned < scan_max && next < max {
             let units = cq.get_range(next, scan_max - scanned);
             if units.is_empty() {
@@ -419,6 +464,10 @@ impl MessageStore {
             }
             for unit in units {
                 if messages.len() >= max_msgs || (bytes > 0 && bytes + unit.size as usize > max_bytes) {
+                    break 'outer;
+                }
+                if unit.size > 0 && unit.physical_offset + u64::from(unit.size) > physical_end {
+                    bounded = true;
                     break 'outer;
                 }
                 next += 1;
@@ -447,12 +496,31 @@ impl MessageStore {
         }
         let status = if !messages.is_empty() {
             GetStatus::Found
+        } else if bounded && scanned == 0 {
+            GetStatus::OffsetOverflowOne
         } else if gone > 0 && gone == scanned {
             GetStatus::OffsetFoundNull
         } else {
             GetStatus::NoMatchedMessage
         };
         Ok(GetResult { status, messages, next_begin_offset: next, min_offset: min, max_offset: max })
+    }
+
+    /// The queue offset of the first message of a queue ending past
+    /// `physical_end` (the queue's max offset if none does): where a
+    /// consumer may start when only bytes below `physical_end` count.
+    pub fn max_offset_in_queue_below(&self, topic: &str, queue_id: i32, physical_end: u64) -> i64 {
+        let Some(cq) = self.consume_queue(topic, queue_id) else { return 0 };
+        let (mut lo, mut hi) = (cq.min_offset(), cq.max_offset());
+        // Units ascend in physical offset: find the first one past the end.
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match cq.get(mid) {
+                Some(u) if u.physical_offset + u64::from(u.size) <= physical_end => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        lo
     }
 
     /// The consume queue of (topic, queue id), if it exists.

@@ -12,7 +12,7 @@ use common::{body, config, msg, sync_config};
 #[allow(unused_imports)]
 use common::read_queue;
 use spate_common::message::{decode_record, java_string_hash, offset_msg_id, parse_offset_msg_id, MessageError};
-use spate_store::{GetStatus, MessageStore, RetentionTrigger, StoreError};
+use spate_store::{GetStatus, MessageStore, ReadLimits, RetentionTrigger, StoreError};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -73,6 +73,36 @@ fn get_statuses_and_tag_filter() {
     assert_eq!((bad.status, bad.next_begin_offset), (GetStatus::OffsetOverflowBadly, 10));
     let small = store.get_messages("T", 0, 0, 32, 100, None).unwrap();
     assert_eq!(small.messages.len(), 1, "max bytes caps the batch but returns at least one");
+}
+
+/// A read bounded by a commit-log offset (replication's confirm offset)
+/// returns nothing ending past it, and a tag filter skipping units never
+/// carries the next offset past the bound.
+#[test]
+fn reads_stop_at_a_physical_bound_even_with_a_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path())).unwrap();
+    let mut ends = Vec::new();
+    for i in 0..10u64 {
+        let tag = if i < 8 { "TagA" } else { "TagB" };
+        ends.push(store.put_message(&msg("T", 0, &body(i, 50), Some(tag), None)).unwrap().append.end_offset());
+    }
+    assert!(store.wait_dispatched(WAIT));
+    let bound = ends[5]; // messages 0..=5 are within it
+    let limits = ReadLimits { max_msgs: 32, max_bytes: 1 << 20, physical_end: bound };
+    let got = store.get_messages_within("T", 0, 0, limits, None).unwrap();
+    assert_eq!((got.status, got.messages.len(), got.next_begin_offset), (GetStatus::Found, 6, 6));
+    // Only TagB matches (messages 8 and 9, past the bound): the filter
+    // passes over 0..=5 and the scan stops at 6, the first past the bound.
+    let b = java_string_hash("TagB") as i64;
+    let only_b = move |code: i64| code == b;
+    let got = store.get_messages_within("T", 0, 0, limits, Some(&only_b)).unwrap();
+    assert_eq!((got.status, got.next_begin_offset), (GetStatus::NoMatchedMessage, 6));
+    let got = store.get_messages_within("T", 0, 6, limits, None).unwrap();
+    assert_eq!((got.status, got.next_begin_offset), (GetStatus::OffsetOverflowOne, 6));
+    assert_eq!(store.max_offset_in_queue_below("T", 0, bound), 6);
+    assert_eq!(store.max_offset_in_queue_below("T", 0, u64::MAX), 10);
+    assert_eq!(store.max_offset_in_queue_below("T", 0, 0), 0);
 }
 
 #[test]

@@ -612,18 +612,23 @@ async fn wait_consumed(seen: &Mutex<Seen>, acked: &BTreeSet<u64>, limit: Duratio
 }
 
 /// Per queue, the offsets a consumer saw first-time must come in order
-/// with no gap; an offset at or below one already seen is a redelivery.
-/// Returns the violations and the redeliveries.
+/// with no gap; an offset at or below one already seen is a redelivery,
+/// and must carry the same message as before. Returns the violations and
+/// the redeliveries.
 fn check_order(seen: &Seen) -> (Vec<String>, usize) {
     let mut bad = Vec::new();
     let mut redelivered = 0;
     for (q, offs) in &seen.by_queue {
         let mut next: Option<i64> = None;
-        for (off, _) in offs {
+        let mut at: HashMap<i64, u64> = HashMap::new();
+        for (off, seq) in offs {
             match next {
                 Some(n) if *off < n => redelivered += 1,
                 Some(n) if *off > n => bad.push(format!("queue {q}: offset {off} consumed before {n}")),
                 _ => {}
+            }
+            if let Some(before) = at.insert(*off, *seq).filter(|b| b != seq) {
+                bad.push(format!("queue {q} offset {off}: consumed as {before}, later as {seq}"));
             }
             next = Some(next.map_or(off + 1, |n| n.max(off + 1)));
         }
@@ -683,6 +688,21 @@ async fn run(fault: Fault) {
         &misplaced[..misplaced.len().min(5)]
     );
     let stored_twice: u64 = stored.lock().count.values().map(|n| u64::from(n.saturating_sub(1))).sum();
+    // Everything the live consumer read -- acknowledged or not -- is in the
+    // final log where it read it: nobody consumed a message later cut.
+    let phantom: Vec<String> = seen
+        .lock()
+        .by_queue
+        .iter()
+        .flat_map(|(q, v)| v.iter().map(move |(off, seq)| (*q, *off, *seq)))
+        .filter(|(q, off, seq)| at.get(&(*q, *off)) != Some(seq))
+        .map(|(q, off, seq)| format!("queue {q} offset {off}: consumed {seq}"))
+        .collect();
+    assert!(
+        phantom.is_empty(),
+        "{fault:?}: consumed messages not in the final log: {:?}",
+        &phantom[..phantom.len().min(5)]
+    );
 
     // 3. One acknowledging broker per epoch of the final log.
     let final_master = c.master_addr().await;
@@ -772,4 +792,9 @@ fn queue_order_check_tells_redelivery_from_disorder() {
     s.by_queue.insert(1, vec![(0, 0), (2, 2), (1, 1)]);
     let (bad, _) = check_order(&s);
     assert_eq!(bad.len(), 1, "{bad:?}");
+    // The same offset delivered again with another message: a cut message was read.
+    s.by_queue.remove(&1);
+    s.by_queue.insert(2, vec![(0, 10), (1, 11), (1, 12), (2, 13)]);
+    let (bad, redelivered) = check_order(&s);
+    assert_eq!((bad.len(), redelivered), (1, 3), "{bad:?}");
 }

@@ -50,6 +50,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(session_ms: u64) -> Cluster {
+        Cluster::start_with(session_ms, 1000).await
+    }
+
+    /// With the brokers' `haSyncTimeout` in ms.
+    async fn start_with(session_ms: u64, sync_timeout_ms: u64) -> Cluster {
         let zk = ZooKeeper::start();
         let ns = Proc::namesrv();
         let dir = tempfile::tempdir().unwrap();
@@ -68,7 +73,7 @@ impl Cluster {
                 format!("zkAddr={}", zk.addr()),
                 format!("zkSessionTimeoutMillis={session_ms}"),
                 "haStrictSync=true".into(),
-                "haSyncTimeout=1000".into(),
+                format!("haSyncTimeout={sync_timeout_ms}"),
             ]
         };
         let brokers: BTreeMap<i64, BrokerProc> =
@@ -311,6 +316,12 @@ async fn consumers_read_only_what_the_in_sync_set_holds() {
     let r = call(&c, &master, common::pull_req("Confirm", 0, 1, 0, "*")).await;
     assert_eq!(r.code, response::PULL_NOT_FOUND, "a write the in-sync set lacks was served: {:?}", r.remark);
     assert_eq!(r.field("nextBeginOffset"), Some("1"));
+    // A tag filter that matches nothing does not carry the offset past it,
+    // and a consumer starting at the end starts before it.
+    let r = call(&c, &master, common::pull_req("Confirm", 0, 1, 0, "NoSuchTag")).await;
+    assert_eq!(r.field("nextBeginOffset"), Some("1"), "{:?} {:?}", r.code, r.remark);
+    let req = RemotingCommand::request(request::GET_MAX_OFFSET).with("topic", "Confirm").with("queueId", 0);
+    assert_eq!(call(&c, &master, req).await.field("offset"), Some("1"));
 
     // A held pull is answered once the slaves wake and hold the write.
     let held = {
@@ -324,4 +335,34 @@ async fn consumers_read_only_what_the_in_sync_set_holds() {
     let r = held.await.unwrap();
     assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
     assert_eq!(r.field("nextBeginOffset"), Some("2"));
+}
+
+/// A master fenced while sends wait for its slaves acknowledges none of
+/// them, even when a slave outside the group's in-sync set holds them: one
+/// in-sync slave hangs (the sends wait for it), ZooKeeper dies (the master
+/// fences itself at once), and the other slave's acknowledgements must not
+/// release the waiting sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_fenced_while_sends_wait_acknowledges_none() {
+    let Cluster { zk, ns: _ns, _controller, brokers, observer: _o, first, _dir } =
+        Cluster::start_with(1000, 8000).await;
+    let c = raw_client();
+    let master = brokers[&first.master.unwrap()].addr();
+    let r = call(&c, &master, send_req("Fence", 0, b"before".to_vec())).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    let hung = brokers.iter().find(|(id, _)| Some(**id) != first.master).map(|(_, b)| b).unwrap();
+    hung.pause(true);
+    let waiting: Vec<_> = (0..5)
+        .map(|i| {
+            let (c, master) = (raw_client(), master.clone());
+            tokio::spawn(async move { call(&c, &master, send_req("Fence", 0, vec![b'w'; 100 + i])).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(zk);
+    for (i, w) in waiting.into_iter().enumerate() {
+        let r = w.await.unwrap();
+        assert_ne!(r.code, response::SUCCESS, "send {i} was acknowledged by a fenced master");
+    }
+    hung.pause(false);
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::protocol::{read_frame, read_frame_within, write_frame, Frame};
+use super::protocol::{read_frame, read_frame_within, write_frame, Frame, PROTOCOL_VERSION};
 use super::{divergence, HaError};
 use crate::config::BrokerRole;
 use crate::BrokerState;
@@ -92,7 +92,8 @@ async fn session(
     let Some(hello) = read_frame_within(&mut rd, &mut buf, housekeeping, MAX_HELLO_FRAME).await? else {
         return Ok(());
     };
-    let Frame::Hello { broker_name, broker_id, max_offset: slave_end, epochs: slave_epochs, segment_size } = hello
+    let Frame::Hello { broker_name, broker_id, max_offset: slave_end, epochs: slave_epochs, segment_size, version } =
+        hello
     else {
         return Err(HaError::Protocol(format!("expected Hello, got {hello:?}")));
     };
@@ -101,7 +102,9 @@ async fn session(
     let store = &state.store;
     let refusal = {
         let c = state.config.read();
-        if c.broker_role == BrokerRole::Slave {
+        if version != PROTOCOL_VERSION {
+            Some(format!("this master speaks replication protocol version {PROTOCOL_VERSION}, the slave {version}"))
+        } else if c.broker_role == BrokerRole::Slave {
             Some("this broker is a slave".to_string())
         } else if broker_name != c.broker_name {
             Some(format!("this broker is {}, not {broker_name}", c.broker_name))
@@ -148,7 +151,12 @@ async fn session(
     }
     write_frame(
         &mut wr,
-        &Frame::Welcome { start_offset: start, master_max: master_end, epochs: master_epochs },
+        &Frame::Welcome {
+            start_offset: start,
+            master_max: master_end,
+            epochs: master_epochs,
+            version: PROTOCOL_VERSION,
+        },
         housekeeping,
     )
     .await?;
@@ -250,7 +258,7 @@ async fn stream_log(
                 return Err(HaError::Protocol(format!("nothing readable at {next} below the end {end}")));
             }
             let after = store.raw_next_offset(next, &chunk);
-            let confirm = rep.confirm_offset().unwrap_or(u64::MAX);
+            let confirm = confirm_for_slaves(state);
             let frame =
                 Frame::Data { offset: next, epoch, epoch_start, master_max: end, confirm, bytes: Bytes::from(chunk) };
             write_frame(wr, &frame, write_timeout).await?;
@@ -269,11 +277,24 @@ async fn stream_log(
             }
             _ = &mut appended => {}
             _ = tokio::time::sleep_until(idle_until.into()) => {
-                let confirm = rep.confirm_offset().unwrap_or(u64::MAX);
+                let confirm = confirm_for_slaves(state);
                 write_frame(wr, &Frame::Heartbeat { master_max: store.max_offset(), confirm }, write_timeout).await?;
                 last_sent = Instant::now();
             }
         }
+    }
+}
+
+/// The confirm offset streamed to slaves: a controlled master's watermark
+/// (`u64::MAX`: it waits for nobody, everything is confirmed); 0 from a
+/// broker under the controller that is not a controlled master (fenced or
+/// demoted: nothing it has is confirmed any more); unlimited under static
+/// roles, where slaves serve everything (as upstream).
+fn confirm_for_slaves(state: &BrokerState) -> u64 {
+    match state.replication.controlled_confirm() {
+        Some(held) => held,
+        None if !state.config.read().zk_addr.is_empty() => 0,
+        None => u64::MAX,
     }
 }
 

@@ -98,6 +98,8 @@ pub enum ReplicaWait {
     NoSlave,
     /// They were there but did not acknowledge in time: FLUSH_SLAVE_TIMEOUT.
     Timeout,
+    /// The master was fenced or demoted meanwhile: never acknowledged.
+    RuleChanged,
 }
 
 /// The master's view of its slaves, shared by the HA sessions and the
@@ -113,6 +115,11 @@ pub struct Replication {
     next_session: std::sync::atomic::AtomicU64,
     /// Under a controller: the set-based acknowledgement rule (see [`AckSet`]).
     controlled: Mutex<Option<AckSet>>,
+    /// Bumped whenever the acknowledgement rule changes hands (controlled
+    /// mode starts or stops): a send that began waiting under one rule is
+    /// never acknowledged under another (a fenced master's static rule
+    /// could count a slave the group's in-sync set does not name).
+    rule_generation: std::sync::atomic::AtomicU64,
 }
 
 /// A controlled master's acknowledgement rule (the protocol in
@@ -153,6 +160,7 @@ impl Replication {
             appended: Notify::new(),
             next_session: std::sync::atomic::AtomicU64::new(1),
             controlled: Mutex::new(None),
+            rule_generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -160,12 +168,15 @@ impl Replication {
     /// it waits for every other member from now on.
     pub fn start_controlled(&self, me: i64, in_sync: &BTreeSet<i64>) {
         let acking: BTreeSet<i64> = in_sync.iter().copied().filter(|id| *id != me).collect();
+        self.rule_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         *self.controlled.lock() = Some(AckSet { acking, ..AckSet::default() });
         self.recompute();
     }
 
-    /// No longer a controlled master (demoted, fenced).
+    /// No longer a controlled master (demoted, fenced). Sends waiting for
+    /// replication are not acknowledged (see `rule_generation`).
     pub fn stop_controlled(&self) {
+        self.rule_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         *self.controlled.lock() = None;
         self.recompute();
     }
@@ -318,9 +329,14 @@ impl Replication {
     /// `None` outside the controller (static roles serve everything, as
     /// upstream) and when no slave is waited for.
     pub fn confirm_offset(&self) -> Option<u64> {
+        self.controlled_confirm().filter(|held| *held != u64::MAX)
+    }
+
+    /// The controlled rule's watermark (`u64::MAX` with no slave to wait
+    /// for); `None` when this master is not controlled.
+    pub fn controlled_confirm(&self) -> Option<u64> {
         self.controlled.lock().as_ref()?;
-        let held = *self.replicated.borrow();
-        (held != u64::MAX).then_some(held)
+        Some(*self.replicated.borrow())
     }
 
     /// A receiver that changes whenever the confirm offset (the replication
@@ -342,11 +358,15 @@ impl Replication {
 
     /// Waits until the required slaves hold everything below `end`.
     pub async fn wait_replicated(&self, end: u64, timeout: Duration) -> ReplicaWait {
+        let generation = self.rule_generation.load(std::sync::atomic::Ordering::SeqCst);
         if !self.enough_slaves() {
             return ReplicaWait::NoSlave;
         }
         let mut rx = self.replicated.subscribe();
         let reached = tokio::time::timeout(timeout, rx.wait_for(|held| *held >= end)).await.map(|r| r.is_ok());
+        if self.rule_generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            return ReplicaWait::RuleChanged;
+        }
         match reached {
             Ok(true) => ReplicaWait::Replicated,
             Ok(false) => ReplicaWait::NoSlave,

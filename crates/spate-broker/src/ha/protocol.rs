@@ -4,20 +4,25 @@
 //!
 //! | kind | direction | fields |
 //! |---|---|---|
-//! | 1 `Hello` | slave -> master | broker name, broker id, max offset, segment size, epoch list |
-//! | 2 `Welcome` | master -> slave | start offset (truncate to it), master max offset, epoch list |
-//! | 3 `Data` | master -> slave | offset, epoch, epoch start, master max offset, bytes |
-//! | 4 `Heartbeat` | master -> slave | master max offset |
+//! | 1 `Hello` | slave -> master | broker name, broker id, max offset, segment size, epoch list, version |
+//! | 2 `Welcome` | master -> slave | start offset (truncate to it), master max offset, epoch list, version |
+//! | 3 `Data` | master -> slave | offset, epoch, epoch start, master max offset, confirm offset, bytes |
+//! | 4 `Heartbeat` | master -> slave | master max offset, confirm offset |
 //! | 5 `Ack` | slave -> master | slave max offset |
 //! | 6 `Refuse` | master -> slave | reason |
 //!
 //! Strings are `u16` length + UTF-8; an epoch list is `u32` count + (`u32`
 //! epoch, `u64` start offset) each; `Data`'s bytes run to the frame's end.
 //! Decoding is total: a short, oversized or unknown frame is an error,
-//! never a panic.
+//! never a panic. The `u32` version closing `Hello` and `Welcome` is
+//! [`PROTOCOL_VERSION`] (absent, from a build before it: 0); each side
+//! refuses a peer speaking another version before any log byte moves.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use spate_store::EpochEntry;
+
+/// The stream's layout version (2: `confirm` in `Data` and `Heartbeat`).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame accepted (a `Data` batch is `haTransferBatchSize`, far below).
 pub const MAX_FRAME: usize = 64 << 20;
@@ -33,11 +38,13 @@ pub enum Frame {
         max_offset: u64,
         segment_size: u64,
         epochs: Vec<EpochEntry>,
+        version: u32,
     },
     Welcome {
         start_offset: u64,
         master_max: u64,
         epochs: Vec<EpochEntry>,
+        version: u32,
     },
     /// `confirm`: the master's confirm offset under the controller (what
     /// its whole in-sync set holds; `u64::MAX` when it has none), so a
@@ -80,19 +87,21 @@ impl Frame {
         let at = out.len();
         out.put_u32(0);
         match self {
-            Frame::Hello { broker_name, broker_id, max_offset, segment_size, epochs } => {
+            Frame::Hello { broker_name, broker_id, max_offset, segment_size, epochs, version } => {
                 out.put_u8(1);
                 put_str(out, broker_name);
                 out.put_i64(*broker_id);
                 out.put_u64(*max_offset);
                 out.put_u64(*segment_size);
                 put_epochs(out, epochs);
+                out.put_u32(*version);
             }
-            Frame::Welcome { start_offset, master_max, epochs } => {
+            Frame::Welcome { start_offset, master_max, epochs, version } => {
                 out.put_u8(2);
                 out.put_u64(*start_offset);
                 out.put_u64(*master_max);
                 put_epochs(out, epochs);
+                out.put_u32(*version);
             }
             Frame::Data { offset, epoch, epoch_start, master_max, confirm, bytes } => {
                 out.put_u8(3);
@@ -153,11 +162,13 @@ impl Frame {
                 max_offset: get_u64(&mut body, "max offset")?,
                 segment_size: get_u64(&mut body, "segment size")?,
                 epochs: get_epochs(&mut body)?,
+                version: get_version(&mut body)?,
             },
             2 => Frame::Welcome {
                 start_offset: get_u64(&mut body, "start offset")?,
                 master_max: get_u64(&mut body, "master max")?,
                 epochs: get_epochs(&mut body)?,
+                version: get_version(&mut body)?,
             },
             3 => Frame::Data {
                 offset: get_u64(&mut body, "offset")?,
@@ -246,6 +257,15 @@ fn put_epochs(out: &mut BytesMut, epochs: &[EpochEntry]) {
     }
 }
 
+/// The closing version of `Hello` / `Welcome`: 0 when a peer from before
+/// versions sent none.
+fn get_version(body: &mut Bytes) -> Result<u32, FrameError> {
+    if body.is_empty() {
+        return Ok(0);
+    }
+    get_u32(body, "version")
+}
+
 fn get_u32(b: &mut Bytes, what: &'static str) -> Result<u32, FrameError> {
     if b.remaining() < 4 {
         return Err(FrameError::Short(what));
@@ -304,6 +324,25 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_from_before_versions_reads_as_version_0() {
+        let mut buf = BytesMut::new();
+        Frame::Hello {
+            broker_name: "b".into(),
+            broker_id: 1,
+            max_offset: 0,
+            segment_size: 1 << 30,
+            epochs: vec![],
+            version: PROTOCOL_VERSION,
+        }
+        .encode(&mut buf);
+        // Drop the trailing version and fix the length, as an old build sends it.
+        buf.truncate(buf.len() - 4);
+        let len = (buf.len() - 4) as u32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(Frame::decode(&mut buf).unwrap(), Some(Frame::Hello { version: 0, .. })));
+    }
+
+    #[test]
     fn every_kind_round_trips() {
         let epochs = vec![EpochEntry { epoch: 1, start_offset: 0 }, EpochEntry { epoch: 3, start_offset: 4096 }];
         roundtrip(Frame::Hello {
@@ -312,8 +351,9 @@ mod tests {
             max_offset: 77,
             segment_size: 1 << 30,
             epochs: epochs.clone(),
+            version: PROTOCOL_VERSION,
         });
-        roundtrip(Frame::Welcome { start_offset: 10, master_max: 20, epochs });
+        roundtrip(Frame::Welcome { start_offset: 10, master_max: 20, epochs, version: PROTOCOL_VERSION });
         roundtrip(Frame::Data {
             offset: 1 << 40,
             epoch: 9,

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use super::protocol::{read_frame, write_frame, Frame};
+use super::protocol::{read_frame, write_frame, Frame, PROTOCOL_VERSION};
 use super::HaError;
 use crate::BrokerState;
 
@@ -106,9 +106,12 @@ pub async fn run(state: Arc<BrokerState>) {
             tokio::time::sleep(RECONNECT_DELAY).await;
             continue;
         };
+        // Nothing is confirmed until this master says so (and nothing once it is gone).
+        state.slave.confirm.send_replace(0);
         state.slave.following.store(true, std::sync::atomic::Ordering::Release);
         let result = session(&state, &addr).await;
         state.slave.following.store(false, std::sync::atomic::Ordering::Release);
+        state.slave.confirm.send_replace(0);
         {
             let mut link = state.slave.link.lock();
             link.master_ha_addr = None;
@@ -136,12 +139,23 @@ async fn session(state: &Arc<BrokerState>, addr: &str) -> Result<(), HaError> {
     let (mut rd, mut wr) = stream.into_split();
     let store = state.store.clone();
     let segment_size = store.config().mapped_file_size_commit_log;
-    let hello =
-        Frame::Hello { broker_name, broker_id, max_offset: store.max_offset(), segment_size, epochs: store.epochs() };
+    let hello = Frame::Hello {
+        broker_name,
+        broker_id,
+        max_offset: store.max_offset(),
+        segment_size,
+        epochs: store.epochs(),
+        version: PROTOCOL_VERSION,
+    };
     write_frame(&mut wr, &hello, housekeeping).await?;
     let mut buf = BytesMut::new();
     let welcome = read_frame(&mut rd, &mut buf, housekeeping).await?;
     let (start, master_max) = match welcome {
+        Some(Frame::Welcome { version, .. }) if version != PROTOCOL_VERSION => {
+            return Err(HaError::Refused(format!(
+                "the master speaks replication protocol version {version}, this slave {PROTOCOL_VERSION}"
+            )));
+        }
         Some(Frame::Welcome { start_offset, master_max, .. }) => (start_offset, master_max),
         Some(Frame::Refuse { reason }) => return Err(HaError::Refused(reason)),
         Some(other) => return Err(HaError::Protocol(format!("expected Welcome, got {other:?}"))),
