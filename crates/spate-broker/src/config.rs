@@ -314,6 +314,17 @@ impl BrokerConfig {
         if !(4096..=(16 << 20)).contains(&self.ha_transfer_batch_size) {
             return Err(invalid("haTransferBatchSize", &self.ha_transfer_batch_size.to_string(), "4096..=16777216"));
         }
+        // A paced stream must still send a batch well within the slave's
+        // housekeeping timeout, or the slave drops the link between batches.
+        let rate = self.ha_transfer_bytes_per_second as f64;
+        let per_batch = self.ha_transfer_batch_size as f64 / rate.max(1.0);
+        if rate > 0.0 && per_batch > self.ha_housekeeping_interval.as_secs_f64() / 2.0 {
+            return Err(invalid(
+                "haTransferBytesPerSecond",
+                &self.ha_transfer_bytes_per_second.to_string(),
+                "0 (unlimited) or enough for one haTransferBatchSize within half of haHousekeepingInterval",
+            ));
+        }
         if self.in_sync_replicas == 0 {
             return Err(invalid("inSyncReplicas", "0", "at least 1 (the master)"));
         }
@@ -514,6 +525,12 @@ mod tests {
         let mut slow = BrokerConfig::new("/tmp/x");
         slow.set("registerNameServerPeriod", "30000").unwrap();
         assert!(slow.validate().unwrap_err().to_string().contains("registerNameServerPeriod"));
+        // 256 KiB batches at 64 KiB/s: 4 s a batch, past half of the 3 s housekeeping.
+        let mut paced = BrokerConfig::new("/tmp/x");
+        paced.set("haTransferBytesPerSecond", "65536").unwrap();
+        assert!(paced.validate().unwrap_err().to_string().contains("haTransferBytesPerSecond"));
+        paced.set("haTransferBytesPerSecond", "4194304").unwrap();
+        assert!(paced.validate().is_ok());
         assert!(total_memory_bytes() > 0);
         c.set("brokerRole", "SLAVE").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("brokerId"));

@@ -99,6 +99,19 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The broker could not be reached at all (refused, unreachable, or the
+    /// connection closed): it is likely gone, and a fresh route may name
+    /// its successor. A timeout or a full in-flight window is not this (the
+    /// broker may only be slow, and must not be hammered).
+    pub fn broker_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Remoting(
+                RemotingError::Connect { .. } | RemotingError::ConnectTimeout(_) | RemotingError::Closed(_)
+            )
+        )
+    }
+
     /// The broker's response code, if a broker answered with an error.
     pub fn response_code(&self) -> Option<i32> {
         match self {
@@ -111,3 +124,21 @@ impl ClientError {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_broker_that_cannot_be_reached_counts_as_gone() {
+        let refused = ClientError::Remoting(RemotingError::Connect {
+            addr: "127.0.0.1:1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        });
+        assert!(refused.broker_unreachable());
+        assert!(ClientError::Remoting(RemotingError::Closed("x".into())).broker_unreachable());
+        let slow = ClientError::Remoting(RemotingError::Timeout { addr: "x".into(), timeout_ms: 1 });
+        assert!(!slow.broker_unreachable());
+        assert!(!ClientError::Remoting(RemotingError::TooManyInFlight("x".into())).broker_unreachable());
+    }
+}

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use parking_lot::Mutex;
 use spate_remoting::{request, ClientConfig, RemotingClient, RemotingCommand};
 
@@ -27,7 +28,7 @@ use crate::zk::{Zk, ZkError};
 /// How long the controller waits for a name server to take an unregister.
 const NAMESRV_TIMEOUT: Duration = Duration::from_secs(1);
 /// Shortest pause between two scans, however often the watch fires.
-const MIN_SCAN_GAP: Duration = Duration::from_millis(2);
+const MIN_SCAN_GAP: Duration = Duration::from_millis(5);
 
 /// Settings of `spate controller`.
 #[derive(Debug, Clone)]
@@ -81,13 +82,23 @@ pub struct Scanner {
     client: Option<Arc<RemotingClient>>,
     last_served: HashMap<String, u64>,
     last_live: HashMap<String, BTreeMap<i64, Liveness>>,
+    /// Each group's availability record and its node version, as last read or written.
+    history: HashMap<String, (History, Option<i32>)>,
     snapshot: Arc<Mutex<Snapshot>>,
 }
 
 impl Scanner {
     pub fn new(policy: Policy, namesrv: Vec<String>, snapshot: Arc<Mutex<Snapshot>>) -> Scanner {
         let client = (!namesrv.is_empty()).then(|| Arc::new(RemotingClient::new(ClientConfig::default(), None)));
-        Scanner { policy, namesrv, client, last_served: HashMap::new(), last_live: HashMap::new(), snapshot }
+        Scanner {
+            policy,
+            namesrv,
+            client,
+            last_served: HashMap::new(),
+            last_live: HashMap::new(),
+            history: HashMap::new(),
+            snapshot,
+        }
     }
 
     /// One pass over every group; returns the decisions written. A write
@@ -141,12 +152,6 @@ impl Scanner {
         if let Some(l) = master.filter(|_| serving) {
             self.last_served.insert(group.to_string(), l.updated_ms.clamp(seen.min(now), now));
         }
-        let (mut history, version) = zk.read_history(group).await?;
-        let mut dirty = false;
-        if let Some(c) = change {
-            history.record(now, state, describe(c));
-            dirty = true;
-        }
         let cause = || match (change, state.master) {
             (Some(Change::Elected { previous: Some(p), .. }), _) => format!("master {p} lost"),
             (Some(Change::Leaderless { previous: Some(p) }), _) => format!("master {p} lost; no live in-sync broker"),
@@ -154,17 +159,42 @@ impl Scanner {
             (_, Some(m)) if !live.contains_key(&m) => format!("master {m} lost"),
             (_, Some(m)) => format!("broker {m} elected, not yet serving"),
         };
-        let was_open = history.open.is_some();
-        dirty |= history.observe(now, serving, seen, cause);
-        if dirty && zk.write_history(group, &history, version).await? {
-            match (&history.open, history.outages.last()) {
-                (Some(open), _) if !was_open => tracing::warn!(%group, cause = %open.cause, "outage began"),
-                (None, Some(last)) if was_open => {
-                    tracing::info!(%group, ms = last.end_ms - last.start_ms, "outage ended")
-                }
-                _ => {}
+        // The record is cached between scans (only this leader writes it,
+        // an operator's election aside); a write that loses its version
+        // race is redone once on a fresh read.
+        for fresh in [false, true] {
+            let cached = if fresh { None } else { self.history.get(group).cloned() };
+            let (mut history, version) = match cached {
+                Some(h) => h,
+                None => zk.read_history(group).await?,
+            };
+            let mut dirty = false;
+            if let Some(c) = change {
+                history.record(now, state, describe(c));
+                dirty = true;
             }
+            let was_open = history.open.is_some();
+            dirty |= history.observe(now, serving, seen, cause);
+            if !dirty {
+                self.history.insert(group.to_string(), (history.clone(), version));
+                return Ok((history, serving));
+            }
+            if zk.write_history(group, &history, version).await? {
+                match (&history.open, history.outages.last()) {
+                    (Some(open), _) if !was_open => tracing::warn!(%group, cause = %open.cause, "outage began"),
+                    (None, Some(last)) if was_open => {
+                        tracing::info!(%group, ms = last.end_ms - last.start_ms, "outage ended")
+                    }
+                    _ => {}
+                }
+                let next_version = Some(version.map_or(0, |v| v + 1));
+                self.history.insert(group.to_string(), (history.clone(), next_version));
+                return Ok((history, serving));
+            }
+            self.history.remove(group);
         }
+        // Lost twice: the next scan reads it again.
+        let (history, _) = zk.read_history(group).await?;
         Ok((history, serving))
     }
 
@@ -233,7 +263,12 @@ pub async fn run(cfg: ControllerConfig, snapshot: Arc<Mutex<Snapshot>>) -> Resul
                 leading = zk.try_lead(&cfg.id).await?;
                 if leading {
                     tracing::info!(id = %cfg.id, "controller leads");
-                    changes = Some(zk.watch_tree(crate::zk::GROUPS).await?);
+                    // Without watches (ZooKeeper before 3.6) the scan interval alone drives it.
+                    changes = zk
+                        .watch_tree(crate::zk::GROUPS)
+                        .await
+                        .map_err(|e| tracing::warn!(error = %e, "no watch on the groups; polling only"))
+                        .ok();
                 }
             }
             if leading {
@@ -244,7 +279,11 @@ pub async fn run(cfg: ControllerConfig, snapshot: Arc<Mutex<Snapshot>>) -> Resul
             match changes.as_mut() {
                 Some(w) => {
                     tokio::select! {
-                        _ = w.changed() => tokio::time::sleep(MIN_SCAN_GAP).await,
+                        _ = w.changed() => {
+                            // One scan answers every change queued so far.
+                            while w.changed().now_or_never().is_some() {}
+                            tokio::time::sleep(MIN_SCAN_GAP).await;
+                        }
                         _ = tokio::time::sleep(cfg.scan_interval) => {}
                     }
                 }

@@ -378,6 +378,29 @@ async fn consumers_read_through_a_master_outage_from_the_slave() {
     }
     consumer.shutdown().await;
     producer.shutdown().await;
+
+    // The topic is deleted on the master: the slave drops it and its queues
+    // too (a promoted slave must not bring it back).
+    let del = RemotingCommand::request(request::DELETE_TOPIC_IN_BROKER).with("topic", "HaRead");
+    assert_eq!(call(&c, &master.addr(), del).await.code, response::SUCCESS);
+    let max_on_slave =
+        |q: i32| RemotingCommand::request(request::GET_MAX_OFFSET).with("topic", "HaRead").with("queueId", q);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut total = 0;
+        for q in 0..4 {
+            total += call(&c, &slave.addr(), max_on_slave(q))
+                .await
+                .field("offset")
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(-1);
+        }
+        if total == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slave still has {total} messages queued for the deleted topic");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,15 +71,25 @@ async fn session(state: &Arc<BrokerState>) -> Result<(), ZkError> {
     };
     let _stop_watcher = AbortOnDrop(watcher);
     // A new decision is acted on when ZooKeeper reports it, not at the next poll.
-    let mut decisions = zk.watch_node(&Zk::group_node(&group)?).await?;
+    // (Without watches -- ZooKeeper before 3.6 -- the poll alone drives it.)
+    let mut decisions = zk
+        .watch_node(&Zk::group_node(&group)?)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "no watch on the group; polling only"))
+        .ok();
     while zk.session_alive() {
         zk.publish_live(&group, &liveness(state)).await?;
         let (g, _) = zk.read_group(&group).await?;
         let live = zk.read_live(&group).await?;
         apply(state, &g, &live).await;
-        tokio::select! {
-            _ = decisions.changed() => {}
-            _ = tokio::time::sleep(poll) => {}
+        match decisions.as_mut() {
+            Some(w) => {
+                tokio::select! {
+                    _ = w.changed() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+            None => tokio::time::sleep(poll).await,
         }
     }
     Ok(())

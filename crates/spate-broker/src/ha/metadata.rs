@@ -5,7 +5,8 @@
 //! them, so it can serve reads with the master's topics if the master goes
 //! away. Topics and groups are replaced and offsets overwritten (upstream's
 //! rule), only while the slave follows that master. A topic deleted on the
-//! master leaves this slave's table; its data here stays until retention.
+//! master leaves this slave's table and its queues (its records stay in
+//! the commit log until retention, as on the master).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,10 +56,27 @@ pub async fn sync_once(
     let body = fetch(client, master, request::GET_ALL_TOPIC_CONFIG, timeout).await?;
     let topics: TopicConfigSerializeWrapper =
         json::decode(&body, "TopicConfigSerializeWrapper").map_err(|e| e.to_string())?;
+    let before = state.topics.snapshot().topic_config_table;
+    let kept: std::collections::HashSet<String> = topics.topic_config_table.keys().cloned().collect();
     if state.topics.replace_from_master(topics) {
         tracing::info!(topics = state.topics.len(), "topic table copied from the master");
         state.topics.persist().await.map_err(|e| e.to_string())?;
         state.topics_changed();
+        // A topic the master deleted (it was here and is gone) loses its
+        // queues here too, as on the master: a promoted slave must not
+        // serve it again (`controlled.rs` adopts topics its queues hold),
+        // and a re-created topic starts its queues at 0 here as there.
+        for topic in before.keys().filter(|t| !kept.contains(*t)) {
+            if state.store.queue_ids(topic).is_empty() {
+                continue;
+            }
+            let (store, name) = (state.store.clone(), topic.clone());
+            match tokio::task::spawn_blocking(move || store.delete_topic(&name)).await {
+                Ok(Ok(())) => tracing::info!(%topic, "topic deleted on the master: its queues here are gone too"),
+                Ok(Err(e)) => tracing::warn!(%topic, error = %e, "could not delete the queues of a deleted topic"),
+                Err(e) => tracing::warn!(%topic, error = %e, "queue deletion task failed"),
+            }
+        }
     }
     let body = fetch(client, master, request::GET_ALL_SUBSCRIPTIONGROUP_CONFIG, timeout).await?;
     let groups: SubscriptionGroupFile = json::decode(&body, "SubscriptionGroupWrapper").map_err(|e| e.to_string())?;

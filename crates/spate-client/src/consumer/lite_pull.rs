@@ -580,7 +580,7 @@ impl LiteInner {
                 }
                 Err(e) => {
                     tracing::debug!(topic = mq.topic, queue = mq.queue_id, error = %e, "pull failed");
-                    let delay = if matches!(e, ClientError::Remoting(_)) {
+                    let delay = if e.broker_unreachable() {
                         self.instance.refresh_route_soon(&mq.topic);
                         o.pull_time_delay_when_broker_unreachable
                     } else {

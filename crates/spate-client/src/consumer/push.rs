@@ -658,7 +658,7 @@ impl PushInner {
                 Err(e) => {
                     tracing::debug!(topic = mq.topic, broker = mq.broker_name, queue = mq.queue_id, error = %e,
                         "pull failed");
-                    if matches!(e, ClientError::Remoting(_)) {
+                    if e.broker_unreachable() {
                         self.instance.refresh_route_soon(&mq.topic);
                         self.options.pull_time_delay_when_broker_unreachable
                     } else {
