@@ -303,3 +303,53 @@ pub async fn view_message(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
         }
     }
 }
+
+/// SPATE_GET_LIMITS: every rate limit with its counters, and the table's version.
+pub fn limits(state: &BrokerState, req: &RemotingCommand) -> RemotingCommand {
+    let body = serde_json::json!({
+        "version": state.capacity.limits.snapshot().version,
+        "rules": state.capacity.limits.status(),
+    });
+    RemotingCommand::success(req).with_body(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// SPATE_UPDATE_LIMIT: adds or replaces a rule, in force at once and persisted.
+pub async fn update_limit(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let rule: crate::capacity::limits::LimitRule = match serde_json::from_slice(&req.body) {
+        Ok(r) => r,
+        Err(e) => return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("bad limit rule: {e}"))),
+    };
+    if let Err(why) = rule.validate() {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("bad limit rule: {why}")));
+    }
+    if !state.capacity.limits.upsert(rule.clone()) {
+        return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, "the broker's limit table is full"));
+    }
+    tracing::info!(?rule, "rate limit set");
+    state.capacity.limits.persist().await?;
+    Ok(RemotingCommand::success(req))
+}
+
+/// SPATE_DELETE_LIMIT: removes a rule.
+pub async fn delete_limit(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    use crate::capacity::limits::{Op, Target};
+    let parse = |field: &str| -> Result<String, BrokerError> { Ok(format!("\"{}\"", req.str_field(field)?)) };
+    let (target, op) =
+        match (serde_json::from_str::<Target>(&parse("target")?), serde_json::from_str::<Op>(&parse("op")?)) {
+            (Ok(t), Ok(o)) => (t, o),
+            _ => {
+                return Ok(RemotingCommand::error(
+                    req,
+                    response::INVALID_PARAMETER,
+                    "target must be topic, group or client; op send or pull",
+                ))
+            }
+        };
+    let name = req.str_field("name")?;
+    if !state.capacity.limits.delete(target, name, op) {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("no such limit on {name}")));
+    }
+    tracing::info!(?target, name, ?op, "rate limit removed");
+    state.capacity.limits.persist().await?;
+    Ok(RemotingCommand::success(req))
+}

@@ -54,6 +54,9 @@ pub const MAX_GROUPS: usize = 100_000;
 pub struct Clients {
     consumers: Mutex<HashMap<String, ConsumerGroup>>,
     producers: Mutex<HashMap<String, BTreeMap<String, ClientChannel>>>,
+    /// The client id each connection gave in its heartbeats (rate limits
+    /// per client); bounded by the server's connection limit.
+    ids: Mutex<HashMap<u64, String>>,
 }
 
 impl Clients {
@@ -116,7 +119,28 @@ impl Clients {
 
     /// Drops every client on a closed connection; returns consumer groups that changed.
     pub fn connection_closed(&self, connection_id: u64) -> Vec<String> {
+        self.ids.lock().remove(&connection_id);
         self.remove_where(|c| c.conn.id() == connection_id)
+    }
+
+    /// Records the client id a connection's heartbeat gave.
+    pub fn note_client_id(&self, conn: &Connection, client_id: &str) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut ids = self.ids.lock();
+        if ids.get(&conn.id()).map(String::as_str) != Some(client_id) {
+            ids.insert(conn.id(), client_id.to_string());
+        }
+    }
+
+    /// The client id a connection gave in its heartbeats, or its IP before
+    /// any (what a per-client rate limit names).
+    pub fn client_id_of(&self, conn: &Connection) -> String {
+        match self.ids.lock().get(&conn.id()) {
+            Some(id) => id.clone(),
+            None => conn.peer_addr().ip().to_string(),
+        }
     }
 
     /// Drops clients silent for longer than `timeout`; returns consumer groups that changed.

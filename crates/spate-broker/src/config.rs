@@ -70,6 +70,23 @@ pub struct BrokerConfig {
     /// per request but no second worker to take over while one is
     /// descheduled (BENCHMARKS.md measured both on 2 CPUs).
     pub server_worker_threads: usize,
+    /// `brokerFastFailureEnable`: refuse sends and pulls that waited too
+    /// long or find their queue full, at once (SYSTEM_BUSY), instead of
+    /// letting them time out (true).
+    pub broker_fast_failure_enable: bool,
+    /// `sendMessageThreadPoolNums`: sends being stored at once (min(CPUs, 4)).
+    pub send_message_thread_pool_nums: usize,
+    /// `sendThreadPoolQueueCapacity`: sends waiting to be stored (10,000).
+    pub send_thread_pool_queue_capacity: usize,
+    /// `waitTimeMillsInSendQueue`: longest a send may wait before it is
+    /// stored, counted from when it was read (200 ms).
+    pub wait_time_mills_in_send_queue: Duration,
+    /// `pullMessageThreadPoolNums`: pulls being read at once (16 + 2 x CPUs).
+    pub pull_message_thread_pool_nums: usize,
+    /// `pullThreadPoolQueueCapacity`: pulls waiting to be read (100,000).
+    pub pull_thread_pool_queue_capacity: usize,
+    /// `waitTimeMillsInPullQueue`: longest a pull may wait to be read (5 s).
+    pub wait_time_mills_in_pull_queue: Duration,
     /// `haMasterAddress`: a slave's master HA address (`host:haListenPort`).
     /// Empty: the one the name servers report at registration.
     pub ha_master_address: String,
@@ -153,7 +170,7 @@ impl BrokerConfig {
     /// The worker-thread count `serverWorkerThreads` asks for on this machine.
     pub fn worker_threads(&self) -> usize {
         match self.server_worker_threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => cpus(),
             n => n,
         }
     }
@@ -183,6 +200,13 @@ impl BrokerConfig {
             max_held_pulls: 100_000,
             metrics_prom_exporter_port: 0,
             server_worker_threads: 0,
+            broker_fast_failure_enable: true,
+            send_message_thread_pool_nums: cpus().min(4),
+            send_thread_pool_queue_capacity: 10_000,
+            wait_time_mills_in_send_queue: Duration::from_millis(200),
+            pull_message_thread_pool_nums: 16 + 2 * cpus(),
+            pull_thread_pool_queue_capacity: 100_000,
+            wait_time_mills_in_pull_queue: Duration::from_millis(5000),
             ha_master_address: String::new(),
             ha_send_heartbeat_interval: Duration::from_secs(1),
             ha_housekeeping_interval: Duration::from_secs(3),
@@ -234,6 +258,13 @@ impl BrokerConfig {
             "maxHeldPulls" => self.max_held_pulls = parse(key, v)?,
             "metricsPromExporterPort" => self.metrics_prom_exporter_port = parse(key, v)?,
             "serverWorkerThreads" => self.server_worker_threads = parse(key, v)?,
+            "brokerFastFailureEnable" => self.broker_fast_failure_enable = parse_bool(key, v)?,
+            "sendMessageThreadPoolNums" => self.send_message_thread_pool_nums = parse(key, v)?,
+            "sendThreadPoolQueueCapacity" => self.send_thread_pool_queue_capacity = parse(key, v)?,
+            "waitTimeMillsInSendQueue" => self.wait_time_mills_in_send_queue = millis(key, v)?,
+            "pullMessageThreadPoolNums" => self.pull_message_thread_pool_nums = parse(key, v)?,
+            "pullThreadPoolQueueCapacity" => self.pull_thread_pool_queue_capacity = parse(key, v)?,
+            "waitTimeMillsInPullQueue" => self.wait_time_mills_in_pull_queue = millis(key, v)?,
             "haMasterAddress" => self.ha_master_address = v.trim().to_string(),
             "haSendHeartbeatInterval" => self.ha_send_heartbeat_interval = millis(key, v)?,
             "haHousekeepingInterval" => self.ha_housekeeping_interval = millis(key, v)?,
@@ -395,6 +426,13 @@ impl BrokerConfig {
             ("maxHeldPulls", self.max_held_pulls.to_string()),
             ("metricsPromExporterPort", self.metrics_prom_exporter_port.to_string()),
             ("serverWorkerThreads", self.server_worker_threads.to_string()),
+            ("brokerFastFailureEnable", self.broker_fast_failure_enable.to_string()),
+            ("sendMessageThreadPoolNums", self.send_message_thread_pool_nums.to_string()),
+            ("sendThreadPoolQueueCapacity", self.send_thread_pool_queue_capacity.to_string()),
+            ("waitTimeMillsInSendQueue", self.wait_time_mills_in_send_queue.as_millis().to_string()),
+            ("pullMessageThreadPoolNums", self.pull_message_thread_pool_nums.to_string()),
+            ("pullThreadPoolQueueCapacity", self.pull_thread_pool_queue_capacity.to_string()),
+            ("waitTimeMillsInPullQueue", self.wait_time_mills_in_pull_queue.as_millis().to_string()),
             ("haMasterAddress", self.ha_master_address.clone()),
             ("haSendHeartbeatInterval", self.ha_send_heartbeat_interval.as_millis().to_string()),
             ("haHousekeepingInterval", self.ha_housekeeping_interval.as_millis().to_string()),
@@ -444,6 +482,11 @@ pub const RUNTIME_KEYS: &[&str] = &[
 
 fn split_addrs(v: &str) -> Vec<String> {
     v.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+/// CPUs this process may use.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn invalid(key: &str, value: &str, expected: &str) -> BrokerError {

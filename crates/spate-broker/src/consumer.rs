@@ -22,6 +22,7 @@ pub async fn heart_beat(
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, BrokerError> {
     let hb: HeartbeatData = json::decode(&req.body, "HeartbeatData")?;
+    state.clients.note_client_id(conn, &hb.client_id);
     let channel = |client_id: &str| ClientChannel {
         client_id: client_id.to_string(),
         conn: conn.clone(),

@@ -12,6 +12,7 @@
 //! on the blocking pool; appends are memory copies into pre-faulted files.
 
 pub mod admin;
+pub mod capacity;
 pub mod clients;
 pub mod config;
 pub mod consumer;
@@ -83,6 +84,8 @@ pub struct BrokerState {
     pub broker_addr: SocketAddr,
     pub store: Arc<MessageStore>,
     pub topics: TopicTable,
+    /// Rate limits and the send / pull stage queues (`capacity/`).
+    pub capacity: capacity::Capacity,
     pub offsets: ConsumerOffsets,
     pub groups: SubscriptionGroups,
     pub clients: Clients,
@@ -150,10 +153,15 @@ impl Broker {
             .map_err(|e| BrokerError::Config(format!("store open task failed: {e}")))??;
         let store = Arc::new(store);
         let root = cfg.store.store_path_root_dir.clone();
-        let (topics, offsets, groups) = {
+        let (topics, offsets, groups, limits) = {
             let root = root.clone();
             tokio::task::spawn_blocking(move || -> Result<_, BrokerError> {
-                Ok((TopicTable::load(&root)?, ConsumerOffsets::load(&root)?, SubscriptionGroups::load(&root)?))
+                Ok((
+                    TopicTable::load(&root)?,
+                    ConsumerOffsets::load(&root)?,
+                    SubscriptionGroups::load(&root)?,
+                    capacity::limits::LimitTable::load(&root)?,
+                ))
             })
             .await
             .map_err(|e| BrokerError::Config(format!("table load task failed: {e}")))??
@@ -179,6 +187,8 @@ impl Broker {
         let identity = cfg.broker_id;
         let controlled = !cfg.zk_addr.is_empty();
         let mut cfg = cfg;
+        let send_gate = capacity::gate::Gate::new(cfg.send_message_thread_pool_nums);
+        let pull_gate = capacity::gate::Gate::new(cfg.pull_message_thread_pool_nums);
         if controlled {
             // Until the controller says otherwise: a slave following nobody
             // (no client writes), registered under its own id.
@@ -209,6 +219,7 @@ impl Broker {
             config: RwLock::new(cfg),
             store,
             topics,
+            capacity: capacity::Capacity { limits, send_gate, pull_gate },
             offsets,
             groups,
             clients: Clients::default(),
@@ -397,13 +408,17 @@ async fn process(
     // A slave's topics and groups are its master's copy: changed there only.
     let metadata_write = matches!(
         req.code,
-        r::UPDATE_AND_CREATE_TOPIC | r::DELETE_TOPIC_IN_BROKER | r::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP
+        r::UPDATE_AND_CREATE_TOPIC
+            | r::DELETE_TOPIC_IN_BROKER
+            | r::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP
+            | r::SPATE_UPDATE_LIMIT
+            | r::SPATE_DELETE_LIMIT
     );
     if metadata_write && state.config.read().broker_role == BrokerRole::Slave {
         return Ok(RemotingCommand::error(
             req,
             response::NO_PERMISSION,
-            format!("broker {} is a slave: topics and groups are changed on its master", state.broker_name),
+            format!("broker {} is a slave: topics, groups and limits are changed on its master", state.broker_name),
         ));
     }
     Ok(match req.code {
@@ -432,6 +447,9 @@ async fn process(
             RemotingCommand::success(req).with_body(serde_json::to_vec(&ha::status_json(state)).unwrap_or_default())
         }
         r::GET_CONSUME_STATS => admin::consume_stats(state, req)?,
+        r::SPATE_GET_LIMITS => admin::limits(state, req),
+        r::SPATE_UPDATE_LIMIT => admin::update_limit(state, req).await?,
+        r::SPATE_DELETE_LIMIT => admin::delete_limit(state, req).await?,
         r::GET_CONSUMER_CONNECTION_LIST => admin::consumer_connections(state, req)?,
         r::QUERY_MESSAGE => admin::query_message(state, req).await?,
         r::VIEW_MESSAGE_BY_ID => admin::view_message(state, req).await?,

@@ -105,6 +105,17 @@ impl BrokerMetrics {
         t.bytes_out.add(bytes);
     }
 
+    /// Counts a send or pull refused by a rate limit or a full / slow queue.
+    pub fn throttled(&self, op: &'static str, reason: &'static str) {
+        self.registry
+            .counter(
+                "spate_broker_throttled_total",
+                "Requests refused at once by a rate limit or back-pressure, by operation and reason.",
+                &[("op", op), ("reason", reason)],
+            )
+            .inc();
+    }
+
     /// Records how long a request of `kind` took.
     pub fn latency(&self, kind: Kind, took: Duration) {
         match kind {

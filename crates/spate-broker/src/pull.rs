@@ -10,6 +10,7 @@ use spate_remoting::protocol::{perm, TagFilter};
 use spate_remoting::{response, Connection, RemotingCommand};
 use spate_store::{GetStatus, ReadLimits};
 
+use crate::capacity::{self, limits::Op};
 use crate::error::BrokerError;
 use crate::BrokerState;
 
@@ -110,6 +111,12 @@ pub async fn pull(
     };
     let filter = TagFilter::parse(&expression);
     let codes = filter.codes();
+    // Rate limits and the pull queue; the stage is held for the first read only.
+    let client = state.clients.client_id_of(conn);
+    let mut admitted = match capacity::admit(state, req, Op::Pull, &h.topic, &h.group, &client, 1).await {
+        Ok(a) => Some(a),
+        Err(refused) => return Ok(refused),
+    };
     state.groups.ensure(&h.group, state.config.read().auto_create_subscription_group);
     // A slave takes offsets from its master, not from pulls (as upstream).
     let on_slave = state.config.read().broker_role == crate::BrokerRole::Slave;
@@ -131,6 +138,7 @@ pub async fn pull(
         let mut confirmed = watch_read_limit(state);
         confirmed.borrow_and_update();
         let result = read(state, &h, codes.clone()).await?;
+        admitted.take();
         let waiting = matches!(result.code, response::PULL_NOT_FOUND) && suspend;
         let left = deadline.saturating_duration_since(Instant::now());
         if !waiting || left.is_zero() {

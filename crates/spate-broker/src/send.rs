@@ -8,6 +8,7 @@ use spate_remoting::protocol::{perm, DEFAULT_TOPIC, DLQ_GROUP_TOPIC_PREFIX, RETR
 use spate_remoting::{request, response, Connection, RemotingCommand};
 use spate_store::{PutBatchResult, PutResult, StoreError};
 
+use crate::capacity::{self, limits::Op};
 use crate::error::BrokerError;
 use crate::ha::ReplicaWait;
 use crate::{BrokerRole, BrokerState};
@@ -312,11 +313,19 @@ pub async fn send(
         reconsume_times: h.reconsume_times,
         prepared_tx_offset: 0,
     };
+    let client = state.clients.client_id_of(conn);
     if req.code == request::SEND_BATCH_MESSAGE || h.batch {
-        return send_batch(state, req, base).await;
+        return send_batch(state, req, base, &h.producer_group, &client).await;
     }
     let queue_id = base.queue_id;
-    let put = match put_one(state, base).await {
+    // Rate limits and the send queue; the stage is held only for the append.
+    let admitted = match capacity::admit(state, req, Op::Send, &h.topic, &h.producer_group, &client, 1).await {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
+    let put = put_one(state, base).await;
+    drop(admitted);
+    let put = match put {
         Ok(p) => p,
         Err(e) => return Ok(e.response(req)),
     };
@@ -340,6 +349,8 @@ async fn send_batch(
     state: &Arc<BrokerState>,
     req: &RemotingCommand,
     base: NewMessage,
+    group: &str,
+    client: &str,
 ) -> Result<RemotingCommand, BrokerError> {
     let msgs = match decode_batch(&req.body, &base) {
         Ok(m) => m,
@@ -350,7 +361,14 @@ async fn send_batch(
     }
     let queue_id = base.queue_id;
     let base_topic = base.topic.clone();
-    let put = match put_many(state, msgs).await {
+    let n = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
+    let admitted = match capacity::admit(state, req, Op::Send, &base_topic, group, client, n).await {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
+    let put = put_many(state, msgs).await;
+    drop(admitted);
+    let put = match put {
         Ok(p) => p,
         Err(e) => return Ok(e.response(req)),
     };

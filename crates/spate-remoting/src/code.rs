@@ -18,6 +18,12 @@ pub mod request {
     pub const GET_BROKER_RUNTIME_INFO: i32 = 28;
     /// A broker's replication state (upstream's HA runtime info; Spate's own JSON body).
     pub const GET_BROKER_HA_STATUS: i32 = 907;
+    /// Spate's own: the broker's rate limits with their counters (JSON body).
+    pub const SPATE_GET_LIMITS: i32 = 920;
+    /// Spate's own: adds or replaces one rate limit (JSON body: the rule).
+    pub const SPATE_UPDATE_LIMIT: i32 = 921;
+    /// Spate's own: removes one rate limit (fields `target`, `name`, `op`).
+    pub const SPATE_DELETE_LIMIT: i32 = 922;
     pub const SEARCH_OFFSET_BY_TIMESTAMP: i32 = 29;
     pub const GET_MAX_OFFSET: i32 = 30;
     pub const GET_MIN_OFFSET: i32 = 31;

@@ -40,6 +40,9 @@ pub struct RemotingCommand {
     /// The header encoding; a response is sent in its request's encoding.
     pub serialize_type: SerializeType,
     pub body: Bytes,
+    /// When a server read this request off its connection (not on the
+    /// wire): the broker's fast-fail back-pressure counts queueing from here.
+    pub received_at: Option<std::time::Instant>,
 }
 
 impl RemotingCommand {
@@ -55,6 +58,7 @@ impl RemotingCommand {
             ext_fields: HashMap::new(),
             serialize_type: SerializeType::Json,
             body: Bytes::new(),
+            received_at: None,
         }
     }
 
@@ -70,6 +74,7 @@ impl RemotingCommand {
             ext_fields: HashMap::new(),
             serialize_type: req.serialize_type,
             body: Bytes::new(),
+            received_at: None,
         }
     }
 
@@ -341,6 +346,7 @@ fn decode_json_header(header: &[u8]) -> Result<RemotingCommand, FrameError> {
         ext_fields,
         serialize_type: SerializeType::Json,
         body: Bytes::new(),
+        received_at: None,
     })
 }
 
@@ -406,6 +412,7 @@ fn decode_binary_header(header: &[u8]) -> Result<RemotingCommand, FrameError> {
         ext_fields,
         serialize_type: SerializeType::RocketMq,
         body: Bytes::new(),
+        received_at: None,
     })
 }
 
@@ -502,6 +509,7 @@ mod tests {
                 ext_fields: ext,
                 serialize_type: if binary { SerializeType::RocketMq } else { SerializeType::Json },
                 body: Bytes::from(body),
+                received_at: None,
             })
     }
 

@@ -244,7 +244,10 @@ async fn read_loop(
                 tracing::warn!(peer = %conn.peer, reason = %e, "closing connection after a bad frame");
                 break;
             }
-            Ok(Some(Ok(cmd))) => cmd,
+            Ok(Some(Ok(mut cmd))) => {
+                cmd.received_at = Some(std::time::Instant::now());
+                cmd
+            }
         };
         tracing::trace!(peer = %conn.peer, code = cmd.code, response = cmd.is_response(), header = ?cmd.serialize_type, "frame");
         if cmd.is_response() {

@@ -54,6 +54,12 @@ enum Noun {
         #[command(subcommand)]
         verb: MessageVerb,
     },
+    /// Rate limits per topic, group or client: set, list, delete (on every
+    /// master of a cluster; slaves copy them).
+    Limit {
+        #[command(subcommand)]
+        verb: LimitVerb,
+    },
     /// Replica groups: roles, offsets, replication lag and mode, epochs.
     Ha {
         #[command(subcommand)]
@@ -85,6 +91,56 @@ enum HaVerb {
         group: String,
         /// The broker id to elect.
         broker_id: i64,
+    },
+}
+
+#[derive(Args)]
+struct LimitWho {
+    /// What is limited: topic, group (producer group for sends, consumer
+    /// group for pulls) or client (its clientId).
+    #[arg(long, value_parser = ["topic", "group", "client"])]
+    target: String,
+    /// The topic, group or client id.
+    #[arg(long)]
+    name: String,
+    /// Which requests: send or pull.
+    #[arg(long, value_parser = ["send", "pull"])]
+    op: String,
+    /// Only the masters of this cluster (default: every cluster).
+    #[arg(short = 'c', long)]
+    cluster: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum LimitVerb {
+    /// Set (or replace) a limit: a token bucket of `--rate` a second with
+    /// bursts of `--burst`; with `--shape-max-wait-ms`, a leaky bucket that
+    /// holds requests up to that long and releases them at the rate.
+    Set {
+        #[command(flatten)]
+        who: LimitWho,
+        /// Permits a second (messages for sends, requests for pulls).
+        #[arg(long)]
+        rate: u32,
+        /// Bucket size (default: one second's worth).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Shape instead of rejecting: the longest a request waits its turn.
+        #[arg(long)]
+        shape_max_wait_ms: Option<u64>,
+        /// Shape: the most requests waiting at once.
+        #[arg(long, default_value_t = 1000)]
+        shape_max_queue: u32,
+    },
+    /// Remove a limit.
+    Delete {
+        #[command(flatten)]
+        who: LimitWho,
+    },
+    /// Every limit on every master, with admitted and rejected counts.
+    List {
+        #[arg(short = 'c', long)]
+        cluster: Option<String>,
     },
 }
 
@@ -305,6 +361,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         Noun::Broker { verb } => broker(&admin, verb).await?,
         Noun::Group { verb } => group(&admin, verb).await?,
         Noun::Message { verb } => message(&admin, verb).await?,
+        Noun::Limit { verb } => limit(&admin, verb).await?,
         Noun::Ha { verb: HaVerb::Status { cluster } } => ha_status(&admin, cluster.as_deref()).await?,
         Noun::Ha { verb: HaVerb::Groups { zk } } => ha_groups(&zk).await?,
         Noun::Ha { verb: HaVerb::Elect { zk, group, broker_id } } => ha_elect(&zk, &group, broker_id).await?,
@@ -318,6 +375,64 @@ pub async fn run(args: AdminArgs) -> Result<()> {
 }
 
 type Output = (Value, String);
+
+async fn limit(admin: &Admin, verb: LimitVerb) -> Result<Output> {
+    let (cluster, req, what) = match verb {
+        LimitVerb::Set { who, rate, burst, shape_max_wait_ms, shape_max_queue } => {
+            let rule = json!({
+                "target": who.target,
+                "name": who.name,
+                "op": who.op,
+                "rate": rate,
+                "burst": burst.unwrap_or(rate),
+                "shape": shape_max_wait_ms.map(|w| json!({"maxWaitMs": w, "maxQueue": shape_max_queue})),
+            });
+            let req = RemotingCommand::request(request::SPATE_UPDATE_LIMIT).with_body(serde_json::to_vec(&rule)?);
+            (who.cluster, Some(req), format!("{} {} {}: {rate}/s", who.target, who.name, who.op))
+        }
+        LimitVerb::Delete { who } => {
+            let req = RemotingCommand::request(request::SPATE_DELETE_LIMIT)
+                .with("target", &who.target)
+                .with("name", &who.name)
+                .with("op", &who.op);
+            (who.cluster, Some(req), format!("{} {} {}: removed", who.target, who.name, who.op))
+        }
+        LimitVerb::List { cluster } => (cluster, None, String::new()),
+    };
+    let mut out = Vec::new();
+    let mut table = String::new();
+    for (name, addr) in admin.masters(cluster.as_deref()).await? {
+        if let Some(req) = &req {
+            admin.call(&addr, req.clone()).await?;
+            table.push_str(&format!("{name} ({addr}): {what}\n"));
+            out.push(json!({"broker": name, "addr": addr}));
+            continue;
+        }
+        let r = admin.call(&addr, RemotingCommand::request(request::SPATE_GET_LIMITS)).await?;
+        let v: Value = serde_json::from_slice(&r.body).context("limits body")?;
+        table.push_str(&format!("{name} ({addr}):\n"));
+        for rule in v["rules"].as_array().into_iter().flatten() {
+            table.push_str(&format!(
+                "  {} {} {} {}/s burst {}{}: admitted {}, rejected {}, waiting {}\n",
+                rule["target"].as_str().unwrap_or("?"),
+                rule["name"].as_str().unwrap_or("?"),
+                rule["op"].as_str().unwrap_or("?"),
+                rule["rate"],
+                rule["burst"],
+                if rule["shape"].is_object() {
+                    format!(", shaped (wait up to {} ms)", rule["shape"]["maxWaitMs"])
+                } else {
+                    String::new()
+                },
+                rule["admitted"],
+                rule["rejected"],
+                rule["waiting"],
+            ));
+        }
+        out.push(json!({"broker": name, "addr": addr, "limits": v}));
+    }
+    Ok((json!(out), table))
+}
 
 async fn topic(admin: &Admin, verb: TopicVerb) -> Result<Output> {
     match verb {

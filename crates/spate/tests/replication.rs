@@ -401,6 +401,26 @@ async fn consumers_read_through_a_master_outage_from_the_slave() {
         assert!(Instant::now() < deadline, "the slave still has {total} messages queued for the deleted topic");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Rate limits are set on the master and copied to the slave, which
+    // refuses to change them itself.
+    let rule = br#"{"target":"topic","name":"HaRead","op":"pull","rate":10,"burst":10}"#;
+    let set = |addr: &str| {
+        let req = RemotingCommand::request(request::SPATE_UPDATE_LIMIT).with_body(bytes::Bytes::from_static(rule));
+        let (c, addr) = (raw_client(), addr.to_string());
+        async move { call(&c, &addr, req).await }
+    };
+    assert_eq!(set(&master.addr()).await.code, response::SUCCESS);
+    assert_eq!(set(&slave.addr()).await.code, response::NO_PERMISSION);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = call(&c, &slave.addr(), RemotingCommand::request(request::SPATE_GET_LIMITS)).await;
+        if String::from_utf8_lossy(&r.body).contains("\"HaRead\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slave never copied the master's limit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! A slave's copy of its master's metadata: every
 //! `slaveSyncMetadataInterval` it fetches the topic table, the subscription
-//! groups and the consumer offsets (GET_ALL_TOPIC_CONFIG,
-//! GET_ALL_SUBSCRIPTIONGROUP_CONFIG, GET_ALL_CONSUMER_OFFSET) and takes
+//! groups, the consumer offsets and the rate limits (GET_ALL_TOPIC_CONFIG,
+//! GET_ALL_SUBSCRIPTIONGROUP_CONFIG, GET_ALL_CONSUMER_OFFSET,
+//! SPATE_GET_LIMITS) and takes
 //! them, so it can serve reads with the master's topics if the master goes
 //! away. Topics and groups are replaced and offsets overwritten (upstream's
 //! rule), only while the slave follows that master. A topic deleted on the
@@ -85,5 +86,11 @@ pub async fn sync_once(
     }
     let body = fetch(client, master, request::GET_ALL_CONSUMER_OFFSET, timeout).await?;
     state.offsets.merge_from_master(&body).map_err(|e| e.to_string())?;
+    let body = fetch(client, master, request::SPATE_GET_LIMITS, timeout).await?;
+    let limits: crate::capacity::limits::LimitFile = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    if state.capacity.limits.replace_from_master(limits) {
+        tracing::info!("rate limits copied from the master");
+        state.capacity.limits.persist().await.map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
