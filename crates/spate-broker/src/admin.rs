@@ -157,6 +157,8 @@ pub fn runtime_info(state: &Arc<BrokerState>, req: &RemotingCommand) -> Remoting
     put("commitLogFlushedOffset", state.store.flushed_offset().to_string());
     put("dispatchBehindBytes", state.store.max_offset().saturating_sub(state.store.dispatched_offset()).to_string());
     put("pageCacheLockTimeMills", if state.store.is_os_page_cache_busy() { "busy" } else { "0" }.to_string());
+    put("degradeLevel", state.capacity.degrader.level().to_string());
+    put("sendThreadPoolQueueSize", state.capacity.send_gate.queued().to_string());
     put("storeSyncs", s.syncs.to_string());
     put("runtime", format!("[ {} seconds ]", state.started.elapsed().as_secs()));
     put("heldPulls", state.long_poll.held_count().to_string());
@@ -306,9 +308,13 @@ pub async fn view_message(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
 
 /// SPATE_GET_LIMITS: every rate limit with its counters, and the table's version.
 pub fn limits(state: &BrokerState, req: &RemotingCommand) -> RemotingCommand {
+    let snapshot = state.capacity.limits.snapshot();
     let body = serde_json::json!({
-        "version": state.capacity.limits.snapshot().version,
+        "version": snapshot.version,
         "rules": state.capacity.limits.status(),
+        "priorities": snapshot.priorities,
+        "degradeLevel": state.capacity.degrader.level(),
+        "sendQueueWaitAvgMicros": state.capacity.degrader.wait_avg().as_micros() as u64,
     });
     RemotingCommand::success(req).with_body(serde_json::to_vec(&body).unwrap_or_default())
 }
@@ -350,6 +356,34 @@ pub async fn delete_limit(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
         return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("no such limit on {name}")));
     }
     tracing::info!(?target, name, ?op, "rate limit removed");
+    state.capacity.limits.persist().await?;
+    Ok(RemotingCommand::success(req))
+}
+
+/// SPATE_SET_PRIORITY: a topic's or group's priority class under pressure.
+pub async fn set_priority(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    use crate::capacity::degrade::Class;
+    use crate::capacity::limits::Target;
+    let quoted = |field: &str| -> Result<String, BrokerError> { Ok(format!("\"{}\"", req.str_field(field)?)) };
+    let (target, class) =
+        match (serde_json::from_str::<Target>(&quoted("target")?), serde_json::from_str::<Class>(&quoted("class")?)) {
+            (Ok(t @ (Target::Topic | Target::Group)), Ok(c)) => (t, c),
+            _ => {
+                return Ok(RemotingCommand::error(
+                    req,
+                    response::INVALID_PARAMETER,
+                    "target must be topic or group; class core, normal or bulk",
+                ))
+            }
+        };
+    let name = req.str_field("name")?;
+    if name.is_empty() || name.len() > 255 {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, "name must be 1 to 255 characters"));
+    }
+    if !state.capacity.limits.set_class(target, name, class) {
+        return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, "the broker's priority table is full"));
+    }
+    tracing::info!(?target, name, class = class.name(), "priority class set");
     state.capacity.limits.persist().await?;
     Ok(RemotingCommand::success(req))
 }

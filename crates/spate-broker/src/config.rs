@@ -87,6 +87,20 @@ pub struct BrokerConfig {
     pub pull_thread_pool_queue_capacity: usize,
     /// `waitTimeMillsInPullQueue`: longest a pull may wait to be read (5 s).
     pub wait_time_mills_in_pull_queue: Duration,
+    /// `degradeEnable` (Spate): refuse `bulk`, then `normal` traffic under
+    /// pressure (true).
+    pub degrade_enable: bool,
+    /// `degradeQueueWaitMillis` (Spate): an average send queue wait above
+    /// this is pressure (10 ms).
+    pub degrade_queue_wait: Duration,
+    /// `degradeQueueDepth` (Spate): more sends waiting than this is pressure (1,000).
+    pub degrade_queue_depth: usize,
+    /// `degradeStepMillis` (Spate): pressure held this long raises the level (200 ms).
+    pub degrade_step: Duration,
+    /// `degradeRecoverMillis` (Spate): no pressure for this long lowers it (2 s).
+    pub degrade_recover: Duration,
+    /// `degradeCheckInterval` (Spate): how often the pressure is checked (50 ms).
+    pub degrade_check_interval: Duration,
     /// `haMasterAddress`: a slave's master HA address (`host:haListenPort`).
     /// Empty: the one the name servers report at registration.
     pub ha_master_address: String,
@@ -207,6 +221,12 @@ impl BrokerConfig {
             pull_message_thread_pool_nums: 16 + 2 * cpus(),
             pull_thread_pool_queue_capacity: 100_000,
             wait_time_mills_in_pull_queue: Duration::from_millis(5000),
+            degrade_enable: true,
+            degrade_queue_wait: Duration::from_millis(10),
+            degrade_queue_depth: 1000,
+            degrade_step: Duration::from_millis(200),
+            degrade_recover: Duration::from_secs(2),
+            degrade_check_interval: Duration::from_millis(50),
             ha_master_address: String::new(),
             ha_send_heartbeat_interval: Duration::from_secs(1),
             ha_housekeeping_interval: Duration::from_secs(3),
@@ -265,6 +285,12 @@ impl BrokerConfig {
             "pullMessageThreadPoolNums" => self.pull_message_thread_pool_nums = parse(key, v)?,
             "pullThreadPoolQueueCapacity" => self.pull_thread_pool_queue_capacity = parse(key, v)?,
             "waitTimeMillsInPullQueue" => self.wait_time_mills_in_pull_queue = millis(key, v)?,
+            "degradeEnable" => self.degrade_enable = parse_bool(key, v)?,
+            "degradeQueueWaitMillis" => self.degrade_queue_wait = millis(key, v)?,
+            "degradeQueueDepth" => self.degrade_queue_depth = parse(key, v)?,
+            "degradeStepMillis" => self.degrade_step = millis(key, v)?,
+            "degradeRecoverMillis" => self.degrade_recover = millis(key, v)?,
+            "degradeCheckInterval" => self.degrade_check_interval = millis(key, v)?,
             "haMasterAddress" => self.ha_master_address = v.trim().to_string(),
             "haSendHeartbeatInterval" => self.ha_send_heartbeat_interval = millis(key, v)?,
             "haHousekeepingInterval" => self.ha_housekeeping_interval = millis(key, v)?,
@@ -356,6 +382,9 @@ impl BrokerConfig {
                 "0 (unlimited) or enough for one haTransferBatchSize within half of haHousekeepingInterval",
             ));
         }
+        if self.degrade_check_interval.is_zero() {
+            return Err(invalid("degradeCheckInterval", "0", "at least 1 ms"));
+        }
         if self.in_sync_replicas == 0 {
             return Err(invalid("inSyncReplicas", "0", "at least 1 (the master)"));
         }
@@ -433,6 +462,12 @@ impl BrokerConfig {
             ("pullMessageThreadPoolNums", self.pull_message_thread_pool_nums.to_string()),
             ("pullThreadPoolQueueCapacity", self.pull_thread_pool_queue_capacity.to_string()),
             ("waitTimeMillsInPullQueue", self.wait_time_mills_in_pull_queue.as_millis().to_string()),
+            ("degradeEnable", self.degrade_enable.to_string()),
+            ("degradeQueueWaitMillis", self.degrade_queue_wait.as_millis().to_string()),
+            ("degradeQueueDepth", self.degrade_queue_depth.to_string()),
+            ("degradeStepMillis", self.degrade_step.as_millis().to_string()),
+            ("degradeRecoverMillis", self.degrade_recover.as_millis().to_string()),
+            ("degradeCheckInterval", self.degrade_check_interval.as_millis().to_string()),
             ("haMasterAddress", self.ha_master_address.clone()),
             ("haSendHeartbeatInterval", self.ha_send_heartbeat_interval.as_millis().to_string()),
             ("haHousekeepingInterval", self.ha_housekeeping_interval.as_millis().to_string()),

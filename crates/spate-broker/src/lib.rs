@@ -219,7 +219,7 @@ impl Broker {
             config: RwLock::new(cfg),
             store,
             topics,
-            capacity: capacity::Capacity { limits, send_gate, pull_gate },
+            capacity: capacity::Capacity { limits, send_gate, pull_gate, degrader: Default::default() },
             offsets,
             groups,
             clients: Clients::default(),
@@ -242,6 +242,7 @@ impl Broker {
             .map_err(|e| BrokerError::Io { path: format!("listen {listen}"), source: e })?;
         let mut tasks = vec![register::spawn(state.clone())];
         tasks.push(spawn_housekeeping(state.clone()));
+        tasks.push(tokio::spawn(capacity::run_degrader(state.clone())));
         if controlled {
             // Roles change live: every side runs, each idle while not its role.
             let listener = tokio::net::TcpListener::bind(ha_listen)
@@ -413,6 +414,7 @@ async fn process(
             | r::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP
             | r::SPATE_UPDATE_LIMIT
             | r::SPATE_DELETE_LIMIT
+            | r::SPATE_SET_PRIORITY
     );
     if metadata_write && state.config.read().broker_role == BrokerRole::Slave {
         return Ok(RemotingCommand::error(
@@ -450,6 +452,7 @@ async fn process(
         r::SPATE_GET_LIMITS => admin::limits(state, req),
         r::SPATE_UPDATE_LIMIT => admin::update_limit(state, req).await?,
         r::SPATE_DELETE_LIMIT => admin::delete_limit(state, req).await?,
+        r::SPATE_SET_PRIORITY => admin::set_priority(state, req).await?,
         r::GET_CONSUMER_CONNECTION_LIST => admin::consumer_connections(state, req)?,
         r::QUERY_MESSAGE => admin::query_message(state, req).await?,
         r::VIEW_MESSAGE_BY_ID => admin::view_message(state, req).await?,

@@ -41,6 +41,8 @@ pub struct BrokerMetrics {
     offset: Arc<Histogram>,
     replication: Arc<Histogram>,
     pub held_pulls: Arc<Counter>,
+    /// 0 none, 1 bulk refused, 2 bulk and normal refused (`capacity/degrade.rs`).
+    pub degrade_level: Arc<spate_metrics::Gauge>,
 }
 
 /// Request kinds with a latency histogram.
@@ -66,6 +68,11 @@ impl BrokerMetrics {
             offset: h("offset"),
             replication: h("replication_wait"),
             held_pulls: registry.counter(HELD_PULLS, "Pulls held by long polling.", &[]),
+            degrade_level: registry.gauge(
+                "spate_broker_degrade_level",
+                "Degradation by priority: 0 none, 1 bulk refused, 2 bulk and normal refused.",
+                &[],
+            ),
             topics: RwLock::new(HashMap::new()),
             registry,
         }

@@ -24,6 +24,9 @@ pub mod request {
     pub const SPATE_UPDATE_LIMIT: i32 = 921;
     /// Spate's own: removes one rate limit (fields `target`, `name`, `op`).
     pub const SPATE_DELETE_LIMIT: i32 = 922;
+    /// Spate's own: sets a topic's or group's priority class (fields
+    /// `target`, `name`, `class`: core, normal or bulk).
+    pub const SPATE_SET_PRIORITY: i32 = 923;
     pub const SEARCH_OFFSET_BY_TIMESTAMP: i32 = 29;
     pub const GET_MAX_OFFSET: i32 = 30;
     pub const GET_MIN_OFFSET: i32 = 31;

@@ -137,6 +137,18 @@ enum LimitVerb {
         #[command(flatten)]
         who: LimitWho,
     },
+    /// A topic's or group's priority class under pressure: bulk is refused
+    /// first, then normal; core is kept.
+    Priority {
+        #[arg(long, value_parser = ["topic", "group"])]
+        target: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["core", "normal", "bulk"])]
+        class: String,
+        #[arg(short = 'c', long)]
+        cluster: Option<String>,
+    },
     /// Every limit on every master, with admitted and rejected counts.
     List {
         #[arg(short = 'c', long)]
@@ -397,6 +409,13 @@ async fn limit(admin: &Admin, verb: LimitVerb) -> Result<Output> {
                 .with("op", &who.op);
             (who.cluster, Some(req), format!("{} {} {}: removed", who.target, who.name, who.op))
         }
+        LimitVerb::Priority { target, name, class, cluster } => {
+            let req = RemotingCommand::request(request::SPATE_SET_PRIORITY)
+                .with("target", &target)
+                .with("name", &name)
+                .with("class", &class);
+            (cluster, Some(req), format!("{target} {name}: {class}"))
+        }
         LimitVerb::List { cluster } => (cluster, None, String::new()),
     };
     let mut out = Vec::new();
@@ -410,7 +429,15 @@ async fn limit(admin: &Admin, verb: LimitVerb) -> Result<Output> {
         }
         let r = admin.call(&addr, RemotingCommand::request(request::SPATE_GET_LIMITS)).await?;
         let v: Value = serde_json::from_slice(&r.body).context("limits body")?;
-        table.push_str(&format!("{name} ({addr}):\n"));
+        table.push_str(&format!("{name} ({addr}): degradation level {}\n", v["degradeLevel"]));
+        for p in v["priorities"].as_array().into_iter().flatten() {
+            table.push_str(&format!(
+                "  {} {} is {}\n",
+                p["target"].as_str().unwrap_or("?"),
+                p["name"].as_str().unwrap_or("?"),
+                p["class"].as_str().unwrap_or("?")
+            ));
+        }
         for rule in v["rules"].as_array().into_iter().flatten() {
             table.push_str(&format!(
                 "  {} {} {} {}/s burst {}{}: admitted {}, rejected {}, waiting {}\n",

@@ -224,3 +224,51 @@ async fn a_full_send_queue_refuses_at_once_and_loses_nothing() {
     assert_eq!(max.field("offset").and_then(|v| v.parse::<i64>().ok()), Some(ok + 1));
     println!("{{\"sent\":300,\"stored\":{ok},\"refused_busy\":{busy}}}");
 }
+
+/// Degradation by priority with a real broker, its pressure threshold set
+/// to zero so that any send counts as pressure: the level climbs, bulk
+/// and then normal topics are refused while core is stored, and the level
+/// falls back by itself once the sends stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_pressure_bulk_then_normal_are_refused_and_core_kept_until_it_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Standalone::start_with(
+        dir.path(),
+        &["degradeQueueWaitMillis=0", "degradeStepMillis=50", "degradeRecoverMillis=300", "degradeCheckInterval=10"],
+    );
+    for t in ["Core", "Norm", "Bulk"] {
+        ready(&spate, t).await;
+    }
+    let ns = spate.namesrv();
+    admin(&ns, &["priority", "--target", "topic", "--name", "Core", "--class", "core"]);
+    admin(&ns, &["priority", "--target", "topic", "--name", "Bulk", "--class", "bulk"]);
+    let c = raw_client();
+    let level = |v: &serde_json::Value| v["degradeLevel"].as_u64().unwrap();
+
+    // Core traffic is the pressure here; it is stored throughout.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while level(&limits(&spate.broker()).await) < 2 {
+        let r = call(&c, &spate.broker(), send_req("Core", 0, b"c".to_vec())).await;
+        assert_eq!(r.code, response::SUCCESS, "core traffic is never degraded: {:?}", r.remark);
+        assert!(Instant::now() < deadline, "the level never reached 2");
+    }
+    for (topic, want) in [("Bulk", response::SYSTEM_BUSY), ("Norm", response::SYSTEM_BUSY), ("Core", response::SUCCESS)]
+    {
+        let r = call(&c, &spate.broker(), send_req(topic, 0, b"x".to_vec())).await;
+        assert_eq!(r.code, want, "{topic}: {:?}", r.remark);
+        if want == response::SYSTEM_BUSY {
+            assert!(r.remark.as_deref().unwrap_or("").starts_with("[DEGRADED]"), "{:?}", r.remark);
+        }
+    }
+
+    // The pressure passes: the level steps down and bulk is taken again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while level(&limits(&spate.broker()).await) > 0 {
+        assert!(Instant::now() < deadline, "the degradation never lifted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = call(&c, &spate.broker(), send_req("Bulk", 0, b"b".to_vec())).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    let listed = admin(&ns, &["list"]);
+    assert_eq!(listed[0]["limits"]["priorities"].as_array().map(Vec::len), Some(2), "{listed}");
+}

@@ -21,6 +21,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use super::degrade::Class;
 use crate::error::BrokerError;
 use crate::persist;
 
@@ -126,6 +127,18 @@ pub struct LimitFile {
     pub rules: Vec<LimitRule>,
     #[serde(default)]
     pub version: u64,
+    /// Priority classes of topics and groups (`normal` when absent).
+    #[serde(default)]
+    pub priorities: Vec<Priority>,
+}
+
+/// A topic's or group's priority class (`degrade.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Priority {
+    pub target: Target,
+    pub name: String,
+    pub class: Class,
 }
 
 /// One rule in force.
@@ -228,6 +241,7 @@ pub struct RuleStatus {
 /// Every rule in force, by (target, name, op).
 pub struct LimitTable {
     rules: RwLock<BTreeMap<(Target, String, Op), Arc<Limiter>>>,
+    classes: RwLock<BTreeMap<(Target, String), Class>>,
     version: RwLock<u64>,
     path: PathBuf,
     writer: persist::TableWriter,
@@ -240,6 +254,7 @@ impl LimitTable {
         let file: LimitFile = persist::load(&path)?.unwrap_or_default();
         let t = LimitTable {
             rules: RwLock::new(BTreeMap::new()),
+            classes: RwLock::new(BTreeMap::new()),
             version: RwLock::new(0),
             path,
             writer: Default::default(),
@@ -254,7 +269,43 @@ impl LimitTable {
             rules.insert(r.key(), Arc::new(Limiter::new(r)));
         }
         *self.rules.write() = rules;
+        *self.classes.write() = file
+            .priorities
+            .into_iter()
+            .filter(|p| p.class != Class::Normal && !p.name.is_empty())
+            .take(MAX_RULES)
+            .map(|p| ((p.target, p.name), p.class))
+            .collect();
         *self.version.write() = file.version;
+    }
+
+    /// The class of a request: its topic's if set, else its group's, else normal.
+    pub fn class_of(&self, topic: &str, group: &str) -> Class {
+        let classes = self.classes.read();
+        if classes.is_empty() {
+            return Class::Normal;
+        }
+        classes
+            .get(&(Target::Topic, topic.to_string()))
+            .or_else(|| classes.get(&(Target::Group, group.to_string())))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Sets a topic's or group's class (`normal` removes it); false when the table is full.
+    pub fn set_class(&self, target: Target, name: &str, class: Class) -> bool {
+        let mut classes = self.classes.write();
+        let key = (target, name.to_string());
+        if class == Class::Normal {
+            classes.remove(&key);
+        } else {
+            if !classes.contains_key(&key) && classes.len() >= MAX_RULES {
+                return false;
+            }
+            classes.insert(key, class);
+        }
+        *self.version.write() += 1;
+        true
     }
 
     /// Whether any rule exists (the hot path skips everything when not).
@@ -306,7 +357,16 @@ impl LimitTable {
 
     /// The table as persisted (and as a slave copies it).
     pub fn snapshot(&self) -> LimitFile {
-        LimitFile { rules: self.rules.read().values().map(|l| l.rule.clone()).collect(), version: *self.version.read() }
+        LimitFile {
+            rules: self.rules.read().values().map(|l| l.rule.clone()).collect(),
+            version: *self.version.read(),
+            priorities: self
+                .classes
+                .read()
+                .iter()
+                .map(|((target, name), class)| Priority { target: *target, name: name.clone(), class: *class })
+                .collect(),
+        }
     }
 
     /// Every rule with its counters.
@@ -414,5 +474,14 @@ mod tests {
         assert!(!t.delete(Target::Client, "10.0.0.1@1", Op::Pull));
         assert!(t.is_empty());
         assert!(rule(Target::Topic, "T", Op::Send, 0, 1, None).validate().is_err());
+        // Classes: the topic's wins over the group's; persisted with the rules.
+        assert_eq!(t.class_of("T", "g"), Class::Normal);
+        t.set_class(Target::Group, "g", Class::Core);
+        t.set_class(Target::Topic, "T", Class::Bulk);
+        assert_eq!((t.class_of("T", "g"), t.class_of("U", "g")), (Class::Bulk, Class::Core));
+        t.persist().await.unwrap();
+        assert_eq!(LimitTable::load(dir.path()).unwrap().class_of("T", "x"), Class::Bulk);
+        t.set_class(Target::Topic, "T", Class::Normal);
+        assert_eq!(t.class_of("T", "x"), Class::Normal);
     }
 }

@@ -4,12 +4,14 @@
 //! - [`limits`]: rate limits per topic, group and client (token bucket, or
 //!   leaky-bucket shaping), set at runtime, persisted, copied to slaves.
 //! - [`gate`]: fast-fail back-pressure in front of the send and pull stages.
+//! - [`degrade`]: degradation by priority class under pressure.
 //!
 //! Both answer a refused send with SYSTEM_BUSY (clients retry it on another
 //! broker, as upstream's) and a refused pull with FLOW_CONTROL, each with a
 //! remark saying which limit or queue, and count it in
 //! `spate_broker_throttled_total{op, reason}`.
 
+pub mod degrade;
 pub mod gate;
 pub mod limits;
 
@@ -27,6 +29,7 @@ pub struct Capacity {
     pub limits: LimitTable,
     pub send_gate: Gate,
     pub pull_gate: Gate,
+    pub degrader: degrade::Degrader,
 }
 
 /// A request allowed into its stage; the stage is held until this drops.
@@ -52,6 +55,15 @@ pub async fn admit(
     client: &str,
     n: u32,
 ) -> Result<Admitted, RemotingCommand> {
+    let class = state.capacity.limits.class_of(topic, group);
+    if !state.capacity.degrader.admits(class) {
+        let level = state.capacity.degrader.level();
+        let remark = format!(
+            "[DEGRADED]broker busy: under pressure (degradation level {level}), {} traffic of {topic} is refused for a while",
+            class.name()
+        );
+        return Err(refuse(state, req, op, "degraded", remark));
+    }
     let shaped = match state.capacity.limits.admit(op, topic, group, client, n).await {
         Ok(waited) => waited,
         Err(l) => {
@@ -88,8 +100,35 @@ pub async fn admit(
         Op::Send => &state.capacity.send_gate,
         Op::Pull => &state.capacity.pull_gate,
     };
-    match gate.enter(received, max_wait, capacity).await {
+    let entered = gate.enter(received, max_wait, capacity).await;
+    if op == Op::Send {
+        state.capacity.degrader.record_wait(received.elapsed());
+    }
+    match entered {
         Ok(p) => Ok(Admitted(Some(p))),
         Err((b, waited, queued)) => Err(refuse(state, req, op, b.reason(), b.remark(waited, queued))),
+    }
+}
+
+/// Checks the pressure every `degradeCheckInterval` and moves the
+/// degradation level (runs until aborted).
+pub async fn run_degrader(state: std::sync::Arc<BrokerState>) {
+    loop {
+        let (policy, every) = {
+            let c = state.config.read();
+            (
+                degrade::DegradePolicy {
+                    enabled: c.degrade_enable,
+                    queue_wait: c.degrade_queue_wait,
+                    queue_depth: c.degrade_queue_depth,
+                    step: c.degrade_step,
+                    recover: c.degrade_recover,
+                },
+                c.degrade_check_interval,
+            )
+        };
+        let level = state.capacity.degrader.tick(Instant::now(), &policy, state.capacity.send_gate.queued());
+        state.metrics.degrade_level.set(i64::from(level));
+        tokio::time::sleep(every).await;
     }
 }
