@@ -8,8 +8,11 @@
 //! the last few hundred, from when each was read off its connection) above
 //! `degradeQueueWaitMillis`, or the send queue deeper than
 //! `degradeQueueDepth`. The level rises one step after pressure held for
-//! `degradeStepMillis` at the current level, and falls one step after
-//! `degradeRecoverMillis` without pressure.
+//! `degradeStepMillis` at the current level -- but only while there is
+//! more important traffic to protect (a class is refused only if a higher
+//! one was seen within `degradeRecoverMillis`: with no core traffic,
+//! refusing normal traffic would only lose goodput) -- and falls one step
+//! after `degradeRecoverMillis` without pressure.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -68,6 +71,8 @@ pub struct Degrader {
     wait_avg_ns: AtomicU64,
     /// Sends recorded since the last check (none: the average decays).
     samples: AtomicU64,
+    /// When a request of each class (core, normal, bulk) was last seen.
+    seen: Mutex<[Option<Instant>; 3]>,
     phase: Mutex<Phase>,
 }
 
@@ -77,6 +82,7 @@ impl Default for Degrader {
             level: AtomicU8::new(0),
             wait_avg_ns: AtomicU64::new(0),
             samples: AtomicU64::new(0),
+            seen: Mutex::new([None; 3]),
             phase: Mutex::new(Phase { since: Instant::now(), last_pressure: None }),
         }
     }
@@ -103,8 +109,14 @@ impl Degrader {
         self.samples.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether a request of `class` is taken at the current level.
+    /// Whether a request of `class` is taken at the current level (and
+    /// notes that traffic of `class` exists).
     pub fn admits(&self, class: Class) -> bool {
+        self.seen.lock()[class as usize] = Some(Instant::now());
+        self.admits_now(class)
+    }
+
+    fn admits_now(&self, class: Class) -> bool {
         match class {
             Class::Core => true,
             Class::Normal => self.level() < 2,
@@ -132,7 +144,12 @@ impl Degrader {
         }
         let calm_for = phase.last_pressure.map_or(Duration::MAX, |t| now.saturating_duration_since(t));
         let at_level_for = now.saturating_duration_since(phase.since);
-        let next = if pressure && level < MAX_LEVEL && at_level_for >= policy.step {
+        // The class the next step would refuse, and the one it protects.
+        let protects = match level {
+            0 => [Class::Core, Class::Normal].iter().any(|c| self.seen_within(*c, now, policy.recover)),
+            _ => self.seen_within(Class::Core, now, policy.recover),
+        };
+        let next = if pressure && level < MAX_LEVEL && at_level_for >= policy.step && protects {
             level + 1
         } else if !pressure && level > 0 && calm_for >= policy.recover && at_level_for >= policy.recover {
             level - 1
@@ -157,6 +174,18 @@ impl Degrader {
     }
 }
 
+impl Degrader {
+    fn seen_within(&self, class: Class, now: Instant, window: Duration) -> bool {
+        self.seen.lock()[class as usize].is_some_and(|t| now.saturating_duration_since(t) <= window)
+    }
+
+    /// Notes traffic of `class` (tests).
+    #[cfg(test)]
+    fn saw(&self, class: Class, at: Instant) {
+        self.seen.lock()[class as usize] = Some(at);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +207,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(d.tick(t0, &p, 0), 0);
         assert!(d.admits(Class::Bulk));
+        d.saw(Class::Core, t0 + Duration::from_millis(900));
         // A deep queue is pressure: one step per `step`.
         assert_eq!(d.tick(t0 + Duration::from_millis(250), &p, 500), 1);
         assert!(!d.admits(Class::Bulk) && d.admits(Class::Normal));
@@ -194,8 +224,20 @@ mod tests {
     }
 
     #[test]
+    fn nothing_is_refused_when_there_is_nothing_more_important_to_protect() {
+        let (d, p) = (Degrader::default(), policy());
+        let t0 = Instant::now();
+        d.saw(Class::Bulk, t0);
+        assert_eq!(d.tick(t0 + Duration::from_secs(1), &p, 500), 0, "only bulk traffic: keep taking it");
+        d.saw(Class::Normal, t0 + Duration::from_secs(1));
+        assert_eq!(d.tick(t0 + Duration::from_millis(1300), &p, 500), 1, "normal traffic to protect");
+        assert_eq!(d.tick(t0 + Duration::from_millis(1600), &p, 500), 1, "no core traffic: normal is kept");
+    }
+
+    #[test]
     fn a_long_average_wait_is_pressure_and_disabled_means_never() {
         let d = Degrader::default();
+        d.saw(Class::Normal, Instant::now() + Duration::from_secs(1));
         for _ in 0..1000 {
             d.record_wait(Duration::from_millis(50));
         }
