@@ -23,6 +23,7 @@ pub mod compress;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod fault;
 pub mod instance;
 pub mod message;
 pub mod producer;
@@ -36,6 +37,7 @@ pub use consumer::{
     MessageListener, MessageModel, PushConsumer, PushConsumerOptions,
 };
 pub use error::ClientError;
+pub use fault::FaultPolicy;
 pub use instance::ClientInstance;
 pub use message::{Message, MessageExt};
 pub use producer::{queue_by_hash, Producer, ProducerOptions, SendResult, SendStatus};

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
+use crate::fault::{FaultPolicy, FaultTable};
 use crate::instance::ClientInstance;
 use crate::message::{encode_batch, Message};
 use crate::route::select_queue;
@@ -51,6 +52,9 @@ pub struct ProducerOptions {
     pub compress_msg_body_over_howmuch: usize,
     /// `compressLevel`: zlib level 0-9 (5).
     pub compress_level: u32,
+    /// The circuit breaker (`sendLatencyFaultEnable`, `latencyMax`,
+    /// `notAvailableDuration`, `detectInterval`, `detectTimeout`; see `fault.rs`).
+    pub fault: FaultPolicy,
 }
 
 impl ProducerOptions {
@@ -67,6 +71,7 @@ impl ProducerOptions {
             back_pressure_for_async_send_num: 10_000,
             compress_msg_body_over_howmuch: 4096,
             compress_level: 5,
+            fault: FaultPolicy::default(),
         }
     }
 
@@ -162,6 +167,8 @@ struct ProducerInner {
     async_permits: Arc<Semaphore>,
     runtime: tokio::runtime::Handle,
     shut_down: AtomicBool,
+    /// Brokers the circuit breaker keeps new sends away from.
+    faults: FaultTable,
 }
 
 /// Sends messages. Cheap to clone; clones share one producer.
@@ -201,8 +208,13 @@ impl Producer {
             async_permits: permits,
             runtime: tokio::runtime::Handle::current(),
             shut_down: AtomicBool::new(false),
+            faults: FaultTable::default(),
         };
-        Ok(Producer { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        if inner.options.fault.enabled {
+            tokio::spawn(probe_isolated(Arc::downgrade(&inner)));
+        }
+        Ok(Producer { inner })
     }
 
     /// The client instance this producer uses.
@@ -386,6 +398,32 @@ fn check_size(size: usize, max: usize) -> Result<()> {
     Ok(())
 }
 
+/// Probes the brokers the breaker isolates, every `detectInterval`, with a
+/// light request (GET_BROKER_RUNTIME_INFO) that must answer within
+/// `detectTimeout`; one that does is trusted again. Ends with the producer.
+async fn probe_isolated(producer: std::sync::Weak<ProducerInner>) {
+    loop {
+        let Some(p) = producer.upgrade() else { return };
+        if p.shut_down.load(Ordering::Acquire) {
+            return;
+        }
+        let policy = p.options.fault.clone();
+        for broker in p.faults.due_probes(&policy, Instant::now()) {
+            let Some(addr) = p.instance.master_addr(&broker) else { continue };
+            let req = RemotingCommand::request(request::GET_BROKER_RUNTIME_INFO);
+            if let Ok(Ok(r)) =
+                tokio::time::timeout(policy.detect_timeout, p.instance.call(&addr, req, policy.detect_timeout)).await
+            {
+                if r.code == response::SUCCESS {
+                    p.faults.recovered(&broker);
+                }
+            }
+        }
+        drop(p);
+        tokio::time::sleep(policy.detect_interval.min(Duration::from_secs(1)).max(Duration::from_millis(50))).await;
+    }
+}
+
 /// Whether a failed attempt is worth another try on another broker
 /// (network trouble, or a broker that cannot take the message right now).
 pub(crate) fn send_retryable(err: &ClientError) -> bool {
@@ -446,16 +484,17 @@ impl ProducerInner {
             };
             let mq = {
                 let mut c = self.queue_counter.fetch_add(1, Ordering::Relaxed);
-                select_queue(&route.write_queues, &mut c, &failed_brokers).cloned()
+                // Brokers that failed this send, and those the breaker isolates.
+                let mut avoid = failed_brokers.clone();
+                avoid.extend(self.faults.avoided(Instant::now()));
+                select_queue(&route.write_queues, &mut c, &avoid).cloned()
             };
             let Some(mq) = mq else {
                 last_err = Some(ClientError::NoRoute { topic: out.topic.clone() });
                 continue;
             };
             let remaining = budget.saturating_sub(started.elapsed());
-            let attempt = tokio::time::timeout(remaining, self.send_once(out, &mq, Mode::Sync, remaining))
-                .await
-                .unwrap_or_else(|_| Err(budget_spent(budget)));
+            let attempt = self.timed_attempt(out, &mq, remaining, budget).await;
             match attempt {
                 Ok(Some(r))
                     if r.status == SendStatus::SendOk || !self.options.retry_another_broker_when_not_store_ok =>
@@ -487,6 +526,38 @@ impl ProducerInner {
         }
         let last = last_err.unwrap_or_else(|| budget_spent(budget));
         Err(ClientError::SendFailed { topic: out.topic.clone(), attempts, last: Box::new(last) })
+    }
+
+    /// One synchronous attempt within `remaining`, reported to the circuit
+    /// breaker: its latency when it ends, and its broker isolated at once
+    /// if it is still waiting after the breaker's slow-send latency.
+    async fn timed_attempt(
+        &self,
+        out: &Outgoing,
+        mq: &MessageQueue,
+        remaining: Duration,
+        budget: Duration,
+    ) -> Result<Option<SendResult>> {
+        let policy = &self.options.fault;
+        let began = Instant::now();
+        let attempt = tokio::time::timeout(remaining, self.send_once(out, mq, Mode::Sync, remaining));
+        tokio::pin!(attempt);
+        let slow = policy.slow_send();
+        let outcome = if policy.enabled && slow < remaining {
+            tokio::select! {
+                r = &mut attempt => r,
+                _ = tokio::time::sleep(slow) => {
+                    self.faults.update(policy, &mq.broker_name, slow, false, Instant::now());
+                    attempt.await
+                }
+            }
+        } else {
+            attempt.await
+        };
+        let outcome = outcome.unwrap_or_else(|_| Err(budget_spent(budget)));
+        let failed = outcome.as_ref().err().is_some_and(send_retryable);
+        self.faults.update(policy, &mq.broker_name, began.elapsed(), failed, Instant::now());
+        outcome
     }
 
     /// Applies strict mode to a stored-but-not-confirmed result.
