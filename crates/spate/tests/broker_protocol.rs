@@ -5,7 +5,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::{call, pull_req, raw_client, Standalone};
 use spate_common::message::{decode_record, encode_properties};
 use spate_remoting::protocol::{json, TopicRouteData};
@@ -13,20 +12,7 @@ use spate_remoting::{request, response, RemotingCommand, SerializeType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn send_req(topic: &str, queue_id: i32, body: &[u8], tags: &str) -> RemotingCommand {
-    let props = encode_properties([("TAGS", tags), ("KEYS", "k1"), ("WAIT", "true")]).unwrap();
-    RemotingCommand::request(request::SEND_MESSAGE)
-        .with("producerGroup", "pg")
-        .with("topic", topic)
-        .with("defaultTopic", "TBW102")
-        .with("defaultTopicQueueNums", 4)
-        .with("queueId", queue_id)
-        .with("sysFlag", 0)
-        .with("bornTimestamp", 1)
-        .with("flag", 0)
-        .with("properties", props)
-        .with("reconsumeTimes", 0)
-        .with("unitMode", false)
-        .with_body(Bytes::copy_from_slice(body))
+    common::send_req_with(topic, queue_id, body.to_vec(), &[("TAGS", tags), ("KEYS", "k1")])
 }
 
 fn records(body: &[u8]) -> Vec<(Vec<u8>, String)> {

@@ -147,7 +147,13 @@ pub fn raw_client() -> RemotingClient {
 /// A SEND_MESSAGE (v1 header) of `body` to `topic`'s queue `queue_id`,
 /// auto-creating the topic from TBW102, with KEYS `k`.
 pub fn send_req(topic: &str, queue_id: i32, body: Vec<u8>) -> RemotingCommand {
-    let props = spate_common::message::encode_properties([("KEYS", "k"), ("WAIT", "true")]).expect("valid properties");
+    send_req_with(topic, queue_id, body, &[("KEYS", "k")])
+}
+
+/// [`send_req`] with the given message properties (WAIT=true added).
+pub fn send_req_with(topic: &str, queue_id: i32, body: Vec<u8>, props: &[(&str, &str)]) -> RemotingCommand {
+    let props = spate_common::message::encode_properties(props.iter().copied().chain([("WAIT", "true")]))
+        .expect("valid properties");
     RemotingCommand::request(spate_remoting::request::SEND_MESSAGE)
         .with("producerGroup", "pg")
         .with("topic", topic)
