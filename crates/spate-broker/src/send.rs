@@ -156,7 +156,18 @@ pub async fn await_replication(state: &BrokerState, end: u64, resp: &mut Remotin
         let c = state.config.read();
         (c.broker_role, c.ha_sync_timeout, c.ha_strict_sync)
     };
-    if role != BrokerRole::SyncMaster || resp.code != response::SUCCESS {
+    if resp.code != response::SUCCESS {
+        return;
+    }
+    if role == BrokerRole::Slave {
+        // Stored while this broker was master, but it was fenced or demoted
+        // before the send could be acknowledged: it no longer speaks for the
+        // group, and its tail may be cut. Never acknowledged.
+        resp.code = response::SYSTEM_ERROR;
+        resp.remark = Some("this broker stopped being the master before the send was acknowledged".to_string());
+        return;
+    }
+    if role != BrokerRole::SyncMaster {
         return;
     }
     let started = std::time::Instant::now();
