@@ -6,7 +6,7 @@ use bytes::{Buf, Bytes};
 use spate_common::message::{self, offset_msg_id, property, NewMessage};
 use spate_remoting::protocol::{perm, DEFAULT_TOPIC, DLQ_GROUP_TOPIC_PREFIX, RETRY_GROUP_TOPIC_PREFIX};
 use spate_remoting::{request, response, Connection, RemotingCommand};
-use spate_store::{PutBatchResult, PutResult, StoreError};
+use spate_store::{MessageStore, PutBatchResult, PutResult, StoreError};
 
 use crate::capacity::{self, limits::Op};
 use crate::error::BrokerError;
@@ -78,21 +78,29 @@ impl SendHeader {
     }
 }
 
-/// Stores one message. The append is a memory copy and runs inline, except
-/// near the end of a segment, where it might wait for the next one: then it
-/// runs on the blocking pool so no runtime worker waits.
+/// Stores one message (see [`append`]).
 pub async fn put_one(state: &Arc<BrokerState>, msg: NewMessage) -> Result<PutResult, PutError> {
+    let bytes = approx_record_len(&msg);
+    append(state, bytes, move |store| store.put_message(&msg)).await
+}
+
+/// The append is a memory copy and runs inline, except near the end of a
+/// segment, where it might wait for the next one: then it runs on the
+/// blocking pool so no runtime worker waits.
+async fn append<T: Send + 'static>(
+    state: &Arc<BrokerState>,
+    bytes: usize,
+    put: impl FnOnce(&MessageStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, PutError> {
     writable_here(state)?;
-    let put = if !state.store.append_may_wait(approx_record_len(&msg)) {
-        state.store.put_message(&msg)
+    let stored = if !state.store.append_may_wait(bytes) {
+        put(&state.store)
     } else {
         let store = state.store.clone();
-        tokio::task::spawn_blocking(move || store.put_message(&msg))
-            .await
-            .unwrap_or(Err(StoreError::Busy("append task failed")))
+        tokio::task::spawn_blocking(move || put(&store)).await.unwrap_or(Err(StoreError::Busy("append task failed")))
     };
     state.replication.notify_appended();
-    Ok(put?)
+    Ok(stored?)
 }
 
 /// Why an append did not happen.
@@ -201,18 +209,8 @@ pub async fn await_replication(state: &BrokerState, end: u64, resp: &mut Remotin
 
 /// Stores a batch contiguously, like [`put_one`].
 pub async fn put_many(state: &Arc<BrokerState>, msgs: Vec<NewMessage>) -> Result<PutBatchResult, PutError> {
-    writable_here(state)?;
     let bytes: usize = msgs.iter().map(approx_record_len).sum();
-    let put = if !state.store.append_may_wait(bytes) {
-        state.store.put_messages(&msgs)
-    } else {
-        let store = state.store.clone();
-        tokio::task::spawn_blocking(move || store.put_messages(&msgs))
-            .await
-            .unwrap_or(Err(StoreError::Busy("append task failed")))
-    };
-    state.replication.notify_appended();
-    Ok(put?)
+    append(state, bytes, move |store| store.put_messages(&msgs)).await
 }
 
 /// A record's size give or take its fixed header (at most ~120 bytes).
