@@ -113,6 +113,7 @@ impl Allocator {
 
     /// The allocator thread's loop; returns on [`Allocator::shutdown`].
     pub fn run(&self) {
+        lower_this_threads_priority();
         loop {
             let start = {
                 let mut slot = self.slot.lock();
@@ -141,6 +142,15 @@ impl Allocator {
                         });
                     if !complete {
                         tracing::warn!(start, "writer caught up with warming; handing over a partly warmed segment");
+                    } else if self.warm.touch {
+                        // Write the warmed zeros back now, while nobody appends
+                        // to this file: the pages stay resident, their blocks
+                        // are written, and they are clean, so the flushes that
+                        // follow write only what was appended and dirty memory
+                        // does not grow by a segment per roll.
+                        if let Err(e) = seg.write_back_all() {
+                            tracing::warn!(start, error = %e, "writing back a warmed segment failed");
+                        }
                     }
                     tracing::debug!(start, elapsed_ms = began.elapsed().as_millis() as u64, "next segment ready");
                 }
@@ -241,6 +251,22 @@ impl WriteBufferPool {
     /// Buffers available now.
     pub fn available(&self) -> usize {
         self.free.lock().len()
+    }
+}
+
+/// Niceness of the preparing thread: warming a segment touches a whole
+/// file's pages, and on a busy machine that CPU time must come from idle
+/// time, not from the threads answering requests. When it falls behind,
+/// the writer takes a partly warmed segment (see `take`) rather than wait.
+const BACKGROUND_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux nice values are
+/// per thread). Failing to is harmless: logged, and the thread runs on.
+fn lower_this_threads_priority() {
+    // SAFETY: gettid and setpriority take plain integers and touch no memory.
+    let tid = unsafe { libc::gettid() };
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the allocator's priority");
     }
 }
 
