@@ -120,8 +120,13 @@ impl Standalone {
         }
     }
 
-    /// Starts again on the same ports and data.
+    /// Starts again on the same ports and data; a process still running
+    /// is stopped cleanly first (otherwise the old one would keep the ports
+    /// and go on answering in the new one's place).
     pub fn restart(&mut self) {
+        if self.child.is_some() {
+            assert_eq!(self.terminate(), Some(0), "clean exit before the restart; log:\n{}", self.log_text());
+        }
         self.spawn();
     }
 }
