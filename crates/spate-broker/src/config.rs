@@ -90,14 +90,19 @@ pub struct BrokerConfig {
     /// `degradeEnable` (Spate): refuse `bulk`, then `normal` traffic under
     /// pressure (true).
     pub degrade_enable: bool,
-    /// `degradeQueueWaitMillis` (Spate): an average send queue wait above
-    /// this is pressure (10 ms).
-    pub degrade_queue_wait: Duration,
+    /// `degradeSendWaitMicros` (Spate): sends taking longer than this on
+    /// average from being read to being stored is pressure (1 ms).
+    pub degrade_send_wait: Duration,
+    /// `degradeSchedulingLagMicros` (Spate): ready tasks waiting longer
+    /// than this on average for a runtime worker is pressure (500 us).
+    pub degrade_scheduling_lag: Duration,
     /// `degradeQueueDepth` (Spate): more sends waiting than this is pressure (1,000).
     pub degrade_queue_depth: usize,
-    /// `degradeStepMillis` (Spate): pressure held this long raises the level (200 ms).
+    /// `degradeStepMillis` (Spate): under pressure a class's admitted share
+    /// is halved at most this often (100 ms).
     pub degrade_step: Duration,
-    /// `degradeRecoverMillis` (Spate): no pressure for this long lowers it (2 s).
+    /// `degradeRecoverMillis` (Spate): without pressure a share grows back
+    /// from nothing to whole in this long (2 s).
     pub degrade_recover: Duration,
     /// `degradeCheckInterval` (Spate): how often the pressure is checked (50 ms).
     pub degrade_check_interval: Duration,
@@ -222,9 +227,10 @@ impl BrokerConfig {
             pull_thread_pool_queue_capacity: 100_000,
             wait_time_mills_in_pull_queue: Duration::from_millis(5000),
             degrade_enable: true,
-            degrade_queue_wait: Duration::from_millis(10),
+            degrade_send_wait: Duration::from_millis(1),
+            degrade_scheduling_lag: Duration::from_micros(500),
             degrade_queue_depth: 1000,
-            degrade_step: Duration::from_millis(200),
+            degrade_step: Duration::from_millis(100),
             degrade_recover: Duration::from_secs(2),
             degrade_check_interval: Duration::from_millis(50),
             ha_master_address: String::new(),
@@ -286,7 +292,8 @@ impl BrokerConfig {
             "pullThreadPoolQueueCapacity" => self.pull_thread_pool_queue_capacity = parse(key, v)?,
             "waitTimeMillsInPullQueue" => self.wait_time_mills_in_pull_queue = millis(key, v)?,
             "degradeEnable" => self.degrade_enable = parse_bool(key, v)?,
-            "degradeQueueWaitMillis" => self.degrade_queue_wait = millis(key, v)?,
+            "degradeSendWaitMicros" => self.degrade_send_wait = Duration::from_micros(parse(key, v)?),
+            "degradeSchedulingLagMicros" => self.degrade_scheduling_lag = Duration::from_micros(parse(key, v)?),
             "degradeQueueDepth" => self.degrade_queue_depth = parse(key, v)?,
             "degradeStepMillis" => self.degrade_step = millis(key, v)?,
             "degradeRecoverMillis" => self.degrade_recover = millis(key, v)?,
@@ -463,7 +470,8 @@ impl BrokerConfig {
             ("pullThreadPoolQueueCapacity", self.pull_thread_pool_queue_capacity.to_string()),
             ("waitTimeMillsInPullQueue", self.wait_time_mills_in_pull_queue.as_millis().to_string()),
             ("degradeEnable", self.degrade_enable.to_string()),
-            ("degradeQueueWaitMillis", self.degrade_queue_wait.as_millis().to_string()),
+            ("degradeSendWaitMicros", self.degrade_send_wait.as_micros().to_string()),
+            ("degradeSchedulingLagMicros", self.degrade_scheduling_lag.as_micros().to_string()),
             ("degradeQueueDepth", self.degrade_queue_depth.to_string()),
             ("degradeStepMillis", self.degrade_step.as_millis().to_string()),
             ("degradeRecoverMillis", self.degrade_recover.as_millis().to_string()),

@@ -243,6 +243,7 @@ impl Broker {
         let mut tasks = vec![register::spawn(state.clone())];
         tasks.push(spawn_housekeeping(state.clone()));
         tasks.push(tokio::spawn(capacity::run_degrader(state.clone())));
+        tasks.push(tokio::spawn(capacity::run_lag_probe(state.clone())));
         if controlled {
             // Roles change live: every side runs, each idle while not its role.
             let listener = tokio::net::TcpListener::bind(ha_listen)

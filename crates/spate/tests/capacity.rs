@@ -226,15 +226,15 @@ async fn a_full_send_queue_refuses_at_once_and_loses_nothing() {
 }
 
 /// Degradation by priority with a real broker, its pressure threshold set
-/// to zero so that any send counts as pressure: the level climbs, bulk
-/// and then normal topics are refused while core is stored, and the level
-/// falls back by itself once the sends stop.
+/// to zero so that any send counts as pressure: bulk's admitted share and
+/// then normal's are cut to nothing while core is stored throughout, and
+/// the shares grow back by themselves once the sends stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_pressure_bulk_then_normal_are_refused_and_core_kept_until_it_passes() {
     let dir = tempfile::tempdir().unwrap();
     let spate = Standalone::start_with(
         dir.path(),
-        &["degradeQueueWaitMillis=0", "degradeStepMillis=50", "degradeRecoverMillis=300", "degradeCheckInterval=10"],
+        &["degradeSendWaitMicros=0", "degradeStepMillis=50", "degradeRecoverMillis=300", "degradeCheckInterval=10"],
     );
     for t in ["Core", "Norm", "Bulk"] {
         ready(&spate, t).await;
@@ -244,10 +244,17 @@ async fn under_pressure_bulk_then_normal_are_refused_and_core_kept_until_it_pass
     admin(&ns, &["priority", "--target", "topic", "--name", "Bulk", "--class", "bulk"]);
     let c = raw_client();
     let level = |v: &serde_json::Value| v["degradeLevel"].as_u64().unwrap();
+    let normal_share = |v: &serde_json::Value| v["normalSharePerMille"].as_u64().unwrap();
 
-    // Core traffic is the pressure here; it is stored throughout.
+    // Core traffic is the pressure here; it is stored throughout. Bulk is
+    // halved away first, then normal.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while level(&limits(&spate.broker()).await) < 2 {
+    loop {
+        let v = limits(&spate.broker()).await;
+        if normal_share(&v) == 0 {
+            assert_eq!((level(&v), v["bulkSharePerMille"].as_u64()), (2, Some(0)), "{v}");
+            break;
+        }
         let r = call(&c, &spate.broker(), send_req("Core", 0, b"c".to_vec())).await;
         assert_eq!(r.code, response::SUCCESS, "core traffic is never degraded: {:?}", r.remark);
         assert!(Instant::now() < deadline, "the level never reached 2");

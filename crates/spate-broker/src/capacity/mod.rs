@@ -33,7 +33,20 @@ pub struct Capacity {
 }
 
 /// A request allowed into its stage; the stage is held until this drops.
-pub struct Admitted(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+/// A send's time from being read to being stored (this drop) feeds the
+/// degrader's pressure signal.
+pub struct Admitted<'a> {
+    _permit: Option<OwnedSemaphorePermit>,
+    timed: Option<(&'a degrade::Degrader, Instant)>,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some((degrader, received)) = self.timed {
+            degrader.record_wait(received.elapsed());
+        }
+    }
+}
 
 fn refuse(state: &BrokerState, req: &RemotingCommand, op: Op, reason: &'static str, remark: String) -> RemotingCommand {
     let (op_label, code) = match op {
@@ -44,26 +57,60 @@ fn refuse(state: &BrokerState, req: &RemotingCommand, op: Op, reason: &'static s
     RemotingCommand::error(req, code, remark)
 }
 
-/// Admits a send of `n` messages (its rate limits, then the send queue),
-/// or the response refusing it.
-pub async fn admit(
+/// The refusal of a request whose priority class is being shed, if it is.
+/// Cheap: called before a batch's body is taken apart.
+pub fn degraded_refusal(
     state: &BrokerState,
+    req: &RemotingCommand,
+    op: Op,
+    topic: &str,
+    group: &str,
+) -> Option<RemotingCommand> {
+    let class = state.capacity.limits.class_of(topic, group);
+    if state.capacity.degrader.admits(class) {
+        return None;
+    }
+    let degrader = &state.capacity.degrader;
+    let remark = format!(
+        "[DEGRADED]broker busy: under pressure (degradation level {}, {} per mille of {} traffic taken), this {} request for {topic} is refused",
+        degrader.level(),
+        degrader.share(class),
+        class.name(),
+        match op {
+            Op::Send => "send",
+            Op::Pull => "pull",
+        }
+    );
+    Some(refuse(state, req, op, "degraded", remark))
+}
+
+/// Admits a request for `n` messages (degradation, its rate limits, then
+/// the stage's queue), or the response refusing it.
+pub async fn admit<'a>(
+    state: &'a BrokerState,
     req: &RemotingCommand,
     op: Op,
     topic: &str,
     group: &str,
     client: &str,
     n: u32,
-) -> Result<Admitted, RemotingCommand> {
-    let class = state.capacity.limits.class_of(topic, group);
-    if !state.capacity.degrader.admits(class) {
-        let level = state.capacity.degrader.level();
-        let remark = format!(
-            "[DEGRADED]broker busy: under pressure (degradation level {level}), {} traffic of {topic} is refused for a while",
-            class.name()
-        );
-        return Err(refuse(state, req, op, "degraded", remark));
+) -> Result<Admitted<'a>, RemotingCommand> {
+    if let Some(refused) = degraded_refusal(state, req, op, topic, group) {
+        return Err(refused);
     }
+    admit_past_degradation(state, req, op, topic, group, client, n).await
+}
+
+/// [`admit`] for a request [`degraded_refusal`] already let through.
+pub async fn admit_past_degradation<'a>(
+    state: &'a BrokerState,
+    req: &RemotingCommand,
+    op: Op,
+    topic: &str,
+    group: &str,
+    client: &str,
+    n: u32,
+) -> Result<Admitted<'a>, RemotingCommand> {
     let shaped = match state.capacity.limits.admit(op, topic, group, client, n).await {
         Ok(waited) => waited,
         Err(l) => {
@@ -81,11 +128,12 @@ pub async fn admit(
             }
         }
     };
-    if !fast_fail {
-        return Ok(Admitted(None));
-    }
     // A request a shaped limit held on purpose queues from its release on.
     let received = if shaped { Instant::now() } else { req.received_at.unwrap_or_else(Instant::now) };
+    let timed = (op == Op::Send).then_some((&state.capacity.degrader, received));
+    if !fast_fail {
+        return Ok(Admitted { _permit: None, timed });
+    }
     if op == Op::Send && state.store.is_os_page_cache_busy() {
         let b = Busy::PageCacheBusy;
         return Err(refuse(
@@ -100,13 +148,14 @@ pub async fn admit(
         Op::Send => &state.capacity.send_gate,
         Op::Pull => &state.capacity.pull_gate,
     };
-    let entered = gate.enter(received, max_wait, capacity).await;
-    if op == Op::Send {
-        state.capacity.degrader.record_wait(received.elapsed());
-    }
-    match entered {
-        Ok(p) => Ok(Admitted(Some(p))),
-        Err((b, waited, queued)) => Err(refuse(state, req, op, b.reason(), b.remark(waited, queued))),
+    match gate.enter(received, max_wait, capacity).await {
+        Ok(p) => Ok(Admitted { _permit: Some(p), timed }),
+        Err((b, waited, queued)) => {
+            if let Some((degrader, received)) = timed {
+                degrader.record_wait(received.elapsed());
+            }
+            Err(refuse(state, req, op, b.reason(), b.remark(waited, queued)))
+        }
     }
 }
 
@@ -114,21 +163,38 @@ pub async fn admit(
 /// degradation level (runs until aborted).
 pub async fn run_degrader(state: std::sync::Arc<BrokerState>) {
     loop {
-        let (policy, every) = {
+        let policy = {
             let c = state.config.read();
-            (
-                degrade::DegradePolicy {
-                    enabled: c.degrade_enable,
-                    queue_wait: c.degrade_queue_wait,
-                    queue_depth: c.degrade_queue_depth,
-                    step: c.degrade_step,
-                    recover: c.degrade_recover,
-                },
-                c.degrade_check_interval,
-            )
+            degrade::DegradePolicy {
+                enabled: c.degrade_enable,
+                send_wait: c.degrade_send_wait,
+                scheduling_lag: c.degrade_scheduling_lag,
+                queue_depth: c.degrade_queue_depth,
+                step: c.degrade_step,
+                recover: c.degrade_recover,
+                check_interval: c.degrade_check_interval,
+            }
         };
-        let level = state.capacity.degrader.tick(Instant::now(), &policy, state.capacity.send_gate.queued());
+        let seen = degrade::Pressure { queue_depth: state.capacity.send_gate.queued() };
+        let level = state.capacity.degrader.tick(Instant::now(), &policy, seen);
         state.metrics.degrade_level.set(i64::from(level));
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(policy.check_interval).await;
+    }
+}
+
+/// How often the scheduling lag is sampled.
+const LAG_PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Measures the runtime's scheduling lag: how long a task that yields
+/// waits to run again, i.e. what a request that just arrived waits before
+/// its connection is read (runs until aborted).
+pub async fn run_lag_probe(state: std::sync::Arc<BrokerState>) {
+    let mut every = tokio::time::interval(LAG_PROBE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let before = Instant::now();
+        tokio::task::yield_now().await;
+        state.capacity.degrader.record_lag(before.elapsed());
     }
 }
