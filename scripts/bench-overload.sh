@@ -22,6 +22,7 @@
 #     memory, not the mapped log) sampled every second;
 #  4. nothing accepted lost: each topic stores at least what was acknowledged.
 # Usage: scripts/bench-overload.sh [seconds per run] [runs]
+# SPATE_BROKER_CONF=file: further broker.conf settings (e.g. degrade thresholds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -34,7 +35,9 @@ ns=127.0.0.1:19876
 broker_cpu=1
 client_cpu=0
 
-taskset -c $broker_cpu $bin standalone --data-dir "$work/data" --namesrv-port 19876 --broker-port 19911 2>"$work/broker.log" &
+extra=()
+[ -n "${SPATE_BROKER_CONF:-}" ] && extra=(-c "$SPATE_BROKER_CONF")
+taskset -c $broker_cpu $bin standalone "${extra[@]}" --data-dir "$work/data" --namesrv-port 19876 --broker-port 19911 2>"$work/broker.log" &
 pid=$!
 for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/19911) 2>/dev/null && break; sleep 0.05; done
 sleep 2
