@@ -142,12 +142,13 @@ impl Allocator {
                         });
                     if !complete {
                         tracing::warn!(start, "writer caught up with warming; handing over a partly warmed segment");
-                    } else if self.warm.touch {
+                    } else if self.warm.touch && self.slot.lock().waiting != Some(start) {
                         // Write the warmed zeros back now, while nobody appends
                         // to this file: the pages stay resident, their blocks
                         // are written, and they are clean, so the flushes that
                         // follow write only what was appended and dirty memory
-                        // does not grow by a segment per roll.
+                        // does not grow by a segment per roll. (Skipped when
+                        // the writer is already waiting for this segment.)
                         if let Err(e) = seg.write_back_all() {
                             tracing::warn!(start, error = %e, "writing back a warmed segment failed");
                         }
