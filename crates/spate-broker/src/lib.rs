@@ -27,6 +27,7 @@ pub mod register;
 pub mod send;
 pub mod subscriptions;
 pub mod topics;
+pub mod vip;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,6 +140,7 @@ impl BrokerState {
 pub struct Broker {
     state: Arc<BrokerState>,
     server: RemotingServer,
+    vip: Option<vip::VipChannel>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -237,6 +239,18 @@ impl Broker {
         });
         state.topics.persist().await?;
         let handler = Arc::new(Processor { state: state.clone() });
+        // The VIP channel first: once the main port answers, everything does.
+        let vip = match vip::vip_port(listen.port()) {
+            Some(port) => match vip::VipChannel::start(SocketAddr::new(listen.ip(), port), handler.clone()).await {
+                Ok(v) => Some(v),
+                // Like the derived replication port: serving goes on without it.
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "VIP channel port (listenPort - 2) unavailable: clients with vipChannelEnabled cannot send here");
+                    None
+                }
+            },
+            None => None,
+        };
         let server = RemotingServer::bind(listen, ConnectionConfig::default(), handler)
             .await
             .map_err(|e| BrokerError::Io { path: format!("listen {listen}"), source: e })?;
@@ -279,7 +293,7 @@ impl Broker {
             tasks.push(task);
         }
         tracing::info!(addr = %state.broker_addr, broker = %state.broker_name, "broker listening");
-        Ok(Broker { state, server, tasks })
+        Ok(Broker { state, server, vip, tasks })
     }
 
     pub fn state(&self) -> &Arc<BrokerState> {
@@ -288,6 +302,11 @@ impl Broker {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The VIP channel's address, when it could be bound.
+    pub fn vip_addr(&self) -> Option<SocketAddr> {
+        self.vip.as_ref().map(vip::VipChannel::local_addr)
     }
 
     /// Stops accepting, answers requests in progress (long polls included,
@@ -301,6 +320,9 @@ impl Broker {
         register::unregister_all(&self.state).await;
         self.state.long_poll.close();
         self.server.shutdown(grace).await;
+        if let Some(v) = self.vip {
+            v.shutdown(grace).await;
+        }
         // Every step runs even if an earlier one failed; the first error is reported.
         let mut first_error = None;
         for result in

@@ -55,6 +55,9 @@ pub struct ProducerOptions {
     /// The circuit breaker (`sendLatencyFaultEnable`, `latencyMax`,
     /// `notAvailableDuration`, `detectInterval`, `detectTimeout`; see `fault.rs`).
     pub fault: FaultPolicy,
+    /// `vipChannelEnabled`: send to each broker's VIP channel (its port
+    /// minus 2), a lane the broker keeps apart from other traffic (false).
+    pub vip_channel_enabled: bool,
 }
 
 impl ProducerOptions {
@@ -72,6 +75,7 @@ impl ProducerOptions {
             compress_msg_body_over_howmuch: 4096,
             compress_level: 5,
             fault: FaultPolicy::default(),
+            vip_channel_enabled: false,
         }
     }
 
@@ -576,7 +580,10 @@ impl ProducerInner {
         mode: Mode,
         timeout: Duration,
     ) -> Result<Option<SendResult>> {
-        let addr = self.instance.master_addr_or_refresh(&mq.broker_name, &out.topic).await?;
+        let mut addr = self.instance.master_addr_or_refresh(&mq.broker_name, &out.topic).await?;
+        if self.options.vip_channel_enabled {
+            addr = vip_channel_addr(&addr);
+        }
         let code = if out.batch { request::SEND_BATCH_MESSAGE } else { request::SEND_MESSAGE_V2 };
         let req = RemotingCommand::request(code)
             .with("a", &self.options.group)
@@ -634,10 +641,26 @@ pub fn queue_by_hash(queues: &[MessageQueue], key: i64) -> Option<MessageQueue> 
     queues.get((key.unsigned_abs() % queues.len() as u64) as usize).cloned()
 }
 
+/// A broker's VIP channel address, `host:(port - 2)` (upstream's
+/// `brokerVIPChannel`); an address it cannot parse is used as it is.
+pub fn vip_channel_addr(addr: &str) -> String {
+    match addr.rsplit_once(':').and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?))) {
+        Some((host, port)) if port > 2 => format!("{host}:{}", port - 2),
+        _ => addr.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use spate_remoting::RemotingError;
+
+    #[test]
+    fn the_vip_channel_is_two_ports_down() {
+        assert_eq!(vip_channel_addr("10.0.0.1:10911"), "10.0.0.1:10909");
+        assert_eq!(vip_channel_addr("broker-a"), "broker-a");
+        assert_eq!(vip_channel_addr("h:1"), "h:1");
+    }
 
     #[test]
     fn send_status_follows_response_codes() {

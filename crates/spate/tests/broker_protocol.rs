@@ -351,3 +351,31 @@ async fn admin_and_lookup_requests() {
     assert_eq!(kv.table["msgPutTotalTodayNow"], "4");
     assert!(kv.table["commitLogMaxOffset"].parse::<u64>().unwrap() > 0);
 }
+
+/// The VIP channel (`listenPort - 2`, what clients with `vipChannelEnabled`
+/// send to) takes the same requests as the main port: a send through it is
+/// stored and pulled through the main port, and a producer with
+/// `vip_channel_enabled` sends through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vip_channel_two_ports_down_takes_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Standalone::start(&dir.path().join("data"));
+    let broker = spate.broker();
+    let vip = spate_client::producer::vip_channel_addr(&broker);
+    assert_ne!(vip, broker);
+    let c = raw_client();
+    let r = call(&c, &vip, send_req("Vip", 0, b"through the vip channel", "T")).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}; log:\n{}", r.remark, spate.log_text());
+    let r = call(&c, &broker, pull_req("Vip", 0, 0, 0, "*")).await;
+    assert_eq!(records(&r.body), vec![(b"through the vip channel".to_vec(), "T".into())]);
+
+    let mut opts = spate_client::ProducerOptions::new("vip_pg");
+    opts.vip_channel_enabled = true;
+    let cfg = spate_client::ClientConfig::new(&spate.namesrv()).with_instance_name("vip-p");
+    let p = spate_client::Producer::start(cfg, opts).await.unwrap();
+    let sent = p.send(spate_client::Message::new("Vip", "by a producer")).await.unwrap();
+    assert_eq!(sent.status, spate_client::SendStatus::SendOk);
+    p.shutdown().await;
+    let r = call(&c, &broker, pull_req("Vip", sent.message_queue.queue_id, sent.queue_offset, 0, "*")).await;
+    assert!(records(&r.body).iter().any(|(body, _)| body == b"by a producer"), "the producer's message is stored");
+}

@@ -61,6 +61,9 @@ pub struct ProduceArgs {
     /// Send timeout (sendMsgTimeout).
     #[arg(long, default_value = "3s", value_parser = super::report::parse_duration)]
     pub timeout: Duration,
+    /// Send through each broker's VIP channel (vipChannelEnabled: port - 2).
+    #[arg(long = "vip-channel")]
+    pub vip_channel: bool,
 }
 
 struct Shared {
@@ -101,6 +104,7 @@ pub async fn run(a: &ProduceArgs) -> Result<Report> {
         let cfg = ClientConfig::new(&a.namesrv).with_instance_name(format!("bench-{}-{i}", std::process::id()));
         let mut o = ProducerOptions::new(format!("bench_producer_{}", std::process::id()));
         o.send_msg_timeout = a.timeout;
+        o.vip_channel_enabled = a.vip_channel;
         // Measure the broker, not zlib.
         o.compress_msg_body_over_howmuch = usize::MAX;
         producers
