@@ -335,10 +335,11 @@ impl Segment {
     /// store thread only.
     ///
     /// Only the range written since the last flush is synced
-    /// (`msync(MS_SYNC)`, which is `fdatasync` limited to that range). A
-    /// whole-file `fdatasync` would also write back every page the warm-up
-    /// dirtied -- a gigabyte of zeros after each roll -- and the writer's
-    /// page faults would queue behind that journal commit.
+    /// (`msync(MS_SYNC)`, which is `fdatasync` limited to that range). The
+    /// allocator writes a warmed segment's zeros back before handing it
+    /// over, but not when the writer took it early (partly warmed); a
+    /// whole-file `fdatasync` would then write back up to a gigabyte of
+    /// zeros, and the writer's page faults would queue behind that commit.
     pub fn flush(&self) -> Result<u64> {
         let target = self.readable();
         let from = self.flushed();

@@ -58,9 +58,6 @@ impl Class {
     }
 }
 
-/// Highest level: bulk and normal shed.
-pub const MAX_LEVEL: u8 = 2;
-
 /// A whole share: everything of a class admitted.
 pub const WHOLE: u32 = 1000;
 
@@ -77,18 +74,6 @@ pub struct DegradePolicy {
     pub step: Duration,
     pub recover: Duration,
     pub check_interval: Duration,
-}
-
-/// What one check saw.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Pressure {
-    pub queue_depth: usize,
-}
-
-#[derive(Debug)]
-struct Phase {
-    /// When a share was last cut.
-    last_cut: Option<Instant>,
 }
 
 /// An exponential average (weight 1/16) kept in nanoseconds.
@@ -125,7 +110,8 @@ pub struct Degrader {
     samples: AtomicU64,
     /// When a request of each class was last seen.
     seen: Mutex<[Option<Instant>; 3]>,
-    phase: Mutex<Phase>,
+    /// When a share was last cut.
+    last_cut: Mutex<Option<Instant>>,
 }
 
 impl Default for Degrader {
@@ -137,7 +123,7 @@ impl Default for Degrader {
             lag: Average::default(),
             samples: AtomicU64::new(0),
             seen: Mutex::new([None; 3]),
-            phase: Mutex::new(Phase { last_cut: None }),
+            last_cut: Mutex::new(None),
         }
     }
 }
@@ -197,9 +183,9 @@ impl Degrader {
         self.shares[class as usize].store(share.min(WHOLE), Ordering::Relaxed);
     }
 
-    /// One check: cuts or grows the shares by at most one step. Returns
-    /// the level after it.
-    pub fn tick(&self, now: Instant, policy: &DegradePolicy, seen: Pressure) -> u8 {
+    /// One check, with `queue_depth` sends waiting for the send stage: cuts
+    /// or grows the shares by at most one step. Returns the level after it.
+    pub fn tick(&self, now: Instant, policy: &DegradePolicy, queue_depth: usize) -> u8 {
         if !policy.enabled {
             self.set_share(Class::Normal, WHOLE);
             self.set_share(Class::Bulk, WHOLE);
@@ -211,12 +197,12 @@ impl Degrader {
         }
         let pressure = self.send_wait.get() > policy.send_wait
             || self.lag.get() > policy.scheduling_lag
-            || seen.queue_depth > policy.queue_depth;
+            || queue_depth > policy.queue_depth;
         let before = self.level();
         let (bulk, normal) = (self.share(Class::Bulk), self.share(Class::Normal));
-        let mut phase = self.phase.lock();
+        let mut last_cut = self.last_cut.lock();
         if pressure {
-            let may_cut = phase.last_cut.is_none_or(|t| now.saturating_duration_since(t) >= policy.step);
+            let may_cut = last_cut.is_none_or(|t| now.saturating_duration_since(t) >= policy.step);
             // The class a cut would shed, if there is more important traffic to protect.
             let target = if bulk > 0 {
                 let protects = [Class::Core, Class::Normal].iter().any(|c| self.seen_within(*c, now, policy.recover));
@@ -228,7 +214,7 @@ impl Degrader {
                 let cut = if share / 2 < FLOOR { 0 } else { share / 2 };
                 if share > 0 {
                     self.set_share(class, cut);
-                    phase.last_cut = Some(now);
+                    *last_cut = Some(now);
                 }
             }
         } else {
@@ -241,7 +227,7 @@ impl Degrader {
                 self.set_share(Class::Bulk, bulk + grow);
             }
         }
-        drop(phase);
+        drop(last_cut);
         let after = self.level();
         if after > before {
             tracing::warn!(
@@ -250,7 +236,7 @@ impl Degrader {
                 normal_share = self.share(Class::Normal),
                 send_wait_us = self.send_wait.get().as_micros() as u64,
                 lag_us = self.lag.get().as_micros() as u64,
-                queue_depth = seen.queue_depth,
+                queue_depth,
                 "under pressure: shedding lower-priority traffic"
             );
         } else if after < before {
@@ -288,8 +274,9 @@ mod tests {
         }
     }
 
-    const DEEP: Pressure = Pressure { queue_depth: 500 };
-    const CALM: Pressure = Pressure { queue_depth: 0 };
+    /// Queue depths over and under the policy's threshold.
+    const DEEP: usize = 500;
+    const CALM: usize = 0;
 
     fn ms(t0: Instant, n: u64) -> Instant {
         t0 + Duration::from_millis(n)
@@ -376,7 +363,7 @@ mod tests {
         assert_eq!(lagging.tick(t0, &policy(), CALM), 1, "a runtime behind its ready tasks is pressure");
 
         let off = DegradePolicy { enabled: false, ..policy() };
-        assert_eq!(d.tick(ms(t0, 2000), &off, Pressure { queue_depth: 10_000 }), 0);
+        assert_eq!(d.tick(ms(t0, 2000), &off, 10_000), 0);
         assert!(d.admits(Class::Bulk));
     }
 }

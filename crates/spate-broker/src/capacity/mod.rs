@@ -175,8 +175,7 @@ pub async fn run_degrader(state: std::sync::Arc<BrokerState>) {
                 check_interval: c.degrade_check_interval,
             }
         };
-        let seen = degrade::Pressure { queue_depth: state.capacity.send_gate.queued() };
-        let level = state.capacity.degrader.tick(Instant::now(), &policy, seen);
+        let level = state.capacity.degrader.tick(Instant::now(), &policy, state.capacity.send_gate.queued());
         state.metrics.degrade_level.set(i64::from(level));
         tokio::time::sleep(policy.check_interval).await;
     }
