@@ -107,6 +107,9 @@ pub struct BrokerState {
     pub slave: ha::slave::SlaveState,
     topic_change: tokio::sync::Notify,
     group_change: tokio::sync::Notify,
+    /// Set once a name server has accepted a registration: from then on
+    /// clients can find this broker's routes.
+    registered: tokio::sync::watch::Sender<bool>,
 }
 
 impl BrokerState {
@@ -236,6 +239,7 @@ impl Broker {
             slave: ha::slave::SlaveState::default(),
             topic_change: tokio::sync::Notify::new(),
             group_change: tokio::sync::Notify::new(),
+            registered: tokio::sync::watch::Sender::new(false),
         });
         state.topics.persist().await?;
         let handler = Arc::new(Processor { state: state.clone() });
@@ -302,6 +306,15 @@ impl Broker {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Waits until a name server has accepted this broker's registration,
+    /// up to `limit`; returns whether one has. Until then a client asking a
+    /// name server for routes finds none.
+    pub async fn registered(&self, limit: Duration) -> bool {
+        let mut rx = self.state.registered.subscribe();
+        let waited = tokio::time::timeout(limit, rx.wait_for(|r| *r)).await;
+        matches!(waited, Ok(Ok(_)))
     }
 
     /// The VIP channel's address, when it could be bound.

@@ -63,6 +63,7 @@ async fn register_all(state: &Arc<BrokerState>, client: &RemotingClient) {
                     r.field("haServerAddr").map(str::to_string),
                     r.field("masterAddr").map(str::to_string),
                 );
+                state.registered.send_replace(true);
             }
             Ok(r) => tracing::warn!(namesrv = %addr, code = r.code, remark = ?r.remark, "registration refused"),
             Err(e) => tracing::warn!(namesrv = %addr, error = %e, "registration failed"),

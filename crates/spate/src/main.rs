@@ -21,6 +21,9 @@ use spate_namesrv::{NameServer, NamesrvConfig};
 
 /// How long shutdown waits for requests in progress (held pulls included).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long `spate standalone` waits for its broker to register with its
+/// own name server before saying ready anyway (the registration retries).
+const STANDALONE_REGISTER_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(name = "spate", version, about = "Spate: a RocketMQ-compatible message engine")]
@@ -220,6 +223,10 @@ async fn standalone(
     .with_context(|| format!("starting the name server on port {namesrv_port}"))?;
     cfg.namesrv_addr = vec![format!("127.0.0.1:{}", namesrv.local_addr().port())];
     let broker = Broker::start(cfg).await.context("starting the broker")?;
+    // Ready means a client can send: the routes must be in the name server.
+    if !broker.registered(STANDALONE_REGISTER_WAIT).await {
+        tracing::warn!(waited = ?STANDALONE_REGISTER_WAIT, "broker not yet registered with the name server");
+    }
     let r = broker.state().store.recovery();
     tracing::info!(
         data_dir = %data_dir.display(),

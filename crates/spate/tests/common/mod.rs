@@ -69,17 +69,27 @@ impl Standalone {
         if let Some(c) = &self.extra_conf {
             cmd.arg("-c").arg(c);
         }
+        let readies_before = self.readies();
         self.child = Some(cmd.spawn().expect("spawn spate"));
+        // Ready once this start has logged "ready", which comes after the
+        // broker registered with the name server: open ports alone would
+        // let a client ask for routes that are not there yet.
         let deadline = Instant::now() + Duration::from_secs(15);
-        for port in [self.namesrv_port, self.broker_port] {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                    panic!("spate exited early with {status}; log:\n{}", self.log_text());
-                }
-                assert!(Instant::now() < deadline, "spate did not open port {port}; log:\n{}", self.log_text());
-                std::thread::sleep(Duration::from_millis(10));
+        while self.readies() == readies_before {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("spate exited early with {status}; log:\n{}", self.log_text());
             }
+            assert!(Instant::now() < deadline, "spate never became ready; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
         }
+        for port in [self.namesrv_port, self.broker_port] {
+            assert!(TcpStream::connect(("127.0.0.1", port)).is_ok(), "ready but port {port} closed");
+        }
+    }
+
+    /// How many times the log says a start completed.
+    fn readies(&self) -> usize {
+        self.log_text().matches("spate standalone ready").count()
     }
 
     pub fn namesrv(&self) -> String {
