@@ -106,6 +106,11 @@ pub struct BrokerConfig {
     pub degrade_recover: Duration,
     /// `degradeCheckInterval` (Spate): how often the pressure is checked (50 ms).
     pub degrade_check_interval: Duration,
+    /// `messageDelayLevel`: the delay of each level a `DELAY` property may
+    /// name, level 1 first (upstream's 18, 1 s to 2 h). Units ms, s, m, h, d.
+    pub message_delay_levels: Vec<Duration>,
+    /// `messageDelayLevel` as written (for display).
+    pub message_delay_level: String,
     /// `haMasterAddress`: a slave's master HA address (`host:haListenPort`).
     /// Empty: the one the name servers report at registration.
     pub ha_master_address: String,
@@ -233,6 +238,9 @@ impl BrokerConfig {
             degrade_step: Duration::from_millis(100),
             degrade_recover: Duration::from_secs(2),
             degrade_check_interval: Duration::from_millis(50),
+            message_delay_levels: crate::schedule::parse_delay_levels(crate::schedule::DEFAULT_DELAY_LEVELS)
+                .unwrap_or_default(),
+            message_delay_level: crate::schedule::DEFAULT_DELAY_LEVELS.to_string(),
             ha_master_address: String::new(),
             ha_send_heartbeat_interval: Duration::from_secs(1),
             ha_housekeeping_interval: Duration::from_secs(3),
@@ -298,6 +306,11 @@ impl BrokerConfig {
             "degradeStepMillis" => self.degrade_step = millis(key, v)?,
             "degradeRecoverMillis" => self.degrade_recover = millis(key, v)?,
             "degradeCheckInterval" => self.degrade_check_interval = millis(key, v)?,
+            "messageDelayLevel" => {
+                self.message_delay_levels = crate::schedule::parse_delay_levels(v)
+                    .map_err(|why| BrokerError::Config(format!("{key}: {why}")))?;
+                self.message_delay_level = v.trim().to_string();
+            }
             "haMasterAddress" => self.ha_master_address = v.trim().to_string(),
             "haSendHeartbeatInterval" => self.ha_send_heartbeat_interval = millis(key, v)?,
             "haHousekeepingInterval" => self.ha_housekeeping_interval = millis(key, v)?,
@@ -476,6 +489,7 @@ impl BrokerConfig {
             ("degradeStepMillis", self.degrade_step.as_millis().to_string()),
             ("degradeRecoverMillis", self.degrade_recover.as_millis().to_string()),
             ("degradeCheckInterval", self.degrade_check_interval.as_millis().to_string()),
+            ("messageDelayLevel", self.message_delay_level.clone()),
             ("haMasterAddress", self.ha_master_address.clone()),
             ("haSendHeartbeatInterval", self.ha_send_heartbeat_interval.as_millis().to_string()),
             ("haHousekeepingInterval", self.ha_housekeeping_interval.as_millis().to_string()),

@@ -155,8 +155,8 @@ pub fn lock_batch(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<Rem
 
 /// CONSUMER_SEND_MSG_BACK: a message the consumer failed to process goes to
 /// the group's retry topic, or to its dead-letter topic after
-/// `maxReconsumeTimes`. Delivery is immediate: delay levels arrive with
-/// scheduled messages.
+/// `maxReconsumeTimes`. A retry waits in the schedule topic first
+/// (schedule.rs) for its delay level.
 pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
     let offset = req.i64_field("offset")?;
     let group = req.str_field("group")?.to_string();
@@ -193,7 +193,8 @@ pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
         return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
     }
     if state.topics.get(&target).is_none() {
-        let p = if dead { perm::WRITE } else { perm::READ | perm::WRITE };
+        // Readable, as upstream 5.x: dead letters can be consumed and listed.
+        let p = perm::READ | perm::WRITE;
         if !state.topics.upsert(TopicConfig::new(&target, 1, p)) {
             return Ok(RemotingCommand::error(
                 req,
@@ -217,6 +218,17 @@ pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
         reconsume_times: times,
         prepared_tx_offset: 0,
     };
+    // Back after a delay that grows with each retry: the request's level,
+    // or upstream's 3 + times already retried (10 s, 30 s, 1 min, ...).
+    let mut msg = msg;
+    if !dead {
+        let level = match req.opt_i32_field("delayLevel")? {
+            Some(l) if l > 0 => l,
+            _ => 3 + rec.reconsume_times,
+        };
+        let levels = state.config.read().message_delay_levels.len();
+        crate::schedule::to_waiting(&mut msg, level, levels);
+    }
     let put = match crate::send::put_one(state, msg).await {
         Ok(p) => p,
         Err(e) => return Ok(e.response(req)),

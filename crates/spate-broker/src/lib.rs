@@ -24,6 +24,7 @@ pub mod offsets;
 pub mod persist;
 pub mod pull;
 pub mod register;
+pub mod schedule;
 pub mod send;
 pub mod subscriptions;
 pub mod topics;
@@ -262,6 +263,7 @@ impl Broker {
         tasks.push(spawn_housekeeping(state.clone()));
         tasks.push(tokio::spawn(capacity::run_degrader(state.clone())));
         tasks.push(tokio::spawn(capacity::run_lag_probe(state.clone())));
+        tasks.push(tokio::spawn(schedule::run(state.clone())));
         if controlled {
             // Roles change live: every side runs, each idle while not its role.
             let listener = tokio::net::TcpListener::bind(ha_listen)

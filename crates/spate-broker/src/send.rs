@@ -11,6 +11,7 @@ use spate_store::{MessageStore, PutBatchResult, PutResult, StoreError};
 use crate::capacity::{self, limits::Op};
 use crate::error::BrokerError;
 use crate::ha::ReplicaWait;
+use crate::schedule;
 use crate::{BrokerRole, BrokerState};
 
 /// The request header of a send, whichever code carried it.
@@ -257,13 +258,6 @@ pub async fn send(
             "transactional messages are not supported by this broker yet; the message was not stored",
         ));
     }
-    if message::property(&h.properties, property::DELAY).is_some_and(|l| l.trim().parse::<i32>().is_ok_and(|l| l > 0)) {
-        return Ok(RemotingCommand::error(
-            req,
-            response::MESSAGE_ILLEGAL,
-            "delayed messages (DELAY property) are not supported by this broker yet; the message was not stored",
-        ));
-    }
     // A retry-topic message past its group's retry budget goes to the DLQ.
     let mut h = h;
     if let Some(group) = h.topic.strip_prefix(RETRY_GROUP_TOPIC_PREFIX) {
@@ -325,6 +319,13 @@ pub async fn send(
     let client = state.clients.client_id_of(conn);
     if req.code == request::SEND_BATCH_MESSAGE || h.batch {
         return send_batch(state, req, base, &h.producer_group, &client).await;
+    }
+    // A delayed message waits in the schedule topic (schedule.rs); the
+    // checks above were on its real topic.
+    let mut base = base;
+    if let Some(level) = schedule::requested_level(&base.properties) {
+        let levels = state.config.read().message_delay_levels.len();
+        schedule::to_waiting(&mut base, level, levels);
     }
     let queue_id = base.queue_id;
     // Rate limits and the send queue; the stage is held only for the append.
@@ -438,6 +439,11 @@ pub fn decode_batch(body: &Bytes, base: &NewMessage) -> Result<Vec<NewMessage>, 
         let props = std::str::from_utf8(&entry[..prop_len as usize])
             .map_err(|_| format!("batch entry {} properties are not UTF-8", out.len()))?
             .to_string();
+        // A batch lands contiguously in one queue; a delayed message cannot
+        // (upstream's clients refuse to batch them too).
+        if schedule::requested_level(&props).is_some() {
+            return Err(format!("batch entry {} is delayed (DELAY); delayed messages are sent one by one", out.len()));
+        }
         let mut m = base.clone();
         m.flag = flag;
         m.body = msg_body;

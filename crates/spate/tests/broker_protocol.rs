@@ -204,14 +204,20 @@ async fn bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
     )
     .await;
     assert_eq!(r.code, response::MESSAGE_ILLEGAL);
-    // Transactional half messages and delayed messages are refused, not delivered early.
+    // Transactional half messages are refused, not delivered early.
     let props = encode_properties([("TRAN_MSG", "true"), ("PGROUP", "pg")]).unwrap();
     let r = call(&c, &broker, send_req("Healthy", 0, b"half", "t").with("sysFlag", 4).with("properties", props)).await;
     assert_eq!(r.code, response::NO_PERMISSION, "{:?}", r.remark);
     assert!(r.remark.unwrap_or_default().contains("transactional"));
-    let props = encode_properties([("DELAY", "3")]).unwrap();
-    let r = call(&c, &broker, send_req("Healthy", 0, b"later", "t").with("properties", props)).await;
-    assert_eq!(r.code, response::MESSAGE_ILLEGAL);
+    // A delayed message cannot travel in a batch (one queue, in order).
+    let delayed = spate_client::Message::new("Healthy", "later").with_delay_level(3);
+    let body = spate_client::message::encode_batch(&[delayed]).unwrap();
+    let mut batch = send_req("Healthy", 0, b"", "t");
+    batch.code = request::SEND_BATCH_MESSAGE;
+    batch.body = body;
+    let r = call(&c, &broker, batch).await;
+    assert_eq!(r.code, response::MESSAGE_ILLEGAL, "{:?}", r.remark);
+    assert!(r.remark.unwrap_or_default().contains("delayed"));
     // Group names with characters that would corrupt offset keys.
     let r = call(&c, &broker, pull_req("Healthy", 0, 0, 0, "*").with("consumerGroup", "a@b")).await;
     assert_eq!(r.code, response::INVALID_PARAMETER);

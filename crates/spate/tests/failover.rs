@@ -74,6 +74,11 @@ impl Cluster {
 
     /// With the brokers' `haSyncTimeout` in ms.
     async fn start_with(session_ms: u64, sync_timeout_ms: u64) -> Cluster {
+        Cluster::start_conf(session_ms, sync_timeout_ms, &[]).await
+    }
+
+    /// With further broker.conf lines for every broker.
+    async fn start_conf(session_ms: u64, sync_timeout_ms: u64, extra: &[&str]) -> Cluster {
         let zk = ZooKeeper::start();
         let ns = Proc::namesrv();
         // SPATE_FAILOVER_KEEP: the cluster's logs and stores outlive the run.
@@ -99,6 +104,9 @@ impl Cluster {
                 "haStrictSync=true".into(),
                 format!("haSyncTimeout={sync_timeout_ms}"),
             ]
+            .into_iter()
+            .chain(extra.iter().map(|l| l.to_string()))
+            .collect()
         };
         let brokers: BTreeMap<i64, BrokerProc> =
             (1..=3).map(|id| (id, BrokerProc::start(dir.path(), &format!("b{id}"), &ns.addr(), &lines(id)))).collect();
@@ -395,4 +403,62 @@ async fn a_master_fenced_while_sends_wait_acknowledges_none() {
         assert_ne!(r.code, response::SUCCESS, "send {i} was acknowledged by a fenced master");
     }
     hung.pause(false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_sent_before_a_failover_are_delivered_by_the_new_master() {
+    let _serial = SERIAL.lock().await;
+    let Cluster { zk: _zk, ns, _controller, mut brokers, observer: _observer, first, _dir } =
+        Cluster::start_conf(1000, 1000, &["messageDelayLevel=3s"]).await;
+    let c = raw_client();
+    let old_id = first.master.unwrap();
+    let old_addr = brokers[&old_id].addr();
+    // Acknowledged (so on the in-sync slaves too), none due before the kill.
+    let mut sent_ms: BTreeMap<String, i64> = BTreeMap::new();
+    for i in 0..50 {
+        let body = format!("later-{i}");
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let req = common::send_req_with("Later", 0, body.clone().into_bytes(), &[("DELAY", "1")]);
+            if call(&c, &old_addr, req).await.code == response::SUCCESS {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the master never acknowledged {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sent_ms.insert(body, now_ms);
+    }
+    brokers.get_mut(&old_id).unwrap().kill9();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new_addr = loop {
+        if let Some(addr) = master_addr(&c, &ns.addr()).await.filter(|a| *a != old_addr) {
+            break addr;
+        }
+        assert!(Instant::now() < deadline, "no new master registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The new master delivers every one, none before it was due.
+    let mut delivered: BTreeMap<String, i64> = BTreeMap::new();
+    let mut next = 0i64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delivered.len() < sent_ms.len() {
+        assert!(Instant::now() < deadline, "delivered {} of {}", delivered.len(), sent_ms.len());
+        let r = call(&c, &new_addr, common::pull_req("Later", 0, next, 0, "*")).await;
+        if r.code == response::SUCCESS {
+            let mut rest = &r.body[..];
+            while !rest.is_empty() {
+                let rec = spate_common::message::decode_record(rest, true).unwrap();
+                delivered.insert(String::from_utf8_lossy(rec.body).into_owned(), rec.store_timestamp);
+                rest = &rest[rec.total_size..];
+            }
+            next = r.field("nextBeginOffset").and_then(|v| v.parse().ok()).unwrap_or(next);
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for (body, stored) in &delivered {
+        let sent = sent_ms.get(body).unwrap_or_else(|| panic!("{body} was never sent"));
+        assert!(*stored >= sent + 3000, "{body} delivered {} ms after it was sent", stored - sent);
+    }
 }

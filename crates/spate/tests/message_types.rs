@@ -1,0 +1,242 @@
+//! RocketMQ's message types against a real `spate standalone` process:
+//! delayed (scheduled) messages per level, across a clean restart and a
+//! kill -9, and consumer retries through growing delays into the
+//! dead-letter queue.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use spate_client::{
+    ClientConfig, ConsumeFromWhere, ConsumeStatus, Message, MessageExt, MessageListener, Producer, ProducerOptions,
+    PushConsumer, PushConsumerOptions,
+};
+
+/// Eighteen short levels, 100 ms apart, so every level can be waited for.
+const SHORT_LEVELS: &str =
+    "messageDelayLevel=100ms 200ms 300ms 400ms 500ms 600ms 700ms 800ms 900ms 1s 1100ms 1200ms 1300ms 1400ms 1500ms 1600ms 1700ms 1800ms";
+
+fn level_delay(level: i32) -> Duration {
+    Duration::from_millis(100 * level.clamp(1, 18) as u64)
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}_{}", nanos % 1_000_000_000_000)
+}
+
+fn config(ns: &str, instance: &str) -> ClientConfig {
+    ClientConfig::new(ns).with_instance_name(instance)
+}
+
+fn consumer_options(group: &str) -> PushConsumerOptions {
+    let mut o = PushConsumerOptions::new(group);
+    o.consume_from_where = ConsumeFromWhere::FirstOffset;
+    o.rebalance_interval = Duration::from_secs(1);
+    o.offset_store_dir = std::env::temp_dir().join(unique("spate-offsets"));
+    o
+}
+
+/// Each message received, with when it arrived.
+type Arrivals = Arc<Mutex<Vec<(MessageExt, Instant)>>>;
+
+async fn collect(ns: &str, topic: &str) -> (PushConsumer, Arrivals) {
+    let got: Arrivals = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let c = PushConsumer::new(config(ns, &unique("c")), consumer_options(&unique("g"))).unwrap();
+    c.subscribe(topic, "*").unwrap();
+    c.start(MessageListener::concurrently(move |msgs, _| {
+        let now = Instant::now();
+        g.lock().extend(msgs.iter().map(|m| (m.clone(), now)));
+        ConsumeStatus::ConsumeSuccess
+    }))
+    .await
+    .unwrap();
+    (c, got)
+}
+
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn body(m: &MessageExt) -> String {
+    String::from_utf8_lossy(&m.body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_delay_level_arrives_no_earlier_than_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = common::Standalone::start_with(&dir.path().join("data"), &[SHORT_LEVELS]);
+    let ns = spate.namesrv();
+    let topic = unique("Delay");
+    let p = Producer::start(config(&ns, "p"), ProducerOptions::new(unique("pg"))).await.unwrap();
+    // The consumer is running first, so an early delivery would be seen.
+    p.send(Message::new(&topic, "create")).await.unwrap();
+    let (c, got) = collect(&ns, &topic).await;
+    wait_until("the plain message", Duration::from_secs(20), || got.lock().len() == 1).await;
+
+    // Three per level, plus a level past the highest (capped to it).
+    let mut sent: HashMap<String, (i32, Instant, String)> = HashMap::new();
+    for level in (1..=18).chain([40]) {
+        for k in 0..3 {
+            let text = format!("L{level}-{k}");
+            let before = Instant::now();
+            let r =
+                p.send(Message::new(&topic, text.clone()).with_tags("Later").with_delay_level(level)).await.unwrap();
+            sent.insert(text, (level, before, r.msg_id));
+        }
+    }
+    wait_until("every delayed message", Duration::from_secs(30), || got.lock().len() == 1 + sent.len()).await;
+    // Nothing more comes (no duplicates).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = got.lock().clone();
+    assert_eq!(got.len(), 1 + sent.len());
+    let mut late_ms = Vec::new();
+    for (m, at) in got.iter().filter(|(m, _)| body(m) != "create") {
+        let (level, before, msg_id) = &sent[&body(m)];
+        let waited = at.duration_since(*before);
+        assert!(
+            waited >= level_delay(*level),
+            "{} arrived after {waited:?}, due after {:?}",
+            body(m),
+            level_delay(*level)
+        );
+        late_ms.push((waited - level_delay(*level)).as_millis());
+        // Delivered as the message that was sent, in its real topic.
+        assert_eq!(m.topic, topic);
+        assert_eq!(&m.msg_id, msg_id, "the client's message id is kept");
+        assert_eq!(m.tags(), Some("Later"));
+        assert_eq!(m.property("DELAY"), None);
+        assert_eq!(m.property("REAL_TOPIC"), Some(topic.as_str()));
+    }
+    late_ms.sort_unstable();
+    // Generous for a loaded CI machine; BENCHMARKS.md has the real numbers.
+    assert!(late_ms[late_ms.len() / 2] < 1000, "median lateness {} ms", late_ms[late_ms.len() / 2]);
+    c.shutdown().await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_survive_a_clean_restart_and_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels = "messageDelayLevel=2s 3s";
+    let mut spate = common::Standalone::start_with(&dir.path().join("data"), &[levels]);
+    let ns = spate.namesrv();
+    let topic = unique("Durable");
+    let sent_at = Instant::now();
+    {
+        let p = Producer::start(config(&ns, "p1"), ProducerOptions::new(unique("pg"))).await.unwrap();
+        for i in 0..100 {
+            let level = if i < 50 { 1 } else { 2 };
+            p.send(Message::new(&topic, format!("m{i}")).with_delay_level(level)).await.unwrap();
+        }
+        p.shutdown().await;
+    }
+    // Clean restart before any is due.
+    spate.restart();
+    let (c, got) = collect(&ns, &topic).await;
+    wait_until("all 100 after the restart", Duration::from_secs(30), || got.lock().len() >= 100).await;
+    for (m, at) in got.lock().iter() {
+        let i: usize = body(m)[1..].parse().unwrap();
+        let delay = Duration::from_secs(if i < 50 { 2 } else { 3 });
+        assert!(at.duration_since(sent_at) >= delay, "{} early", body(m));
+    }
+    // A clean restart after delivery delivers nothing again.
+    c.shutdown().await;
+    spate.restart();
+    let (c, again) = collect(&ns, &topic).await;
+    wait_until("the first 100 again (new group)", Duration::from_secs(30), || again.lock().len() >= 100).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(again.lock().len(), 100, "no delayed message delivered twice after a clean restart");
+    c.shutdown().await;
+
+    // kill -9 while messages wait: all of them still come (at least once).
+    {
+        let p = Producer::start(config(&ns, "p2"), ProducerOptions::new(unique("pg"))).await.unwrap();
+        for i in 0..100 {
+            p.send(Message::new(&topic, format!("k{i}")).with_delay_level(2)).await.unwrap();
+        }
+        p.shutdown().await;
+    }
+    spate.kill9();
+    spate.restart();
+    let (c, got) = collect(&ns, &topic).await;
+    wait_until("the 100 sent before the kill", Duration::from_secs(30), || {
+        got.lock()
+            .iter()
+            .filter(|(m, _)| body(m).starts_with('k'))
+            .map(|(m, _)| body(m))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == 100
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_listener_sees_max_retries_with_growing_delays_then_the_dlq() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = common::Standalone::start_with(&dir.path().join("data"), &[SHORT_LEVELS]);
+    let ns = spate.namesrv();
+    let topic = unique("Fails");
+    let group = unique("g");
+    const RETRIES: i32 = 3;
+    let p = Producer::start(config(&ns, "p"), ProducerOptions::new(unique("pg"))).await.unwrap();
+    let sent = p.send(Message::new(&topic, "poison").with_keys(["poison-key"])).await.unwrap();
+    let seen: Arc<Mutex<Vec<(i32, Instant, MessageExt)>>> = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let mut o = consumer_options(&group);
+    o.max_reconsume_times = RETRIES;
+    let c = PushConsumer::new(config(&ns, "c"), o).unwrap();
+    c.subscribe(&topic, "*").unwrap();
+    c.start(MessageListener::concurrently(move |msgs, _| {
+        let mut s = s2.lock();
+        for m in msgs {
+            s.push((m.reconsume_times, Instant::now(), m.clone()));
+        }
+        ConsumeStatus::ReconsumeLater
+    }))
+    .await
+    .unwrap();
+    wait_until("first delivery and every retry", Duration::from_secs(30), || seen.lock().len() as i32 > RETRIES).await;
+    // Nothing after the last retry: the message is dead.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = seen.lock().clone();
+    let times: Vec<i32> = seen.iter().map(|(t, _, _)| *t).collect();
+    assert_eq!(times, (0..=RETRIES).collect::<Vec<_>>(), "one delivery, then one per retry");
+    for w in seen.windows(2) {
+        let (t, at, _) = &w[0];
+        // Retry k + 1 waits level 3 + k.
+        let due = level_delay(3 + t);
+        assert!(w[1].1.duration_since(*at) >= due, "retry {} came after {:?}, due after {due:?}", t + 1, w[1].1 - *at);
+    }
+    for (_, _, m) in &seen {
+        assert_eq!(m.topic, topic, "retries are delivered under the original topic");
+        assert_eq!(m.msg_id, sent.msg_id, "retries keep the client's message id");
+        assert_eq!(body(m), "poison");
+    }
+    c.shutdown().await;
+
+    // The dead letter: readable, with the original topic, id and count.
+    let dlq = format!("%DLQ%{group}");
+    let (dc, dead) = collect(&ns, &dlq).await;
+    wait_until("the dead letter", Duration::from_secs(20), || !dead.lock().is_empty()).await;
+    let dead = dead.lock().clone();
+    assert_eq!(dead.len(), 1);
+    let m = &dead[0].0;
+    assert_eq!(body(m), "poison");
+    assert_eq!(m.property("RETRY_TOPIC"), Some(topic.as_str()));
+    assert_eq!(m.msg_id, sent.msg_id);
+    assert_eq!(m.reconsume_times, RETRIES + 1);
+    assert!(m.keys().contains(&"poison-key"));
+    dc.shutdown().await;
+    p.shutdown().await;
+}
