@@ -111,6 +111,13 @@ pub struct BrokerConfig {
     pub message_delay_levels: Vec<Duration>,
     /// `messageDelayLevel` as written (for display).
     pub message_delay_level: String,
+    /// `timerMaxDelaySec`: a timer message may be due at most this far
+    /// ahead (3 days).
+    pub timer_max_delay: Duration,
+    /// `timerMaxPendingInMemory` (Spate): most timer messages held in the
+    /// delivery wheel (16 bytes each; 20 million). Past it, later timer
+    /// messages are read in as earlier ones leave.
+    pub timer_max_pending_in_memory: usize,
     /// `haMasterAddress`: a slave's master HA address (`host:haListenPort`).
     /// Empty: the one the name servers report at registration.
     pub ha_master_address: String,
@@ -241,6 +248,8 @@ impl BrokerConfig {
             message_delay_levels: crate::schedule::parse_delay_levels(crate::schedule::DEFAULT_DELAY_LEVELS)
                 .unwrap_or_default(),
             message_delay_level: crate::schedule::DEFAULT_DELAY_LEVELS.to_string(),
+            timer_max_delay: Duration::from_secs(3 * 86_400),
+            timer_max_pending_in_memory: 20_000_000,
             ha_master_address: String::new(),
             ha_send_heartbeat_interval: Duration::from_secs(1),
             ha_housekeeping_interval: Duration::from_secs(3),
@@ -311,6 +320,8 @@ impl BrokerConfig {
                     .map_err(|why| BrokerError::Config(format!("{key}: {why}")))?;
                 self.message_delay_level = v.trim().to_string();
             }
+            "timerMaxDelaySec" => self.timer_max_delay = Duration::from_secs(parse(key, v)?),
+            "timerMaxPendingInMemory" => self.timer_max_pending_in_memory = parse(key, v)?,
             "haMasterAddress" => self.ha_master_address = v.trim().to_string(),
             "haSendHeartbeatInterval" => self.ha_send_heartbeat_interval = millis(key, v)?,
             "haHousekeepingInterval" => self.ha_housekeeping_interval = millis(key, v)?,
@@ -490,6 +501,8 @@ impl BrokerConfig {
             ("degradeRecoverMillis", self.degrade_recover.as_millis().to_string()),
             ("degradeCheckInterval", self.degrade_check_interval.as_millis().to_string()),
             ("messageDelayLevel", self.message_delay_level.clone()),
+            ("timerMaxDelaySec", self.timer_max_delay.as_secs().to_string()),
+            ("timerMaxPendingInMemory", self.timer_max_pending_in_memory.to_string()),
             ("haMasterAddress", self.ha_master_address.clone()),
             ("haSendHeartbeatInterval", self.ha_send_heartbeat_interval.as_millis().to_string()),
             ("haHousekeepingInterval", self.ha_housekeeping_interval.as_millis().to_string()),

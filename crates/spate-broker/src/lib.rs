@@ -27,6 +27,7 @@ pub mod register;
 pub mod schedule;
 pub mod send;
 pub mod subscriptions;
+pub mod timer;
 pub mod topics;
 pub mod vip;
 
@@ -264,6 +265,7 @@ impl Broker {
         tasks.push(tokio::spawn(capacity::run_degrader(state.clone())));
         tasks.push(tokio::spawn(capacity::run_lag_probe(state.clone())));
         tasks.push(tokio::spawn(schedule::run(state.clone())));
+        tasks.push(tokio::spawn(timer::run(state.clone())));
         if controlled {
             // Roles change live: every side runs, each idle while not its role.
             let listener = tokio::net::TcpListener::bind(ha_listen)

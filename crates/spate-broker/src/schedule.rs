@@ -128,7 +128,7 @@ pub fn to_due(rec: &message::Record<'_>, store_host: std::net::SocketAddr) -> Re
     })
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
@@ -186,7 +186,7 @@ fn read_level(
 }
 
 /// Whether this broker delivers now: a master that takes writes.
-fn delivering(state: &BrokerState) -> bool {
+pub(crate) fn delivering(state: &BrokerState) -> bool {
     let c = state.config.read();
     c.broker_role != BrokerRole::Slave && perm::writeable(c.broker_permission)
 }
@@ -215,7 +215,7 @@ pub async fn run(state: Arc<BrokerState>) {
 /// last read: a head not yet due is not read again until it is.
 type Heads = std::collections::HashMap<usize, (i64, i64)>;
 
-fn put_error_text(e: &crate::send::PutError) -> String {
+pub(crate) fn put_error_text(e: &crate::send::PutError) -> String {
     match e {
         crate::send::PutError::Refused { remark, .. } => remark.clone(),
         crate::send::PutError::Store(e) => e.to_string(),
@@ -227,7 +227,7 @@ fn put_error_text(e: &crate::send::PutError) -> String {
 /// table had not been copied yet (its log then held only the waiting
 /// message, so the promotion could not adopt it): it is added as it would
 /// have been created on send.
-async fn ensure_topic(state: &BrokerState, msg: &NewMessage) -> Result<(), String> {
+pub(crate) async fn ensure_topic(state: &BrokerState, msg: &NewMessage) -> Result<(), String> {
     if state.topics.get(&msg.topic).is_some() {
         return Ok(());
     }

@@ -11,7 +11,7 @@ use spate_store::{MessageStore, PutBatchResult, PutResult, StoreError};
 use crate::capacity::{self, limits::Op};
 use crate::error::BrokerError;
 use crate::ha::ReplicaWait;
-use crate::schedule;
+use crate::{schedule, timer};
 use crate::{BrokerRole, BrokerState};
 
 /// The request header of a send, whichever code carried it.
@@ -326,6 +326,14 @@ pub async fn send(
     if let Some(level) = schedule::requested_level(&base.properties) {
         let levels = state.config.read().message_delay_levels.len();
         schedule::to_waiting(&mut base, level, levels);
+    } else {
+        // Or a timer message (timer.rs): due at a given time.
+        let max_delay = state.config.read().timer_max_delay;
+        match timer::requested_due(&base.properties, schedule::now_ms(), max_delay) {
+            Ok(Some(due)) => timer::to_waiting(&mut base, due),
+            Ok(None) => {}
+            Err(why) => return Ok(RemotingCommand::error(req, response::MESSAGE_ILLEGAL, why)),
+        }
     }
     let queue_id = base.queue_id;
     // Rate limits and the send queue; the stage is held only for the append.
@@ -441,8 +449,15 @@ pub fn decode_batch(body: &Bytes, base: &NewMessage) -> Result<Vec<NewMessage>, 
             .to_string();
         // A batch lands contiguously in one queue; a delayed message cannot
         // (upstream's clients refuse to batch them too).
-        if schedule::requested_level(&props).is_some() {
-            return Err(format!("batch entry {} is delayed (DELAY); delayed messages are sent one by one", out.len()));
+        if schedule::requested_level(&props).is_some()
+            || [property::TIMER_DELIVER_MS, property::TIMER_DELAY_SEC, property::TIMER_DELAY_MS]
+                .iter()
+                .any(|k| message::property(&props, k).is_some())
+        {
+            return Err(format!(
+                "batch entry {} is delayed (DELAY or TIMER_*); delayed messages are sent one by one",
+                out.len()
+            ));
         }
         let mut m = base.clone();
         m.flag = flag;

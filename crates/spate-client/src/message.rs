@@ -68,6 +68,20 @@ impl Message {
         self
     }
 
+    /// Delivers at `epoch_ms` (ms since the epoch; upstream's
+    /// `setDeliverTimeMs`): a timer message.
+    pub fn with_deliver_time_ms(mut self, epoch_ms: i64) -> Self {
+        self.properties.insert(property::TIMER_DELIVER_MS.to_string(), epoch_ms.to_string());
+        self
+    }
+
+    /// Delivers `delay` after the broker stores it (upstream's
+    /// `setDelayTimeMs`): a timer message.
+    pub fn with_delay_time(mut self, delay: std::time::Duration) -> Self {
+        self.properties.insert(property::TIMER_DELAY_MS.to_string(), delay.as_millis().to_string());
+        self
+    }
+
     /// Sets a user property.
     pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.insert(key.into(), value.into());

@@ -80,6 +80,29 @@ pub mod property {
     pub const MAX_OFFSET: &str = "MAX_OFFSET";
     /// When consumption of the message started (ms since the epoch).
     pub const CONSUME_START_TIME: &str = "CONSUME_START_TIME";
+    /// Deliver at this time (ms since the epoch): a timer message.
+    pub const TIMER_DELIVER_MS: &str = "TIMER_DELIVER_MS";
+    /// Deliver this many seconds after it is stored: a timer message.
+    pub const TIMER_DELAY_SEC: &str = "TIMER_DELAY_SEC";
+    /// Deliver this many milliseconds after it is stored: a timer message.
+    pub const TIMER_DELAY_MS: &str = "TIMER_DELAY_MS";
+    /// When a waiting timer message is due (ms since the epoch), set by
+    /// the broker.
+    pub const TIMER_OUT_MS: &str = "TIMER_OUT_MS";
+}
+
+/// The system topic timer messages wait in (upstream's name). Its queue
+/// entries carry the due time (ms) where others carry the tag hash, so
+/// the due ones are found without reading the messages.
+pub const TIMER_TOPIC: &str = "rmq_sys_wheel_timer";
+
+/// The consume-queue tag code of a stored message: its tag's hash, or
+/// for a waiting timer message its due time.
+pub fn queue_tags_code(topic: &str, properties: &str) -> i64 {
+    if topic == TIMER_TOPIC {
+        return property(properties, property::TIMER_OUT_MS).and_then(|v| v.parse().ok()).unwrap_or(0);
+    }
+    tags_code(property(properties, property::TAGS))
 }
 
 /// Longest topic name RocketMQ accepts.

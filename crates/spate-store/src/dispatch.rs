@@ -157,7 +157,7 @@ impl Dispatcher {
             tracing::error!(offset, queue_id = rec.queue_id, "record with an impossible queue id not dispatched");
             return Ok(());
         }
-        let tags_code = message::tags_code(rec.property(property::TAGS));
+        let tags_code = message::queue_tags_code(rec.topic, rec.properties);
         let unit = CqUnit { physical_offset: offset, size: rec.total_size as u32, tags_code };
         self.queues.get_or_create(rec.topic, rec.queue_id)?.put(rec.queue_offset, unit)?;
         // Looked up by &str: no allocation per record once a topic is seen.

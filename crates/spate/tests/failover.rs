@@ -406,7 +406,7 @@ async fn a_master_fenced_while_sends_wait_acknowledges_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delayed_messages_sent_before_a_failover_are_delivered_by_the_new_master() {
+async fn delayed_and_timer_messages_sent_before_a_failover_are_delivered_by_the_new_master() {
     let _serial = SERIAL.lock().await;
     let Cluster { zk: _zk, ns, _controller, mut brokers, observer: _observer, first, _dir } =
         Cluster::start_conf(1000, 1000, &["messageDelayLevel=3s"]).await;
@@ -415,12 +415,17 @@ async fn delayed_messages_sent_before_a_failover_are_delivered_by_the_new_master
     let old_addr = brokers[&old_id].addr();
     // Acknowledged (so on the in-sync slaves too), none due before the kill.
     let mut sent_ms: BTreeMap<String, i64> = BTreeMap::new();
-    for i in 0..50 {
-        let body = format!("later-{i}");
+    for i in 0..100 {
+        // Half delay level 1, half timer messages 3 s out.
+        let (body, prop) = if i < 50 {
+            (format!("later-{i}"), ("DELAY", "1"))
+        } else {
+            (format!("timer-{i}"), ("TIMER_DELAY_MS", "3000"))
+        };
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let req = common::send_req_with("Later", 0, body.clone().into_bytes(), &[("DELAY", "1")]);
+            let req = common::send_req_with("Later", 0, body.clone().into_bytes(), &[prop]);
             if call(&c, &old_addr, req).await.code == response::SUCCESS {
                 break;
             }

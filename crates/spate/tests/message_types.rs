@@ -1,7 +1,7 @@
 //! RocketMQ's message types against a real `spate standalone` process:
-//! delayed (scheduled) messages per level, across a clean restart and a
-//! kill -9, and consumer retries through growing delays into the
-//! dead-letter queue.
+//! delayed messages per level and timer messages at arbitrary times, both
+//! across a clean restart and a kill -9, and consumer retries through
+//! growing delays into the dead-letter queue.
 
 mod common;
 
@@ -123,6 +123,81 @@ async fn every_delay_level_arrives_no_earlier_than_due() {
     p.shutdown().await;
 }
 
+fn epoch_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timer_messages_arrive_at_their_own_time_whatever_the_send_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = common::Standalone::start(&dir.path().join("data"));
+    let ns = spate.namesrv();
+    let topic = unique("Timer");
+    let p = Producer::start(config(&ns, "p"), ProducerOptions::new(unique("pg"))).await.unwrap();
+    p.send(Message::new(&topic, "create")).await.unwrap();
+    let arrived: Arc<Mutex<HashMap<String, (i64, MessageExt)>>> = Arc::default();
+    let a2 = arrived.clone();
+    let deliveries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n2 = deliveries.clone();
+    let c = PushConsumer::new(config(&ns, "c"), consumer_options(&unique("g"))).unwrap();
+    c.subscribe(&topic, "*").unwrap();
+    c.start(MessageListener::concurrently(move |msgs, _| {
+        let mut a = a2.lock();
+        for m in msgs {
+            // A second arrival keeps the first's time but still counts.
+            a.entry(body(m)).or_insert_with(|| (epoch_ms(), m.clone()));
+            n2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        ConsumeStatus::ConsumeSuccess
+    }))
+    .await
+    .unwrap();
+    wait_until("the plain message", Duration::from_secs(20), || arrived.lock().len() == 1).await;
+
+    // Due 3 s down to 100 ms ahead, sent latest first, in each of the three forms.
+    let mut due: HashMap<String, (i64, String)> = HashMap::new();
+    for i in (1..=30i64).rev() {
+        let text = format!("t{i}");
+        let delay_ms = 100 * i;
+        let before = epoch_ms();
+        let msg = Message::new(&topic, text.clone()).with_tags("Timed");
+        let (msg, at) = match i % 3 {
+            0 => (msg.with_deliver_time_ms(before + delay_ms), before + delay_ms),
+            1 => (msg.with_delay_time(Duration::from_millis(delay_ms as u64)), before + delay_ms),
+            _ => {
+                let sec = delay_ms / 1000 + 1;
+                (msg.with_property("TIMER_DELAY_SEC", sec.to_string()), before + 1000 * sec)
+            }
+        };
+        let r = p.send(msg).await.unwrap();
+        due.insert(text, (at, r.msg_id));
+    }
+    // A time already past is an ordinary message; one too far ahead is refused.
+    p.send(Message::new(&topic, "past").with_deliver_time_ms(epoch_ms() - 5000)).await.unwrap();
+    let far = p.send(Message::new(&topic, "far").with_property("TIMER_DELAY_SEC", "400000")).await.unwrap_err();
+    assert!(far.to_string().contains("timerMaxDelaySec"), "{far}");
+
+    wait_until("every timer message", Duration::from_secs(30), || arrived.lock().len() == 2 + due.len()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let arrived = arrived.lock().clone();
+    assert_eq!(arrived.len(), 2 + due.len());
+    assert_eq!(deliveries.load(std::sync::atomic::Ordering::Relaxed), 2 + due.len(), "each delivered once");
+    let mut late = Vec::new();
+    for (text, (at, msg_id)) in &due {
+        let (when, m) = &arrived[text];
+        assert!(when >= at, "{text} arrived {} ms early", at - when);
+        late.push(when - at);
+        assert_eq!(&m.msg_id, msg_id);
+        assert_eq!(m.topic, topic);
+        assert_eq!(m.tags(), Some("Timed"));
+        assert_eq!(m.property("TIMER_OUT_MS"), None);
+    }
+    late.sort_unstable();
+    assert!(late[late.len() / 2] < 1000, "median lateness {} ms", late[late.len() / 2]);
+    c.shutdown().await;
+    p.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_messages_survive_a_clean_restart_and_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,24 +212,32 @@ async fn delayed_messages_survive_a_clean_restart_and_a_kill_9() {
             let level = if i < 50 { 1 } else { 2 };
             p.send(Message::new(&topic, format!("m{i}")).with_delay_level(level)).await.unwrap();
         }
+        // And timer messages, 2.5 s out.
+        for i in 0..100 {
+            p.send(Message::new(&topic, format!("t{i}")).with_delay_time(Duration::from_millis(2500))).await.unwrap();
+        }
         p.shutdown().await;
     }
     // Clean restart before any is due.
     spate.restart();
     let (c, got) = collect(&ns, &topic).await;
-    wait_until("all 100 after the restart", Duration::from_secs(30), || got.lock().len() >= 100).await;
+    wait_until("all 200 after the restart", Duration::from_secs(30), || got.lock().len() >= 200).await;
     for (m, at) in got.lock().iter() {
-        let i: usize = body(m)[1..].parse().unwrap();
-        let delay = Duration::from_secs(if i < 50 { 2 } else { 3 });
-        assert!(at.duration_since(sent_at) >= delay, "{} early", body(m));
+        let b = body(m);
+        let delay = match (&b[..1], b[1..].parse::<usize>().unwrap()) {
+            ("t", _) => Duration::from_millis(2500),
+            (_, i) if i < 50 => Duration::from_secs(2),
+            _ => Duration::from_secs(3),
+        };
+        assert!(at.duration_since(sent_at) >= delay, "{b} early");
     }
     // A clean restart after delivery delivers nothing again.
     c.shutdown().await;
     spate.restart();
     let (c, again) = collect(&ns, &topic).await;
-    wait_until("the first 100 again (new group)", Duration::from_secs(30), || again.lock().len() >= 100).await;
+    wait_until("the first 200 again (new group)", Duration::from_secs(30), || again.lock().len() >= 200).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(again.lock().len(), 100, "no delayed message delivered twice after a clean restart");
+    assert_eq!(again.lock().len(), 200, "nothing delivered twice after a clean restart");
     c.shutdown().await;
 
     // kill -9 while messages wait: all of them still come (at least once).
@@ -162,20 +245,21 @@ async fn delayed_messages_survive_a_clean_restart_and_a_kill_9() {
         let p = Producer::start(config(&ns, "p2"), ProducerOptions::new(unique("pg"))).await.unwrap();
         for i in 0..100 {
             p.send(Message::new(&topic, format!("k{i}")).with_delay_level(2)).await.unwrap();
+            p.send(Message::new(&topic, format!("kt{i}")).with_delay_time(Duration::from_secs(2))).await.unwrap();
         }
         p.shutdown().await;
     }
     spate.kill9();
     spate.restart();
     let (c, got) = collect(&ns, &topic).await;
-    wait_until("the 100 sent before the kill", Duration::from_secs(30), || {
+    wait_until("the 200 sent before the kill", Duration::from_secs(30), || {
         got.lock()
             .iter()
             .filter(|(m, _)| body(m).starts_with('k'))
             .map(|(m, _)| body(m))
             .collect::<std::collections::HashSet<_>>()
             .len()
-            == 100
+            == 200
     })
     .await;
     c.shutdown().await;

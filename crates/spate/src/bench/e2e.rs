@@ -34,12 +34,42 @@ pub struct E2eArgs {
     pub duration: Duration,
     #[arg(long, default_value = "2s", value_parser = super::report::parse_duration)]
     pub warmup: Duration,
+    /// Send delayed messages of this level (upstream's default
+    /// `messageDelayLevel` assumed: 1 = 1 s, 2 = 5 s, 3 = 10 s, ...);
+    /// latency is then measured from when each was due.
+    #[arg(long, default_value_t = 0, conflicts_with = "timer_delay")]
+    pub delay_level: i32,
+    /// Send timer messages due this long after their send time
+    /// (`TIMER_DELAY_MS`); latency is measured from when each was due.
+    #[arg(long, value_parser = super::report::parse_duration)]
+    pub timer_delay: Option<Duration>,
+}
+
+/// Upstream's default delay levels, for `--delay-level`.
+const DEFAULT_LEVEL_SECS: [u64; 18] =
+    [1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200];
+
+impl E2eArgs {
+    /// How long after its send each message is due.
+    fn delay(&self) -> Result<Duration> {
+        if let Some(d) = self.timer_delay {
+            return Ok(d);
+        }
+        match self.delay_level {
+            0 => Ok(Duration::ZERO),
+            l @ 1..=18 => Ok(Duration::from_secs(DEFAULT_LEVEL_SECS[l as usize - 1])),
+            l => bail!("--delay-level {l}: 1 to 18"),
+        }
+    }
 }
 
 pub async fn run(a: &E2eArgs) -> Result<Report> {
     if a.rate == 0 || a.size < 16 {
         bail!("--rate must be positive and --size at least 16");
     }
+    let delay = a.delay()?;
+    let delay_ms = delay.as_millis() as i64;
+    let early = Arc::new(AtomicU64::new(0));
     // Bodies carry (run id, sequence number): messages of earlier runs in
     // the same topic are skipped, not mistaken for this run's.
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
@@ -64,7 +94,9 @@ pub async fn run(a: &E2eArgs) -> Result<Report> {
     let stored = Arc::new(Mutex::new(histogram()));
     let received = Arc::new(AtomicU64::new(0));
     let rate = a.rate as f64;
-    let (b, s, r) = (born.clone(), stored.clone(), received.clone());
+    // Timer messages carry their due time: lateness against it exactly (ms).
+    let exact = Arc::new(Mutex::new(histogram()));
+    let (b, s, r, e, x) = (born.clone(), stored.clone(), received.clone(), early.clone(), exact.clone());
     let mut o = PushConsumerOptions::new(group);
     o.consume_from_where = ConsumeFromWhere::LastOffset;
     let consumer =
@@ -86,6 +118,14 @@ pub async fn run(a: &E2eArgs) -> Result<Report> {
                     continue;
                 }
                 r.fetch_add(1, Ordering::Relaxed);
+                // Stored after it was born, so due no earlier than born + delay.
+                if delay_ms > 0 && now_ms < m.born_timestamp + delay_ms {
+                    e.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(due) = m.property("TIMER_DELIVER_MS").and_then(|v| v.parse::<i64>().ok()) {
+                    let _ = x.lock().record(((now_ms - due).max(0) as u64 * 1000).max(1));
+                }
+                let intended = intended + delay;
                 let _ = b.lock().record(now.saturating_duration_since(intended).as_micros().max(1) as u64);
                 let _ = s.lock().record(((now_ms - m.store_timestamp).max(0) as u64 * 1000).max(1));
             }
@@ -98,13 +138,20 @@ pub async fn run(a: &E2eArgs) -> Result<Report> {
     let sent = Arc::new(AtomicU64::new(0));
     let producer = Arc::new(producer);
     let (p, size, topic, sent2) = (producer.clone(), a.size, a.topic.clone(), sent.clone());
+    let (timer_delay, delay_level) = (a.timer_delay, a.delay_level);
     let scheduler = super::report::open_loop_schedule(start, start + total, rate, move |k, _| {
         let mut body = BytesMut::with_capacity(size);
         body.put_u64(run_id);
         body.put_u64(k);
         body.resize(size, 0x5a);
         let s = sent2.clone();
-        let _ = p.send_async(Message::new(&topic, Bytes::from(body)), move |r| {
+        let mut msg = Message::new(&topic, Bytes::from(body));
+        if let Some(d) = timer_delay {
+            msg = msg.with_delay_time(d);
+        } else if delay_level > 0 {
+            msg = msg.with_delay_level(delay_level);
+        }
+        let _ = p.send_async(msg, move |r| {
             if r.is_ok() {
                 s.fetch_add(1, Ordering::Relaxed);
             }
@@ -112,9 +159,9 @@ pub async fn run(a: &E2eArgs) -> Result<Report> {
         true
     });
     let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
-    // Stragglers: up to 5 s for the last messages to arrive.
+    // Stragglers: up to 5 s past the last one's due time.
     let expected = (a.duration.as_secs_f64() * rate) as u64;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + delay + Duration::from_secs(5);
     while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -128,7 +175,22 @@ pub async fn run(a: &E2eArgs) -> Result<Report> {
     extra.insert("rate".into(), a.rate.into());
     extra.insert("size".into(), a.size.into());
     extra.insert("expected".into(), expected.into());
-    extra.insert("latency".into(), "born_to_consume from intended send time".into());
+    // Acknowledged sends, warm-up included (a shortfall in "expected" is
+    // then either sends that failed or messages that never arrived).
+    extra.insert("sent_acked".into(), sent.load(Ordering::Relaxed).into());
+    if delay.is_zero() {
+        extra.insert("latency".into(), "born_to_consume from intended send time".into());
+    } else {
+        extra.insert("latency".into(), "due_to_consume: from intended send time + delay".into());
+        extra.insert("delay_ms".into(), delay_ms.into());
+        extra.insert("delivered_early".into(), early.load(Ordering::Relaxed).into());
+        let x = exact.lock();
+        if !x.is_empty() {
+            extra.insert("timer_due_to_consume_p50_us".into(), x.value_at_quantile(0.5).into());
+            extra.insert("timer_due_to_consume_p99_us".into(), x.value_at_quantile(0.99).into());
+            extra.insert("timer_due_to_consume_max_us".into(), x.max().into());
+        }
+    }
     let mut errors = std::collections::BTreeMap::new();
     if got < expected {
         errors.insert(-1, expected - got);

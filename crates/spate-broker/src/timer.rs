@@ -1,0 +1,437 @@
+//! Timer messages: delivery at an arbitrary time (upstream 5's
+//! `TIMER_DELIVER_MS`, `TIMER_DELAY_SEC`, `TIMER_DELAY_MS`).
+//!
+//! A timer send is stored, acknowledged and replicated in the system topic
+//! [`TIMER_TOPIC`] (queue 0), its real topic and queue in `REAL_TOPIC` /
+//! `REAL_QID` and its due time in `TIMER_OUT_MS`, which the dispatcher
+//! writes into the queue entry's tag-code slot. The deliverer keeps an
+//! in-memory wheel of pending entries (due time and queue offset: 16 bytes
+//! each, bounded by `timerMaxPendingInMemory`), fills it from the queue,
+//! and moves each entry to its real topic once due, so pending messages
+//! cost no timers and no reads until they are due.
+//!
+//! Durable progress is two offsets of the reserved group `%SCHEDULE%` on
+//! [`TIMER_TOPIC`] (persisted and copied to slaves with the others):
+//! - queue 0: the lowest queue offset that may still be pending, where a
+//!   new master (or a restart) starts filling its wheel;
+//! - queue 1: a time cursor: every timer message due before it has been
+//!   delivered, so the refill skips those.
+//!
+//! The cursor only moves up to the earliest pending due time, to now, and
+//! to the last moment the wheel was known to hold every stored entry, and
+//! only after the delivered copies are flushed. A message is therefore
+//! never skipped; after a crash a few may be delivered twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spate_common::message::{self, property, NewMessage, TIMER_TOPIC};
+use spate_store::{MessageStore, StoreError};
+
+use crate::schedule::{delivering, ensure_topic, now_ms, put_error_text, SCHEDULE_GROUP};
+use crate::BrokerState;
+
+/// The offsets entry (group `%SCHEDULE%`, [`TIMER_TOPIC`]) holding the
+/// lowest queue offset that may still be pending.
+pub const SCAN_FROM_QUEUE: i32 = 0;
+/// The offsets entry holding the delivered-before time cursor (ms).
+pub const CURSOR_QUEUE: i32 = 1;
+/// Width of one wheel slot.
+const SLOT_MS: i64 = 10;
+/// Most entries moved per round.
+const ROUND_BATCH: usize = 512;
+/// Most queue entries read into the wheel per blocking read.
+const FILL_BATCH: usize = 32 * 1024;
+/// Longest sleep between rounds (new messages are noticed within it).
+const IDLE_POLL: Duration = Duration::from_millis(20);
+/// Pause after a failed round or while not delivering.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How often the lowest pending offset is recomputed (a walk of the wheel).
+const SCAN_FROM_EVERY: Duration = Duration::from_secs(1);
+
+/// The due time a send asks for, if it is a timer message: `Ok(None)` for
+/// none, or a due time already past (delivered at once, as upstream);
+/// an error for a value that is not a number or lies further ahead than
+/// `max_delay`.
+pub fn requested_due(properties: &str, now_ms: i64, max_delay: Duration) -> Result<Option<i64>, String> {
+    let number = |key: &str| -> Result<Option<i64>, String> {
+        match message::property(properties, key) {
+            None => Ok(None),
+            Some(v) => v.trim().parse::<i64>().map(Some).map_err(|_| format!("{key}={v} is not a number")),
+        }
+    };
+    let due = if let Some(sec) = number(property::TIMER_DELAY_SEC)? {
+        now_ms.saturating_add(sec.saturating_mul(1000))
+    } else if let Some(ms) = number(property::TIMER_DELAY_MS)? {
+        now_ms.saturating_add(ms)
+    } else if let Some(at) = number(property::TIMER_DELIVER_MS)? {
+        at
+    } else {
+        return Ok(None);
+    };
+    if due.saturating_sub(now_ms) > max_delay.as_millis() as i64 {
+        return Err(format!(
+            "timer message due {} ms from now; at most timerMaxDelaySec={} s ahead",
+            due.saturating_sub(now_ms),
+            max_delay.as_secs()
+        ));
+    }
+    Ok((due > now_ms).then_some(due))
+}
+
+/// Turns `msg` into its waiting form: into [`TIMER_TOPIC`] queue 0, real
+/// topic and queue kept, due time in `TIMER_OUT_MS` and `TIMER_DELIVER_MS`.
+pub fn to_waiting(msg: &mut NewMessage, due_ms: i64) {
+    let real_qid = msg.queue_id.to_string();
+    let due = due_ms.to_string();
+    let drop = [
+        property::TIMER_DELAY_SEC,
+        property::TIMER_DELAY_MS,
+        property::TIMER_DELIVER_MS,
+        property::TIMER_OUT_MS,
+        property::REAL_TOPIC,
+        property::REAL_QID,
+    ];
+    let pairs: Vec<(&str, &str)> = message::properties(&msg.properties)
+        .filter(|(k, _)| !drop.contains(k))
+        .chain([
+            (property::TIMER_DELIVER_MS, due.as_str()),
+            (property::TIMER_OUT_MS, due.as_str()),
+            (property::REAL_TOPIC, msg.topic.as_str()),
+            (property::REAL_QID, real_qid.as_str()),
+        ])
+        .collect();
+    if let Ok(p) = message::encode_properties(pairs) {
+        msg.properties = p;
+    }
+    msg.topic = TIMER_TOPIC.to_string();
+    msg.queue_id = 0;
+}
+
+/// Pending timer entries by due time: slots of [`SLOT_MS`], each holding
+/// (due ms, queue offset).
+#[derive(Default)]
+pub struct Wheel {
+    slots: BTreeMap<i64, Vec<(i64, i64)>>,
+    len: usize,
+}
+
+impl Wheel {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn insert(&mut self, due_ms: i64, queue_offset: i64) {
+        self.slots.entry(due_ms.div_euclid(SLOT_MS)).or_default().push((due_ms, queue_offset));
+        self.len += 1;
+    }
+
+    /// Takes up to `max` entries due at `now_ms` or before.
+    pub fn pop_due(&mut self, now_ms: i64, max: usize) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(mut slot) = self.slots.first_entry() else { break };
+            if *slot.key() * SLOT_MS > now_ms {
+                break;
+            }
+            let entries = slot.get_mut();
+            let before = entries.len();
+            let mut i = 0;
+            while i < entries.len() && out.len() < max {
+                if entries[i].0 <= now_ms {
+                    out.push(entries.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            self.len -= before - entries.len();
+            if entries.is_empty() {
+                slot.remove();
+            } else if out.len() < max {
+                // The rest of this slot is not due yet.
+                break;
+            }
+        }
+        out
+    }
+
+    /// The earliest due time pending.
+    pub fn next_due(&self) -> Option<i64> {
+        self.slots.first_key_value().and_then(|(_, v)| v.iter().map(|e| e.0).min())
+    }
+
+    /// The lowest queue offset pending (walks every entry).
+    pub fn min_offset(&self) -> Option<i64> {
+        self.slots.values().flatten().map(|e| e.1).min()
+    }
+
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.len = 0;
+    }
+}
+
+/// The deliverer's memory, rebuilt whenever this broker becomes master.
+#[derive(Default)]
+struct TimerState {
+    loaded: bool,
+    wheel: Wheel,
+    /// Next queue offset to read into the wheel.
+    filled_to: i64,
+    /// Every timer message due before this was delivered (ms).
+    cursor_ms: i64,
+    /// The last moment the wheel held every stored entry (ms).
+    complete_at_ms: i64,
+    scan_from: i64,
+    scan_from_at: Option<Instant>,
+}
+
+/// Delivers due timer messages until aborted.
+pub async fn run(state: Arc<BrokerState>) {
+    let mut t = TimerState::default();
+    loop {
+        let pause = if delivering(&state) {
+            match round(&state, &mut t).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(error = %e, "timer delivery round failed; retrying");
+                    RETRY_PAUSE
+                }
+            }
+        } else {
+            t = TimerState::default();
+            RETRY_PAUSE
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Reads queue entries `[from, from + FILL_BATCH)`: (due ms, offset) each.
+fn read_entries(store: &MessageStore, from: i64) -> Vec<(i64, i64)> {
+    let Some(cq) = store.consume_queue(TIMER_TOPIC, 0) else { return Vec::new() };
+    let from = from.max(cq.min_offset());
+    cq.get_range(from, FILL_BATCH).into_iter().enumerate().map(|(i, u)| (u.tags_code, from + i as i64)).collect()
+}
+
+/// Reads the waiting records at `offsets` back as the messages to deliver;
+/// an unreadable one is logged and dropped (it cannot ever be delivered).
+fn read_due(
+    store: &MessageStore,
+    offsets: &[(i64, i64)],
+    store_host: std::net::SocketAddr,
+) -> Result<Vec<NewMessage>, StoreError> {
+    let Some(cq) = store.consume_queue(TIMER_TOPIC, 0) else { return Ok(Vec::new()) };
+    let mut out = Vec::with_capacity(offsets.len());
+    for &(_, offset) in offsets {
+        let Some(unit) = cq.get(offset) else {
+            tracing::error!(offset, "timer entry gone from its queue (retention?); skipped");
+            continue;
+        };
+        let raw = store.read_record(unit.physical_offset)?;
+        match message::decode_record(&raw, false)
+            .map_err(|e| e.to_string())
+            .and_then(|rec| due_message(&rec, store_host))
+        {
+            Ok(m) => out.push(m),
+            Err(why) => tracing::error!(offset, why, "unreadable timer message skipped"),
+        }
+    }
+    Ok(out)
+}
+
+/// The delivered form of a waiting record: the schedule's restoration,
+/// without `TIMER_OUT_MS`.
+fn due_message(rec: &message::Record<'_>, store_host: std::net::SocketAddr) -> Result<NewMessage, String> {
+    let mut m = crate::schedule::to_due(rec, store_host)?;
+    let pairs = message::properties(&m.properties).filter(|(k, _)| *k != property::TIMER_OUT_MS);
+    m.properties = message::encode_properties(pairs).map_err(|e| e.to_string())?;
+    Ok(m)
+}
+
+async fn round(state: &Arc<BrokerState>, t: &mut TimerState) -> Result<Duration, String> {
+    let max_pending = state.config.read().timer_max_pending_in_memory;
+    if !t.loaded {
+        t.wheel.clear();
+        t.scan_from = state.offsets.query(SCHEDULE_GROUP, TIMER_TOPIC, SCAN_FROM_QUEUE).unwrap_or(0);
+        t.cursor_ms = state.offsets.query(SCHEDULE_GROUP, TIMER_TOPIC, CURSOR_QUEUE).unwrap_or(0);
+        t.filled_to = t.scan_from;
+        t.complete_at_ms = t.cursor_ms;
+        t.loaded = true;
+    }
+    // Fill: everything stored so far, unless the wheel is full.
+    let started_ms = now_ms();
+    let log_end = state.store.max_offset();
+    let mut full = false;
+    loop {
+        if t.wheel.len() >= max_pending {
+            full = true;
+            break;
+        }
+        if state.store.max_offset_in_queue(TIMER_TOPIC, 0) <= t.filled_to {
+            break;
+        }
+        let store = state.store.clone();
+        let from = t.filled_to;
+        let entries = tokio::task::spawn_blocking(move || read_entries(&store, from))
+            .await
+            .map_err(|e| format!("read task failed: {e}"))?;
+        let Some(&(_, last)) = entries.last() else { break };
+        for (due, offset) in entries {
+            // Due before the cursor: delivered before a restart.
+            if due >= t.cursor_ms {
+                t.wheel.insert(due, offset);
+            }
+        }
+        t.filled_to = last + 1;
+    }
+    if full {
+        tracing::warn!(
+            pending = t.wheel.len(),
+            max_pending,
+            "timer wheel full (timerMaxPendingInMemory); later messages wait to be read"
+        );
+    } else if state.store.dispatched_offset() >= log_end {
+        // Everything stored before this round began is in the wheel.
+        t.complete_at_ms = started_ms;
+    }
+
+    // Deliver what is due.
+    let now = now_ms();
+    let due = t.wheel.pop_due(now, ROUND_BATCH);
+    let more = due.len() == ROUND_BATCH;
+    if !due.is_empty() {
+        if let Err(e) = deliver(state, &due).await {
+            // Back in the wheel: they are still pending.
+            for (d, o) in due {
+                t.wheel.insert(d, o);
+            }
+            return Err(e);
+        }
+    }
+    // Durable progress.
+    let cursor = t.wheel.next_due().unwrap_or(i64::MAX).min(now).min(t.complete_at_ms);
+    if cursor > t.cursor_ms {
+        t.cursor_ms = cursor;
+        state.offsets.commit(SCHEDULE_GROUP, TIMER_TOPIC, CURSOR_QUEUE, cursor);
+    }
+    if t.scan_from_at.is_none_or(|at| at.elapsed() >= SCAN_FROM_EVERY) {
+        let scan_from = t.wheel.min_offset().unwrap_or(t.filled_to);
+        if scan_from > t.scan_from && !full {
+            t.scan_from = scan_from;
+            state.offsets.commit(SCHEDULE_GROUP, TIMER_TOPIC, SCAN_FROM_QUEUE, scan_from);
+        }
+        t.scan_from_at = Some(Instant::now());
+    }
+    if more {
+        return Ok(Duration::ZERO);
+    }
+    let until_next = t.wheel.next_due().map(|d| Duration::from_millis(d.saturating_sub(now_ms()).max(0) as u64));
+    Ok(until_next.map_or(IDLE_POLL, |d| d.min(IDLE_POLL)))
+}
+
+/// Moves due entries to their real topics; returns once the copies are
+/// flushed (and replicated as sends are).
+async fn deliver(state: &Arc<BrokerState>, due: &[(i64, i64)]) -> Result<(), String> {
+    let store = state.store.clone();
+    let host = state.broker_addr;
+    let offsets = due.to_vec();
+    let msgs = tokio::task::spawn_blocking(move || read_due(&store, &offsets, host))
+        .await
+        .map_err(|e| format!("read task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    let mut last = None;
+    for msg in msgs {
+        ensure_topic(state, &msg).await?;
+        let put = crate::send::put_one(state, msg).await.map_err(|e| put_error_text(&e))?;
+        last = Some((put.flush, put.append.physical_offset + put.append.size as u64));
+    }
+    if let Some((flush, end)) = last {
+        flush.wait().await.map_err(|e| e.to_string())?;
+        let mut ack = spate_remoting::RemotingCommand::request(0);
+        crate::send::await_replication(state, end, &mut ack).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_secs(3 * 86_400);
+
+    fn props(pairs: &[(&str, &str)]) -> String {
+        message::encode_properties(pairs.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn due_time_from_each_property() {
+        let now = 1_000_000;
+        assert_eq!(requested_due("", now, MAX), Ok(None));
+        assert_eq!(requested_due(&props(&[("TIMER_DELAY_SEC", "3")]), now, MAX), Ok(Some(now + 3000)));
+        assert_eq!(requested_due(&props(&[("TIMER_DELAY_MS", "250")]), now, MAX), Ok(Some(now + 250)));
+        assert_eq!(requested_due(&props(&[("TIMER_DELIVER_MS", "1000500")]), now, MAX), Ok(Some(1_000_500)));
+        // Already due: an ordinary message.
+        assert_eq!(requested_due(&props(&[("TIMER_DELIVER_MS", "5")]), now, MAX), Ok(None));
+        assert!(requested_due(&props(&[("TIMER_DELAY_SEC", "x")]), now, MAX).unwrap_err().contains("TIMER_DELAY_SEC"));
+        let far = requested_due(&props(&[("TIMER_DELAY_SEC", "300000")]), now, MAX).unwrap_err();
+        assert!(far.contains("timerMaxDelaySec"), "{far}");
+    }
+
+    #[test]
+    fn wheel_gives_nothing_early_and_everything_due() {
+        let mut w = Wheel::default();
+        for (i, due) in [105, 101, 250, 109, 100, 1000].into_iter().enumerate() {
+            w.insert(due, i as i64);
+        }
+        assert_eq!(w.next_due(), Some(100));
+        assert_eq!(w.min_offset(), Some(0));
+        assert!(w.pop_due(99, 10).is_empty());
+        let mut got = w.pop_due(104, 10);
+        got.sort_unstable();
+        assert_eq!(got, vec![(100, 4), (101, 1)], "105 and 109 share the slot but are not due");
+        assert_eq!(w.len(), 4);
+        assert_eq!(w.next_due(), Some(105));
+        let got = w.pop_due(300, 2);
+        assert_eq!(got.len(), 2, "bounded by max");
+        let rest = w.pop_due(300, 10);
+        assert_eq!(rest, vec![(250, 2)]);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.pop_due(i64::MAX, 10), vec![(1000, 5)]);
+        assert!(w.is_empty());
+        assert_eq!(w.next_due(), None);
+    }
+
+    #[test]
+    fn waiting_form_keeps_the_real_topic_and_the_due_time() {
+        let mut m = NewMessage {
+            topic: "Orders".into(),
+            queue_id: 3,
+            flag: 0,
+            body: bytes::Bytes::from_static(b"x"),
+            properties: props(&[("TIMER_DELAY_SEC", "3"), ("TAGS", "A")]),
+            sys_flag: 0,
+            born_timestamp: 0,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            store_host: "127.0.0.1:2".parse().unwrap(),
+            reconsume_times: 0,
+            prepared_tx_offset: 0,
+        };
+        to_waiting(&mut m, 4242);
+        assert_eq!((m.topic.as_str(), m.queue_id), (TIMER_TOPIC, 0));
+        assert_eq!(message::queue_tags_code(&m.topic, &m.properties), 4242);
+        assert_eq!(message::property(&m.properties, "TIMER_DELAY_SEC"), None);
+        let mut buf = Vec::new();
+        message::encode_record(&m, 1 << 20, &mut buf).unwrap();
+        let rec = message::decode_record(&buf, true).unwrap();
+        let back = due_message(&rec, "127.0.0.1:3".parse().unwrap()).unwrap();
+        assert_eq!((back.topic.as_str(), back.queue_id), ("Orders", 3));
+        assert_eq!(message::property(&back.properties, "TIMER_OUT_MS"), None);
+        assert_eq!(message::property(&back.properties, "TIMER_DELIVER_MS"), Some("4242"));
+        assert_eq!(message::property(&back.properties, "TAGS"), Some("A"));
+    }
+}
