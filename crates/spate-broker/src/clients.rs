@@ -107,6 +107,12 @@ impl Clients {
         removed
     }
 
+    /// A live connection of one producer of `group` (for transaction checks).
+    pub fn producer_connection(&self, group: &str) -> Option<Arc<Connection>> {
+        let p = self.producers.lock();
+        p.get(group)?.values().map(|c| c.conn.clone()).find(|c| !c.is_closed())
+    }
+
     pub fn unregister_producer(&self, group: &str, client_id: &str) {
         let mut p = self.producers.lock();
         if let Some(m) = p.get_mut(group) {

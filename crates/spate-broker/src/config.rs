@@ -111,6 +111,15 @@ pub struct BrokerConfig {
     pub message_delay_levels: Vec<Duration>,
     /// `messageDelayLevel` as written (for display).
     pub message_delay_level: String,
+    /// `transactionCheckInterval`: how often unresolved half messages are
+    /// looked at (30 s).
+    pub transaction_check_interval: Duration,
+    /// `transactionTimeOut`: a half message younger than this is not
+    /// checked yet (6 s).
+    pub transaction_timeout: Duration,
+    /// `transactionCheckMax`: checks before a half message is given up on
+    /// (15).
+    pub transaction_check_max: i32,
     /// `timerMaxDelaySec`: a timer message may be due at most this far
     /// ahead (3 days).
     pub timer_max_delay: Duration,
@@ -249,6 +258,9 @@ impl BrokerConfig {
                 .unwrap_or_default(),
             message_delay_level: crate::schedule::DEFAULT_DELAY_LEVELS.to_string(),
             timer_max_delay: Duration::from_secs(3 * 86_400),
+            transaction_check_interval: Duration::from_secs(30),
+            transaction_timeout: Duration::from_secs(6),
+            transaction_check_max: 15,
             timer_max_pending_in_memory: 20_000_000,
             ha_master_address: String::new(),
             ha_send_heartbeat_interval: Duration::from_secs(1),
@@ -320,6 +332,9 @@ impl BrokerConfig {
                     .map_err(|why| BrokerError::Config(format!("{key}: {why}")))?;
                 self.message_delay_level = v.trim().to_string();
             }
+            "transactionCheckInterval" => self.transaction_check_interval = millis(key, v)?,
+            "transactionTimeOut" => self.transaction_timeout = millis(key, v)?,
+            "transactionCheckMax" => self.transaction_check_max = parse(key, v)?,
             "timerMaxDelaySec" => self.timer_max_delay = Duration::from_secs(parse(key, v)?),
             "timerMaxPendingInMemory" => self.timer_max_pending_in_memory = parse(key, v)?,
             "haMasterAddress" => self.ha_master_address = v.trim().to_string(),
@@ -501,6 +516,9 @@ impl BrokerConfig {
             ("degradeRecoverMillis", self.degrade_recover.as_millis().to_string()),
             ("degradeCheckInterval", self.degrade_check_interval.as_millis().to_string()),
             ("messageDelayLevel", self.message_delay_level.clone()),
+            ("transactionCheckInterval", self.transaction_check_interval.as_millis().to_string()),
+            ("transactionTimeOut", self.transaction_timeout.as_millis().to_string()),
+            ("transactionCheckMax", self.transaction_check_max.to_string()),
             ("timerMaxDelaySec", self.timer_max_delay.as_secs().to_string()),
             ("timerMaxPendingInMemory", self.timer_max_pending_in_memory.to_string()),
             ("haMasterAddress", self.ha_master_address.clone()),

@@ -29,6 +29,7 @@ pub mod send;
 pub mod subscriptions;
 pub mod timer;
 pub mod topics;
+pub mod transaction;
 pub mod vip;
 
 use std::net::SocketAddr;
@@ -266,6 +267,7 @@ impl Broker {
         tasks.push(tokio::spawn(capacity::run_lag_probe(state.clone())));
         tasks.push(tokio::spawn(schedule::run(state.clone())));
         tasks.push(tokio::spawn(timer::run(state.clone())));
+        tasks.push(tokio::spawn(transaction::run(state.clone())));
         if controlled {
             // Roles change live: every side runs, each idle while not its role.
             let listener = tokio::net::TcpListener::bind(ha_listen)
@@ -465,6 +467,7 @@ async fn process(
     }
     Ok(match req.code {
         r::SEND_MESSAGE | r::SEND_MESSAGE_V2 | r::SEND_BATCH_MESSAGE => send::send(state, conn, req).await?,
+        r::END_TRANSACTION => transaction::end(state, req).await?,
         r::PULL_MESSAGE | r::LITE_PULL_MESSAGE => pull::pull(state, conn, req).await?,
         r::HEART_BEAT => consumer::heart_beat(state, conn, req).await?,
         r::UNREGISTER_CLIENT => consumer::unregister_client(state, req)?,

@@ -11,7 +11,7 @@ use spate_store::{MessageStore, PutBatchResult, PutResult, StoreError};
 use crate::capacity::{self, limits::Op};
 use crate::error::BrokerError;
 use crate::ha::ReplicaWait;
-use crate::{schedule, timer};
+use crate::{schedule, timer, transaction};
 use crate::{BrokerRole, BrokerState};
 
 /// The request header of a send, whichever code carried it.
@@ -247,17 +247,6 @@ pub async fn send(
             format!("the broker[{}] sending message is forbidden", state.broker_name),
         ));
     }
-    // Features that need broker-side scheduling are refused rather than
-    // delivered early (they arrive with the message-types issue).
-    if h.sys_flag & message::SYSFLAG_TX_MASK == message::SYSFLAG_TX_PREPARED
-        || message::property(&h.properties, property::TRAN_MSG) == Some("true")
-    {
-        return Ok(RemotingCommand::error(
-            req,
-            response::NO_PERMISSION,
-            "transactional messages are not supported by this broker yet; the message was not stored",
-        ));
-    }
     // A retry-topic message past its group's retry budget goes to the DLQ.
     let mut h = h;
     if let Some(group) = h.topic.strip_prefix(RETRY_GROUP_TOPIC_PREFIX) {
@@ -317,13 +306,31 @@ pub async fn send(
         prepared_tx_offset: 0,
     };
     let client = state.clients.client_id_of(conn);
+    if (req.code == request::SEND_BATCH_MESSAGE || h.batch) && transaction::is_half(base.sys_flag, &base.properties) {
+        return Ok(RemotingCommand::error(
+            req,
+            response::MESSAGE_ILLEGAL,
+            "transactional messages cannot be sent in a batch; nothing was stored",
+        ));
+    }
     if req.code == request::SEND_BATCH_MESSAGE || h.batch {
         return send_batch(state, req, base, &h.producer_group, &client).await;
     }
     // A delayed message waits in the schedule topic (schedule.rs); the
     // checks above were on its real topic.
     let mut base = base;
-    if let Some(level) = schedule::requested_level(&base.properties) {
+    if transaction::is_half(base.sys_flag, &base.properties) {
+        // A half message (transaction.rs): hidden until END_TRANSACTION.
+        if message::property(&base.properties, transaction::PGROUP).is_none() {
+            let with_group = message::properties(&base.properties)
+                .chain([(transaction::PGROUP, h.producer_group.as_str())])
+                .collect::<Vec<_>>();
+            if let Ok(p) = message::encode_properties(with_group) {
+                base.properties = p;
+            }
+        }
+        transaction::to_half(&mut base);
+    } else if let Some(level) = schedule::requested_level(&base.properties) {
         let levels = state.config.read().message_delay_levels.len();
         schedule::to_waiting(&mut base, level, levels);
     } else {

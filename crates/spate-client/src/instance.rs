@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::route::TopicRoute;
+use crate::transaction::TransactionListener;
 
 /// Most queues whose pull suggestion is remembered.
 const MAX_PULL_FROM_ENTRIES: usize = 100_000;
@@ -36,6 +37,8 @@ pub(crate) trait ConsumerMember: Send + Sync {
 struct Members {
     producers: Mutex<BTreeSet<String>>,
     consumers: Mutex<BTreeMap<String, Weak<dyn ConsumerMember>>>,
+    /// Producer group -> the listener that answers transaction checks.
+    transaction_listeners: Mutex<HashMap<String, Arc<dyn TransactionListener>>>,
 }
 
 impl Members {
@@ -60,8 +63,12 @@ struct InboundHandler {
 }
 
 impl RequestHandler for InboundHandler {
-    fn handle(&self, _conn: Arc<Connection>, req: RemotingCommand) -> BoxFuture<Option<RemotingCommand>> {
+    fn handle(&self, conn: Arc<Connection>, req: RemotingCommand) -> BoxFuture<Option<RemotingCommand>> {
         let resp = match req.code {
+            request::CHECK_TRANSACTION_STATE => {
+                check_transaction(self.members.clone(), conn, req);
+                None
+            }
             request::NOTIFY_CONSUMER_IDS_CHANGED => {
                 let group = req.field("consumerGroup").unwrap_or_default();
                 tracing::debug!(group, "broker says the consumer group changed");
@@ -85,6 +92,44 @@ impl RequestHandler for InboundHandler {
     }
 }
 
+/// CHECK_TRANSACTION_STATE: asks the group's listener about the half
+/// message in the body and answers with END_TRANSACTION on the same
+/// connection (in the background: the listener may block).
+fn check_transaction(members: Arc<Members>, conn: Arc<Connection>, req: RemotingCommand) {
+    let broker_name = req.field("brokerName").unwrap_or_default().to_string();
+    let msg = match crate::message::decode_pull_body(&req.body, &broker_name) {
+        Ok(mut v) if v.len() == 1 => v.remove(0),
+        _ => {
+            tracing::warn!(peer = %conn.peer_addr(), "transaction check without exactly one message; ignored");
+            return;
+        }
+    };
+    let group = msg.property("PGROUP").unwrap_or_default().to_string();
+    let Some(listener) = members.transaction_listeners.lock().get(&group).cloned() else {
+        tracing::debug!(group, "transaction check for a group without a listener here");
+        return;
+    };
+    let half_offset = req.field("tranStateTableOffset").and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
+    let commit_log_offset = req.field("commitLogOffset").and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
+    let msg_id = req.field("msgId").unwrap_or_default().to_string();
+    let transaction_id = req.field("transactionId").unwrap_or(&msg.msg_id).to_string();
+    tokio::spawn(async move {
+        let state = crate::transaction::run_listener(listener, move |l| l.check_local_transaction(&msg)).await;
+        let end = crate::transaction::end_request(
+            &group,
+            half_offset,
+            commit_log_offset,
+            &msg_id,
+            &transaction_id,
+            state,
+            true,
+        );
+        if let Err(e) = conn.oneway(end).await {
+            tracing::debug!(group, error = %e, "END_TRANSACTION after a check not sent");
+        }
+    });
+}
+
 /// One client identity (`ip@instanceName`) shared by producers and consumers.
 ///
 /// Created by [`ClientInstance::new`]; background work starts on first use by
@@ -106,6 +151,10 @@ pub struct ClientInstance {
     namesrv_next: AtomicUsize,
     started: AtomicBool,
     shutdown: CancellationToken,
+    /// A route named a broker address not seen before: heartbeat now, so
+    /// it knows this client's producers (transaction checks go to them)
+    /// and consumers without waiting for `heartbeatBrokerInterval`.
+    new_broker: tokio::sync::Notify,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -136,6 +185,7 @@ impl ClientInstance {
             namesrv_next: AtomicUsize::new(0),
             started: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
+            new_broker: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
         }))
     }
@@ -170,7 +220,18 @@ impl ClientInstance {
         let heartbeats = spawn_periodic(weak, self.config.heartbeat_broker_interval, self.shutdown.clone(), |i| {
             Box::pin(async move { i.send_heartbeat_to_all_brokers().await })
         });
-        self.tasks.lock().extend([routes, heartbeats]);
+        let weak = Arc::downgrade(self);
+        let stop = self.shutdown.clone();
+        let on_new_broker = tokio::spawn(async move {
+            loop {
+                let Some(i) = weak.upgrade() else { break };
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = i.new_broker.notified() => i.send_heartbeat_to_all_brokers().await,
+                }
+            }
+        });
+        self.tasks.lock().extend([routes, heartbeats, on_new_broker]);
         Ok(())
     }
 
@@ -196,8 +257,17 @@ impl ClientInstance {
         Ok(())
     }
 
+    pub(crate) fn set_transaction_listener(&self, group: &str, listener: Arc<dyn TransactionListener>) {
+        self.members.transaction_listeners.lock().insert(group.to_string(), listener);
+    }
+
+    pub(crate) fn transaction_listener(&self, group: &str) -> Option<Arc<dyn TransactionListener>> {
+        self.members.transaction_listeners.lock().get(group).cloned()
+    }
+
     pub(crate) fn unregister_producer(&self, group: &str) {
         self.members.producers.lock().remove(group);
+        self.members.transaction_listeners.lock().remove(group);
     }
 
     pub(crate) fn register_consumer(&self, group: &str, member: Weak<dyn ConsumerMember>) -> Result<()> {
@@ -271,8 +341,14 @@ impl ClientInstance {
     fn install_route(&self, topic: &str, route: TopicRoute) -> Arc<TopicRoute> {
         {
             let mut brokers = self.brokers.write();
+            let mut new_addr = false;
             for b in &route.data.broker_datas {
+                let known = brokers.get(&b.broker_name);
+                new_addr |= b.broker_addrs.values().any(|a| !known.is_some_and(|k| k.values().any(|x| x == a)));
                 brokers.insert(b.broker_name.clone(), b.broker_addrs.clone());
+            }
+            if new_addr {
+                self.new_broker.notify_one();
             }
         }
         let route = Arc::new(route);

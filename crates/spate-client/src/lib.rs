@@ -28,6 +28,7 @@ pub mod instance;
 pub mod message;
 pub mod producer;
 pub mod route;
+pub mod transaction;
 pub mod uniq_id;
 
 pub use config::ClientConfig;
@@ -42,3 +43,4 @@ pub use instance::ClientInstance;
 pub use message::{Message, MessageExt};
 pub use producer::{queue_by_hash, Producer, ProducerOptions, SendResult, SendStatus};
 pub use spate_remoting::protocol::MessageQueue;
+pub use transaction::{LocalTransactionState, TransactionListener, TransactionSendResult};

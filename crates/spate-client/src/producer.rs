@@ -18,6 +18,7 @@ use crate::fault::{FaultPolicy, FaultTable};
 use crate::instance::ClientInstance;
 use crate::message::{encode_batch, Message};
 use crate::route::select_queue;
+use crate::transaction::{self, LocalTransactionState, TransactionListener, TransactionSendResult};
 use crate::uniq_id::{next_uniq_id, now_ms};
 
 /// Producer settings (upstream `DefaultMQProducer`).
@@ -260,6 +261,63 @@ impl Producer {
             callback(result);
         });
         Ok(())
+    }
+
+    /// Sets the listener whose local transactions decide the fate of this
+    /// producer's half messages, and that answers the brokers' checks for
+    /// its group (upstream's `setTransactionListener`).
+    pub fn set_transaction_listener(&self, listener: Arc<dyn TransactionListener>) {
+        self.inner.instance.set_transaction_listener(&self.inner.options.group, listener);
+    }
+
+    /// Sends `msg` as a half message, runs the listener's local
+    /// transaction, and commits or rolls the message back by its answer
+    /// (upstream's `sendMessageInTransaction`). On `Unknow`, or if the
+    /// END_TRANSACTION is lost, the broker checks back later.
+    pub async fn send_message_in_transaction(&self, mut msg: Message) -> Result<TransactionSendResult> {
+        let group = self.inner.options.group.clone();
+        let listener = self
+            .inner
+            .instance
+            .transaction_listener(&group)
+            .ok_or(ClientError::State("no transaction listener set (set_transaction_listener)"))?;
+        if msg.delay_level() > 0 {
+            return Err(ClientError::State("a transactional message cannot be delayed"));
+        }
+        msg.properties.insert(property::TRAN_MSG.to_string(), "true".to_string());
+        msg.properties.insert("PGROUP".to_string(), group.clone());
+        let mut out = self.prepare(msg.clone())?;
+        out.sys_flag |= spate_common::message::SYSFLAG_TX_PREPARED;
+        let send = self.inner.send_with_retry(&out).await?;
+        let local_state = if send.status == SendStatus::SendOk {
+            let m = msg.clone();
+            transaction::run_listener(listener, move |l| l.execute_local_transaction(&m)).await
+        } else {
+            // Not safely stored: never commit it.
+            LocalTransactionState::RollbackMessage
+        };
+        let commit_log_offset = spate_common::message::parse_offset_msg_id(&send.offset_msg_id)
+            .map(|(_, offset)| offset as i64)
+            .unwrap_or(-1);
+        let req = transaction::end_request(
+            &group,
+            send.queue_offset,
+            commit_log_offset,
+            &send.msg_id,
+            &send.msg_id,
+            local_state,
+            false,
+        );
+        // One way, as upstream: a lost one is settled by the broker's check.
+        match self.inner.instance.master_addr(&send.message_queue.broker_name) {
+            Some(addr) => {
+                if let Err(e) = self.inner.instance.call_oneway(&addr, req).await {
+                    tracing::warn!(broker = %addr, error = %e, "END_TRANSACTION not sent; the broker will check back");
+                }
+            }
+            None => tracing::warn!(broker = %send.message_queue.broker_name, "no master address for END_TRANSACTION"),
+        }
+        Ok(TransactionSendResult { send, local_state })
     }
 
     /// Sends without waiting for the broker's answer (one attempt).

@@ -406,7 +406,7 @@ async fn a_master_fenced_while_sends_wait_acknowledges_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delayed_and_timer_messages_sent_before_a_failover_are_delivered_by_the_new_master() {
+async fn delayed_timer_and_transactional_messages_outlive_a_failover() {
     let _serial = SERIAL.lock().await;
     let Cluster { zk: _zk, ns, _controller, mut brokers, observer: _observer, first, _dir } =
         Cluster::start_conf(1000, 1000, &["messageDelayLevel=3s"]).await;
@@ -434,6 +434,16 @@ async fn delayed_and_timer_messages_sent_before_a_failover_are_delivered_by_the_
         }
         sent_ms.insert(body, now_ms);
     }
+    // And a transactional half message, still undecided at the kill.
+    let half = loop {
+        let req = common::send_req_with("Later", 0, b"tx-commit".to_vec(), &[("TRAN_MSG", "true"), ("PGROUP", "pg")])
+            .with("sysFlag", 4);
+        let r = call(&c, &old_addr, req).await;
+        if r.code == response::SUCCESS {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     brokers.get_mut(&old_id).unwrap().kill9();
     let deadline = Instant::now() + Duration::from_secs(20);
     let new_addr = loop {
@@ -443,6 +453,25 @@ async fn delayed_and_timer_messages_sent_before_a_failover_are_delivered_by_the_
         assert!(Instant::now() < deadline, "no new master registered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // The half is in the new master's log: the producer commits it there.
+    let (_, commit_log_offset) =
+        spate_common::message::parse_offset_msg_id(half.field("msgId").unwrap()).expect("offset message id");
+    let end = RemotingCommand::request(request::END_TRANSACTION)
+        .with("producerGroup", "pg")
+        .with("tranStateTableOffset", half.field("queueOffset").unwrap())
+        .with("commitLogOffset", commit_log_offset)
+        .with("commitOrRollback", 8)
+        .with("fromTransactionCheck", false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call(&c, &new_addr, end.clone()).await;
+        if r.code == response::SUCCESS {
+            break;
+        }
+        assert!(Instant::now() < deadline, "commit on the new master refused: {:?}", r.remark);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sent_ms.insert("tx-commit".into(), 0);
     // The new master delivers every one, none before it was due.
     let mut delivered: BTreeMap<String, i64> = BTreeMap::new();
     let mut next = 0i64;
@@ -462,7 +491,7 @@ async fn delayed_and_timer_messages_sent_before_a_failover_are_delivered_by_the_
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    for (body, stored) in &delivered {
+    for (body, stored) in delivered.iter().filter(|(b, _)| *b != "tx-commit") {
         let sent = sent_ms.get(body).unwrap_or_else(|| panic!("{body} was never sent"));
         assert!(*stored >= sent + 3000, "{body} delivered {} ms after it was sent", stored - sent);
     }

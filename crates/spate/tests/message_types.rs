@@ -324,3 +324,103 @@ async fn a_failing_listener_sees_max_retries_with_growing_delays_then_the_dlq() 
     dc.shutdown().await;
     p.shutdown().await;
 }
+
+/// Decides by body prefix: `commit-` / `rollback-` at once; `late-commit-`
+/// / `late-rollback-` only when checked; `never-` stays unknown.
+struct Ledger {
+    checks: Mutex<HashMap<String, usize>>,
+}
+
+impl spate_client::TransactionListener for Ledger {
+    fn execute_local_transaction(&self, msg: &Message) -> spate_client::LocalTransactionState {
+        use spate_client::LocalTransactionState::*;
+        let body = String::from_utf8_lossy(&msg.body).into_owned();
+        if body.starts_with("commit-") {
+            CommitMessage
+        } else if body.starts_with("rollback-") {
+            RollbackMessage
+        } else {
+            Unknow
+        }
+    }
+
+    fn check_local_transaction(&self, msg: &MessageExt) -> spate_client::LocalTransactionState {
+        use spate_client::LocalTransactionState::*;
+        let b = body(msg);
+        *self.checks.lock().entry(b.clone()).or_default() += 1;
+        if b.starts_with("late-commit-") {
+            CommitMessage
+        } else if b.starts_with("late-rollback-") {
+            RollbackMessage
+        } else {
+            Unknow
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_commit_roll_back_and_settle_on_check_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = ["transactionCheckInterval=200", "transactionTimeOut=1000", "transactionCheckMax=3"];
+    let mut spate = common::Standalone::start_with(&dir.path().join("data"), &conf);
+    let ns = spate.namesrv();
+    let topic = unique("Tx");
+    let group = unique("txg");
+    // Heartbeats often, so the restarted broker soon knows whom to check with.
+    let mut pc = config(&ns, "p");
+    pc.heartbeat_broker_interval = Duration::from_millis(500);
+    let p = Producer::start(pc, ProducerOptions::new(group.clone())).await.unwrap();
+    let ledger = Arc::new(Ledger { checks: Mutex::default() });
+    p.set_transaction_listener(ledger.clone());
+    p.send(Message::new(&topic, "create")).await.unwrap();
+    let (c, got) = collect(&ns, &topic).await;
+    wait_until("the plain message", Duration::from_secs(20), || got.lock().len() == 1).await;
+
+    let sent_at = Instant::now();
+    for kind in ["commit", "rollback", "late-commit", "late-rollback", "never"] {
+        for i in 0..5 {
+            let r = p.send_message_in_transaction(Message::new(&topic, format!("{kind}-{i}"))).await.unwrap();
+            assert_eq!(r.send.status, spate_client::SendStatus::SendOk);
+        }
+    }
+    let arrived = |prefix: &str| got.lock().iter().filter(|(m, _)| body(m).starts_with(prefix)).count();
+    wait_until("committed at once", Duration::from_secs(10), || arrived("commit-") == 5).await;
+    wait_until("committed on check", Duration::from_secs(20), || arrived("late-commit-") == 5).await;
+    // Settled on check only: not before the transaction timeout.
+    for (m, at) in got.lock().iter().filter(|(m, _)| body(m).starts_with("late-commit-")) {
+        assert!(at.duration_since(sent_at) >= Duration::from_millis(1000), "{} committed before any check", body(m));
+    }
+    // `never-` is asked transactionCheckMax times, then given up on.
+    wait_until("never- checked 3 times each", Duration::from_secs(20), || {
+        let checks = ledger.checks.lock();
+        (0..5).all(|i| checks.get(&format!("never-{i}")).copied().unwrap_or(0) >= 3)
+    })
+    .await;
+    let (mc, given_up) = collect(&ns, "TRANS_CHECK_MAX_TIME_TOPIC").await;
+    wait_until("never- moved aside", Duration::from_secs(20), || given_up.lock().len() == 5).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    {
+        let checks = ledger.checks.lock();
+        assert!(
+            (0..5).all(|i| checks[&format!("never-{i}")] == 3),
+            "asked exactly transactionCheckMax times: {checks:?}"
+        );
+        assert!((0..5).all(|i| !checks.contains_key(&format!("commit-{i}"))), "decided ones are never checked");
+    }
+    let got_now = got.lock().clone();
+    assert_eq!(got_now.len(), 1 + 10, "exactly the committed ones, once each");
+    assert!(got_now.iter().all(|(m, _)| !body(m).contains("rollback") && !body(m).starts_with("never")));
+    for (m, _) in &got_now {
+        assert_eq!(m.topic, topic);
+        assert_eq!(m.property("TRAN_MSG"), None);
+    }
+    mc.shutdown().await;
+
+    // A half left unknown across a broker restart is still checked and committed.
+    p.send_message_in_transaction(Message::new(&topic, "late-commit-after-restart")).await.unwrap();
+    spate.restart();
+    wait_until("committed after the restart", Duration::from_secs(30), || arrived("late-commit-after-restart") == 1)
+        .await;
+    c.shutdown().await;
+    p.shutdown().await;
+}
