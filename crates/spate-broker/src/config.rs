@@ -111,6 +111,9 @@ pub struct BrokerConfig {
     pub message_delay_levels: Vec<Duration>,
     /// `messageDelayLevel` as written (for display).
     pub message_delay_level: String,
+    /// `enablePropertyFilter`: SQL92 subscriptions are served (true here;
+    /// upstream's default is false).
+    pub enable_property_filter: bool,
     /// `transactionCheckInterval`: how often unresolved half messages are
     /// looked at (30 s).
     pub transaction_check_interval: Duration,
@@ -259,6 +262,7 @@ impl BrokerConfig {
             message_delay_level: crate::schedule::DEFAULT_DELAY_LEVELS.to_string(),
             timer_max_delay: Duration::from_secs(3 * 86_400),
             transaction_check_interval: Duration::from_secs(30),
+            enable_property_filter: true,
             transaction_timeout: Duration::from_secs(6),
             transaction_check_max: 15,
             timer_max_pending_in_memory: 20_000_000,
@@ -332,6 +336,7 @@ impl BrokerConfig {
                     .map_err(|why| BrokerError::Config(format!("{key}: {why}")))?;
                 self.message_delay_level = v.trim().to_string();
             }
+            "enablePropertyFilter" => self.enable_property_filter = parse_bool(key, v)?,
             "transactionCheckInterval" => self.transaction_check_interval = millis(key, v)?,
             "transactionTimeOut" => self.transaction_timeout = millis(key, v)?,
             "transactionCheckMax" => self.transaction_check_max = parse(key, v)?,
@@ -516,6 +521,7 @@ impl BrokerConfig {
             ("degradeRecoverMillis", self.degrade_recover.as_millis().to_string()),
             ("degradeCheckInterval", self.degrade_check_interval.as_millis().to_string()),
             ("messageDelayLevel", self.message_delay_level.clone()),
+            ("enablePropertyFilter", self.enable_property_filter.to_string()),
             ("transactionCheckInterval", self.transaction_check_interval.as_millis().to_string()),
             ("transactionTimeOut", self.transaction_timeout.as_millis().to_string()),
             ("transactionCheckMax", self.transaction_check_max.to_string()),

@@ -26,6 +26,7 @@ pub mod pull;
 pub mod register;
 pub mod schedule;
 pub mod send;
+pub mod sql_filter;
 pub mod subscriptions;
 pub mod timer;
 pub mod topics;

@@ -1,10 +1,10 @@
-//! PULL_MESSAGE with long polling and tag filtering.
+//! PULL_MESSAGE with long polling, tag filtering and SQL92 property filters.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use spate_common::message::PHYSICAL_OFFSET_POS;
+use spate_common::message::{self, PHYSICAL_OFFSET_POS};
 use spate_remoting::protocol::MASTER_ID;
 use spate_remoting::protocol::{perm, TagFilter};
 use spate_remoting::{response, Connection, RemotingCommand};
@@ -12,6 +12,7 @@ use spate_store::{GetStatus, ReadLimits};
 
 use crate::capacity::{self, limits::Op};
 use crate::error::BrokerError;
+use crate::sql_filter::SqlFilter;
 use crate::BrokerState;
 
 /// Pull request flag bits (`PullSysFlag`).
@@ -96,21 +97,44 @@ pub async fn pull(
             format!("queueId[{}] is illegal, topic[{}] has {} read queues", h.queue_id, h.topic, tc.read_queue_nums),
         ));
     }
-    if !h.expression_type.eq_ignore_ascii_case("TAG") {
+    // The request's own expression when the client sends one, else what the
+    // group registered by heartbeat, else everything.
+    let (expression, expression_type) = match &h.subscription {
+        Some(s) if h.sys_flag & FLAG_SUBSCRIPTION != 0 || !s.trim().is_empty() => {
+            (s.clone(), h.expression_type.clone())
+        }
+        _ => match state.clients.subscription(&h.group, &h.topic) {
+            Some(sub) => (sub.sub_string, sub.expression_type.unwrap_or_else(|| "TAG".into())),
+            None => ("*".into(), "TAG".into()),
+        },
+    };
+    let codes = if expression_type.eq_ignore_ascii_case("TAG") {
+        Selector { codes: TagFilter::parse(&expression).codes(), sql: None }
+    } else if expression_type.eq_ignore_ascii_case("SQL92") {
+        if !state.config.read().enable_property_filter {
+            return Ok(RemotingCommand::error(
+                req,
+                response::SYSTEM_ERROR,
+                "The broker does not support consumer to filter message by SQL92 (enablePropertyFilter=false)",
+            ));
+        }
+        match SqlFilter::parse(&expression) {
+            Ok(f) => Selector { codes: Default::default(), sql: Some(Arc::new(f)) },
+            Err(why) => {
+                return Ok(RemotingCommand::error(
+                    req,
+                    response::SUBSCRIPTION_PARSE_FAILED,
+                    format!("parse the consumer's subscription[{expression}] failed: {why}"),
+                ))
+            }
+        }
+    } else {
         return Ok(RemotingCommand::error(
             req,
             response::SUBSCRIPTION_PARSE_FAILED,
-            format!("expression type {} is not supported; use TAG", h.expression_type),
+            format!("expression type {expression_type} is not supported; use TAG or SQL92"),
         ));
-    }
-    // The request's own expression when the client sends one, else what the
-    // group registered by heartbeat, else everything.
-    let expression = match &h.subscription {
-        Some(s) if h.sys_flag & FLAG_SUBSCRIPTION != 0 || !s.trim().is_empty() => s.clone(),
-        _ => state.clients.subscription(&h.group, &h.topic).map(|s| s.sub_string).unwrap_or_else(|| "*".into()),
     };
-    let filter = TagFilter::parse(&expression);
-    let codes = filter.codes();
     // Rate limits and the pull queue; the stage is held for the first read only.
     let client = state.clients.client_id_of(conn);
     let mut admitted = match capacity::admit(state, req, Op::Pull, &h.topic, &h.group, &client, 1).await {
@@ -228,12 +252,17 @@ async fn wait_dispatched(state: &BrokerState, log_end: u64) {
     }
 }
 
-async fn read(
-    state: &Arc<BrokerState>,
-    h: &PullHeader,
+/// What a pull selects: tag hash codes (empty: every tag) and, for a SQL92
+/// subscription, a filter on the message's properties.
+#[derive(Clone)]
+struct Selector {
     codes: std::collections::BTreeSet<i32>,
-) -> Result<PullResult, BrokerError> {
-    let codes_again = codes.clone();
+    sql: Option<Arc<SqlFilter>>,
+}
+
+async fn read(state: &Arc<BrokerState>, h: &PullHeader, selector: Selector) -> Result<PullResult, BrokerError> {
+    let codes_again = selector.clone();
+    let Selector { codes, sql } = selector;
     let store = state.store.clone();
     let (topic, queue_id, offset, max_msgs, max_bytes) =
         (h.topic.clone(), h.queue_id, h.queue_offset, h.max_msgs, h.max_bytes);
@@ -244,17 +273,21 @@ async fn read(
     let read_started = Instant::now();
     wait_dispatched(state, log_end).await;
     let filter = move |code: i64| codes.is_empty() || codes.contains(&(code as i32));
+    let by_properties = move |rec: &[u8]| {
+        sql.as_ref().is_none_or(|f| message::decode_record(rec, false).is_ok_and(|r| f.matches(r.properties)))
+    };
     // A consumer at the queue's tail reads what is in the page cache: read
     // it here. Anything else may fault pages in from disk: keep that off
     // the async workers.
     // Under the controller, only what the in-sync set holds (see `read_limit`).
     let limit = read_limit(state);
     let limits = ReadLimits { max_msgs, max_bytes, physical_end: limit.unwrap_or(u64::MAX) };
-    let inline = store.get_messages_if_resident_within(&topic, queue_id, offset, limits, Some(&filter))?;
+    let inline =
+        store.get_messages_if_resident_within(&topic, queue_id, offset, limits, Some(&filter), Some(&by_properties))?;
     let got = match inline {
         Some(got) => got,
         None => tokio::task::spawn_blocking(move || {
-            store.get_messages_within(&topic, queue_id, offset, limits, Some(&filter))
+            store.get_messages_within(&topic, queue_id, offset, limits, Some(&filter), Some(&by_properties))
         })
         .await
         .map_err(|e| BrokerError::Config(format!("pull task failed: {e}")))??,

@@ -65,6 +65,10 @@ pub enum GetStatus {
     OffsetFoundNull,
 }
 
+/// A filter on a whole stored record (e.g. a SQL92 property filter): false
+/// drops it.
+pub type RecordFilter = dyn Fn(&[u8]) -> bool;
+
 /// How much one read may return.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadLimits {
@@ -360,7 +364,7 @@ impl MessageStore {
         filter: Option<&dyn Fn(i64) -> bool>,
     ) -> Result<Option<GetResult>> {
         let limits = ReadLimits { max_msgs, max_bytes, physical_end: u64::MAX };
-        self.get_messages_if_resident_within(topic, queue_id, offset, limits, filter)
+        self.get_messages_if_resident_within(topic, queue_id, offset, limits, filter, None)
     }
 
     /// [`get_messages_if_resident`](Self::get_messages_if_resident) within `limits`.
@@ -371,6 +375,7 @@ impl MessageStore {
         offset: i64,
         limits: ReadLimits,
         filter: Option<&dyn Fn(i64) -> bool>,
+        record_filter: Option<&RecordFilter>,
     ) -> Result<Option<GetResult>> {
         if let Some(cq) = self.inner.queues.get(topic, queue_id) {
             let (min, max) = (cq.min_offset(), cq.max_offset());
@@ -390,7 +395,7 @@ impl MessageStore {
                 }
             }
         }
-        self.get_messages_within(topic, queue_id, offset, limits, filter).map(Some)
+        self.get_messages_within(topic, queue_id, offset, limits, filter, record_filter).map(Some)
     }
 
     /// Reads up to `max_msgs` messages (and about `max_bytes`) from a queue,
@@ -407,7 +412,7 @@ impl MessageStore {
         filter: Option<&dyn Fn(i64) -> bool>,
     ) -> Result<GetResult> {
         let limits = ReadLimits { max_msgs, max_bytes, physical_end: u64::MAX };
-        self.get_messages_within(topic, queue_id, offset, limits, filter)
+        self.get_messages_within(topic, queue_id, offset, limits, filter, None)
     }
 
     /// [`get_messages`](Self::get_messages) within `limits`: the scan also
@@ -415,6 +420,9 @@ impl MessageStore {
     /// is neither returned nor passed over (a filter that skips units does
     /// not carry the next offset past it). With nothing before it, the
     /// answer is `OffsetOverflowOne` at `offset`: nothing readable yet.
+    ///
+    /// `record_filter`, when given, sees each stored record that passed the
+    /// tag filter and drops those it refuses (a property filter).
     pub fn get_messages_within(
         &self,
         topic: &str,
@@ -422,6 +430,7 @@ impl MessageStore {
         offset: i64,
         limits: ReadLimits,
         filter: Option<&dyn Fn(i64) -> bool>,
+        record_filter: Option<&RecordFilter>,
     ) -> Result<GetResult> {
         let ReadLimits { max_msgs, max_bytes, physical_end } = limits;
         let Some(cq) = self.inner.queues.get(topic, queue_id) else {
@@ -483,6 +492,7 @@ impl MessageStore {
                     continue;
                 }
                 match self.inner.commit_log.read(unit.physical_offset, unit.size as usize) {
+                    Ok(rec) if record_filter.is_some_and(|f| !f(&rec)) => {}
                     Ok(rec) => {
                         bytes += rec.len();
                         messages.push(rec);

@@ -90,16 +90,22 @@ fn reads_stop_at_a_physical_bound_even_with_a_filter() {
     assert!(store.wait_dispatched(WAIT));
     let bound = ends[5]; // messages 0..=5 are within it
     let limits = ReadLimits { max_msgs: 32, max_bytes: 1 << 20, physical_end: bound };
-    let got = store.get_messages_within("T", 0, 0, limits, None).unwrap();
+    let got = store.get_messages_within("T", 0, 0, limits, None, None).unwrap();
     assert_eq!((got.status, got.messages.len(), got.next_begin_offset), (GetStatus::Found, 6, 6));
     // Only TagB matches (messages 8 and 9, past the bound): the filter
     // passes over 0..=5 and the scan stops at 6, the first past the bound.
     let b = java_string_hash("TagB") as i64;
     let only_b = move |code: i64| code == b;
-    let got = store.get_messages_within("T", 0, 0, limits, Some(&only_b)).unwrap();
+    let got = store.get_messages_within("T", 0, 0, limits, Some(&only_b), None).unwrap();
     assert_eq!((got.status, got.next_begin_offset), (GetStatus::NoMatchedMessage, 6));
-    let got = store.get_messages_within("T", 0, 6, limits, None).unwrap();
+    let got = store.get_messages_within("T", 0, 6, limits, None, None).unwrap();
     assert_eq!((got.status, got.next_begin_offset), (GetStatus::OffsetOverflowOne, 6));
+    // A record filter (properties) drops records after they are read;
+    // the offsets of the dropped ones are passed over.
+    let odd_offsets = |rec: &[u8]| decode_record(rec, false).is_ok_and(|r| r.queue_offset % 2 == 1);
+    let got = store.get_messages_within("T", 0, 0, limits, None, Some(&odd_offsets)).unwrap();
+    let offsets: Vec<i64> = got.messages.iter().map(|m| decode_record(m, false).unwrap().queue_offset).collect();
+    assert_eq!((got.status, offsets, got.next_begin_offset), (GetStatus::Found, vec![1, 3, 5], 6));
     assert_eq!(store.max_offset_in_queue_below("T", 0, bound), 6);
     assert_eq!(store.max_offset_in_queue_below("T", 0, u64::MAX), 10);
     assert_eq!(store.max_offset_in_queue_below("T", 0, 0), 0);

@@ -424,3 +424,85 @@ async fn transactions_commit_roll_back_and_settle_on_check_back() {
     c.shutdown().await;
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql92_filters_deliver_exactly_the_matching_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = common::Standalone::start(&dir.path().join("data"));
+    let ns = spate.namesrv();
+    let topic = unique("Sql");
+    let p = Producer::start(config(&ns, "p"), ProducerOptions::new(unique("pg"))).await.unwrap();
+    // 120 messages: a = i (every fifth without it), region alternating, tag by thirds.
+    let mut sent = Vec::new();
+    for i in 0..120 {
+        let region = if i % 2 == 0 { "hz" } else { "sh" };
+        let tag = ["TagA", "TagB", "TagC"][i % 3];
+        let mut m = Message::new(&topic, format!("m{i}")).with_tags(tag).with_property("region", region);
+        let a = (i % 5 != 0).then_some(i);
+        if let Some(a) = a {
+            m = m.with_property("a", a.to_string());
+        }
+        p.send(m).await.unwrap();
+        sent.push((format!("m{i}"), a, region, tag));
+    }
+    type Pick = fn(Option<usize>, &str, &str) -> bool;
+    let cases: [(&str, Pick); 4] = [
+        ("region = 'hz' AND a BETWEEN 10 AND 59", |a, r, _| r == "hz" && a.is_some_and(|a| (10..=59).contains(&a))),
+        ("a IS NULL OR TAGS IN ('TagC')", |a, _, t| a.is_none() || t == "TagC"),
+        ("NOT (region = 'sh') AND a > 100", |a, r, _| r != "sh" && a.is_some_and(|a| a > 100)),
+        ("a <> 7 AND a < 12", |a, _, _| a.is_some_and(|a| a != 7 && a < 12)),
+    ];
+    let mut consumers = Vec::new();
+    for (sql, _) in &cases {
+        let got: Arrivals = Arc::default();
+        let g = got.clone();
+        let c = PushConsumer::new(config(&ns, &unique("c")), consumer_options(&unique("g"))).unwrap();
+        c.subscribe_sql(&topic, sql).unwrap();
+        c.start(MessageListener::concurrently(move |msgs, _| {
+            g.lock().extend(msgs.iter().map(|m| (m.clone(), Instant::now())));
+            ConsumeStatus::ConsumeSuccess
+        }))
+        .await
+        .unwrap();
+        consumers.push((c, got));
+    }
+    for ((sql, pick), (_, got)) in cases.iter().zip(&consumers) {
+        let mut want: Vec<String> =
+            sent.iter().filter(|(_, a, r, t)| pick(*a, r, t)).map(|(b, ..)| b.clone()).collect();
+        want.sort();
+        assert!(!want.is_empty() && want.len() < sent.len(), "{sql}: a case that selects some, not all");
+        wait_until(sql, Duration::from_secs(20), || got.lock().len() >= want.len()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut have: Vec<String> = got.lock().iter().map(|(m, _)| body(m)).collect();
+        have.sort();
+        assert_eq!(have, want, "{sql}");
+    }
+    for (c, _) in consumers {
+        c.shutdown().await;
+    }
+    p.shutdown().await;
+
+    // An invalid expression is refused with the reason.
+    use spate_remoting::{request, response, RemotingCommand};
+    let raw = common::raw_client();
+    let pull = |sql: &str| {
+        RemotingCommand::request(request::PULL_MESSAGE)
+            .with("consumerGroup", "cg")
+            .with("topic", &topic)
+            .with("queueId", 0)
+            .with("queueOffset", 0)
+            .with("maxMsgNums", 32)
+            .with("sysFlag", 2)
+            .with("commitOffset", 0)
+            .with("suspendTimeoutMillis", 0)
+            .with("subscription", sql)
+            .with("subVersion", 1)
+            .with("expressionType", "SQL92")
+    };
+    let r = common::call(&raw, &spate.broker(), pull("a > AND")).await;
+    assert_eq!(r.code, response::SUBSCRIPTION_PARSE_FAILED, "{:?}", r.remark);
+    assert!(r.remark.unwrap_or_default().contains("a > AND"));
+    let r = common::call(&raw, &spate.broker(), pull("a LIKE 'x%'")).await;
+    assert_eq!(r.code, response::SUBSCRIPTION_PARSE_FAILED);
+    assert!(r.remark.unwrap_or_default().contains("unsupported"));
+}

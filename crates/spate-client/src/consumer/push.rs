@@ -254,6 +254,28 @@ impl PushConsumer {
         Ok(())
     }
 
+    /// Subscribes to `topic` with a SQL92 filter on message properties
+    /// (upstream's `MessageSelector.bySql`), e.g. `region = 'hz' AND a > 5`.
+    /// The broker evaluates it: unmatched messages are never sent here. An
+    /// invalid expression is refused by the broker on the first pull.
+    pub fn subscribe_sql(&self, topic: &str, expression: &str) -> Result<()> {
+        spate_common::message::validate_topic(topic)?;
+        let sub = SubscriptionData {
+            class_filter_mode: false,
+            topic: topic.to_string(),
+            sub_string: expression.to_string(),
+            tags_set: Default::default(),
+            code_set: Default::default(),
+            sub_version: now_ms(),
+            expression_type: Some("SQL92".into()),
+        };
+        self.inner.subscriptions.write().insert(topic.to_string(), sub);
+        if self.inner.state.load(Ordering::Acquire) == RUNNING {
+            self.inner.rebalance_signal.notify_one();
+        }
+        Ok(())
+    }
+
     /// Starts pulling and feeding `listener`. Must run inside a tokio runtime.
     pub async fn start(&self, listener: MessageListener) -> Result<()> {
         let inner = &self.inner;
