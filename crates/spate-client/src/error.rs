@@ -93,6 +93,9 @@ pub enum ClientError {
     /// The call is not allowed in the object's current state (not started, shut down).
     #[error("{0}")]
     State(&'static str),
+    /// An argument cannot be used (a malformed message id, nothing found at it).
+    #[error("{0}")]
+    InvalidArgument(String),
     /// A local offset file could not be read or written.
     #[error("offset store i/o: {0}")]
     Io(#[from] std::io::Error),

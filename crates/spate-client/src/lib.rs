@@ -27,6 +27,7 @@ pub mod fault;
 pub mod instance;
 pub mod message;
 pub mod producer;
+pub mod query;
 pub mod route;
 pub mod transaction;
 pub mod uniq_id;

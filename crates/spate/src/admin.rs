@@ -60,6 +60,11 @@ enum Noun {
         #[command(subcommand)]
         verb: LimitVerb,
     },
+    /// A consumer group's dead letters (`%DLQ%<group>`): list, resend.
+    Dlq {
+        #[command(subcommand)]
+        verb: DlqVerb,
+    },
     /// Replica groups: roles, offsets, replication lag and mode, epochs.
     Ha {
         #[command(subcommand)]
@@ -289,6 +294,33 @@ enum MessageVerb {
     },
 }
 
+#[derive(Subcommand)]
+enum DlqVerb {
+    /// The group's dead letters, with their original topic, message id and
+    /// reconsume count.
+    List {
+        group: String,
+        /// Most messages per queue.
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+    },
+    /// Sends dead letters back to the group's retry topic, so only this
+    /// group consumes them again (its retry count starts over).
+    Resend {
+        group: String,
+        /// The message to resend (its unique key or offset id); without it,
+        /// --all is required.
+        #[arg(long, conflicts_with = "all")]
+        msg_id: Option<String>,
+        /// Resend every dead letter of the group.
+        #[arg(long)]
+        all: bool,
+        /// Most messages per queue looked at.
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+    },
+}
+
 /// The consumer group admin reads with (upstream's tools group).
 const TOOLS_GROUP: &str = "TOOLS_CONSUMER";
 
@@ -373,6 +405,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         Noun::Broker { verb } => broker(&admin, verb).await?,
         Noun::Group { verb } => group(&admin, verb).await?,
         Noun::Message { verb } => message(&admin, verb).await?,
+        Noun::Dlq { verb } => dlq(&admin, verb).await?,
         Noun::Limit { verb } => limit(&admin, verb).await?,
         Noun::Ha { verb: HaVerb::Status { cluster } } => ha_status(&admin, cluster.as_deref()).await?,
         Noun::Ha { verb: HaVerb::Groups { zk } } => ha_groups(&zk).await?,
@@ -763,9 +796,17 @@ async fn message(admin: &Admin, verb: MessageVerb) -> Result<Output> {
     Ok((json!(found), table))
 }
 
-/// Per queue: from the first offset stored at or after `begin`, pull until
-/// `end` is passed, the queue ends, or `max` messages were found.
 async fn query_range(admin: &Admin, topic: &str, begin: i64, end: i64, max: usize) -> Result<Vec<Value>> {
+    let raw = range_records(admin, topic, begin, end, max).await?;
+    raw.iter()
+        .map(|(_, r)| decode_record(r, false).map(|r| describe(&r)).context("a stored record does not decode"))
+        .collect()
+}
+
+/// Per queue: from the first offset stored at or after `begin`, pull until
+/// `end` is passed, the queue ends, or `max` messages were found. Each
+/// record comes with the address of the master that holds it.
+async fn range_records(admin: &Admin, topic: &str, begin: i64, end: i64, max: usize) -> Result<Vec<(String, Vec<u8>)>> {
     let mut found = Vec::new();
     for (_, addr, queues) in admin.topic_masters(topic).await? {
         for q in 0..queues {
@@ -794,12 +835,15 @@ async fn query_range(admin: &Admin, topic: &str, begin: i64, end: i64, max: usiz
                     break; // nothing more in this queue (or a moved offset)
                 }
                 let next: i64 = r.field("nextBeginOffset").and_then(|v| v.parse().ok()).unwrap_or(offset);
-                for m in records(&r.body)? {
-                    if m["store_timestamp"].as_i64().is_some_and(|t| t > end) {
+                let mut rest = &r.body[..];
+                while !rest.is_empty() {
+                    let m = decode_record(rest, false).context("a stored record does not decode")?;
+                    if m.store_timestamp > end {
                         break 'queue;
                     }
-                    found.push(m);
+                    found.push((addr.clone(), rest[..m.total_size].to_vec()));
                     in_queue += 1;
+                    rest = &rest[m.total_size..];
                 }
                 if next <= offset {
                     break;
@@ -809,6 +853,70 @@ async fn query_range(admin: &Admin, topic: &str, begin: i64, end: i64, max: usiz
         }
     }
     Ok(found)
+}
+
+/// `admin dlq list` / `admin dlq resend`.
+async fn dlq(admin: &Admin, verb: DlqVerb) -> Result<Output> {
+    let (group, max) = match &verb {
+        DlqVerb::List { group, max } | DlqVerb::Resend { group, max, .. } => (group.clone(), *max),
+    };
+    let topic = format!("%DLQ%{group}");
+    let dead = range_records(admin, &topic, 0, i64::MAX, max).await.with_context(|| format!("reading {topic}"))?;
+    match verb {
+        DlqVerb::List { .. } => {
+            let rows: Vec<Value> = dead
+                .iter()
+                .filter_map(|(_, raw)| decode_record(raw, false).ok())
+                .map(|r| {
+                    let mut v = describe(&r);
+                    v["origin_topic"] = json!(r.property("RETRY_TOPIC"));
+                    v["origin_msg_id"] = json!(r.property("ORIGIN_MESSAGE_ID"));
+                    v
+                })
+                .collect();
+            let table = message_table(&rows);
+            Ok((json!(rows), table))
+        }
+        DlqVerb::Resend { msg_id, all, .. } => {
+            if msg_id.is_none() && !all {
+                bail!("name the message with --msg-id, or resend them all with --all");
+            }
+            let retry = format!("%RETRY%{group}");
+            let mut resent = Vec::new();
+            for (addr, raw) in &dead {
+                let r = decode_record(raw, false).context("a stored record does not decode")?;
+                let offset_id = spate_common::message::offset_msg_id(r.store_host, r.physical_offset as u64);
+                let chosen = msg_id.as_deref().is_none_or(|id| r.property("UNIQ_KEY") == Some(id) || offset_id == id);
+                if !chosen {
+                    continue;
+                }
+                let req = RemotingCommand::request(request::SEND_MESSAGE)
+                    .with("producerGroup", TOOLS_GROUP)
+                    .with("topic", &retry)
+                    .with("defaultTopic", "TBW102")
+                    .with("defaultTopicQueueNums", 1)
+                    .with("queueId", 0)
+                    .with("sysFlag", r.sys_flag & !spate_common::message::SYSFLAG_TX_MASK)
+                    .with("bornTimestamp", r.born_timestamp)
+                    .with("flag", r.flag)
+                    .with("properties", r.properties)
+                    .with("reconsumeTimes", 0)
+                    .with_body(r.body.to_vec());
+                let resp = admin.call(addr, req).await.with_context(|| format!("resending {offset_id}"))?;
+                resent.push(json!({
+                    "msg_id": r.property("UNIQ_KEY"),
+                    "from": offset_id,
+                    "to": retry,
+                    "new_offset_msg_id": resp.field("msgId"),
+                }));
+            }
+            if resent.is_empty() {
+                bail!("no dead letter of {group} matched");
+            }
+            let table = format!("resent {} message(s) to {retry}\n", resent.len());
+            Ok((json!(resent), table))
+        }
+    }
 }
 
 async fn query_key(admin: &Admin, topic: &str, key: &str, begin: i64, end: i64, max: i32) -> Result<Vec<Value>> {

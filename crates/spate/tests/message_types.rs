@@ -1,7 +1,10 @@
 //! RocketMQ's message types against a real `spate standalone` process:
-//! delayed messages per level and timer messages at arbitrary times, both
-//! across a clean restart and a kill -9, and consumer retries through
-//! growing delays into the dead-letter queue.
+//! delayed messages per level and timer messages at arbitrary times (across
+//! a clean restart and a kill -9), consumer retries through growing delays
+//! into the dead-letter queue and back out with `spate admin dlq`,
+//! transactions (commit, rollback, check-back, restart), SQL92 filters,
+//! message query by id, key and time, and ordered consumption by two
+//! orderly consumers with one leaving. Failover cases are in failover.rs.
 
 mod common;
 
@@ -322,7 +325,49 @@ async fn a_failing_listener_sees_max_retries_with_growing_delays_then_the_dlq() 
     assert_eq!(m.reconsume_times, RETRIES + 1);
     assert!(m.keys().contains(&"poison-key"));
     dc.shutdown().await;
+
+    // The operator lists the group's dead letters and resends them.
+    let listed = admin(&ns, &["dlq", "list", &group]).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["origin_topic"], topic.as_str());
+    assert_eq!(listed[0]["uniq_key"], sent.msg_id.as_str());
+    assert_eq!(listed[0]["reconsume_times"], RETRIES + 1);
+    assert!(admin(&ns, &["dlq", "resend", &group]).unwrap_err().contains("--all"));
+    let resent = admin(&ns, &["dlq", "resend", &group, "--msg-id", &sent.msg_id]).unwrap();
+    assert_eq!(resent.as_array().unwrap().len(), 1);
+    // The group (now healthy) gets it once more, under its original topic.
+    let again: Arrivals = Arc::default();
+    let a2 = again.clone();
+    let c = PushConsumer::new(config(&ns, "c2"), consumer_options(&group)).unwrap();
+    c.subscribe(&topic, "*").unwrap();
+    c.start(MessageListener::concurrently(move |msgs, _| {
+        a2.lock().extend(msgs.iter().map(|m| (m.clone(), Instant::now())));
+        ConsumeStatus::ConsumeSuccess
+    }))
+    .await
+    .unwrap();
+    wait_until("the resent dead letter", Duration::from_secs(20), || !again.lock().is_empty()).await;
+    let back = again.lock()[0].0.clone();
+    assert_eq!(
+        (body(&back), back.topic.as_str(), back.msg_id.as_str()),
+        ("poison".into(), topic.as_str(), sent.msg_id.as_str())
+    );
+    c.shutdown().await;
     p.shutdown().await;
+}
+
+/// `spate admin --json ...`: its JSON output, or its error text.
+fn admin(ns: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["admin", "-n", ns, "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).to_string());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e})")))
 }
 
 /// Decides by body prefix: `commit-` / `rollback-` at once; `late-commit-`
@@ -505,4 +550,170 @@ async fn sql92_filters_deliver_exactly_the_matching_messages() {
     let r = common::call(&raw, &spate.broker(), pull("a LIKE 'x%'")).await;
     assert_eq!(r.code, response::SUBSCRIPTION_PARSE_FAILED);
     assert!(r.remark.unwrap_or_default().contains("unsupported"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_found_by_id_key_and_time_in_the_client_and_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spate = common::Standalone::start(&dir.path().join("data"));
+    let ns = spate.namesrv();
+    let topic = unique("Query");
+    let p = Producer::start(config(&ns, "p"), ProducerOptions::new(unique("pg"))).await.unwrap();
+    let mut early = Vec::new();
+    for i in 0..10 {
+        early.push(
+            p.send(Message::new(&topic, format!("early-{i}")).with_keys([format!("order-{}", i % 3)])).await.unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let begin = epoch_ms();
+    let mut late = Vec::new();
+    for i in 0..10 {
+        late.push(p.send(Message::new(&topic, format!("late-{i}")).with_keys(["late-key"])).await.unwrap());
+    }
+    let end = epoch_ms();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    p.send(Message::new(&topic, "after")).await.unwrap();
+    // The index is written by the dispatcher, just after the acknowledgement.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let check = |spate_restarted: bool| {
+        let (early, late, topic, ns) = (early.clone(), late.clone(), topic.clone(), ns.clone());
+        async move {
+            let q = Producer::start(config(&ns, &unique("q")), ProducerOptions::new(unique("qg"))).await.unwrap();
+            let i = q.instance();
+            let by_offset = i.view_message(&early[4].offset_msg_id).await.unwrap();
+            assert_eq!(body(&by_offset), "early-4");
+            let by_uniq = i.query_message_by_unique_key(&topic, &late[7].msg_id).await.unwrap().unwrap();
+            assert_eq!(body(&by_uniq), "late-7");
+            let mut by_key: Vec<String> =
+                i.query_message(&topic, "order-1", 32, 0, i64::MAX).await.unwrap().iter().map(body).collect();
+            by_key.sort();
+            assert_eq!(by_key, ["early-1", "early-4", "early-7"], "restarted: {spate_restarted}");
+            let mut by_time: Vec<String> =
+                i.query_messages_by_time(&topic, begin, end, 100).await.unwrap().iter().map(body).collect();
+            by_time.sort();
+            let mut want: Vec<String> = (0..10).map(|i| format!("late-{i}")).collect();
+            want.sort();
+            assert_eq!(by_time, want, "exactly the messages stored in the range");
+            assert!(i.view_message("nonsense").await.is_err());
+            q.shutdown().await;
+
+            // The same through the admin tool.
+            let v = admin(&ns, &["message", "id", &early[4].offset_msg_id]).unwrap();
+            assert_eq!(v[0]["body"], "early-4");
+            let v = admin(&ns, &["message", "id", &late[7].msg_id, "--topic", &topic]).unwrap();
+            assert_eq!(v[0]["body"], "late-7");
+            let v = admin(&ns, &["message", "key", &topic, "late-key"]).unwrap();
+            assert_eq!(v.as_array().unwrap().len(), 10);
+            let (b, e) = (begin.to_string(), end.to_string());
+            let v = admin(&ns, &["message", "range", &topic, "--begin", &b, "--end", &e, "--max", "100"]).unwrap();
+            assert_eq!(v.as_array().unwrap().len(), 10);
+            assert!(v.as_array().unwrap().iter().all(|m| m["body"].as_str().unwrap().starts_with("late-")));
+            assert!(admin(&ns, &["message", "key", &topic, "no-such-key"]).is_err());
+        }
+    };
+    check(false).await;
+    // The indexes outlive a restart.
+    p.shutdown().await;
+    spate.restart();
+    check(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_ordered_messages_keep_per_key_order_across_two_orderly_consumers() {
+    use spate_client::{queue_by_hash, ConsumeOrderlyStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let spate = common::Standalone::start(&dir.path().join("data"));
+    let ns = spate.namesrv();
+    let topic = unique("Ordered");
+    admin(&ns, &["topic", "create", &topic, "-r", "8", "-w", "8"]).unwrap();
+    const KEYS: usize = 50;
+    const PER_KEY: usize = 200;
+    let p = Producer::start(config(&ns, "p"), ProducerOptions::new(unique("pg"))).await.unwrap();
+    for seq in 0..PER_KEY {
+        for k in 0..KEYS {
+            let msg = Message::new(&topic, format!("{k}:{seq}")).with_keys([format!("k{k}")]);
+            p.send_with_selector(msg, |qs, _, key: &usize| queue_by_hash(qs, *key as i64), k).await.unwrap();
+        }
+    }
+
+    // (consumer, queue, key, seq, when) for each message a listener accepted.
+    type Log = Arc<Mutex<Vec<(usize, i32, usize, usize, Instant)>>>;
+    let log: Log = Arc::default();
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let group = unique("og");
+    let start = |who: usize| {
+        let (log, failed_once, ns, topic, group) =
+            (log.clone(), failed_once.clone(), ns.clone(), topic.clone(), group.clone());
+        async move {
+            let c = PushConsumer::new(config(&ns, &format!("oc{who}")), consumer_options(&group)).unwrap();
+            c.subscribe(&topic, "*").unwrap();
+            c.start(MessageListener::orderly(move |msgs, _| {
+                let mut batch = Vec::new();
+                for m in msgs {
+                    let (k, seq) =
+                        body(m).split_once(':').map(|(k, s)| (k.parse().unwrap(), s.parse().unwrap())).unwrap();
+                    // One failure, retried in place: the queue waits, nothing is skipped.
+                    if (k, seq) == (7, 50) && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        return ConsumeOrderlyStatus::SuspendCurrentQueueAMoment;
+                    }
+                    batch.push((who, m.queue_id, k, seq, Instant::now()));
+                }
+                log.lock().extend(batch);
+                ConsumeOrderlyStatus::Success
+            }))
+            .await
+            .unwrap();
+            c
+        }
+    };
+    let c1 = start(1).await;
+    let c2 = start(2).await;
+    let total = KEYS * PER_KEY;
+    wait_until("a third consumed", Duration::from_secs(60), || log.lock().len() >= total / 3).await;
+    // One consumer leaves mid-way; the other takes its queues over.
+    c1.shutdown().await;
+    let left_at = Instant::now();
+    let seen =
+        |log: &Log| log.lock().iter().map(|&(_, _, k, s, _)| (k, s)).collect::<std::collections::HashSet<_>>().len();
+    wait_until("everything consumed", Duration::from_secs(90), || seen(&log) == total).await;
+    c2.shutdown().await;
+    p.shutdown().await;
+
+    let log = log.lock().clone();
+    assert!(failed_once.load(std::sync::atomic::Ordering::SeqCst), "the failure was injected");
+    assert!(log.iter().any(|e| e.0 == 1) && log.iter().any(|e| e.0 == 2), "both consumers took part");
+    assert!(log.iter().all(|e| e.0 == 2 || e.4 <= left_at), "nothing consumed by the one that left, after it left");
+    // Per key, in each consumer's own stream, strictly increasing; where the
+    // second takes over it may replay from the last committed offset, never
+    // skipping one.
+    let mut per_key: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
+    for &(who, _, k, seq, _) in &log {
+        per_key.entry(k).or_default().push((who, seq));
+    }
+    for (k, events) in &per_key {
+        for who in [1, 2] {
+            let own: Vec<usize> = events.iter().filter(|e| e.0 == who).map(|e| e.1).collect();
+            assert!(
+                own.windows(2).all(|w| w[1] == w[0] + 1),
+                "key {k}, consumer {who}: out of order or a gap: {own:?}"
+            );
+        }
+        let mut all: Vec<usize> = events.iter().map(|e| e.1).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all, (0..PER_KEY).collect::<Vec<_>>(), "key {k}: every message");
+    }
+    // A queue is never worked by both at once: per queue, consumer 1's
+    // events all come before consumer 2's.
+    let mut per_queue: HashMap<i32, Vec<(Instant, usize)>> = HashMap::new();
+    for &(who, q, _, _, at) in &log {
+        per_queue.entry(q).or_default().push((at, who));
+    }
+    for (q, mut events) in per_queue {
+        events.sort();
+        let switches = events.windows(2).filter(|w| w[0].1 != w[1].1).count();
+        assert!(switches <= 1, "queue {q} changed hands {switches} times");
+    }
 }
