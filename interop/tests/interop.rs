@@ -333,7 +333,7 @@ fn rocketmq_rust_client_round_trip() {
             .build();
         bounded("producer start", SETUP_TIMEOUT, producer.start()).await.expect("producer start");
 
-        create_topic(&mut producer).await;
+        create_topic(&mut producer, TOPIC).await;
 
         // --- produce ---------------------------------------------------------
         let mut sent: Vec<Sent> = Vec::with_capacity(n);
@@ -438,6 +438,9 @@ fn rocketmq_rust_client_round_trip() {
             report2.problems.join("\n")
         );
 
+        // --- message types: delayed, timer, SQL92 (rocketmq-client-rust both ways)
+        message_types_with_rocketmq(&client_runtime, &namesrv, &mut producer, &run_id).await;
+
         // Shutdown problems are reported, not failed: they are not interop results.
         if tokio::time::timeout(SETUP_TIMEOUT, producer.shutdown()).await.is_err() {
             eprintln!("note: producer shutdown took longer than {SETUP_TIMEOUT:?}");
@@ -482,17 +485,17 @@ fn rocketmq_rust_client_round_trip() {
     drop(server);
 }
 
-/// Creates TOPIC with QUEUES queues through the client's admin API
+/// Creates `topic` with QUEUES queues through the client's admin API
 /// (`createTopic` with key TBW102: route lookup of TBW102 on the name server,
 /// then UPDATE_AND_CREATE_TOPIC on each master), then waits until the name
 /// server's route for it shows QUEUES writable queues. Bounded: the broker may
 /// need a moment to register with the name server after start-up.
-async fn create_topic(producer: &mut DefaultMQProducer) {
+async fn create_topic(producer: &mut DefaultMQProducer, topic: &str) {
     let deadline = Instant::now() + SETUP_TIMEOUT;
     let remaining = || deadline.saturating_duration_since(Instant::now());
     loop {
         let attempt =
-            tokio::time::timeout(remaining(), producer.create_topic(CREATE_TOPIC_KEY, TOPIC, QUEUES, HashMap::new()))
+            tokio::time::timeout(remaining(), producer.create_topic(CREATE_TOPIC_KEY, topic, QUEUES, HashMap::new()))
                 .await;
         match attempt {
             Ok(Ok(())) => break,
@@ -501,24 +504,24 @@ async fn create_topic(producer: &mut DefaultMQProducer) {
                 tokio::time::sleep(Duration::from_millis(500).min(remaining())).await;
             }
             Ok(Err(e)) => panic!(
-                "createTopic({TOPIC}, key {CREATE_TOPIC_KEY}, {QUEUES} queues) kept failing for {:?}: {e}",
+                "createTopic({topic}, key {CREATE_TOPIC_KEY}, {QUEUES} queues) kept failing for {:?}: {e}",
                 SETUP_TIMEOUT
             ),
             Err(_) => panic!(
-                "createTopic({TOPIC}, key {CREATE_TOPIC_KEY}, {QUEUES} queues) did not succeed within {:?}",
+                "createTopic({topic}, key {CREATE_TOPIC_KEY}, {QUEUES} queues) did not succeed within {:?}",
                 SETUP_TIMEOUT
             ),
         }
     }
     loop {
-        let queues = tokio::time::timeout(remaining(), producer.fetch_publish_message_queues(TOPIC)).await;
+        let queues = tokio::time::timeout(remaining(), producer.fetch_publish_message_queues(topic)).await;
         match queues {
             Ok(Ok(queues)) if queues.len() == QUEUES as usize => {
-                println!("topic {TOPIC} routed with {} queues", queues.len());
+                println!("topic {topic} routed with {} queues", queues.len());
                 return;
             }
             other if remaining().is_zero() => panic!(
-                "name server route for {TOPIC} does not show {QUEUES} queues within {:?}: {:?}",
+                "name server route for {topic} does not show {QUEUES} queues within {:?}: {:?}",
                 SETUP_TIMEOUT,
                 other.map(|r| r.map(|q| q.len()))
             ),
@@ -751,4 +754,103 @@ async fn consume_with_rocketmq(
         eprintln!("note: consumer shutdown took longer than {SETUP_TIMEOUT:?}");
     }
     (collected, all_arrived, elapsed)
+}
+
+// ---------------------------------------------------------------------------
+// Message types
+// ---------------------------------------------------------------------------
+
+const TYPES_TOPIC: &str = "SpateInteropTypes";
+
+/// Records each message's body and arrival time.
+#[derive(Clone, Default)]
+struct Arrivals(Arc<Mutex<Vec<(String, Instant)>>>);
+
+impl MessageListenerConcurrently for Arrivals {
+    fn consume_message(
+        &self,
+        msgs: &[&MessageExt],
+        _context: &ConsumeConcurrentlyContext,
+    ) -> ClientResult<ConsumeConcurrentlyStatus> {
+        let now = Instant::now();
+        let mut got = self.0.lock().unwrap();
+        for m in msgs {
+            got.push((String::from_utf8_lossy(m.body().as_deref().unwrap_or_default()).into_owned(), now));
+        }
+        Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
+    }
+}
+
+/// rocketmq-client-rust sends delay-level, timer and plain messages with a
+/// `region` property; its push consumer subscribes with a SQL92 selector.
+/// Exactly the `region = 'hz'` ones arrive, none before it was due.
+async fn message_types_with_rocketmq(
+    client_runtime: &Arc<ClientRuntime>,
+    namesrv: &str,
+    producer: &mut DefaultMQProducer,
+    run_id: &str,
+) {
+    create_topic(producer, TYPES_TOPIC).await;
+    let arrivals = Arrivals::default();
+    let mut consumer = DefaultMQPushConsumer::builder(client_runtime.clone())
+        .consumer_group(format!("interop_types_{run_id}"))
+        .name_server_addr(namesrv.to_string())
+        .message_model(MessageModel::Clustering)
+        .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+        .build();
+    let selector = rocketmq_client_rust::consumer::MessageSelector::by_sql("region = 'hz' AND n >= 0");
+    bounded("subscribe", SETUP_TIMEOUT, consumer.subscribe_with_selector(TYPES_TOPIC, Some(selector)))
+        .await
+        .expect("subscribe with SQL92");
+    consumer.register_message_listener_concurrently(arrivals.clone());
+    bounded("consumer start", SETUP_TIMEOUT, consumer.start()).await.expect("consumer start");
+
+    // (body, earliest arrival) of what should arrive.
+    let mut expected: Vec<(String, Instant)> = Vec::new();
+    for i in 0..30 {
+        let region = if i % 2 == 0 { "hz" } else { "sh" };
+        let body = format!("{run_id}-{i}-{region}");
+        let builder = Message::builder()
+            .topic(TYPES_TOPIC)
+            .body(body.clone().into_bytes())
+            .raw_property("region", region)
+            .expect("user property")
+            .raw_property("n", i.to_string())
+            .expect("user property");
+        // A third each: delay level 1 (1 s), a timer 1.5 s out, plain.
+        let (builder, delay) = match i % 3 {
+            0 => (builder.delay_level(1), Duration::from_secs(1)),
+            1 => (builder.delay_millis(1500), Duration::from_millis(1500)),
+            _ => (builder, Duration::ZERO),
+        };
+        let sent_at = Instant::now();
+        let msg = builder.build().expect("message");
+        let result = bounded("send", Duration::from_millis(4 * SEND_TIMEOUT_MS), producer.send_with_timeout(msg, SEND_TIMEOUT_MS))
+            .await
+            .unwrap_or_else(|e| panic!("typed send #{i} failed: {e}"))
+            .unwrap_or_else(|| panic!("typed send #{i}: no SendResult"));
+        assert_eq!(result.send_status, SendStatus::SendOk, "typed send #{i}: {result:?}");
+        if region == "hz" {
+            expected.push((body, sent_at + delay));
+        }
+    }
+    let deadline = Instant::now() + CONSUME_TIMEOUT;
+    while arrivals.0.lock().unwrap().len() < expected.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = arrivals.0.lock().unwrap().clone();
+    let mut got_bodies: Vec<&str> = got.iter().map(|(b, _)| b.as_str()).collect();
+    got_bodies.sort_unstable();
+    let mut want: Vec<&str> = expected.iter().map(|(b, _)| b.as_str()).collect();
+    want.sort_unstable();
+    assert_eq!(got_bodies, want, "the SQL92 selector let through exactly region = 'hz', each once");
+    for (body, due) in &expected {
+        let at = got.iter().find(|(b, _)| b == body).map(|(_, at)| *at).unwrap();
+        assert!(at >= *due, "{body} arrived before it was due");
+    }
+    println!("rocketmq-client-rust message types: {} delayed/timer/plain messages selected by SQL92, none early", got.len());
+    if tokio::time::timeout(SETUP_TIMEOUT, consumer.shutdown()).await.is_err() {
+        eprintln!("note: types consumer shutdown took longer than {SETUP_TIMEOUT:?}");
+    }
 }

@@ -213,7 +213,7 @@ async fn bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
     let end = RemotingCommand::request(request::END_TRANSACTION)
         .with("producerGroup", "pg")
         .with("tranStateTableOffset", 999)
-        .with("commitLogOffset", 1 << 40)
+        .with("commitLogOffset", 1i64 << 40)
         .with("commitOrRollback", 8)
         .with("fromTransactionCheck", false);
     let r = call(&c, &broker, end).await;
