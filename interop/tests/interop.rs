@@ -797,8 +797,10 @@ async fn message_types_with_rocketmq(
         .name_server_addr(namesrv.to_string())
         .message_model(MessageModel::Clustering)
         .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+        .consume_thread_min(32)
+        .consume_thread_max(64)
         .build();
-    let selector = rocketmq_client_rust::consumer::MessageSelector::by_sql("region = 'hz' AND n >= 0");
+    let selector = rocketmq_client_rust::MessageSelector::by_sql("region = 'hz' AND n >= 0");
     bounded("subscribe", SETUP_TIMEOUT, consumer.subscribe_with_selector(TYPES_TOPIC, Some(selector)))
         .await
         .expect("subscribe with SQL92");

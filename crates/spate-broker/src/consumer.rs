@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use spate_common::message::{self, decode_record, NewMessage};
 use spate_remoting::protocol::{
-    dlq_topic, json, perm, retry_topic, ConsumerListBody, HeartbeatData, LockBatchRequestBody, LockBatchResponseBody,
-    TopicConfig,
+    dlq_topic, json, perm, retry_topic, CheckClientRequestBody, ConsumerListBody, HeartbeatData, LockBatchRequestBody,
+    LockBatchResponseBody, TopicConfig,
 };
 use spate_remoting::{request, response, Connection, RemotingCommand};
 
@@ -151,6 +151,18 @@ pub fn lock_batch(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<Rem
     };
     let resp = LockBatchResponseBody { lock_ok_mq_set: held };
     Ok(RemotingCommand::success(req).with_body(serde_json::to_vec(&resp).unwrap_or_default()))
+}
+
+/// CHECK_CLIENT_CONFIG: whether this broker can serve a subscription (a
+/// consumer with a SQL92 one asks before it starts).
+pub fn check_client_config(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let body: CheckClientRequestBody = json::decode(&req.body, "CheckClientRequestBody")?;
+    let sub = &body.subscription_data;
+    let kind = sub.expression_type.as_deref().unwrap_or("TAG");
+    Ok(match crate::pull::selector(state, &sub.sub_string, kind) {
+        Ok(_) => RemotingCommand::success(req),
+        Err((code, remark)) => RemotingCommand::error(req, code, remark),
+    })
 }
 
 /// CONSUMER_SEND_MSG_BACK: a message the consumer failed to process goes to

@@ -476,6 +476,7 @@ async fn process(
         r::QUERY_CONSUMER_OFFSET => consumer::query_offset(state, req)?,
         r::UPDATE_CONSUMER_OFFSET => consumer::update_offset(state, req)?,
         r::LOCK_BATCH_MQ | r::UNLOCK_BATCH_MQ => consumer::lock_batch(state, req)?,
+        r::CHECK_CLIENT_CONFIG => consumer::check_client_config(state, req)?,
         r::CONSUMER_SEND_MSG_BACK => consumer::send_back(state, req).await?,
         r::GET_MAX_OFFSET | r::GET_MIN_OFFSET | r::SEARCH_OFFSET_BY_TIMESTAMP | r::GET_EARLIEST_MSG_STORETIME => {
             admin::queue_offset(state, req).await?

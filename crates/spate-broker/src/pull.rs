@@ -108,32 +108,9 @@ pub async fn pull(
             None => ("*".into(), "TAG".into()),
         },
     };
-    let codes = if expression_type.eq_ignore_ascii_case("TAG") {
-        Selector { codes: TagFilter::parse(&expression).codes(), sql: None }
-    } else if expression_type.eq_ignore_ascii_case("SQL92") {
-        if !state.config.read().enable_property_filter {
-            return Ok(RemotingCommand::error(
-                req,
-                response::SYSTEM_ERROR,
-                "The broker does not support consumer to filter message by SQL92 (enablePropertyFilter=false)",
-            ));
-        }
-        match SqlFilter::parse(&expression) {
-            Ok(f) => Selector { codes: Default::default(), sql: Some(Arc::new(f)) },
-            Err(why) => {
-                return Ok(RemotingCommand::error(
-                    req,
-                    response::SUBSCRIPTION_PARSE_FAILED,
-                    format!("parse the consumer's subscription[{expression}] failed: {why}"),
-                ))
-            }
-        }
-    } else {
-        return Ok(RemotingCommand::error(
-            req,
-            response::SUBSCRIPTION_PARSE_FAILED,
-            format!("expression type {expression_type} is not supported; use TAG or SQL92"),
-        ));
+    let codes = match selector(state, &expression, &expression_type) {
+        Ok(s) => s,
+        Err((code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
     };
     // Rate limits and the pull queue; the stage is held for the first read only.
     let client = state.clients.client_id_of(conn);
@@ -252,10 +229,41 @@ async fn wait_dispatched(state: &BrokerState, log_end: u64) {
     }
 }
 
+/// The selector of a subscription, or the response code and remark
+/// refusing it (also what CHECK_CLIENT_CONFIG answers).
+pub(crate) fn selector(
+    state: &BrokerState,
+    expression: &str,
+    expression_type: &str,
+) -> Result<Selector, (i32, String)> {
+    if expression_type.eq_ignore_ascii_case("TAG") || expression_type.is_empty() {
+        return Ok(Selector { codes: TagFilter::parse(expression).codes(), sql: None });
+    }
+    if !expression_type.eq_ignore_ascii_case("SQL92") {
+        return Err((
+            response::SUBSCRIPTION_PARSE_FAILED,
+            format!("expression type {expression_type} is not supported; use TAG or SQL92"),
+        ));
+    }
+    if !state.config.read().enable_property_filter {
+        return Err((
+            response::SYSTEM_ERROR,
+            "The broker does not support consumer to filter message by SQL92 (enablePropertyFilter=false)".into(),
+        ));
+    }
+    match SqlFilter::parse(expression) {
+        Ok(f) => Ok(Selector { codes: Default::default(), sql: Some(Arc::new(f)) }),
+        Err(why) => Err((
+            response::SUBSCRIPTION_PARSE_FAILED,
+            format!("parse the consumer's subscription[{expression}] failed: {why}"),
+        )),
+    }
+}
+
 /// What a pull selects: tag hash codes (empty: every tag) and, for a SQL92
 /// subscription, a filter on the message's properties.
 #[derive(Clone)]
-struct Selector {
+pub(crate) struct Selector {
     codes: std::collections::BTreeSet<i32>,
     sql: Option<Arc<SqlFilter>>,
 }

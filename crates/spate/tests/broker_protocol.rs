@@ -218,6 +218,15 @@ async fn bad_input_gets_clear_errors_and_the_broker_keeps_serving() {
         .with("fromTransactionCheck", false);
     let r = call(&c, &broker, end).await;
     assert_eq!(r.code, response::SYSTEM_ERROR, "{:?}", r.remark);
+    // CHECK_CLIENT_CONFIG: a SQL92 subscription is checked before a consumer starts.
+    let check = |sql: &str| {
+        let body = serde_json::json!({"clientId": "c", "group": "g",
+            "subscriptionData": {"topic": "Healthy", "subString": sql, "expressionType": "SQL92"}});
+        RemotingCommand::request(request::CHECK_CLIENT_CONFIG).with_body(serde_json::to_vec(&body).unwrap())
+    };
+    assert_eq!(call(&c, &broker, check("a > 1 AND b = 'x'")).await.code, response::SUCCESS);
+    let r = call(&c, &broker, check("a >")).await;
+    assert_eq!(r.code, response::SUBSCRIPTION_PARSE_FAILED, "{:?}", r.remark);
     // A delayed message cannot travel in a batch (one queue, in order).
     let delayed = spate_client::Message::new("Healthy", "later").with_delay_level(3);
     let body = spate_client::message::encode_batch(&[delayed]).unwrap();

@@ -31,6 +31,17 @@ impl MessageQueue {
     }
 }
 
+/// The body of CHECK_CLIENT_CONFIG: a consumer asks whether the broker
+/// can serve a subscription (SQL92 ones, before it starts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CheckClientRequestBody {
+    pub client_id: String,
+    pub group: String,
+    pub subscription_data: super::SubscriptionData,
+    pub namespace: Option<String>,
+}
+
 /// The body of LOCK_BATCH_MQ and UNLOCK_BATCH_MQ.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
