@@ -827,10 +827,14 @@ async fn message_types_with_rocketmq(
         };
         let sent_at = Instant::now();
         let msg = builder.build().expect("message");
-        let result = bounded("send", Duration::from_millis(4 * SEND_TIMEOUT_MS), producer.send_with_timeout(msg, SEND_TIMEOUT_MS))
-            .await
-            .unwrap_or_else(|e| panic!("typed send #{i} failed: {e}"))
-            .unwrap_or_else(|| panic!("typed send #{i}: no SendResult"));
+        let result = bounded(
+            "send",
+            Duration::from_millis(4 * SEND_TIMEOUT_MS),
+            producer.send_with_timeout(msg, SEND_TIMEOUT_MS),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("typed send #{i} failed: {e}"))
+        .unwrap_or_else(|| panic!("typed send #{i}: no SendResult"));
         assert_eq!(result.send_status, SendStatus::SendOk, "typed send #{i}: {result:?}");
         if region == "hz" {
             expected.push((body, sent_at + delay));
@@ -851,7 +855,10 @@ async fn message_types_with_rocketmq(
         let at = got.iter().find(|(b, _)| b == body).map(|(_, at)| *at).unwrap();
         assert!(at >= *due, "{body} arrived before it was due");
     }
-    println!("rocketmq-client-rust message types: {} delayed/timer/plain messages selected by SQL92, none early", got.len());
+    println!(
+        "rocketmq-client-rust message types: {} delayed/timer/plain messages selected by SQL92, none early",
+        got.len()
+    );
     if tokio::time::timeout(SETUP_TIMEOUT, consumer.shutdown()).await.is_err() {
         eprintln!("note: types consumer shutdown took longer than {SETUP_TIMEOUT:?}");
     }
