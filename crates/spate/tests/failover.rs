@@ -436,8 +436,8 @@ async fn delayed_timer_and_transactional_messages_outlive_a_failover() {
     }
     // And a transactional half message, still undecided at the kill.
     let half = loop {
-        let req = common::send_req_with("Later", 0, b"tx-commit".to_vec(), &[("TRAN_MSG", "true"), ("PGROUP", "pg")])
-            .with("sysFlag", 4);
+        let props = [("TRAN_MSG", "true"), ("PGROUP", "pg"), ("KEYS", "tx-key")];
+        let req = common::send_req_with("Later", 0, b"tx-commit".to_vec(), &props).with("sysFlag", 4);
         let r = call(&c, &old_addr, req).await;
         if r.code == response::SUCCESS {
             break r;
@@ -491,6 +491,17 @@ async fn delayed_timer_and_transactional_messages_outlive_a_failover() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // The committed message is found by its key on the new master.
+    let query = RemotingCommand::request(request::QUERY_MESSAGE)
+        .with("topic", "Later")
+        .with("key", "tx-key")
+        .with("maxNum", 32)
+        .with("beginTimestamp", 0)
+        .with("endTimestamp", i64::MAX);
+    let r = call(&c, &new_addr, query).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    let found = spate_common::message::decode_record(&r.body, true).unwrap();
+    assert_eq!((found.topic, found.body), ("Later", &b"tx-commit"[..]));
     for (body, stored) in delivered.iter().filter(|(b, _)| *b != "tx-commit") {
         let sent = sent_ms.get(body).unwrap_or_else(|| panic!("{body} was never sent"));
         assert!(*stored >= sent + 3000, "{body} delivered {} ms after it was sent", stored - sent);
