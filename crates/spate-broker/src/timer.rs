@@ -47,6 +47,9 @@ const FILL_BATCH: usize = 32 * 1024;
 const IDLE_POLL: Duration = Duration::from_millis(20);
 /// Pause after a failed round or while not delivering.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Least cursor movement written when nothing was delivered (a restart
+/// may deliver again what fell due within it: at least once).
+const CURSOR_IDLE_STEP_MS: i64 = 1000;
 /// How often the lowest pending offset is recomputed (a walk of the wheel).
 const SCAN_FROM_EVERY: Duration = Duration::from_secs(1);
 
@@ -189,6 +192,9 @@ struct TimerState {
     complete_at_ms: i64,
     scan_from: i64,
     scan_from_at: Option<Instant>,
+    /// The latest due time delivered: until the cursor passes it, every
+    /// round writes the cursor (so a restart does not deliver it again).
+    delivered_max_due: i64,
 }
 
 /// Delivers due timer messages until aborted.
@@ -304,6 +310,9 @@ async fn round(state: &Arc<BrokerState>, t: &mut TimerState) -> Result<Duration,
     let now = now_ms();
     let due = t.wheel.pop_due(now, ROUND_BATCH);
     let more = due.len() == ROUND_BATCH;
+    if let Some(max_due) = due.iter().map(|e| e.0).max() {
+        t.delivered_max_due = t.delivered_max_due.max(max_due);
+    }
     if !due.is_empty() {
         if let Err(e) = deliver(state, &due).await {
             // Back in the wheel: they are still pending.
@@ -313,9 +322,11 @@ async fn round(state: &Arc<BrokerState>, t: &mut TimerState) -> Result<Duration,
             return Err(e);
         }
     }
-    // Durable progress.
+    // Durable progress. Once past everything delivered, the cursor only
+    // follows the clock: written at most every CURSOR_IDLE_STEP_MS.
     let cursor = t.wheel.next_due().unwrap_or(i64::MAX).min(now).min(t.complete_at_ms);
-    if cursor > t.cursor_ms {
+    let behind_delivered = t.cursor_ms <= t.delivered_max_due;
+    if cursor > t.cursor_ms && (behind_delivered || cursor - t.cursor_ms >= CURSOR_IDLE_STEP_MS) {
         t.cursor_ms = cursor;
         state.offsets.commit(SCHEDULE_GROUP, TIMER_TOPIC, CURSOR_QUEUE, cursor);
     }
