@@ -8,8 +8,12 @@
 //! client (`spate-client`) in another new group, checked the same way. In
 //! the reverse direction, spate-client produces the same kind of messages
 //! (bodies over 4 KiB go zlib-compressed) and rocketmq-client-rust consumes
-//! them. Duplicates are allowed but counted. `run.sh` runs it with JSON and
-//! with ROCKETMQ binary headers.
+//! them. Duplicates are allowed but counted. Then RocketMQ's message types
+//! with rocketmq-client-rust alone: delay-level, timer and plain messages
+//! consumed through a SQL92 selector (exactly the matching ones, none
+//! early), and TransactionMQProducer sends committed, rolled back and
+//! settled by check-back. `run.sh` runs it with JSON and with ROCKETMQ
+//! binary headers.
 //!
 //! Environment:
 //! - `SPATE_BIN`: the spate binary (default `../target/debug/spate` relative to
@@ -89,9 +93,14 @@ impl SpateServer {
         let log_path = data_dir.path().join("spate.log");
         let log = std::fs::File::create(&log_path).expect("create spate log");
         let (namesrv_port, broker_port) = two_free_ports();
+        // Transaction check-backs within a second or two (upstream: 30 s, 6 s).
+        let conf = data_dir.path().join("broker.conf");
+        std::fs::write(&conf, "transactionCheckInterval=300\ntransactionTimeOut=1000\n").expect("write broker.conf");
 
         let child = Command::new(&bin)
             .arg("standalone")
+            .arg("-c")
+            .arg(&conf)
             .arg("--data-dir")
             .arg(&store_dir)
             .arg("--namesrv-port")
@@ -440,6 +449,7 @@ fn rocketmq_rust_client_round_trip() {
 
         // --- message types: delayed, timer, SQL92 (rocketmq-client-rust both ways)
         message_types_with_rocketmq(&client_runtime, &namesrv, &mut producer, &run_id).await;
+        transactions_with_rocketmq(&client_runtime, &namesrv, &run_id).await;
 
         // Shutdown problems are reported, not failed: they are not interop results.
         if tokio::time::timeout(SETUP_TIMEOUT, producer.shutdown()).await.is_err() {
@@ -861,5 +871,99 @@ async fn message_types_with_rocketmq(
     );
     if tokio::time::timeout(SETUP_TIMEOUT, consumer.shutdown()).await.is_err() {
         eprintln!("note: types consumer shutdown took longer than {SETUP_TIMEOUT:?}");
+    }
+}
+
+const TX_TOPIC: &str = "SpateInteropTx";
+
+/// Commits `commit-*` and rolls back `rollback-*` at once; leaves `check-*`
+/// unknown and commits it when the broker checks back.
+struct TxListener {
+    checked: Arc<Mutex<Vec<String>>>,
+}
+
+impl rocketmq_client_rust::TransactionListener for TxListener {
+    fn execute_local_transaction(
+        &self,
+        msg: &dyn rocketmq_model::common::message::MessageTrait,
+        _arg: Option<&(dyn std::any::Any + Send + Sync)>,
+    ) -> rocketmq_client_rust::LocalTransactionState {
+        use rocketmq_client_rust::LocalTransactionState::*;
+        let body = msg.get_body().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+        if body.starts_with("commit-") {
+            CommitMessage
+        } else if body.starts_with("rollback-") {
+            RollbackMessage
+        } else {
+            Unknown
+        }
+    }
+
+    fn check_local_transaction(&self, msg: &MessageExt) -> rocketmq_client_rust::LocalTransactionState {
+        let body = String::from_utf8_lossy(msg.body().as_deref().unwrap_or_default()).into_owned();
+        self.checked.lock().unwrap().push(body);
+        rocketmq_client_rust::LocalTransactionState::CommitMessage
+    }
+}
+
+/// rocketmq-client-rust's TransactionMQProducer against Spate: committed
+/// and checked-back messages arrive, rolled-back ones never do.
+async fn transactions_with_rocketmq(client_runtime: &Arc<ClientRuntime>, namesrv: &str, run_id: &str) {
+    let checked = Arc::new(Mutex::new(Vec::new()));
+    let mut producer = rocketmq_client_rust::TransactionMQProducer::builder(client_runtime.clone())
+        .producer_group(format!("interop_tx_{run_id}"))
+        .name_server_addr(namesrv.to_string())
+        .send_msg_timeout(SEND_TIMEOUT_MS as u32)
+        .transaction_listener(TxListener { checked: checked.clone() })
+        .build();
+    bounded("transaction producer start", SETUP_TIMEOUT, producer.start()).await.expect("transaction producer start");
+
+    let arrivals = Arrivals::default();
+    let mut consumer = DefaultMQPushConsumer::builder(client_runtime.clone())
+        .consumer_group(format!("interop_txc_{run_id}"))
+        .name_server_addr(namesrv.to_string())
+        .message_model(MessageModel::Clustering)
+        .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+        .consume_thread_min(32)
+        .consume_thread_max(64)
+        .build();
+
+    let mut want = Vec::new();
+    for kind in ["commit", "rollback", "check"] {
+        for i in 0..3 {
+            let body = format!("{kind}-{i}-{run_id}");
+            let msg = Message::builder().topic(TX_TOPIC).body(body.clone().into_bytes()).build().expect("message");
+            let r =
+                bounded("transactional send", SETUP_TIMEOUT, producer.send_message_in_transaction::<(), _>(msg, None))
+                    .await
+                    .unwrap_or_else(|e| panic!("transactional send {body} failed: {e}"));
+            let status = r.send_result.as_ref().map(|s| s.send_status);
+            assert_eq!(status, Some(SendStatus::SendOk), "{body}: {r}");
+            if kind != "rollback" {
+                want.push(body);
+            }
+        }
+    }
+    bounded("subscribe", SETUP_TIMEOUT, consumer.subscribe(TX_TOPIC, "*")).await.expect("subscribe");
+    consumer.register_message_listener_concurrently(arrivals.clone());
+    bounded("consumer start", SETUP_TIMEOUT, consumer.start()).await.expect("consumer start");
+    let deadline = Instant::now() + CONSUME_TIMEOUT;
+    while arrivals.0.lock().unwrap().len() < want.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut got: Vec<String> = arrivals.0.lock().unwrap().iter().map(|(b, _)| b.clone()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "committed and checked-back messages, each once; no rolled-back one");
+    let checked = checked.lock().unwrap().clone();
+    assert!(checked.iter().all(|b| b.starts_with("check-")), "only undecided ones are checked: {checked:?}");
+    assert!(checked.len() >= 3, "each undecided one was checked back: {checked:?}");
+    println!("rocketmq-client-rust transactions: {} delivered, {} check-backs answered", got.len(), checked.len());
+    if tokio::time::timeout(SETUP_TIMEOUT, consumer.shutdown()).await.is_err() {
+        eprintln!("note: tx consumer shutdown took longer than {SETUP_TIMEOUT:?}");
+    }
+    if tokio::time::timeout(SETUP_TIMEOUT, producer.shutdown()).await.is_err() {
+        eprintln!("note: tx producer shutdown took longer than {SETUP_TIMEOUT:?}");
     }
 }
