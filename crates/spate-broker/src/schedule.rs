@@ -40,10 +40,10 @@ pub const MAX_DELAY_LEVELS: usize = 64;
 /// Most messages one round moves per level, so a level with a large due
 /// backlog does not hold the others back.
 const ROUND_BATCH: usize = 256;
-/// How often queues with nothing pending are looked at again. A new
-/// message's delay is at least one level, so this only bounds how late a
-/// level shorter than it can be.
-const IDLE_POLL: Duration = Duration::from_millis(20);
+/// Longest sleep between rounds; a message arriving in a level's queue
+/// wakes the deliverer at once (the dispatcher's notification), so this is
+/// only a safety net.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Pause after a failed round (store busy, not writable).
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -195,6 +195,13 @@ pub(crate) fn delivering(state: &BrokerState) -> bool {
 pub async fn run(state: Arc<BrokerState>) {
     let mut heads = Heads::default();
     loop {
+        // Before the round: a message dispatched during it still wakes us.
+        let levels = state.config.read().message_delay_levels.len();
+        let mut arrived: Vec<_> =
+            (0..levels as i32).map(|q| state.long_poll.subscribe(SCHEDULE_TOPIC, q)).collect();
+        for rx in &mut arrived {
+            rx.borrow_and_update();
+        }
         let pause = if delivering(&state) {
             match round(&state, &mut heads).await {
                 Ok(next) => next,
@@ -207,7 +214,16 @@ pub async fn run(state: Arc<BrokerState>) {
             heads.clear();
             RETRY_PAUSE
         };
-        tokio::time::sleep(pause).await;
+        if arrived.is_empty() {
+            tokio::time::sleep(pause).await;
+            continue;
+        }
+        let any_arrival = futures_util::future::select_all(arrived.iter_mut().map(|rx| Box::pin(rx.changed())));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            // A closed channel (never expected) must not turn this into a spin.
+            (r, _, _) = any_arrival => if r.is_err() { tokio::time::sleep(pause).await },
+        }
     }
 }
 

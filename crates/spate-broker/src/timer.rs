@@ -43,8 +43,9 @@ const SLOT_MS: i64 = 10;
 const ROUND_BATCH: usize = 512;
 /// Most queue entries read into the wheel per blocking read.
 const FILL_BATCH: usize = 32 * 1024;
-/// Longest sleep between rounds (new messages are noticed within it).
-const IDLE_POLL: Duration = Duration::from_millis(20);
+/// Longest sleep between rounds; a new timer message wakes the deliverer
+/// at once (the dispatcher's notification), so this is only a safety net.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Pause after a failed round or while not delivering.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Least cursor movement written when nothing was delivered (a restart
@@ -201,6 +202,9 @@ struct TimerState {
 pub async fn run(state: Arc<BrokerState>) {
     let mut t = TimerState::default();
     loop {
+        // Before the round: an entry dispatched during it still wakes us.
+        let mut arrived = state.long_poll.subscribe(TIMER_TOPIC, 0);
+        arrived.borrow_and_update();
         let pause = if delivering(&state) {
             match round(&state, &mut t).await {
                 Ok(next) => next,
@@ -213,7 +217,11 @@ pub async fn run(state: Arc<BrokerState>) {
             t = TimerState::default();
             RETRY_PAUSE
         };
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            // A closed channel (never expected) must not turn this into a spin.
+            r = arrived.changed() => if r.is_err() { tokio::time::sleep(pause).await },
+        }
     }
 }
 
@@ -342,7 +350,12 @@ async fn round(state: &Arc<BrokerState>, t: &mut TimerState) -> Result<Duration,
         return Ok(Duration::ZERO);
     }
     let until_next = t.wheel.next_due().map(|d| Duration::from_millis(d.saturating_sub(now_ms()).max(0) as u64));
-    Ok(until_next.map_or(IDLE_POLL, |d| d.min(IDLE_POLL)))
+    let pause = until_next.map_or(IDLE_POLL, |d| d.min(IDLE_POLL));
+    if t.cursor_ms <= t.delivered_max_due {
+        // Soon again, so the cursor passes what was just delivered.
+        return Ok(pause.min(Duration::from_millis(SLOT_MS as u64)));
+    }
+    Ok(pause)
 }
 
 /// Moves due entries to their real topics; returns once the copies are
