@@ -197,8 +197,7 @@ pub async fn run(state: Arc<BrokerState>) {
     loop {
         // Before the round: a message dispatched during it still wakes us.
         let levels = state.config.read().message_delay_levels.len();
-        let mut arrived: Vec<_> =
-            (0..levels as i32).map(|q| state.long_poll.subscribe(SCHEDULE_TOPIC, q)).collect();
+        let mut arrived: Vec<_> = (0..levels as i32).map(|q| state.long_poll.subscribe(SCHEDULE_TOPIC, q)).collect();
         for rx in &mut arrived {
             rx.borrow_and_update();
         }
