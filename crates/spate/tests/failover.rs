@@ -4,7 +4,8 @@
 //! SIGKILL (or hung with SIGSTOP); an in-sync slave takes over in a new
 //! epoch with every acknowledged message; a woken hung master acknowledges
 //! nothing; the old master returns as a slave and ends up byte-identical to
-//! the new master.
+//! the new master. Also: delayed, timer and transactional messages, orderly
+//! consumption and consumer retries across a failover.
 
 mod common;
 
@@ -505,5 +506,164 @@ async fn delayed_timer_and_transactional_messages_outlive_a_failover() {
     for (body, stored) in delivered.iter().filter(|(b, _)| *b != "tx-commit") {
         let sent = sent_ms.get(body).unwrap_or_else(|| panic!("{body} was never sent"));
         assert!(*stored >= sent + 3000, "{body} delivered {} ms after it was sent", stored - sent);
+    }
+}
+
+/// Orderly consumption and consumer retries, with Spate's client, carry on
+/// when the controller replaces a killed master: per-key order holds (a
+/// replay from the last committed offset is allowed, a gap is not), and a
+/// message sent back for retry before the kill comes back after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orderly_consumers_and_retries_carry_on_across_a_failover() {
+    use spate_client::{
+        queue_by_hash, ClientConfig, ConsumeFromWhere, ConsumeOrderlyStatus, ConsumeStatus, Message, MessageListener,
+        Producer, ProducerOptions, PushConsumer, PushConsumerOptions,
+    };
+    use std::sync::{Arc, Mutex};
+    let _serial = SERIAL.lock().await;
+    // A first retry waits level 3: 3 s, long enough to kill the master first.
+    let levels = "messageDelayLevel=200ms 400ms 3s 3s 3s 3s 3s 3s 3s 3s 3s 3s 3s 3s 3s 3s 3s 3s";
+    let Cluster { zk: _zk, ns, _controller, mut brokers, observer: _observer, first, _dir } =
+        Cluster::start_conf(1000, 1000, &[levels]).await;
+    let c = raw_client();
+    let old_id = first.master.unwrap();
+    let old_addr = brokers[&old_id].addr();
+    for (topic, queues) in [("OrdFail", 4), ("RetryFail", 1)] {
+        let req = RemotingCommand::request(request::UPDATE_AND_CREATE_TOPIC)
+            .with("topic", topic)
+            .with("readQueueNums", queues)
+            .with("writeQueueNums", queues)
+            .with("perm", 6);
+        assert_eq!(call(&c, &old_addr, req).await.code, response::SUCCESS);
+    }
+    let client = |name: &str| {
+        let mut cfg = ClientConfig::new(&ns.addr()).with_instance_name(name);
+        cfg.heartbeat_broker_interval = Duration::from_millis(500);
+        cfg.poll_name_server_interval = Duration::from_millis(500);
+        cfg
+    };
+    let options = |group: &str| {
+        let mut o = PushConsumerOptions::new(group);
+        o.consume_from_where = ConsumeFromWhere::FirstOffset;
+        o.rebalance_interval = Duration::from_millis(500);
+        o.pull_time_delay_when_broker_unreachable = Duration::from_millis(50);
+        o.offset_store_dir = std::env::temp_dir().join(format!("spate-fo-offsets-{group}-{}", std::process::id()));
+        o
+    };
+    const KEYS: usize = 8;
+    const PER_KEY: usize = 60;
+    let p = Producer::start(client("p"), ProducerOptions::new("fo_pg")).await.unwrap();
+    let send_ordered = |p: Producer, from: usize, to: usize| async move {
+        for seq in from..to {
+            for k in 0..KEYS {
+                let msg = Message::new("OrdFail", format!("{k}:{seq}"));
+                // Retried through the failover: an unacknowledged send is sent again.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while p
+                    .send_with_selector(msg.clone(), |qs, _, key: &usize| queue_by_hash(qs, *key as i64), k)
+                    .await
+                    .is_err()
+                {
+                    assert!(Instant::now() < deadline, "send {k}:{seq} never acknowledged");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    };
+    send_ordered(p.clone(), 0, PER_KEY / 2).await;
+    p.send(Message::new("RetryFail", "again")).await.unwrap();
+
+    let log: Arc<Mutex<BTreeMap<usize, Vec<usize>>>> = Arc::default();
+    let l2 = log.clone();
+    let oc = PushConsumer::new(client("oc"), options("fo_orderly")).unwrap();
+    oc.subscribe("OrdFail", "*").unwrap();
+    oc.start(MessageListener::orderly(move |msgs, _| {
+        let mut log = l2.lock().unwrap();
+        for m in msgs {
+            let b = String::from_utf8_lossy(&m.body).into_owned();
+            let (k, seq) = b.split_once(':').map(|(k, s)| (k.parse().unwrap(), s.parse().unwrap())).unwrap();
+            log.entry(k).or_default().push(seq);
+        }
+        ConsumeOrderlyStatus::Success
+    }))
+    .await
+    .unwrap();
+    // (reconsume times, when) of each delivery of the retried message.
+    let retries: Arc<Mutex<Vec<(i32, Instant)>>> = Arc::default();
+    let r2 = retries.clone();
+    let rc = PushConsumer::new(client("rc"), options("fo_retry")).unwrap();
+    rc.subscribe("RetryFail", "*").unwrap();
+    rc.start(MessageListener::concurrently(move |msgs, _| {
+        let mut r = r2.lock().unwrap();
+        r.extend(msgs.iter().map(|m| (m.reconsume_times, Instant::now())));
+        // The first delivery fails: back through the retry topic.
+        if msgs.iter().any(|m| m.reconsume_times == 0) {
+            ConsumeStatus::ReconsumeLater
+        } else {
+            ConsumeStatus::ConsumeSuccess
+        }
+    }))
+    .await
+    .unwrap();
+    let consumed =
+        |log: &Arc<Mutex<BTreeMap<usize, Vec<usize>>>>| log.lock().unwrap().values().map(Vec::len).sum::<usize>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumed(&log) < KEYS * PER_KEY / 4 || retries.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "consumption never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The master dies while the retry waits in the schedule topic (level 3:
+    // queue 2), acknowledged there and so on the in-sync slaves too.
+    let waiting =
+        RemotingCommand::request(request::GET_MAX_OFFSET).with("topic", "SCHEDULE_TOPIC_XXXX").with("queueId", 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&c, &old_addr, waiting.clone()).await.field("offset").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0)
+        < 1
+    {
+        assert!(Instant::now() < deadline, "the retry never reached the schedule topic");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    brokers.get_mut(&old_id).unwrap().kill9();
+    let killed = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while master_addr(&c, &ns.addr()).await.filter(|a| *a != old_addr).is_none() {
+        assert!(Instant::now() < deadline, "no new master registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    send_ordered(p.clone(), PER_KEY / 2, PER_KEY).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = {
+            let log = log.lock().unwrap();
+            (0..KEYS).all(|k| log.get(&k).is_some_and(|v| v.contains(&(PER_KEY - 1))))
+        };
+        if done && retries.lock().unwrap().iter().any(|(t, _)| *t >= 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the failover: ordered {:?}, retries {:?}",
+            consumed(&log),
+            retries.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    oc.shutdown().await;
+    rc.shutdown().await;
+    p.shutdown().await;
+    let retried = retries.lock().unwrap().clone();
+    assert!(
+        retried.iter().filter(|(t, _)| *t >= 1).all(|(_, at)| *at > killed),
+        "the retry came back only after the kill (from the new master): {retried:?}"
+    );
+    for (k, seqs) in log.lock().unwrap().iter() {
+        for w in seqs.windows(2) {
+            assert!(w[1] == w[0] + 1 || w[1] <= w[0], "key {k}: {} after {}", w[1], w[0]);
+        }
+        let mut all = seqs.clone();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all, (0..PER_KEY).collect::<Vec<_>>(), "key {k}: every message");
     }
 }
