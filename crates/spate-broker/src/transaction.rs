@@ -271,11 +271,19 @@ impl Checker {
                 offset += 1;
                 continue;
             }
-            let Some(unit) = state.store.consume_queue(HALF_TOPIC, 0).and_then(|cq| cq.get(offset)) else {
+            // The queue entry and the record, both off the runtime's threads.
+            let store = state.store.clone();
+            let raw = tokio::task::spawn_blocking(move || {
+                let unit = store.consume_queue(HALF_TOPIC, 0).and_then(|cq| cq.get(offset));
+                unit.map(|u| store.read_record(u.physical_offset)).transpose()
+            })
+            .await
+            .map_err(|e| format!("read task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+            let Some(raw) = raw else {
                 offset += 1; // gone (retention): nothing left to check
                 continue;
             };
-            let raw = read_half(state, unit.physical_offset).await.map_err(|e| e.to_string())?;
             let rec = match message::decode_record(&raw, false) {
                 Ok(r) => r,
                 Err(e) => {
