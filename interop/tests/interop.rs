@@ -11,9 +11,11 @@
 //! them. Duplicates are allowed but counted. Then RocketMQ's message types
 //! with rocketmq-client-rust alone: delay-level, timer and plain messages
 //! consumed through a SQL92 selector (exactly the matching ones, none
-//! early), and TransactionMQProducer sends committed, rolled back and
-//! settled by check-back. `run.sh` runs it with JSON and with ROCKETMQ
-//! binary headers.
+//! early), TransactionMQProducer sends committed, rolled back and settled
+//! by check-back, selector sends read in per-key order by its orderly
+//! consumer (a failure retried in place), and a concurrent consumer's
+//! failures back through the retry topic. `run.sh` runs it with JSON and
+//! with ROCKETMQ binary headers.
 //!
 //! Environment:
 //! - `SPATE_BIN`: the spate binary (default `../target/debug/spate` relative to
@@ -95,7 +97,13 @@ impl SpateServer {
         let (namesrv_port, broker_port) = two_free_ports();
         // Transaction check-backs within a second or two (upstream: 30 s, 6 s).
         let conf = data_dir.path().join("broker.conf");
-        std::fs::write(&conf, "transactionCheckInterval=300\ntransactionTimeOut=1000\n").expect("write broker.conf");
+        // Short delay levels: a consumer's first retry (level 3) after 300 ms.
+        let levels = (1..=18).map(|l| format!("{}ms", 100 * l)).collect::<Vec<_>>().join(" ");
+        std::fs::write(
+            &conf,
+            format!("transactionCheckInterval=300\ntransactionTimeOut=1000\nmessageDelayLevel={levels}\n"),
+        )
+        .expect("write broker.conf");
 
         let child = Command::new(&bin)
             .arg("standalone")
@@ -448,8 +456,10 @@ fn rocketmq_rust_client_round_trip() {
         );
 
         // --- message types: delayed, timer, SQL92 (rocketmq-client-rust both ways)
-        message_types_with_rocketmq(&client_runtime, &namesrv, &mut producer, &run_id).await;
-        transactions_with_rocketmq(&client_runtime, &namesrv, &run_id).await;
+        // Boxed: their state machines would not fit the test thread's stack.
+        Box::pin(message_types_with_rocketmq(&client_runtime, &namesrv, &mut producer, &run_id)).await;
+        Box::pin(transactions_with_rocketmq(&client_runtime, &namesrv, &run_id)).await;
+        Box::pin(ordered_and_retried_with_rocketmq(&client_runtime, &namesrv, &mut producer, &run_id)).await;
 
         // Shutdown problems are reported, not failed: they are not interop results.
         if tokio::time::timeout(SETUP_TIMEOUT, producer.shutdown()).await.is_err() {
@@ -965,5 +975,159 @@ async fn transactions_with_rocketmq(client_runtime: &Arc<ClientRuntime>, namesrv
     }
     if tokio::time::timeout(SETUP_TIMEOUT, producer.shutdown()).await.is_err() {
         eprintln!("note: tx producer shutdown took longer than {SETUP_TIMEOUT:?}");
+    }
+}
+
+const ORDERED_TOPIC: &str = "SpateInteropOrdered";
+const RETRY_TOPIC: &str = "SpateInteropRetry";
+
+/// Records (key, seq) in the order accepted; fails key 1 seq 10 once
+/// (suspend, then the same message again).
+#[derive(Clone, Default)]
+struct OrderedLog {
+    accepted: Arc<Mutex<Vec<(usize, usize)>>>,
+    failed_once: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl rocketmq_client_rust::MessageListenerOrderly for OrderedLog {
+    fn consume_message(
+        &self,
+        msgs: &[&MessageExt],
+        _context: &mut rocketmq_client_rust::ConsumeOrderlyContext,
+    ) -> ClientResult<rocketmq_client_rust::ConsumeOrderlyStatus> {
+        let mut batch = Vec::new();
+        for m in msgs {
+            let body = String::from_utf8_lossy(m.body().as_deref().unwrap_or_default()).into_owned();
+            let (k, seq) = body.split_once(':').map(|(k, s)| (k.parse().unwrap(), s.parse().unwrap())).unwrap();
+            if (k, seq) == (1, 10) && !self.failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Ok(rocketmq_client_rust::ConsumeOrderlyStatus::SuspendCurrentQueueAMoment);
+            }
+            batch.push((k, seq));
+        }
+        self.accepted.lock().unwrap().extend(batch);
+        Ok(rocketmq_client_rust::ConsumeOrderlyStatus::Success)
+    }
+}
+
+/// Fails each message's first delivery (back through the retry topic).
+#[derive(Clone, Default)]
+struct RetryLog(Arc<Mutex<Vec<(String, i32)>>>);
+
+impl MessageListenerConcurrently for RetryLog {
+    fn consume_message(
+        &self,
+        msgs: &[&MessageExt],
+        _context: &ConsumeConcurrentlyContext,
+    ) -> ClientResult<ConsumeConcurrentlyStatus> {
+        let mut log = self.0.lock().unwrap();
+        let mut first = false;
+        for m in msgs {
+            log.push((
+                String::from_utf8_lossy(m.body().as_deref().unwrap_or_default()).into_owned(),
+                m.reconsume_times(),
+            ));
+            first |= m.reconsume_times() == 0;
+        }
+        Ok(if first { ConsumeConcurrentlyStatus::ReconsumeLater } else { ConsumeConcurrentlyStatus::ConsumeSuccess })
+    }
+}
+
+/// rocketmq-client-rust: selector sends consumed by its orderly consumer in
+/// per-key order (a failure retried in place), and a concurrent consumer's
+/// failed message back through Spate's retry topic with its count raised.
+async fn ordered_and_retried_with_rocketmq(
+    client_runtime: &Arc<ClientRuntime>,
+    namesrv: &str,
+    producer: &mut DefaultMQProducer,
+    run_id: &str,
+) {
+    const KEYS: usize = 4;
+    const PER_KEY: usize = 30;
+    create_topic(producer, ORDERED_TOPIC).await;
+    create_topic(producer, RETRY_TOPIC).await;
+    for seq in 0..PER_KEY {
+        for k in 0..KEYS {
+            let msg = Message::builder()
+                .topic(ORDERED_TOPIC)
+                .body(format!("{k}:{seq}").into_bytes())
+                .build()
+                .expect("message");
+            let r = bounded(
+                "selector send",
+                SETUP_TIMEOUT,
+                producer.send_with_selector(msg, |mqs, _, key: &usize| mqs.get(*key % mqs.len()).cloned(), k),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("selector send {k}:{seq} failed: {e}"));
+            assert_eq!(r.map(|r| r.send_status), Some(SendStatus::SendOk));
+        }
+    }
+    let retry_bodies: Vec<String> = (0..3).map(|i| format!("retry-{i}-{run_id}")).collect();
+    for b in &retry_bodies {
+        let msg = Message::builder().topic(RETRY_TOPIC).body(b.clone().into_bytes()).build().expect("message");
+        bounded("send", SETUP_TIMEOUT, producer.send_with_timeout(msg, SEND_TIMEOUT_MS))
+            .await
+            .expect("retry-topic send");
+    }
+
+    let ordered = OrderedLog::default();
+    let mut oc = DefaultMQPushConsumer::builder(client_runtime.clone())
+        .consumer_group(format!("interop_ordered_{run_id}"))
+        .name_server_addr(namesrv.to_string())
+        .message_model(MessageModel::Clustering)
+        .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+        .consume_thread_min(32)
+        .consume_thread_max(64)
+        .build();
+    bounded("subscribe", SETUP_TIMEOUT, oc.subscribe(ORDERED_TOPIC, "*")).await.expect("subscribe");
+    oc.register_message_listener_orderly(ordered.clone());
+    bounded("orderly consumer start", SETUP_TIMEOUT, oc.start()).await.expect("orderly consumer start");
+
+    let retried = RetryLog::default();
+    let mut rc = DefaultMQPushConsumer::builder(client_runtime.clone())
+        .consumer_group(format!("interop_retry_{run_id}"))
+        .name_server_addr(namesrv.to_string())
+        .message_model(MessageModel::Clustering)
+        .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+        .consume_thread_min(32)
+        .consume_thread_max(64)
+        .build();
+    bounded("subscribe", SETUP_TIMEOUT, rc.subscribe(RETRY_TOPIC, "*")).await.expect("subscribe");
+    rc.register_message_listener_concurrently(retried.clone());
+    bounded("retry consumer start", SETUP_TIMEOUT, rc.start()).await.expect("retry consumer start");
+
+    let deadline = Instant::now() + CONSUME_TIMEOUT;
+    loop {
+        let ordered_done = ordered.accepted.lock().unwrap().len() >= KEYS * PER_KEY;
+        let retries_done =
+            retry_bodies.iter().all(|b| retried.0.lock().unwrap().iter().any(|(body, times)| body == b && *times >= 1));
+        if ordered_done && retries_done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ordered {} of {}, retries {:?}",
+            ordered.accepted.lock().unwrap().len(),
+            KEYS * PER_KEY,
+            retried.0.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let accepted = ordered.accepted.lock().unwrap().clone();
+    assert!(ordered.failed_once.load(std::sync::atomic::Ordering::SeqCst), "the failure was injected");
+    for k in 0..KEYS {
+        let seqs: Vec<usize> = accepted.iter().filter(|(key, _)| *key == k).map(|(_, s)| *s).collect();
+        assert_eq!(seqs, (0..PER_KEY).collect::<Vec<_>>(), "key {k}: in order, once each, nothing skipped");
+    }
+    println!(
+        "rocketmq-client-rust ordered: {} messages in per-key order; retried: {} deliveries of {} messages",
+        accepted.len(),
+        retried.0.lock().unwrap().len(),
+        retry_bodies.len()
+    );
+    for c in [&mut oc, &mut rc] {
+        if tokio::time::timeout(SETUP_TIMEOUT, c.shutdown()).await.is_err() {
+            eprintln!("note: consumer shutdown took longer than {SETUP_TIMEOUT:?}");
+        }
     }
 }
