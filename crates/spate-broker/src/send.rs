@@ -316,31 +316,11 @@ pub async fn send(
     if req.code == request::SEND_BATCH_MESSAGE || h.batch {
         return send_batch(state, req, base, &h.producer_group, &client).await;
     }
-    // A delayed message waits in the schedule topic (schedule.rs); the
-    // checks above were on its real topic.
+    // A half, delayed or timer message waits in a system topic; the checks
+    // above were on its real topic.
     let mut base = base;
-    if transaction::is_half(base.sys_flag, &base.properties) {
-        // A half message (transaction.rs): hidden until END_TRANSACTION.
-        if message::property(&base.properties, transaction::PGROUP).is_none() {
-            let with_group = message::properties(&base.properties)
-                .chain([(transaction::PGROUP, h.producer_group.as_str())])
-                .collect::<Vec<_>>();
-            if let Ok(p) = message::encode_properties(with_group) {
-                base.properties = p;
-            }
-        }
-        transaction::to_half(&mut base);
-    } else if let Some(level) = schedule::requested_level(&base.properties) {
-        let levels = state.config.read().message_delay_levels.len();
-        schedule::to_waiting(&mut base, level, levels);
-    } else {
-        // Or a timer message (timer.rs): due at a given time.
-        let max_delay = state.config.read().timer_max_delay;
-        match timer::requested_due(&base.properties, schedule::now_ms(), max_delay) {
-            Ok(Some(due)) => timer::to_waiting(&mut base, due),
-            Ok(None) => {}
-            Err(why) => return Ok(RemotingCommand::error(req, response::MESSAGE_ILLEGAL, why)),
-        }
+    if let Err(why) = route_special(state, &mut base, &h.producer_group) {
+        return Ok(RemotingCommand::error(req, response::MESSAGE_ILLEGAL, why));
     }
     let queue_id = base.queue_id;
     // Rate limits and the send queue; the stage is held only for the append.
@@ -456,10 +436,9 @@ pub fn decode_batch(body: &Bytes, base: &NewMessage) -> Result<Vec<NewMessage>, 
             .to_string();
         // A batch lands contiguously in one queue; a delayed message cannot
         // (upstream's clients refuse to batch them too).
-        if schedule::requested_level(&props).is_some()
-            || [property::TIMER_DELIVER_MS, property::TIMER_DELAY_SEC, property::TIMER_DELAY_MS]
-                .iter()
-                .any(|k| message::property(&props, k).is_some())
+        if routed_elsewhere(&props)
+            && (schedule::requested_level(&props).is_some()
+                || TIMER_PROPERTIES.iter().any(|k| message::property(&props, k).is_some()))
         {
             return Err(format!(
                 "batch entry {} is delayed (DELAY or TIMER_*); delayed messages are sent one by one",
@@ -473,6 +452,45 @@ pub fn decode_batch(body: &Bytes, base: &NewMessage) -> Result<Vec<NewMessage>, 
         out.push(m);
     }
     Ok(out)
+}
+
+/// Sends a transaction's half, a delayed or a timer message where it waits
+/// (transaction.rs, schedule.rs, timer.rs); an ordinary message is left
+/// as it is after one pass over its properties. The error is a timer
+/// property that cannot be used.
+fn route_special(state: &BrokerState, msg: &mut NewMessage, producer_group: &str) -> Result<(), String> {
+    let prepared = msg.sys_flag & message::SYSFLAG_TX_MASK == message::SYSFLAG_TX_PREPARED;
+    if !prepared && !routed_elsewhere(&msg.properties) {
+        return Ok(());
+    }
+    if transaction::is_half(msg.sys_flag, &msg.properties) {
+        if message::property(&msg.properties, transaction::PGROUP).is_none() {
+            let with_group =
+                message::properties(&msg.properties).chain([(transaction::PGROUP, producer_group)]).collect::<Vec<_>>();
+            if let Ok(p) = message::encode_properties(with_group) {
+                msg.properties = p;
+            }
+        }
+        transaction::to_half(msg);
+    } else if let Some(level) = schedule::requested_level(&msg.properties) {
+        let levels = state.config.read().message_delay_levels.len();
+        schedule::to_waiting(msg, level, levels);
+    } else {
+        let max_delay = state.config.read().timer_max_delay;
+        if let Some(due) = timer::requested_due(&msg.properties, schedule::now_ms(), max_delay)? {
+            timer::to_waiting(msg, due);
+        }
+    }
+    Ok(())
+}
+
+const TIMER_PROPERTIES: [&str; 3] = [property::TIMER_DELIVER_MS, property::TIMER_DELAY_SEC, property::TIMER_DELAY_MS];
+
+/// Whether a message carries a property that sends it somewhere other than
+/// its topic for now (a transaction's half, a delay, a timer): one pass.
+fn routed_elsewhere(properties: &str) -> bool {
+    message::properties(properties)
+        .any(|(k, _)| k == property::TRAN_MSG || k == property::DELAY || TIMER_PROPERTIES.contains(&k))
 }
 
 /// Creates the topic of a first send, and persists the table before the
