@@ -25,8 +25,14 @@ struct Slot {
     /// The start a writer is blocked on.
     waiting: Option<u64>,
     ready: Option<(u64, Result<Segment>)>,
+    /// Full segments whose read-ahead is to be turned back on.
+    retired: Vec<Arc<Segment>>,
     shutdown: bool,
 }
+
+/// Retired segments waiting for [`Segment::end_cold_writes`] at most; one
+/// is added per roll, and the thread drains them before anything else.
+const MAX_RETIRED: usize = 8;
 
 /// How new segments are pre-faulted.
 #[derive(Debug, Clone, Copy, Default)]
@@ -111,6 +117,19 @@ impl Allocator {
         }
     }
 
+    /// Hands over a segment the writer has filled, so read-ahead is turned
+    /// back on for it here rather than on the append path.
+    pub fn retire(&self, seg: Arc<Segment>) {
+        if !seg.has_cold_writes() {
+            return;
+        }
+        let mut slot = self.slot.lock();
+        if slot.retired.len() < MAX_RETIRED {
+            slot.retired.push(seg);
+            self.changed.notify_all();
+        }
+    }
+
     /// The allocator thread's loop; returns on [`Allocator::shutdown`].
     pub fn run(&self) {
         lower_this_threads_priority();
@@ -120,6 +139,15 @@ impl Allocator {
                 loop {
                     if slot.shutdown {
                         return;
+                    }
+                    if !slot.retired.is_empty() {
+                        let retired = std::mem::take(&mut slot.retired);
+                        drop(slot);
+                        for seg in retired {
+                            seg.end_cold_writes();
+                        }
+                        slot = self.slot.lock();
+                        continue;
                     }
                     if let Some(start) = slot.requested.take() {
                         slot.in_progress = Some(start);
@@ -135,6 +163,10 @@ impl Allocator {
                 .and_then(|seg| crate::segment::sync_dir(&self.dir).map(|_| seg));
             match &seg {
                 Ok(seg) => {
+                    // Before warming too: a read-ahead of megabytes runs in
+                    // one kernel call that this (low-priority) thread cannot
+                    // be preempted out of, and the writer shares its CPU.
+                    seg.expect_cold_writes();
                     let complete = !self.warm.touch
                         || seg.warm(self.warm.lock, || {
                             let slot = self.slot.lock();
@@ -287,6 +319,16 @@ mod tests {
         alloc.request(65536);
         let seg2 = alloc.take(65536, Duration::from_secs(5)).unwrap();
         assert_eq!(seg2.start_offset(), 65536);
+        // Handed over with read-ahead off; once full and retired, the
+        // thread turns it back on.
+        let full = Arc::new(seg);
+        assert!(full.has_cold_writes() && seg2.has_cold_writes());
+        alloc.retire(full.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while full.has_cold_writes() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!full.has_cold_writes());
         alloc.shutdown();
         t.join().unwrap();
         assert!(matches!(alloc.take(131072, Duration::from_millis(10)), Err(StoreError::ShutDown)));

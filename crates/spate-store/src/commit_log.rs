@@ -195,6 +195,12 @@ impl CommitLog {
         }
         segment::sync_dir(dir)?;
         let current = kept.last().cloned();
+        // The segment appends continue in was not warmed by this process.
+        if let Some(seg) = &current {
+            if seg.wrote() < seg.size() {
+                seg.expect_cold_writes();
+            }
+        }
         // With read/write separation the committer publishes the readable
         // offset; it must know the segment appends continue in (written
         // directly: its buffer, if it had one, died with the last process).
@@ -369,6 +375,9 @@ impl CommitLog {
             Err(e) => return Err(e),
         };
         self.allocator.request(next_start + self.segment_size);
+        if let Some(full) = w.current.take() {
+            self.allocator.retire(full);
+        }
         w.buffer = match &self.pool {
             Some(pool) => {
                 let buf = pool.borrow();

@@ -197,6 +197,9 @@ impl ConsumeQueue {
         }
         let start = byte - byte % self.file_size;
         let seg = Arc::new(Segment::create(&self.dir, start, self.file_size, false, false)?);
+        // Units are written a page at a time; a fault must not read the
+        // whole file ahead (see `Segment::expect_cold_writes`).
+        seg.expect_cold_writes();
         segment::sync_dir(&self.dir)?;
         let mut segs = self.segments.write();
         if segs.is_empty() {

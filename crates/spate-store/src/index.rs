@@ -156,6 +156,10 @@ impl IndexFile {
     fn map(path: PathBuf, seq: u64, file: &File, slots: u32, capacity: u32) -> Result<IndexFile> {
         let size = file_size(slots, capacity) as usize;
         let map = MmapOptions::new().len(size).map_raw(file).map_err(|e| StoreError::io(&path, e))?;
+        // Slots are hit at random: a fault on one must not read megabytes
+        // ahead (see `Segment::expect_cold_writes`).
+        // SAFETY: advisory call on our own live mapping.
+        unsafe { libc::madvise(map.as_mut_ptr().cast(), size, libc::MADV_RANDOM) };
         Ok(IndexFile {
             path,
             seq,
