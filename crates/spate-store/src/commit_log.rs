@@ -732,6 +732,10 @@ impl CommitLog {
             pending.push_back((c.clone(), buf));
         }
         drop(pending);
+        // Appends continue in a segment that may already be retired.
+        if let Some(c) = &current {
+            c.expect_cold_writes();
+        }
         w.current = current;
         self.allocator.request(self.current_segment_end().unwrap_or(0));
         Ok(())

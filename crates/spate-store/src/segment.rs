@@ -157,11 +157,12 @@ impl Segment {
         true
     }
 
-    /// Prepares a segment some of whose pages were not warmed for being
-    /// written: without this, the kernel takes a write fault on such a page
-    /// for a read of the file and reads ahead `read_ahead_kb` (megabytes on
-    /// many devices), so one append zeroes megabytes of page cache and the
-    /// writer stalls for milliseconds (19 ms seen with 8 MiB read-ahead).
+    /// Prepares a segment for being written while some of its pages are
+    /// cold (not yet warmed, or never). Otherwise the kernel takes a write
+    /// fault on such a page for a read of the file and reads ahead
+    /// `read_ahead_kb` (megabytes on many devices), so one append zeroes
+    /// megabytes of page cache and the writer stalls for milliseconds
+    /// (19 ms seen with 8 MiB read-ahead).
     /// With read-ahead off each cold page costs its own small fault.
     /// [`Segment::end_cold_writes`] turns read-ahead back on once the
     /// segment is full, for readers of old data.
