@@ -8,11 +8,29 @@ use crate::error::{ClientError, Result};
 use crate::instance::{expect_success, ClientInstance};
 use crate::message::{decode_pull_body, MessageExt};
 
-/// The consumer group time-range reads pull with (upstream's tools group):
-/// it commits nothing.
-const TOOLS_GROUP: &str = "TOOLS_CONSUMER";
+/// The consumer group tools read with (upstream's tools group): it
+/// commits nothing.
+pub const TOOLS_GROUP: &str = "TOOLS_CONSUMER";
 /// Most messages one pull of a time-range read asks for.
 const RANGE_PULL_BATCH: usize = 32;
+
+/// A non-blocking pull of up to `max` messages (at most one batch) from
+/// `offset` of a queue, as the tools group: what time-range reads, here and
+/// in `spate admin`, are made of.
+pub fn tools_pull_request(topic: &str, queue_id: i32, offset: i64, max: usize) -> RemotingCommand {
+    RemotingCommand::request(request::PULL_MESSAGE)
+        .with("consumerGroup", TOOLS_GROUP)
+        .with("topic", topic)
+        .with("queueId", queue_id)
+        .with("queueOffset", offset)
+        .with("maxMsgNums", RANGE_PULL_BATCH.min(max))
+        .with("sysFlag", 0)
+        .with("commitOffset", 0)
+        .with("suspendTimeoutMillis", 0)
+        .with("subscription", "*")
+        .with("subVersion", 0)
+        .with("expressionType", "TAG")
+}
 
 impl ClientInstance {
     /// The message with this offset message id (the broker's `msgId`,
@@ -89,18 +107,7 @@ impl ClientInstance {
                 let mut offset: i64 = resp.field("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
                 let mut in_queue = 0;
                 'queue: while in_queue < max_per_queue {
-                    let req = RemotingCommand::request(request::PULL_MESSAGE)
-                        .with("consumerGroup", TOOLS_GROUP)
-                        .with("topic", topic)
-                        .with("queueId", q)
-                        .with("queueOffset", offset)
-                        .with("maxMsgNums", RANGE_PULL_BATCH.min(max_per_queue - in_queue))
-                        .with("sysFlag", 0)
-                        .with("commitOffset", 0)
-                        .with("suspendTimeoutMillis", 0)
-                        .with("subscription", "*")
-                        .with("subVersion", 0)
-                        .with("expressionType", "TAG");
+                    let req = tools_pull_request(topic, q, offset, max_per_queue - in_queue);
                     let resp = self.call(&addr, req, timeout).await?;
                     if resp.code != response::SUCCESS {
                         break; // the queue has nothing more

@@ -321,11 +321,7 @@ enum DlqVerb {
     },
 }
 
-/// The consumer group admin reads with (upstream's tools group).
-const TOOLS_GROUP: &str = "TOOLS_CONSUMER";
-
-/// Most messages one pull of `message range` asks for.
-const RANGE_PULL_BATCH: usize = 32;
+use spate_client::query::{tools_pull_request, TOOLS_GROUP};
 
 struct Admin {
     client: RemotingClient,
@@ -818,18 +814,7 @@ async fn range_records(admin: &Admin, topic: &str, begin: i64, end: i64, max: us
                 admin.call(&addr, req).await?.field("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
             let mut in_queue = 0;
             'queue: while in_queue < max {
-                let req = RemotingCommand::request(request::PULL_MESSAGE)
-                    .with("consumerGroup", TOOLS_GROUP)
-                    .with("topic", topic)
-                    .with("queueId", q)
-                    .with("queueOffset", offset)
-                    .with("maxMsgNums", RANGE_PULL_BATCH.min(max - in_queue))
-                    .with("sysFlag", 0)
-                    .with("commitOffset", 0)
-                    .with("suspendTimeoutMillis", 0)
-                    .with("subscription", "*")
-                    .with("subVersion", 0)
-                    .with("expressionType", "TAG");
+                let req = tools_pull_request(topic, q, offset, max - in_queue);
                 let r = admin.client.invoke(&addr, req, TIMEOUT).await.with_context(|| format!("calling {addr}"))?;
                 if r.code != response::SUCCESS {
                     break; // nothing more in this queue (or a moved offset)
