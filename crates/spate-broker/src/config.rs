@@ -106,6 +106,15 @@ pub struct BrokerConfig {
     pub degrade_recover: Duration,
     /// `degradeCheckInterval` (Spate): how often the pressure is checked (50 ms).
     pub degrade_check_interval: Duration,
+    /// `coreLaneEnable` (Spate): a connection's first request for a `core`
+    /// topic or group moves it to the core lane, a thread of its own that
+    /// reads it, runs its core requests and writes its answers (true).
+    pub core_lane_enable: bool,
+    /// `coreLaneRealtimePriority` (Spate): the `SCHED_FIFO` priority (1-99)
+    /// asked for the core lane's thread, so bulk work on the shared CPUs
+    /// cannot delay it; 0 keeps ordinary scheduling. Needs `CAP_SYS_NICE`;
+    /// without it the lane runs at ordinary priority and says so (10).
+    pub core_lane_realtime_priority: u8,
     /// `messageDelayLevel`: the delay of each level a `DELAY` property may
     /// name, level 1 first (upstream's 18, 1 s to 2 h). Units ms, s, m, h, d.
     pub message_delay_levels: Vec<Duration>,
@@ -257,6 +266,8 @@ impl BrokerConfig {
             degrade_step: Duration::from_millis(100),
             degrade_recover: Duration::from_secs(2),
             degrade_check_interval: Duration::from_millis(50),
+            core_lane_enable: true,
+            core_lane_realtime_priority: 10,
             message_delay_levels: crate::schedule::parse_delay_levels(crate::schedule::DEFAULT_DELAY_LEVELS)
                 .unwrap_or_default(),
             message_delay_level: crate::schedule::DEFAULT_DELAY_LEVELS.to_string(),
@@ -331,6 +342,8 @@ impl BrokerConfig {
             "degradeStepMillis" => self.degrade_step = millis(key, v)?,
             "degradeRecoverMillis" => self.degrade_recover = millis(key, v)?,
             "degradeCheckInterval" => self.degrade_check_interval = millis(key, v)?,
+            "coreLaneEnable" => self.core_lane_enable = parse_bool(key, v)?,
+            "coreLaneRealtimePriority" => self.core_lane_realtime_priority = parse(key, v)?,
             "messageDelayLevel" => {
                 self.message_delay_levels = crate::schedule::parse_delay_levels(v)
                     .map_err(|why| BrokerError::Config(format!("{key}: {why}")))?;
@@ -411,6 +424,13 @@ impl BrokerConfig {
         }
         if self.max_held_pulls == 0 {
             return Err(invalid("maxHeldPulls", "0", "at least 1"));
+        }
+        if self.core_lane_realtime_priority > 99 {
+            return Err(invalid(
+                "coreLaneRealtimePriority",
+                &self.core_lane_realtime_priority.to_string(),
+                "0 (ordinary scheduling) or a SCHED_FIFO priority 1..=99",
+            ));
         }
         if self.ha_housekeeping_interval <= self.ha_send_heartbeat_interval {
             return Err(invalid(
@@ -520,6 +540,8 @@ impl BrokerConfig {
             ("degradeStepMillis", self.degrade_step.as_millis().to_string()),
             ("degradeRecoverMillis", self.degrade_recover.as_millis().to_string()),
             ("degradeCheckInterval", self.degrade_check_interval.as_millis().to_string()),
+            ("coreLaneEnable", self.core_lane_enable.to_string()),
+            ("coreLaneRealtimePriority", self.core_lane_realtime_priority.to_string()),
             ("messageDelayLevel", self.message_delay_level.clone()),
             ("enablePropertyFilter", self.enable_property_filter.to_string()),
             ("transactionCheckInterval", self.transaction_check_interval.as_millis().to_string()),

@@ -18,6 +18,7 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod ha;
+pub mod lane;
 pub mod long_poll;
 pub mod metrics;
 pub mod offsets;
@@ -148,6 +149,7 @@ pub struct Broker {
     state: Arc<BrokerState>,
     server: RemotingServer,
     vip: Option<vip::VipChannel>,
+    lane: lane::CoreLane,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -247,19 +249,26 @@ impl Broker {
         });
         state.topics.persist().await?;
         let handler = Arc::new(Processor { state: state.clone() });
+        let lane = lane::CoreLane::start(state.config.read().core_lane_realtime_priority)
+            .map_err(|e| BrokerError::Io { path: "core lane thread".into(), source: e })?;
+        let conn_cfg = ConnectionConfig { priority_lane: Some(lane.handle()), ..ConnectionConfig::default() };
         // The VIP channel first: once the main port answers, everything does.
         let vip = match vip::vip_port(listen.port()) {
-            Some(port) => match vip::VipChannel::start(SocketAddr::new(listen.ip(), port), handler.clone()).await {
-                Ok(v) => Some(v),
-                // Like the derived replication port: serving goes on without it.
-                Err(e) => {
-                    tracing::warn!(port, error = %e, "VIP channel port (listenPort - 2) unavailable: clients with vipChannelEnabled cannot send here");
-                    None
+            Some(port) => {
+                match vip::VipChannel::start(SocketAddr::new(listen.ip(), port), conn_cfg.clone(), handler.clone())
+                    .await
+                {
+                    Ok(v) => Some(v),
+                    // Like the derived replication port: serving goes on without it.
+                    Err(e) => {
+                        tracing::warn!(port, error = %e, "VIP channel port (listenPort - 2) unavailable: clients with vipChannelEnabled cannot send here");
+                        None
+                    }
                 }
-            },
+            }
             None => None,
         };
-        let server = RemotingServer::bind(listen, ConnectionConfig::default(), handler)
+        let server = RemotingServer::bind(listen, conn_cfg, handler)
             .await
             .map_err(|e| BrokerError::Io { path: format!("listen {listen}"), source: e })?;
         let mut tasks = vec![register::spawn(state.clone())];
@@ -304,7 +313,7 @@ impl Broker {
             tasks.push(task);
         }
         tracing::info!(addr = %state.broker_addr, broker = %state.broker_name, "broker listening");
-        Ok(Broker { state, server, vip, tasks })
+        Ok(Broker { state, server, vip, lane, tasks })
     }
 
     pub fn state(&self) -> &Arc<BrokerState> {
@@ -343,6 +352,7 @@ impl Broker {
         if let Some(v) = self.vip {
             v.shutdown(grace).await;
         }
+        self.lane.shutdown(grace).await;
         // Every step runs even if an earlier one failed; the first error is reported.
         let mut first_error = None;
         for result in
@@ -425,12 +435,33 @@ impl RequestHandler for Processor {
         })
     }
 
+    fn is_priority(&self, req: &RemotingCommand) -> bool {
+        is_core(&self.state, req)
+    }
+
     fn on_close(&self, conn: &Arc<Connection>) {
         for group in self.state.clients.connection_closed(conn.id()) {
             tracing::info!(group = %group, peer = %conn.peer_addr(), "consumer connection closed");
             self.state.notify_consumer_ids_changed(&group);
         }
     }
+}
+
+/// Whether a request is `core` traffic, which the core lane serves
+/// (`lane.rs`): a send or pull whose topic or group has class `core`.
+fn is_core(state: &BrokerState, req: &RemotingCommand) -> bool {
+    let (topic, group) = match req.code {
+        request::SEND_MESSAGE | request::SEND_MESSAGE_V2 | request::SEND_BATCH_MESSAGE => {
+            (req.field("topic").or_else(|| req.field("b")), req.field("producerGroup").or_else(|| req.field("a")))
+        }
+        request::PULL_MESSAGE | request::LITE_PULL_MESSAGE => (req.field("topic"), req.field("consumerGroup")),
+        _ => return false,
+    };
+    if !state.config.read().core_lane_enable {
+        return false;
+    }
+    let class = state.capacity.limits.class_of(topic.unwrap_or_default(), group.unwrap_or_default());
+    class == capacity::degrade::Class::Core
 }
 
 fn error_response(req: &RemotingCommand, e: &BrokerError) -> RemotingCommand {

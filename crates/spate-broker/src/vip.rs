@@ -31,13 +31,17 @@ pub struct VipChannel {
 
 impl VipChannel {
     /// Binds `addr` on a new thread with its own runtime.
-    pub async fn start(addr: SocketAddr, handler: Arc<dyn RequestHandler>) -> std::io::Result<VipChannel> {
+    pub async fn start(
+        addr: SocketAddr,
+        cfg: ConnectionConfig,
+        handler: Arc<dyn RequestHandler>,
+    ) -> std::io::Result<VipChannel> {
         let (bound_tx, bound_rx) = oneshot::channel::<std::io::Result<SocketAddr>>();
         let (stop, stop_rx) = oneshot::channel::<Duration>();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = std::thread::Builder::new().name("spate-vip".into()).spawn(move || {
             runtime.block_on(async move {
-                let server = match RemotingServer::bind(addr, ConnectionConfig::default(), handler).await {
+                let server = match RemotingServer::bind(addr, cfg, handler).await {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = bound_tx.send(Err(e));

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{FrameCodec, DEFAULT_FRAME_MAX_LENGTH};
@@ -35,6 +35,15 @@ pub trait RequestHandler: Send + Sync + 'static {
 
     /// Called once when the connection closes.
     fn on_close(&self, _conn: &Arc<Connection>) {}
+
+    /// Whether `request` is priority traffic. On a server with a priority
+    /// lane ([`ConnectionConfig::priority_lane`]) the first such request
+    /// moves its connection's reading and writing to that lane for good;
+    /// from then on the lane also runs the priority requests, and the
+    /// others are handed back to the runtime the connection started on.
+    fn is_priority(&self, _request: &RemotingCommand) -> bool {
+        false
+    }
 }
 
 /// Limits and timeouts of one connection.
@@ -54,6 +63,10 @@ pub struct ConnectionConfig {
     /// A peer that takes longer than this to accept one batch of writes is
     /// dropped, so a client that stops reading cannot pin our buffers.
     pub write_timeout: Duration,
+    /// The runtime that serves connections carrying priority traffic
+    /// ([`RequestHandler::is_priority`]); `None`: every connection stays
+    /// where it started.
+    pub priority_lane: Option<tokio::runtime::Handle>,
 }
 
 impl Default for ConnectionConfig {
@@ -65,6 +78,7 @@ impl Default for ConnectionConfig {
             max_inbound_in_flight: 1024,
             max_outbound_pending: 65535,
             write_timeout: Duration::from_secs(30),
+            priority_lane: None,
         }
     }
 }
@@ -111,8 +125,18 @@ impl Connection {
             max_outbound_pending: cfg.max_outbound_pending,
             closed: CancellationToken::new(),
         });
-        tokio::spawn(write_loop(writer, rx, conn.closed.clone(), peer, cfg.write_timeout));
-        tokio::spawn(read_loop(conn.clone(), reader, handler, cfg.clone()));
+        let (handover, handover_rx) = oneshot::channel();
+        let writer =
+            tokio::spawn(write_loop(writer, rx, conn.closed.clone(), peer, cfg.write_timeout, Some(handover_rx)));
+        let reading = Reading {
+            conn: conn.clone(),
+            handler,
+            in_flight: Arc::new(Semaphore::new(cfg.max_inbound_in_flight.max(1))),
+            home: tokio::runtime::Handle::current(),
+            on_lane: false,
+            cfg: cfg.clone(),
+        };
+        tokio::spawn(serve(reading, reader, writer, handover));
         Ok(conn)
     }
 
@@ -217,96 +241,241 @@ impl Connection {
     }
 }
 
-async fn read_loop(
+/// What a connection's reader needs wherever it runs.
+struct Reading {
     conn: Arc<Connection>,
-    reader: tokio::net::tcp::OwnedReadHalf,
     handler: Option<Arc<dyn RequestHandler>>,
+    in_flight: Arc<Semaphore>,
+    /// The runtime the connection started on: requests that are not
+    /// priority traffic run there even after the connection moved.
+    home: tokio::runtime::Handle,
+    on_lane: bool,
     cfg: ConnectionConfig,
+}
+
+/// Why a reader stopped.
+enum Stop {
+    Closed,
+    /// A priority request arrived: the connection moves to the lane, and
+    /// this request is the first the lane runs.
+    ToLane(RemotingCommand),
+}
+
+/// Reads a connection on the runtime it started on; moves it to the
+/// priority lane when its first priority request arrives.
+async fn serve(
+    r: Reading,
+    reader: tokio::net::tcp::OwnedReadHalf,
+    writer: tokio::task::JoinHandle<Option<Handover>>,
+    handover: oneshot::Sender<()>,
 ) {
-    let mut frames = FramedRead::new(reader, FrameCodec::new(cfg.frame_max_length));
-    let in_flight = Arc::new(Semaphore::new(cfg.max_inbound_in_flight.max(1)));
+    let mut frames = FramedRead::new(reader, FrameCodec::new(r.cfg.frame_max_length));
+    if let Stop::ToLane(first) = read_loop(&r, &mut frames).await {
+        match move_to_lane(&r, frames, writer, handover).await {
+            Ok((lane, stream, outbound, buffered)) => {
+                lane.spawn(serve_on_lane(r, stream, outbound, buffered, first));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(peer = %r.conn.peer, error = %e, "could not move a connection to the priority lane; closing it")
+            }
+        }
+    }
+    closed(&r);
+}
+
+/// A writer task's halves, given back so the connection can move.
+type Handover = (tokio::net::tcp::OwnedWriteHalf, mpsc::Receiver<RemotingCommand>);
+
+/// Stops the writer between two writes and takes the socket off this
+/// runtime, with the bytes already read but not yet decoded.
+async fn move_to_lane(
+    r: &Reading,
+    frames: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    writer: tokio::task::JoinHandle<Option<Handover>>,
+    handover: oneshot::Sender<()>,
+) -> std::io::Result<(tokio::runtime::Handle, std::net::TcpStream, mpsc::Receiver<RemotingCommand>, BytesMut)> {
+    let lane = r.cfg.priority_lane.clone().ok_or_else(|| std::io::Error::other("no priority lane"))?;
+    let _ = handover.send(());
+    let (write_half, outbound) = match writer.await {
+        Ok(Some(h)) => h,
+        _ => return Err(std::io::Error::other("the writer had already stopped")),
+    };
+    let buffered = frames.read_buffer().clone();
+    let stream = frames.into_inner().reunite(write_half).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok((lane, stream.into_std()?, outbound, buffered))
+}
+
+/// The rest of a connection's life on the priority lane: the first
+/// request, the complete frames that were already read, then reading on.
+async fn serve_on_lane(
+    mut r: Reading,
+    stream: std::net::TcpStream,
+    outbound: mpsc::Receiver<RemotingCommand>,
+    mut buffered: BytesMut,
+    first: RemotingCommand,
+) {
+    r.on_lane = true;
+    let stream = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(peer = %r.conn.peer, error = %e, "priority lane could not take a connection; closing it");
+            closed(&r);
+            return;
+        }
+    };
+    tracing::debug!(peer = %r.conn.peer, "connection moved to the priority lane");
+    let (reader, writer) = stream.into_split();
+    tokio::spawn(write_loop(writer, outbound, r.conn.closed.clone(), r.conn.peer, r.cfg.write_timeout, None));
+    let mut codec = FrameCodec::new(r.cfg.frame_max_length);
+    let mut next = Some(first);
+    while let Some(cmd) = next.take() {
+        if !dispatch(&r, cmd).await {
+            closed(&r);
+            return;
+        }
+        match codec.decode(&mut buffered) {
+            Ok(cmd) => next = cmd,
+            Err(e) => {
+                tracing::warn!(peer = %r.conn.peer, reason = %e, "closing connection after a bad frame");
+                closed(&r);
+                return;
+            }
+        }
+    }
+    let mut frames = FramedRead::new(reader, codec);
+    // Only part of a frame is left: the reader needs more bytes before it
+    // can decode, which is what a fresh reader does first.
+    *frames.read_buffer_mut() = buffered;
+    read_loop(&r, &mut frames).await;
+    closed(&r);
+}
+
+fn closed(r: &Reading) {
+    r.conn.closed.cancel();
+    r.conn.pending.lock().clear();
+    if let Some(h) = &r.handler {
+        h.on_close(&r.conn);
+    }
+}
+
+async fn read_loop(r: &Reading, frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>) -> Stop {
+    let conn = &r.conn;
+    let may_move = !r.on_lane && r.cfg.priority_lane.is_some();
     loop {
         let next = tokio::select! {
-            _ = conn.closed.cancelled() => break,
-            next = tokio::time::timeout(cfg.idle_timeout, frames.next()) => next,
+            _ = conn.closed.cancelled() => return Stop::Closed,
+            next = tokio::time::timeout(r.cfg.idle_timeout, frames.next()) => next,
         };
         let cmd = match next {
             Err(_) => {
-                tracing::info!(peer = %conn.peer, idle_s = cfg.idle_timeout.as_secs(), "closing idle connection");
-                break;
+                tracing::info!(peer = %conn.peer, idle_s = r.cfg.idle_timeout.as_secs(), "closing idle connection");
+                return Stop::Closed;
             }
-            Ok(None) => break,
+            Ok(None) => return Stop::Closed,
             Ok(Some(Err(FrameError::Io(e)))) => {
                 tracing::debug!(peer = %conn.peer, error = %e, "connection read failed");
-                break;
+                return Stop::Closed;
             }
             Ok(Some(Err(e))) => {
                 tracing::warn!(peer = %conn.peer, reason = %e, "closing connection after a bad frame");
-                break;
+                return Stop::Closed;
             }
             Ok(Some(Ok(mut cmd))) => {
                 cmd.received_at = Some(std::time::Instant::now());
                 cmd
             }
         };
-        tracing::trace!(peer = %conn.peer, code = cmd.code, response = cmd.is_response(), header = ?cmd.serialize_type, "frame");
-        if cmd.is_response() {
-            conn.complete(cmd);
-            continue;
+        if may_move && !cmd.is_response() && r.handler.as_ref().is_some_and(|h| h.is_priority(&cmd)) {
+            return Stop::ToLane(cmd);
         }
-        let Some(handler) = handler.clone() else {
-            tracing::debug!(peer = %conn.peer, code = cmd.code, "request on a connection without a handler");
-            continue;
-        };
-        // Waiting for a permit stops reading: back-pressure to a peer that
-        // sends faster than we process.
-        let permit = tokio::select! {
-            _ = conn.closed.cancelled() => break,
-            p = in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let conn2 = conn.clone();
-        tokio::spawn(async move {
-            let oneway = cmd.is_oneway();
-            let (opaque, code, serialize_type) = (cmd.opaque, cmd.code, cmd.serialize_type);
-            // A bug in one handler answers that one request with an error;
-            // the connection and everyone else keep going.
-            let outcome = AssertUnwindSafe(handler.handle(conn2.clone(), cmd)).catch_unwind().await;
-            let resp = outcome.unwrap_or_else(|_| {
-                tracing::error!(peer = %conn2.peer, code, "request handler panicked");
-                let mut r = RemotingCommand::request(0);
-                r.code = crate::code::response::SYSTEM_ERROR;
-                r.flag = crate::command::FLAG_RESPONSE;
-                r.serialize_type = serialize_type;
-                r.remark = Some(format!("internal error while processing request code {code}"));
-                Some(r)
-            });
-            if let Some(mut resp) = resp {
-                if !oneway {
-                    resp.opaque = opaque;
-                    let _ = conn2.send(resp).await;
-                }
-            }
-            drop(permit);
-        });
-    }
-    conn.closed.cancel();
-    conn.pending.lock().clear();
-    if let Some(h) = handler {
-        h.on_close(&conn);
+        if !dispatch(r, cmd).await {
+            return Stop::Closed;
+        }
     }
 }
 
+/// Hands one frame to its place: a response to the request waiting for it,
+/// a request to the handler (on the lane if it is priority traffic and the
+/// connection is there, otherwise on the connection's home runtime).
+/// False when the connection closed meanwhile.
+async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> bool {
+    let conn = &r.conn;
+    cmd.received_at.get_or_insert_with(std::time::Instant::now);
+    tracing::trace!(peer = %conn.peer, code = cmd.code, response = cmd.is_response(), header = ?cmd.serialize_type, "frame");
+    if cmd.is_response() {
+        conn.complete(cmd);
+        return true;
+    }
+    let Some(handler) = r.handler.clone() else {
+        tracing::debug!(peer = %conn.peer, code = cmd.code, "request on a connection without a handler");
+        return true;
+    };
+    let run_here = !r.on_lane || handler.is_priority(&cmd);
+    // Waiting for a permit stops reading: back-pressure to a peer that
+    // sends faster than we process.
+    let permit = tokio::select! {
+        _ = conn.closed.cancelled() => return false,
+        p = r.in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
+    };
+    let conn2 = conn.clone();
+    let task = async move {
+        let oneway = cmd.is_oneway();
+        let (opaque, code, serialize_type) = (cmd.opaque, cmd.code, cmd.serialize_type);
+        // A bug in one handler answers that one request with an error;
+        // the connection and everyone else keep going.
+        let outcome = AssertUnwindSafe(handler.handle(conn2.clone(), cmd)).catch_unwind().await;
+        let resp = outcome.unwrap_or_else(|_| {
+            tracing::error!(peer = %conn2.peer, code, "request handler panicked");
+            let mut r = RemotingCommand::request(0);
+            r.code = crate::code::response::SYSTEM_ERROR;
+            r.flag = crate::command::FLAG_RESPONSE;
+            r.serialize_type = serialize_type;
+            r.remark = Some(format!("internal error while processing request code {code}"));
+            Some(r)
+        });
+        if let Some(mut resp) = resp {
+            if !oneway {
+                resp.opaque = opaque;
+                let _ = conn2.send(resp).await;
+            }
+        }
+        drop(permit);
+    };
+    if run_here {
+        tokio::spawn(task);
+    } else {
+        r.home.spawn(task);
+    }
+    true
+}
+
+/// Writes queued frames, batching what is queued into one write. With a
+/// `handover` receiver, a signal on it between two writes ends the loop
+/// and gives the socket's write half and the queue back (the connection is
+/// moving to another runtime); `None` when the connection closed.
 async fn write_loop(
     mut writer: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<RemotingCommand>,
     closed: CancellationToken,
     peer: SocketAddr,
     write_timeout: Duration,
-) {
+    mut handover: Option<oneshot::Receiver<()>>,
+) -> Option<Handover> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         let first = tokio::select! {
             _ = closed.cancelled() => None,
+            asked = async { match handover.as_mut() { Some(h) => h.await, None => std::future::pending().await } } => {
+                match asked {
+                    Ok(()) => return Some((writer, rx)),
+                    // The reader ended without moving: nothing will ask.
+                    Err(_) => {
+                        handover = None;
+                        continue;
+                    }
+                }
+            }
             cmd = rx.recv() => cmd,
         };
         let Some(first) = first else {
@@ -345,4 +514,5 @@ async fn write_loop(
     }
     closed.cancel();
     let _ = writer.shutdown().await;
+    None
 }

@@ -48,6 +48,10 @@ impl RequestHandler for Tracking {
         self.0.connections.lock().remove(&conn.id());
         self.0.handler.on_close(conn);
     }
+
+    fn is_priority(&self, request: &RemotingCommand) -> bool {
+        self.0.handler.is_priority(request)
+    }
 }
 
 struct InFlight(Arc<ServerState>);

@@ -145,3 +145,126 @@ async fn a_bad_frame_closes_only_its_connection() {
     }
     assert_eq!(server.connection_count(), 1);
 }
+
+const PRIORITY: i32 = 6;
+
+/// Answers with the name of the thread that ran the request.
+struct Lanes;
+
+impl RequestHandler for Lanes {
+    fn handle(&self, conn: Arc<Connection>, req: RemotingCommand) -> BoxFuture<Option<RemotingCommand>> {
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        Box::pin(async move {
+            if req.code == CALL_BACK {
+                let asked = conn.invoke(RemotingCommand::request(99), Duration::from_secs(2)).await.ok()?;
+                return Some(RemotingCommand::success(&req).with("client_said", asked.field("answer").unwrap_or("")));
+            }
+            Some(RemotingCommand::success(&req).with("thread", thread).with("echo", req.field("v").unwrap_or("")))
+        })
+    }
+
+    fn is_priority(&self, request: &RemotingCommand) -> bool {
+        request.code == PRIORITY
+    }
+}
+
+/// A runtime on a thread of its own, as a broker's priority lane.
+fn lane_thread() -> (tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("lane".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let _ = stopped.await;
+            })
+        })
+        .unwrap();
+    (handle, stop, thread)
+}
+
+async fn read_answers(s: &mut tokio::net::TcpStream, n: usize) -> Vec<RemotingCommand> {
+    use tokio_util::codec::Decoder;
+    let mut codec = spate_remoting::codec::FrameCodec::new(1 << 20);
+    let mut buf = bytes::BytesMut::new();
+    let mut got = Vec::new();
+    while got.len() < n {
+        while let Some(cmd) = codec.decode(&mut buf).unwrap() {
+            got.push(cmd);
+        }
+        if got.len() >= n {
+            break;
+        }
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_buf(&mut buf)).await.expect("answers in time");
+        assert!(read.unwrap() > 0, "server closed the connection with {} of {n} answers read", got.len());
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_moves_to_the_priority_lane_with_what_it_had_buffered() {
+    let (lane, stop, thread) = lane_thread();
+    let cfg = ConnectionConfig { priority_lane: Some(lane), ..ConnectionConfig::default() };
+    let server = RemotingServer::bind("127.0.0.1:0".parse().unwrap(), cfg, Arc::new(Lanes)).await.unwrap();
+    let addr = server.local_addr().to_string();
+
+    // Before any priority request, requests run on the runtime the
+    // connection started on.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    RemotingCommand::request(ECHO).with("v", "before").encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    let before = read_answers(&mut s, 1).await;
+    assert_eq!(before[0].field("echo"), Some("before"));
+    assert_ne!(before[0].field("thread"), Some("lane"));
+
+    // One write: the priority request that moves the connection, and
+    // frames behind it that were read in the same go (a last one split
+    // across two writes).
+    let mut out = bytes::BytesMut::new();
+    let mut opaques = Vec::new();
+    for (i, code) in [PRIORITY, ECHO, PRIORITY, ECHO, ECHO, PRIORITY].into_iter().enumerate() {
+        let mut req = RemotingCommand::request(code).with("v", i);
+        req.opaque = 100 + i as i32;
+        opaques.push((req.opaque, code, i));
+        req.encode(&mut out);
+    }
+    let split = out.len() - 5;
+    s.write_all(&out[..split]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(&out[split..]).await.unwrap();
+    let answers = read_answers(&mut s, opaques.len()).await;
+    for (opaque, code, i) in opaques {
+        let a = answers.iter().find(|a| a.opaque == opaque).expect("every request answered");
+        assert_eq!(a.code, response::SUCCESS);
+        assert_eq!(a.field("echo"), Some(i.to_string().as_str()));
+        if code == PRIORITY {
+            assert_eq!(a.field("thread"), Some("lane"), "priority request {i} ran on the lane");
+        } else {
+            assert_ne!(a.field("thread"), Some("lane"), "request {i} went back to the connection's home runtime");
+        }
+    }
+
+    // Requests both ways still work on the moved connection.
+    let client = RemotingClient::new(ClientConfig::default(), Some(Arc::new(Client)));
+    let r = client.invoke(&addr, RemotingCommand::request(PRIORITY).with("v", "p"), Duration::from_secs(3)).await;
+    assert_eq!(r.unwrap().field("thread"), Some("lane"));
+    let resp = client.invoke(&addr, RemotingCommand::request(CALL_BACK), Duration::from_secs(3)).await.unwrap();
+    assert_eq!(resp.field("client_said"), Some("42"));
+    assert_eq!(server.connection_count(), 2);
+
+    // Closing the moved connections is seen by the server as before.
+    drop(s);
+    drop(client);
+    for _ in 0..200 {
+        if server.connection_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.connection_count(), 0);
+    server.shutdown(Duration::from_secs(1)).await;
+    let _ = stop.send(());
+    thread.join().unwrap();
+}
