@@ -158,6 +158,8 @@ pub fn runtime_info(state: &Arc<BrokerState>, req: &RemotingCommand) -> Remoting
     put("dispatchBehindBytes", state.store.max_offset().saturating_sub(state.store.dispatched_offset()).to_string());
     put("pageCacheLockTimeMills", if state.store.is_os_page_cache_busy() { "busy" } else { "0" }.to_string());
     put("degradeLevel", state.capacity.degrader.level().to_string());
+    put("coreLaneConnections", state.core_lane.connections().to_string());
+    put("coreLaneScheduling", state.core_lane.scheduling.describe());
     put("schedulingLagAvgMicros", state.capacity.degrader.lag_avg().as_micros().to_string());
     put("sendThreadPoolQueueSize", state.capacity.send_gate.queued().to_string());
     put("storeSyncs", s.syncs.to_string());
@@ -319,6 +321,8 @@ pub fn limits(state: &BrokerState, req: &RemotingCommand) -> RemotingCommand {
         "normalSharePerMille": state.capacity.degrader.share(crate::capacity::degrade::Class::Normal),
         "sendWaitAvgMicros": state.capacity.degrader.wait_avg().as_micros() as u64,
         "schedulingLagAvgMicros": state.capacity.degrader.lag_avg().as_micros() as u64,
+        "coreLaneConnections": state.core_lane.connections(),
+        "coreLaneScheduling": state.core_lane.scheduling.describe(),
     });
     RemotingCommand::success(req).with_body(serde_json::to_vec(&body).unwrap_or_default())
 }

@@ -16,6 +16,9 @@
 //! default) still leaves the rest of the broker some CPU if core traffic
 //! alone floods the lane; rate limits on core topics are the tool for that.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -32,10 +35,45 @@ pub enum Scheduling {
     Ordinary,
 }
 
+impl Scheduling {
+    /// As shown by admin and runtime info: `SCHED_FIFO 10` or `SCHED_OTHER`.
+    pub fn describe(self) -> String {
+        match self {
+            Scheduling::Realtime(p) => format!("SCHED_FIFO {p}"),
+            Scheduling::Ordinary => "SCHED_OTHER".to_string(),
+        }
+    }
+}
+
+/// What operators see of the lane (admin, runtime info, metrics).
+#[derive(Debug)]
+pub struct LaneStatus {
+    pub scheduling: Scheduling,
+    connections: AtomicUsize,
+}
+
+impl LaneStatus {
+    /// Connections on the lane now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// A connection moved to the lane.
+    pub fn moved(&self, peer: SocketAddr) {
+        let now = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(peer = %peer, connections = now, "connection carrying core traffic moved to the core lane");
+    }
+
+    /// A connection on the lane closed.
+    pub fn closed(&self) {
+        let _ = self.connections.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
 /// A running core lane.
 pub struct CoreLane {
     handle: tokio::runtime::Handle,
-    scheduling: Scheduling,
+    status: Arc<LaneStatus>,
     stop: oneshot::Sender<()>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -68,7 +106,8 @@ impl CoreLane {
             ),
             Scheduling::Ordinary => tracing::info!("core lane runs at ordinary priority (coreLaneRealtimePriority=0)"),
         }
-        Ok(CoreLane { handle, scheduling, stop, thread })
+        let status = Arc::new(LaneStatus { scheduling, connections: AtomicUsize::new(0) });
+        Ok(CoreLane { handle, status, stop, thread })
     }
 
     /// Where connections that move to the lane are served.
@@ -76,8 +115,8 @@ impl CoreLane {
         self.handle.clone()
     }
 
-    pub fn scheduling(&self) -> Scheduling {
-        self.scheduling
+    pub fn status(&self) -> Arc<LaneStatus> {
+        self.status.clone()
     }
 
     /// Ends the lane's thread. Its connections were closed before.
@@ -128,7 +167,7 @@ mod tests {
                     .unwrap();
                 assert_eq!(name.as_deref(), Some(THREAD_NAME));
                 // What the kernel says is what the lane reports.
-                match lane.scheduling() {
+                match lane.status().scheduling {
                     Scheduling::Realtime(p) => {
                         assert_eq!(p, asked);
                         assert_eq!(policy, libc::SCHED_FIFO);
@@ -136,7 +175,7 @@ mod tests {
                     Scheduling::Ordinary => assert_eq!(policy, libc::SCHED_OTHER),
                 }
                 if asked == 0 {
-                    assert_eq!(lane.scheduling(), Scheduling::Ordinary);
+                    assert_eq!(lane.status().scheduling, Scheduling::Ordinary);
                 }
                 lane.shutdown(Duration::from_secs(1)).await;
             }

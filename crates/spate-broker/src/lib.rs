@@ -90,6 +90,8 @@ pub struct BrokerState {
     pub broker_addr: SocketAddr,
     pub store: Arc<MessageStore>,
     pub topics: TopicTable,
+    /// The core lane's scheduling and connections (`lane.rs`).
+    pub core_lane: Arc<lane::LaneStatus>,
     /// Rate limits and the send / pull stage queues (`capacity/`).
     pub capacity: capacity::Capacity,
     pub offsets: ConsumerOffsets,
@@ -224,7 +226,10 @@ impl Broker {
         }
         let ha_listen = SocketAddr::new([0, 0, 0, 0].into(), cfg.ha_port());
         let ha_port_chosen = cfg.ha_listen_port != 0;
+        let lane = lane::CoreLane::start(cfg.core_lane_realtime_priority)
+            .map_err(|e| BrokerError::Io { path: "core lane thread".into(), source: e })?;
         let state = Arc::new(BrokerState {
+            core_lane: lane.status(),
             broker_name: cfg.broker_name.clone(),
             broker_addr: cfg.broker_addr(),
             config: RwLock::new(cfg),
@@ -249,8 +254,6 @@ impl Broker {
         });
         state.topics.persist().await?;
         let handler = Arc::new(Processor { state: state.clone() });
-        let lane = lane::CoreLane::start(state.config.read().core_lane_realtime_priority)
-            .map_err(|e| BrokerError::Io { path: "core lane thread".into(), source: e })?;
         let conn_cfg = ConnectionConfig { priority_lane: Some(lane.handle()), ..ConnectionConfig::default() };
         // The VIP channel first: once the main port answers, everything does.
         let vip = match vip::vip_port(listen.port()) {
@@ -439,7 +442,14 @@ impl RequestHandler for Processor {
         is_core(&self.state, req)
     }
 
+    fn on_priority_lane(&self, conn: &Arc<Connection>) {
+        self.state.core_lane.moved(conn.peer_addr());
+    }
+
     fn on_close(&self, conn: &Arc<Connection>) {
+        if conn.is_on_priority_lane() {
+            self.state.core_lane.closed();
+        }
         for group in self.state.clients.connection_closed(conn.id()) {
             tracing::info!(group = %group, peer = %conn.peer_addr(), "consumer connection closed");
             self.state.notify_consumer_ids_changed(&group);

@@ -195,6 +195,16 @@ pub fn render(state: &Arc<BrokerState>) -> String {
         spate_store::retention::disk_used_percent(&root) as i64,
     );
     g("rocketmq_pull_held", "Pulls held by long polling now.", state.long_poll.held_count() as i64);
+    g(
+        "spate_broker_core_lane_connections",
+        "Connections carrying core traffic, served by the core lane.",
+        state.core_lane.connections() as i64,
+    );
+    g(
+        "spate_broker_core_lane_realtime",
+        "1 while the core lane's thread runs at real-time priority.",
+        i64::from(matches!(state.core_lane.scheduling, crate::lane::Scheduling::Realtime(_))),
+    );
     g("rocketmq_topics", "Topics on this broker.", state.topics.len() as i64);
     g(
         "rocketmq_consumer_groups_online",

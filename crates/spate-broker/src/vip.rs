@@ -8,7 +8,8 @@
 //! Measured (BENCHMARKS.md, issue 7): with the broker on one saturated CPU
 //! the separate thread does not lower core latency -- it waits for CPU
 //! like any other thread -- so it is a compatibility feature, not a QoS
-//! one, until it gets CPU of its own.
+//! one. Core traffic is shielded by the core lane (`lane.rs`) instead,
+//! which VIP connections move to as well when they carry core requests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ pub trait RequestHandler: Send + Sync + 'static {
     fn is_priority(&self, _request: &RemotingCommand) -> bool {
         false
     }
+
+    /// Called once when a connection has moved to the priority lane.
+    fn on_priority_lane(&self, _conn: &Arc<Connection>) {}
 }
 
 /// Limits and timeouts of one connection.
@@ -96,6 +99,7 @@ pub struct Connection {
     pending: Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>,
     max_outbound_pending: usize,
     closed: CancellationToken,
+    on_priority_lane: AtomicBool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -124,6 +128,7 @@ impl Connection {
             pending: Mutex::new(HashMap::new()),
             max_outbound_pending: cfg.max_outbound_pending,
             closed: CancellationToken::new(),
+            on_priority_lane: AtomicBool::new(false),
         });
         let (handover, handover_rx) = oneshot::channel();
         let writer =
@@ -150,6 +155,11 @@ impl Connection {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Whether this connection moved to the priority lane.
+    pub fn is_on_priority_lane(&self) -> bool {
+        self.on_priority_lane.load(Ordering::Acquire)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -325,6 +335,10 @@ async fn serve_on_lane(
         }
     };
     tracing::debug!(peer = %r.conn.peer, "connection moved to the priority lane");
+    r.conn.on_priority_lane.store(true, Ordering::Release);
+    if let Some(h) = &r.handler {
+        h.on_priority_lane(&r.conn);
+    }
     let (reader, writer) = stream.into_split();
     tokio::spawn(write_loop(writer, outbound, r.conn.closed.clone(), r.conn.peer, r.cfg.write_timeout, None));
     let mut codec = FrameCodec::new(r.cfg.frame_max_length);

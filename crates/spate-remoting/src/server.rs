@@ -52,6 +52,10 @@ impl RequestHandler for Tracking {
     fn is_priority(&self, request: &RemotingCommand) -> bool {
         self.0.handler.is_priority(request)
     }
+
+    fn on_priority_lane(&self, conn: &Arc<Connection>) {
+        self.0.handler.on_priority_lane(conn);
+    }
 }
 
 struct InFlight(Arc<ServerState>);

@@ -149,7 +149,9 @@ async fn a_bad_frame_closes_only_its_connection() {
 const PRIORITY: i32 = 6;
 
 /// Answers with the name of the thread that ran the request.
-struct Lanes;
+struct Lanes {
+    moved: Arc<AtomicUsize>,
+}
 
 impl RequestHandler for Lanes {
     fn handle(&self, conn: Arc<Connection>, req: RemotingCommand) -> BoxFuture<Option<RemotingCommand>> {
@@ -165,6 +167,11 @@ impl RequestHandler for Lanes {
 
     fn is_priority(&self, request: &RemotingCommand) -> bool {
         request.code == PRIORITY
+    }
+
+    fn on_priority_lane(&self, conn: &Arc<Connection>) {
+        assert!(conn.is_on_priority_lane());
+        self.moved.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -206,7 +213,10 @@ async fn read_answers(s: &mut tokio::net::TcpStream, n: usize) -> Vec<RemotingCo
 async fn a_connection_moves_to_the_priority_lane_with_what_it_had_buffered() {
     let (lane, stop, thread) = lane_thread();
     let cfg = ConnectionConfig { priority_lane: Some(lane), ..ConnectionConfig::default() };
-    let server = RemotingServer::bind("127.0.0.1:0".parse().unwrap(), cfg, Arc::new(Lanes)).await.unwrap();
+    let moved = Arc::new(AtomicUsize::new(0));
+    let server = RemotingServer::bind("127.0.0.1:0".parse().unwrap(), cfg, Arc::new(Lanes { moved: moved.clone() }))
+        .await
+        .unwrap();
     let addr = server.local_addr().to_string();
 
     // Before any priority request, requests run on the runtime the
@@ -253,6 +263,7 @@ async fn a_connection_moves_to_the_priority_lane_with_what_it_had_buffered() {
     let resp = client.invoke(&addr, RemotingCommand::request(CALL_BACK), Duration::from_secs(3)).await.unwrap();
     assert_eq!(resp.field("client_said"), Some("42"));
     assert_eq!(server.connection_count(), 2);
+    assert_eq!(moved.load(Ordering::SeqCst), 2, "each connection told once that it moved");
 
     // Closing the moved connections is seen by the server as before.
     drop(s);

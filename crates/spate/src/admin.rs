@@ -458,7 +458,12 @@ async fn limit(admin: &Admin, verb: LimitVerb) -> Result<Output> {
         }
         let r = admin.call(&addr, RemotingCommand::request(request::SPATE_GET_LIMITS)).await?;
         let v: Value = serde_json::from_slice(&r.body).context("limits body")?;
-        table.push_str(&format!("{name} ({addr}): degradation level {}\n", v["degradeLevel"]));
+        table.push_str(&format!(
+            "{name} ({addr}): degradation level {}; core lane: {} connections, {}\n",
+            v["degradeLevel"],
+            v["coreLaneConnections"],
+            v["coreLaneScheduling"].as_str().unwrap_or("?")
+        ));
         for p in v["priorities"].as_array().into_iter().flatten() {
             table.push_str(&format!(
                 "  {} {} is {}\n",

@@ -1,7 +1,8 @@
 //! The capacity guarantee with a real broker (`spate standalone`): rate
 //! limits set at runtime with `spate admin limit`, kept across a restart;
 //! a topic limited to 1,000 msg/s offered 5,000 msg/s; leaky-bucket
-//! shaping; fast-fail back-pressure when the send queue is full.
+//! shaping; fast-fail back-pressure when the send queue is full; core
+//! traffic moving to the core lane.
 
 mod common;
 
@@ -278,4 +279,89 @@ async fn under_pressure_bulk_then_normal_are_refused_and_core_kept_until_it_pass
     assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
     let listed = admin(&ns, &["list"]);
     assert_eq!(listed[0]["limits"]["priorities"].as_array().map(Vec::len), Some(2), "{listed}");
+}
+
+/// The scheduling policy of the broker's thread named `name`, from
+/// /proc/<pid>/task/*/stat (field 41: 0 SCHED_OTHER, 1 SCHED_FIFO).
+fn thread_policy(pid: u32, name: &str) -> Option<u32> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+        if &stat[open + 1..close] != name {
+            continue;
+        }
+        // Fields after the name start at field 3 (state).
+        return stat[close + 1..].split_whitespace().nth(41 - 3)?.parse().ok();
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_carrying_core_traffic_move_to_the_core_lane_and_keep_their_other_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    // Which runtime serves what is the subject here, not shedding: a burst
+    // on a debug build would otherwise have bulk refused.
+    let spate = Standalone::start_with(dir.path(), &["degradeEnable=false"]);
+    for t in ["Core", "Bulk"] {
+        ready(&spate, t).await;
+    }
+    let ns = spate.namesrv();
+    admin(&ns, &["priority", "--target", "topic", "--name", "Core", "--class", "core"]);
+    admin(&ns, &["priority", "--target", "topic", "--name", "Bulk", "--class", "bulk"]);
+    let on_lane = || async { limits(&spate.broker()).await["coreLaneConnections"].as_u64() };
+
+    // Bulk alone does not move a connection.
+    let mixed = Arc::new(raw_client());
+    for i in 0..3 {
+        let r = call(&mixed, &spate.broker(), send_req("Bulk", i, b"b".to_vec())).await;
+        assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    }
+    assert_eq!(on_lane().await, Some(0));
+
+    // A core send moves its connection; a second client's too.
+    let core_only = raw_client();
+    let r = call(&core_only, &spate.broker(), send_req("Core", 0, b"c".to_vec())).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    assert_eq!(on_lane().await, Some(1));
+    let r = call(&mixed, &spate.broker(), send_req("Core", 1, b"c".to_vec())).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    assert_eq!(on_lane().await, Some(2));
+
+    // The moved connection still carries everything, pipelined: bulk sends
+    // and pulls go back to the main runtime, core ones stay on the lane.
+    let mut sends = Vec::new();
+    for i in 0..200 {
+        let topic = if i % 2 == 0 { "Core" } else { "Bulk" };
+        let (c, broker) = (mixed.clone(), spate.broker());
+        sends.push(tokio::spawn(async move {
+            c.invoke(&broker, send_req(topic, 2, vec![i as u8; 64]), Duration::from_secs(5)).await
+        }));
+    }
+    for s in sends {
+        let r = s.await.unwrap().expect("answered");
+        assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    }
+    // Bulk's queue 2 also holds one of the first three sends.
+    for (topic, want) in [("Core", 100), ("Bulk", 101)] {
+        let r = call(&mixed, &spate.broker(), common::pull_req(topic, 2, 0, 0, "*")).await;
+        assert_eq!(r.code, response::SUCCESS, "{topic}: {:?}", r.remark);
+        assert_eq!(r.field("maxOffset"), Some(want.to_string().as_str()), "{topic}");
+    }
+
+    // A closed lane connection is counted out.
+    drop(core_only);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while on_lane().await != Some(1) {
+        assert!(Instant::now() < deadline, "the closed connection is still counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // What the broker reports is what the kernel has for the lane's thread.
+    let v = limits(&spate.broker()).await;
+    let policy = thread_policy(spate.pid().unwrap(), "spate-core-lane").expect("the lane thread exists");
+    match v["coreLaneScheduling"].as_str() {
+        Some("SCHED_FIFO 10") => assert_eq!(policy, 1),
+        Some("SCHED_OTHER") => assert_eq!(policy, 0),
+        other => panic!("unexpected coreLaneScheduling {other:?}"),
+    }
 }

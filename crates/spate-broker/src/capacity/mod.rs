@@ -148,7 +148,8 @@ pub async fn admit_past_degradation<'a>(
         Op::Send => &state.capacity.send_gate,
         Op::Pull => &state.capacity.pull_gate,
     };
-    match gate.enter(received, max_wait, capacity).await {
+    let core = state.capacity.limits.class_of(topic, group) == degrade::Class::Core;
+    match gate.enter(received, max_wait, capacity, core).await {
         Ok(p) => Ok(Admitted { _permit: Some(p), timed }),
         Err((b, waited, queued)) => {
             if let Some((degrader, received)) = timed {

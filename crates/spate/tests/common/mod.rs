@@ -104,6 +104,11 @@ impl Standalone {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL, no chance to flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
