@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use parking_lot::{Mutex, MutexGuard, RwLock};
+use parking_lot::{Mutex, RwLock};
+
+use crate::pi_mutex::{PiGuard, PiMutex};
 use spate_common::message::{self, MessageError, NewMessage, Probe, RecordSlots, BLANK_MIN_LEN};
 
 use crate::allocator::{Allocator, WriteBuffer, WriteBufferPool};
@@ -79,7 +81,9 @@ pub struct CommitLog {
     dir: PathBuf,
     segment_size: u64,
     segments: RwLock<Vec<Arc<Segment>>>,
-    writer: Mutex<Writer>,
+    /// Priority-inheriting: the broker's real-time core lane appends under
+    /// it too (`pi_mutex.rs`).
+    writer: PiMutex<Writer>,
     allocator: Arc<Allocator>,
     allocate_timeout: Duration,
     pool: Option<WriteBufferPool>,
@@ -212,7 +216,7 @@ impl CommitLog {
             dir: dir.to_path_buf(),
             segment_size,
             segments: RwLock::new(kept),
-            writer: Mutex::new(Writer { current, buffer: None, queue_offsets: HashMap::new() }),
+            writer: PiMutex::new(Writer { current, buffer: None, queue_offsets: HashMap::new() }),
             allocator,
             allocate_timeout,
             pool,
@@ -249,7 +253,7 @@ impl CommitLog {
     }
 
     /// Takes the writer lock (appends, truncation).
-    pub fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+    pub fn lock_writer(&self) -> PiGuard<'_, Writer> {
         self.writer.lock()
     }
 

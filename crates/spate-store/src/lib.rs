@@ -46,6 +46,7 @@ pub mod dispatch;
 pub mod error;
 pub mod flush;
 pub mod index;
+mod pi_mutex;
 pub mod retention;
 pub mod segment;
 mod signal;
