@@ -16,7 +16,8 @@
 #     the maximum sustainable rate is the highest that is acknowledged in
 #     full with a p99 under 50 ms (no backlog);
 #  2. core alone (single sync sends, open loop, a twentieth of the peak),
-#     `runs` times: its unloaded p99;
+#     `runs` times, once the broker has settled after the sweep: its
+#     unloaded p99;
 #  3. overload, `runs` times: core at the same rate while bulk is offered
 #     twice the peak; the broker's anonymous memory (RssAnon: its own
 #     memory, not the mapped log) sampled every second;
@@ -85,7 +86,9 @@ done
 echo "{\"step\":\"peak\",\"rate\":$peak_rate}"
 core_rate=$((peak_rate / 20))
 bulk_rate=$((2 * peak_rate))
-sleep 2
+# The sweep's last step left a backlog: let the broker settle (dispatch,
+# flush, the next segment's warming) so "unloaded" means unloaded.
+sleep 15
 
 for i in $(seq "$runs"); do
   r=$(core "$core_rate" "$secs")
