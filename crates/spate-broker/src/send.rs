@@ -358,9 +358,10 @@ async fn send_batch(
     client: &str,
 ) -> Result<RemotingCommand, BrokerError> {
     // A shed class is refused before its body is taken apart.
-    if let Some(refused) = capacity::degraded_refusal(state, req, Op::Send, &base.topic, group) {
-        return Ok(refused);
-    }
+    let class = match capacity::degraded_refusal(state, req, Op::Send, &base.topic, group) {
+        Ok(class) => class,
+        Err(refused) => return Ok(refused),
+    };
     let msgs = match decode_batch(&req.body, &base) {
         Ok(m) => m,
         Err(why) => return Ok(RemotingCommand::error(req, response::MESSAGE_ILLEGAL, why)),
@@ -371,10 +372,11 @@ async fn send_batch(
     let queue_id = base.queue_id;
     let base_topic = base.topic.clone();
     let n = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
-    let admitted = match capacity::admit_past_degradation(state, req, Op::Send, &base_topic, group, client, n).await {
-        Ok(a) => a,
-        Err(refused) => return Ok(refused),
-    };
+    let admitted =
+        match capacity::admit_past_degradation(state, req, Op::Send, &base_topic, group, client, n, class).await {
+            Ok(a) => a,
+            Err(refused) => return Ok(refused),
+        };
     let put = put_many(state, msgs).await;
     drop(admitted);
     let put = match put {

@@ -286,6 +286,8 @@ async fn serve(
                 lane.spawn(serve_on_lane(r, stream, outbound, buffered, first));
                 return;
             }
+            // The peer hung up while its connection was moving.
+            Err(_) if r.conn.is_closed() => {}
             Err(e) => {
                 tracing::warn!(peer = %r.conn.peer, error = %e, "could not move a connection to the priority lane; closing it")
             }

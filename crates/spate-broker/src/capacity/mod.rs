@@ -57,18 +57,20 @@ fn refuse(state: &BrokerState, req: &RemotingCommand, op: Op, reason: &'static s
     RemotingCommand::error(req, code, remark)
 }
 
-/// The refusal of a request whose priority class is being shed, if it is.
-/// Cheap: called before a batch's body is taken apart.
+/// The request's priority class, or the refusal of a request whose class
+/// is being shed. Cheap: called before a batch's body is taken apart.
+// The refusal is the response itself, built only on the refused path.
+#[allow(clippy::result_large_err)]
 pub fn degraded_refusal(
     state: &BrokerState,
     req: &RemotingCommand,
     op: Op,
     topic: &str,
     group: &str,
-) -> Option<RemotingCommand> {
+) -> Result<degrade::Class, RemotingCommand> {
     let class = state.capacity.limits.class_of(topic, group);
     if state.capacity.degrader.admits(class) {
-        return None;
+        return Ok(class);
     }
     let degrader = &state.capacity.degrader;
     let remark = format!(
@@ -81,7 +83,7 @@ pub fn degraded_refusal(
             Op::Pull => "pull",
         }
     );
-    Some(refuse(state, req, op, "degraded", remark))
+    Err(refuse(state, req, op, "degraded", remark))
 }
 
 /// Admits a request for `n` messages (degradation, its rate limits, then
@@ -95,13 +97,12 @@ pub async fn admit<'a>(
     client: &str,
     n: u32,
 ) -> Result<Admitted<'a>, RemotingCommand> {
-    if let Some(refused) = degraded_refusal(state, req, op, topic, group) {
-        return Err(refused);
-    }
-    admit_past_degradation(state, req, op, topic, group, client, n).await
+    let class = degraded_refusal(state, req, op, topic, group)?;
+    admit_past_degradation(state, req, op, topic, group, client, n, class).await
 }
 
-/// [`admit`] for a request [`degraded_refusal`] already let through.
+/// [`admit`] for a request [`degraded_refusal`] already let through as `class`.
+#[allow(clippy::too_many_arguments)]
 pub async fn admit_past_degradation<'a>(
     state: &'a BrokerState,
     req: &RemotingCommand,
@@ -110,6 +111,7 @@ pub async fn admit_past_degradation<'a>(
     group: &str,
     client: &str,
     n: u32,
+    class: degrade::Class,
 ) -> Result<Admitted<'a>, RemotingCommand> {
     let shaped = match state.capacity.limits.admit(op, topic, group, client, n).await {
         Ok(waited) => waited,
@@ -148,8 +150,7 @@ pub async fn admit_past_degradation<'a>(
         Op::Send => &state.capacity.send_gate,
         Op::Pull => &state.capacity.pull_gate,
     };
-    let core = state.capacity.limits.class_of(topic, group) == degrade::Class::Core;
-    match gate.enter(received, max_wait, capacity, core).await {
+    match gate.enter(received, max_wait, capacity, class == degrade::Class::Core).await {
         Ok(p) => Ok(Admitted { _permit: Some(p), timed }),
         Err((b, waited, queued)) => {
             if let Some((degrader, received)) = timed {
