@@ -16,10 +16,23 @@ use spate_remoting::{
 };
 
 fn bench(args: &[&str]) -> serde_json::Value {
+    bench_and_stderr(args).0
+}
+
+/// The JSON report and what was printed on stderr.
+fn bench_and_stderr(args: &[&str]) -> (serde_json::Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_spate")).arg("bench").args(args).output().unwrap();
     assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    (v, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn monotonic_ns() -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes only into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
 const FIELDS: [&str; 9] =
@@ -216,7 +229,8 @@ fn open_loop_accounting_shows_a_server_stall() {
         .unwrap();
     let addr = srv.local_addr().to_string();
     server.addr.set(addr.clone()).unwrap();
-    let v = bench(&[
+    let before = monotonic_ns();
+    let (v, stderr) = bench_and_stderr(&[
         "produce",
         "-n",
         &addr,
@@ -228,13 +242,30 @@ fn open_loop_accounting_shows_a_server_stall() {
         "3s",
         "--warmup",
         "200ms",
+        "--log-slow",
+        "20ms",
         "--json",
     ]);
+    let after = monotonic_ns();
     let (p50, p999) = (v["p50_us"].as_u64().unwrap(), v["p999_us"].as_u64().unwrap());
     // 1% of sends stall the server 50 ms; the ~50 sends scheduled behind
     // each stall wait too, so several percent of samples are >= tens of ms.
     assert!(p999 >= 40_000, "open-loop p99.9 {p999} us hides the 50 ms stalls");
     assert!(p50 < 10_000, "p50 {p50} us: most sends are not stalled");
+    // --log-slow names those sends, on the clock a kernel trace uses.
+    let field = |line: &str, key: &str| -> i128 {
+        let tail = line.split(&format!("{key}=")).nth(1).unwrap_or_else(|| panic!("no {key} in {line}"));
+        tail.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let slow: Vec<&str> = stderr.lines().filter(|l| l.starts_with("slow send:")).collect();
+    assert!(slow.len() >= 20, "{} slow sends logged for 30 stalls of 50 ms: {stderr}", slow.len());
+    for line in &slow {
+        let (intended, answered, us) =
+            (field(line, "intended_ns"), field(line, "answered_ns"), field(line, "latency_us"));
+        assert!(us > 20_000, "logged under the limit: {line}");
+        assert!(before < intended && intended < answered && answered < after, "not CLOCK_MONOTONIC: {line}");
+        assert!(((answered - intended) / 1000 - us).abs() <= 1, "times disagree with the latency: {line}");
+    }
     drop(srv);
 }
 

@@ -64,6 +64,11 @@ pub struct ProduceArgs {
     /// Send through each broker's VIP channel (vipChannelEnabled: port - 2).
     #[arg(long = "vip-channel")]
     pub vip_channel: bool,
+    /// Print each measured send slower than this to stderr, with its
+    /// intended and answered times on CLOCK_MONOTONIC, to line up with a
+    /// `perf record -k CLOCK_MONOTONIC` trace (e.g. 2ms).
+    #[arg(long = "log-slow", value_parser = super::report::parse_duration)]
+    pub log_slow: Option<Duration>,
 }
 
 struct Shared {
@@ -74,6 +79,34 @@ struct Shared {
     /// Results of operations intended before this instant are not recorded.
     measure_from: Instant,
     measure_until: Instant,
+    /// `--log-slow` in microseconds, and the clock it prints in.
+    log_slow_us: Option<u64>,
+    clock: MonotonicClock,
+}
+
+/// Converts `Instant`s to CLOCK_MONOTONIC nanoseconds, the clock kernel
+/// traces can be recorded in (Rust's `Instant` is that clock on Linux, but
+/// does not expose its value).
+#[derive(Clone, Copy)]
+struct MonotonicClock {
+    at: Instant,
+    ns: i128,
+}
+
+impl MonotonicClock {
+    fn now() -> Self {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes only into the timespec we pass.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        MonotonicClock { at: Instant::now(), ns: ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128 }
+    }
+
+    fn ns(&self, i: Instant) -> i128 {
+        match i.checked_duration_since(self.at) {
+            Some(d) => self.ns + d.as_nanos() as i128,
+            None => self.ns - self.at.duration_since(i).as_nanos() as i128,
+        }
+    }
 }
 
 impl Shared {
@@ -86,6 +119,13 @@ impl Shared {
                 self.ok.fetch_add(messages, Ordering::Relaxed);
                 let us = done.saturating_duration_since(intended).as_micros().max(1) as u64;
                 let _ = self.latency.lock().record(us.min(60_000_000));
+                if self.log_slow_us.is_some_and(|limit| us > limit) {
+                    eprintln!(
+                        "slow send: intended_ns={} answered_ns={} latency_us={us} messages={messages}",
+                        self.clock.ns(intended),
+                        self.clock.ns(done)
+                    );
+                }
             }
             Err(e) => {
                 self.failed.fetch_add(messages, Ordering::Relaxed);
@@ -125,6 +165,8 @@ pub async fn run(a: &ProduceArgs) -> Result<Report> {
         failed: AtomicU64::new(0),
         measure_from: start + a.warmup,
         measure_until: start + a.warmup + a.duration,
+        log_slow_us: a.log_slow.map(|d| d.as_micros() as u64),
+        clock: MonotonicClock::now(),
     });
     let progress = progress_bar(shared.clone(), a.warmup + a.duration);
     let permits = Arc::new(Semaphore::new(a.in_flight));
