@@ -99,6 +99,14 @@ struct IndexFile {
     end_phys: AtomicU64,
 }
 
+impl Drop for IndexFile {
+    fn drop(&mut self) {
+        // SAFETY: our own live mapping; nothing uses it once the file is
+        // dropped, and MmapRaw unmaps it after this.
+        unsafe { crate::segment::release_pages(self.map.as_mut_ptr(), self.map.len() as u64, false) };
+    }
+}
+
 impl IndexFile {
     /// Creates a new, empty file (never overwrites an existing one).
     fn create(dir: &Path, seq: u64, slots: u32, capacity: u32) -> Result<IndexFile> {
