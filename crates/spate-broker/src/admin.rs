@@ -55,6 +55,9 @@ pub async fn create_topic(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
 
 pub async fn delete_topic(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
     let topic = req.str_field("topic")?.to_string();
+    if let Err(e) = message::validate_topic(&topic) {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e.to_string()));
+    }
     if state.topics.delete(&topic) {
         state.topics.persist().await?;
         state.topics_changed();
@@ -78,12 +81,8 @@ pub fn all_topic_config(state: &Arc<BrokerState>, req: &RemotingCommand) -> Remo
 
 pub async fn create_group(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
     let cfg: SubscriptionGroupConfig = json::decode(&req.body, "SubscriptionGroupConfig")?;
-    if cfg.group_name.is_empty() || message::validate_topic(&cfg.group_name).is_err() {
-        return Ok(RemotingCommand::error(
-            req,
-            response::INVALID_PARAMETER,
-            format!("invalid group name `{}`", cfg.group_name),
-        ));
+    if let Err(e) = crate::names::validate_group(&cfg.group_name) {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
     }
     if !state.groups.upsert(cfg) {
         return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, "the broker's group table is full"));
@@ -288,17 +287,26 @@ pub async fn query_message(state: &Arc<BrokerState>, req: &RemotingCommand) -> R
 
 /// VIEW_MESSAGE_BY_ID: the header carries the commit-log offset.
 pub async fn view_message(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
-    let offset = match req.opt_i64_field("offset")? {
-        Some(o) => o,
+    // A negative or overflowing offset is refused, never clamped to
+    // another message; read_record checks that a record starts there.
+    let offset: u64 = match req.opt_i64_field("offset")? {
+        Some(o) => match u64::try_from(o) {
+            Ok(o) => o,
+            Err(_) => return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("offset {o} is illegal"))),
+        },
         None => match req.field("msgId").and_then(parse_offset_msg_id) {
-            Some((_, o)) => o as i64,
-            None => {
-                return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, "header field `offset` is missing"))
+            Some((_, o)) if i64::try_from(o).is_ok() => o,
+            _ => {
+                return Ok(RemotingCommand::error(
+                    req,
+                    response::INVALID_PARAMETER,
+                    "header field `offset` (or a valid `msgId`) is missing",
+                ))
             }
         },
     };
     let store = state.store.clone();
-    let got = tokio::task::spawn_blocking(move || store.read_record(offset.max(0) as u64))
+    let got = tokio::task::spawn_blocking(move || store.read_record(offset))
         .await
         .map_err(|e| BrokerError::Config(format!("read task failed: {e}")))?;
     match got {

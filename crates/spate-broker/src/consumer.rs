@@ -30,12 +30,35 @@ pub async fn heart_beat(
         version: req.version,
         last_update: Instant::now(),
     };
-    let auto_group = state.config.read().auto_create_subscription_group;
-    let mut topics_changed = false;
-    for data in &hb.consumer_data_set {
-        if let Err(e) = crate::pull::validate_group(&data.group_name) {
+    let (auto_group, max_groups) = {
+        let c = state.config.read();
+        (c.auto_create_subscription_group, c.heartbeat_max_groups)
+    };
+    // Checked whole before anything is created: a request is taken or
+    // refused, never half applied.
+    if hb.consumer_data_set.len() + hb.producer_data_set.len() > max_groups {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!(
+                "heartbeat names {} groups, more than heartbeatMaxGroups {max_groups}",
+                hb.consumer_data_set.len() + hb.producer_data_set.len()
+            ),
+        ));
+    }
+    let names = hb.consumer_data_set.iter().map(|d| &d.group_name).chain(hb.producer_data_set.iter().map(|p| &p.group_name));
+    for name in names {
+        if let Err(e) = crate::names::validate_group(name) {
             return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
         }
+    }
+    for topic in hb.consumer_data_set.iter().flat_map(|d| d.subscription_data_set.iter().map(|s| &s.topic)) {
+        if let Err(e) = message::validate_topic(topic) {
+            return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("subscription topic: {e}")));
+        }
+    }
+    let mut topics_changed = false;
+    for data in &hb.consumer_data_set {
         let group_cfg_changed = state.groups.ensure(&data.group_name, auto_group);
         if group_cfg_changed {
             state.persist_groups_soon();
@@ -173,8 +196,15 @@ pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
     let offset = req.i64_field("offset")?;
     let group = req.str_field("group")?.to_string();
     let max_times = req.opt_i32_field("maxReconsumeTimes")?.unwrap_or(16);
+    if let Err(e) = crate::names::validate_group(&group) {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
+    }
+    // A forged offset is refused, never clamped to another message.
+    let Ok(offset) = u64::try_from(offset) else {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("offset {offset} is illegal")));
+    };
     let store = state.store.clone();
-    let raw = tokio::task::spawn_blocking(move || store.read_record(offset.max(0) as u64))
+    let raw = tokio::task::spawn_blocking(move || store.read_record(offset))
         .await
         .map_err(|e| BrokerError::Config(format!("read task failed: {e}")))?;
     let raw = match raw {
@@ -193,17 +223,19 @@ pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
             ))
         }
     };
-    let origin_topic = rec.property(message::property::RETRY_TOPIC).unwrap_or(rec.topic).to_string();
+    // RETRY_TOPIC came from the stored message: used only if it is a name a
+    // client could have sent to.
+    let origin_topic = crate::names::stored_destination(rec.property(message::property::RETRY_TOPIC))
+        .unwrap_or(rec.topic)
+        .to_string();
     let origin_id = req
         .field("originMsgId")
         .map(str::to_string)
         .unwrap_or_else(|| message::offset_msg_id(rec.store_host, rec.physical_offset as u64));
-    let times = rec.reconsume_times + 1;
+    // Saturating: a stored count at i32::MAX stays there (and is dead).
+    let times = rec.reconsume_times.max(0).saturating_add(1);
     let dead = times > max_times || req.opt_i32_field("delayLevel")?.is_some_and(|l| l < 0);
     let target = if dead { dlq_topic(&group) } else { retry_topic(&group) };
-    if let Err(e) = crate::pull::validate_group(&group) {
-        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
-    }
     if state.topics.get(&target).is_none() {
         // Readable, as upstream 5.x: dead letters can be consumed and listed.
         let p = perm::READ | perm::WRITE;
@@ -236,7 +268,7 @@ pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
     if !dead {
         let level = match req.opt_i32_field("delayLevel")? {
             Some(l) if l > 0 => l,
-            _ => 3 + rec.reconsume_times,
+            _ => rec.reconsume_times.max(0).saturating_add(3),
         };
         let levels = state.config.read().message_delay_levels.len();
         crate::schedule::to_waiting(&mut msg, level, levels);

@@ -21,6 +21,7 @@ pub mod ha;
 pub mod lane;
 pub mod long_poll;
 pub mod metrics;
+pub mod names;
 pub mod offsets;
 pub mod persist;
 pub mod pull;
@@ -32,6 +33,7 @@ pub mod subscriptions;
 pub mod timer;
 pub mod topics;
 pub mod transaction;
+pub mod undeliverable;
 pub mod vip;
 
 use std::net::SocketAddr;

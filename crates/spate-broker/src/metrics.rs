@@ -18,6 +18,7 @@ pub const BYTES_OUT: &str = "rocketmq_throughput_out_total";
 pub const RPC_LATENCY: &str = "rocketmq_rpc_latency_seconds";
 pub const REJECTED: &str = "rocketmq_send_rejected_total";
 pub const HELD_PULLS: &str = "rocketmq_pull_held_total";
+pub const UNDELIVERABLE: &str = "spate_undeliverable_messages_total";
 const CONSUMER_LAG: &str = "rocketmq_consumer_lag_messages";
 const REPLICATION_LAG_BYTES: &str = "spate_replication_lag_bytes";
 const REPLICATION_LAG_MS: &str = "spate_replication_lag_milliseconds";
@@ -119,6 +120,17 @@ impl BrokerMetrics {
                 "spate_broker_throttled_total",
                 "Requests refused at once by a rate limit or back-pressure, by operation and reason.",
                 &[("op", op), ("reason", reason)],
+            )
+            .inc();
+    }
+
+    /// Counts a message a background deliverer set aside as undeliverable.
+    pub fn undeliverable(&self, source: &'static str) {
+        self.registry
+            .counter(
+                UNDELIVERABLE,
+                "Messages a background deliverer could not deliver and set aside, by deliverer.",
+                &[("source", source)],
             )
             .inc();
     }

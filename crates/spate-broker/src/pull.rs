@@ -26,9 +26,7 @@ const DISPATCH_WAIT_MAX: Duration = Duration::from_millis(100);
 /// Group names follow the topic-name rules (and so cannot contain `@`,
 /// which separates topic and group in the offset table).
 pub fn validate_group(group: &str) -> Result<(), String> {
-    spate_common::message::validate_topic(group).map_err(|_| {
-        format!("invalid consumer group name `{group}`: letters, digits, %|_- only, at most 127 characters")
-    })
+    crate::names::validate_group(group)
 }
 
 /// Longest a pull may be held, whatever the client asks (`brokerSuspendMaxTimeMillis` is the client's side).

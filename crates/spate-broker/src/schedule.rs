@@ -26,6 +26,7 @@ use spate_store::{MessageStore, StoreError};
 use spate_remoting::protocol::perm;
 
 use crate::config::BrokerRole;
+use crate::undeliverable::Source;
 use crate::BrokerState;
 
 /// The system topic delayed messages wait in (upstream's name).
@@ -108,9 +109,17 @@ pub fn to_waiting(msg: &mut NewMessage, level: i32, levels: usize) {
 /// The message a stored waiting record becomes when due: back in its real
 /// topic and queue, without `DELAY` (`REAL_TOPIC` / `REAL_QID` stay, as
 /// upstream, so a consumer can tell it was scheduled).
+///
+/// The destination came from a stored message, so it is checked as a name
+/// a client could send to; an error means the message can never be
+/// delivered (the caller sets it aside, undeliverable.rs).
 pub fn to_due(rec: &message::Record<'_>, store_host: std::net::SocketAddr) -> Result<NewMessage, String> {
-    let topic = rec.property(property::REAL_TOPIC).ok_or("no REAL_TOPIC")?.to_string();
-    let queue_id: i32 = rec.property(property::REAL_QID).and_then(|q| q.parse().ok()).ok_or("no or bad REAL_QID")?;
+    let topic = crate::names::stored_destination(rec.property(property::REAL_TOPIC))?.to_string();
+    let queue_id: i32 = rec
+        .property(property::REAL_QID)
+        .and_then(|q| q.parse().ok())
+        .filter(|q| spate_store::commit_log::valid_queue_id(*q))
+        .ok_or("no or bad REAL_QID")?;
     let pairs = message::properties(rec.properties).filter(|(k, _)| *k != property::DELAY);
     let properties = message::encode_properties(pairs).map_err(|e| e.to_string())?;
     Ok(NewMessage {
@@ -134,8 +143,9 @@ pub(crate) fn now_ms() -> i64 {
 
 /// What one level's read found.
 struct LevelRead {
-    /// Due messages, each with the queue offset after it.
-    due: Vec<(NewMessage, i64)>,
+    /// Due messages, each with the queue offset after it; an `Err` holds
+    /// the set-aside form of a message that cannot be delivered, and why.
+    due: Vec<(Result<NewMessage, (NewMessage, String)>, i64)>,
     /// When the first message not yet due is due (ms since the epoch).
     next_due_ms: Option<i64>,
     /// Queue offset after the last entry looked at and skipped as
@@ -160,7 +170,16 @@ fn read_level(
     let from = from.max(cq.min_offset());
     for (i, unit) in cq.get_range(from, ROUND_BATCH).into_iter().enumerate() {
         let offset = from + i as i64;
-        let raw = store.read_record(unit.physical_offset)?;
+        let raw = match store.read_record(unit.physical_offset) {
+            Ok(raw) => raw,
+            // Not a record at all (a damaged queue entry): nothing to keep.
+            Err(e @ StoreError::BadOffset { .. }) => {
+                tracing::error!(level, offset, error = %e, "scheduled queue entry points at no record; skipped");
+                out.skipped_to = Some(offset + 1);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let rec = match message::decode_record(&raw, false) {
             Ok(r) => r,
             Err(e) => {
@@ -175,11 +194,8 @@ fn read_level(
             break;
         }
         match to_due(&rec, store_host) {
-            Ok(m) => out.due.push((m, offset + 1)),
-            Err(why) => {
-                tracing::error!(level, offset, why, "scheduled message without its real topic skipped");
-                out.skipped_to = Some(offset + 1);
-            }
+            Ok(m) => out.due.push((Ok(m), offset + 1)),
+            Err(why) => out.due.push((Err((waiting_as_is(&rec, store_host), why)), offset + 1)),
         }
     }
     Ok(out)
@@ -237,6 +253,23 @@ pub(crate) fn put_error_text(e: &crate::send::PutError) -> String {
     }
 }
 
+/// Why `msg` can never reach its topic, if it cannot: its name is not a
+/// valid one, or its topic is missing and cannot be added (a queue id
+/// beyond any topic's queues, a full topic table).
+fn cannot_route(state: &BrokerState, msg: &NewMessage) -> Option<String> {
+    if let Err(e) = message::validate_topic(&msg.topic) {
+        return Some(e.to_string());
+    }
+    if state.topics.get(&msg.topic).is_some() {
+        return None;
+    }
+    if !(0..crate::topics::MAX_QUEUE_NUMS).contains(&msg.queue_id) {
+        return Some(format!("queue id {} is beyond any topic's queues", msg.queue_id));
+    }
+    (state.topics.len() >= crate::topics::MAX_TOPICS)
+        .then(|| format!("topic {} cannot be created: topic table full", msg.topic))
+}
+
 /// The real topic must be routable when its message arrives there. It is
 /// missing when the topic was created just before a failover and the
 /// table had not been copied yet (its log then held only the waiting
@@ -246,14 +279,66 @@ pub(crate) async fn ensure_topic(state: &BrokerState, msg: &NewMessage) -> Resul
     if state.topics.get(&msg.topic).is_some() {
         return Ok(());
     }
+    // Names reach here only through names::stored_destination; checked once
+    // more because this creates a table entry (and later a directory).
+    message::validate_topic(&msg.topic).map_err(|e| e.to_string())?;
+    if !(0..crate::topics::MAX_QUEUE_NUMS).contains(&msg.queue_id) {
+        return Err(format!("queue id {} is beyond any topic's queues", msg.queue_id));
+    }
     let queues = (msg.queue_id + 1).max(state.config.read().default_topic_queue_nums);
     let tc = spate_remoting::protocol::TopicConfig::new(&msg.topic, queues, perm::READ | perm::WRITE);
-    if state.topics.upsert(tc) {
-        tracing::info!(topic = %msg.topic, queues, "topic of a due scheduled message was missing: added");
-        state.topics.persist().await.map_err(|e| e.to_string())?;
-        state.topics_changed();
+    if !state.topics.upsert(tc) {
+        return Err(format!("topic {} cannot be created: topic table full", msg.topic));
     }
+    tracing::info!(topic = %msg.topic, queues, "topic of a due scheduled message was missing: added");
+    state.topics.persist().await.map_err(|e| e.to_string())?;
+    state.topics_changed();
     Ok(())
+}
+
+/// The stored waiting record as a message, unchanged (for setting aside).
+pub(crate) fn waiting_as_is(rec: &message::Record<'_>, store_host: std::net::SocketAddr) -> NewMessage {
+    NewMessage {
+        topic: rec.topic.to_string(),
+        queue_id: rec.queue_id,
+        flag: rec.flag,
+        body: bytes::Bytes::copy_from_slice(rec.body),
+        properties: rec.properties.to_string(),
+        sys_flag: rec.sys_flag,
+        born_timestamp: rec.born_timestamp,
+        born_host: rec.born_host,
+        store_host,
+        reconsume_times: rec.reconsume_times,
+        prepared_tx_offset: rec.prepared_tx_offset,
+    }
+}
+
+/// Delivers one due message to its real topic, or sets it aside when it
+/// can never be delivered: a bad destination, a topic table with no room
+/// for it, or a store that refuses it as a message. A passing failure
+/// (busy, not writable, a role change) is an error: the round is retried.
+/// The flag says the message was set aside (with why) rather than delivered.
+pub(crate) async fn deliver(
+    state: &Arc<BrokerState>,
+    msg: Result<NewMessage, (NewMessage, String)>,
+    source: Source,
+) -> Result<(spate_store::PutResult, Option<String>), String> {
+    let aside = |msg, why: String| async move {
+        crate::undeliverable::set_aside(state, msg, source, &why).await.map(|put| (put, Some(why)))
+    };
+    let msg = match msg {
+        Ok(m) => m,
+        Err((as_is, why)) => return aside(as_is, why).await,
+    };
+    if let Some(why) = cannot_route(state, &msg) {
+        return aside(msg, why).await;
+    }
+    ensure_topic(state, &msg).await?;
+    match crate::send::put_one(state, msg.clone()).await {
+        Ok(put) => Ok((put, None)),
+        Err(e) if crate::undeliverable::is_poison(&e) => aside(msg, put_error_text(&e)).await,
+        Err(e) => Err(put_error_text(&e)),
+    }
 }
 
 /// One pass over every level: moves what is due, commits the positions,
@@ -285,8 +370,7 @@ async fn round(state: &Arc<BrokerState>, heads: &mut Heads) -> Result<Duration, 
         let mut last = None;
         let full = read.due.len() == ROUND_BATCH;
         for (msg, after) in read.due {
-            ensure_topic(state, &msg).await?;
-            let put = crate::send::put_one(state, msg).await.map_err(|e| put_error_text(&e))?;
+            let (put, _) = deliver(state, msg, Source::Schedule).await?;
             next = next.max(after);
             last = Some((put.flush, put.append.physical_offset + put.append.size as u64));
         }

@@ -236,9 +236,37 @@ pub async fn send(
     conn: &Arc<Connection>,
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, BrokerError> {
-    let h = SendHeader::parse(req)?;
+    let mut h = SendHeader::parse(req)?;
     if let Err(e) = message::validate_topic(&h.topic) {
         return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e.to_string()));
+    }
+    if let Err(why) = crate::names::client_may_send(&h.topic) {
+        return Ok(RemotingCommand::error(req, response::NO_PERMISSION, why));
+    }
+    if let Some(group) = h.topic.strip_prefix(RETRY_GROUP_TOPIC_PREFIX) {
+        // Upstream's rule: a retry topic is written only for a known group.
+        if state.groups.get(group).is_none() {
+            return Ok(RemotingCommand::error(
+                req,
+                response::SUBSCRIPTION_GROUP_NOT_EXIST,
+                format!("subscription group {group} not exist; retry topic {} cannot be written", h.topic),
+            ));
+        }
+    }
+    if h.queue_id < -1 {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("queueId {} is illegal", h.queue_id)));
+    }
+    if h.reconsume_times < 0 {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("reconsumeTimes {} is illegal", h.reconsume_times),
+        ));
+    }
+    // Stored as upstream's broker stores it: parsed and written again, so
+    // what is acknowledged is always what recovery keeps.
+    if let std::borrow::Cow::Owned(p) = message::canonical_properties(&h.properties) {
+        h.properties = p;
     }
     if !perm::writeable(state.config.read().broker_permission) {
         return Ok(RemotingCommand::error(
@@ -248,7 +276,6 @@ pub async fn send(
         ));
     }
     // A retry-topic message past its group's retry budget goes to the DLQ.
-    let mut h = h;
     if let Some(group) = h.topic.strip_prefix(RETRY_GROUP_TOPIC_PREFIX) {
         let max = h.max_reconsume_times.unwrap_or(16);
         if h.reconsume_times > max {
@@ -256,10 +283,14 @@ pub async fn send(
             h.queue_id = 0;
         }
     }
+    let mut created = false;
     let topic_config = match state.topics.get(&h.topic) {
         Some(tc) => tc,
         None => match auto_create(state, &h).await? {
-            Some(tc) => tc,
+            Some(tc) => {
+                created = true;
+                tc
+            }
             None => {
                 return Ok(RemotingCommand::error(
                     req,
@@ -323,8 +354,19 @@ pub async fn send(
         return Ok(RemotingCommand::error(req, response::MESSAGE_ILLEGAL, why));
     }
     let queue_id = base.queue_id;
+    // Creating the topic persisted the topic table: that wait is the
+    // broker's, not time the request spent queued for the send stage.
+    let restarted;
+    let gate_req = if created {
+        let mut r = req.clone();
+        r.received_at = Some(std::time::Instant::now());
+        restarted = r;
+        &restarted
+    } else {
+        req
+    };
     // Rate limits and the send queue; the stage is held only for the append.
-    let admitted = match capacity::admit(state, req, Op::Send, &h.topic, &h.producer_group, &client, 1).await {
+    let admitted = match capacity::admit(state, gate_req, Op::Send, &h.topic, &h.producer_group, &client, 1).await {
         Ok(a) => a,
         Err(refused) => return Ok(refused),
     };
@@ -434,8 +476,8 @@ pub fn decode_batch(body: &Bytes, base: &NewMessage) -> Result<Vec<NewMessage>, 
             return Err(format!("batch entry {} has bad properties length {prop_len}", out.len()));
         }
         let props = std::str::from_utf8(&entry[..prop_len as usize])
-            .map_err(|_| format!("batch entry {} properties are not UTF-8", out.len()))?
-            .to_string();
+            .map_err(|_| format!("batch entry {} properties are not UTF-8", out.len()))?;
+        let props = message::canonical_properties(props).into_owned();
         // A batch lands contiguously in one queue; a delayed message cannot
         // (upstream's clients refuse to batch them too).
         if routed_elsewhere(&props)

@@ -30,7 +30,14 @@ pub struct SubscriptionGroups {
 impl SubscriptionGroups {
     pub fn load(root: &std::path::Path) -> Result<SubscriptionGroups, BrokerError> {
         let path = persist::config_path(root, "subscriptionGroup.json");
-        let table = persist::load(&path)?.unwrap_or_default();
+        let mut table: SubscriptionGroupFile = persist::load(&path)?.unwrap_or_default();
+        table.subscription_group_table.retain(|name, cfg| {
+            let ok = crate::names::validate_group(name).is_ok() && cfg.group_name == *name;
+            if !ok {
+                tracing::error!(group = %name.chars().take(200).collect::<String>(), "invalid group in subscriptionGroup.json ignored");
+            }
+            ok
+        });
         Ok(SubscriptionGroups { table: Arc::new(RwLock::new(table)), path, writer: Default::default() })
     }
 
@@ -40,6 +47,9 @@ impl SubscriptionGroups {
 
     /// Adds or replaces a group; false when the table is full.
     pub fn upsert(&self, cfg: SubscriptionGroupConfig) -> bool {
+        if crate::names::validate_group(&cfg.group_name).is_err() {
+            return false;
+        }
         let mut t = self.table.write();
         if !t.subscription_group_table.contains_key(&cfg.group_name) && t.subscription_group_table.len() >= MAX_GROUPS {
             return false;
@@ -68,6 +78,7 @@ impl SubscriptionGroups {
         if t.subscription_group_table == from_master.subscription_group_table {
             return false;
         }
+        from_master.subscription_group_table.retain(|name, cfg| crate::names::validate_group(name).is_ok() && cfg.group_name == *name);
         if from_master.subscription_group_table.len() > MAX_GROUPS {
             let keep: Vec<String> = from_master.subscription_group_table.keys().take(MAX_GROUPS).cloned().collect();
             from_master.subscription_group_table.retain(|k, _| keep.contains(k));

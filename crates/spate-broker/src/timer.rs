@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use spate_common::message::{self, property, NewMessage, TIMER_TOPIC};
 use spate_store::{MessageStore, StoreError};
 
-use crate::schedule::{delivering, ensure_topic, now_ms, put_error_text, SCHEDULE_GROUP};
+use crate::schedule::{delivering, now_ms, SCHEDULE_GROUP};
 use crate::BrokerState;
 
 /// The offsets entry (group `%SCHEDULE%`, [`TIMER_TOPIC`]) holding the
@@ -232,13 +232,15 @@ fn read_entries(store: &MessageStore, from: i64) -> Vec<(i64, i64)> {
     cq.get_range(from, FILL_BATCH).into_iter().enumerate().map(|(i, u)| (u.tags_code, from + i as i64)).collect()
 }
 
+/// What one due entry becomes: the message to deliver, or (set-aside form,
+/// why) for one that can never be delivered.
+type Due = Result<NewMessage, (NewMessage, String)>;
+
 /// Reads the waiting records at `offsets` back as the messages to deliver;
-/// an unreadable one is logged and dropped (it cannot ever be delivered).
-fn read_due(
-    store: &MessageStore,
-    offsets: &[(i64, i64)],
-    store_host: std::net::SocketAddr,
-) -> Result<Vec<NewMessage>, StoreError> {
+/// an entry that points at no record is logged and skipped (there is
+/// nothing to keep), one that cannot be delivered is returned to be set
+/// aside.
+fn read_due(store: &MessageStore, offsets: &[(i64, i64)], store_host: std::net::SocketAddr) -> Result<Vec<Due>, StoreError> {
     let Some(cq) = store.consume_queue(TIMER_TOPIC, 0) else { return Ok(Vec::new()) };
     let mut out = Vec::with_capacity(offsets.len());
     for &(_, offset) in offsets {
@@ -246,13 +248,19 @@ fn read_due(
             tracing::error!(offset, "timer entry gone from its queue (retention?); skipped");
             continue;
         };
-        let raw = store.read_record(unit.physical_offset)?;
-        match message::decode_record(&raw, false)
-            .map_err(|e| e.to_string())
-            .and_then(|rec| due_message(&rec, store_host))
-        {
-            Ok(m) => out.push(m),
-            Err(why) => tracing::error!(offset, why, "unreadable timer message skipped"),
+        let raw = match store.read_record(unit.physical_offset) {
+            Ok(raw) => raw,
+            Err(e @ StoreError::BadOffset { .. }) => {
+                tracing::error!(offset, error = %e, "timer entry points at no record; skipped");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match message::decode_record(&raw, false) {
+            Ok(rec) => out.push(
+                due_message(&rec, store_host).map_err(|why| (crate::schedule::waiting_as_is(&rec, store_host), why)),
+            ),
+            Err(e) => tracing::error!(offset, error = %e, "unreadable timer message skipped"),
         }
     }
     Ok(out)
@@ -370,8 +378,7 @@ async fn deliver(state: &Arc<BrokerState>, due: &[(i64, i64)]) -> Result<(), Str
         .map_err(|e| e.to_string())?;
     let mut last = None;
     for msg in msgs {
-        ensure_topic(state, &msg).await?;
-        let put = crate::send::put_one(state, msg).await.map_err(|e| put_error_text(&e))?;
+        let (put, _) = crate::schedule::deliver(state, msg, crate::undeliverable::Source::Timer).await?;
         last = Some((put.flush, put.append.physical_offset + put.append.size as u64));
     }
     if let Some((flush, end)) = last {

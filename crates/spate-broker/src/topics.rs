@@ -34,7 +34,16 @@ impl TopicTable {
     /// Loads the table (blocking; at start-up).
     pub fn load(root: &std::path::Path) -> Result<TopicTable, BrokerError> {
         let path = persist::config_path(root, "topics.json");
-        let table: TopicConfigSerializeWrapper = persist::load(&path)?.unwrap_or_default();
+        let mut table: TopicConfigSerializeWrapper = persist::load(&path)?.unwrap_or_default();
+        // A file edited by hand (or written by an older build) may hold a
+        // name or a queue count no request could set: left out, loudly.
+        table.topic_config_table.retain(|name, tc| {
+            let ok = acceptable(name, tc);
+            if !ok {
+                tracing::error!(topic = %name.chars().take(200).collect::<String>(), "invalid topic in topics.json ignored");
+            }
+            ok
+        });
         let counter = table.data_version.counter;
         Ok(TopicTable {
             table: Arc::new(RwLock::new(table)),
@@ -69,8 +78,15 @@ impl TopicTable {
         self.table.read().topic_config_table.get(topic).cloned()
     }
 
-    /// Adds or replaces a topic; false when the table is full.
+    /// Adds or replaces a topic; false when the table is full, or when the
+    /// name or queue counts are not ones a request may set (callers check
+    /// first and say why; this is the last gate before a name can become a
+    /// queue directory).
     pub fn upsert(&self, tc: TopicConfig) -> bool {
+        if !acceptable(&tc.topic_name, &tc) {
+            tracing::error!(topic = %tc.topic_name.chars().take(200).collect::<String>(), "invalid topic refused");
+            return false;
+        }
         let mut t = self.table.write();
         if !t.topic_config_table.contains_key(&tc.topic_name) && t.topic_config_table.len() >= MAX_TOPICS {
             return false;
@@ -128,6 +144,7 @@ impl TopicTable {
         if t.data_version == from_master.data_version {
             return false;
         }
+        from_master.topic_config_table.retain(|name, tc| acceptable(name, tc));
         if from_master.topic_config_table.len() > MAX_TOPICS {
             let keep: Vec<String> = from_master.topic_config_table.keys().take(MAX_TOPICS).cloned().collect();
             from_master.topic_config_table.retain(|k, _| keep.contains(k));
@@ -188,4 +205,13 @@ mod tests {
         assert_eq!(again.get("T").unwrap().write_queue_nums, 3);
         assert!(again.get(DEFAULT_TOPIC).is_none());
     }
+}
+
+/// Whether a topic entry is one a request could have made: a valid name
+/// matching its key, and queue counts within 0..=[`MAX_QUEUE_NUMS`].
+fn acceptable(name: &str, tc: &TopicConfig) -> bool {
+    spate_common::message::validate_topic(name).is_ok()
+        && tc.topic_name == name
+        && (0..=MAX_QUEUE_NUMS).contains(&tc.read_queue_nums)
+        && (0..=MAX_QUEUE_NUMS).contains(&tc.write_queue_nums)
 }

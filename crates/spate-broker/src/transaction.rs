@@ -26,7 +26,8 @@ use spate_remoting::{request, response, Connection, RemotingCommand};
 use spate_store::{MessageStore, StoreError};
 
 use crate::error::BrokerError;
-use crate::schedule::{delivering, ensure_topic, now_ms, put_error_text};
+use crate::schedule::{delivering, now_ms, put_error_text};
+use crate::undeliverable::{Source, UNDELIVERABLE_TOPIC};
 use crate::BrokerState;
 
 /// Where half messages wait (upstream's name).
@@ -132,7 +133,14 @@ pub async fn end(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<Remo
         // Not decided yet (UNKNOW): the checker asks again later.
         _ => return Ok(RemotingCommand::success(req)),
     };
-    let raw = match read_half(state, commit_log_offset.max(0) as u64).await {
+    let Ok(commit_log_offset_u) = u64::try_from(commit_log_offset) else {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("commitLogOffset {commit_log_offset} is illegal"),
+        ));
+    };
+    let raw = match read_half(state, commit_log_offset_u).await {
         Ok(r) => r,
         Err(e) => {
             return Ok(RemotingCommand::error(
@@ -164,17 +172,15 @@ pub async fn end(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<Remo
             format!("the producer group {group} differs from the prepared message's {:?}", rec.property(PGROUP)),
         ));
     }
+    let mut set_aside = None;
     if commit {
-        let msg = match committed(&rec, state.broker_addr) {
-            Ok(m) => m,
-            Err(why) => return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, why)),
-        };
-        if let Err(why) = ensure_topic(state, &msg).await {
-            return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, why));
-        }
-        let put = match crate::send::put_one(state, msg).await {
+        // A half that can never reach its topic is set aside (and resolved
+        // below), so neither this request nor the checker retries it forever.
+        let msg = committed(&rec, state.broker_addr)
+            .map_err(|why| (crate::schedule::waiting_as_is(&rec, state.broker_addr), why));
+        let (put, aside) = match crate::schedule::deliver(state, msg, Source::Transaction).await {
             Ok(p) => p,
-            Err(e) => return Ok(e.response(req)),
+            Err(why) => return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, why)),
         };
         if let Err(e) = put.flush.wait().await {
             return Ok(crate::send::store_error_response(req, &e));
@@ -185,12 +191,20 @@ pub async fn end(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<Remo
         if resp.code != response::SUCCESS {
             return Ok(resp);
         }
+        set_aside = aside;
     }
     // Resolved: the checker will not ask about it.
     if let Err(e) = crate::send::put_one(state, op_message(state, half_queue_offset)).await {
         return Ok(e.response(req));
     }
     tracing::debug!(group, half_queue_offset, commit, from_check, "transaction ended");
+    if let Some(why) = set_aside {
+        return Ok(RemotingCommand::error(
+            req,
+            response::MESSAGE_ILLEGAL,
+            format!("the committed message cannot be delivered ({why}); it was set aside in {UNDELIVERABLE_TOPIC}"),
+        ));
+    }
     Ok(RemotingCommand::success(req))
 }
 
@@ -332,13 +346,13 @@ impl Checker {
             reconsume_times: rec.reconsume_times,
             prepared_tx_offset: 0,
         };
-        let next_times = (times + 1).to_string();
+        let next_times = times.max(0).saturating_add(1).to_string();
         let pairs = message::properties(rec.properties).filter(|(k, _)| *k != CHECK_TIMES);
         if times >= check_max {
             // Given up on, kept where an operator can find it.
             copy.topic = CHECK_MAX_TOPIC.to_string();
             copy.properties = message::encode_properties(pairs).map_err(|e| e.to_string())?;
-            ensure_topic(state, &copy).await?;
+            crate::schedule::ensure_topic(state, &copy).await?;
             crate::send::put_one(state, copy).await.map_err(|e| put_error_text(&e))?;
             tracing::warn!(group, offset, times, "transaction never resolved: moved to {CHECK_MAX_TOPIC}");
         } else {

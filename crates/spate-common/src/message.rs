@@ -148,6 +148,10 @@ pub enum MessageError {
         /// The key involved.
         key: String,
     },
+    /// Non-empty properties that do not end with [`PROPERTY_SEPARATOR`]:
+    /// recovery could not tell such a record from a torn one.
+    #[error("message properties do not end with the property separator")]
+    PropertiesUnterminated,
     /// Queue id out of range.
     #[error("queue id {queue_id} is out of range")]
     QueueIdIllegal {
@@ -191,6 +195,34 @@ pub fn encode_properties<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>
         return Err(MessageError::PropertiesTooLarge { size: out.len() });
     }
     Ok(out)
+}
+
+/// The one rule on a stored properties string that the append path and
+/// recovery share: empty, or ending with [`PROPERTY_SEPARATOR`].
+pub fn properties_terminated(encoded: &str) -> bool {
+    encoded.is_empty() || encoded.ends_with(PROPERTY_SEPARATOR)
+}
+
+/// A client's properties string as upstream's broker stores it: parsed
+/// into pairs (a piece without a key/value separator is dropped, as
+/// upstream's decoder drops it) and written again, each pair terminated.
+/// A string already in that form is returned as it is, without copying.
+pub fn canonical_properties(encoded: &str) -> std::borrow::Cow<'_, str> {
+    let canonical = properties_terminated(encoded)
+        && encoded.strip_suffix(PROPERTY_SEPARATOR).is_none_or(|body| {
+            body.split(PROPERTY_SEPARATOR).all(|pair| pair.contains(NAME_VALUE_SEPARATOR))
+        });
+    if canonical {
+        return std::borrow::Cow::Borrowed(encoded);
+    }
+    let mut out = String::with_capacity(encoded.len() + 1);
+    for (k, v) in properties(encoded) {
+        out.push_str(k);
+        out.push(NAME_VALUE_SEPARATOR);
+        out.push_str(v);
+        out.push(PROPERTY_SEPARATOR);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Iterates over the `(key, value)` pairs of an encoded properties string.
@@ -286,6 +318,10 @@ pub fn encode_record(msg: &NewMessage, max_body: usize, out: &mut Vec<u8>) -> Re
     }
     if msg.properties.len() > PROPERTIES_MAX_LEN {
         return Err(MessageError::PropertiesTooLarge { size: msg.properties.len() });
+    }
+    // What recovery accepts, and nothing else (see `Record::semantic_problem`).
+    if !properties_terminated(&msg.properties) {
+        return Err(MessageError::PropertiesUnterminated);
     }
     let mut sys_flag = msg.sys_flag & !(SYSFLAG_BORNHOST_V6 | SYSFLAG_STOREHOST_V6);
     if msg.born_host.is_ipv6() {
@@ -453,6 +489,20 @@ impl Record<'_> {
     pub fn crc_ok(&self) -> bool {
         crc32fast::hash(self.body) == self.body_crc
     }
+
+    /// What the append path would have refused in a record that is
+    /// otherwise intact: a topic that is not a valid name, or properties
+    /// that do not end with a separator. The CRC covers only the body, so
+    /// at the log's tail these are also the marks of a torn write.
+    pub fn semantic_problem(&self) -> Option<&'static str> {
+        if validate_topic(self.topic).is_err() {
+            return Some("topic is not a valid name");
+        }
+        if !properties_terminated(self.properties) {
+            return Some("properties do not end with a separator");
+        }
+        None
+    }
 }
 
 struct Cursor<'a> {
@@ -498,9 +548,22 @@ impl<'a> Cursor<'a> {
 
 /// Decodes one record from the start of `buf` and checks its structure:
 /// magic, every length consistent with the total size, UTF-8 topic and
-/// properties. With `check_crc`, also the body CRC, the topic name and the
-/// properties' final separator: what recovery needs to reject a torn tail.
+/// properties. With `check_crc`, also the body CRC and
+/// [`Record::semantic_problem`]: everything the append path guarantees.
 pub fn decode_record(buf: &[u8], check_crc: bool) -> Result<Record<'_>, MessageError> {
+    let record = decode_intact(buf, check_crc)?;
+    if check_crc {
+        if let Some(why) = record.semantic_problem() {
+            return Err(MessageError::Malformed(why));
+        }
+    }
+    Ok(record)
+}
+
+/// Decodes one record and checks its structure and, with `check_crc`, its
+/// body CRC, but not [`Record::semantic_problem`]: whether the record is
+/// intact as bytes, which is what decides that recovery keeps it.
+pub fn decode_intact(buf: &[u8], check_crc: bool) -> Result<Record<'_>, MessageError> {
     let mut c = Cursor { buf, pos: 0 };
     let total = c.i32()?;
     if total <= 0 || total as usize > buf.len() {
@@ -562,18 +625,8 @@ pub fn decode_record(buf: &[u8], check_crc: bool) -> Result<Record<'_>, MessageE
         topic,
         properties,
     };
-    if check_crc {
-        if !record.crc_ok() {
-            return Err(MessageError::Malformed("body CRC mismatch"));
-        }
-        // A write torn at the tail leaves zeros where the topic or the
-        // properties' final separator should be; the CRC does not cover them.
-        if validate_topic(record.topic).is_err() {
-            return Err(MessageError::Malformed("topic is not a valid name"));
-        }
-        if !record.properties.is_empty() && !record.properties.ends_with(PROPERTY_SEPARATOR) {
-            return Err(MessageError::Malformed("properties do not end with a separator"));
-        }
+    if check_crc && !record.crc_ok() {
+        return Err(MessageError::Malformed("body CRC mismatch"));
     }
     Ok(record)
 }
@@ -754,5 +807,35 @@ mod tests {
             prop_assert_eq!(r.queue_offset, qoff);
             prop_assert_eq!(r.store_host, msg.store_host);
         }
+
+        /// One codec, one truth: whatever the append path encodes, recovery's
+        /// full check accepts; and any client string, made canonical as the
+        /// broker does, is encodable and keeps every pair upstream would keep.
+        #[test]
+        fn append_accepts_only_what_recovery_keeps(props in "[\\x00-\\x03a-zA-Z=/.\\u{80}-\\u{10ffff}]{0,60}",
+                                                    body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut buf = Vec::new();
+            let raw = sample("T", &body, &props, false);
+            match encode_record(&raw, 4096, &mut buf) {
+                Ok(_) => prop_assert!(decode_record(&buf, true).is_ok()),
+                Err(e) => prop_assert_eq!(e, MessageError::PropertiesUnterminated),
+            }
+            let canonical = canonical_properties(&props);
+            prop_assert!(properties_terminated(&canonical));
+            let kept: Vec<_> = properties(&props).collect();
+            prop_assert_eq!(properties(&canonical).collect::<Vec<_>>(), kept);
+            let msg = sample("T", &body, &canonical, false);
+            encode_record(&msg, 4096, &mut buf).unwrap();
+            prop_assert_eq!(decode_record(&buf, true).unwrap().properties, &*canonical);
+        }
+    }
+
+    #[test]
+    fn canonical_properties_drop_unpaired_pieces() {
+        assert_eq!(canonical_properties("TAGS"), "");
+        assert_eq!(canonical_properties("a\u{1}b"), "a\u{1}b\u{2}");
+        assert_eq!(canonical_properties("x\u{2}a\u{1}b\u{2}"), "a\u{1}b\u{2}");
+        assert!(matches!(canonical_properties("a\u{1}b\u{2}"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(canonical_properties(""), std::borrow::Cow::Borrowed(_)));
     }
 }

@@ -121,7 +121,15 @@ pub struct ScanEnd {
     pub end_offset: u64,
     /// Why the scan stopped before the written data ended, if it did.
     pub damage: Option<String>,
+    /// Intact records (size, magic, body CRC, own offset) that fail a check
+    /// the append path makes today, kept in place: (offset, why), at most
+    /// [`KEPT_REPORT_MAX`] of them; readers skip what they cannot use.
+    pub kept_damaged: Vec<(u64, String)>,
 }
+
+/// Most kept-but-damaged records one recovery names (the rest are counted
+/// in the log only).
+pub const KEPT_REPORT_MAX: usize = 100;
 
 impl CommitLog {
     /// Opens the commit log in `dir`, validates records from the segment
@@ -607,7 +615,7 @@ impl CommitLog {
             match message::probe(&bytes[at..]) {
                 // The writer's own rule: a record leaves room for a blank marker.
                 Probe::Record(size) if rel + size as u64 + BLANK_MIN_LEN as u64 <= seg.size() => {
-                    let rec = message::decode_record(bytes.get(at..at + size).unwrap_or(&[]), true)?;
+                    let rec = message::decode_intact(bytes.get(at..at + size).unwrap_or(&[]), true)?;
                     if !valid_queue_id(rec.queue_id) {
                         return Err(StoreError::InvalidMessage(MessageError::QueueIdIllegal {
                             queue_id: rec.queue_id,
@@ -667,7 +675,7 @@ impl CommitLog {
                 Probe::Record(size) => self
                     .read(offset, size)
                     .ok()
-                    .and_then(|b| message::decode_record(&b, true).ok().map(|r| r.physical_offset as u64 == offset))
+                    .and_then(|b| message::decode_intact(&b, true).ok().map(|r| r.physical_offset as u64 == offset))
                     .unwrap_or(false),
                 _ => false,
             };
@@ -862,40 +870,109 @@ pub fn now_ms() -> i64 {
 
 /// Validates records from the segment holding `from` onwards; returns the
 /// offset past the last intact record and why it stopped early, if it did.
+///
+/// Only a torn tail is cut. A record intact as bytes (size, magic, body CRC,
+/// its own offset, a queue id the writer could give) that fails a semantic
+/// check ([`message::Record::semantic_problem`]: older builds appended such
+/// records) is kept when a valid record or the segment's end follows it, or
+/// when its bytes show no sign of a torn write; only at the tail, ending in
+/// zeros, is it taken for a torn write and cut.
 pub fn scan(segments: &[Arc<Segment>], from: u64) -> ScanEnd {
     let first = segments.partition_point(|s| s.end_offset() <= from).min(segments.len().saturating_sub(1));
-    let Some(start) = segments.get(first) else { return ScanEnd { end_offset: 0, damage: None } };
-    let mut end = start.start_offset();
+    let mut out = ScanEnd { end_offset: 0, damage: None, kept_damaged: Vec::new() };
+    let Some(start) = segments.get(first) else { return out };
+    out.end_offset = start.start_offset();
     for (i, seg) in segments.iter().enumerate().skip(first) {
         let mut pos = 0u64;
         loop {
-            end = seg.start_offset() + pos;
-            if pos + BLANK_MIN_LEN as u64 > seg.size() {
-                return ScanEnd { end_offset: end, damage: Some("record runs into the segment end".into()) };
-            }
-            let head = seg.read(pos, BLANK_MIN_LEN);
-            match message::probe(&head) {
-                Probe::Record(size) if pos + size as u64 + BLANK_MIN_LEN as u64 <= seg.size() => {
-                    let bytes = seg.read(pos, size);
-                    match message::decode_record(&bytes, true) {
-                        Ok(rec) if rec.physical_offset as u64 == end && valid_queue_id(rec.queue_id) => {
-                            pos += size as u64
-                        }
-                        Ok(_) => return ScanEnd { end_offset: end, damage: Some(format!("stale record at {end}")) },
-                        Err(e) => return ScanEnd { end_offset: end, damage: Some(format!("{e} at {end}")) },
+            out.end_offset = seg.start_offset() + pos;
+            match scan_one(seg, pos, i + 1 < segments.len()) {
+                Step::Record(size) => pos += size,
+                Step::Kept(size, why) => {
+                    tracing::warn!(offset = out.end_offset, reason = why, "recovery kept an intact record that readers skip");
+                    if out.kept_damaged.len() < KEPT_REPORT_MAX {
+                        out.kept_damaged.push((out.end_offset, why.to_string()));
                     }
+                    pos += size;
                 }
-                Probe::Record(_) => {
-                    return ScanEnd { end_offset: end, damage: Some(format!("record size out of range at {end}")) }
+                Step::NextSegment => break,
+                Step::End(None) => return out,
+                Step::End(Some(at_end)) => {
+                    out.end_offset = at_end;
+                    return out;
                 }
-                Probe::Blank if i + 1 < segments.len() => break,
-                Probe::Blank => return ScanEnd { end_offset: seg.end_offset(), damage: None },
-                Probe::End => return ScanEnd { end_offset: end, damage: None },
-                Probe::Invalid => {
-                    return ScanEnd { end_offset: end, damage: Some(format!("bad record header at {end}")) }
+                Step::Damage(why) => {
+                    out.damage = Some(format!("{why} at {}", out.end_offset));
+                    return out;
                 }
             }
         }
     }
-    ScanEnd { end_offset: end, damage: None }
+    out
+}
+
+/// What the scan found at one position of a segment.
+enum Step {
+    /// An intact record of this size.
+    Record(u64),
+    /// An intact record that fails a semantic check but is not a torn tail.
+    Kept(u64, &'static str),
+    /// The segment's blank marker, with segments after it.
+    NextSegment,
+    /// The written data ends here, or (`Some`) at this offset.
+    End(Option<u64>),
+    /// A torn or corrupt record: the log is cut here.
+    Damage(String),
+}
+
+fn scan_one(seg: &Segment, pos: u64, more_segments: bool) -> Step {
+    let offset = seg.start_offset() + pos;
+    if pos + BLANK_MIN_LEN as u64 > seg.size() {
+        return Step::Damage("record runs into the segment end".into());
+    }
+    match message::probe(&seg.read(pos, BLANK_MIN_LEN)) {
+        Probe::Record(size) if pos + size as u64 + BLANK_MIN_LEN as u64 <= seg.size() => {
+            let bytes = seg.read(pos, size);
+            match message::decode_intact(&bytes, true) {
+                Ok(rec) if rec.physical_offset as u64 == offset && valid_queue_id(rec.queue_id) => {
+                    match rec.semantic_problem() {
+                        None => Step::Record(size as u64),
+                        Some(why) if !looks_torn(&bytes) || followed_by_data(seg, pos + size as u64) => {
+                            Step::Kept(size as u64, why)
+                        }
+                        Some(why) => Step::Damage(why.to_string()),
+                    }
+                }
+                Ok(_) => Step::Damage("stale record".into()),
+                Err(e) => Step::Damage(e.to_string()),
+            }
+        }
+        Probe::Record(_) => Step::Damage("record size out of range".into()),
+        Probe::Blank if more_segments => Step::NextSegment,
+        Probe::Blank => Step::End(Some(seg.end_offset())),
+        Probe::End => Step::End(None),
+        Probe::Invalid => Step::Damage("bad record header".into()),
+    }
+}
+
+/// A write torn by a power loss leaves the record's last bytes (where the
+/// topic and properties are) as the zeros the segment was created with.
+fn looks_torn(record: &[u8]) -> bool {
+    record.last().is_none_or(|b| *b == 0)
+}
+
+/// Whether an intact record or a blank marker starts at `pos`: then the
+/// record before it was not the last one written.
+fn followed_by_data(seg: &Segment, pos: u64) -> bool {
+    if pos + BLANK_MIN_LEN as u64 > seg.size() {
+        return false;
+    }
+    match message::probe(&seg.read(pos, BLANK_MIN_LEN)) {
+        Probe::Blank => true,
+        Probe::Record(size) if pos + size as u64 <= seg.size() => {
+            let bytes = seg.read(pos, size);
+            message::decode_intact(&bytes, true).is_ok_and(|r| r.physical_offset as u64 == seg.start_offset() + pos)
+        }
+        _ => false,
+    }
 }

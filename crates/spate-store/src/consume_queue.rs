@@ -371,10 +371,25 @@ impl ConsumeQueueTable {
         if let Some(cq) = self.get(topic, queue_id) {
             return Ok(cq);
         }
-        let dir = self.root.join(topic).join(queue_id.to_string());
+        let dir = self.topic_dir(topic)?.join(queue_id.to_string());
         let cq = Arc::new(ConsumeQueue::open(topic, queue_id, dir, self.file_size)?);
         let mut queues = self.queues.write();
         Ok(queues.entry(topic.to_string()).or_default().entry(queue_id).or_insert(cq).clone())
+    }
+
+    /// The directory of a topic's queues. The name must be a valid topic
+    /// name (no separator, no `..`), and the path is checked once more to
+    /// be a direct child of the root: nothing a client names may become a
+    /// path elsewhere.
+    fn topic_dir(&self, topic: &str) -> Result<PathBuf> {
+        spate_common::message::validate_topic(topic)?;
+        let dir = self.root.join(topic);
+        if dir.parent() != Some(self.root.as_path()) || dir.file_name() != Some(std::ffi::OsStr::new(topic)) {
+            return Err(StoreError::InvalidMessage(spate_common::message::MessageError::TopicIllegal {
+                topic: topic.to_string(),
+            }));
+        }
+        Ok(dir)
     }
 
     /// Every queue.
@@ -398,8 +413,8 @@ impl ConsumeQueueTable {
 
     /// Removes a topic's queues and their files.
     pub fn delete_topic(&self, topic: &str) -> Result<()> {
+        let dir = self.topic_dir(topic)?;
         self.queues.write().remove(topic);
-        let dir = self.root.join(topic);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(&dir, e)),
             _ => Ok(()),
@@ -413,6 +428,22 @@ mod tests {
 
     fn unit(phys: u64) -> CqUnit {
         CqUnit { physical_offset: phys, size: 100, tags_code: 7 }
+    }
+
+    #[test]
+    fn names_never_become_paths_outside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cq");
+        let outside = dir.path().join("canary");
+        std::fs::create_dir_all(outside.join("inner")).unwrap();
+        let table = ConsumeQueueTable::open(&root, 4 * UNIT_SIZE).unwrap();
+        for name in ["../canary", "/abs", outside.to_str().unwrap(), "..", ".", "a/b", ""] {
+            assert!(table.delete_topic(name).is_err(), "{name:?} accepted for deletion");
+            assert!(table.get_or_create(name, 0).is_err(), "{name:?} accepted for creation");
+        }
+        assert!(outside.join("inner").is_dir(), "canary directory survived");
+        table.get_or_create("T", 0).unwrap();
+        table.delete_topic("T").unwrap();
     }
 
     #[test]

@@ -157,6 +157,12 @@ impl Dispatcher {
             tracing::error!(offset, queue_id = rec.queue_id, "record with an impossible queue id not dispatched");
             return Ok(());
         }
+        // Only an older build could have appended it; its name must never
+        // become a consume-queue path.
+        if message::validate_topic(rec.topic).is_err() {
+            tracing::error!(offset, "record whose topic is not a valid name not dispatched");
+            return Ok(());
+        }
         let tags_code = message::queue_tags_code(rec.topic, rec.properties);
         let unit = CqUnit { physical_offset: offset, size: rec.total_size as u32, tags_code };
         self.queues.get_or_create(rec.topic, rec.queue_id)?.put(rec.queue_offset, unit)?;

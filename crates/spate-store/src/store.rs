@@ -135,11 +135,18 @@ pub struct RecoveryReport {
     pub end_offset: u64,
     /// What was cut from the tail, if anything.
     pub damage: Option<String>,
+    /// Intact records kept in place that fail a check appends make now
+    /// (offset, why); readers skip what they cannot use.
+    pub kept_damaged: Vec<(u64, String)>,
     /// Where validation started.
     pub scanned_from: u64,
     /// Where re-dispatch started.
     pub redispatched_from: u64,
 }
+
+/// How long [`MessageStore::read_record`] waits for a just-written record to
+/// reach its consume queue (dispatch runs microseconds behind appends).
+pub const READ_RECORD_DISPATCH_WAIT: Duration = Duration::from_millis(500);
 
 struct Inner {
     config: StoreConfig,
@@ -273,6 +280,7 @@ impl MessageStore {
             after_crash,
             end_offset: end,
             damage: scan.damage,
+            kept_damaged: scan.kept_damaged,
             scanned_from: scan_from,
             redispatched_from: redispatch_from,
         };
@@ -614,9 +622,29 @@ impl MessageStore {
         }
     }
 
-    /// The stored record at `physical_offset` (view by offset message id).
+    /// The stored record at `physical_offset` (view by offset message id,
+    /// send-back, a transaction's half). The offset comes from a client, so
+    /// it is checked to be a record's start, not bytes inside a body that
+    /// look like one: the record must be intact (body CRC), name its own
+    /// offset, and be the one its consume queue's unit points at. A record
+    /// above the dispatched offset is waited for up to
+    /// [`READ_RECORD_DISPATCH_WAIT`]. Blocking.
     pub fn read_record(&self, physical_offset: u64) -> Result<Vec<u8>> {
-        self.inner.commit_log.read_record(physical_offset)
+        let bytes = self.inner.commit_log.read_record(physical_offset)?;
+        let not_here = |reason| StoreError::BadOffset { offset: physical_offset, reason };
+        let rec = message::decode_intact(&bytes, true).map_err(|_| not_here("no intact record starts here"))?;
+        if rec.physical_offset as u64 != physical_offset {
+            return Err(not_here("no record starts here"));
+        }
+        let deadline = Instant::now() + READ_RECORD_DISPATCH_WAIT;
+        while self.dispatched_offset() <= physical_offset && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let unit = self.consume_queue(rec.topic, rec.queue_id).and_then(|cq| cq.get(rec.queue_offset));
+        if unit.is_none_or(|u| u.physical_offset != physical_offset) {
+            return Err(not_here("no record starts here"));
+        }
+        Ok(bytes)
     }
 
     /// Messages of `topic` whose `KEYS` contain `key` or whose unique id is

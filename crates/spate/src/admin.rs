@@ -65,6 +65,12 @@ enum Noun {
         #[command(subcommand)]
         verb: DlqVerb,
     },
+    /// Messages a background deliverer (delay, timer, transaction) could
+    /// not deliver and set aside, with why.
+    Undeliverable {
+        #[command(subcommand)]
+        verb: UndeliverableVerb,
+    },
     /// Replica groups: roles, offsets, replication lag and mode, epochs.
     Ha {
         #[command(subcommand)]
@@ -295,6 +301,17 @@ enum MessageVerb {
 }
 
 #[derive(Subcommand)]
+enum UndeliverableVerb {
+    /// Every set-aside message: where it was going, which deliverer set it
+    /// aside and why.
+    List {
+        /// Most messages per broker.
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+    },
+}
+
+#[derive(Subcommand)]
 enum DlqVerb {
     /// The group's dead letters, with their original topic, message id and
     /// reconsume count.
@@ -402,6 +419,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         Noun::Group { verb } => group(&admin, verb).await?,
         Noun::Message { verb } => message(&admin, verb).await?,
         Noun::Dlq { verb } => dlq(&admin, verb).await?,
+        Noun::Undeliverable { verb: UndeliverableVerb::List { max } } => undeliverable(&admin, max).await?,
         Noun::Limit { verb } => limit(&admin, verb).await?,
         Noun::Ha { verb: HaVerb::Status { cluster } } => ha_status(&admin, cluster.as_deref()).await?,
         Noun::Ha { verb: HaVerb::Groups { zk } } => ha_groups(&zk).await?,
@@ -843,6 +861,25 @@ async fn range_records(admin: &Admin, topic: &str, begin: i64, end: i64, max: us
         }
     }
     Ok(found)
+}
+
+/// `admin undeliverable list`.
+async fn undeliverable(admin: &Admin, max: usize) -> Result<Output> {
+    let topic = spate_broker::undeliverable::UNDELIVERABLE_TOPIC;
+    let aside = range_records(admin, topic, 0, i64::MAX, max).await.with_context(|| format!("reading {topic}"))?;
+    let rows: Vec<Value> = aside
+        .iter()
+        .filter_map(|(_, raw)| decode_record(raw, false).ok())
+        .map(|r| {
+            let mut v = describe(&r);
+            v["real_topic"] = json!(r.property("REAL_TOPIC"));
+            v["from"] = json!(r.property(spate_broker::undeliverable::SOURCE_PROPERTY));
+            v["reason"] = json!(r.property(spate_broker::undeliverable::REASON_PROPERTY));
+            v
+        })
+        .collect();
+    let table = message_table(&rows);
+    Ok((json!(rows), table))
 }
 
 /// `admin dlq list` / `admin dlq resend`.

@@ -1,0 +1,104 @@
+//! Name rules applied where a name enters the broker: which topics a
+//! client may write, which group names are accepted, and which names read
+//! back from a stored message's properties may be used as a destination.
+//!
+//! Every topic and group name that reaches the store or the tables has
+//! passed `spate_common::message::validate_topic` (letters, digits, `%|_-`,
+//! at most 127 characters), so no name can become a path elsewhere.
+
+use spate_common::message::{self, TIMER_TOPIC, TOPIC_MAX_LEN};
+use spate_remoting::protocol::{DLQ_GROUP_TOPIC_PREFIX, RETRY_GROUP_TOPIC_PREFIX};
+
+use crate::schedule::SCHEDULE_TOPIC;
+use crate::transaction::{CHECK_MAX_TOPIC, HALF_TOPIC, OP_TOPIC};
+
+/// Where background deliverers (delay, timer, transaction check) put a
+/// message they cannot deliver, so it never blocks the ones behind it.
+/// Read with `spate admin undeliverable list`; counted in
+/// `spate_undeliverable_messages_total`.
+pub const UNDELIVERABLE_TOPIC: &str = "RMQ_SYS_SPATE_UNDELIVERABLE";
+
+/// The message-trace topic, which RocketMQ clients write directly.
+pub const TRACE_TOPIC: &str = "RMQ_SYS_TRACE_TOPIC";
+
+/// Longest group name: its retry topic (`%RETRY%` + name) must still be a
+/// valid topic name.
+pub const GROUP_MAX_LEN: usize = TOPIC_MAX_LEN - RETRY_GROUP_TOPIC_PREFIX.len();
+
+/// Checks a producer or consumer group name.
+pub fn validate_group(group: &str) -> Result<(), String> {
+    if group.len() > GROUP_MAX_LEN || message::validate_topic(group).is_err() {
+        return Err(format!(
+            "invalid group name `{}`: letters, digits, %|_- only, 1 to {GROUP_MAX_LEN} characters",
+            group.chars().take(GROUP_MAX_LEN + 1).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a client may send to `topic` directly. The broker's own system
+/// topics are written only by the broker: halves, delays and timers are
+/// moved there from their real topic, resolutions and dead letters by the
+/// broker's own requests (upstream forbids the same set). A retry topic may
+/// be written by a client only for a group this broker knows (the stock
+/// clients' send-back fallback); the caller checks that.
+pub fn client_may_send(topic: &str) -> Result<(), String> {
+    let reserved = topic == SCHEDULE_TOPIC
+        || topic == TIMER_TOPIC
+        || topic == HALF_TOPIC
+        || topic == OP_TOPIC
+        || topic == CHECK_MAX_TOPIC
+        || topic == UNDELIVERABLE_TOPIC
+        || topic.starts_with(DLQ_GROUP_TOPIC_PREFIX)
+        || (topic.starts_with("RMQ_SYS_") && topic != TRACE_TOPIC)
+        || topic.starts_with("rmq_sys_");
+    if reserved {
+        return Err(format!("sending message to topic[{topic}] is forbidden: it is a system topic"));
+    }
+    Ok(())
+}
+
+/// A destination topic read back from a stored message's properties
+/// (`REAL_TOPIC`, `RETRY_TOPIC`): usable only if it is a valid name a
+/// client could have sent to.
+pub fn stored_destination(topic: Option<&str>) -> Result<&str, String> {
+    let topic = topic.ok_or_else(|| "no destination topic in the message's properties".to_string())?;
+    message::validate_topic(topic).map_err(|e| format!("destination topic is not usable: {e}"))?;
+    if topic.starts_with(RETRY_GROUP_TOPIC_PREFIX) {
+        return Ok(topic);
+    }
+    client_may_send(topic)?;
+    Ok(topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_topics_are_closed_to_clients() {
+        for t in [SCHEDULE_TOPIC, TIMER_TOPIC, HALF_TOPIC, OP_TOPIC, CHECK_MAX_TOPIC, "%DLQ%g", "RMQ_SYS_X", "rmq_sys_x"] {
+            assert!(client_may_send(t).is_err(), "{t} open to clients");
+        }
+        for t in ["Orders", TRACE_TOPIC, "%RETRY%g", "TBW102"] {
+            assert!(client_may_send(t).is_ok(), "{t} closed to clients");
+        }
+    }
+
+    #[test]
+    fn stored_destinations_must_be_names_a_client_could_send_to() {
+        for bad in [None, Some("/abs/path"), Some("../../x"), Some(""), Some(SCHEDULE_TOPIC), Some("%DLQ%g")] {
+            assert!(stored_destination(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(stored_destination(Some("Orders")), Ok("Orders"));
+        assert_eq!(stored_destination(Some("%RETRY%g")), Ok("%RETRY%g"));
+    }
+
+    #[test]
+    fn group_names_leave_room_for_their_retry_topic() {
+        assert!(validate_group(&"g".repeat(GROUP_MAX_LEN)).is_ok());
+        assert!(validate_group(&"g".repeat(GROUP_MAX_LEN + 1)).is_err());
+        assert!(validate_group("a/b").is_err());
+        assert!(message::validate_topic(&format!("%RETRY%{}", "g".repeat(GROUP_MAX_LEN))).is_ok());
+    }
+}
