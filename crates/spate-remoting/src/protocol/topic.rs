@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::perm;
 
+/// Most read or write queues a topic may have on one broker: the broker
+/// refuses to create more, and the name server refuses to route more.
+pub const MAX_QUEUE_NUMS: i32 = 1024;
+
 /// One topic's configuration on a broker (`TopicConfig` upstream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
