@@ -49,7 +49,9 @@ impl TopicConfig {
     }
 }
 
-/// Version stamp of a broker's topic table; the name server skips unchanged ones.
+/// Version stamp of a broker's topic table. Spate's name server does not trust
+/// it to skip work: a name-server-side change (a deletion, a namesake's
+/// registration) leaves the broker's version alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DataVersion {
