@@ -133,6 +133,8 @@ pub fn update_broker_config(state: &Arc<BrokerState>, req: &RemotingCommand) -> 
     let perm_changed = updated.broker_permission != state.config.read().broker_permission;
     *state.config.write() = updated;
     if perm_changed {
+        // Registered topic perms are masked with it: register now, so routes
+        // show it at once rather than after registerNameServerPeriod.
         state.topics_changed();
     }
     Ok(RemotingCommand::success(req))

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use spate_remoting::protocol::RegisterBrokerBody;
+use spate_remoting::protocol::{perm, RegisterBrokerBody};
 use spate_remoting::{request, response, ClientConfig, RemotingClient, RemotingCommand};
 
 use crate::BrokerState;
@@ -30,9 +30,8 @@ pub fn spawn(state: Arc<BrokerState>) -> tokio::task::JoinHandle<()> {
 fn registration(state: &BrokerState) -> RemotingCommand {
     let cfg = state.config.read();
     let mut topics = state.topics.snapshot();
-    // A broker without write permission advertises its topics read-only.
     for tc in topics.topic_config_table.values_mut() {
-        tc.perm &= cfg.broker_permission | spate_remoting::protocol::perm::INHERIT;
+        tc.perm = advertised_perm(tc.perm, cfg.broker_permission);
     }
     let body = RegisterBrokerBody { topic_config_serialize_wrapper: topics, filter_server_list: Vec::new() };
     RemotingCommand::request(request::REGISTER_BROKER)
@@ -43,6 +42,19 @@ fn registration(state: &BrokerState) -> RemotingCommand {
         .with("haServerAddr", format!("{}:{}", cfg.broker_ip1, cfg.ha_port()))
         .with("compressed", false)
         .with_body(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// The perm a topic is registered with. As upstream does, a broker that is
+/// not both readable and writable masks every topic's perm with its
+/// `brokerPermission`, so routes show a read-only broker as read-only and
+/// producers stop choosing its queues; a full-permission broker sends each
+/// topic's own bits (PRIORITY and INHERIT included) unchanged.
+fn advertised_perm(topic_perm: i32, broker_permission: i32) -> i32 {
+    if perm::readable(broker_permission) && perm::writeable(broker_permission) {
+        topic_perm
+    } else {
+        topic_perm & broker_permission
+    }
 }
 
 async fn register_all(state: &Arc<BrokerState>, client: &RemotingClient) {
@@ -87,5 +99,20 @@ pub async fn unregister_all(state: &BrokerState) {
         if let Err(e) = client.invoke(&addr, req.clone(), Duration::from_secs(1)).await {
             tracing::debug!(namesrv = %addr, error = %e, "unregister failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_permission_masks_each_topic_perm_unless_read_write() {
+        let rw = perm::READ | perm::WRITE;
+        assert_eq!(advertised_perm(rw, perm::READ), perm::READ);
+        assert_eq!(advertised_perm(rw, perm::WRITE), perm::WRITE);
+        assert_eq!(advertised_perm(perm::READ, perm::WRITE), 0);
+        assert_eq!(advertised_perm(rw | perm::PRIORITY, rw), rw | perm::PRIORITY);
+        assert_eq!(advertised_perm(perm::READ, rw), perm::READ, "a read-only topic stays read-only");
     }
 }

@@ -12,8 +12,9 @@ use spate_remoting::protocol::{
 use crate::error::BrokerError;
 use crate::persist;
 
-/// Most queues a topic may have on one broker.
-pub const MAX_QUEUE_NUMS: i32 = 1024;
+/// Most queues a topic may have on one broker (shared with the name server,
+/// which refuses to route more).
+pub use spate_remoting::protocol::MAX_QUEUE_NUMS;
 /// Most topics one broker holds: each queue costs files and mappings, and
 /// the whole table must fit one REGISTER_BROKER frame (16 MiB, ~170 bytes a topic).
 pub const MAX_TOPICS: usize = 50_000;

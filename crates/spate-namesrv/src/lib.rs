@@ -199,20 +199,54 @@ impl Processor {
             topics: body.topic_config_serialize_wrapper,
             connection_id: conn.id(),
         };
+        let checked = match reg.check() {
+            Ok(checked) => checked,
+            Err(e) => {
+                tracing::warn!(error = %e, "registration refused");
+                return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e.to_string()));
+            }
+        };
+        let remark = skipped_remark(checked.skipped());
+        if let Some(remark) = &remark {
+            tracing::warn!(
+                broker = req.field("brokerName").unwrap_or_default(),
+                addr = req.field("brokerAddr").unwrap_or_default(),
+                skipped = remark.as_str(),
+                "registration carried topics that cannot be routed; the rest are routed"
+            );
+        }
         if conn.is_closed() {
             // Its close already removed this broker; do not bring it back.
             return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, "connection closed during registration"));
         }
         let mut routes = self.routes.write();
-        if routes.live_broker_count() >= routes::MAX_LIVE_BROKERS && !routes.is_live(&reg.broker_addr) {
+        if routes.live_broker_count() >= routes::MAX_LIVE_BROKERS && !routes.is_live(req.str_field("brokerAddr")?) {
             return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, "the name server's broker table is full"));
         }
-        let answer = routes.register(reg, Instant::now());
+        let answer = routes.register(checked, Instant::now());
         drop(routes);
-        Ok(RemotingCommand::success(req)
+        let mut resp = RemotingCommand::success(req)
             .with_opt("masterAddr", answer.master_addr)
-            .with_opt("haServerAddr", answer.ha_server_addr))
+            .with_opt("haServerAddr", answer.ha_server_addr);
+        resp.remark = remark;
+        Ok(resp)
     }
+}
+
+/// Skipped topics named in a registration's answer and log line, at most this many.
+const SKIPPED_TOPICS_NAMED_MAX: usize = 10;
+
+/// The skipped entries as one line (the broker still succeeds: its other
+/// topics are routed, and it logs nothing on success, so this is for operators).
+fn skipped_remark(skipped: &[routes::SkippedTopic]) -> Option<String> {
+    if skipped.is_empty() {
+        return None;
+    }
+    let named: Vec<String> =
+        skipped.iter().take(SKIPPED_TOPICS_NAMED_MAX).map(|s| format!("{}: {}", s.topic, s.reason)).collect();
+    let more = skipped.len().saturating_sub(SKIPPED_TOPICS_NAMED_MAX);
+    let tail = if more > 0 { format!("; and {more} more") } else { String::new() };
+    Some(format!("{} topic(s) not routed: {}{tail}", skipped.len(), named.join("; ")))
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {

@@ -18,6 +18,8 @@ pub mod perm {
     pub const READ: i32 = 1 << 2;
     pub const WRITE: i32 = 1 << 1;
     pub const INHERIT: i32 = 1;
+    /// Every defined bit: a perm with any other bit set is not one a broker sends.
+    pub const ALL: i32 = PRIORITY | READ | WRITE | INHERIT;
 
     pub fn readable(p: i32) -> bool {
         p & READ != 0

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::perm;
 
+/// Most read or write queues a topic may have on one broker: the broker
+/// refuses to create more, and the name server refuses to route more.
+pub const MAX_QUEUE_NUMS: i32 = 1024;
+
 /// One topic's configuration on a broker (`TopicConfig` upstream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -45,7 +49,9 @@ impl TopicConfig {
     }
 }
 
-/// Version stamp of a broker's topic table; the name server skips unchanged ones.
+/// Version stamp of a broker's topic table. Spate's name server does not trust
+/// it to skip work: a name-server-side change (a deletion, a namesake's
+/// registration) leaves the broker's version alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DataVersion {
