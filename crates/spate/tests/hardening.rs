@@ -194,8 +194,19 @@ async fn a_poison_message_never_stops_delayed_delivery() {
     let r = call(&c, &spate.broker(), delayed("after-restart")).await;
     assert_eq!(r.code, response::SUCCESS);
     delivered(2).await;
-    let metrics = spate.log_text();
-    assert!(metrics.contains("undeliverable message set aside"), "set-aside not logged");
+    assert!(spate.log_text().contains("undeliverable message set aside"), "set-aside not logged");
+    // An operator sees them, with where they were going and why.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["admin", "-n", &spate.namesrv(), "--json", "undeliverable", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().expect("a list");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[0]["real_topic"], "/abs/path");
+    assert_eq!(rows[0]["from"], "schedule");
+    assert!(rows[0]["reason"].as_str().is_some_and(|r| r.contains("destination")), "{:?}", rows[0]);
 }
 
 fn common_records(mut body: &[u8]) -> usize {
