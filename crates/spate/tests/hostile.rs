@@ -95,6 +95,9 @@ struct Acked {
     body_len: usize,
     /// Hash of the whole stored record at acknowledgement.
     raw_hash: u64,
+    /// The PGROUP and REAL_TOPIC properties it was stored with.
+    pgroup: Option<String>,
+    real_topic: Option<String>,
     /// A probe: its topic is never named by hostile requests, so it can be pulled too.
     probe_body: Option<Vec<u8>>,
     /// The request that stored it.
@@ -275,27 +278,33 @@ impl Hostile {
                 let addr = if to_namesrv { self.spate.namesrv() } else { self.spate.broker() };
                 self.call_and_record(label, cmd, &addr).await;
             }
-            Action::AtAcked { code, target, half_only, offset_delta, fields } => {
+            Action::AtAcked { code, target, half_only, own_group, offset_delta, fields } => {
                 let pool: Vec<&Acked> = self
                     .acked
                     .iter()
-                    .filter(|a| !half_only || a.topic == requests::HALF_TOPIC)
+                    // Probes stay out of reach: their checks assume nobody else touched them.
+                    .filter(|a| a.probe_body.is_none() && (!half_only || a.topic == requests::HALF_TOPIC))
                     .rev()
                     .take(64)
                     .collect();
-                let (phys, qo) = if pool.is_empty() {
-                    (0, 0)
-                } else {
-                    let a = pool[target.index(pool.len())];
-                    (a.phys as i64, a.queue_offset)
-                };
+                let picked = (!pool.is_empty()).then(|| pool[target.index(pool.len())]);
+                let (phys, qo) = picked.map_or((0, 0), |a| (a.phys as i64, a.queue_offset));
+                let group = picked.and_then(|a| a.pgroup.clone()).filter(|_| own_group);
+                let topic = picked.map(|a| a.real_topic.clone().unwrap_or_else(|| a.topic.clone())).unwrap_or_default();
                 let phys = phys.wrapping_add(offset_delta);
                 let mut cmd = RemotingCommand::request(code);
                 for (k, v) in fields {
                     cmd = cmd.with(&k, v);
                 }
                 cmd = match code {
-                    request::END_TRANSACTION => cmd.with("commitLogOffset", phys).with("tranStateTableOffset", qo),
+                    request::END_TRANSACTION => {
+                        let cmd = cmd.with("commitLogOffset", phys).with("tranStateTableOffset", qo);
+                        match group {
+                            Some(g) => cmd.with("producerGroup", g),
+                            None => cmd,
+                        }
+                    }
+                    request::DELETE_TOPIC_IN_BROKER => cmd.with("topic", topic),
                     _ => cmd.with("offset", phys),
                 };
                 let broker = self.spate.broker();
@@ -304,19 +313,27 @@ impl Hostile {
             Action::Raw { bytes } => {
                 let outcome = self.raw(&bytes).await;
                 *self.answers.entry(format!("raw:{outcome}")).or_default() += 1;
-                self.remember(format!("{label} raw frame {} bytes {:02x?}... -> {outcome}", bytes.len(), &bytes[..bytes.len().min(48)]));
+                self.remember(format!(
+                    "{label} raw frame {} bytes {:02x?}... -> {outcome}",
+                    bytes.len(),
+                    &bytes[..bytes.len().min(48)]
+                ));
             }
             Action::PullFlood { pulls } => {
                 let outcome = self.flood(pulls).await;
                 *self.answers.entry(format!("flood:{outcome}")).or_default() += 1;
-                self.remember(format!("{label} pull flood: {pulls} pulls of {} never read -> {outcome}", requests::FAT_TOPIC));
+                self.remember(format!(
+                    "{label} pull flood: {pulls} pulls of {} never read -> {outcome}",
+                    requests::FAT_TOPIC
+                ));
             }
         }
     }
 
     async fn call_and_record(&mut self, label: String, cmd: RemotingCommand, addr: &str) {
         let text = format!("{label} {}", describe(&cmd));
-        let send_code = matches!(cmd.code, request::SEND_MESSAGE | request::SEND_MESSAGE_V2 | request::SEND_BATCH_MESSAGE);
+        let send_code =
+            matches!(cmd.code, request::SEND_MESSAGE | request::SEND_MESSAGE_V2 | request::SEND_BATCH_MESSAGE);
         let single_body = (cmd.code != request::SEND_BATCH_MESSAGE).then(|| cmd.body.to_vec());
         let outcome = self.invoke(addr, cmd).await;
         match &outcome {
@@ -345,30 +362,50 @@ impl Hostile {
                 bad.push(format!("acknowledged with msgId {id:?}, which is not an offset message id"));
                 continue;
             };
-            match self.view(phys).await {
-                Ok(raw) => match decode_record(&raw, true) {
-                    Ok(rec) => {
-                        if let Some(b) = sent_body.as_ref().filter(|b| **b != rec.body) {
-                            bad.push(format!("stored body ({} bytes) differs from the sent one ({} bytes)", rec.body.len(), b.len()));
-                        }
-                        self.acked.push(Acked {
-                            phys,
-                            topic: rec.topic.to_string(),
-                            queue_id: rec.queue_id,
-                            queue_offset: rec.queue_offset,
-                            body_len: rec.body.len(),
-                            raw_hash: hash(&raw),
-                            probe_body: None,
-                            request: format!("{request} [message {i}]"),
-                        });
+            let raw = match self.view(phys).await {
+                Ok(raw) => raw,
+                Err(e) => {
+                    bad.push(format!("cannot be read back at offset {phys}: {e}"));
+                    continue;
+                }
+            };
+            // Remembered even when it does not decode: a check after the
+            // next restart shows what such a record does to the log.
+            let mut a = Acked {
+                phys,
+                topic: String::new(),
+                queue_id: -1,
+                queue_offset: -1,
+                body_len: 0,
+                raw_hash: hash(&raw),
+                pgroup: None,
+                real_topic: None,
+                probe_body: None,
+                request: format!("{request} [message {i}]"),
+            };
+            match decode_record(&raw, true) {
+                Ok(rec) => {
+                    if let Some(b) = sent_body.as_ref().filter(|b| **b != rec.body) {
+                        bad.push(format!(
+                            "stored body ({} bytes) differs from the sent one ({} bytes)",
+                            rec.body.len(),
+                            b.len()
+                        ));
                     }
-                    Err(e) => bad.push(format!("record at offset {phys} does not decode: {e}")),
-                },
-                Err(e) => bad.push(format!("cannot be read back at offset {phys}: {e}")),
+                    (a.topic, a.queue_id, a.queue_offset, a.body_len) =
+                        (rec.topic.to_string(), rec.queue_id, rec.queue_offset, rec.body.len());
+                    a.pgroup = rec.property("PGROUP").map(str::to_string);
+                    a.real_topic = rec.property("REAL_TOPIC").map(str::to_string);
+                }
+                Err(e) => bad.push(format!("the record stored at offset {phys} does not decode: {e}")),
             }
+            self.acked.push(a);
         }
         for b in bad {
-            self.violate(vec![Violation { invariant: "2 acknowledged messages are intact", detail: format!("just acknowledged: {b}") }]);
+            self.violate(vec![Violation {
+                invariant: "2 acknowledged messages are intact",
+                detail: format!("just acknowledged by {request}: {b}"),
+            }]);
         }
     }
 
@@ -381,7 +418,8 @@ impl Hostile {
     }
 
     async fn raw(&self, bytes: &[u8]) -> &'static str {
-        let Ok(Ok(mut s)) = tokio::time::timeout(CALL_TIMEOUT, tokio::net::TcpStream::connect(self.spate.broker())).await
+        let Ok(Ok(mut s)) =
+            tokio::time::timeout(CALL_TIMEOUT, tokio::net::TcpStream::connect(self.spate.broker())).await
         else {
             return "connect failed";
         };
@@ -500,13 +538,33 @@ impl Hostile {
         let broker = self.spate.broker();
         let topic = format!("hostile_probe_{n}");
         let body = format!("probe {n}").into_bytes();
-        let bad = |detail: String| Violation { invariant: "1 a fresh client is served", detail: format!("{phase}: {detail}") };
-        let sent = tokio::time::timeout(CALL_TIMEOUT, fresh.invoke(&broker, send_req_with(&topic, 0, body.clone(), &[]), CALL_TIMEOUT)).await;
-        let r = match sent {
-            Ok(Ok(r)) if r.code == response::SUCCESS => r,
-            Ok(Ok(r)) => return vec![bad(format!("send to {topic} answered {} {:?}", r.code, r.remark))],
-            Ok(Err(e)) => return vec![bad(format!("send to {topic} failed: {e}"))],
-            Err(_) => return vec![bad(format!("send to {topic} not answered in {CALL_TIMEOUT:?}"))],
+        let bad = |detail: String| Violation {
+            invariant: "1 a fresh client is served",
+            detail: format!("{phase}: {detail}"),
+        };
+        // A busy broker may shed load for a moment (clients retry that); for 10 s it is not serving.
+        let busy_until = Instant::now() + Duration::from_secs(10);
+        let r = loop {
+            let sent = tokio::time::timeout(
+                CALL_TIMEOUT,
+                fresh.invoke(&broker, send_req_with(&topic, 0, body.clone(), &[]), CALL_TIMEOUT),
+            )
+            .await;
+            match sent {
+                Ok(Ok(r)) if r.code == response::SUCCESS => break r,
+                Ok(Ok(r)) if [response::SYSTEM_BUSY, response::FLOW_CONTROL].contains(&r.code) && Instant::now() < busy_until => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Ok(Ok(r)) if r.code == response::TOPIC_NOT_EXIST => {
+                    return vec![bad(format!(
+                        "send to the new topic {topic} answered TOPIC_NOT_EXIST {:?}: topics are no longer auto-created (did a request above delete or change TBW102?)",
+                        r.remark
+                    ))]
+                }
+                Ok(Ok(r)) => return vec![bad(format!("send to {topic} answered {} {:?}", r.code, r.remark))],
+                Ok(Err(e)) => return vec![bad(format!("send to {topic} failed: {e}"))],
+                Err(_) => return vec![bad(format!("send to {topic} not answered in {CALL_TIMEOUT:?}"))],
+            }
         };
         let qo: i64 = r.field("queueOffset").and_then(|q| q.parse().ok()).unwrap_or(-1);
         match self.pull_body(&fresh, &topic, qo).await {
@@ -523,9 +581,12 @@ impl Hostile {
             let topic = format!("hostile_{kind}_{n}");
             let body = format!("{kind} probe {n}").into_bytes();
             match self.invoke(&broker, send_req_with(&topic, 0, body.clone(), &[props])).await {
-                Ok(r) if r.code == response::SUCCESS => {
-                    self.probes_due.push((topic.clone(), body, Instant::now(), format!("{kind} probe to {topic} ({props:?})")))
-                }
+                Ok(r) if r.code == response::SUCCESS => self.probes_due.push((
+                    topic.clone(),
+                    body,
+                    Instant::now(),
+                    format!("{kind} probe to {topic} ({props:?})"),
+                )),
                 Ok(r) => v.push(bad(format!("{kind} probe to {topic} answered {} {:?}", r.code, r.remark))),
                 Err(e) => v.push(bad(format!("{kind} probe to {topic}: {e}"))),
             }
@@ -536,12 +597,21 @@ impl Hostile {
     async fn pull_body(&self, client: &RemotingClient, topic: &str, offset: i64) -> Result<Vec<u8>, String> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let r = tokio::time::timeout(CALL_TIMEOUT, client.invoke(&self.spate.broker(), pull_req(topic, 0, offset, 0, "*").with("maxMsgNums", 1), CALL_TIMEOUT))
-                .await
-                .map_err(|_| "no answer in time".to_string())?
-                .map_err(|e| e.to_string())?;
+            let r = tokio::time::timeout(
+                CALL_TIMEOUT,
+                client.invoke(
+                    &self.spate.broker(),
+                    pull_req(topic, 0, offset, 0, "*").with("maxMsgNums", 1),
+                    CALL_TIMEOUT,
+                ),
+            )
+            .await
+            .map_err(|_| "no answer in time".to_string())?
+            .map_err(|e| e.to_string())?;
             if r.code == response::SUCCESS {
-                return decode_record(&r.body, true).map(|rec| rec.body.to_vec()).map_err(|e| format!("undecodable: {e}"));
+                return decode_record(&r.body, true)
+                    .map(|rec| rec.body.to_vec())
+                    .map_err(|e| format!("undecodable: {e}"));
             }
             if Instant::now() > deadline {
                 return Err(format!("pull answered {} {:?}", r.code, r.remark));
@@ -555,7 +625,8 @@ impl Hostile {
     async fn probes_arrived(&mut self, phase: &str) -> Vec<Violation> {
         let mut v = Vec::new();
         let due = std::mem::take(&mut self.probes_due);
-        let (mine, pending): (Vec<_>, Vec<_>) = due.into_iter().partition(|p| !p.0.ends_with(&format!("_{}", self.probe_seq + 1)));
+        let (mine, pending): (Vec<_>, Vec<_>) =
+            due.into_iter().partition(|p| !p.0.ends_with(&format!("_{}", self.probe_seq + 1)));
         self.probes_due = pending;
         let client = raw_client();
         for (topic, body, sent, what) in mine {
@@ -568,7 +639,10 @@ impl Hostile {
             };
             match result {
                 Ok(b) if b == body => {}
-                Ok(b) => v.push(Violation { invariant: "1 delayed delivery works", detail: format!("{phase}: {what} arrived with {} bytes, sent {}", b.len(), body.len()) }),
+                Ok(b) => v.push(Violation {
+                    invariant: "1 delayed delivery works",
+                    detail: format!("{phase}: {what} arrived with {} bytes, sent {}", b.len(), body.len()),
+                }),
                 Err(e) => v.push(Violation {
                     invariant: "1 delayed delivery works",
                     detail: format!("{phase}: {what} not in its topic {:?} after sending: {e}", sent.elapsed()),
@@ -608,7 +682,12 @@ impl Hostile {
             let why = match (why, &a.probe_body) {
                 (None, Some(body)) => match self.pull_body(&client, &a.topic, a.queue_offset).await {
                     Ok(b) if b == *body => None,
-                    Ok(b) => Some(format!("pull at queue offset {} returned {} bytes, not the probe's {}", a.queue_offset, b.len(), body.len())),
+                    Ok(b) => Some(format!(
+                        "pull at queue offset {} returned {} bytes, not the probe's {}",
+                        a.queue_offset,
+                        b.len(),
+                        body.len()
+                    )),
                     Err(e) => Some(format!("pull at queue offset {}: {e}", a.queue_offset)),
                 },
                 (why, _) => why,
@@ -633,7 +712,10 @@ impl Hostile {
             a.request
         );
         if let Some(b) = before {
-            detail.push_str(&format!("; the acknowledged message before it in the log (offset {}, topic {:?}) was stored by: {}", b.phys, b.topic, b.request));
+            detail.push_str(&format!(
+                "; the acknowledged message before it in the log (offset {}, topic {:?}) was stored by: {}",
+                b.phys, b.topic, b.request
+            ));
         }
         if self.settings.keep_going {
             let gone: std::collections::HashSet<usize> = lost.iter().map(|(i, _)| *i).collect();
@@ -670,8 +752,13 @@ impl Hostile {
             self.spate.kill9();
         }
         self.spate.restart();
-        self.remember(format!("--- {} restart after batch {} ---", if clean { "clean" } else { "kill -9" }, self.batch));
-        let phase = format!("after the {} restart following batch {}", if clean { "clean" } else { "kill -9" }, self.batch);
+        self.remember(format!(
+            "--- {} restart after batch {} ---",
+            if clean { "clean" } else { "kill -9" },
+            self.batch
+        ));
+        let phase =
+            format!("after the {} restart following batch {}", if clean { "clean" } else { "kill -9" }, self.batch);
         self.check(&phase, true).await;
     }
 
@@ -770,5 +857,10 @@ async fn hostile_clients_leave_acknowledged_data_and_the_host_intact() {
     eprintln!("hostile: requests tried by kind: {:?}", h.tried);
     eprintln!("hostile: answers: {:?}", h.answers);
     let _ = std::fs::remove_dir_all(&tmp_canary);
-    assert!(h.failures.is_empty(), "{} invariant checks failed (reports above):\n{}", h.failures.len(), h.failures.join("\n"));
+    assert!(
+        h.failures.is_empty(),
+        "{} invariant checks failed (reports above):\n{}",
+        h.failures.len(),
+        h.failures.join("\n")
+    );
 }

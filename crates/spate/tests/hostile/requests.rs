@@ -45,7 +45,16 @@ pub enum Action {
     /// A request aimed at an acknowledged message, filled in when run:
     /// `code` is END_TRANSACTION, CONSUMER_SEND_MSG_BACK or VIEW_MESSAGE_BY_ID;
     /// the header carries that message's offsets plus `offset_delta`.
-    AtAcked { code: i32, target: Index, half_only: bool, offset_delta: i64, fields: Vec<(String, String)> },
+    /// With `own_group`, END_TRANSACTION names the group the half was sent
+    /// with; DELETE_TOPIC_IN_BROKER deletes the message's REAL_TOPIC (or topic).
+    AtAcked {
+        code: i32,
+        target: Index,
+        half_only: bool,
+        own_group: bool,
+        offset_delta: i64,
+        fields: Vec<(String, String)>,
+    },
     /// Raw bytes on a throwaway connection.
     Raw { bytes: Vec<u8> },
     /// Pulls of the fat topic written back to back on a connection that
@@ -152,11 +161,8 @@ fn group() -> BoxedStrategy<String> {
 fn pair(t: &Targets) -> BoxedStrategy<(String, String)> {
     let s = |k: &'static str, v: BoxedStrategy<String>| v.prop_map(move |v| (k.to_string(), v)).boxed();
     let timer = || {
-        prop_oneof![
-            num(0..5000),
-            select(vec!["-1", "9223372036854775807", "1e3", "", "now"]).prop_map(str::to_string)
-        ]
-        .boxed()
+        prop_oneof![num(0..5000), select(vec!["-1", "9223372036854775807", "1e3", "", "now"]).prop_map(str::to_string)]
+            .boxed()
     };
     prop_oneof![
         3 => s("TAGS", prop_oneof![Just("a".to_string()), text(8)].boxed()),
@@ -181,7 +187,8 @@ fn pair(t: &Targets) -> BoxedStrategy<(String, String)> {
 /// A `properties` header: mostly well-formed pairs, then the broken forms
 /// (no final 0x02, stray separators, very long).
 pub fn properties(t: &Targets) -> BoxedStrategy<String> {
-    let encode = |pairs: Vec<(String, String)>| pairs.iter().map(|(k, v)| format!("{k}\u{1}{v}\u{2}")).collect::<String>();
+    let encode =
+        |pairs: Vec<(String, String)>| pairs.iter().map(|(k, v)| format!("{k}\u{1}{v}\u{2}")).collect::<String>();
     prop_oneof![
         6 => vec(pair(t), 0..5).prop_map(encode),
         2 => (vec(pair(t), 0..4), text(24)).prop_map(move |(p, tail)| encode(p) + &tail),
@@ -236,21 +243,40 @@ fn crc32(b: &[u8]) -> u32 {
     b.iter().fold(0u32, |h, x| h.rotate_left(5) ^ u32::from(*x))
 }
 
+/// Numbers that parse (edges of the field's type included).
+fn int(small: std::ops::Range<i64>, edges: Vec<i64>) -> BoxedStrategy<String> {
+    prop_oneof![8 => small.prop_map(|n| n.to_string()), 1 => select(edges).prop_map(|n| n.to_string())].boxed()
+}
+
+/// A send: three in four with numbers that parse, so most are stored.
 fn send(t: &Targets) -> BoxedStrategy<Action> {
+    prop_oneof![3 => send_with(t, true), 1 => send_with(t, false)].boxed()
+}
+
+fn send_with(t: &Targets, plausible: bool) -> BoxedStrategy<Action> {
+    let i32_edges = vec![-1i64, i64::from(i32::MAX), i64::from(i32::MIN)];
+    let n32 = |small: std::ops::Range<i64>| if plausible { int(small, i32_edges.clone()) } else { num(small) };
+    let n64 = |small: std::ops::Range<i64>| {
+        if plausible {
+            int(small, vec![-1, i64::MAX, i64::MIN, 0])
+        } else {
+            num(small)
+        }
+    };
     let code = select(vec![r::SEND_MESSAGE, r::SEND_MESSAGE_V2, r::SEND_BATCH_MESSAGE]);
-    let queue = prop_oneof![8 => (0i64..4).prop_map(|n| n.to_string()), 1 => num(-3..20)];
+    let queue = prop_oneof![8 => (0i64..4).prop_map(|n| n.to_string()), 1 => n32(-3..20)];
     let fields = (
         group(),
         topic(t),
         prop_oneof![6 => Just("TBW102".to_string()), 1 => topic(t)],
-        prop_oneof![6 => Just("4".to_string()), 1 => num(-1..2000)],
+        prop_oneof![6 => Just("4".to_string()), 1 => n32(-1..2000)],
         queue,
-        prop_oneof![6 => Just("0".to_string()), 1 => (0i64..64).prop_map(|n| n.to_string()), 1 => num(0..1)],
-        num(0..2_000_000_000_000),
-        num(0..4),
+        prop_oneof![6 => Just("0".to_string()), 1 => (0i64..64).prop_map(|n| n.to_string()), 1 => n32(0..1)],
+        n64(0..2_000_000_000_000),
+        n32(0..4),
         properties(t),
-        prop_oneof![6 => Just("0".to_string()), 1 => num(0..20)],
-        proptest::option::weighted(0.2, num(0..20)),
+        prop_oneof![6 => Just("0".to_string()), 1 => n32(0..20)],
+        proptest::option::weighted(0.2, n32(0..20)),
         proptest::option::weighted(0.2, select(vec!["true", "false", "1"])),
     );
     (code, fields, body(), batch_body(t), any::<bool>(), vec(proptest::bool::weighted(0.1), 12))
@@ -310,7 +336,13 @@ fn call(code: i32, fields: Vec<(&'static str, BoxedStrategy<String>)>) -> BoxedS
     (values, vec(proptest::bool::weighted(0.9), names.len()), any::<bool>())
         .prop_map(move |(vals, keep, binary)| Action::Call {
             code,
-            fields: names.iter().zip(vals).zip(keep).filter(|(_, k)| *k).map(|((n, v), _)| (n.to_string(), v)).collect(),
+            fields: names
+                .iter()
+                .zip(vals)
+                .zip(keep)
+                .filter(|(_, k)| *k)
+                .map(|((n, v), _)| (n.to_string(), v))
+                .collect(),
             body: Vec::new(),
             binary_header: binary,
             to_namesrv: false,
@@ -446,15 +478,14 @@ fn raw_frame() -> BoxedStrategy<Action> {
 
 fn at_acked() -> BoxedStrategy<Action> {
     let delta = prop_oneof![8 => Just(0i64), 1 => -64i64..64, 1 => select(vec![1i64, -1, 1 << 40, i64::MIN / 2])];
-    let end_fields = (select(GROUPS), select(vec!["8", "12", "0", "4", "13", "-1", "x"]), any::<bool>()).prop_map(
-        |(g, kind, check)| {
-            vec![
-                ("producerGroup".to_string(), g.to_string()),
-                ("commitOrRollback".to_string(), kind.to_string()),
-                ("fromTransactionCheck".to_string(), check.to_string()),
-            ]
-        },
-    );
+    let outcome = prop_oneof![6 => Just("8"), 2 => Just("12"), 1 => select(vec!["0", "4", "13", "-1", "x"])];
+    let end_fields = (select(GROUPS), outcome, any::<bool>()).prop_map(|(g, kind, check)| {
+        vec![
+            ("producerGroup".to_string(), g.to_string()),
+            ("commitOrRollback".to_string(), kind.to_string()),
+            ("fromTransactionCheck".to_string(), check.to_string()),
+        ]
+    });
     let back_fields = (group(), num(-1..20), num(-2..20), text(8)).prop_map(|(g, max, level, origin)| {
         vec![
             ("group".to_string(), g),
@@ -464,14 +495,24 @@ fn at_acked() -> BoxedStrategy<Action> {
         ]
     });
     prop_oneof![
-        4 => (any::<Index>(), any::<bool>(), delta.clone(), end_fields).prop_map(|(target, half_only, offset_delta, fields)| {
-            Action::AtAcked { code: r::END_TRANSACTION, target, half_only: half_only || offset_delta == 0, offset_delta, fields }
-        }),
+        4 => (any::<Index>(), any::<bool>(), proptest::bool::weighted(0.8), delta.clone(), end_fields).prop_map(
+            |(target, half_only, own_group, offset_delta, fields)| Action::AtAcked {
+                code: r::END_TRANSACTION,
+                target,
+                half_only: half_only || offset_delta == 0,
+                own_group,
+                offset_delta,
+                fields,
+            }
+        ),
         2 => (any::<Index>(), delta.clone(), back_fields).prop_map(|(target, offset_delta, fields)| Action::AtAcked {
-            code: r::CONSUMER_SEND_MSG_BACK, target, half_only: false, offset_delta, fields
+            code: r::CONSUMER_SEND_MSG_BACK, target, half_only: false, own_group: false, offset_delta, fields
         }),
         2 => (any::<Index>(), delta).prop_map(|(target, offset_delta)| Action::AtAcked {
-            code: r::VIEW_MESSAGE_BY_ID, target, half_only: false, offset_delta, fields: Vec::new()
+            code: r::VIEW_MESSAGE_BY_ID, target, half_only: false, own_group: false, offset_delta, fields: Vec::new()
+        }),
+        2 => (any::<Index>(), any::<bool>()).prop_map(|(target, half_only)| Action::AtAcked {
+            code: r::DELETE_TOPIC_IN_BROKER, target, half_only, own_group: false, offset_delta: 0, fields: Vec::new()
         }),
     ]
     .boxed()
@@ -479,9 +520,7 @@ fn at_acked() -> BoxedStrategy<Action> {
 
 /// Every hostile step, weighted.
 pub fn action(t: &Targets) -> BoxedStrategy<Action> {
-    let queue_fields = |code| {
-        call(code, vec![("topic", topic(t)), ("queueId", num(-1..5)), ("timestamp", offset())])
-    };
+    let queue_fields = |code| call(code, vec![("topic", topic(t)), ("queueId", num(-1..5)), ("timestamp", offset())]);
     let topic_admin = call(
         r::UPDATE_AND_CREATE_TOPIC,
         vec![
@@ -493,10 +532,13 @@ pub fn action(t: &Targets) -> BoxedStrategy<Action> {
             ("order", select(vec!["true", "false", "1"]).prop_map(str::to_string).boxed()),
         ],
     );
-    let offsets = (select(vec![r::QUERY_CONSUMER_OFFSET, r::UPDATE_CONSUMER_OFFSET]), call(
-        r::UPDATE_CONSUMER_OFFSET,
-        vec![("consumerGroup", group()), ("topic", topic(t)), ("queueId", num(-1..5)), ("commitOffset", offset())],
-    ))
+    let offsets = (
+        select(vec![r::QUERY_CONSUMER_OFFSET, r::UPDATE_CONSUMER_OFFSET]),
+        call(
+            r::UPDATE_CONSUMER_OFFSET,
+            vec![("consumerGroup", group()), ("topic", topic(t)), ("queueId", num(-1..5)), ("commitOffset", offset())],
+        ),
+    )
         .prop_map(|(c, mut a)| {
             if let Action::Call { code, .. } = &mut a {
                 *code = c;
@@ -516,7 +558,11 @@ pub fn action(t: &Targets) -> BoxedStrategy<Action> {
             to_namesrv: true,
         })
         .boxed();
-    let unknown = (prop_oneof![any::<i32>(), 1000i32..1020, 200_000i32..200_100], vec((text(8), text(16)), 0..4), vec(any::<u8>(), 0..64))
+    let unknown = (
+        prop_oneof![any::<i32>(), 1000i32..1020, 200_000i32..200_100],
+        vec((text(8), text(16)), 0..4),
+        vec(any::<u8>(), 0..64),
+    )
         .prop_map(|(code, fields, body)| {
             let code = if matches!(code, 25 | 103 | 104 | 921 | 922 | 923) { 9999 } else { code };
             Action::Call { code, fields, body, binary_header: false, to_namesrv: false }
