@@ -841,7 +841,7 @@ async fn hostile_clients_leave_acknowledged_data_and_the_host_intact() {
         h.batch += 1;
     }
     // End on a restart so everything acknowledged is checked across one.
-    if h.batch % h.settings.restart_every != 0 {
+    if !h.batch.is_multiple_of(h.settings.restart_every) {
         h.batch = h.batch.saturating_sub(1);
         h.restart().await;
     }

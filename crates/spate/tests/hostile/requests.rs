@@ -309,19 +309,28 @@ fn send_with(t: &Targets, plausible: bool) -> BoxedStrategy<Action> {
         .boxed()
 }
 
-/// A half message stored straight into the half topic with a path-like
-/// REAL_TOPIC: what END_TRANSACTION would commit to a topic of that name.
-fn half_with_path(t: &Targets) -> BoxedStrategy<Action> {
-    (select(t.paths.clone()), select(GROUPS), vec(any::<u8>(), 1..32))
-        .prop_map(|(path, group, body)| Action::Call {
+/// A message stored straight into a system topic (half, schedule, timer)
+/// with a path-like REAL_TOPIC: what END_TRANSACTION, the schedule or the
+/// timer would later deliver to a topic of that name.
+fn system_with_path(t: &Targets) -> BoxedStrategy<Action> {
+    let extra = select(vec![
+        (HALF_TOPIC, ""),
+        ("SCHEDULE_TOPIC_XXXX", "DELAY\u{1}1\u{2}"),
+        ("rmq_sys_wheel_timer", "TIMER_OUT_MS\u{1}1\u{2}TIMER_DELIVER_MS\u{1}1\u{2}"),
+    ]);
+    (select(t.paths.clone()), select(GROUPS), extra, vec(any::<u8>(), 1..32))
+        .prop_map(|(path, group, (topic, extra), body)| Action::Call {
             code: r::SEND_MESSAGE,
             fields: vec![
                 ("producerGroup".into(), group.to_string()),
-                ("topic".into(), HALF_TOPIC.into()),
+                ("topic".into(), topic.into()),
                 ("queueId".into(), "0".into()),
                 ("sysFlag".into(), "0".into()),
                 ("bornTimestamp".into(), "1".into()),
-                ("properties".into(), format!("REAL_TOPIC\u{1}{path}\u{2}REAL_QID\u{1}0\u{2}PGROUP\u{1}{group}\u{2}")),
+                (
+                    "properties".into(),
+                    format!("REAL_TOPIC\u{1}{path}\u{2}REAL_QID\u{1}0\u{2}PGROUP\u{1}{group}\u{2}{extra}"),
+                ),
             ],
             body,
             binary_header: false,
@@ -570,7 +579,7 @@ pub fn action(t: &Targets) -> BoxedStrategy<Action> {
         .boxed();
     prop_oneof![
         30 => send(t),
-        4 => half_with_path(t),
+        4 => system_with_path(t),
         8 => pull(t),
         8 => at_acked(),
         2 => call(r::VIEW_MESSAGE_BY_ID, vec![("offset", offset()), ("msgId", text(40))]),
