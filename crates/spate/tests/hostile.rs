@@ -27,6 +27,8 @@
 //! - `SPATE_HOSTILE_RESTART_EVERY` (default 3): batches between restarts.
 //! - `SPATE_HOSTILE_KEEP_GOING=1`: report every violation and go on; fail at the end.
 //! - `SPATE_HOSTILE_ANON_MIB` (default 512): the RssAnon bound.
+//! - `SPATE_HOSTILE_SKIP=unterminated-properties`: exploration only, to see
+//!   past the known recovery bug while its fix lands (CI never sets it).
 
 mod common;
 #[path = "hostile/requests.rs"]
@@ -799,6 +801,7 @@ async fn hostile_clients_leave_acknowledged_data_and_the_host_intact() {
             "..".into(),
             "../..".into(),
         ],
+        terminate_properties: std::env::var("SPATE_HOSTILE_SKIP").is_ok_and(|v| v.contains("unterminated-properties")),
     };
     let spate = Standalone::start(&data);
     let mut h = Hostile {

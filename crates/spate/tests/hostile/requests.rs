@@ -35,6 +35,10 @@ pub const FAT_TOPIC: &str = "hostile_fat";
 #[derive(Debug, Clone)]
 pub struct Targets {
     pub paths: Vec<String>,
+    /// End every generated `properties` string with 0x02 (exploration only,
+    /// `SPATE_HOSTILE_SKIP=unterminated-properties`: gets past the known
+    /// recovery bug to whatever lies behind it; same draws, same replay).
+    pub terminate_properties: bool,
 }
 
 /// One hostile step.
@@ -187,6 +191,13 @@ fn pair(t: &Targets) -> BoxedStrategy<(String, String)> {
 /// A `properties` header: mostly well-formed pairs, then the broken forms
 /// (no final 0x02, stray separators, very long).
 pub fn properties(t: &Targets) -> BoxedStrategy<String> {
+    let terminate = t.terminate_properties;
+    raw_properties(t)
+        .prop_map(move |p| if terminate && !p.is_empty() && !p.ends_with('\u{2}') { p + "\u{2}" } else { p })
+        .boxed()
+}
+
+fn raw_properties(t: &Targets) -> BoxedStrategy<String> {
     let encode =
         |pairs: Vec<(String, String)>| pairs.iter().map(|(k, v)| format!("{k}\u{1}{v}\u{2}")).collect::<String>();
     prop_oneof![
