@@ -22,6 +22,13 @@ pub async fn create_topic(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
     if let Err(e) = message::validate_topic(topic) {
         return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e.to_string()));
     }
+    if crate::names::is_system_topic(topic) {
+        return Ok(RemotingCommand::error(
+            req,
+            response::SYSTEM_ERROR,
+            format!("the topic[{topic}] is conflict with system topic"),
+        ));
+    }
     let default_queues = state.config.read().default_topic_queue_nums;
     let read = req.opt_i32_field("readQueueNums")?.unwrap_or(default_queues);
     let write = req.opt_i32_field("writeQueueNums")?.unwrap_or(default_queues);
@@ -57,6 +64,13 @@ pub async fn delete_topic(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
     let topic = req.str_field("topic")?.to_string();
     if let Err(e) = message::validate_topic(&topic) {
         return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e.to_string()));
+    }
+    if crate::names::is_system_topic(&topic) {
+        return Ok(RemotingCommand::error(
+            req,
+            response::SYSTEM_ERROR,
+            format!("the topic[{topic}] is conflict with system topic"),
+        ));
     }
     if state.topics.delete(&topic) {
         state.topics.persist().await?;
@@ -294,7 +308,9 @@ pub async fn view_message(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
     let offset: u64 = match req.opt_i64_field("offset")? {
         Some(o) => match u64::try_from(o) {
             Ok(o) => o,
-            Err(_) => return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("offset {o} is illegal"))),
+            Err(_) => {
+                return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("offset {o} is illegal")))
+            }
         },
         None => match req.field("msgId").and_then(parse_offset_msg_id) {
             Some((_, o)) if i64::try_from(o).is_ok() => o,

@@ -46,7 +46,8 @@ pub async fn heart_beat(
             ),
         ));
     }
-    let names = hb.consumer_data_set.iter().map(|d| &d.group_name).chain(hb.producer_data_set.iter().map(|p| &p.group_name));
+    let names =
+        hb.consumer_data_set.iter().map(|d| &d.group_name).chain(hb.producer_data_set.iter().map(|p| &p.group_name));
     for name in names {
         if let Err(e) = crate::names::validate_group(name) {
             return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
@@ -225,9 +226,8 @@ pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
     };
     // RETRY_TOPIC came from the stored message: used only if it is a name a
     // client could have sent to.
-    let origin_topic = crate::names::stored_destination(rec.property(message::property::RETRY_TOPIC))
-        .unwrap_or(rec.topic)
-        .to_string();
+    let origin_topic =
+        crate::names::stored_destination(rec.property(message::property::RETRY_TOPIC)).unwrap_or(rec.topic).to_string();
     let origin_id = req
         .field("originMsgId")
         .map(str::to_string)

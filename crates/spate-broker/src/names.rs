@@ -58,6 +58,20 @@ pub fn client_may_send(topic: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `topic` is one of the broker's own topics, which admin requests
+/// may neither create, change nor delete (upstream refuses the same): the
+/// topics closed to client sends, the auto-creation template TBW102, the
+/// self-test and trace topics.
+pub fn is_system_topic(topic: &str) -> bool {
+    (client_may_send(topic).is_err() && !topic.starts_with(DLQ_GROUP_TOPIC_PREFIX))
+        || topic == spate_remoting::protocol::DEFAULT_TOPIC
+        || topic == SELF_TEST_TOPIC
+        || topic == TRACE_TOPIC
+}
+
+/// The topic every broker creates for self tests (upstream's name).
+pub const SELF_TEST_TOPIC: &str = "SELF_TEST_TOPIC";
+
 /// A destination topic read back from a stored message's properties
 /// (`REAL_TOPIC`, `RETRY_TOPIC`): usable only if it is a valid name a
 /// client could have sent to.
@@ -77,11 +91,23 @@ mod tests {
 
     #[test]
     fn system_topics_are_closed_to_clients() {
-        for t in [SCHEDULE_TOPIC, TIMER_TOPIC, HALF_TOPIC, OP_TOPIC, CHECK_MAX_TOPIC, "%DLQ%g", "RMQ_SYS_X", "rmq_sys_x"] {
+        for t in
+            [SCHEDULE_TOPIC, TIMER_TOPIC, HALF_TOPIC, OP_TOPIC, CHECK_MAX_TOPIC, "%DLQ%g", "RMQ_SYS_X", "rmq_sys_x"]
+        {
             assert!(client_may_send(t).is_err(), "{t} open to clients");
         }
         for t in ["Orders", TRACE_TOPIC, "%RETRY%g", "TBW102"] {
             assert!(client_may_send(t).is_ok(), "{t} closed to clients");
+        }
+    }
+
+    #[test]
+    fn system_topics_are_closed_to_admin_changes() {
+        for t in ["TBW102", SCHEDULE_TOPIC, HALF_TOPIC, SELF_TEST_TOPIC, UNDELIVERABLE_TOPIC, TRACE_TOPIC] {
+            assert!(is_system_topic(t), "{t}");
+        }
+        for t in ["Orders", "%DLQ%g", "%RETRY%g"] {
+            assert!(!is_system_topic(t), "{t}");
         }
     }
 

@@ -254,7 +254,11 @@ pub async fn send(
         }
     }
     if h.queue_id < -1 {
-        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("queueId {} is illegal", h.queue_id)));
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("queueId {} is illegal", h.queue_id),
+        ));
     }
     if h.reconsume_times < 0 {
         return Ok(RemotingCommand::error(

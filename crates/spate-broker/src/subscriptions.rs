@@ -78,7 +78,9 @@ impl SubscriptionGroups {
         if t.subscription_group_table == from_master.subscription_group_table {
             return false;
         }
-        from_master.subscription_group_table.retain(|name, cfg| crate::names::validate_group(name).is_ok() && cfg.group_name == *name);
+        from_master
+            .subscription_group_table
+            .retain(|name, cfg| crate::names::validate_group(name).is_ok() && cfg.group_name == *name);
         if from_master.subscription_group_table.len() > MAX_GROUPS {
             let keep: Vec<String> = from_master.subscription_group_table.keys().take(MAX_GROUPS).cloned().collect();
             from_master.subscription_group_table.retain(|k, _| keep.contains(k));

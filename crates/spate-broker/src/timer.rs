@@ -240,7 +240,11 @@ type Due = Result<NewMessage, (NewMessage, String)>;
 /// an entry that points at no record is logged and skipped (there is
 /// nothing to keep), one that cannot be delivered is returned to be set
 /// aside.
-fn read_due(store: &MessageStore, offsets: &[(i64, i64)], store_host: std::net::SocketAddr) -> Result<Vec<Due>, StoreError> {
+fn read_due(
+    store: &MessageStore,
+    offsets: &[(i64, i64)],
+    store_host: std::net::SocketAddr,
+) -> Result<Vec<Due>, StoreError> {
     let Some(cq) = store.consume_queue(TIMER_TOPIC, 0) else { return Ok(Vec::new()) };
     let mut out = Vec::with_capacity(offsets.len());
     for &(_, offset) in offsets {

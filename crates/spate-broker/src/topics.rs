@@ -58,7 +58,7 @@ impl TopicTable {
     /// on), SELF_TEST_TOPIC, and topics named after the cluster and broker.
     pub fn ensure_system_topics(&self, cluster: &str, broker: &str, auto_create: bool, default_queues: i32) {
         let mut wanted = vec![
-            TopicConfig::new("SELF_TEST_TOPIC", 1, perm::READ | perm::WRITE),
+            TopicConfig::new(crate::names::SELF_TEST_TOPIC, 1, perm::READ | perm::WRITE),
             TopicConfig::new(cluster, 16, perm::READ | perm::WRITE),
             TopicConfig::new(broker, 1, perm::READ | perm::WRITE),
         ];

@@ -209,9 +209,9 @@ pub fn properties_terminated(encoded: &str) -> bool {
 /// A string already in that form is returned as it is, without copying.
 pub fn canonical_properties(encoded: &str) -> std::borrow::Cow<'_, str> {
     let canonical = properties_terminated(encoded)
-        && encoded.strip_suffix(PROPERTY_SEPARATOR).is_none_or(|body| {
-            body.split(PROPERTY_SEPARATOR).all(|pair| pair.contains(NAME_VALUE_SEPARATOR))
-        });
+        && encoded
+            .strip_suffix(PROPERTY_SEPARATOR)
+            .is_none_or(|body| body.split(PROPERTY_SEPARATOR).all(|pair| pair.contains(NAME_VALUE_SEPARATOR)));
     if canonical {
         return std::borrow::Cow::Borrowed(encoded);
     }

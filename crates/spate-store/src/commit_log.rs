@@ -889,7 +889,11 @@ pub fn scan(segments: &[Arc<Segment>], from: u64) -> ScanEnd {
             match scan_one(seg, pos, i + 1 < segments.len()) {
                 Step::Record(size) => pos += size,
                 Step::Kept(size, why) => {
-                    tracing::warn!(offset = out.end_offset, reason = why, "recovery kept an intact record that readers skip");
+                    tracing::warn!(
+                        offset = out.end_offset,
+                        reason = why,
+                        "recovery kept an intact record that readers skip"
+                    );
                     if out.kept_damaged.len() < KEPT_REPORT_MAX {
                         out.kept_damaged.push((out.end_offset, why.to_string()));
                     }

@@ -111,7 +111,8 @@ fn flipped_bytes_in_the_tail_never_panic_and_keep_earlier_records() {
         // cover (topic, properties) is kept only where recovery reports it.
         for q in 0..2 {
             for rec in common::read_queue(&store, "Rec", q, 0) {
-                let r = decode_intact(&rec, true).unwrap_or_else(|e| panic!("flip at {pos}: damaged record served: {e}"));
+                let r =
+                    decode_intact(&rec, true).unwrap_or_else(|e| panic!("flip at {pos}: damaged record served: {e}"));
                 if r.semantic_problem().is_some() {
                     let reported = store.recovery().kept_damaged.iter().any(|(o, _)| *o == r.physical_offset as u64);
                     assert!(reported, "flip at {pos}: kept record not reported");

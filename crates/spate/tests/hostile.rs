@@ -104,6 +104,10 @@ struct Acked {
     probe_body: Option<Vec<u8>>,
     /// The request that stored it.
     request: String,
+    /// Its topic was deleted by a request the broker answered SUCCESS:
+    /// deleted data is not lost data, so it is no longer checked (a
+    /// lookup by offset needs the record's consume-queue unit).
+    deleted: bool,
 }
 
 struct Violation {
@@ -337,7 +341,13 @@ impl Hostile {
         let send_code =
             matches!(cmd.code, request::SEND_MESSAGE | request::SEND_MESSAGE_V2 | request::SEND_BATCH_MESSAGE);
         let single_body = (cmd.code != request::SEND_BATCH_MESSAGE).then(|| cmd.body.to_vec());
+        let deleting = (cmd.code == request::DELETE_TOPIC_IN_BROKER).then(|| cmd.field("topic").map(str::to_string));
         let outcome = self.invoke(addr, cmd).await;
+        if let (Some(Some(topic)), Ok(r)) = (&deleting, &outcome) {
+            if r.code == response::SUCCESS {
+                self.acked.iter_mut().filter(|a| a.topic == *topic).for_each(|a| a.deleted = true);
+            }
+        }
         match &outcome {
             Ok(r) => {
                 *self.answers.entry(format!("code {}", r.code)).or_default() += 1;
@@ -384,6 +394,7 @@ impl Hostile {
                 real_topic: None,
                 probe_body: None,
                 request: format!("{request} [message {i}]"),
+                deleted: false,
             };
             match decode_record(&raw, true) {
                 Ok(rec) => {
@@ -665,6 +676,7 @@ impl Hostile {
             (start..self.unchecked_from).step_by(stride).chain(self.unchecked_from..n).collect()
         };
         which.dedup();
+        which.retain(|i| !self.acked[*i].deleted);
         self.unchecked_from = n;
         let client = raw_client();
         let mut lost = Vec::new();

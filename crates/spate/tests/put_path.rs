@@ -63,16 +63,8 @@ fn send() -> impl Strategy<Value = Send> {
         any::<i64>(),
         prop_oneof![3 => Just(0), 1 => 0..i32::MAX, 1 => Just(i32::MAX), 1 => any::<i32>()],
     )
-        .prop_map(|(v2, topic, queue_id, properties, body, flag, sys_flag, born_timestamp, reconsume_times)| Send {
-            v2,
-            topic,
-            queue_id,
-            properties,
-            body,
-            flag,
-            sys_flag,
-            born_timestamp,
-            reconsume_times,
+        .prop_map(|(v2, topic, queue_id, properties, body, flag, sys_flag, born_timestamp, reconsume_times)| {
+            Send { v2, topic, queue_id, properties, body, flag, sys_flag, born_timestamp, reconsume_times }
         })
 }
 
@@ -107,8 +99,12 @@ async fn check_all(spate: &Standalone, acked: &[Acked], seed: u64, when: &str) {
     let c = raw_client();
     for a in acked {
         let (_, offset) = parse_offset_msg_id(&a.msg_id).expect("an offset msg id");
-        let r = call(&c, &spate.broker(), RemotingCommand::request(request::VIEW_MESSAGE_BY_ID).with("offset", offset as i64))
-            .await;
+        let r = call(
+            &c,
+            &spate.broker(),
+            RemotingCommand::request(request::VIEW_MESSAGE_BY_ID).with("offset", offset as i64),
+        )
+        .await;
         assert_eq!(
             r.code,
             response::SUCCESS,
