@@ -141,11 +141,15 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// A due message to deliver, or (its set-aside form, why) for one that can
+/// never be delivered.
+pub(crate) type Due = Result<NewMessage, (NewMessage, String)>;
+
 /// What one level's read found.
 struct LevelRead {
     /// Due messages, each with the queue offset after it; an `Err` holds
     /// the set-aside form of a message that cannot be delivered, and why.
-    due: Vec<(Result<NewMessage, (NewMessage, String)>, i64)>,
+    due: Vec<(Due, i64)>,
     /// When the first message not yet due is due (ms since the epoch).
     next_due_ms: Option<i64>,
     /// Queue offset after the last entry looked at and skipped as
@@ -320,7 +324,7 @@ pub(crate) fn waiting_as_is(rec: &message::Record<'_>, store_host: std::net::Soc
 /// The flag says the message was set aside (with why) rather than delivered.
 pub(crate) async fn deliver(
     state: &Arc<BrokerState>,
-    msg: Result<NewMessage, (NewMessage, String)>,
+    msg: Due,
     source: Source,
 ) -> Result<(spate_store::PutResult, Option<String>), String> {
     let aside = |msg, why: String| async move {

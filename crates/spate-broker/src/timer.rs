@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use spate_common::message::{self, property, NewMessage, TIMER_TOPIC};
 use spate_store::{MessageStore, StoreError};
 
-use crate::schedule::{delivering, now_ms, SCHEDULE_GROUP};
+use crate::schedule::{delivering, now_ms, Due, SCHEDULE_GROUP};
 use crate::BrokerState;
 
 /// The offsets entry (group `%SCHEDULE%`, [`TIMER_TOPIC`]) holding the
@@ -231,10 +231,6 @@ fn read_entries(store: &MessageStore, from: i64) -> Vec<(i64, i64)> {
     let from = from.max(cq.min_offset());
     cq.get_range(from, FILL_BATCH).into_iter().enumerate().map(|(i, u)| (u.tags_code, from + i as i64)).collect()
 }
-
-/// What one due entry becomes: the message to deliver, or (set-aside form,
-/// why) for one that can never be delivered.
-type Due = Result<NewMessage, (NewMessage, String)>;
 
 /// Reads the waiting records at `offsets` back as the messages to deliver;
 /// an entry that points at no record is logged and skipped (there is

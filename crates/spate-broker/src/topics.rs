@@ -176,6 +176,15 @@ impl TopicTable {
     }
 }
 
+/// Whether a topic entry is one a request could have made: a valid name
+/// matching its key, and queue counts within 0..=[`MAX_QUEUE_NUMS`].
+fn acceptable(name: &str, tc: &TopicConfig) -> bool {
+    spate_common::message::validate_topic(name).is_ok()
+        && tc.topic_name == name
+        && (0..=MAX_QUEUE_NUMS).contains(&tc.read_queue_nums)
+        && (0..=MAX_QUEUE_NUMS).contains(&tc.write_queue_nums)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,13 +215,4 @@ mod tests {
         assert_eq!(again.get("T").unwrap().write_queue_nums, 3);
         assert!(again.get(DEFAULT_TOPIC).is_none());
     }
-}
-
-/// Whether a topic entry is one a request could have made: a valid name
-/// matching its key, and queue counts within 0..=[`MAX_QUEUE_NUMS`].
-fn acceptable(name: &str, tc: &TopicConfig) -> bool {
-    spate_common::message::validate_topic(name).is_ok()
-        && tc.topic_name == name
-        && (0..=MAX_QUEUE_NUMS).contains(&tc.read_queue_nums)
-        && (0..=MAX_QUEUE_NUMS).contains(&tc.write_queue_nums)
 }
