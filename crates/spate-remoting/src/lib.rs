@@ -22,5 +22,6 @@ pub use client::{ClientConfig, RemotingClient};
 pub use code::{request, response, LanguageCode};
 pub use command::{RemotingCommand, SerializeType};
 pub use connection::{BoxFuture, Connection, ConnectionConfig, RequestHandler};
-pub use error::{FrameError, HeaderError, RemotingError};
-pub use server::RemotingServer;
+pub use error::{BadHeader, FrameError, HeaderError, RemotingError};
+pub use connection::OutboundReservation;
+pub use server::{AcceptLimits, RemotingServer};

@@ -198,7 +198,7 @@ async fn read_answers(s: &mut tokio::net::TcpStream, n: usize) -> Vec<RemotingCo
     let mut got = Vec::new();
     while got.len() < n {
         while let Some(cmd) = codec.decode(&mut buf).unwrap() {
-            got.push(cmd);
+            got.push(cmd.expect("answers have good headers"));
         }
         if got.len() >= n {
             break;
