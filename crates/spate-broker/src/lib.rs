@@ -261,8 +261,13 @@ impl Broker {
         // The VIP channel first: once the main port answers, everything does.
         let vip = match vip::vip_port(listen.port()) {
             Some(port) => {
-                match vip::VipChannel::start(SocketAddr::new(listen.ip(), port), conn_cfg.clone(), limits, handler.clone())
-                    .await
+                match vip::VipChannel::start(
+                    SocketAddr::new(listen.ip(), port),
+                    conn_cfg.clone(),
+                    limits,
+                    handler.clone(),
+                )
+                .await
                 {
                     Ok(v) => Some(v),
                     // Like the derived replication port: serving goes on without it.

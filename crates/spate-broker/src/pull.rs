@@ -120,7 +120,8 @@ pub async fn pull(
     // the pull queue is taken: a peer that pipelines pulls and does not
     // read its answers waits here, on its own connection, holding neither
     // our memory nor the queue. Not held while the pull waits for messages.
-    let answer_bytes = h.max_bytes.min(state.store.config().max_transfer_bytes_on_message_in_memory) + ANSWER_HEADER_BYTES;
+    let answer_bytes =
+        h.max_bytes.min(state.store.config().max_transfer_bytes_on_message_in_memory) + ANSWER_HEADER_BYTES;
     let mut reserved = Some(set_aside(conn, answer_bytes).await?);
     // Rate limits and the pull queue; the stage is held for the first read only.
     let client = state.clients.client_id_of(conn);

@@ -65,7 +65,8 @@ impl NameServer {
     pub async fn start(cfg: NamesrvConfig) -> std::io::Result<NameServer> {
         let routes = Arc::new(RwLock::new(Routes::default()));
         let handler = Arc::new(Processor { routes: routes.clone() });
-        let server = RemotingServer::bind_with_limits(cfg.listen_addr, cfg.connection.clone(), handler, cfg.limits).await?;
+        let server =
+            RemotingServer::bind_with_limits(cfg.listen_addr, cfg.connection.clone(), handler, cfg.limits).await?;
         let expiry_routes = routes.clone();
         let expiry_task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(cfg.scan_not_active_broker_interval);

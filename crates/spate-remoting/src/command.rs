@@ -331,7 +331,8 @@ fn parse_i64(key: &str, v: &str) -> Result<i64, HeaderError> {
 /// where others send strings; absent or null is upstream's 0) but strictly
 /// in range: a value that is not an `i32` is refused, never wrapped.
 fn json_i32(field: &str, v: Option<&Value>) -> Result<i32, String> {
-    let bad = |v: &dyn std::fmt::Display| format!("header field `{field}` has invalid value `{v}`: not a 32-bit integer");
+    let bad =
+        |v: &dyn std::fmt::Display| format!("header field `{field}` has invalid value `{v}`: not a 32-bit integer");
     match v {
         None | Some(Value::Null) => Ok(0),
         Some(Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()).ok_or_else(|| bad(n)),
@@ -378,7 +379,8 @@ fn decode_json_header(header: &[u8]) -> Result<Result<RemotingCommand, BadHeader
     let version = json_i32("version", h.version.as_ref());
     let opaque = json_i32("opaque", h.opaque.as_ref());
     let flag = json_i32("flag", h.flag.as_ref());
-    let (Ok(code), Ok(version), Ok(&opaque_ok), Ok(&flag_ok)) = (&code, &version, opaque.as_ref(), flag.as_ref()) else {
+    let (Ok(code), Ok(version), Ok(&opaque_ok), Ok(&flag_ok)) = (&code, &version, opaque.as_ref(), flag.as_ref())
+    else {
         let reason = [&code, &version, &opaque, &flag].into_iter().find_map(|r| r.as_ref().err()).cloned();
         return Ok(Err(BadHeader {
             reason: reason.unwrap_or_default(),
@@ -550,11 +552,13 @@ mod tests {
             .unwrap();
         assert_eq!((cmd.code, cmd.opaque), (i32::MAX, i32::MIN));
         // An unreadable opaque cannot be answered: the connection closes.
-        let bad = RemotingCommand::decode(json_frame(r#"{"code":10,"opaque":4294967297,"flag":0}"#)).unwrap().unwrap_err();
+        let bad =
+            RemotingCommand::decode(json_frame(r#"{"code":10,"opaque":4294967297,"flag":0}"#)).unwrap().unwrap_err();
         assert_eq!(bad.opaque, None);
         assert_eq!(bad.answer(), None);
         // A one-way request is not answered.
-        let bad = RemotingCommand::decode(json_frame(r#"{"code":2147483648,"opaque":3,"flag":2}"#)).unwrap().unwrap_err();
+        let bad =
+            RemotingCommand::decode(json_frame(r#"{"code":2147483648,"opaque":3,"flag":2}"#)).unwrap().unwrap_err();
         assert_eq!(bad.answer(), None);
     }
 

@@ -21,7 +21,7 @@ pub mod server;
 pub use client::{ClientConfig, RemotingClient};
 pub use code::{request, response, LanguageCode};
 pub use command::{RemotingCommand, SerializeType};
+pub use connection::OutboundReservation;
 pub use connection::{BoxFuture, Connection, ConnectionConfig, RequestHandler};
 pub use error::{BadHeader, FrameError, HeaderError, RemotingError};
-pub use connection::OutboundReservation;
 pub use server::{AcceptLimits, RemotingServer};

@@ -143,7 +143,13 @@ fn main() -> Result<()> {
                 standalone(cfg, data_dir, namesrv_port, broker_port, metrics_port).await
             }
             (
-                Command::Namesrv { port, broker_expired_millis, metrics_port, max_connections, max_connections_per_address },
+                Command::Namesrv {
+                    port,
+                    broker_expired_millis,
+                    metrics_port,
+                    max_connections,
+                    max_connections_per_address,
+                },
                 _,
             ) => {
                 let limits = spate_remoting::AcceptLimits {
