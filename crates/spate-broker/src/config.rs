@@ -68,6 +68,27 @@ pub struct BrokerConfig {
     pub max_held_pulls: usize,
     /// `metricsPromExporterPort`: HTTP port of `/metrics` (0: off).
     pub metrics_prom_exporter_port: u16,
+    /// `serverMaxConnections`: connections open at once across all client
+    /// addresses; more are closed at accept (10,000).
+    pub server_max_connections: usize,
+    /// `serverMaxConnectionsPerAddress` (Spate): connections open at once
+    /// from one client IP address, loopback included; more are closed at
+    /// accept, so one address cannot use up `serverMaxConnections` (1,000).
+    pub server_max_connections_per_address: usize,
+    /// `writeBufferHighWaterMark`: encoded answer bytes (bodies included)
+    /// queued on one connection at which it stops reading requests, and the
+    /// budget a pull sets its answer aside in (4 MiB).
+    pub write_buffer_high_water_mark: usize,
+    /// `writeBufferLowWaterMark`: a paused connection reads again once its
+    /// queued bytes fall below this (2 MiB).
+    pub write_buffer_low_water_mark: usize,
+    /// `serverChannelWriteTimeoutMillis` (Spate): an answer not written this
+    /// long after it was queued closes its connection, so a peer that stops
+    /// reading is let go (30 s).
+    pub server_channel_write_timeout: Duration,
+    /// `serverChannelMaxIdleTimeSeconds`: a connection silent this long is
+    /// closed (120 s).
+    pub server_channel_max_idle_time: Duration,
     /// `serverWorkerThreads`: async worker threads serving connections and
     /// requests (0: one per CPU). The store's threads (dispatcher, flusher,
     /// allocator) come on top. Fewer workers mean fewer cross-CPU wake-ups
@@ -221,6 +242,12 @@ pub const BROKER_KEYS: &[&str] = &[
     "notifyConsumerIdsChangedEnable",
     "maxHeldPulls",
     "metricsPromExporterPort",
+    "serverMaxConnections",
+    "serverMaxConnectionsPerAddress",
+    "writeBufferHighWaterMark",
+    "writeBufferLowWaterMark",
+    "serverChannelWriteTimeoutMillis",
+    "serverChannelMaxIdleTimeSeconds",
 ];
 
 impl BrokerConfig {
@@ -257,6 +284,12 @@ impl BrokerConfig {
             notify_consumer_ids_changed_enable: true,
             max_held_pulls: 100_000,
             metrics_prom_exporter_port: 0,
+            server_max_connections: spate_remoting::server::DEFAULT_MAX_CONNECTIONS,
+            server_max_connections_per_address: spate_remoting::server::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            write_buffer_high_water_mark: spate_remoting::connection::DEFAULT_WRITE_BUFFER_HIGH_WATER_MARK,
+            write_buffer_low_water_mark: spate_remoting::connection::DEFAULT_WRITE_BUFFER_LOW_WATER_MARK,
+            server_channel_write_timeout: Duration::from_secs(30),
+            server_channel_max_idle_time: Duration::from_secs(120),
             server_worker_threads: 0,
             broker_fast_failure_enable: true,
             send_message_thread_pool_nums: cpus().min(4),
@@ -335,6 +368,14 @@ impl BrokerConfig {
             "maxHeldPulls" => self.max_held_pulls = parse(key, v)?,
             "metricsPromExporterPort" => self.metrics_prom_exporter_port = parse(key, v)?,
             "serverWorkerThreads" => self.server_worker_threads = parse(key, v)?,
+            "serverMaxConnections" => self.server_max_connections = parse(key, v)?,
+            "serverMaxConnectionsPerAddress" => self.server_max_connections_per_address = parse(key, v)?,
+            "writeBufferHighWaterMark" => self.write_buffer_high_water_mark = parse(key, v)?,
+            "writeBufferLowWaterMark" => self.write_buffer_low_water_mark = parse(key, v)?,
+            "serverChannelWriteTimeoutMillis" => self.server_channel_write_timeout = millis(key, v)?,
+            "serverChannelMaxIdleTimeSeconds" => {
+                self.server_channel_max_idle_time = Duration::from_secs(parse(key, v)?)
+            }
             "brokerFastFailureEnable" => self.broker_fast_failure_enable = parse_bool(key, v)?,
             "sendMessageThreadPoolNums" => self.send_message_thread_pool_nums = parse(key, v)?,
             "sendThreadPoolQueueCapacity" => self.send_thread_pool_queue_capacity = parse(key, v)?,
@@ -417,6 +458,8 @@ impl BrokerConfig {
             ("haHousekeepingInterval", self.ha_housekeeping_interval),
             ("haSyncTimeout", self.ha_sync_timeout),
             ("slaveSyncMetadataInterval", self.slave_sync_metadata_interval),
+            ("serverChannelWriteTimeoutMillis", self.server_channel_write_timeout),
+            ("serverChannelMaxIdleTimeSeconds", self.server_channel_max_idle_time),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "0", "a positive number of milliseconds"));
@@ -427,6 +470,29 @@ impl BrokerConfig {
                 "registerNameServerPeriod",
                 &self.register_name_server_period.as_millis().to_string(),
                 "less than the name server's broker expiry (10000 ms), or routes would flap",
+            ));
+        }
+        if self.server_max_connections == 0 {
+            return Err(invalid("serverMaxConnections", "0", "at least 1"));
+        }
+        if self.server_max_connections_per_address == 0
+            || self.server_max_connections_per_address > self.server_max_connections
+        {
+            return Err(invalid(
+                "serverMaxConnectionsPerAddress",
+                &self.server_max_connections_per_address.to_string(),
+                "1..=serverMaxConnections",
+            ));
+        }
+        if self.write_buffer_high_water_mark == 0 {
+            return Err(invalid("writeBufferHighWaterMark", "0", "at least 1 byte"));
+        }
+        if self.write_buffer_low_water_mark == 0 || self.write_buffer_low_water_mark > self.write_buffer_high_water_mark
+        {
+            return Err(invalid(
+                "writeBufferLowWaterMark",
+                &self.write_buffer_low_water_mark.to_string(),
+                "1..=writeBufferHighWaterMark",
             ));
         }
         if self.max_held_pulls == 0 {
@@ -499,6 +565,26 @@ impl BrokerConfig {
         }
     }
 
+    /// Per-connection limits of the client-facing listeners (the main port
+    /// and the VIP channel; `spate standalone`'s name server too).
+    pub fn connection_config(&self) -> spate_remoting::ConnectionConfig {
+        spate_remoting::ConnectionConfig {
+            idle_timeout: self.server_channel_max_idle_time,
+            write_timeout: self.server_channel_write_timeout,
+            write_buffer_high_water_mark: self.write_buffer_high_water_mark,
+            write_buffer_low_water_mark: self.write_buffer_low_water_mark,
+            ..spate_remoting::ConnectionConfig::default()
+        }
+    }
+
+    /// How many connections the client-facing listeners accept.
+    pub fn accept_limits(&self) -> spate_remoting::AcceptLimits {
+        spate_remoting::AcceptLimits {
+            max_connections: self.server_max_connections,
+            max_connections_per_address: self.server_max_connections_per_address,
+        }
+    }
+
     pub fn broker_addr(&self) -> SocketAddr {
         SocketAddr::new(self.broker_ip1, self.listen_port)
     }
@@ -534,6 +620,12 @@ impl BrokerConfig {
             ("maxHeldPulls", self.max_held_pulls.to_string()),
             ("metricsPromExporterPort", self.metrics_prom_exporter_port.to_string()),
             ("serverWorkerThreads", self.server_worker_threads.to_string()),
+            ("serverMaxConnections", self.server_max_connections.to_string()),
+            ("serverMaxConnectionsPerAddress", self.server_max_connections_per_address.to_string()),
+            ("writeBufferHighWaterMark", self.write_buffer_high_water_mark.to_string()),
+            ("writeBufferLowWaterMark", self.write_buffer_low_water_mark.to_string()),
+            ("serverChannelWriteTimeoutMillis", self.server_channel_write_timeout.as_millis().to_string()),
+            ("serverChannelMaxIdleTimeSeconds", self.server_channel_max_idle_time.as_secs().to_string()),
             ("brokerFastFailureEnable", self.broker_fast_failure_enable.to_string()),
             ("sendMessageThreadPoolNums", self.send_message_thread_pool_nums.to_string()),
             ("sendThreadPoolQueueCapacity", self.send_thread_pool_queue_capacity.to_string()),
@@ -699,6 +791,17 @@ mod tests {
         paced.set("haTransferBytesPerSecond", "4194304").unwrap();
         assert!(paced.validate().is_ok());
         assert!(total_memory_bytes() > 0);
+        let mut net = BrokerConfig::new("/tmp/x");
+        net.apply_properties("serverMaxConnections=100\nserverMaxConnectionsPerAddress=101\n", "b").unwrap();
+        assert!(net.validate().unwrap_err().to_string().contains("serverMaxConnectionsPerAddress"));
+        net.set("serverMaxConnectionsPerAddress", "20").unwrap();
+        net.set("writeBufferLowWaterMark", "8388608").unwrap();
+        assert!(net.validate().unwrap_err().to_string().contains("writeBufferLowWaterMark"));
+        net.set("writeBufferHighWaterMark", "8388608").unwrap();
+        net.set("serverChannelWriteTimeoutMillis", "1500").unwrap();
+        assert!(net.validate().is_ok());
+        assert_eq!(net.accept_limits().max_connections_per_address, 20);
+        assert_eq!(net.connection_config().write_timeout, Duration::from_millis(1500));
         c.set("brokerRole", "SLAVE").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("brokerId"));
     }

@@ -1,7 +1,7 @@
 //! The broker's errors.
 
 use spate_remoting::protocol::json::BodyError;
-use spate_remoting::HeaderError;
+use spate_remoting::{HeaderError, RemotingError};
 use spate_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,4 +19,7 @@ pub enum BrokerError {
     Header(#[from] HeaderError),
     #[error(transparent)]
     Body(#[from] BodyError),
+    /// The requesting connection failed or closed while its request ran.
+    #[error(transparent)]
+    Remoting(#[from] RemotingError),
 }

@@ -256,12 +256,20 @@ impl Broker {
         });
         state.topics.persist().await?;
         let handler = Arc::new(Processor { state: state.clone() });
-        let conn_cfg = ConnectionConfig { priority_lane: Some(lane.handle()), ..ConnectionConfig::default() };
+        let (conn_cfg, limits) = {
+            let cfg = state.config.read();
+            (ConnectionConfig { priority_lane: Some(lane.handle()), ..cfg.connection_config() }, cfg.accept_limits())
+        };
         // The VIP channel first: once the main port answers, everything does.
         let vip = match vip::vip_port(listen.port()) {
             Some(port) => {
-                match vip::VipChannel::start(SocketAddr::new(listen.ip(), port), conn_cfg.clone(), handler.clone())
-                    .await
+                match vip::VipChannel::start(
+                    SocketAddr::new(listen.ip(), port),
+                    conn_cfg.clone(),
+                    limits,
+                    handler.clone(),
+                )
+                .await
                 {
                     Ok(v) => Some(v),
                     // Like the derived replication port: serving goes on without it.
@@ -273,7 +281,7 @@ impl Broker {
             }
             None => None,
         };
-        let server = RemotingServer::bind(listen, conn_cfg, handler)
+        let server = RemotingServer::bind_with_limits(listen, conn_cfg, handler, limits)
             .await
             .map_err(|e| BrokerError::Io { path: format!("listen {listen}"), source: e })?;
         let mut tasks = vec![register::spawn(state.clone())];

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use spate_common::message::{self, PHYSICAL_OFFSET_POS};
 use spate_remoting::protocol::MASTER_ID;
 use spate_remoting::protocol::{perm, TagFilter};
-use spate_remoting::{response, Connection, RemotingCommand};
+use spate_remoting::{response, Connection, OutboundReservation, RemotingCommand};
 use spate_store::{GetStatus, ReadLimits};
 
 use crate::capacity::{self, limits::Op};
@@ -19,6 +19,9 @@ use crate::BrokerState;
 pub const FLAG_COMMIT_OFFSET: i32 = 0x1;
 pub const FLAG_SUSPEND: i32 = 0x2;
 pub const FLAG_SUBSCRIPTION: i32 = 0x4;
+
+/// Room set aside for a pull answer's header beside its records.
+const ANSWER_HEADER_BYTES: usize = 1024;
 
 /// Longest a pull waits for the dispatcher before deciding an offset moved.
 const DISPATCH_WAIT_MAX: Duration = Duration::from_millis(100);
@@ -110,6 +113,14 @@ pub async fn pull(
         Ok(s) => s,
         Err((code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
     };
+    // The answer's bytes are set aside in the connection's outbound budget
+    // (`writeBufferHighWaterMark`) before it is read, and before a place in
+    // the pull queue is taken: a peer that pipelines pulls and does not
+    // read its answers waits here, on its own connection, holding neither
+    // our memory nor the queue. Not held while the pull waits for messages.
+    let answer_bytes =
+        h.max_bytes.min(state.store.config().max_transfer_bytes_on_message_in_memory) + ANSWER_HEADER_BYTES;
+    let mut reserved = Some(set_aside(conn, answer_bytes).await?);
     // Rate limits and the pull queue; the stage is held for the first read only.
     let client = state.clients.client_id_of(conn);
     let mut admitted = match capacity::admit(state, req, Op::Pull, &h.topic, &h.group, &client, 1).await {
@@ -136,6 +147,9 @@ pub async fn pull(
         let mut rx = state.long_poll.subscribe(&h.topic, h.queue_id);
         let mut confirmed = watch_read_limit(state);
         confirmed.borrow_and_update();
+        if reserved.is_none() {
+            reserved = Some(set_aside(conn, answer_bytes).await?);
+        }
         let result = read(state, &h, codes.clone()).await?;
         admitted.take();
         let waiting = matches!(result.code, response::PULL_NOT_FOUND) && suspend;
@@ -151,6 +165,7 @@ pub async fn pull(
                 return Ok(finish(state, &h.group, req, result));
             }
         }
+        drop(reserved.take());
         let changed = tokio::select! {
             c = state.long_poll.wait(&mut rx, left) => c,
             // Messages were there but not yet held by the in-sync set: read again once they are.
@@ -160,10 +175,17 @@ pub async fn pull(
         };
         if !changed {
             // Timed out: one last read, then answer whatever it says.
+            let _reserved = set_aside(conn, answer_bytes).await?;
             let result = read(state, &h, codes.clone()).await?;
             return Ok(finish(state, &h.group, req, result));
         }
     }
+}
+
+/// Waits for room in `conn`'s outbound budget; an error once it closed
+/// (nobody is left to answer).
+async fn set_aside(conn: &Arc<Connection>, bytes: usize) -> Result<OutboundReservation, BrokerError> {
+    conn.reserve_outbound(bytes).await.map_err(BrokerError::from)
 }
 
 struct PullResult {

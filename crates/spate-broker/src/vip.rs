@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spate_remoting::{ConnectionConfig, RemotingServer, RequestHandler};
+use spate_remoting::{AcceptLimits, ConnectionConfig, RemotingServer, RequestHandler};
 use tokio::sync::oneshot;
 
 /// The VIP port for a listen port (upstream: `listenPort - 2`).
@@ -31,10 +31,12 @@ pub struct VipChannel {
 }
 
 impl VipChannel {
-    /// Binds `addr` on a new thread with its own runtime.
+    /// Binds `addr` on a new thread with its own runtime. Its connection
+    /// limits are its own (a second listener, as upstream's).
     pub async fn start(
         addr: SocketAddr,
         cfg: ConnectionConfig,
+        limits: AcceptLimits,
         handler: Arc<dyn RequestHandler>,
     ) -> std::io::Result<VipChannel> {
         let (bound_tx, bound_rx) = oneshot::channel::<std::io::Result<SocketAddr>>();
@@ -42,7 +44,7 @@ impl VipChannel {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = std::thread::Builder::new().name("spate-vip".into()).spawn(move || {
             runtime.block_on(async move {
-                let server = match RemotingServer::bind(addr, cfg, handler).await {
+                let server = match RemotingServer::bind_with_limits(addr, cfg, handler, limits).await {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = bound_tx.send(Err(e));

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use spate_remoting::protocol::{json, RegisterBrokerBody};
 use spate_remoting::{
-    request, response, BoxFuture, Connection, ConnectionConfig, HeaderError, RemotingCommand, RemotingServer,
-    RequestHandler,
+    request, response, AcceptLimits, BoxFuture, Connection, ConnectionConfig, HeaderError, RemotingCommand,
+    RemotingServer, RequestHandler,
 };
 
 use routes::{Registration, Routes};
@@ -32,6 +32,9 @@ pub struct NamesrvConfig {
     /// How often expiry is checked (`scanNotActiveBrokerInterval`; upstream 5 s).
     pub scan_not_active_broker_interval: Duration,
     pub connection: ConnectionConfig,
+    /// `serverMaxConnections` and `serverMaxConnectionsPerAddress`: one
+    /// address must not lock every client out of routes.
+    pub limits: AcceptLimits,
     /// HTTP port of Prometheus `/metrics` (0: off).
     pub metrics_port: u16,
 }
@@ -43,6 +46,7 @@ impl Default for NamesrvConfig {
             broker_expired_time: Duration::from_secs(10),
             scan_not_active_broker_interval: Duration::from_secs(1),
             connection: ConnectionConfig::default(),
+            limits: AcceptLimits::default(),
             metrics_port: 0,
         }
     }
@@ -61,7 +65,8 @@ impl NameServer {
     pub async fn start(cfg: NamesrvConfig) -> std::io::Result<NameServer> {
         let routes = Arc::new(RwLock::new(Routes::default()));
         let handler = Arc::new(Processor { routes: routes.clone() });
-        let server = RemotingServer::bind(cfg.listen_addr, cfg.connection.clone(), handler).await?;
+        let server =
+            RemotingServer::bind_with_limits(cfg.listen_addr, cfg.connection.clone(), handler, cfg.limits).await?;
         let expiry_routes = routes.clone();
         let expiry_task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(cfg.scan_not_active_broker_interval);

@@ -5,7 +5,7 @@ use bytes::{Buf, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::command::RemotingCommand;
-use crate::error::FrameError;
+use crate::error::{BadHeader, FrameError};
 
 /// Upstream's `com.rocketmq.remoting.frameMaxLength`: 16 MiB.
 pub const DEFAULT_FRAME_MAX_LENGTH: usize = 16 * 1024 * 1024;
@@ -13,7 +13,10 @@ pub const DEFAULT_FRAME_MAX_LENGTH: usize = 16 * 1024 * 1024;
 /// Most bytes reserved ahead of a partly received frame.
 const RESERVE_AHEAD_MAX: usize = 64 * 1024;
 
-/// Frame codec for `tokio_util::codec::Framed`.
+/// Frame codec for `tokio_util::codec::Framed`. An item is a command, or
+/// a whole frame whose header fields are out of range ([`BadHeader`]):
+/// the stream stays in step after one, so the connection can answer it
+/// and read on. A [`FrameError`] ends the stream.
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
     frame_max_length: usize,
@@ -26,10 +29,10 @@ impl FrameCodec {
 }
 
 impl Decoder for FrameCodec {
-    type Item = RemotingCommand;
+    type Item = Result<RemotingCommand, BadHeader>;
     type Error = FrameError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<RemotingCommand>, FrameError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, FrameError> {
         if src.len() < 4 {
             return Ok(None);
         }
@@ -80,7 +83,7 @@ mod tests {
         for byte in all.iter() {
             buf.put_u8(*byte);
             while let Some(cmd) = codec.decode(&mut buf).unwrap() {
-                out.push(cmd);
+                out.push(cmd.unwrap());
             }
         }
         assert_eq!(out, vec![a, b]);

@@ -10,12 +10,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
 
 use crate::code::{response, LanguageCode};
-use crate::error::{FrameError, HeaderError};
+use crate::error::{BadHeader, FrameError, HeaderError};
 
 /// Flag bit 0: this command is a response.
 pub const FLAG_RESPONSE: i32 = 1;
 /// Flag bit 1: the sender expects no response.
 pub const FLAG_ONEWAY: i32 = 1 << 1;
+/// The header length shares its field with the serialize type: 24 bits.
+const HEADER_LEN_MAX: usize = 0x00FF_FFFF;
 /// The protocol version Spate announces (upstream's V4_9_4 ordinal); peers ignore it.
 pub const SPATE_VERSION: i32 = 435;
 
@@ -174,16 +176,33 @@ impl RemotingCommand {
 
     /// Encodes the whole frame, length prefix included.
     pub fn encode(&self, dst: &mut BytesMut) {
-        let header = match self.serialize_type {
+        // The binary header holds `code` and `version` in 16 bits and keys
+        // in 16-bit lengths; a command that does not fit goes as JSON
+        // (peers read either) rather than with a wrapped value.
+        let serialize_type = match self.serialize_type {
+            SerializeType::RocketMq if self.fits_binary_header() => SerializeType::RocketMq,
+            _ => SerializeType::Json,
+        };
+        let header = match serialize_type {
             SerializeType::Json => self.encode_json_header(),
             SerializeType::RocketMq => self.encode_binary_header(),
         };
+        debug_assert!(header.len() <= HEADER_LEN_MAX, "a header of {} bytes does not fit 24 bits", header.len());
         let total = 4 + header.len() + self.body.len();
+        debug_assert!(total <= i32::MAX as usize, "a frame of {total} bytes does not fit its length field");
         dst.reserve(4 + total);
         dst.put_i32(total as i32);
-        dst.put_i32(((self.serialize_type as i32) << 24) | header.len() as i32);
+        dst.put_i32(((serialize_type as i32) << 24) | header.len() as i32);
         dst.put_slice(&header);
         dst.put_slice(&self.body);
+    }
+
+    /// Whether every field fits the binary header's widths.
+    fn fits_binary_header(&self) -> bool {
+        i16::try_from(self.code).is_ok()
+            && i16::try_from(self.version).is_ok()
+            && self.remark.as_ref().is_none_or(|r| i32::try_from(r.len()).is_ok())
+            && self.ext_fields.keys().all(|k| i16::try_from(k.len()).is_ok())
     }
 
     /// Encodes into a fresh buffer.
@@ -193,8 +212,11 @@ impl RemotingCommand {
         b.freeze()
     }
 
-    /// Decodes one frame without its leading `total_len` (the codec strips it).
-    pub fn decode(frame: Bytes) -> Result<RemotingCommand, FrameError> {
+    /// Decodes one frame without its leading `total_len` (the codec strips
+    /// it). The outer error is a frame that cannot be read at all (its
+    /// connection must close); the inner one a whole frame whose header
+    /// fields do not fit their types (the request can be answered).
+    pub fn decode(frame: Bytes) -> Result<Result<RemotingCommand, BadHeader>, FrameError> {
         if frame.len() < 4 {
             return Err(FrameError::Malformed("frame shorter than its header length field".into()));
         }
@@ -209,12 +231,15 @@ impl RemotingCommand {
         }
         let header = &frame[4..4 + header_len];
         let mut cmd = match kind {
-            0 => decode_json_header(header)?,
+            0 => match decode_json_header(header)? {
+                Ok(cmd) => cmd,
+                Err(bad) => return Ok(Err(bad)),
+            },
             1 => decode_binary_header(header)?,
             other => return Err(FrameError::Malformed(format!("unknown header serialize type {other}"))),
         };
         cmd.body = frame.slice(4 + header_len..);
-        Ok(cmd)
+        Ok(Ok(cmd))
     }
 
     /// Writes the JSON header directly (no intermediate map): this runs
@@ -251,30 +276,50 @@ impl RemotingCommand {
         b
     }
 
+    /// Only for commands that pass [`Self::fits_binary_header`].
     fn encode_binary_header(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(64);
-        b.put_i16(self.code as i16);
+        b.put_i16(i16::try_from(self.code).unwrap_or(i16::MAX));
         b.put_u8(self.language.code());
-        b.put_i16(self.version as i16);
+        b.put_i16(i16::try_from(self.version).unwrap_or(i16::MAX));
         b.put_i32(self.opaque);
         b.put_i32(self.flag);
         match &self.remark {
             Some(r) => {
-                b.put_i32(r.len() as i32);
+                b.put_i32(i32::try_from(r.len()).unwrap_or(i32::MAX));
                 b.put_slice(r.as_bytes());
             }
             None => b.put_i32(0),
         }
         let mut ext = Vec::new();
         for (k, v) in &self.ext_fields {
-            ext.put_i16(k.len() as i16);
+            ext.put_i16(i16::try_from(k.len()).unwrap_or(i16::MAX));
             ext.put_slice(k.as_bytes());
-            ext.put_i32(v.len() as i32);
+            ext.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
             ext.put_slice(v.as_bytes());
         }
-        b.put_i32(ext.len() as i32);
+        b.put_i32(i32::try_from(ext.len()).unwrap_or(i32::MAX));
         b.put_slice(&ext);
         b
+    }
+}
+
+impl BadHeader {
+    /// The error answer to the request that carried this header: only when
+    /// its `opaque` and `flag` were readable and say it is a request that
+    /// wants an answer. `None`: nothing can be answered (close instead, or
+    /// ignore a one-way request or a response).
+    pub fn answer(&self) -> Option<RemotingCommand> {
+        let (opaque, flag) = (self.opaque?, self.flag?);
+        if flag & (FLAG_RESPONSE | FLAG_ONEWAY) != 0 {
+            return None;
+        }
+        let mut r = RemotingCommand::request(response::SYSTEM_ERROR);
+        r.flag = FLAG_RESPONSE;
+        r.opaque = opaque;
+        r.serialize_type = self.serialize_type;
+        r.remark = Some(self.reason.clone());
+        Some(r)
     }
 }
 
@@ -282,12 +327,17 @@ fn parse_i64(key: &str, v: &str) -> Result<i64, HeaderError> {
     v.trim().parse::<i64>().map_err(|_| HeaderError::Invalid(key.to_string(), v.to_string()))
 }
 
-/// Reads JSON scalars leniently: peers send numbers where others send strings.
-fn json_i32(v: Option<&Value>) -> i32 {
+/// Reads a numeric header field leniently in form (peers send numbers
+/// where others send strings; absent or null is upstream's 0) but strictly
+/// in range: a value that is not an `i32` is refused, never wrapped.
+fn json_i32(field: &str, v: Option<&Value>) -> Result<i32, String> {
+    let bad =
+        |v: &dyn std::fmt::Display| format!("header field `{field}` has invalid value `{v}`: not a 32-bit integer");
     match v {
-        Some(Value::Number(n)) => n.as_i64().unwrap_or(0) as i32,
-        Some(Value::String(s)) => s.trim().parse().unwrap_or(0),
-        _ => 0,
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()).ok_or_else(|| bad(n)),
+        Some(Value::String(s)) => s.trim().parse::<i32>().map_err(|_| bad(s)),
+        Some(other) => Err(bad(other)),
     }
 }
 
@@ -319,12 +369,32 @@ struct JsonHeader {
     ext_fields: Option<HashMap<String, Value>>,
 }
 
-fn decode_json_header(header: &[u8]) -> Result<RemotingCommand, FrameError> {
+/// The outer error: the header is not JSON (the connection closes). The
+/// inner one: a numeric field out of range, with the opaque and flag when
+/// they were readable, so the request can be answered.
+fn decode_json_header(header: &[u8]) -> Result<Result<RemotingCommand, BadHeader>, FrameError> {
     let h: JsonHeader = serde_json::from_slice(header)
         .map_err(|e| FrameError::Malformed(format!("JSON header does not parse: {e}")))?;
+    let code = json_i32("code", h.code.as_ref());
+    let version = json_i32("version", h.version.as_ref());
+    let opaque = json_i32("opaque", h.opaque.as_ref());
+    let flag = json_i32("flag", h.flag.as_ref());
+    let (Ok(code), Ok(version), Ok(&opaque_ok), Ok(&flag_ok)) = (&code, &version, opaque.as_ref(), flag.as_ref())
+    else {
+        let reason = [&code, &version, &opaque, &flag].into_iter().find_map(|r| r.as_ref().err()).cloned();
+        return Ok(Err(BadHeader {
+            reason: reason.unwrap_or_default(),
+            opaque: opaque.ok(),
+            flag: flag.ok(),
+            serialize_type: SerializeType::Json,
+        }));
+    };
+    let (code, version, opaque, flag) = (*code, *version, opaque_ok, flag_ok);
     let language = match &h.language {
         Some(Value::String(s)) => LanguageCode::from_name(s),
-        Some(Value::Number(n)) => LanguageCode::from_code(n.as_u64().unwrap_or(7).min(255) as u8),
+        Some(Value::Number(n)) => {
+            n.as_u64().and_then(|c| u8::try_from(c).ok()).map_or(LanguageCode::Other, LanguageCode::from_code)
+        }
         _ => LanguageCode::Other,
     };
     let ext_fields = h
@@ -336,18 +406,18 @@ fn decode_json_header(header: &[u8]) -> Result<RemotingCommand, FrameError> {
             other => json_to_field(&other).map(|s| (k, s)),
         })
         .collect();
-    Ok(RemotingCommand {
-        code: json_i32(h.code.as_ref()),
+    Ok(Ok(RemotingCommand {
+        code,
         language,
-        version: json_i32(h.version.as_ref()),
-        opaque: json_i32(h.opaque.as_ref()),
-        flag: json_i32(h.flag.as_ref()),
+        version,
+        opaque,
+        flag,
         remark: h.remark.as_ref().and_then(json_to_field),
         ext_fields,
         serialize_type: SerializeType::Json,
         body: Bytes::new(),
         received_at: None,
-    })
+    }))
 }
 
 struct Reader<'a> {
@@ -425,7 +495,7 @@ mod tests {
         let frame = cmd.to_bytes();
         let total = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
         assert_eq!(total, frame.len() - 4);
-        RemotingCommand::decode(frame.slice(4..)).expect("own frame decodes")
+        RemotingCommand::decode(frame.slice(4..)).expect("own frame decodes").expect("own header fits")
     }
 
     #[test]
@@ -435,7 +505,7 @@ mod tests {
         frame.put_i32(header.len() as i32);
         frame.put_slice(header);
         frame.put_slice(b"body");
-        let cmd = RemotingCommand::decode(frame.freeze()).unwrap();
+        let cmd = RemotingCommand::decode(frame.freeze()).unwrap().unwrap();
         assert_eq!(cmd.code, 10);
         assert_eq!(cmd.language, LanguageCode::Go);
         assert_eq!(cmd.i32_field("queueId").unwrap(), 3);
@@ -443,6 +513,77 @@ mod tests {
         assert_eq!(cmd.field("x"), None);
         assert_eq!(cmd.remark, None);
         assert_eq!(&cmd.body[..], b"body");
+    }
+
+    fn json_frame(header: &str) -> Bytes {
+        let mut frame = BytesMut::new();
+        frame.put_i32(header.len() as i32);
+        frame.put_slice(header.as_bytes());
+        frame.freeze()
+    }
+
+    #[test]
+    fn out_of_range_numeric_header_fields_are_refused_not_wrapped() {
+        for (field, value) in [
+            ("code", "2147483648"),
+            ("code", "-2147483649"),
+            ("code", "\"4294967296\""),
+            ("code", "1.5"),
+            ("version", "9223372036854775808"),
+            ("flag", "2147483648"),
+        ] {
+            let mut fields = vec![("code", "10"), ("opaque", "7"), ("flag", "0"), ("version", "1")];
+            fields.retain(|(k, _)| *k != field);
+            fields.push((field, value));
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let header = format!("{{{}}}", body.join(","));
+            let bad = RemotingCommand::decode(json_frame(&header)).expect("the frame is whole").unwrap_err();
+            assert!(bad.reason.contains(field), "{field}={value}: {}", bad.reason);
+            if field == "flag" {
+                assert_eq!(bad.answer(), None, "without a flag nobody knows whether an answer is wanted");
+            } else {
+                let answer = bad.answer().expect("a request with a readable opaque is answered");
+                assert_eq!((answer.opaque, answer.code, answer.is_response()), (7, response::SYSTEM_ERROR, true));
+            }
+        }
+        // The largest values that fit still decode.
+        let cmd = RemotingCommand::decode(json_frame(r#"{"code":2147483647,"opaque":-2147483648,"flag":0}"#))
+            .unwrap()
+            .unwrap();
+        assert_eq!((cmd.code, cmd.opaque), (i32::MAX, i32::MIN));
+        // An unreadable opaque cannot be answered: the connection closes.
+        let bad =
+            RemotingCommand::decode(json_frame(r#"{"code":10,"opaque":4294967297,"flag":0}"#)).unwrap().unwrap_err();
+        assert_eq!(bad.opaque, None);
+        assert_eq!(bad.answer(), None);
+        // A one-way request is not answered.
+        let bad =
+            RemotingCommand::decode(json_frame(r#"{"code":2147483648,"opaque":3,"flag":2}"#)).unwrap().unwrap_err();
+        assert_eq!(bad.answer(), None);
+    }
+
+    #[test]
+    fn typed_getters_refuse_out_of_range_values() {
+        let cmd = RemotingCommand::request(10)
+            .with("a", "2147483648")
+            .with("b", "9223372036854775808")
+            .with("c", " -2147483648 ");
+        assert!(cmd.i32_field("a").is_err());
+        assert!(cmd.opt_i32_field("a").is_err());
+        assert_eq!(cmd.i64_field("a").unwrap(), 2_147_483_648);
+        assert!(cmd.i64_field("b").is_err());
+        assert!(cmd.opt_i64_field("b").is_err());
+        assert_eq!(cmd.i32_field("c").unwrap(), i32::MIN);
+    }
+
+    #[test]
+    fn a_command_too_wide_for_the_binary_header_goes_as_json() {
+        let mut cmd = RemotingCommand::request(200_050).with("k", "v");
+        cmd.serialize_type = SerializeType::RocketMq;
+        let frame = cmd.to_bytes();
+        assert_eq!(frame[4], SerializeType::Json as u8, "200050 does not fit 16 bits");
+        let back = RemotingCommand::decode(frame.slice(4..)).unwrap().unwrap();
+        assert_eq!(back.code, 200_050);
     }
 
     #[test]

@@ -2,28 +2,29 @@
 //! may send requests (correlated to responses by `opaque`) and either side may
 //! receive requests, which go to a [`RequestHandler`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use std::panic::AssertUnwindSafe;
 
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{FrameCodec, DEFAULT_FRAME_MAX_LENGTH};
 use crate::command::{RemotingCommand, FLAG_ONEWAY};
-use crate::error::{FrameError, RemotingError};
+use crate::error::{BadHeader, FrameError, RemotingError};
 
 /// A boxed future returned by request handlers.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -59,12 +60,22 @@ pub struct ConnectionConfig {
     pub idle_timeout: Duration,
     /// Frames queued for writing before senders wait.
     pub outbound_queue_frames: usize,
+    /// Encoded bytes queued for writing (bodies included, and bytes set
+    /// aside by [`Connection::reserve_outbound`]) at which the connection
+    /// stops reading requests (`writeBufferHighWaterMark`, 4 MiB): a peer
+    /// that does not read its answers pins at most about this much.
+    pub write_buffer_high_water_mark: usize,
+    /// Reading resumes once the queued bytes fall below this
+    /// (`writeBufferLowWaterMark`, 2 MiB).
+    pub write_buffer_low_water_mark: usize,
     /// Requests from the peer processed at once; reading pauses beyond it.
     pub max_inbound_in_flight: usize,
     /// Our requests awaiting the peer's response (`clientAsyncSemaphoreValue`).
     pub max_outbound_pending: usize,
-    /// A peer that takes longer than this to accept one batch of writes is
-    /// dropped, so a client that stops reading cannot pin our buffers.
+    /// A frame not written this long after it was queued closes the
+    /// connection (`serverChannelWriteTimeoutMillis`, 30 s). The clock
+    /// starts at queueing, not at the write call, so a peer that stopped
+    /// reading while answers wait behind a blocked write is closed too.
     pub write_timeout: Duration,
     /// The runtime that serves connections carrying priority traffic
     /// ([`RequestHandler::is_priority`]); `None`: every connection stays
@@ -78,6 +89,8 @@ impl Default for ConnectionConfig {
             frame_max_length: DEFAULT_FRAME_MAX_LENGTH,
             idle_timeout: Duration::from_secs(120),
             outbound_queue_frames: 1024,
+            write_buffer_high_water_mark: DEFAULT_WRITE_BUFFER_HIGH_WATER_MARK,
+            write_buffer_low_water_mark: DEFAULT_WRITE_BUFFER_LOW_WATER_MARK,
             max_inbound_in_flight: 1024,
             max_outbound_pending: 65535,
             write_timeout: Duration::from_secs(30),
@@ -85,6 +98,14 @@ impl Default for ConnectionConfig {
         }
     }
 }
+
+/// Default `writeBufferHighWaterMark`: room for a consumer's 16 pull
+/// answers of `maxTransferBytesOnMessageInMemory` (256 KiB) in flight.
+pub const DEFAULT_WRITE_BUFFER_HIGH_WATER_MARK: usize = 4 << 20;
+/// Default `writeBufferLowWaterMark`.
+pub const DEFAULT_WRITE_BUFFER_LOW_WATER_MARK: usize = 2 << 20;
+/// Most bytes the writer takes off the queue for one (vectored) write.
+const WRITE_BATCH_BYTES_MAX: usize = 1 << 20;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 static NEXT_OPAQUE: AtomicI32 = AtomicI32::new(1);
@@ -95,7 +116,13 @@ pub struct Connection {
     id: u64,
     peer: SocketAddr,
     local: SocketAddr,
-    outbound: mpsc::Sender<RemotingCommand>,
+    outbound: mpsc::Sender<Outbound>,
+    /// Bytes queued for writing and not yet written, plus reservations.
+    outbound_bytes: AtomicUsize,
+    /// Woken whenever `outbound_bytes` falls.
+    outbound_drained: Notify,
+    write_buffer_high_water_mark: usize,
+    write_buffer_low_water_mark: usize,
     pending: Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>,
     max_outbound_pending: usize,
     closed: CancellationToken,
@@ -125,14 +152,20 @@ impl Connection {
             peer,
             local,
             outbound: tx,
+            outbound_bytes: AtomicUsize::new(0),
+            outbound_drained: Notify::new(),
+            write_buffer_high_water_mark: cfg.write_buffer_high_water_mark.max(1),
+            // Hysteresis needs low <= high; equal is allowed (no hysteresis).
+            write_buffer_low_water_mark: cfg
+                .write_buffer_low_water_mark
+                .clamp(1, cfg.write_buffer_high_water_mark.max(1)),
             pending: Mutex::new(HashMap::new()),
             max_outbound_pending: cfg.max_outbound_pending,
             closed: CancellationToken::new(),
             on_priority_lane: AtomicBool::new(false),
         });
         let (handover, handover_rx) = oneshot::channel();
-        let writer =
-            tokio::spawn(write_loop(writer, rx, conn.closed.clone(), peer, cfg.write_timeout, Some(handover_rx)));
+        let writer = tokio::spawn(write_loop(writer, rx, conn.clone(), cfg.write_timeout, Some(handover_rx)));
         let reading = Reading {
             conn: conn.clone(),
             handler,
@@ -223,21 +256,110 @@ impl Connection {
         if self.is_closed() {
             return Err(RemotingError::Closed(self.peer.to_string()));
         }
-        tokio::select! {
-            r = self.outbound.send(cmd) => r.map_err(|_| RemotingError::Closed(self.peer.to_string())),
-            _ = self.closed.cancelled() => Err(RemotingError::Closed(self.peer.to_string())),
+        let frame = self.encode_counted(&cmd);
+        let len = frame.bytes.len();
+        let sent = tokio::select! {
+            r = self.outbound.send(frame) => r.is_ok(),
+            _ = self.closed.cancelled() => false,
+        };
+        if !sent {
+            self.release_outbound(len);
+            return Err(RemotingError::Closed(self.peer.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Encodes `cmd` and counts its bytes as queued (the caller queues it,
+    /// or releases the count when it cannot).
+    fn encode_counted(&self, cmd: &RemotingCommand) -> Outbound {
+        let mut buf = BytesMut::new();
+        cmd.encode(&mut buf);
+        let bytes = buf.freeze();
+        self.outbound_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
+        Outbound { bytes, queued_at: Instant::now() }
+    }
+
+    fn release_outbound(&self, bytes: usize) {
+        let before = self.outbound_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        debug_assert!(before >= bytes, "released {bytes} outbound bytes of {before}");
+        self.outbound_drained.notify_waiters();
+    }
+
+    /// Bytes queued for writing and not yet written, plus reservations.
+    pub fn outbound_bytes(&self) -> usize {
+        self.outbound_bytes.load(Ordering::Acquire)
+    }
+
+    /// Sets `bytes` aside in this connection's outbound budget
+    /// (`writeBufferHighWaterMark`) for an answer about to be made, waiting
+    /// while the budget is spent; the reservation ends when dropped. A
+    /// handler whose answers are large (a pull) takes one before it reads
+    /// them, so a peer that pipelines requests and does not read cannot
+    /// make us build more answers than the budget holds. With nothing
+    /// queued one reservation always fits, however large.
+    pub async fn reserve_outbound(self: &Arc<Self>, bytes: usize) -> Result<OutboundReservation, RemotingError> {
+        loop {
+            let drained = self.outbound_drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check, so a drain in between wakes us.
+            drained.as_mut().enable();
+            let queued = self.outbound_bytes();
+            if queued == 0 || queued.saturating_add(bytes) <= self.write_buffer_high_water_mark {
+                if self
+                    .outbound_bytes
+                    .compare_exchange(queued, queued + bytes, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Ok(OutboundReservation { conn: self.clone(), bytes });
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.closed.cancelled() => return Err(RemotingError::Closed(self.peer.to_string())),
+            }
+        }
+    }
+
+    /// While the queued bytes are at the high water mark, waits for them
+    /// to fall below the low one. False when the connection closed.
+    async fn wait_for_drain(&self) -> bool {
+        if self.outbound_bytes() < self.write_buffer_high_water_mark {
+            return true;
+        }
+        tracing::debug!(peer = %self.peer, queued = self.outbound_bytes(), "peer is behind on its answers; reading paused");
+        loop {
+            let drained = self.outbound_drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.outbound_bytes() < self.write_buffer_low_water_mark {
+                return true;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.closed.cancelled() => return false,
+            }
         }
     }
 
     /// Queues a one-way request without waiting: fails at once when the
-    /// outbound queue is full (for best-effort notifications).
+    /// outbound queue is full or past its high water mark (for best-effort
+    /// notifications).
     pub fn try_oneway(&self, mut request: RemotingCommand) -> Result<(), RemotingError> {
         if self.is_closed() {
             return Err(RemotingError::Closed(self.peer.to_string()));
         }
+        if self.outbound_bytes() >= self.write_buffer_high_water_mark {
+            return Err(RemotingError::TooManyInFlight(self.peer.to_string()));
+        }
         request.opaque = NEXT_OPAQUE.fetch_add(1, Ordering::Relaxed);
         request.flag |= FLAG_ONEWAY;
-        self.outbound.try_send(request).map_err(|_| RemotingError::TooManyInFlight(self.peer.to_string()))
+        let frame = self.encode_counted(&request);
+        let len = frame.bytes.len();
+        self.outbound.try_send(frame).map_err(|_| {
+            self.release_outbound(len);
+            RemotingError::TooManyInFlight(self.peer.to_string())
+        })
     }
 
     fn complete(&self, response: RemotingCommand) {
@@ -249,6 +371,33 @@ impl Connection {
             None => tracing::debug!(peer = %self.peer, opaque = response.opaque, "response to no pending request"),
         }
     }
+}
+
+/// Outbound bytes set aside by [`Connection::reserve_outbound`]; given
+/// back when dropped.
+#[must_use = "the reservation ends when dropped"]
+pub struct OutboundReservation {
+    conn: Arc<Connection>,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for OutboundReservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundReservation").field("bytes", &self.bytes).finish()
+    }
+}
+
+impl Drop for OutboundReservation {
+    fn drop(&mut self) {
+        self.conn.release_outbound(self.bytes);
+    }
+}
+
+/// One encoded frame waiting to be written.
+struct Outbound {
+    bytes: Bytes,
+    /// The write timeout counts from here.
+    queued_at: Instant,
 }
 
 /// What a connection's reader needs wherever it runs.
@@ -297,7 +446,7 @@ async fn serve(
 }
 
 /// A writer task's halves, given back so the connection can move.
-type Handover = (tokio::net::tcp::OwnedWriteHalf, mpsc::Receiver<RemotingCommand>);
+type Handover = (tokio::net::tcp::OwnedWriteHalf, mpsc::Receiver<Outbound>);
 
 /// Stops the writer between two writes and takes the socket off this
 /// runtime, with the bytes already read but not yet decoded.
@@ -306,7 +455,7 @@ async fn move_to_lane(
     frames: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
     writer: tokio::task::JoinHandle<Option<Handover>>,
     handover: oneshot::Sender<()>,
-) -> std::io::Result<(tokio::runtime::Handle, std::net::TcpStream, mpsc::Receiver<RemotingCommand>, BytesMut)> {
+) -> std::io::Result<(tokio::runtime::Handle, std::net::TcpStream, mpsc::Receiver<Outbound>, BytesMut)> {
     let lane = r.cfg.priority_lane.clone().ok_or_else(|| std::io::Error::other("no priority lane"))?;
     let _ = handover.send(());
     let (write_half, outbound) = match writer.await {
@@ -323,7 +472,7 @@ async fn move_to_lane(
 async fn serve_on_lane(
     mut r: Reading,
     stream: std::net::TcpStream,
-    outbound: mpsc::Receiver<RemotingCommand>,
+    outbound: mpsc::Receiver<Outbound>,
     mut buffered: BytesMut,
     first: RemotingCommand,
 ) {
@@ -342,16 +491,20 @@ async fn serve_on_lane(
         h.on_priority_lane(&r.conn);
     }
     let (reader, writer) = stream.into_split();
-    tokio::spawn(write_loop(writer, outbound, r.conn.closed.clone(), r.conn.peer, r.cfg.write_timeout, None));
+    tokio::spawn(write_loop(writer, outbound, r.conn.clone(), r.cfg.write_timeout, None));
     let mut codec = FrameCodec::new(r.cfg.frame_max_length);
-    let mut next = Some(first);
-    while let Some(cmd) = next.take() {
-        if !dispatch(&r, cmd).await {
+    let mut next = Some(Ok(first));
+    while let Some(decoded) = next.take() {
+        let going = match decoded {
+            Ok(cmd) => dispatch(&r, cmd).await,
+            Err(bad) => answer_bad_header(&r.conn, bad).await,
+        };
+        if !going {
             closed(&r);
             return;
         }
         match codec.decode(&mut buffered) {
-            Ok(cmd) => next = cmd,
+            Ok(decoded) => next = decoded,
             Err(e) => {
                 tracing::warn!(peer = %r.conn.peer, reason = %e, "closing connection after a bad frame");
                 closed(&r);
@@ -379,6 +532,11 @@ async fn read_loop(r: &Reading, frames: &mut FramedRead<tokio::net::tcp::OwnedRe
     let conn = &r.conn;
     let may_move = !r.on_lane && r.cfg.priority_lane.is_some();
     loop {
+        // Back-pressure on a peer behind on its answers: its requests stay
+        // in the kernel's buffers, not ours.
+        if !conn.wait_for_drain().await {
+            return Stop::Closed;
+        }
         let next = tokio::select! {
             _ = conn.closed.cancelled() => return Stop::Closed,
             next = tokio::time::timeout(r.cfg.idle_timeout, frames.next()) => next,
@@ -397,7 +555,13 @@ async fn read_loop(r: &Reading, frames: &mut FramedRead<tokio::net::tcp::OwnedRe
                 tracing::warn!(peer = %conn.peer, reason = %e, "closing connection after a bad frame");
                 return Stop::Closed;
             }
-            Ok(Some(Ok(mut cmd))) => {
+            Ok(Some(Ok(Err(bad)))) => {
+                if !answer_bad_header(conn, bad).await {
+                    return Stop::Closed;
+                }
+                continue;
+            }
+            Ok(Some(Ok(Ok(mut cmd)))) => {
                 cmd.received_at = Some(std::time::Instant::now());
                 cmd
             }
@@ -408,6 +572,23 @@ async fn read_loop(r: &Reading, frames: &mut FramedRead<tokio::net::tcp::OwnedRe
         if !dispatch(r, cmd).await {
             return Stop::Closed;
         }
+    }
+}
+
+/// Answers a request whose header fields were out of range, when it can be
+/// answered; false (close the connection) when its `opaque` or `flag` could
+/// not be read.
+async fn answer_bad_header(conn: &Arc<Connection>, bad: BadHeader) -> bool {
+    if bad.opaque.is_none() || bad.flag.is_none() {
+        tracing::warn!(peer = %conn.peer, reason = %bad, "closing connection after an unanswerable bad header");
+        return false;
+    }
+    // Per request, so not at warn: a peer must not be able to flood the log.
+    tracing::debug!(peer = %conn.peer, reason = %bad, "refusing a request with a bad header");
+    match bad.answer() {
+        Some(answer) => conn.send(answer).await.is_ok(),
+        // A one-way request or a response: nobody waits for an answer.
+        None => true,
     }
 }
 
@@ -466,19 +647,19 @@ async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> bool {
     true
 }
 
-/// Writes queued frames, batching what is queued into one write. With a
-/// `handover` receiver, a signal on it between two writes ends the loop
-/// and gives the socket's write half and the queue back (the connection is
-/// moving to another runtime); `None` when the connection closed.
+/// Writes queued frames, several in one vectored write. With a `handover`
+/// receiver, a signal on it between two writes ends the loop and gives the
+/// socket's write half and the queue back (the connection is moving to
+/// another runtime); `None` when the connection closed.
 async fn write_loop(
     mut writer: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<RemotingCommand>,
-    closed: CancellationToken,
-    peer: SocketAddr,
+    mut rx: mpsc::Receiver<Outbound>,
+    conn: Arc<Connection>,
     write_timeout: Duration,
     mut handover: Option<oneshot::Receiver<()>>,
 ) -> Option<Handover> {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let closed = conn.closed.clone();
+    let peer = conn.peer;
     loop {
         let first = tokio::select! {
             _ = closed.cancelled() => None,
@@ -492,43 +673,129 @@ async fn write_loop(
                     }
                 }
             }
-            cmd = rx.recv() => cmd,
+            frame = rx.recv() => frame,
         };
         let Some(first) = first else {
             // Closing: still write what was already queued (answers to
             // requests that finished during shutdown), best effort.
-            while let Ok(cmd) = rx.try_recv() {
-                cmd.encode(&mut buf);
+            let mut batch = Batch::default();
+            while let Ok(frame) = rx.try_recv() {
+                batch.push(frame.bytes);
             }
-            let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(&buf)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all_buf(&mut batch)).await;
             break;
         };
-        first.encode(&mut buf);
-        // Batch whatever else is queued into one write.
-        while buf.len() < 1024 * 1024 {
+        // The oldest frame's queueing time is the batch's deadline.
+        let deadline = first.queued_at + write_timeout;
+        let mut batch = Batch::default();
+        batch.push(first.bytes);
+        while batch.remaining() < WRITE_BATCH_BYTES_MAX && batch.frames.len() < BATCH_FRAMES_MAX {
             match rx.try_recv() {
-                Ok(cmd) => cmd.encode(&mut buf),
+                Ok(frame) => batch.push(frame.bytes),
                 Err(_) => break,
             }
         }
+        let batch_bytes = batch.remaining();
         let written = tokio::select! {
-            r = tokio::time::timeout(write_timeout, writer.write_all(&buf)) => r,
+            r = tokio::time::timeout_at(deadline.into(), writer.write_all_buf(&mut batch)) => r,
             _ = closed.cancelled() => break,
         };
         match written {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => conn.release_outbound(batch_bytes),
             Ok(Err(e)) => {
                 tracing::debug!(peer = %peer, error = %e, "connection write failed");
                 break;
             }
             Err(_) => {
-                tracing::warn!(peer = %peer, timeout_s = write_timeout.as_secs(), "peer stopped reading; closing");
+                tracing::warn!(
+                    peer = %peer,
+                    timeout_ms = write_timeout.as_millis() as u64,
+                    queued_bytes = conn.outbound_bytes(),
+                    "peer stopped reading its answers (serverChannelWriteTimeoutMillis); closing"
+                );
                 break;
             }
         }
-        buf.clear();
     }
     closed.cancel();
     let _ = writer.shutdown().await;
     None
+}
+
+/// Frames gathered into one vectored write: no copying into a buffer.
+const BATCH_FRAMES_MAX: usize = 64;
+
+/// Encoded frames written back to back, as one [`Buf`].
+#[derive(Default)]
+struct Batch {
+    frames: VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl Batch {
+    fn push(&mut self, frame: Bytes) {
+        // An encoded frame is never empty; an empty one would make
+        // `chunk` look finished while bytes remain.
+        if !frame.is_empty() {
+            self.remaining += frame.len();
+            self.frames.push_back(frame);
+        }
+    }
+}
+
+impl Buf for Batch {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.frames.front().map_or(&[], |f| &f[..])
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        debug_assert!(cnt <= self.remaining, "advanced {cnt} past {} remaining", self.remaining);
+        self.remaining -= cnt.min(self.remaining);
+        while cnt > 0 {
+            let Some(front) = self.frames.front_mut() else { break };
+            if cnt < front.len() {
+                front.advance(cnt);
+                break;
+            }
+            cnt -= front.len();
+            self.frames.pop_front();
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, frame) in dst.iter_mut().zip(self.frames.iter()) {
+            *slot = IoSlice::new(frame);
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_advances_across_frames() {
+        let mut b = Batch::default();
+        b.push(Bytes::from_static(b"abc"));
+        b.push(Bytes::new());
+        b.push(Bytes::from_static(b"defg"));
+        assert_eq!(b.remaining(), 7);
+        let mut slices = [IoSlice::new(&[]); 4];
+        assert_eq!(b.chunks_vectored(&mut slices), 2);
+        b.advance(2);
+        assert_eq!(b.chunk(), b"c");
+        b.advance(2);
+        assert_eq!(b.chunk(), b"efg");
+        assert_eq!(b.remaining(), 3);
+        b.advance(3);
+        assert_eq!(b.remaining(), 0);
+        assert!(b.chunk().is_empty());
+    }
 }

@@ -13,6 +13,23 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
+/// A whole frame whose header fields do not fit their types (a numeric
+/// field out of range). Unlike a [`FrameError`], the stream is still in
+/// step: the request is answered with an error when its `opaque` and
+/// `flag` were readable, and only otherwise is the connection closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad header: {reason}")]
+pub struct BadHeader {
+    /// Which field and why.
+    pub reason: String,
+    /// The request's `opaque`, when it was readable.
+    pub opaque: Option<i32>,
+    /// The request's `flag`, when it was readable.
+    pub flag: Option<i32>,
+    /// The header's encoding, for the answer.
+    pub serialize_type: crate::command::SerializeType,
+}
+
 /// A request header field that is missing or does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {

@@ -198,7 +198,7 @@ async fn read_answers(s: &mut tokio::net::TcpStream, n: usize) -> Vec<RemotingCo
     let mut got = Vec::new();
     while got.len() < n {
         while let Some(cmd) = codec.decode(&mut buf).unwrap() {
-            got.push(cmd);
+            got.push(cmd.expect("answers have good headers"));
         }
         if got.len() >= n {
             break;
@@ -278,4 +278,61 @@ async fn a_connection_moves_to_the_priority_lane_with_what_it_had_buffered() {
     server.shutdown(Duration::from_secs(1)).await;
     let _ = stop.send(());
     thread.join().unwrap();
+}
+
+/// Answers every request with a 64 KiB body, set aside first (as a pull does).
+struct BigAnswers {
+    seen: parking_lot::Mutex<Option<Arc<Connection>>>,
+}
+
+const BIG_ANSWER: usize = 64 << 10;
+
+impl RequestHandler for BigAnswers {
+    fn handle(&self, conn: Arc<Connection>, req: RemotingCommand) -> BoxFuture<Option<RemotingCommand>> {
+        self.seen.lock().get_or_insert_with(|| conn.clone());
+        let conn2 = conn.clone();
+        Box::pin(async move {
+            let _reserved = conn2.reserve_outbound(BIG_ANSWER + 1024).await.ok()?;
+            Some(RemotingCommand::success(&req).with_body(vec![1u8; BIG_ANSWER]))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_read_is_bounded_in_bytes_then_closed_after_the_write_timeout() {
+    let handler = Arc::new(BigAnswers { seen: parking_lot::Mutex::new(None) });
+    let high = 512 << 10;
+    let cfg = ConnectionConfig {
+        write_buffer_high_water_mark: high,
+        write_buffer_low_water_mark: high / 2,
+        write_timeout: Duration::from_millis(1500),
+        ..ConnectionConfig::default()
+    };
+    let server = RemotingServer::bind("127.0.0.1:0".parse().unwrap(), cfg, handler.clone()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    // 1,000 requests whose answers come to 64 MiB; never read.
+    let mut requests = bytes::BytesMut::new();
+    for i in 0..1000 {
+        let mut r = RemotingCommand::request(ECHO);
+        r.opaque = i;
+        r.encode(&mut requests);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.write_all(&requests)).await;
+    let conn = loop {
+        if let Some(c) = handler.seen.lock().clone() {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut peak = 0;
+    let started = std::time::Instant::now();
+    while !conn.is_closed() && started.elapsed() < Duration::from_secs(5) {
+        peak = peak.max(conn.outbound_bytes());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(peak > 0, "answers were queued");
+    assert!(peak <= high + BIG_ANSWER + 1024, "{peak} bytes queued for a peer that does not read (high water {high})");
+    assert!(conn.is_closed(), "a peer that did not read for the write timeout is still connected");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "closed only after {waited:?}");
 }

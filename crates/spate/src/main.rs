@@ -62,6 +62,12 @@ enum Command {
         /// HTTP port of Prometheus `/metrics` (0: off).
         #[arg(long, default_value_t = 0)]
         metrics_port: u16,
+        /// Connections open at once (serverMaxConnections).
+        #[arg(long, default_value_t = spate_remoting::server::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
+        /// Connections open at once from one client address (serverMaxConnectionsPerAddress).
+        #[arg(long, default_value_t = spate_remoting::server::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+        max_connections_per_address: usize,
     },
     /// A broker configured by a broker.conf file.
     Broker {
@@ -136,8 +142,21 @@ fn main() -> Result<()> {
             (Command::Standalone { data_dir, namesrv_port, broker_port, metrics_port, .. }, Some(cfg)) => {
                 standalone(cfg, data_dir, namesrv_port, broker_port, metrics_port).await
             }
-            (Command::Namesrv { port, broker_expired_millis, metrics_port }, _) => {
-                namesrv(port, broker_expired_millis, metrics_port).await
+            (
+                Command::Namesrv {
+                    port,
+                    broker_expired_millis,
+                    metrics_port,
+                    max_connections,
+                    max_connections_per_address,
+                },
+                _,
+            ) => {
+                let limits = spate_remoting::AcceptLimits {
+                    max_connections,
+                    max_connections_per_address: max_connections_per_address.min(max_connections),
+                };
+                namesrv(port, broker_expired_millis, metrics_port, limits).await
             }
             (Command::Broker { namesrv_addr, .. }, Some(cfg)) => broker(cfg, namesrv_addr).await,
             (Command::Admin(args), _) => admin::run(args).await,
@@ -215,8 +234,13 @@ async fn standalone(
     if let Some(p) = metrics_port {
         cfg.metrics_prom_exporter_port = p;
     }
+    cfg.validate().context("broker.conf")?;
+    // One process, one set of network limits: broker.conf's apply to the
+    // name server's listener too.
     let namesrv = NameServer::start(NamesrvConfig {
         listen_addr: SocketAddr::from(([0, 0, 0, 0], namesrv_port)),
+        connection: cfg.connection_config(),
+        limits: cfg.accept_limits(),
         ..NamesrvConfig::default()
     })
     .await
@@ -245,11 +269,17 @@ async fn standalone(
     Ok(())
 }
 
-async fn namesrv(port: u16, broker_expired_millis: u64, metrics_port: u16) -> Result<()> {
+async fn namesrv(
+    port: u16,
+    broker_expired_millis: u64,
+    metrics_port: u16,
+    limits: spate_remoting::AcceptLimits,
+) -> Result<()> {
     let namesrv = NameServer::start(NamesrvConfig {
         listen_addr: SocketAddr::from(([0, 0, 0, 0], port)),
         broker_expired_time: Duration::from_millis(broker_expired_millis),
         metrics_port,
+        limits,
         ..NamesrvConfig::default()
     })
     .await

@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
     // Decode until the codec wants more bytes or rejects the stream; a
     // decoded command must encode again without panicking.
-    while let Ok(Some(cmd)) = codec.decode(&mut buf) {
-        let _ = cmd.to_bytes();
+    while let Ok(Some(decoded)) = codec.decode(&mut buf) {
+        match decoded {
+            Ok(cmd) => drop(cmd.to_bytes()),
+            Err(bad) => drop(bad.answer().map(|a| a.to_bytes())),
+        }
     }
 });
