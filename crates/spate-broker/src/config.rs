@@ -44,10 +44,11 @@ pub struct BrokerConfig {
     pub auto_create_topic_enable: bool,
     /// `autoCreateSubscriptionGroup` (true).
     pub auto_create_subscription_group: bool,
-    /// `heartbeatMaxGroups` (64, Spate's): most producer and consumer groups
-    /// one HEART_BEAT may name; a larger one is refused whole, so no single
-    /// request creates more groups and retry topics than this.
-    pub heartbeat_max_groups: usize,
+    /// `heartbeatMaxNewGroups` (64, Spate's): most consumer groups (with
+    /// their retry topics) one HEART_BEAT may create; it may name any number
+    /// that exist, and the groups past the bound are created by the next
+    /// heartbeats.
+    pub heartbeat_max_new_groups: usize,
     /// `defaultTopicQueueNums` (8): queues of an auto-created or default topic.
     pub default_topic_queue_nums: i32,
     /// `registerNameServerPeriod`: re-registration interval (upstream 30 s; Spate 5 s).
@@ -231,7 +232,7 @@ pub const BROKER_KEYS: &[&str] = &[
     "brokerPermission",
     "autoCreateTopicEnable",
     "autoCreateSubscriptionGroup",
-    "heartbeatMaxGroups",
+    "heartbeatMaxNewGroups",
     "defaultTopicQueueNums",
     "registerNameServerPeriod",
     "registerBrokerTimeoutMills",
@@ -273,7 +274,7 @@ impl BrokerConfig {
             broker_permission: 6,
             auto_create_topic_enable: true,
             auto_create_subscription_group: true,
-            heartbeat_max_groups: 64,
+            heartbeat_max_new_groups: 64,
             default_topic_queue_nums: 8,
             register_name_server_period: Duration::from_secs(5),
             register_broker_timeout: Duration::from_millis(6000),
@@ -356,7 +357,7 @@ impl BrokerConfig {
             "brokerPermission" => self.broker_permission = parse(key, v)?,
             "autoCreateTopicEnable" => self.auto_create_topic_enable = parse_bool(key, v)?,
             "autoCreateSubscriptionGroup" => self.auto_create_subscription_group = parse_bool(key, v)?,
-            "heartbeatMaxGroups" => self.heartbeat_max_groups = parse(key, v)?,
+            "heartbeatMaxNewGroups" => self.heartbeat_max_new_groups = parse(key, v)?,
             "defaultTopicQueueNums" => self.default_topic_queue_nums = parse(key, v)?,
             "registerNameServerPeriod" => self.register_name_server_period = millis(key, v)?,
             "registerBrokerTimeoutMills" => self.register_broker_timeout = millis(key, v)?,
@@ -608,7 +609,7 @@ impl BrokerConfig {
             ("brokerPermission", self.broker_permission.to_string()),
             ("autoCreateTopicEnable", self.auto_create_topic_enable.to_string()),
             ("autoCreateSubscriptionGroup", self.auto_create_subscription_group.to_string()),
-            ("heartbeatMaxGroups", self.heartbeat_max_groups.to_string()),
+            ("heartbeatMaxNewGroups", self.heartbeat_max_new_groups.to_string()),
             ("defaultTopicQueueNums", self.default_topic_queue_nums.to_string()),
             ("registerNameServerPeriod", self.register_name_server_period.as_millis().to_string()),
             ("registerBrokerTimeoutMills", self.register_broker_timeout.as_millis().to_string()),

@@ -30,22 +30,12 @@ pub async fn heart_beat(
         version: req.version,
         last_update: Instant::now(),
     };
-    let (auto_group, max_groups) = {
+    let (auto_group, max_new_groups) = {
         let c = state.config.read();
-        (c.auto_create_subscription_group, c.heartbeat_max_groups)
+        (c.auto_create_subscription_group, c.heartbeat_max_new_groups)
     };
-    // Checked whole before anything is created: a request is taken or
-    // refused, never half applied.
-    if hb.consumer_data_set.len() + hb.producer_data_set.len() > max_groups {
-        return Ok(RemotingCommand::error(
-            req,
-            response::INVALID_PARAMETER,
-            format!(
-                "heartbeat names {} groups, more than heartbeatMaxGroups {max_groups}",
-                hb.consumer_data_set.len() + hb.producer_data_set.len()
-            ),
-        ));
-    }
+    // Names are checked whole before anything is created: a request with a
+    // bad name is refused, never half applied.
     let names =
         hb.consumer_data_set.iter().map(|d| &d.group_name).chain(hb.producer_data_set.iter().map(|p| &p.group_name));
     for name in names {
@@ -58,14 +48,31 @@ pub async fn heart_beat(
             return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("subscription topic: {e}")));
         }
     }
+    // A heartbeat may name any number of groups that exist (one client
+    // instance carries all its process's groups), but creates at most
+    // `heartbeatMaxNewGroups` (with their retry topics); the rest are
+    // created by its next heartbeats.
+    let mut created = 0usize;
     let mut topics_changed = false;
     for data in &hb.consumer_data_set {
+        let exists = state.groups.get(&data.group_name).is_some();
+        if !exists && auto_group && created >= max_new_groups {
+            tracing::warn!(
+                group = %data.group_name,
+                client = %hb.client_id,
+                max_new_groups,
+                "heartbeat creates more groups than heartbeatMaxNewGroups; this one waits for the next heartbeat"
+            );
+            continue;
+        }
         let group_cfg_changed = state.groups.ensure(&data.group_name, auto_group);
         if group_cfg_changed {
+            created += 1;
             state.persist_groups_soon();
         }
         // The retry topic of a known group (upstream creates it here too).
-        if !data.is_broadcasting() && state.groups.get(&data.group_name).is_some() {
+        let has_retry_topic = data.group_name.len() <= crate::names::RETRY_GROUP_MAX_LEN;
+        if !data.is_broadcasting() && has_retry_topic && state.groups.get(&data.group_name).is_some() {
             let queues = state.groups.get(&data.group_name).map_or(1, |g| g.retry_queue_nums);
             if state.topics.get(&retry_topic(&data.group_name)).is_none() {
                 topics_changed |= state.topics.ensure_retry_topic(&data.group_name, queues).is_some();
@@ -236,6 +243,13 @@ pub async fn send_back(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
     let times = rec.reconsume_times.max(0).saturating_add(1);
     let dead = times > max_times || req.opt_i32_field("delayLevel")?.is_some_and(|l| l < 0);
     let target = if dead { dlq_topic(&group) } else { retry_topic(&group) };
+    if let Err(e) = message::validate_topic(&target) {
+        return Ok(RemotingCommand::error(
+            req,
+            response::SYSTEM_ERROR,
+            format!("group {group} has no retry or dead-letter topic ({e}); the message is retried by its consumer"),
+        ));
+    }
     if state.topics.get(&target).is_none() {
         // Readable, as upstream 5.x: dead letters can be consumed and listed.
         let p = perm::READ | perm::WRITE;

@@ -21,9 +21,13 @@ pub const UNDELIVERABLE_TOPIC: &str = "RMQ_SYS_SPATE_UNDELIVERABLE";
 /// The message-trace topic, which RocketMQ clients write directly.
 pub const TRACE_TOPIC: &str = "RMQ_SYS_TRACE_TOPIC";
 
-/// Longest group name: its retry topic (`%RETRY%` + name) must still be a
-/// valid topic name.
-pub const GROUP_MAX_LEN: usize = TOPIC_MAX_LEN - RETRY_GROUP_TOPIC_PREFIX.len();
+/// Longest group name (the topic rule, as before). A group longer than
+/// [`RETRY_GROUP_MAX_LEN`] has no retry topic: its send-backs are refused
+/// and its clients retry in place.
+pub const GROUP_MAX_LEN: usize = TOPIC_MAX_LEN;
+
+/// Longest group whose retry topic (`%RETRY%` + name) is still a name.
+pub const RETRY_GROUP_MAX_LEN: usize = TOPIC_MAX_LEN - RETRY_GROUP_TOPIC_PREFIX.len();
 
 /// Checks a producer or consumer group name.
 pub fn validate_group(group: &str) -> Result<(), String> {
@@ -39,9 +43,10 @@ pub fn validate_group(group: &str) -> Result<(), String> {
 /// Whether a client may send to `topic` directly. The broker's own system
 /// topics are written only by the broker: halves, delays and timers are
 /// moved there from their real topic, resolutions and dead letters by the
-/// broker's own requests (upstream forbids the same set). A retry topic may
-/// be written by a client only for a group this broker knows (the stock
-/// clients' send-back fallback); the caller checks that.
+/// broker's own requests. The set is Spate's, wider than upstream's
+/// not-allowed-send set (which lacks `%DLQ%*` and most of `RMQ_SYS_*`).
+/// A retry topic may be written by a client only for a group this broker
+/// knows (the stock clients' send-back fallback); the caller checks that.
 pub fn client_may_send(topic: &str) -> Result<(), String> {
     let reserved = topic == SCHEDULE_TOPIC
         || topic == TIMER_TOPIC
@@ -49,6 +54,7 @@ pub fn client_may_send(topic: &str) -> Result<(), String> {
         || topic == OP_TOPIC
         || topic == CHECK_MAX_TOPIC
         || topic == UNDELIVERABLE_TOPIC
+        || topic == SELF_TEST_TOPIC
         || topic.starts_with(DLQ_GROUP_TOPIC_PREFIX)
         || (topic.starts_with("RMQ_SYS_") && topic != TRACE_TOPIC)
         || topic.starts_with("rmq_sys_");
@@ -59,14 +65,13 @@ pub fn client_may_send(topic: &str) -> Result<(), String> {
 }
 
 /// Whether `topic` is one of the broker's own topics, which admin requests
-/// may neither create, change nor delete (upstream refuses the same): the
-/// topics closed to client sends, the auto-creation template TBW102, the
-/// self-test and trace topics.
+/// may neither create, change nor delete (upstream refuses its system
+/// topics likewise): the topics closed to client sends (dead-letter topics
+/// aside, which an operator may delete) and the auto-creation template
+/// TBW102. The trace topic stays an operator's to create.
 pub fn is_system_topic(topic: &str) -> bool {
     (client_may_send(topic).is_err() && !topic.starts_with(DLQ_GROUP_TOPIC_PREFIX))
         || topic == spate_remoting::protocol::DEFAULT_TOPIC
-        || topic == SELF_TEST_TOPIC
-        || topic == TRACE_TOPIC
 }
 
 /// The topic every broker creates for self tests (upstream's name).
@@ -103,10 +108,10 @@ mod tests {
 
     #[test]
     fn system_topics_are_closed_to_admin_changes() {
-        for t in ["TBW102", SCHEDULE_TOPIC, HALF_TOPIC, SELF_TEST_TOPIC, UNDELIVERABLE_TOPIC, TRACE_TOPIC] {
+        for t in ["TBW102", SCHEDULE_TOPIC, HALF_TOPIC, SELF_TEST_TOPIC, UNDELIVERABLE_TOPIC] {
             assert!(is_system_topic(t), "{t}");
         }
-        for t in ["Orders", "%DLQ%g", "%RETRY%g"] {
+        for t in ["Orders", "%DLQ%g", "%RETRY%g", TRACE_TOPIC] {
             assert!(!is_system_topic(t), "{t}");
         }
     }
@@ -121,10 +126,11 @@ mod tests {
     }
 
     #[test]
-    fn group_names_leave_room_for_their_retry_topic() {
+    fn group_names_follow_the_topic_rule() {
         assert!(validate_group(&"g".repeat(GROUP_MAX_LEN)).is_ok());
         assert!(validate_group(&"g".repeat(GROUP_MAX_LEN + 1)).is_err());
         assert!(validate_group("a/b").is_err());
-        assert!(message::validate_topic(&format!("%RETRY%{}", "g".repeat(GROUP_MAX_LEN))).is_ok());
+        assert!(message::validate_topic(&format!("%RETRY%{}", "g".repeat(RETRY_GROUP_MAX_LEN))).is_ok());
+        assert!(message::validate_topic(&format!("%RETRY%{}", "g".repeat(RETRY_GROUP_MAX_LEN + 1))).is_err());
     }
 }

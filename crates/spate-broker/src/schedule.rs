@@ -321,12 +321,13 @@ pub(crate) fn waiting_as_is(rec: &message::Record<'_>, store_host: std::net::Soc
 /// can never be delivered: a bad destination, a topic table with no room
 /// for it, or a store that refuses it as a message. A passing failure
 /// (busy, not writable, a role change) is an error: the round is retried.
-/// The flag says the message was set aside (with why) rather than delivered.
+/// Returns what was stored (to wait for its flush; nothing when even the
+/// set-aside form could not be kept) and, when it was set aside, why.
 pub(crate) async fn deliver(
     state: &Arc<BrokerState>,
     msg: Due,
     source: Source,
-) -> Result<(spate_store::PutResult, Option<String>), String> {
+) -> Result<(Option<spate_store::PutResult>, Option<String>), String> {
     let aside = |msg, why: String| async move {
         crate::undeliverable::set_aside(state, msg, source, &why).await.map(|put| (put, Some(why)))
     };
@@ -339,7 +340,7 @@ pub(crate) async fn deliver(
     }
     ensure_topic(state, &msg).await?;
     match crate::send::put_one(state, msg.clone()).await {
-        Ok(put) => Ok((put, None)),
+        Ok(put) => Ok((Some(put), None)),
         Err(e) if crate::undeliverable::is_poison(&e) => aside(msg, put_error_text(&e)).await,
         Err(e) => Err(put_error_text(&e)),
     }
@@ -376,7 +377,9 @@ async fn round(state: &Arc<BrokerState>, heads: &mut Heads) -> Result<Duration, 
         for (msg, after) in read.due {
             let (put, _) = deliver(state, msg, Source::Schedule).await?;
             next = next.max(after);
-            last = Some((put.flush, put.append.physical_offset + put.append.size as u64));
+            if let Some(put) = put {
+                last = Some((put.flush, put.append.physical_offset + put.append.size as u64));
+            }
         }
         if let Some((flush, end)) = last {
             // Flushes complete in log order: the last one covers the rest.

@@ -379,7 +379,9 @@ async fn deliver(state: &Arc<BrokerState>, due: &[(i64, i64)]) -> Result<(), Str
     let mut last = None;
     for msg in msgs {
         let (put, _) = crate::schedule::deliver(state, msg, crate::undeliverable::Source::Timer).await?;
-        last = Some((put.flush, put.append.physical_offset + put.append.size as u64));
+        if let Some(put) = put {
+            last = Some((put.flush, put.append.physical_offset + put.append.size as u64));
+        }
     }
     if let Some((flush, end)) = last {
         flush.wait().await.map_err(|e| e.to_string())?;

@@ -66,6 +66,12 @@ impl TopicTable {
             wanted.push(TopicConfig::new(DEFAULT_TOPIC, default_queues, perm::READ | perm::WRITE | perm::INHERIT));
         }
         for tc in wanted {
+            // A cluster or broker name with a character topics may not have
+            // (a '.') has no topic of its own, as a name it is not.
+            if spate_common::message::validate_topic(&tc.topic_name).is_err() {
+                tracing::info!(name = %tc.topic_name, "no topic named after this cluster or broker: not a valid topic name");
+                continue;
+            }
             if self.get(&tc.topic_name).is_none() {
                 self.upsert(tc);
             }

@@ -182,14 +182,16 @@ pub async fn end(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<Remo
             Ok(p) => p,
             Err(why) => return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, why)),
         };
-        if let Err(e) = put.flush.wait().await {
-            return Ok(crate::send::store_error_response(req, &e));
-        }
-        let mut resp = RemotingCommand::success(req);
-        let a = put.append;
-        crate::send::await_replication(state, a.physical_offset + a.size as u64, &mut resp).await;
-        if resp.code != response::SUCCESS {
-            return Ok(resp);
+        if let Some(put) = put {
+            if let Err(e) = put.flush.wait().await {
+                return Ok(crate::send::store_error_response(req, &e));
+            }
+            let mut resp = RemotingCommand::success(req);
+            let a = put.append;
+            crate::send::await_replication(state, a.physical_offset + a.size as u64, &mut resp).await;
+            if resp.code != response::SUCCESS {
+                return Ok(resp);
+            }
         }
         set_aside = aside;
     }
@@ -234,18 +236,30 @@ struct Checker {
     op_read_to: i64,
 }
 
-/// Reads op entries from `from`: (op offset, half offsets) each.
-fn read_ops(store: &MessageStore, from: i64) -> Result<Vec<(i64, Vec<i64>)>, StoreError> {
-    let Some(cq) = store.consume_queue(OP_TOPIC, 0) else { return Ok(Vec::new()) };
+/// Reads op entries from `from`: (op offset, half offsets) each, and the
+/// queue offset after the last entry looked at. An entry that points at no
+/// intact record is logged and passed over: one damaged op never stops
+/// the checker.
+fn read_ops(store: &MessageStore, from: i64) -> Result<(Vec<(i64, Vec<i64>)>, i64), StoreError> {
+    let Some(cq) = store.consume_queue(OP_TOPIC, 0) else { return Ok((Vec::new(), from)) };
     let from = from.max(cq.min_offset());
     let mut out = Vec::new();
-    for (i, unit) in cq.get_range(from, OP_BATCH).into_iter().enumerate() {
-        let raw = store.read_record(unit.physical_offset)?;
+    let units = cq.get_range(from, OP_BATCH);
+    let next = from + units.len() as i64;
+    for (i, unit) in units.into_iter().enumerate() {
+        let raw = match store.read_record(unit.physical_offset) {
+            Ok(raw) => raw,
+            Err(e @ StoreError::BadOffset { .. }) => {
+                tracing::error!(op_offset = from + i as i64, error = %e, "transaction op entry points at no record; skipped");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if let Ok(rec) = message::decode_record(&raw, false) {
             out.push((from + i as i64, op_offsets(rec.body)));
         }
     }
-    Ok(out)
+    Ok((out, next))
 }
 
 impl Checker {
@@ -264,17 +278,19 @@ impl Checker {
         while state.store.max_offset_in_queue(OP_TOPIC, 0) > self.op_read_to {
             let store = state.store.clone();
             let from = self.op_read_to;
-            let ops = tokio::task::spawn_blocking(move || read_ops(&store, from))
+            let (ops, next) = tokio::task::spawn_blocking(move || read_ops(&store, from))
                 .await
                 .map_err(|e| format!("read task failed: {e}"))?
                 .map_err(|e| e.to_string())?;
-            let Some(&(last, _)) = ops.last() else { break };
+            if next <= from {
+                break;
+            }
             for (op, halves) in ops {
                 for h in halves.into_iter().filter(|h| *h >= progress) {
                     self.resolved.insert(h, op);
                 }
             }
-            self.op_read_to = last + 1;
+            self.op_read_to = next;
         }
         // The halves present now (copies made below land after them).
         let end = state.store.max_offset_in_queue(HALF_TOPIC, 0);
@@ -289,7 +305,14 @@ impl Checker {
             let store = state.store.clone();
             let raw = tokio::task::spawn_blocking(move || {
                 let unit = store.consume_queue(HALF_TOPIC, 0).and_then(|cq| cq.get(offset));
-                unit.map(|u| store.read_record(u.physical_offset)).transpose()
+                match unit.map(|u| store.read_record(u.physical_offset)).transpose() {
+                    // A damaged entry: nothing left to check, as if gone.
+                    Err(e @ StoreError::BadOffset { .. }) => {
+                        tracing::error!(offset, error = %e, "half queue entry points at no record; skipped");
+                        Ok(None)
+                    }
+                    other => other,
+                }
             })
             .await
             .map_err(|e| format!("read task failed: {e}"))?
@@ -353,14 +376,27 @@ impl Checker {
             copy.topic = CHECK_MAX_TOPIC.to_string();
             copy.properties = message::encode_properties(pairs).map_err(|e| e.to_string())?;
             crate::schedule::ensure_topic(state, &copy).await?;
-            crate::send::put_one(state, copy).await.map_err(|e| put_error_text(&e))?;
+            match crate::send::put_one(state, copy.clone()).await {
+                Ok(_) => {}
+                Err(e) if crate::undeliverable::is_poison(&e) => {
+                    crate::undeliverable::set_aside(state, copy, Source::Transaction, &put_error_text(&e)).await?;
+                }
+                Err(e) => return Err(put_error_text(&e)),
+            }
             tracing::warn!(group, offset, times, "transaction never resolved: moved to {CHECK_MAX_TOPIC}");
         } else {
             copy.properties = message::encode_properties(pairs.chain([(CHECK_TIMES, next_times.as_str())]))
                 .map_err(|e| e.to_string())?;
-            let put = crate::send::put_one(state, copy).await.map_err(|e| put_error_text(&e))?;
-            let a = put.append;
-            ask_producer(state, rec, &group, a.queue_offset, a.physical_offset as i64);
+            match crate::send::put_one(state, copy.clone()).await {
+                Ok(put) => {
+                    let a = put.append;
+                    ask_producer(state, rec, &group, a.queue_offset, a.physical_offset as i64);
+                }
+                Err(e) if crate::undeliverable::is_poison(&e) => {
+                    crate::undeliverable::set_aside(state, copy, Source::Transaction, &put_error_text(&e)).await?;
+                }
+                Err(e) => return Err(put_error_text(&e)),
+            }
         }
         // The old copy is done with either way.
         let op = crate::send::put_one(state, op_message(state, offset)).await.map_err(|e| put_error_text(&e))?;

@@ -75,12 +75,16 @@ pub fn aside(mut msg: NewMessage, source: Source, reason: &str) -> NewMessage {
 
 /// Stores the set-aside form of `msg` and counts it. Returns the store's
 /// answer so the caller can wait for its flush with the rest of its round.
+/// If even the set-aside form is refused as a message (a body over a since
+/// lowered `maxMessageSize`), it is stored without its body; if that is
+/// refused too, the message is given up with an error log and the metric
+/// (`None`): nothing may stop the deliverer. A passing failure is an error.
 pub async fn set_aside(
     state: &std::sync::Arc<BrokerState>,
     msg: NewMessage,
     source: Source,
     reason: &str,
-) -> Result<spate_store::PutResult, String> {
+) -> Result<Option<spate_store::PutResult>, String> {
     tracing::error!(
         source = source.name(),
         topic = %msg.topic.chars().take(200).collect::<String>(),
@@ -88,9 +92,25 @@ pub async fn set_aside(
         "undeliverable message set aside in {UNDELIVERABLE_TOPIC}"
     );
     ensure_topic(state).await?;
-    let put = crate::send::put_one(state, aside(msg, source, reason))
-        .await
-        .map_err(|e| crate::schedule::put_error_text(&e))?;
+    let body_len = msg.body.len();
+    let mut bare = msg.clone();
+    bare.body = bytes::Bytes::new();
+    let put = match crate::send::put_one(state, aside(msg, source, reason)).await {
+        Ok(put) => Some(put),
+        Err(e) if is_poison(&e) => {
+            let why =
+                format!("{reason}; its body of {body_len} bytes was dropped: {}", crate::schedule::put_error_text(&e));
+            match crate::send::put_one(state, aside(bare, source, &why)).await {
+                Ok(put) => Some(put),
+                Err(e) if is_poison(&e) => {
+                    tracing::error!(source = source.name(), error = %crate::schedule::put_error_text(&e), "undeliverable message could not be kept either; given up");
+                    None
+                }
+                Err(e) => return Err(crate::schedule::put_error_text(&e)),
+            }
+        }
+        Err(e) => return Err(crate::schedule::put_error_text(&e)),
+    };
     state.metrics.undeliverable(source.name());
     Ok(put)
 }

@@ -56,7 +56,13 @@ impl RemotingClient {
             .await
             .map_err(|_| RemotingError::ConnectTimeout(addr.to_string()))?
             .map_err(|e| RemotingError::Connect { addr: addr.to_string(), source: e })?;
-        let conn = Connection::start(stream, self.handler.clone(), &self.cfg.connection)
+        // A client never stops reading: the frames it reads are mostly the
+        // answers it waits for, and pausing them behind its own queued
+        // requests could leave both sides waiting on each other.
+        let mut cfg = self.cfg.connection.clone();
+        cfg.write_buffer_high_water_mark = usize::MAX;
+        cfg.write_buffer_low_water_mark = usize::MAX;
+        let conn = Connection::start(stream, self.handler.clone(), &cfg)
             .map_err(|e| RemotingError::Connect { addr: addr.to_string(), source: e })?;
         let mut map = self.connections.lock();
         match map.get(addr) {

@@ -99,8 +99,9 @@ impl Default for ConnectionConfig {
     }
 }
 
-/// Default `writeBufferHighWaterMark`: room for a consumer's 16 pull
-/// answers of `maxTransferBytesOnMessageInMemory` (256 KiB) in flight.
+/// Default `writeBufferHighWaterMark`: room for 15 pull answers of
+/// `maxTransferBytesOnMessageInMemory` (256 KiB, plus a header) being read
+/// at once on one connection; pulls beyond wait microseconds for room.
 pub const DEFAULT_WRITE_BUFFER_HIGH_WATER_MARK: usize = 4 << 20;
 /// Default `writeBufferLowWaterMark`.
 pub const DEFAULT_WRITE_BUFFER_LOW_WATER_MARK: usize = 2 << 20;
