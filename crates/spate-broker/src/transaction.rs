@@ -236,11 +236,14 @@ struct Checker {
     op_read_to: i64,
 }
 
+/// One op entry: its queue offset and the half offsets it resolves.
+type OpEntry = (i64, Vec<i64>);
+
 /// Reads op entries from `from`: (op offset, half offsets) each, and the
 /// queue offset after the last entry looked at. An entry that points at no
 /// intact record is logged and passed over: one damaged op never stops
 /// the checker.
-fn read_ops(store: &MessageStore, from: i64) -> Result<(Vec<(i64, Vec<i64>)>, i64), StoreError> {
+fn read_ops(store: &MessageStore, from: i64) -> Result<(Vec<OpEntry>, i64), StoreError> {
     let Some(cq) = store.consume_queue(OP_TOPIC, 0) else { return Ok((Vec::new(), from)) };
     let from = from.max(cq.min_offset());
     let mut out = Vec::new();
