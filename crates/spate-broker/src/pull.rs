@@ -155,6 +155,7 @@ pub async fn pull(
         let waiting = matches!(result.code, response::PULL_NOT_FOUND) && suspend;
         let left = deadline.saturating_duration_since(Instant::now());
         if !waiting || left.is_zero() {
+            hold_for_answer(conn, req, reserved.take());
             return Ok(finish(state, &h.group, req, result));
         }
         if slot.is_none() {
@@ -162,6 +163,7 @@ pub async fn pull(
             slot = state.long_poll.hold();
             if slot.is_none() {
                 // Too many waiting pulls: answer now, the client pulls again.
+                hold_for_answer(conn, req, reserved.take());
                 return Ok(finish(state, &h.group, req, result));
             }
         }
@@ -175,10 +177,20 @@ pub async fn pull(
         };
         if !changed {
             // Timed out: one last read, then answer whatever it says.
-            let _reserved = set_aside(conn, answer_bytes).await?;
+            let reserved = set_aside(conn, answer_bytes).await?;
             let result = read(state, &h, codes.clone()).await?;
+            hold_for_answer(conn, req, Some(reserved));
             return Ok(finish(state, &h.group, req, result));
         }
+    }
+}
+
+/// Hands the answer's reservation to the connection, which gives it back
+/// once the answer itself is counted as queued: no gap in between for
+/// another pull to fill.
+fn hold_for_answer(conn: &Arc<Connection>, req: &RemotingCommand, reserved: Option<OutboundReservation>) {
+    if let Some(r) = reserved {
+        conn.hold_until_answered(req.opaque, r);
     }
 }
 

@@ -122,6 +122,10 @@ pub struct Connection {
     outbound_bytes: AtomicUsize,
     /// Woken whenever `outbound_bytes` falls.
     outbound_drained: Notify,
+    /// Reservations handed to an answer not yet queued, by request opaque
+    /// ([`Connection::hold_until_answered`]): released once that answer's
+    /// own bytes are counted, so the budget never has a gap between them.
+    held: parking_lot::Mutex<HashMap<i32, usize>>,
     write_buffer_high_water_mark: usize,
     write_buffer_low_water_mark: usize,
     pending: Mutex<HashMap<i32, oneshot::Sender<RemotingCommand>>>,
@@ -155,6 +159,7 @@ impl Connection {
             outbound: tx,
             outbound_bytes: AtomicUsize::new(0),
             outbound_drained: Notify::new(),
+            held: parking_lot::Mutex::new(HashMap::new()),
             write_buffer_high_water_mark: cfg.write_buffer_high_water_mark.max(1),
             // Hysteresis needs low <= high; equal is allowed (no hysteresis).
             write_buffer_low_water_mark: cfg
@@ -322,6 +327,28 @@ impl Connection {
         }
     }
 
+    /// Keeps `reservation` until the answer to the request with `opaque` is
+    /// queued (its bytes counted): a handler whose answer is built from what
+    /// it reserved for hands the reservation over instead of dropping it.
+    pub fn hold_until_answered(&self, opaque: i32, mut reservation: OutboundReservation) {
+        let bytes = std::mem::take(&mut reservation.bytes);
+        *self.held.lock().entry(opaque).or_insert(0) += bytes;
+    }
+
+    /// Gives back what was held for the answer to `opaque`.
+    fn release_held(&self, opaque: i32) {
+        let bytes = {
+            let mut held = self.held.lock();
+            if held.is_empty() {
+                return;
+            }
+            held.remove(&opaque)
+        };
+        if let Some(bytes) = bytes {
+            self.release_outbound(bytes);
+        }
+    }
+
     /// While the queued bytes are at the high water mark, waits for them
     /// to fall below the low one. False when the connection closed.
     async fn wait_for_drain(&self) -> bool {
@@ -390,7 +417,9 @@ impl std::fmt::Debug for OutboundReservation {
 
 impl Drop for OutboundReservation {
     fn drop(&mut self) {
-        self.conn.release_outbound(self.bytes);
+        if self.bytes > 0 {
+            self.conn.release_outbound(self.bytes);
+        }
     }
 }
 
@@ -638,6 +667,7 @@ async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> bool {
                 let _ = conn2.send(resp).await;
             }
         }
+        conn2.release_held(opaque);
         drop(permit);
     };
     if run_here {

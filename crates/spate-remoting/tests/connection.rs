@@ -292,7 +292,10 @@ impl RequestHandler for BigAnswers {
         self.seen.lock().get_or_insert_with(|| conn.clone());
         let conn2 = conn.clone();
         Box::pin(async move {
-            let _reserved = conn2.reserve_outbound(BIG_ANSWER + 1024).await.ok()?;
+            let reserved = conn2.reserve_outbound(BIG_ANSWER + 1024).await.ok()?;
+            // Handed to the answer, as a pull does: no gap for another
+            // request to fill between the reservation and the answer.
+            conn2.hold_until_answered(req.opaque, reserved);
             Some(RemotingCommand::success(&req).with_body(vec![1u8; BIG_ANSWER]))
         })
     }
