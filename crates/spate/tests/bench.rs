@@ -237,7 +237,10 @@ fn open_loop_accounting_shows_a_server_stall() {
         "--topic",
         "T",
         "--rate",
-        "1000",
+        // 400/s, not more: between two stalls (every 250 ms) the backlog of
+        // ~20 sends drains even on a slow day for a debug build, so the
+        // median measures unstalled sends (at 1000/s it sometimes did not).
+        "400",
         "--duration",
         "3s",
         "--warmup",
@@ -248,7 +251,7 @@ fn open_loop_accounting_shows_a_server_stall() {
     ]);
     let after = monotonic_ns();
     let (p50, p999) = (v["p50_us"].as_u64().unwrap(), v["p999_us"].as_u64().unwrap());
-    // 1% of sends stall the server 50 ms; the ~50 sends scheduled behind
+    // 1% of sends stall the server 50 ms; the ~20 sends scheduled behind
     // each stall wait too, so several percent of samples are >= tens of ms.
     assert!(p999 >= 40_000, "open-loop p99.9 {p999} us hides the 50 ms stalls");
     assert!(p50 < 10_000, "p50 {p50} us: most sends are not stalled");
@@ -258,7 +261,7 @@ fn open_loop_accounting_shows_a_server_stall() {
         tail.split_whitespace().next().unwrap().parse().unwrap()
     };
     let slow: Vec<&str> = stderr.lines().filter(|l| l.starts_with("slow send:")).collect();
-    assert!(slow.len() >= 20, "{} slow sends logged for 30 stalls of 50 ms: {stderr}", slow.len());
+    assert!(slow.len() >= 20, "{} slow sends logged for 12 stalls of 50 ms: {stderr}", slow.len());
     for line in &slow {
         let (intended, answered, us) =
             (field(line, "intended_ns"), field(line, "answered_ns"), field(line, "latency_us"));
