@@ -122,19 +122,9 @@ pub fn to_due(rec: &message::Record<'_>, store_host: std::net::SocketAddr) -> Re
         .ok_or("no or bad REAL_QID")?;
     let pairs = message::properties(rec.properties).filter(|(k, _)| *k != property::DELAY);
     let properties = message::encode_properties(pairs).map_err(|e| e.to_string())?;
-    Ok(NewMessage {
-        topic,
-        queue_id,
-        flag: rec.flag,
-        body: bytes::Bytes::copy_from_slice(rec.body),
-        properties,
-        sys_flag: rec.sys_flag,
-        born_timestamp: rec.born_timestamp,
-        born_host: rec.born_host,
-        store_host,
-        reconsume_times: rec.reconsume_times,
-        prepared_tx_offset: rec.prepared_tx_offset,
-    })
+    let mut m = waiting_as_is(rec, store_host);
+    (m.topic, m.queue_id, m.properties) = (topic, queue_id, properties);
+    Ok(m)
 }
 
 pub(crate) fn now_ms() -> i64 {
