@@ -146,7 +146,7 @@ pub fn update_offset(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<
     let topic = req.str_field("topic")?;
     let queue_id = req.i32_field("queueId")?;
     let offset = req.i64_field("commitOffset")?;
-    if let Err(e) = crate::pull::validate_group(group) {
+    if let Err(e) = crate::names::validate_group(group) {
         return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
     }
     match state.topics.get(topic) {

@@ -29,7 +29,8 @@ pub const GROUP_MAX_LEN: usize = TOPIC_MAX_LEN;
 /// Longest group whose retry topic (`%RETRY%` + name) is still a name.
 pub const RETRY_GROUP_MAX_LEN: usize = TOPIC_MAX_LEN - RETRY_GROUP_TOPIC_PREFIX.len();
 
-/// Checks a producer or consumer group name.
+/// Checks a producer or consumer group name: the topic-name rules (so no
+/// `@`, which separates topic and group in the offset table).
 pub fn validate_group(group: &str) -> Result<(), String> {
     if group.len() > GROUP_MAX_LEN || message::validate_topic(group).is_err() {
         return Err(format!(

@@ -26,12 +26,6 @@ const ANSWER_HEADER_BYTES: usize = 1024;
 /// Longest a pull waits for the dispatcher before deciding an offset moved.
 const DISPATCH_WAIT_MAX: Duration = Duration::from_millis(100);
 
-/// Group names follow the topic-name rules (and so cannot contain `@`,
-/// which separates topic and group in the offset table).
-pub fn validate_group(group: &str) -> Result<(), String> {
-    crate::names::validate_group(group)
-}
-
 /// Longest a pull may be held, whatever the client asks (`brokerSuspendMaxTimeMillis` is the client's side).
 pub const MAX_SUSPEND: Duration = Duration::from_secs(60);
 
@@ -71,7 +65,7 @@ pub async fn pull(
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, BrokerError> {
     let h = parse(req)?;
-    if let Err(e) = validate_group(&h.group) {
+    if let Err(e) = crate::names::validate_group(&h.group) {
         return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
     }
     if !perm::readable(state.config.read().broker_permission) {

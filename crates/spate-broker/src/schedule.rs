@@ -275,9 +275,8 @@ pub(crate) async fn ensure_topic(state: &BrokerState, msg: &NewMessage) -> Resul
     }
     // Names reach here only through names::stored_destination; checked once
     // more because this creates a table entry (and later a directory).
-    message::validate_topic(&msg.topic).map_err(|e| e.to_string())?;
-    if !(0..crate::topics::MAX_QUEUE_NUMS).contains(&msg.queue_id) {
-        return Err(format!("queue id {} is beyond any topic's queues", msg.queue_id));
+    if let Some(why) = cannot_route(state, msg) {
+        return Err(why);
     }
     let queues = (msg.queue_id + 1).max(state.config.read().default_topic_queue_nums);
     let tc = spate_remoting::protocol::TopicConfig::new(&msg.topic, queues, perm::READ | perm::WRITE);

@@ -636,10 +636,7 @@ impl MessageStore {
         if rec.physical_offset as u64 != physical_offset {
             return Err(not_here("no record starts here"));
         }
-        let deadline = Instant::now() + READ_RECORD_DISPATCH_WAIT;
-        while self.dispatched_offset() <= physical_offset && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.wait_dispatched_to(physical_offset + 1, READ_RECORD_DISPATCH_WAIT);
         let unit = self.consume_queue(rec.topic, rec.queue_id).and_then(|cq| cq.get(rec.queue_offset));
         if unit.is_none_or(|u| u.physical_offset != physical_offset) {
             return Err(not_here("no record starts here"));
@@ -792,7 +789,12 @@ impl MessageStore {
     /// Waits (bounded) until consume queues and index cover everything
     /// readable now. For tests and orderly hand-overs.
     pub fn wait_dispatched(&self, timeout: Duration) -> bool {
-        let target = self.inner.commit_log.max_offset();
+        self.wait_dispatched_to(self.inner.commit_log.max_offset(), timeout)
+    }
+
+    /// Waits (polling every millisecond, blocking) until everything below
+    /// `target` is dispatched; false on timeout.
+    fn wait_dispatched_to(&self, target: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.inner.dispatcher.dispatched() >= target {
