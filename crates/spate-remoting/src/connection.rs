@@ -81,6 +81,9 @@ pub struct ConnectionConfig {
     /// ([`RequestHandler::is_priority`]); `None`: every connection stays
     /// where it started.
     pub priority_lane: Option<tokio::runtime::Handle>,
+    /// Credentials that sign every request this side sends (a client's);
+    /// `None` on servers, whose requests to clients are never signed.
+    pub credentials: Option<spate_auth::Credentials>,
 }
 
 impl Default for ConnectionConfig {
@@ -95,6 +98,7 @@ impl Default for ConnectionConfig {
             max_outbound_pending: 65535,
             write_timeout: Duration::from_secs(30),
             priority_lane: None,
+            credentials: None,
         }
     }
 }
@@ -132,6 +136,7 @@ pub struct Connection {
     max_outbound_pending: usize,
     closed: CancellationToken,
     on_priority_lane: AtomicBool,
+    credentials: Option<spate_auth::Credentials>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -169,6 +174,7 @@ impl Connection {
             max_outbound_pending: cfg.max_outbound_pending,
             closed: CancellationToken::new(),
             on_priority_lane: AtomicBool::new(false),
+            credentials: cfg.credentials.clone(),
         });
         let (handover, handover_rx) = oneshot::channel();
         let writer = tokio::spawn(write_loop(writer, rx, conn.clone(), cfg.write_timeout, Some(handover_rx)));
@@ -224,6 +230,7 @@ impl Connection {
         let opaque = NEXT_OPAQUE.fetch_add(1, Ordering::Relaxed);
         request.opaque = opaque;
         request.flag &= !FLAG_ONEWAY;
+        self.sign(&mut request);
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.pending.lock();
@@ -254,7 +261,16 @@ impl Connection {
     pub async fn oneway(&self, mut request: RemotingCommand) -> Result<(), RemotingError> {
         request.opaque = NEXT_OPAQUE.fetch_add(1, Ordering::Relaxed);
         request.flag |= FLAG_ONEWAY;
+        self.sign(&mut request);
         self.send(request).await
+    }
+
+    /// Signs an outgoing request with this side's credentials, if any. The
+    /// opaque and flag live outside the signed header fields.
+    fn sign(&self, request: &mut RemotingCommand) {
+        if let Some(c) = &self.credentials {
+            crate::signing::sign(request, c);
+        }
     }
 
     /// Queues a command for writing as it is (used for responses).
@@ -382,6 +398,7 @@ impl Connection {
         }
         request.opaque = NEXT_OPAQUE.fetch_add(1, Ordering::Relaxed);
         request.flag |= FLAG_ONEWAY;
+        self.sign(&mut request);
         let frame = self.encode_counted(&request);
         let len = frame.bytes.len();
         self.outbound.try_send(frame).map_err(|_| {

@@ -6,9 +6,12 @@
 //! - [`server`] and [`client`]: the accepting and the connecting side.
 //! - [`code`]: request and response codes.
 //! - [`protocol`]: bodies and their JSON shapes, shared by servers and clients.
+//! - [`access`]: who may send which request: the request-code tables and the gate.
+//! - [`signing`]: RocketMQ's request signatures (client signs, server checks).
 //!
 //! This crate knows nothing about storage.
 
+pub mod access;
 pub mod client;
 pub mod code;
 pub mod codec;
@@ -17,6 +20,7 @@ pub mod connection;
 pub mod error;
 pub mod protocol;
 pub mod server;
+pub mod signing;
 
 pub use client::{ClientConfig, RemotingClient};
 pub use code::{request, response, LanguageCode};
@@ -25,3 +29,4 @@ pub use connection::OutboundReservation;
 pub use connection::{BoxFuture, Connection, ConnectionConfig, RequestHandler};
 pub use error::{BadHeader, FrameError, HeaderError, RemotingError};
 pub use server::{AcceptLimits, RemotingServer};
+pub use spate_auth::Credentials;
