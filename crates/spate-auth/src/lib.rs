@@ -15,6 +15,7 @@
 
 pub mod authorize;
 pub mod error;
+pub mod file;
 pub mod model;
 pub mod plain_acl;
 mod seal;
@@ -26,7 +27,7 @@ pub use error::{AuthError, AuthFailure};
 pub use model::{
     Acl, Action, Decision, Policy, PolicyEntry, PolicyType, Resource, ResourceType, User, UserStatus, UserType,
 };
-pub use store::{AuthStore, Principal, Proof};
+pub use store::{AuthStore, Principal, Proof, UserUpdate};
 
 /// An access key and its secret, as a client signs with them.
 #[derive(Clone, PartialEq, Eq)]

@@ -21,6 +21,20 @@ use crate::model::{subject_username, user_subject, validate_username, Acl, User,
 /// Most users and most ACL subjects a table holds.
 pub const USERS_MAX: usize = 10_000;
 
+/// A change to a user: what is `None` stays as it is (upstream's
+/// `UserInfo` with null fields).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserUpdate {
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub user_type: Option<UserType>,
+    #[serde(default)]
+    pub user_status: Option<UserStatus>,
+}
+
 /// Who sent a request, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -157,20 +171,32 @@ impl AuthStore {
     /// Creates the first Super user when there is none
     /// (`initAuthenticationUser`); `Ok(false)` when users exist already.
     pub fn init_super_user(&self, username: &str, password: &str) -> Result<bool, AuthError> {
-        let user = User {
-            username: username.to_string(),
-            password: Some(password.to_string()),
-            user_type: UserType::Super,
-            user_status: UserStatus::Enable,
-        };
-        user.validate()?;
+        Ok(!self.init_super_users(&[crate::Credentials::new(username, password)])?.is_empty())
+    }
+
+    /// Creates these Super users (`initAuthenticationUser`, and the inner
+    /// credentials servers sign their own requests with) when the tables
+    /// hold no user yet; returns the names created.
+    pub fn init_super_users(&self, firsts: &[crate::Credentials]) -> Result<Vec<String>, AuthError> {
         let mut t = self.tables.write();
         if !t.users.is_empty() {
-            return Ok(false);
+            return Ok(Vec::new());
         }
-        t.users.insert(user.username.clone(), user);
+        let mut created = Vec::new();
+        for c in firsts {
+            let user = User {
+                username: c.access_key.clone(),
+                password: Some(c.secret_key.clone()),
+                user_type: UserType::Super,
+                user_status: UserStatus::Enable,
+            };
+            user.validate()?;
+            if t.users.insert(user.username.clone(), user).is_none() {
+                created.push(c.access_key.clone());
+            }
+        }
         t.version += 1;
-        Ok(true)
+        Ok(created)
     }
 
     /// Adds a user. Only a Super user may create another.
@@ -192,17 +218,28 @@ impl AuthStore {
         Ok(())
     }
 
-    /// Changes a user's password, type or status; absent fields keep their value.
-    pub fn update_user(&self, by: &Principal, update: User) -> Result<(), AuthError> {
-        update.validate()?;
-        check_may_grant(by, &update)?;
+    /// Changes a user's password, type or status; `None` keeps the value.
+    pub fn update_user(&self, by: &Principal, update: UserUpdate) -> Result<(), AuthError> {
+        validate_username(&update.username)?;
+        let probe = User {
+            username: update.username.clone(),
+            password: update.password.clone(),
+            user_type: update.user_type.unwrap_or_default(),
+            user_status: update.user_status.unwrap_or_default(),
+        };
+        probe.validate()?;
+        check_may_grant(by, &probe)?;
         let mut t = self.tables.write();
         let user = t.users.get_mut(&update.username).ok_or_else(|| AuthError::NoSuchUser(update.username.clone()))?;
         if let Some(p) = update.password {
             user.password = Some(p);
         }
-        user.user_type = update.user_type;
-        user.user_status = update.user_status;
+        if let Some(ty) = update.user_type {
+            user.user_type = ty;
+        }
+        if let Some(st) = update.user_status {
+            user.user_status = st;
+        }
         t.version += 1;
         Ok(())
     }
@@ -368,7 +405,7 @@ mod tests {
         assert_eq!(bad.reason(), "bad_signature");
         assert!(bad.to_string().contains("alice") && !bad.to_string().contains("alicesecret"));
         assert_eq!(signed(&s, "mallory", "x").unwrap_err().reason(), "unknown_user");
-        let disabled: User = serde_json::from_str(r#"{"username":"alice","userStatus":"disable"}"#).unwrap();
+        let disabled: UserUpdate = serde_json::from_str(r#"{"username":"alice","userStatus":"disable"}"#).unwrap();
         s.update_user(&root(), disabled).unwrap();
         assert_eq!(signed(&s, "alice", "alicesecret").unwrap_err().reason(), "disabled_user");
         // The password survived an update that did not name one.

@@ -215,6 +215,16 @@ pub struct BrokerConfig {
     /// `zkPollIntervalMillis` (Spate): how often a controlled broker
     /// publishes its liveness and re-reads its group (100 ms).
     pub zk_poll_interval: Duration,
+    /// `authenticationEnabled` (`aclEnable`), `authorizationEnabled` and
+    /// their whitelists.
+    pub access: spate_remoting::access::AccessSettings,
+    /// `initAuthenticationUser`: the Super user created at first start
+    /// (when no user exists yet).
+    pub init_authentication_user: Option<spate_remoting::Credentials>,
+    /// `innerClientAuthenticationCredentials`: what this broker signs its
+    /// own requests with (name servers, its master); created as a Super
+    /// user at first start. Never shown by GET_BROKER_CONFIG.
+    pub inner_credentials: Option<spate_remoting::Credentials>,
     /// The store's settings (`storePathRootDir`, `flushDiskType`, ...).
     pub store: StoreConfig,
 }
@@ -252,6 +262,12 @@ pub const BROKER_KEYS: &[&str] = &[
 ];
 
 impl BrokerConfig {
+    /// What this broker signs its own requests with:
+    /// `innerClientAuthenticationCredentials`, else `initAuthenticationUser`.
+    pub fn inner_client_credentials(&self) -> Option<&spate_remoting::Credentials> {
+        self.inner_credentials.as_ref().or(self.init_authentication_user.as_ref())
+    }
+
     /// The worker-thread count `serverWorkerThreads` asks for on this machine.
     pub fn worker_threads(&self) -> usize {
         match self.server_worker_threads {
@@ -331,6 +347,9 @@ impl BrokerConfig {
             zk_addr: String::new(),
             zk_session_timeout: Duration::from_secs(2),
             zk_poll_interval: Duration::from_millis(100),
+            access: Default::default(),
+            init_authentication_user: None,
+            inner_credentials: None,
             store: StoreConfig::new(store_root),
         }
     }
@@ -418,6 +437,9 @@ impl BrokerConfig {
             "zkAddr" | "controllerAddr" => self.zk_addr = v.trim().to_string(),
             "zkSessionTimeoutMillis" => self.zk_session_timeout = millis(key, v)?,
             "zkPollIntervalMillis" => self.zk_poll_interval = millis(key, v)?,
+            "initAuthenticationUser" => self.init_authentication_user = Some(credentials(key, v)?),
+            "innerClientAuthenticationCredentials" => self.inner_credentials = Some(credentials(key, v)?),
+            k if self.access.set(k, v).map_err(BrokerError::Config)? => {}
             _ => return self.store.set(key, v).map_err(|e| BrokerError::Config(e.to_string())),
         }
         Ok(true)
@@ -446,6 +468,14 @@ impl BrokerConfig {
 
     /// Checks settings that only make sense together.
     pub fn validate(&self) -> Result<(), BrokerError> {
+        self.access.validate().map_err(BrokerError::Config)?;
+        if self.access.authentication_enabled && self.inner_client_credentials().is_none() {
+            return Err(BrokerError::Config(
+                "authenticationEnabled=true needs innerClientAuthenticationCredentials (or initAuthenticationUser): \
+                 the broker signs its registrations and its slave's requests with them"
+                    .into(),
+            ));
+        }
         if self.default_topic_queue_nums < 1 || self.default_topic_queue_nums > 1024 {
             return Err(invalid("defaultTopicQueueNums", &self.default_topic_queue_nums.to_string(), "1..=1024"));
         }
@@ -578,6 +608,14 @@ impl BrokerConfig {
         }
     }
 
+    /// Settings of this broker's own client connections (name servers, its
+    /// master): they sign with the inner credentials.
+    pub fn inner_client_config(&self) -> spate_remoting::ClientConfig {
+        let mut c = spate_remoting::ClientConfig::default();
+        c.connection.credentials = self.inner_client_credentials().cloned();
+        c
+    }
+
     /// How many connections the client-facing listeners accept.
     pub fn accept_limits(&self) -> spate_remoting::AcceptLimits {
         spate_remoting::AcceptLimits {
@@ -696,6 +734,10 @@ pub const RUNTIME_KEYS: &[&str] = &[
     "notifyConsumerIdsChangedEnable",
     "slaveReadEnable",
 ];
+
+fn credentials(key: &str, v: &str) -> Result<spate_remoting::Credentials, BrokerError> {
+    spate_remoting::Credentials::from_json(v).map_err(|e| BrokerError::Config(format!("invalid {key}: {e}")))
+}
 
 fn split_addrs(v: &str) -> Vec<String> {
     v.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()

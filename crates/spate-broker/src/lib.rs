@@ -12,6 +12,7 @@
 //! on the blocking pool; appends are memory copies into pre-faulted files.
 
 pub mod admin;
+pub mod auth;
 pub mod capacity;
 pub mod clients;
 pub mod config;
@@ -114,6 +115,9 @@ pub struct BrokerState {
     pub replication: Arc<ha::Replication>,
     /// A slave's link to its master (unused on a master).
     pub slave: ha::slave::SlaveState,
+    /// Who may send what (`auth.rs`): users, ACLs and the request-code table.
+    pub gate: spate_remoting::access::Gate,
+    auth_writer: persist::TableWriter,
     topic_change: tokio::sync::Notify,
     group_change: tokio::sync::Notify,
     /// Set once a name server has accepted a registration: from then on
@@ -187,6 +191,13 @@ impl Broker {
             cfg.auto_create_topic_enable,
             cfg.default_topic_queue_nums,
         );
+        let users = {
+            let (root, cfg) = (root.clone(), cfg.clone());
+            tokio::task::spawn_blocking(move || auth::load(&root, &cfg))
+                .await
+                .map_err(|e| BrokerError::Config(format!("auth table load task failed: {e}")))??
+        };
+        let gate = auth::gate(&cfg, users);
         let long_poll = LongPoll::new(cfg.max_held_pulls);
         let lp = long_poll.clone();
         store.set_dispatch_listener(Arc::new(move |topic: &str, queue_id: i32, max: i64| {
@@ -250,6 +261,8 @@ impl Broker {
             replication,
             identity,
             slave: ha::slave::SlaveState::default(),
+            gate,
+            auth_writer: Default::default(),
             topic_change: tokio::sync::Notify::new(),
             group_change: tokio::sync::Notify::new(),
             registered: tokio::sync::watch::Sender::new(false),
@@ -426,7 +439,11 @@ impl RequestHandler for Processor {
         let state = self.state.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let resp = match process(&state, &conn, &req).await {
+            let principal = match auth::check(&state, &req, conn.peer_addr().ip()) {
+                Ok(p) => p,
+                Err(refused) => return (!req.is_oneway()).then_some(refused),
+            };
+            let resp = match process(&state, &conn, &req, principal.as_ref()).await {
                 Ok(r) => r,
                 Err(e) => error_response(&req, &e),
             };
@@ -498,6 +515,7 @@ async fn process(
     state: &Arc<BrokerState>,
     conn: &Arc<Connection>,
     req: &RemotingCommand,
+    principal: Option<&spate_auth::Principal>,
 ) -> Result<RemotingCommand, BrokerError> {
     use request as r;
     // A slave's topics and groups are its master's copy: changed there only.
@@ -552,6 +570,7 @@ async fn process(
         r::GET_CONSUMER_CONNECTION_LIST => admin::consumer_connections(state, req)?,
         r::QUERY_MESSAGE => admin::query_message(state, req).await?,
         r::VIEW_MESSAGE_BY_ID => admin::view_message(state, req).await?,
+        code if auth::is_admin_code(code) => auth::admin(state, principal, req).await?,
         code => RemotingCommand::error(
             req,
             response::REQUEST_CODE_NOT_SUPPORTED,

@@ -176,6 +176,14 @@ pub fn render(state: &Arc<BrokerState>) -> String {
     let m = &state.metrics.registry;
     let s = state.store.stats();
     let g = |name: &'static str, help: &'static str, v: i64| m.gauge(name, help, &[]).set(v);
+    for (reason, n) in state.gate.denied_counts() {
+        let c = m.counter(
+            "spate_auth_denied_total",
+            "Requests refused by authentication or authorization.",
+            &[("reason", reason)],
+        );
+        c.add(n.saturating_sub(c.get()));
+    }
     g(
         "spate_store_commitlog_bytes",
         "Commit-log bytes kept (max minus min offset).",

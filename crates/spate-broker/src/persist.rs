@@ -4,7 +4,6 @@
 //! the new table, never a torn one. Callers run them off the async workers.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -31,21 +30,11 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, BrokerError> 
         .map_err(|e| BrokerError::BadFile { path: path.display().to_string(), reason: e.reason })
 }
 
-/// Replaces the table at `path` atomically and durably. Blocking.
+/// Replaces the table at `path` atomically and durably (owner-only, the
+/// same writer as the auth table's). Blocking.
 pub fn save(path: &Path, bytes: &[u8]) -> Result<(), BrokerError> {
-    let io = |e| BrokerError::Io { path: path.display().to_string(), source: e };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io)?;
-    // A unique temporary name: two writers never share one.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    let mut f = fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_data().map_err(io)?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io)?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    spate_auth::file::write_atomic(path, bytes)
+        .map_err(|e| BrokerError::Io { path: path.display().to_string(), source: e })
 }
 
 /// Serializes the writes of one table: snapshots are taken and written in

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spate_remoting::protocol::{perm, RegisterBrokerBody};
-use spate_remoting::{request, response, ClientConfig, RemotingClient, RemotingCommand};
+use spate_remoting::{request, response, RemotingClient, RemotingCommand};
 
 use crate::BrokerState;
 
@@ -15,7 +15,7 @@ const CHANGE_DEBOUNCE: Duration = Duration::from_millis(20);
 
 pub fn spawn(state: Arc<BrokerState>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let client = RemotingClient::new(ClientConfig::default(), None);
+        let client = RemotingClient::new(state.config.read().inner_client_config(), None);
         loop {
             register_all(&state, &client).await;
             let period = state.config.read().register_name_server_period;
@@ -85,7 +85,7 @@ async fn register_all(state: &Arc<BrokerState>, client: &RemotingClient) {
 
 /// Tells every name server this broker is leaving (clean shutdown).
 pub async fn unregister_all(state: &BrokerState) {
-    let client = RemotingClient::new(ClientConfig::default(), None);
+    let client = RemotingClient::new(state.config.read().inner_client_config(), None);
     let (addrs, req) = {
         let cfg = state.config.read();
         let req = RemotingCommand::request(request::UNREGISTER_BROKER)

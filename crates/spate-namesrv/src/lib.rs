@@ -8,6 +8,7 @@
 pub mod routes;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,9 @@ use spate_remoting::{
 };
 
 use routes::{Registration, Routes};
+use spate_auth::AuthStore;
+use spate_remoting::access::{namesrv_rule, AccessSettings, Gate};
+use spate_remoting::{auth_admin, Credentials};
 
 /// Name server settings.
 #[derive(Debug, Clone)]
@@ -37,6 +41,34 @@ pub struct NamesrvConfig {
     pub limits: AcceptLimits,
     /// HTTP port of Prometheus `/metrics` (0: off).
     pub metrics_port: u16,
+    /// `authenticationEnabled` and the rest: with it on, every request is
+    /// signed, and registration, unregistration and topic deletion need a
+    /// Super user (a broker's inner credentials).
+    pub access: AccessSettings,
+    /// Super users created when the auth file holds none
+    /// (`initAuthenticationUser`, `innerClientAuthenticationCredentials`).
+    pub first_users: Vec<Credentials>,
+    /// Where users and ACLs persist (`None`: memory only).
+    pub auth_file: Option<PathBuf>,
+}
+
+impl NamesrvConfig {
+    /// Applies one `namesrv.conf` key; `Ok(false)` when it is not a name server key.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        match key {
+            "initAuthenticationUser" | "innerClientAuthenticationCredentials" => {
+                let c = Credentials::from_json(value).map_err(|e| format!("invalid {key}: {e}"))?;
+                self.first_users.push(c);
+                Ok(true)
+            }
+            "listenPort" => {
+                let port = value.trim().parse().map_err(|_| format!("invalid listenPort `{value}`"))?;
+                self.listen_addr.set_port(port);
+                Ok(true)
+            }
+            _ => self.access.set(key, value),
+        }
+    }
 }
 
 impl Default for NamesrvConfig {
@@ -48,6 +80,9 @@ impl Default for NamesrvConfig {
             connection: ConnectionConfig::default(),
             limits: AcceptLimits::default(),
             metrics_port: 0,
+            access: AccessSettings::default(),
+            first_users: Vec::new(),
+            auth_file: None,
         }
     }
 }
@@ -62,9 +97,38 @@ pub struct NameServer {
 
 impl NameServer {
     /// Binds and starts serving on the current runtime.
-    pub async fn start(cfg: NamesrvConfig) -> std::io::Result<NameServer> {
+    pub async fn start(cfg: NamesrvConfig) -> Result<NameServer, NamesrvError> {
+        cfg.access.validate().map_err(NamesrvError::Config)?;
+        let users = match cfg.auth_file.clone() {
+            Some(path) => {
+                let firsts = cfg.first_users.clone();
+                let (users, created) = tokio::task::spawn_blocking(move || spate_auth::file::open(&path, &firsts))
+                    .await
+                    .map_err(|e| NamesrvError::Config(format!("auth file task failed: {e}")))??;
+                if !created.is_empty() {
+                    tracing::info!(users = ?created, "first Super users created from the configuration");
+                }
+                users
+            }
+            None => {
+                let users = AuthStore::new();
+                users.init_super_users(&cfg.first_users)?;
+                users
+            }
+        };
+        if cfg.access.authentication_enabled && users.is_empty() {
+            return Err(NamesrvError::Config(
+                "authenticationEnabled=true with no user: set initAuthenticationUser".into(),
+            ));
+        }
         let routes = Arc::new(RwLock::new(Routes::default()));
-        let handler = Arc::new(Processor { routes: routes.clone() });
+        let gate = Arc::new(Gate::new(cfg.access.clone(), Arc::new(users), namesrv_rule, ""));
+        let handler = Arc::new(Processor {
+            routes: routes.clone(),
+            gate: gate.clone(),
+            auth_file: cfg.auth_file.clone(),
+            auth_writes: Arc::new(tokio::sync::Mutex::new(())),
+        });
         let server =
             RemotingServer::bind_with_limits(cfg.listen_addr, cfg.connection.clone(), handler, cfg.limits).await?;
         let expiry_routes = routes.clone();
@@ -86,6 +150,14 @@ impl NameServer {
                 registry
                     .gauge("rocketmq_topics", "Topics with a route.", &[])
                     .set(routes.topics().topic_list.len() as i64);
+                for (reason, n) in gate.denied_counts() {
+                    let c = registry.counter(
+                        "spate_auth_denied_total",
+                        "Requests refused by authentication or authorization.",
+                        &[("reason", reason)],
+                    );
+                    c.add(n.saturating_sub(c.get()));
+                }
                 registry.render()
             };
             let addr = SocketAddr::new(cfg.listen_addr.ip(), cfg.metrics_port);
@@ -116,12 +188,53 @@ impl NameServer {
     }
 }
 
+/// Why a name server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NamesrvError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Auth(#[from] spate_auth::AuthError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 struct Processor {
     routes: Arc<RwLock<Routes>>,
+    gate: Arc<Gate>,
+    auth_file: Option<PathBuf>,
+    /// One write of the auth file at a time, in change order.
+    auth_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl RequestHandler for Processor {
     fn handle(&self, conn: Arc<Connection>, req: RemotingCommand) -> BoxFuture<Option<RemotingCommand>> {
+        let source = conn.peer_addr().ip();
+        let principal = match self.gate.check(&req, source) {
+            Ok(p) => p,
+            Err(failure) => {
+                self.gate.note_denied(&failure, req.code, source);
+                let refused = RemotingCommand::error(&req, response::NO_PERMISSION, failure.to_string());
+                return Box::pin(async move { (!req.is_oneway()).then_some(refused) });
+            }
+        };
+        if auth_admin::is_auth_admin(req.code) {
+            let handled = auth_admin::handle(self.gate.users(), principal.as_ref(), &req);
+            let persist = self.auth_file.clone().filter(|_| handled.changed);
+            let (users, writes) = (self.gate.users().clone(), self.auth_writes.clone());
+            return Box::pin(async move {
+                let Some(path) = persist else { return Some(handled.response) };
+                let _serial = writes.lock().await;
+                let saved = tokio::task::spawn_blocking(move || spate_auth::file::save(&path, &users)).await;
+                match saved {
+                    Ok(Ok(())) => Some(handled.response),
+                    Ok(Err(e)) => Some(RemotingCommand::error(&req, response::SYSTEM_ERROR, format!("auth file: {e}"))),
+                    Err(e) => {
+                        Some(RemotingCommand::error(&req, response::SYSTEM_ERROR, format!("auth file task: {e}")))
+                    }
+                }
+            });
+        }
         let resp = match self.process(&conn, &req) {
             Ok(resp) => resp,
             Err(e) => RemotingCommand::error(&req, response::INVALID_PARAMETER, e.to_string()),

@@ -12,6 +12,7 @@
 //! This crate knows nothing about storage.
 
 pub mod access;
+pub mod auth_admin;
 pub mod client;
 pub mod code;
 pub mod codec;

@@ -68,6 +68,13 @@ enum Command {
         /// Connections open at once from one client address (serverMaxConnectionsPerAddress).
         #[arg(long, default_value_t = spate_remoting::server::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
         max_connections_per_address: usize,
+        /// A namesrv.conf: `authenticationEnabled`, `authorizationEnabled`,
+        /// `authenticationWhitelist`, `initAuthenticationUser`, `listenPort`.
+        #[arg(short = 'c', long)]
+        config: Option<PathBuf>,
+        /// Where the name server keeps its users and ACLs (`auth.json`).
+        #[arg(long, default_value = "spate-namesrv")]
+        data_dir: PathBuf,
     },
     /// A broker configured by a broker.conf file.
     Broker {
@@ -149,14 +156,26 @@ fn main() -> Result<()> {
                     metrics_port,
                     max_connections,
                     max_connections_per_address,
+                    config,
+                    data_dir,
                 },
                 _,
             ) => {
-                let limits = spate_remoting::AcceptLimits {
-                    max_connections,
-                    max_connections_per_address: max_connections_per_address.min(max_connections),
+                let mut cfg = NamesrvConfig {
+                    listen_addr: SocketAddr::from(([0, 0, 0, 0], port)),
+                    broker_expired_time: Duration::from_millis(broker_expired_millis),
+                    metrics_port,
+                    limits: spate_remoting::AcceptLimits {
+                        max_connections,
+                        max_connections_per_address: max_connections_per_address.min(max_connections),
+                    },
+                    auth_file: Some(data_dir.join("config").join("auth.json")),
+                    ..NamesrvConfig::default()
                 };
-                namesrv(port, broker_expired_millis, metrics_port, limits).await
+                if let Some(path) = config {
+                    apply_namesrv_config(&mut cfg, &path)?;
+                }
+                namesrv(cfg).await
             }
             (Command::Broker { namesrv_addr, .. }, Some(cfg)) => broker(cfg, namesrv_addr).await,
             (Command::Admin(args), _) => admin::run(args).await,
@@ -241,6 +260,11 @@ async fn standalone(
         listen_addr: SocketAddr::from(([0, 0, 0, 0], namesrv_port)),
         connection: cfg.connection_config(),
         limits: cfg.accept_limits(),
+        // broker.conf's authentication settings and first users guard the
+        // name server too; its users live beside the broker's.
+        access: cfg.access.clone(),
+        first_users: [&cfg.init_authentication_user, &cfg.inner_credentials].into_iter().flatten().cloned().collect(),
+        auth_file: Some(data_dir.join("namesrv").join("auth.json")),
         ..NamesrvConfig::default()
     })
     .await
@@ -269,21 +293,29 @@ async fn standalone(
     Ok(())
 }
 
-async fn namesrv(
-    port: u16,
-    broker_expired_millis: u64,
-    metrics_port: u16,
-    limits: spate_remoting::AcceptLimits,
-) -> Result<()> {
-    let namesrv = NameServer::start(NamesrvConfig {
-        listen_addr: SocketAddr::from(([0, 0, 0, 0], port)),
-        broker_expired_time: Duration::from_millis(broker_expired_millis),
-        metrics_port,
-        limits,
-        ..NamesrvConfig::default()
-    })
-    .await
-    .with_context(|| format!("starting the name server on port {port}"))?;
+/// Reads a namesrv.conf (properties); unknown keys warn.
+fn apply_namesrv_config(cfg: &mut NamesrvConfig, path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            anyhow::bail!("{}:{}: expected key=value", path.display(), n + 1);
+        };
+        match cfg.set(k.trim(), v.trim()) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(key = k.trim(), "unknown namesrv.conf key ignored"),
+            Err(e) => anyhow::bail!("{}:{}: {e}", path.display(), n + 1),
+        }
+    }
+    Ok(())
+}
+
+async fn namesrv(cfg: NamesrvConfig) -> Result<()> {
+    let port = cfg.listen_addr.port();
+    let namesrv = NameServer::start(cfg).await.with_context(|| format!("starting the name server on port {port}"))?;
     tracing::info!(addr = %namesrv.local_addr(), "name server ready");
     wait_for_signal().await?;
     namesrv.shutdown(SHUTDOWN_GRACE).await;

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spate_remoting::protocol::{json, TopicConfigSerializeWrapper};
-use spate_remoting::{request, response, ClientConfig, RemotingClient, RemotingCommand};
+use spate_remoting::{request, response, RemotingClient, RemotingCommand};
 
 use crate::subscriptions::SubscriptionGroupFile;
 use crate::BrokerState;
 
 /// Runs on a slave until the task is aborted.
 pub async fn run(state: Arc<BrokerState>) {
-    let client = RemotingClient::new(ClientConfig::default(), None);
+    let client = RemotingClient::new(state.config.read().inner_client_config(), None);
     loop {
         let (interval, timeout) = {
             let c = state.config.read();
@@ -92,5 +92,30 @@ pub async fn sync_once(
         tracing::info!("rate limits copied from the master");
         state.capacity.limits.persist().await.map_err(|e| e.to_string())?;
     }
-    Ok(())
+    copy_users(state, client, master, timeout).await
+}
+
+/// The master's users and ACLs, sealed with the inner credentials' secret
+/// (the only way passwords leave a broker), taken when their version differs.
+async fn copy_users(
+    state: &Arc<BrokerState>,
+    client: &RemotingClient,
+    master: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let Some(inner) = state.config.read().inner_client_credentials().cloned() else { return Ok(()) };
+    let req = RemotingCommand::request(spate_remoting::access::code::SPATE_GET_AUTH_SNAPSHOT);
+    let r = client.invoke(master, req, timeout).await.map_err(|e| e.to_string())?;
+    if r.code != response::SUCCESS {
+        // A master with authentication off has no signed-in user to seal for.
+        tracing::debug!(code = r.code, remark = ?r.remark, "the master sent no auth snapshot");
+        return Ok(());
+    }
+    let version = r.field("version").and_then(|v| v.parse::<u64>().ok());
+    if version == Some(state.gate.users().version()) {
+        return Ok(());
+    }
+    state.gate.users().load_sealed(&inner.secret_key, &r.body).map_err(|e| format!("auth snapshot: {e}"))?;
+    tracing::info!(version = ?version, "users and ACLs copied from the master");
+    crate::auth::persist(state).await.map_err(|e| e.to_string())
 }
