@@ -53,6 +53,14 @@ impl ClientConfig {
         ClientConfig { namesrv_addr: parse_namesrv_addr(namesrv_addr), ..ClientConfig::default() }
     }
 
+    /// Signs every request with these credentials (RocketMQ's
+    /// `AclClientRPCHook` with `SessionCredentials`): needed where the
+    /// servers run with `authenticationEnabled=true`.
+    pub fn with_credentials(mut self, access_key: impl Into<String>, secret_key: impl Into<String>) -> Self {
+        self.remoting.connection.credentials = Some(spate_remoting::Credentials::new(access_key, secret_key));
+        self
+    }
+
     /// Sets `instanceName`.
     pub fn with_instance_name(mut self, name: impl Into<String>) -> Self {
         self.instance_name = Some(name.into());

@@ -45,6 +45,9 @@ pub struct ControllerConfig {
     pub policy: Policy,
     /// Name servers told when a broker's session ends (`namesrvAddr`).
     pub namesrv_addrs: Vec<String>,
+    /// What those requests are signed with: a Super user of the name
+    /// servers when they run with `authenticationEnabled=true`.
+    pub namesrv_credentials: Option<spate_remoting::Credentials>,
 }
 
 /// One decision that was written (for logs and tests).
@@ -88,8 +91,15 @@ pub struct Scanner {
 }
 
 impl Scanner {
-    pub fn new(policy: Policy, namesrv: Vec<String>, snapshot: Arc<Mutex<Snapshot>>) -> Scanner {
-        let client = (!namesrv.is_empty()).then(|| Arc::new(RemotingClient::new(ClientConfig::default(), None)));
+    pub fn new(
+        policy: Policy,
+        namesrv: Vec<String>,
+        credentials: Option<spate_remoting::Credentials>,
+        snapshot: Arc<Mutex<Snapshot>>,
+    ) -> Scanner {
+        let mut client_cfg = ClientConfig::default();
+        client_cfg.connection.credentials = credentials;
+        let client = (!namesrv.is_empty()).then(|| Arc::new(RemotingClient::new(client_cfg, None)));
         Scanner {
             policy,
             namesrv,
@@ -255,7 +265,12 @@ pub async fn run(cfg: ControllerConfig, snapshot: Arc<Mutex<Snapshot>>) -> Resul
     loop {
         let zk = Zk::connect(&cfg.zk_addrs, cfg.session_timeout).await?;
         tracing::info!(id = %cfg.id, zk = %cfg.zk_addrs, "controller connected");
-        let mut scanner = Scanner::new(cfg.policy.clone(), cfg.namesrv_addrs.clone(), snapshot.clone());
+        let mut scanner = Scanner::new(
+            cfg.policy.clone(),
+            cfg.namesrv_addrs.clone(),
+            cfg.namesrv_credentials.clone(),
+            snapshot.clone(),
+        );
         let mut leading = false;
         let mut changes = None;
         while zk.session_alive() {

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use spate_common::message::{decode_record, parse_offset_msg_id, Record};
 use spate_remoting::protocol::{json as fastjson, ClusterInfo, ConsumeStats, KvTable, TopicList, TopicRouteData};
-use spate_remoting::{request, response, ClientConfig, RemotingClient, RemotingCommand};
+use spate_remoting::{request, response, RemotingClient, RemotingCommand};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -23,6 +23,8 @@ pub struct AdminArgs {
     /// One JSON value instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    credentials: crate::credentials::CredentialArgs,
     #[command(subcommand)]
     command: Noun,
 }
@@ -75,6 +77,16 @@ enum Noun {
     Ha {
         #[command(subcommand)]
         verb: HaVerb,
+    },
+    /// Users (ACL 2.0): create, update, delete, get, list.
+    User {
+        #[command(subcommand)]
+        verb: crate::admin_auth::UserVerb,
+    },
+    /// Access policies (ACL 2.0): create, update, delete, get, list, import a 1.0 plain_acl.yml.
+    Acl {
+        #[command(subcommand)]
+        verb: crate::admin_auth::AclVerb,
     },
 }
 
@@ -340,14 +352,16 @@ enum DlqVerb {
 
 use spate_client::query::{tools_pull_request, TOOLS_GROUP};
 
-struct Admin {
+pub(crate) struct Admin {
     client: RemotingClient,
     namesrv: String,
+    /// Every name server given with `-n`.
+    pub(crate) namesrvs: Vec<String>,
 }
 
 impl Admin {
     /// A call that must succeed; a failure names the peer and its remark.
-    async fn call(&self, addr: &str, req: RemotingCommand) -> Result<RemotingCommand> {
+    pub(crate) async fn call(&self, addr: &str, req: RemotingCommand) -> Result<RemotingCommand> {
         let r = self.client.invoke(addr, req, TIMEOUT).await.with_context(|| format!("calling {addr}"))?;
         if r.code != response::SUCCESS {
             bail!("{addr} answered code {}: {}", r.code, r.remark.unwrap_or_default());
@@ -361,7 +375,7 @@ impl Admin {
     }
 
     /// (broker name, master address) of every master, optionally of one cluster.
-    async fn masters(&self, cluster: Option<&str>) -> Result<Vec<(String, String)>> {
+    pub(crate) async fn masters(&self, cluster: Option<&str>) -> Result<Vec<(String, String)>> {
         let info = self.cluster().await?;
         let masters: Vec<_> = info
             .broker_addr_table
@@ -410,8 +424,13 @@ fn first_namesrv(addrs: &str) -> Result<String> {
 }
 
 pub async fn run(args: AdminArgs) -> Result<()> {
-    let admin =
-        Admin { client: RemotingClient::new(ClientConfig::default(), None), namesrv: first_namesrv(&args.namesrv)? };
+    let namesrvs: Vec<String> =
+        args.namesrv.split(';').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect();
+    let admin = Admin {
+        client: RemotingClient::new(args.credentials.client_config()?, None),
+        namesrv: first_namesrv(&args.namesrv)?,
+        namesrvs,
+    };
     let (value, table) = match args.command {
         Noun::Topic { verb } => topic(&admin, verb).await?,
         Noun::Cluster { verb: ClusterVerb::List } => cluster_list(&admin).await?,
@@ -424,6 +443,8 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         Noun::Ha { verb: HaVerb::Status { cluster } } => ha_status(&admin, cluster.as_deref()).await?,
         Noun::Ha { verb: HaVerb::Groups { zk } } => ha_groups(&zk).await?,
         Noun::Ha { verb: HaVerb::Elect { zk, group, broker_id } } => ha_elect(&zk, &group, broker_id).await?,
+        Noun::User { verb } => crate::admin_auth::user(&admin, verb).await?,
+        Noun::Acl { verb } => crate::admin_auth::acl(&admin, verb).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -433,7 +454,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
     Ok(())
 }
 
-type Output = (Value, String);
+pub(crate) type Output = (Value, String);
 
 async fn limit(admin: &Admin, verb: LimitVerb) -> Result<Output> {
     let (cluster, req, what) = match verb {

@@ -7,7 +7,9 @@
 //! - `spate bench ...`: load generators and latency reports (see `bench/`).
 
 mod admin;
+mod admin_auth;
 mod bench;
+mod credentials;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -115,6 +117,10 @@ enum Command {
         /// Port of the Prometheus endpoint (`/metrics`); 0 turns it off.
         #[arg(long, default_value_t = 0)]
         metrics_port: u16,
+        /// Credentials of a Super user of the name servers (when they run
+        /// with authenticationEnabled=true).
+        #[command(flatten)]
+        credentials: credentials::CredentialArgs,
     },
     /// Load generators and latency reports.
     Bench {
@@ -190,6 +196,7 @@ fn main() -> Result<()> {
                     unclean_election,
                     namesrv_addr,
                     metrics_port,
+                    credentials,
                 },
                 _,
             ) => {
@@ -206,6 +213,7 @@ fn main() -> Result<()> {
                         .filter(|a| !a.is_empty())
                         .map(String::from)
                         .collect(),
+                    namesrv_credentials: credentials.credentials()?,
                 };
                 let snapshot = Arc::new(parking_lot::Mutex::new(spate_controller::controller::Snapshot::default()));
                 if metrics_port != 0 {

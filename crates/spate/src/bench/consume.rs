@@ -29,6 +29,8 @@ pub enum StartFrom {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConsumeArgs {
     /// Name server address(es), `host:port;host:port`.
+    #[command(flatten)]
+    pub credentials: crate::credentials::CredentialArgs,
     #[arg(short = 'n', long = "namesrv", default_value = "127.0.0.1:9876")]
     pub namesrv: String,
     #[arg(long, default_value = "BenchmarkTest")]
@@ -95,7 +97,9 @@ pub async fn run(a: &ConsumeArgs) -> Result<Report> {
     let start = Instant::now();
     let measure_from = start + a.warmup;
     let t = tally.clone();
-    let consumer = PushConsumer::new(ClientConfig::new(&a.namesrv).with_instance_name(format!("bench-c-{pid}")), o)?;
+    let mut cfg = ClientConfig::new(&a.namesrv).with_instance_name(format!("bench-c-{pid}"));
+    cfg.remoting = a.credentials.client_config()?;
+    let consumer = PushConsumer::new(cfg, o)?;
     consumer.subscribe(&a.topic, &a.expression)?;
     // The listener never blocks, so it is an async one: it runs on the
     // runtime instead of hopping to a blocking-pool thread for every batch.

@@ -31,6 +31,8 @@ pub enum SendMode {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProduceArgs {
     /// Name server address(es), `host:port;host:port`.
+    #[command(flatten)]
+    pub credentials: crate::credentials::CredentialArgs,
     #[arg(short = 'n', long = "namesrv", default_value = "127.0.0.1:9876")]
     pub namesrv: String,
     #[arg(long, default_value = "BenchmarkTest")]
@@ -141,7 +143,8 @@ pub async fn run(a: &ProduceArgs) -> Result<Report> {
     }
     let mut producers = Vec::with_capacity(a.producers);
     for i in 0..a.producers {
-        let cfg = ClientConfig::new(&a.namesrv).with_instance_name(format!("bench-{}-{i}", std::process::id()));
+        let mut cfg = ClientConfig::new(&a.namesrv).with_instance_name(format!("bench-{}-{i}", std::process::id()));
+        cfg.remoting = a.credentials.client_config()?;
         let mut o = ProducerOptions::new(format!("bench_producer_{}", std::process::id()));
         o.send_msg_timeout = a.timeout;
         o.vip_channel_enabled = a.vip_channel;
