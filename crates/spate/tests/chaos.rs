@@ -59,6 +59,46 @@ const MAX_IN_FLIGHT: usize = 64;
 /// One cluster at a time: the runs are timing-sensitive and the machine is small.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Whether this run's servers require signed requests (set under SERIAL).
+static AUTH: AtomicBool = AtomicBool::new(false);
+/// The Super user of an authenticated run: every broker's and the name
+/// server's first user, the brokers' inner credentials, and what the
+/// controller, the load and the consumers sign with.
+const ROOT: (&str, &str) = ("chaos-root", "chaos-root-secret");
+
+fn auth_lines() -> Vec<String> {
+    if !AUTH.load(Ordering::SeqCst) {
+        return Vec::new();
+    }
+    let creds = format!(r#"{{"accessKey":"{}","secretKey":"{}"}}"#, ROOT.0, ROOT.1);
+    vec![
+        "authenticationEnabled=true".into(),
+        "authorizationEnabled=true".into(),
+        format!("initAuthenticationUser={creds}"),
+        format!("innerClientAuthenticationCredentials={creds}"),
+    ]
+}
+
+/// A protocol client signing as [`ROOT`] in an authenticated run.
+fn chaos_client() -> spate_remoting::RemotingClient {
+    if !AUTH.load(Ordering::SeqCst) {
+        return raw_client();
+    }
+    let mut c = spate_remoting::ClientConfig::default();
+    c.connection.credentials = Some(spate_remoting::Credentials::new(ROOT.0, ROOT.1));
+    spate_remoting::RemotingClient::new(c, None)
+}
+
+/// Client settings for the load and the consumers.
+fn client_config(ns: &str, instance: &str) -> ClientConfig {
+    let c = ClientConfig::new(ns).with_instance_name(instance);
+    if AUTH.load(Ordering::SeqCst) {
+        c.with_credentials(ROOT.0, ROOT.1)
+    } else {
+        c
+    }
+}
+
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -172,6 +212,11 @@ impl Controller {
             .args(["controller", "--zk", &self.zk, "--id", &self.id, "--session-timeout-ms", "1000"])
             .args(["--scan-interval-ms", "100", "--namesrv-addr", &self.ns])
             .args(["--metrics-port", &self.metrics_port.to_string()])
+            .args(if AUTH.load(Ordering::SeqCst) {
+                vec!["--access-key", ROOT.0, "--secret-key", ROOT.1]
+            } else {
+                vec![]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -218,7 +263,7 @@ impl Cluster {
     async fn start() -> Cluster {
         let session_ms: u64 = env_or("SPATE_CHAOS_ZK_SESSION_MS", 1000);
         let zk = ZooKeeper::start();
-        let ns = Proc::namesrv();
+        let ns = Proc::namesrv_with(&auth_lines());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         // SPATE_CHAOS_KEEP: logs and stores stay for a look after the run.
@@ -234,14 +279,15 @@ impl Cluster {
         let mut brokers = BTreeMap::new();
         for id in 1..=3 {
             let proxy = FaultProxy::start(zk.addr()).await;
-            let lines = vec![
+            let mut lines = auth_lines();
+            lines.extend([
                 format!("brokerName={GROUP}"),
                 format!("brokerId={id}"),
                 format!("zkAddr={}", proxy.addr),
                 format!("zkSessionTimeoutMillis={session_ms}"),
                 "haStrictSync=true".into(),
                 "haSyncTimeout=1000".into(),
-            ];
+            ]);
             brokers.insert(id, BrokerProc::start(&path, &format!("b{id}"), &ns.addr(), &lines));
             proxies.insert(id, proxy);
         }
@@ -253,7 +299,7 @@ impl Cluster {
         c.wait_full_sync(Duration::from_secs(30)).await;
         // The topic exists on the master (and so on its slaves and in the routes).
         let master = c.master_addr().await;
-        let client = raw_client();
+        let client = chaos_client();
         let r = call(&client, &master, send_req(TOPIC, 0, b"create".to_vec())).await;
         assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -363,8 +409,7 @@ impl Load {
     async fn start(ns: &str, rate: u64) -> Load {
         let mut opts = ProducerOptions::new("chaos-producer");
         opts.send_msg_timeout = Duration::from_secs(3);
-        let producer =
-            Arc::new(Producer::start(ClientConfig::new(ns).with_instance_name("chaos-p"), opts).await.unwrap());
+        let producer = Arc::new(Producer::start(client_config(ns, "chaos-p"), opts).await.unwrap());
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (l, s, p) = (ledger.clone(), stop.clone(), producer.clone());
@@ -471,7 +516,7 @@ async fn consumer(ns: &str, group: &str, instance: &str) -> (PushConsumer, Arc<M
     o.consume_thread_min = 1;
     o.consume_thread_max = 1;
     o.offset_store_dir = std::env::temp_dir().join(format!("spate-chaos-{}-{group}", std::process::id()));
-    let c = PushConsumer::new(ClientConfig::new(ns).with_instance_name(instance), o).unwrap();
+    let c = PushConsumer::new(client_config(ns, instance), o).unwrap();
     c.subscribe(TOPIC, "*").unwrap();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let s = seen.clone();
@@ -589,7 +634,7 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 
 /// The epochs of the final master's log: `(epoch, start offset)`.
 async fn epochs(addr: &str) -> Vec<(u32, u64)> {
-    let r = call(&raw_client(), addr, RemotingCommand::request(request::GET_BROKER_HA_STATUS)).await;
+    let r = call(&chaos_client(), addr, RemotingCommand::request(request::GET_BROKER_HA_STATUS)).await;
     assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     v["epochs"]
@@ -637,10 +682,55 @@ fn check_order(seen: &Seen) -> (Vec<String>, usize) {
 }
 
 async fn run(fault: Fault) {
+    run_with(fault, false, env_or("SPATE_CHAOS_TRIALS", 3)).await
+}
+
+/// A Normal user made on the first master only, with Pub on the topic.
+const ALICE: (&str, &str) = ("alice", "alice-secret");
+
+/// Creates [`ALICE`] on the master and the name server, and waits until
+/// every slave has copied her.
+async fn create_alice(c: &Cluster) {
+    use spate_remoting::auth_admin;
+    let root = chaos_client();
+    let user: spate_auth::User =
+        serde_json::from_value(serde_json::json!({"username": ALICE.0, "password": ALICE.1})).unwrap();
+    let acl: spate_auth::Acl = serde_json::from_value(serde_json::json!({
+        "subject": format!("User:{}", ALICE.0),
+        "policies": [{"entries": [{"resource": format!("Topic:{TOPIC}"), "actions": ["Pub"]}]}]
+    }))
+    .unwrap();
+    for addr in [c.master_addr().await, c.ns.addr()] {
+        for req in [auth_admin::create_user_request(&user), auth_admin::put_acl_request(&acl, true)] {
+            let r = call(&root, &addr, req).await;
+            assert_eq!(r.code, response::SUCCESS, "{addr}: {:?}", r.remark);
+        }
+    }
+    // Slaves copy every slaveSyncMetadataInterval (3 s) while they follow;
+    // a slave that lost its ZooKeeper session on a busy machine resumes later.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    for b in c.brokers.values() {
+        loop {
+            let get = RemotingCommand::request(spate_remoting::access::code::AUTH_GET_ACL)
+                .with("subject", format!("User:{}", ALICE.0));
+            if call(&root, &b.addr(), get).await.code == response::SUCCESS {
+                break;
+            }
+            assert!(Instant::now() < deadline, "broker {} never copied the master's users", b.addr());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn run_with(fault: Fault, auth: bool, trials: usize) {
     let _serial = SERIAL.lock().await;
-    let trials: usize = env_or("SPATE_CHAOS_TRIALS", 3);
+    AUTH.store(auth, Ordering::SeqCst);
     let rate: u64 = env_or("SPATE_CHAOS_RATE", 200);
     let mut c = Cluster::start().await;
+    let first_master = c.master_id().await;
+    if auth {
+        create_alice(&c).await;
+    }
     let ns = c.ns.addr();
     let (live_consumer, seen) = consumer(&ns, "chaos-live", "chaos-c").await;
     let load = Load::start(&ns, rate).await;
@@ -716,6 +806,17 @@ async fn run(fault: Fault) {
         assert_eq!(ports.len(), 1, "{fault:?}: brokers {ports:?} all acknowledged writes in epoch {epoch}");
     }
     let masters = ackers.len();
+    if auth {
+        // The user made on the first master signs in on the promoted one.
+        assert_ne!(c.master_id().await, first_master, "{fault:?}: the first master leads again; nothing was shown");
+        let mut cfg = spate_remoting::ClientConfig::default();
+        cfg.connection.credentials = Some(spate_remoting::Credentials::new(ALICE.0, ALICE.1));
+        let alice = spate_remoting::RemotingClient::new(cfg, None);
+        let r = call(&alice, &final_master, send_req(TOPIC, 0, b"alice after failover".to_vec())).await;
+        assert_eq!(r.code, response::SUCCESS, "alice on the promoted master: {:?}", r.remark);
+        let anonymous = call(&raw_client(), &final_master, send_req(TOPIC, 0, b"anonymous".to_vec())).await;
+        assert_eq!(anonymous.code, response::NO_PERMISSION, "anonymous send on the promoted master");
+    }
 
     // 4. The controller exported the group's availability.
     let metrics: String = c.controllers.iter().map(Controller::metrics).collect();
@@ -755,6 +856,15 @@ async fn run(fault: Fault) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kill_the_master() {
     run(Fault::KillMaster).await;
+}
+
+/// The kill -9 trial with authentication and authorization on: brokers
+/// replicate and fail over with their inner credentials, the controller
+/// signs its unregistrations, and a user made on the first master works
+/// on the promoted slave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kill_the_master_with_authentication() {
+    run_with(Fault::KillMaster, true, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -216,9 +216,19 @@ pub struct Proc {
 impl Proc {
     /// `spate namesrv --port <free>`.
     pub fn namesrv() -> Proc {
+        Self::namesrv_with(&[])
+    }
+
+    /// A name server with these namesrv.conf lines (its conf and auth file
+    /// under the system temp directory, named by its port).
+    pub fn namesrv_with(conf: &[String]) -> Proc {
         let port = free_port();
+        let base = std::env::temp_dir().join(format!("spate-test-ns-{}-{port}", std::process::id()));
+        let conf_path = base.with_extension("conf");
+        std::fs::write(&conf_path, conf.join("\n")).expect("write namesrv.conf");
         let child = Command::new(env!("CARGO_BIN_EXE_spate"))
             .args(["namesrv", "--port", &port.to_string()])
+            .args(["-c", conf_path.to_str().expect("utf-8 path"), "--data-dir", base.to_str().expect("utf-8 path")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
