@@ -118,8 +118,18 @@ fn field(cmd: &RemotingCommand, key: &str) -> Result<String, String> {
     cmd.field(key).map(str::to_string).ok_or_else(|| format!("request code {} needs header field {key}", cmd.code))
 }
 
+/// The topic a request names. A consumer group's own topics
+/// (`%RETRY%<group>`, `%DLQ%<group>`) are covered by Sub on the group: a
+/// consumer reads and commits them as part of consuming.
 fn topic(cmd: &RemotingCommand, key: &str, actions: &'static [Action]) -> Result<Touch, String> {
-    Ok(Touch { kind: ResourceType::Topic, name: field(cmd, key)?, actions })
+    let name = field(cmd, key)?;
+    let own_group = name
+        .strip_prefix(crate::protocol::RETRY_GROUP_TOPIC_PREFIX)
+        .or_else(|| name.strip_prefix(crate::protocol::DLQ_GROUP_TOPIC_PREFIX));
+    Ok(match own_group {
+        Some(g) => Touch { kind: ResourceType::Group, name: g.to_string(), actions: SUB },
+        None => Touch { kind: ResourceType::Topic, name, actions },
+    })
 }
 
 fn group(cmd: &RemotingCommand, key: &str, actions: &'static [Action]) -> Result<Touch, String> {
@@ -130,14 +140,11 @@ fn cluster(name: &str, actions: &'static [Action]) -> Vec<Touch> {
     vec![Touch { kind: ResourceType::Cluster, name: name.to_string(), actions }]
 }
 
-/// A send: Pub on its topic; a send to `%RETRY%<group>` is the group's
-/// consumer at work, so Sub on the group.
+/// A send: Pub on its topic (`topic`, or `b` in the V2 header); a send to
+/// `%RETRY%<group>` is the group's consumer at work, so Sub on the group.
 fn send(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
-    let t = cmd.field("topic").or_else(|| cmd.field("b")).ok_or("a send needs header field topic (or b)")?;
-    Ok(vec![match t.strip_prefix(crate::protocol::RETRY_GROUP_TOPIC_PREFIX) {
-        Some(g) => Touch { kind: ResourceType::Group, name: g.to_string(), actions: SUB },
-        None => Touch { kind: ResourceType::Topic, name: t.to_string(), actions: PUB },
-    }])
+    let key = if cmd.field("topic").is_some() { "topic" } else { "b" };
+    Ok(vec![topic(cmd, key, PUB)?])
 }
 
 /// A 5.x client names the topic; a 4.x one only its producer group, on
@@ -432,11 +439,17 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_send_needs_sub_on_the_group() {
+    fn a_groups_own_topics_need_sub_on_the_group() {
         let g = gate(true);
         let retry = |grp: &str| RemotingCommand::request(r::SEND_MESSAGE_V2).with("b", format!("%RETRY%{grp}"));
         assert!(g.check(&signed(retry("G"), "alice", "alicesecret"), IP).is_ok());
         assert!(g.check(&signed(retry("H"), "alice", "alicesecret"), IP).is_err());
+        let pull = |t: &str| RemotingCommand::request(r::PULL_MESSAGE).with("topic", t).with("consumerGroup", "G");
+        assert!(g.check(&signed(pull("%RETRY%G"), "alice", "alicesecret"), IP).is_ok());
+        assert!(g.check(&signed(pull("%RETRY%H"), "alice", "alicesecret"), IP).is_err());
+        let offset =
+            |t: &str| RemotingCommand::request(r::UPDATE_CONSUMER_OFFSET).with("topic", t).with("consumerGroup", "G");
+        assert!(g.check(&signed(offset("%RETRY%G"), "alice", "alicesecret"), IP).is_ok());
     }
 
     #[test]
