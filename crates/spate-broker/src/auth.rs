@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use spate_auth::file::AuthFile;
 use spate_auth::{AuthFailure, AuthStore, Principal};
 use spate_remoting::access::{self, code};
 use spate_remoting::{auth_admin, response, RemotingCommand};
@@ -22,31 +23,44 @@ pub const AUTH_FILE: &str = "auth.json";
 
 /// Loads the tables and creates the configured first users when there are
 /// none. Blocking (file I/O).
-pub fn load(root: &Path, cfg: &BrokerConfig) -> Result<Arc<AuthStore>, BrokerError> {
-    let path = persist::config_path(root, AUTH_FILE);
+pub fn load(root: &Path, cfg: &BrokerConfig) -> Result<(Arc<AuthStore>, AuthFile), BrokerError> {
+    let file = AuthFile::new(persist::config_path(root, AUTH_FILE));
     let firsts: Vec<_> =
         [&cfg.init_authentication_user, &cfg.inner_credentials].into_iter().flatten().cloned().collect();
-    let (users, created) = spate_auth::file::open(&path, &firsts)
-        .map_err(|e| BrokerError::BadFile { path: path.display().to_string(), reason: e.to_string() })?;
+    let (users, created) = file
+        .open(&firsts)
+        .map_err(|e| BrokerError::BadFile { path: file.path().display().to_string(), reason: e.to_string() })?;
     if !created.is_empty() {
         tracing::info!(users = ?created, "first Super users created from the configuration");
     }
-    Ok(Arc::new(users))
+    Ok((Arc::new(users), file))
 }
 
 /// Writes the tables (after a change).
-pub async fn persist(state: &BrokerState) -> Result<(), BrokerError> {
-    let users = state.gate.users().clone();
-    let path = persist::config_path(&state.store.config().store_path_root_dir, AUTH_FILE);
-    state.auth_writer.write(path, move || Some(users.to_json())).await
+pub async fn persist(state: &Arc<BrokerState>) -> Result<(), BrokerError> {
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || s.auth_file.save(s.gate.users()))
+        .await
+        .map_err(|e| BrokerError::Config(format!("auth file task failed: {e}")))?
+        .map_err(|e| BrokerError::Io { path: state.auth_file.path().display().to_string(), source: e })
+}
+
+/// Reads `auth.json` again when someone else changed it.
+pub async fn reload_if_changed(state: &Arc<BrokerState>) {
+    let s = state.clone();
+    match tokio::task::spawn_blocking(move || s.auth_file.reload_if_changed(s.gate.users())).await {
+        Ok(Ok(true)) => {
+            tracing::info!(version = state.gate.users().version(), "auth.json changed: users and ACLs reloaded")
+        }
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "auth.json changed but does not load; the tables in force are kept"),
+        Err(e) => tracing::warn!(error = %e, "auth file task failed"),
+    }
 }
 
 /// The gate's verdict on one request, counted and logged when it refuses.
-pub fn check(state: &BrokerState, req: &RemotingCommand, source: IpAddr) -> Result<Option<Principal>, RemotingCommand> {
-    state.gate.check(req, source).map_err(|failure| {
-        state.gate.note_denied(&failure, req.code, source);
-        refusal(req, &failure)
-    })
+pub fn check(state: &BrokerState, req: &RemotingCommand, source: IpAddr) -> Result<Option<Principal>, AuthFailure> {
+    state.gate.check(req, source).inspect_err(|failure| state.gate.note_denied(failure, req.code, source))
 }
 
 /// RocketMQ 2.0's answer to a refused request: NO_PERMISSION, with a

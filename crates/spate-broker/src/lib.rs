@@ -117,7 +117,8 @@ pub struct BrokerState {
     pub slave: ha::slave::SlaveState,
     /// Who may send what (`auth.rs`): users, ACLs and the request-code table.
     pub gate: spate_remoting::access::Gate,
-    auth_writer: persist::TableWriter,
+    /// `config/auth.json`: saved after every change, read again when edited.
+    pub auth_file: spate_auth::file::AuthFile,
     topic_change: tokio::sync::Notify,
     group_change: tokio::sync::Notify,
     /// Set once a name server has accepted a registration: from then on
@@ -197,6 +198,7 @@ impl Broker {
                 .await
                 .map_err(|e| BrokerError::Config(format!("auth table load task failed: {e}")))??
         };
+        let (users, auth_file) = users;
         let gate = auth::gate(&cfg, users);
         let long_poll = LongPoll::new(cfg.max_held_pulls);
         let lp = long_poll.clone();
@@ -262,7 +264,7 @@ impl Broker {
             identity,
             slave: ha::slave::SlaveState::default(),
             gate,
-            auth_writer: Default::default(),
+            auth_file,
             topic_change: tokio::sync::Notify::new(),
             group_change: tokio::sync::Notify::new(),
             registered: tokio::sync::watch::Sender::new(false),
@@ -402,11 +404,15 @@ impl Broker {
 }
 
 /// Persists offsets and tables, expires silent clients.
+/// How often `auth.json` is checked for changes made outside the broker.
+const AUTH_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 fn spawn_housekeeping(state: Arc<BrokerState>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let interval = state.config.read().flush_consumer_offset_interval;
         let mut offsets_tick = tokio::time::interval(interval);
         let mut clients_tick = tokio::time::interval(Duration::from_secs(10));
+        let mut auth_tick = tokio::time::interval(AUTH_FILE_CHECK_INTERVAL);
         loop {
             tokio::select! {
                 _ = offsets_tick.tick() => {
@@ -419,6 +425,7 @@ fn spawn_housekeeping(state: Arc<BrokerState>) -> tokio::task::JoinHandle<()> {
                         tracing::error!(error = %e, "persisting subscription groups failed");
                     }
                 }
+                _ = auth_tick.tick() => auth::reload_if_changed(&state).await,
                 _ = clients_tick.tick() => {
                     let timeout = state.config.read().channel_expired_timeout;
                     for group in state.clients.expire(Instant::now(), timeout) {
@@ -441,7 +448,7 @@ impl RequestHandler for Processor {
             let started = Instant::now();
             let principal = match auth::check(&state, &req, conn.peer_addr().ip()) {
                 Ok(p) => p,
-                Err(refused) => return (!req.is_oneway()).then_some(refused),
+                Err(failure) => return (!req.is_oneway()).then(|| auth::refusal(&req, &failure)),
             };
             let resp = match process(&state, &conn, &req, principal.as_ref()).await {
                 Ok(r) => r,

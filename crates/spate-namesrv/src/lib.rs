@@ -20,6 +20,7 @@ use spate_remoting::{
 };
 
 use routes::{Registration, Routes};
+use spate_auth::file::AuthFile;
 use spate_auth::AuthStore;
 use spate_remoting::access::{namesrv_rule, AccessSettings, Gate};
 use spate_remoting::{auth_admin, Credentials};
@@ -99,10 +100,11 @@ impl NameServer {
     /// Binds and starts serving on the current runtime.
     pub async fn start(cfg: NamesrvConfig) -> Result<NameServer, NamesrvError> {
         cfg.access.validate().map_err(NamesrvError::Config)?;
-        let users = match cfg.auth_file.clone() {
-            Some(path) => {
+        let auth_file = cfg.auth_file.clone().map(|p| Arc::new(AuthFile::new(p)));
+        let users = match auth_file.clone() {
+            Some(file) => {
                 let firsts = cfg.first_users.clone();
-                let (users, created) = tokio::task::spawn_blocking(move || spate_auth::file::open(&path, &firsts))
+                let (users, created) = tokio::task::spawn_blocking(move || file.open(&firsts))
                     .await
                     .map_err(|e| NamesrvError::Config(format!("auth file task failed: {e}")))??;
                 if !created.is_empty() {
@@ -123,20 +125,31 @@ impl NameServer {
         }
         let routes = Arc::new(RwLock::new(Routes::default()));
         let gate = Arc::new(Gate::new(cfg.access.clone(), Arc::new(users), namesrv_rule, ""));
-        let handler = Arc::new(Processor {
-            routes: routes.clone(),
-            gate: gate.clone(),
-            auth_file: cfg.auth_file.clone(),
-            auth_writes: Arc::new(tokio::sync::Mutex::new(())),
-        });
+        let handler = Arc::new(Processor { routes: routes.clone(), gate: gate.clone(), auth_file: auth_file.clone() });
         let server =
             RemotingServer::bind_with_limits(cfg.listen_addr, cfg.connection.clone(), handler, cfg.limits).await?;
         let expiry_routes = routes.clone();
+        let (watched, watched_users) = (auth_file.clone(), gate.users().clone());
         let expiry_task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(cfg.scan_not_active_broker_interval);
+            let mut auth_tick = tokio::time::interval(AUTH_FILE_CHECK_INTERVAL);
             loop {
-                tick.tick().await;
-                expiry_routes.write().expire(Instant::now(), cfg.broker_expired_time);
+                tokio::select! {
+                    _ = tick.tick() => {
+                        expiry_routes.write().expire(Instant::now(), cfg.broker_expired_time);
+                    }
+                    _ = auth_tick.tick() => {
+                        if let Some(file) = watched.clone() {
+                            let users = watched_users.clone();
+                            match tokio::task::spawn_blocking(move || file.reload_if_changed(&users)).await {
+                                Ok(Ok(true)) => tracing::info!("auth.json changed: users and ACLs reloaded"),
+                                Ok(Ok(false)) => {}
+                                Ok(Err(e)) => tracing::warn!(error = %e, "auth.json changed but does not load; the tables in force are kept"),
+                                Err(e) => tracing::warn!(error = %e, "auth file task failed"),
+                            }
+                        }
+                    }
+                }
             }
         });
         let metrics_task = if cfg.metrics_port != 0 {
@@ -199,12 +212,14 @@ pub enum NamesrvError {
     Io(#[from] std::io::Error),
 }
 
+/// How often `auth.json` is checked for changes made outside the name server.
+const AUTH_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 struct Processor {
     routes: Arc<RwLock<Routes>>,
     gate: Arc<Gate>,
-    auth_file: Option<PathBuf>,
-    /// One write of the auth file at a time, in change order.
-    auth_writes: Arc<tokio::sync::Mutex<()>>,
+    /// Saved after every change (`None`: users live in memory only).
+    auth_file: Option<Arc<AuthFile>>,
 }
 
 impl RequestHandler for Processor {
@@ -221,11 +236,10 @@ impl RequestHandler for Processor {
         if auth_admin::is_auth_admin(req.code) {
             let handled = auth_admin::handle(self.gate.users(), principal.as_ref(), &req);
             let persist = self.auth_file.clone().filter(|_| handled.changed);
-            let (users, writes) = (self.gate.users().clone(), self.auth_writes.clone());
+            let users = self.gate.users().clone();
             return Box::pin(async move {
-                let Some(path) = persist else { return Some(handled.response) };
-                let _serial = writes.lock().await;
-                let saved = tokio::task::spawn_blocking(move || spate_auth::file::save(&path, &users)).await;
+                let Some(file) = persist else { return Some(handled.response) };
+                let saved = tokio::task::spawn_blocking(move || file.save(&users)).await;
                 match saved {
                     Ok(Ok(())) => Some(handled.response),
                     Ok(Err(e)) => Some(RemotingCommand::error(&req, response::SYSTEM_ERROR, format!("auth file: {e}"))),

@@ -209,6 +209,22 @@ async fn anonymous_and_normal_users_cannot_reconfigure_delete_reset_or_hijack_a_
     s.terminate();
     s.restart();
     ok(&client("alice", "alice-secret"), &s.broker(), send_req("Kept", 0, b"two".to_vec())).await;
+
+    // An operator's edit of auth.json is taken without a restart.
+    let path = s.data_dir.join("config").join("auth.json");
+    let mut tables: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    tables["users"]["alice"]["userStatus"] = serde_json::json!("disable");
+    std::fs::write(&path, serde_json::to_vec(&tables).unwrap()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = call(&client("alice", "alice-secret"), &s.broker(), send_req("Kept", 0, b"three".to_vec())).await;
+        if r.code == response::NO_PERMISSION {
+            assert!(r.remark.unwrap_or_default().contains("disabled"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the edited auth.json was not taken");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Sends every request code in `codes` (empty headers, as a Super user) and
