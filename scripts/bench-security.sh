@@ -27,6 +27,9 @@ start() { # name, namesrv port, broker port, broker.conf lines...
 
 creds="{\"username\":\"$ROOT_AK\",\"password\":\"$ROOT_SK\"}"
 start plain 19876 19911
+# A second plaintext broker started like the others: the no-op control for
+# what a broker's place in the start order and its ports alone change.
+start control 39876 39911
 start auth 29876 29911 "authenticationEnabled=true" "authorizationEnabled=true" "initAuthenticationUser=$creds"
 # A Normal user with exactly what the producer needs: the common case, policy evaluated on every send.
 A="$bin admin -n 127.0.0.1:29876 --access-key $ROOT_AK --secret-key $ROOT_SK"
@@ -34,10 +37,12 @@ $A user create bench --password bench-secret-1 >/dev/null
 $A acl create --subject User:bench --resources Topic:SEC --actions Pub,Sub >/dev/null
 $A topic create SEC >/dev/null
 $bin admin -n 127.0.0.1:19876 topic create SEC >/dev/null
+$bin admin -n 127.0.0.1:39876 topic create SEC >/dev/null
 
-variants=(plain auth)
+variants=(plain control auth)
 declare -A args=(
   [plain]="-n 127.0.0.1:19876"
+  [control]="-n 127.0.0.1:39876"
   [auth]="-n 127.0.0.1:29876 --access-key bench --secret-key bench-secret-1"
 )
 for r in $(seq "$rounds"); do
