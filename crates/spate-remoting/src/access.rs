@@ -19,22 +19,8 @@ use crate::code::request as r;
 use crate::command::RemotingCommand;
 use crate::protocol::{json, HeartbeatData, LockBatchRequestBody};
 
-/// RocketMQ's user and ACL administration codes (ACL 2.0).
-pub mod code {
-    pub const AUTH_CREATE_USER: i32 = 3001;
-    pub const AUTH_UPDATE_USER: i32 = 3002;
-    pub const AUTH_DELETE_USER: i32 = 3003;
-    pub const AUTH_GET_USER: i32 = 3004;
-    pub const AUTH_LIST_USER: i32 = 3005;
-    pub const AUTH_CREATE_ACL: i32 = 3006;
-    pub const AUTH_UPDATE_ACL: i32 = 3007;
-    pub const AUTH_DELETE_ACL: i32 = 3008;
-    pub const AUTH_GET_ACL: i32 = 3009;
-    pub const AUTH_LIST_ACL: i32 = 3010;
-    /// Spate's own: the auth tables sealed for the Super user asking (a
-    /// slave copying its master's users).
-    pub const SPATE_GET_AUTH_SNAPSHOT: i32 = 930;
-}
+/// The user and ACL codes, where the other request codes live.
+pub use crate::code::request as code;
 
 /// `authenticationEnabled` (`aclEnable` is 1.0's spelling) and the rest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
