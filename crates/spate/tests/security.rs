@@ -260,3 +260,73 @@ async fn every_request_code_a_server_handles_has_an_authorization_rule() {
         assert!(namesrv_rule(c).is_none() || namesrv.contains(&c), "name server rule for unhandled code {c}");
     }
 }
+
+/// `spate admin` with credentials, as an operator types it.
+fn admin(s: &Standalone, creds: Option<(&str, &str)>, args: &[&str]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_spate"));
+    cmd.args(["admin", "-n", &s.namesrv()]);
+    if let Some((ak, sk)) = creds {
+        cmd.args(["--access-key", ak, "--secret-key", sk]);
+    }
+    let out = cmd.args(args).env("RUST_BACKTRACE", "0").output().expect("spate admin runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_manages_users_and_acls_and_imports_a_1_0_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secured(&dir);
+    let root = Some(ROOT);
+    let (done, out) = admin(&s, None, &["user", "list"]);
+    assert!(!done && out.contains("code 16"), "anonymous user list: {out}");
+    let (done, out) = admin(&s, root, &["user", "create", "carol", "--password", "carol-secret"]);
+    assert!(done, "{out}");
+    let (done, out) = admin(
+        &s,
+        root,
+        &["acl", "create", "--subject", "User:carol", "--resources", "Topic:C,Group:cg", "--actions", "Pub,Sub"],
+    );
+    assert!(done, "{out}");
+    let (done, out) = admin(&s, root, &["--json", "acl", "list"]);
+    let acls: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(done && acls.as_array().is_some_and(|a| a.iter().any(|x| x["subject"] == "User:carol")), "{out}");
+    let (_, out) = admin(&s, root, &["topic", "create", "C"]);
+    assert!(out.contains("C"), "{out}");
+    ok(&client("carol", "carol-secret"), &s.broker(), send_req("C", 0, b"carol".to_vec())).await;
+
+    let yml = dir.path().join("plain_acl.yml");
+    std::fs::write(
+        &yml,
+        "globalWhiteRemoteAddresses: ['10.0.0.*']\naccounts:\n  - accessKey: olduser\n    secretKey: old-secret-1\n    \
+         admin: false\n    defaultTopicPerm: DENY\n    topicPerms: [C=PUB]\n  - accessKey: carol\n    secretKey: ignored-1\n",
+    )
+    .unwrap();
+    let (done, out) = admin(&s, root, &["acl", "import", yml.to_str().unwrap()]);
+    assert!(
+        done && out.contains("olduser") && out.contains("carol") && out.contains("globalWhiteRemoteAddresses"),
+        "{out}"
+    );
+    ok(&client("olduser", "old-secret-1"), &s.broker(), send_req("C", 0, b"old".to_vec())).await;
+    let pull = call(&client("olduser", "old-secret-1"), &s.broker(), pull_req("C", 0, 0, 0, "*")).await;
+    denied(&pull, "an imported PUB-only account pulling", "olduser");
+    // carol existed already: her password was not replaced by the file's.
+    ok(&client("carol", "carol-secret"), &s.broker(), send_req("C", 0, b"still".to_vec())).await;
+
+    let (done, out) = admin(&s, root, &["--json", "user", "list"]);
+    assert!(done && out.contains("olduser") && !out.contains("secret"), "{out}");
+    let (done, out) = admin(&s, root, &["user", "update", "carol", "--status", "disable"]);
+    assert!(done, "{out}");
+    denied(
+        &call(&client("carol", "carol-secret"), &s.broker(), send_req("C", 0, b"x".to_vec())).await,
+        "disabled",
+        "disabled",
+    );
+    let (done, out) = admin(&s, root, &["user", "delete", "olduser"]);
+    assert!(done, "{out}");
+    denied(
+        &call(&client("olduser", "old-secret-1"), &s.broker(), send_req("C", 0, b"x".to_vec())).await,
+        "deleted",
+        "not found",
+    );
+}
