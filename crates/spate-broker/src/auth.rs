@@ -87,7 +87,7 @@ pub async fn admin(
             format!("broker {} is a slave: users and ACLs are changed on its master", state.broker_name),
         ));
     }
-    let handled = auth_admin::handle(state.gate.users(), by, req);
+    let handled = auth_admin::handle(state.gate.users(), by, state.gate.authentication_enabled(), req);
     if handled.changed {
         persist(state).await?;
     }

@@ -234,7 +234,8 @@ impl RequestHandler for Processor {
             }
         };
         if auth_admin::is_auth_admin(req.code) {
-            let handled = auth_admin::handle(self.gate.users(), principal.as_ref(), &req);
+            let handled =
+                auth_admin::handle(self.gate.users(), principal.as_ref(), self.gate.authentication_enabled(), &req);
             let persist = self.auth_file.clone().filter(|_| handled.changed);
             let users = self.gate.users().clone();
             return Box::pin(async move {

@@ -313,11 +313,15 @@ impl Gate {
     /// (or the code is whitelisted) and the request goes on anonymously.
     pub fn check(&self, cmd: &RemotingCommand, source: IpAddr) -> Result<Option<Principal>, AuthFailure> {
         let settings = self.settings.read();
-        if !settings.authentication_enabled || settings.authentication_whitelist.contains(&cmd.code) {
+        let rule = (self.rule)(cmd.code);
+        // A Super-only code is never whitelisted: route registration and
+        // user administration stay signed whatever the list says.
+        let whitelisted =
+            settings.authentication_whitelist.contains(&cmd.code) && !matches!(rule, Some(Rule::SuperOnly));
+        if !settings.authentication_enabled || whitelisted {
             return Ok(None);
         }
         let who = crate::signing::authenticate(&self.users, cmd)?;
-        let rule = (self.rule)(cmd.code);
         if who.is_super() {
             return Ok(Some(who));
         }
@@ -446,6 +450,15 @@ mod tests {
         let snapshot = RemotingCommand::request(code::SPATE_GET_AUTH_SNAPSHOT);
         assert!(g.check(&signed(snapshot, "alice", "alicesecret"), IP).is_err());
         assert!(g.check(&signed(RemotingCommand::request(54321), "alice", "alicesecret"), IP).is_err());
+    }
+
+    #[test]
+    fn the_whitelist_skips_signatures_but_never_for_super_only_codes() {
+        let mut g = gate(true);
+        g.settings.get_mut().authentication_whitelist = vec![r::GET_BROKER_RUNTIME_INFO, code::AUTH_CREATE_USER];
+        assert_eq!(g.check(&RemotingCommand::request(r::GET_BROKER_RUNTIME_INFO), IP), Ok(None));
+        let create = RemotingCommand::request(code::AUTH_CREATE_USER);
+        assert_eq!(g.check(&create, IP).unwrap_err().reason(), "missing_access_key");
     }
 
     #[test]

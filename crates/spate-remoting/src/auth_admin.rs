@@ -23,12 +23,31 @@ pub fn is_auth_admin(code: i32) -> bool {
     (AUTH_CREATE_USER..=AUTH_LIST_ACL).contains(&code)
 }
 
-/// Answers one of codes 3001-3010. `by` is the signed-in user; `None` when
-/// authentication is off, in which case the request acts as a Super user
-/// (how the first users are made before it is turned on).
-pub fn handle(users: &AuthStore, by: Option<&Principal>, req: &RemotingCommand) -> Handled {
+/// Answers one of codes 3001-3010. `by` is the signed-in user. With
+/// authentication off there is none, and the request acts as a Super user
+/// (how the first users are made before it is turned on); with it on, an
+/// unsigned request (a whitelisted code) changes and reads nothing.
+pub fn handle(
+    users: &AuthStore,
+    by: Option<&Principal>,
+    authentication_enabled: bool,
+    req: &RemotingCommand,
+) -> Handled {
     let anonymous = Principal { username: "anonymous".into(), user_type: UserType::Super };
-    let by = by.unwrap_or(&anonymous);
+    let by = match by {
+        Some(p) => p,
+        None if !authentication_enabled => &anonymous,
+        None => {
+            return Handled {
+                response: RemotingCommand::error(
+                    req,
+                    response::NO_PERMISSION,
+                    format!("request code {} needs a signed-in user, even when whitelisted", req.code),
+                ),
+                changed: false,
+            }
+        }
+    };
     let ok = |changed| Handled { response: RemotingCommand::success(req), changed };
     let result: Result<Handled, AuthError> = (|| match req.code {
         AUTH_CREATE_USER => {
@@ -159,21 +178,27 @@ mod tests {
     fn users_are_created_listed_without_passwords_and_refused_to_normal_users() {
         let store = AuthStore::new();
         let user: User = serde_json::from_str(r#"{"username":"alice","password":"alicesecret"}"#).unwrap();
-        let h = handle(&store, None, &create_user_request(&user));
+        let h = handle(&store, None, false, &create_user_request(&user));
         assert_eq!(h.response.code, response::SUCCESS, "{:?}", h.response.remark);
         assert!(h.changed);
-        let list = handle(&store, None, &RemotingCommand::request(AUTH_LIST_USER));
+        let list = handle(&store, None, false, &RemotingCommand::request(AUTH_LIST_USER));
         let text = String::from_utf8_lossy(&list.response.body).to_string();
         assert!(text.contains("alice") && !text.contains("alicesecret"), "{text}");
-        let again = handle(&store, None, &create_user_request(&user));
+        let again = handle(&store, None, false, &create_user_request(&user));
         assert_eq!(again.response.code, response::INVALID_PARAMETER);
         assert!(!again.changed);
         let alice = Principal { username: "alice".into(), user_type: UserType::Normal };
         let bob: User =
             serde_json::from_str(r#"{"username":"bob","password":"bobsecret","userType":"Super"}"#).unwrap();
-        assert_eq!(handle(&store, Some(&alice), &create_user_request(&bob)).response.code, response::NO_PERMISSION);
+        assert_eq!(
+            handle(&store, Some(&alice), false, &create_user_request(&bob)).response.code,
+            response::NO_PERMISSION
+        );
         let get = RemotingCommand::request(AUTH_GET_USER).with("username", "nobody");
-        assert_eq!(handle(&store, None, &get).response.code, response::INVALID_PARAMETER);
+        assert_eq!(handle(&store, None, false, &get).response.code, response::INVALID_PARAMETER);
+        // Whitelisted but unsigned while authentication is on: nothing.
+        let list = RemotingCommand::request(AUTH_LIST_USER);
+        assert_eq!(handle(&store, None, true, &list).response.code, response::NO_PERMISSION);
     }
 
     #[test]
