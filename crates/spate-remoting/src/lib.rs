@@ -4,6 +4,7 @@
 //! - [`codec`]: frame splitting with the 16 MiB limit.
 //! - [`connection`]: one TCP connection, requests both ways, correlation by `opaque`.
 //! - [`server`] and [`client`]: the accepting and the connecting side.
+//! - [`tls`]: TLS settings (upstream's keys) and the rustls configurations they make.
 //! - [`code`]: request and response codes.
 //! - [`protocol`]: bodies and their JSON shapes, shared by servers and clients.
 //!
@@ -17,6 +18,10 @@ pub mod connection;
 pub mod error;
 pub mod protocol;
 pub mod server;
+pub mod tls;
+
+/// The rustls this crate is built with, to name its configurations.
+pub use rustls;
 
 pub use client::{ClientConfig, RemotingClient};
 pub use code::{request, response, LanguageCode};
@@ -25,3 +30,4 @@ pub use connection::OutboundReservation;
 pub use connection::{BoxFuture, Connection, ConnectionConfig, RequestHandler};
 pub use error::{BadHeader, FrameError, HeaderError, RemotingError};
 pub use server::{AcceptLimits, RemotingServer};
+pub use tls::{ClientAuth, ServerTls, TlsClientSettings, TlsError, TlsMode, TlsServerSettings};
