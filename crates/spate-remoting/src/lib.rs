@@ -2,7 +2,7 @@
 //!
 //! - [`command`]: `RemotingCommand` and its JSON and binary header encodings.
 //! - [`codec`]: frame splitting with the 16 MiB limit.
-//! - [`connection`]: one TCP connection, requests both ways, correlation by `opaque`.
+//! - [`connection`]: one TCP connection (plain or TLS), requests both ways, correlation by `opaque`.
 //! - [`server`] and [`client`]: the accepting and the connecting side.
 //! - [`tls`]: TLS settings (upstream's keys) and the rustls configurations they make.
 //! - [`code`]: request and response codes.
@@ -19,6 +19,7 @@ pub mod error;
 pub mod protocol;
 pub mod server;
 pub mod tls;
+mod transport;
 
 /// The rustls this crate is built with, to name its configurations.
 pub use rustls;
