@@ -400,10 +400,11 @@ async fn a_required_client_certificate_must_chain_to_the_trust_file() {
         key_path: Some(pki.client_key.clone()),
         ..pki.verifying_client(&pki.ca)
     };
-    let resp = echo_call(&tls_client(&member), &addr, "member").await.unwrap();
+    let member = tls_client(&member);
+    let resp = echo_call(&member, &addr, "member").await.unwrap();
     assert_eq!(resp.field("echo"), Some("member"));
     eventually("both refusals are counted", || server.admission_refusals() == 2).await;
-    assert_eq!(server.connection_count(), 1);
+    assert_eq!(server.connection_count(), 1, "only the member's connection is open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
