@@ -12,18 +12,32 @@ use tokio::net::TcpStream;
 use crate::command::RemotingCommand;
 use crate::connection::{Connection, ConnectionConfig, RequestHandler};
 use crate::error::RemotingError;
+use crate::transport::{TlsSocket, Transport};
 
 /// Client settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub connection: ConnectionConfig,
-    /// `connectTimeoutMillis` (upstream 3000 ms).
+    /// `connectTimeoutMillis` (upstream 3000 ms), TLS handshake included.
     pub connect_timeout: Duration,
+    /// Speak TLS to every address with this configuration
+    /// ([`crate::TlsClientSettings::client_tls`]); `None`: plaintext.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The name the server's certificate must carry; `None`: the host of
+    /// the address, or `localhost` for an IP address
+    /// ([`crate::tls::default_server_name`]). Unchecked when the
+    /// configuration trusts any certificate.
+    pub tls_server_name: Option<String>,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        ClientConfig { connection: ConnectionConfig::default(), connect_timeout: Duration::from_millis(3000) }
+        ClientConfig {
+            connection: ConnectionConfig::default(),
+            connect_timeout: Duration::from_millis(3000),
+            tls: None,
+            tls_server_name: None,
+        }
     }
 }
 
@@ -52,7 +66,7 @@ impl RemotingClient {
             .map_err(|_| RemotingError::BadAddress(addr.to_string()))?
             .next()
             .ok_or_else(|| RemotingError::BadAddress(addr.to_string()))?;
-        let stream = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(sock))
+        let stream = tokio::time::timeout(self.cfg.connect_timeout, self.connect(addr, sock))
             .await
             .map_err(|_| RemotingError::ConnectTimeout(addr.to_string()))?
             .map_err(|e| RemotingError::Connect { addr: addr.to_string(), source: e })?;
@@ -62,7 +76,7 @@ impl RemotingClient {
         let mut cfg = self.cfg.connection.clone();
         cfg.write_buffer_high_water_mark = usize::MAX;
         cfg.write_buffer_low_water_mark = usize::MAX;
-        let conn = Connection::start(stream, self.handler.clone(), &cfg)
+        let conn = Connection::start_on(stream, self.handler.clone(), &cfg)
             .map_err(|e| RemotingError::Connect { addr: addr.to_string(), source: e })?;
         let mut map = self.connections.lock();
         match map.get(addr) {
@@ -76,6 +90,23 @@ impl RemotingClient {
                 Ok(conn)
             }
         }
+    }
+
+    /// A TCP connection to `sock`, wrapped in TLS when configured.
+    async fn connect(&self, addr: &str, sock: SocketAddr) -> std::io::Result<Transport> {
+        let tcp = TcpStream::connect(sock).await?;
+        let Some(tls) = &self.cfg.tls else { return Ok(Transport::Plain(tcp)) };
+        let name = match &self.cfg.tls_server_name {
+            Some(name) => rustls::pki_types::ServerName::try_from(name.clone()).ok(),
+            None => crate::tls::default_server_name(addr),
+        };
+        let name =
+            name.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no valid TLS server name"))?;
+        // Before the handshake: its messages are small and must not wait.
+        let _ = tcp.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(tls.clone());
+        let stream = connector.connect(name, TlsSocket::new(tcp)).await?;
+        Ok(Transport::Tls(Box::new(stream.into())))
     }
 
     /// Sends `request` to `addr` and waits up to `timeout` for the response.

@@ -1,6 +1,7 @@
-//! One TCP connection, used the same way by servers and clients: either side
-//! may send requests (correlated to responses by `opaque`) and either side may
-//! receive requests, which go to a [`RequestHandler`].
+//! One TCP connection (plain or TLS), used the same way by servers and
+//! clients: either side may send requests (correlated to responses by
+//! `opaque`) and either side may receive requests, which go to a
+//! [`RequestHandler`].
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{FrameCodec, DEFAULT_FRAME_MAX_LENGTH};
 use crate::command::{RemotingCommand, FLAG_ONEWAY};
 use crate::error::{BadHeader, FrameError, RemotingError};
+use crate::transport::{Detached, ReadSide, Transport, WriteSide};
 
 /// A boxed future returned by request handlers.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -137,6 +139,7 @@ pub struct Connection {
     closed: CancellationToken,
     on_priority_lane: AtomicBool,
     credentials: Option<spate_auth::Credentials>,
+    tls: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -152,10 +155,20 @@ impl Connection {
         handler: Option<Arc<dyn RequestHandler>>,
         cfg: &ConnectionConfig,
     ) -> std::io::Result<Arc<Connection>> {
+        Self::start_on(Transport::Plain(stream), handler, cfg)
+    }
+
+    /// [`Connection::start`] for a plain or a TLS stream.
+    pub(crate) fn start_on(
+        stream: Transport,
+        handler: Option<Arc<dyn RequestHandler>>,
+        cfg: &ConnectionConfig,
+    ) -> std::io::Result<Arc<Connection>> {
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
+        stream.set_nodelay();
+        let tls = stream.is_tls();
+        let (reader, writer) = stream.split();
         let (tx, rx) = mpsc::channel(cfg.outbound_queue_frames.max(1));
         let conn = Arc::new(Connection {
             id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
@@ -175,6 +188,7 @@ impl Connection {
             closed: CancellationToken::new(),
             on_priority_lane: AtomicBool::new(false),
             credentials: cfg.credentials.clone(),
+            tls,
         });
         let (handover, handover_rx) = oneshot::channel();
         let writer = tokio::spawn(write_loop(writer, rx, conn.clone(), cfg.write_timeout, Some(handover_rx)));
@@ -200,6 +214,11 @@ impl Connection {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Whether this connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// Whether this connection moved to the priority lane.
@@ -471,15 +490,15 @@ enum Stop {
 /// priority lane when its first priority request arrives.
 async fn serve(
     r: Reading,
-    reader: tokio::net::tcp::OwnedReadHalf,
+    reader: ReadSide,
     writer: tokio::task::JoinHandle<Option<Handover>>,
     handover: oneshot::Sender<()>,
 ) {
     let mut frames = FramedRead::new(reader, FrameCodec::new(r.cfg.frame_max_length));
     if let Stop::ToLane(first) = read_loop(&r, &mut frames).await {
         match move_to_lane(&r, frames, writer, handover).await {
-            Ok((lane, stream, outbound, buffered)) => {
-                lane.spawn(serve_on_lane(r, stream, outbound, buffered, first));
+            Ok((lane, detached, outbound, buffered)) => {
+                lane.spawn(serve_on_lane(r, detached, outbound, buffered, first));
                 return;
             }
             // The peer hung up while its connection was moving.
@@ -493,16 +512,18 @@ async fn serve(
 }
 
 /// A writer task's halves, given back so the connection can move.
-type Handover = (tokio::net::tcp::OwnedWriteHalf, mpsc::Receiver<Outbound>);
+type Handover = (WriteSide, mpsc::Receiver<Outbound>);
 
 /// Stops the writer between two writes and takes the socket off this
-/// runtime, with the bytes already read but not yet decoded.
+/// runtime, with the bytes already read but not yet decoded. A TLS
+/// connection moves too: its session goes along with the socket, bytes
+/// it decrypted but nobody read yet included.
 async fn move_to_lane(
     r: &Reading,
-    frames: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    frames: FramedRead<ReadSide, FrameCodec>,
     writer: tokio::task::JoinHandle<Option<Handover>>,
     handover: oneshot::Sender<()>,
-) -> std::io::Result<(tokio::runtime::Handle, std::net::TcpStream, mpsc::Receiver<Outbound>, BytesMut)> {
+) -> std::io::Result<(tokio::runtime::Handle, Detached, mpsc::Receiver<Outbound>, BytesMut)> {
     let lane = r.cfg.priority_lane.clone().ok_or_else(|| std::io::Error::other("no priority lane"))?;
     let _ = handover.send(());
     let (write_half, outbound) = match writer.await {
@@ -510,21 +531,21 @@ async fn move_to_lane(
         _ => return Err(std::io::Error::other("the writer had already stopped")),
     };
     let buffered = frames.read_buffer().clone();
-    let stream = frames.into_inner().reunite(write_half).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok((lane, stream.into_std()?, outbound, buffered))
+    let stream = Transport::reunite(frames.into_inner(), write_half)?;
+    Ok((lane, stream.detach()?, outbound, buffered))
 }
 
 /// The rest of a connection's life on the priority lane: the first
 /// request, the complete frames that were already read, then reading on.
 async fn serve_on_lane(
     mut r: Reading,
-    stream: std::net::TcpStream,
+    detached: Detached,
     outbound: mpsc::Receiver<Outbound>,
     mut buffered: BytesMut,
     first: RemotingCommand,
 ) {
     r.on_lane = true;
-    let stream = match TcpStream::from_std(stream) {
+    let stream = match detached.attach() {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(peer = %r.conn.peer, error = %e, "priority lane could not take a connection; closing it");
@@ -537,7 +558,7 @@ async fn serve_on_lane(
     if let Some(h) = &r.handler {
         h.on_priority_lane(&r.conn);
     }
-    let (reader, writer) = stream.into_split();
+    let (reader, writer) = stream.split();
     tokio::spawn(write_loop(writer, outbound, r.conn.clone(), r.cfg.write_timeout, None));
     let mut codec = FrameCodec::new(r.cfg.frame_max_length);
     let mut next = Some(Ok(first));
@@ -575,7 +596,7 @@ fn closed(r: &Reading) {
     }
 }
 
-async fn read_loop(r: &Reading, frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>) -> Stop {
+async fn read_loop(r: &Reading, frames: &mut FramedRead<ReadSide, FrameCodec>) -> Stop {
     let conn = &r.conn;
     let may_move = !r.on_lane && r.cfg.priority_lane.is_some();
     loop {
@@ -700,7 +721,7 @@ async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> bool {
 /// socket's write half and the queue back (the connection is moving to
 /// another runtime); `None` when the connection closed.
 async fn write_loop(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut writer: WriteSide,
     mut rx: mpsc::Receiver<Outbound>,
     conn: Arc<Connection>,
     write_timeout: Duration,
@@ -730,7 +751,7 @@ async fn write_loop(
             while let Ok(frame) = rx.try_recv() {
                 batch.push(frame.bytes);
             }
-            let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all_buf(&mut batch)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), write_batch(&mut writer, &mut batch)).await;
             break;
         };
         // The oldest frame's queueing time is the batch's deadline.
@@ -745,7 +766,7 @@ async fn write_loop(
         }
         let batch_bytes = batch.remaining();
         let written = tokio::select! {
-            r = tokio::time::timeout_at(deadline.into(), writer.write_all_buf(&mut batch)) => r,
+            r = tokio::time::timeout_at(deadline.into(), write_batch(&mut writer, &mut batch)) => r,
             _ = closed.cancelled() => break,
         };
         match written {
@@ -768,6 +789,13 @@ async fn write_loop(
     closed.cancel();
     let _ = writer.shutdown().await;
     None
+}
+
+/// Writes `batch` whole. The flush is free on plain TCP; over TLS it
+/// pushes out the records the session still holds.
+async fn write_batch(writer: &mut WriteSide, batch: &mut Batch) -> std::io::Result<()> {
+    writer.write_all_buf(batch).await?;
+    writer.flush().await
 }
 
 /// Frames gathered into one vectored write: no copying into a buffer.

@@ -1,17 +1,27 @@
 //! The accepting side: a listener whose connections all share one handler.
+//!
+//! Plaintext and TLS share the port. Each accepted connection is admitted
+//! on a task of its own, so a slow or silent peer never holds up the
+//! accept loop: its first byte is peeked (`0x16` opens a TLS handshake),
+//! the server's [`TlsMode`] decides whether that kind is served, and a TLS
+//! handshake is completed, all within `tlsHandshakeTimeoutMillis` of the
+//! accept. A connection that fails this is closed alone.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::command::RemotingCommand;
 use crate::connection::{BoxFuture, Connection, ConnectionConfig, RequestHandler};
+use crate::tls::{ServerTls, TlsMode};
+use crate::transport::{TlsSocket, Transport};
 
 /// Default `serverMaxConnections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -22,6 +32,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1_000;
 /// At most one warning per this long about refused connections (with the
 /// count refused meanwhile): a flood of connections must not flood the log.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// The first byte of a TLS record that carries a handshake message: what
+/// a ClientHello starts with. A plaintext frame starts with the top byte
+/// of its length, which is 0 for any frame under 16 MiB.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// How many connections a server accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,11 +65,18 @@ pub struct RemotingServer {
 
 struct ServerState {
     connections: Mutex<HashMap<u64, Arc<Connection>>>,
-    /// Open connections per client address; an address leaves the map
-    /// with its last connection, so the map is bounded by the connections.
+    /// Accepted connections not yet started (waiting for their first byte
+    /// or in a TLS handshake); they count against `serverMaxConnections`.
+    admitting: AtomicUsize,
+    /// Open connections per client address, admitting ones included; an
+    /// address leaves the map with its last connection, so the map is
+    /// bounded by the connections.
     per_address: Mutex<HashMap<IpAddr, usize>>,
     in_flight: AtomicUsize,
     handler: Arc<dyn RequestHandler>,
+    /// Connections closed at admission (see [`RemotingServer::admission_refusals`]).
+    admission_refusals: AtomicU64,
+    admission_log: Mutex<RefusalLog>,
 }
 
 /// Wraps the user's handler to count requests in progress and track connections.
@@ -117,6 +138,27 @@ impl ServerState {
     }
 }
 
+impl ServerState {
+    /// Counts and, at a bounded rate, logs a connection closed at admission.
+    fn refused(&self, peer: SocketAddr, refusal: &Refusal, mode: TlsMode) {
+        if matches!(refusal, Refusal::HungUp | Refusal::ShuttingDown) {
+            tracing::debug!(peer = %peer, reason = %refusal, "connection closed before its first frame");
+            return;
+        }
+        self.admission_refusals.fetch_add(1, Ordering::Relaxed);
+        let unlogged = self.admission_log.lock().note(Instant::now());
+        if let Some(unlogged) = unlogged {
+            tracing::warn!(
+                peer = %peer,
+                reason = %refusal,
+                tls_mode = %mode,
+                refused_unlogged = unlogged,
+                "connection closed before its first frame"
+            );
+        }
+    }
+}
+
 /// An IPv4 client reaching a dual-stack listener shows up as `::ffff:a.b.c.d`;
 /// it is the same address either way.
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -146,6 +188,133 @@ impl RefusalLog {
     }
 }
 
+/// What an accepted connection's first byte gets it, under a [`TlsMode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Plain,
+    Tls,
+    Refused(&'static str),
+}
+
+fn admission(mode: TlsMode, first_byte: u8) -> Admission {
+    match (first_byte == TLS_HANDSHAKE_RECORD, mode) {
+        (true, TlsMode::Disabled) => Admission::Refused("TLS handshake while tlsMode is disabled"),
+        (true, TlsMode::Permissive | TlsMode::Enforcing) => Admission::Tls,
+        (false, TlsMode::Enforcing) => Admission::Refused("plaintext while tlsMode is enforcing"),
+        (false, TlsMode::Disabled | TlsMode::Permissive) => Admission::Plain,
+    }
+}
+
+/// Why an accepted connection was closed before it started.
+#[derive(Debug)]
+enum Refusal {
+    /// Closed or reset before sending a byte (a port probe, a readiness
+    /// check): dropped without counting.
+    HungUp,
+    /// Nothing sent, or the TLS handshake unfinished, within
+    /// `tlsHandshakeTimeoutMillis`.
+    TooSlow(Duration),
+    /// The kind of connection the mode does not serve.
+    Mode(&'static str),
+    /// The TLS handshake failed (not TLS after all, a certificate refused).
+    Handshake(std::io::Error),
+    ShuttingDown,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::HungUp => f.write_str("hung up before sending anything"),
+            Refusal::TooSlow(t) => write!(f, "no frame or finished TLS handshake within {} ms", t.as_millis()),
+            Refusal::Mode(why) => f.write_str(why),
+            Refusal::Handshake(e) => write!(f, "TLS handshake failed: {e}"),
+            Refusal::ShuttingDown => f.write_str("server shutting down"),
+        }
+    }
+}
+
+/// Peeks the first byte of `stream` and, if it opens a TLS handshake the
+/// mode serves, completes the handshake; both within the handshake timeout.
+async fn admit(stream: TcpStream, tls: &ServerTls) -> Result<Transport, Refusal> {
+    let timeout = tls.handshake_timeout();
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Before the handshake: its messages are small and must not wait.
+    let _ = stream.set_nodelay(true);
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Err(_) => return Err(Refusal::TooSlow(timeout)),
+        Ok(Ok(0) | Err(_)) => return Err(Refusal::HungUp),
+        Ok(Ok(_)) => {}
+    }
+    match admission(tls.mode(), first[0]) {
+        Admission::Plain => Ok(Transport::Plain(stream)),
+        Admission::Refused(why) => Err(Refusal::Mode(why)),
+        Admission::Tls => {
+            let acceptor = tls.acceptor().ok_or(Refusal::Mode("no TLS configuration"))?;
+            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(TlsSocket::new(stream)));
+            let tls_stream = handshake.await.map_err(|_| Refusal::TooSlow(timeout))?.map_err(Refusal::Handshake)?;
+            Ok(Transport::Tls(Box::new(tls_stream.into())))
+        }
+    }
+}
+
+/// What the start of every accepted connection needs.
+struct Accepting {
+    cfg: ConnectionConfig,
+    handler: Arc<dyn RequestHandler>,
+    state: Arc<ServerState>,
+    tls: ServerTls,
+    stop: CancellationToken,
+}
+
+/// One connection counted as admitting until dropped.
+struct Admitting(Arc<ServerState>);
+
+impl Drop for Admitting {
+    fn drop(&mut self) {
+        let before = self.0.admitting.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "more connections left admission than entered it");
+    }
+}
+
+/// Admits one accepted connection and starts it, on a task of its own.
+async fn admit_and_start(stream: TcpStream, peer: SocketAddr, a: Arc<Accepting>) {
+    let admitting = Admitting(a.state.clone());
+    let admitted = tokio::select! {
+        _ = a.stop.cancelled() => Err(Refusal::ShuttingDown),
+        t = admit(stream, &a.tls) => t,
+    };
+    let transport = match admitted {
+        Ok(t) => t,
+        Err(refusal) => {
+            a.state.leave(peer.ip());
+            a.state.refused(peer, &refusal, a.tls.mode());
+            return;
+        }
+    };
+    match Connection::start_on(transport, Some(a.handler.clone()), &a.cfg) {
+        Ok(conn) => {
+            a.state.connections.lock().insert(conn.id(), conn.clone());
+            // A peer that hung up at once may have been forgotten before it
+            // was recorded, and a shutdown may have closed the others
+            // meanwhile: do not keep it.
+            if conn.is_closed() {
+                a.state.connections.lock().remove(&conn.id());
+            } else if a.stop.is_cancelled() {
+                conn.close();
+            }
+        }
+        Err(e) => {
+            // Never started, so never closes: uncount it here.
+            a.state.leave(peer.ip());
+            tracing::debug!(error = %e, "accepted connection vanished")
+        }
+    }
+    // Counted as admitting until it is in `connections`, so the two
+    // together never undercount against serverMaxConnections.
+    drop(admitting);
+}
+
 struct InFlight(Arc<ServerState>);
 
 impl Drop for InFlight {
@@ -166,24 +335,41 @@ impl RemotingServer {
     }
 
     /// Like [`RemotingServer::bind`] with explicit connection limits;
-    /// connections beyond them are closed at accept.
+    /// connections beyond them are closed at accept. Plaintext only.
     pub async fn bind_with_limits(
         addr: SocketAddr,
         cfg: ConnectionConfig,
         handler: Arc<dyn RequestHandler>,
         limits: AcceptLimits,
     ) -> std::io::Result<RemotingServer> {
+        Self::bind_with_tls(addr, cfg, handler, limits, ServerTls::disabled()).await
+    }
+
+    /// Like [`RemotingServer::bind_with_limits`], serving TLS on the same
+    /// port as `tls` says (see [`crate::tls`]).
+    pub async fn bind_with_tls(
+        addr: SocketAddr,
+        cfg: ConnectionConfig,
+        handler: Arc<dyn RequestHandler>,
+        limits: AcceptLimits,
+        tls: ServerTls,
+    ) -> std::io::Result<RemotingServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let state = Arc::new(ServerState {
             connections: Mutex::new(HashMap::new()),
+            admitting: AtomicUsize::new(0),
             per_address: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             handler,
+            admission_refusals: AtomicU64::new(0),
+            admission_log: Mutex::new(RefusalLog { last_warned: None, suppressed: 0 }),
         });
         let stop_accepting = CancellationToken::new();
         let tracking: Arc<dyn RequestHandler> = Arc::new(Tracking(state.clone()));
-        tokio::spawn(accept_loop(listener, cfg, tracking, state.clone(), stop_accepting.clone(), limits));
+        let accepting =
+            Arc::new(Accepting { cfg, handler: tracking, state: state.clone(), tls, stop: stop_accepting.clone() });
+        tokio::spawn(accept_loop(listener, accepting, limits));
         Ok(RemotingServer { local_addr, stop_accepting, state })
     }
 
@@ -191,9 +377,18 @@ impl RemotingServer {
         self.local_addr
     }
 
-    /// Connections currently open.
+    /// Connections currently open (started: past their first byte and,
+    /// for TLS, their handshake).
     pub fn connection_count(&self) -> usize {
         self.state.connections.lock().len()
+    }
+
+    /// Connections closed before they started, since the server began:
+    /// the kind the [`TlsMode`] does not serve, silent or unfinished
+    /// past `tlsHandshakeTimeoutMillis`, or a failed TLS handshake. A peer
+    /// that hangs up without sending anything is not counted.
+    pub fn admission_refusals(&self) -> u64 {
+        self.state.admission_refusals.load(Ordering::Relaxed)
     }
 
     /// Stops accepting, waits up to `grace` for requests in progress to be
@@ -211,24 +406,19 @@ impl RemotingServer {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    cfg: ConnectionConfig,
-    handler: Arc<dyn RequestHandler>,
-    state: Arc<ServerState>,
-    stop: CancellationToken,
-    limits: AcceptLimits,
-) {
+async fn accept_loop(listener: TcpListener, a: Arc<Accepting>, limits: AcceptLimits) {
+    let state = &a.state;
     let mut refusals = RefusalLog { last_warned: None, suppressed: 0 };
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = a.stop.cancelled() => return,
             a = listener.accept() => a,
         };
         match accepted {
             Ok((stream, peer)) => {
                 // Dropping the stream closes it: a refusal costs no more.
-                let refused = if state.connections.lock().len() >= limits.max_connections {
+                let open = state.connections.lock().len() + state.admitting.load(Ordering::Acquire);
+                let refused = if open >= limits.max_connections {
                     Some("serverMaxConnections")
                 } else if !state.enter(peer.ip(), limits.max_connections_per_address) {
                     Some("serverMaxConnectionsPerAddress")
@@ -248,21 +438,8 @@ async fn accept_loop(
                     }
                     continue;
                 }
-                match Connection::start(stream, Some(handler.clone()), &cfg) {
-                    Ok(conn) => {
-                        state.connections.lock().insert(conn.id(), conn.clone());
-                        // A peer that hung up at once may have been forgotten
-                        // before it was recorded: do not keep it.
-                        if conn.is_closed() {
-                            state.connections.lock().remove(&conn.id());
-                        }
-                    }
-                    Err(e) => {
-                        // Never started, so never closes: uncount it here.
-                        state.leave(peer.ip());
-                        tracing::debug!(error = %e, "accepted connection vanished")
-                    }
-                }
+                state.admitting.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(admit_and_start(stream, peer, a.clone()));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -286,5 +463,18 @@ mod tests {
             assert_eq!(log.note(t0 + Duration::from_millis(i)), None);
         }
         assert_eq!(log.note(t0 + REFUSAL_LOG_INTERVAL), Some(5));
+    }
+
+    #[test]
+    fn the_first_byte_and_the_mode_decide_admission() {
+        use Admission::*;
+        for byte in [0u8, 1, 0x15, 0x17, 0x80, 0xff] {
+            assert_eq!(admission(TlsMode::Disabled, byte), Plain, "byte {byte:#x}");
+            assert_eq!(admission(TlsMode::Permissive, byte), Plain, "byte {byte:#x}");
+            assert!(matches!(admission(TlsMode::Enforcing, byte), Refused(_)), "byte {byte:#x}");
+        }
+        assert!(matches!(admission(TlsMode::Disabled, TLS_HANDSHAKE_RECORD), Refused(_)));
+        assert_eq!(admission(TlsMode::Permissive, TLS_HANDSHAKE_RECORD), Tls);
+        assert_eq!(admission(TlsMode::Enforcing, TLS_HANDSHAKE_RECORD), Tls);
     }
 }
