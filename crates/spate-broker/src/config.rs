@@ -225,6 +225,12 @@ pub struct BrokerConfig {
     /// own requests with (name servers, its master); created as a Super
     /// user at first start. Never shown by GET_BROKER_CONFIG.
     pub inner_credentials: Option<spate_remoting::Credentials>,
+    /// TLS on the client port and the VIP channel (`tlsMode`,
+    /// `tls.server.*`, `tls.test.mode.enable`).
+    pub tls_server: spate_remoting::TlsServerSettings,
+    /// TLS of this broker's own connections to name servers and its master
+    /// (`tls.enable`, `tls.client.*`); on whenever `tlsMode=enforcing`.
+    pub tls_client: spate_remoting::TlsClientSettings,
     /// The store's settings (`storePathRootDir`, `flushDiskType`, ...).
     pub store: StoreConfig,
 }
@@ -350,6 +356,8 @@ impl BrokerConfig {
             access: Default::default(),
             init_authentication_user: None,
             inner_credentials: None,
+            tls_server: Default::default(),
+            tls_client: Default::default(),
             store: StoreConfig::new(store_root),
         }
     }
@@ -440,6 +448,14 @@ impl BrokerConfig {
             "initAuthenticationUser" => self.init_authentication_user = Some(credentials(key, v)?),
             "innerClientAuthenticationCredentials" => self.inner_credentials = Some(credentials(key, v)?),
             k if self.access.set(k, v).map_err(BrokerError::Config)? => {}
+            k if k.starts_with("tls") => {
+                // `tls.test.mode.enable` belongs to both sides.
+                let server = self.tls_server.set(k, v).map_err(|e| BrokerError::Config(e.to_string()))?;
+                let client = self.tls_client.set(k, v).map_err(|e| BrokerError::Config(e.to_string()))?;
+                if !(server || client) {
+                    return Ok(false);
+                }
+            }
             _ => return self.store.set(key, v).map_err(|e| BrokerError::Config(e.to_string())),
         }
         Ok(true)
@@ -469,6 +485,8 @@ impl BrokerConfig {
     /// Checks settings that only make sense together.
     pub fn validate(&self) -> Result<(), BrokerError> {
         self.access.validate().map_err(BrokerError::Config)?;
+        self.tls_server.server_tls().map_err(|e| BrokerError::Config(format!("TLS server settings: {e}")))?;
+        self.tls_client.client_config().map_err(|e| BrokerError::Config(format!("TLS client settings: {e}")))?;
         if self.access.authentication_enabled && self.inner_client_credentials().is_none() {
             return Err(BrokerError::Config(
                 "authenticationEnabled=true needs innerClientAuthenticationCredentials (or initAuthenticationUser): \
@@ -613,6 +631,14 @@ impl BrokerConfig {
     pub fn inner_client_config(&self) -> spate_remoting::ClientConfig {
         let mut c = spate_remoting::ClientConfig::default();
         c.connection.credentials = self.inner_client_credentials().cloned();
+        // Validated at start (`validate`), so a failure here cannot happen;
+        // plaintext is never chosen silently over a TLS that was asked for.
+        let mut tls = self.tls_client.clone();
+        tls.enable |= self.tls_server.mode == spate_remoting::TlsMode::Enforcing;
+        c.tls = tls.client_tls().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "TLS client settings do not load");
+            None
+        });
         c
     }
 

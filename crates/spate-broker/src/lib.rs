@@ -271,9 +271,14 @@ impl Broker {
         });
         state.topics.persist().await?;
         let handler = Arc::new(Processor { state: state.clone() });
-        let (conn_cfg, limits) = {
+        let (conn_cfg, limits, tls) = {
             let cfg = state.config.read();
-            (ConnectionConfig { priority_lane: Some(lane.handle()), ..cfg.connection_config() }, cfg.accept_limits())
+            let tls = cfg.tls_server.server_tls().map_err(|e| BrokerError::Config(format!("TLS: {e}")))?;
+            (
+                ConnectionConfig { priority_lane: Some(lane.handle()), ..cfg.connection_config() },
+                cfg.accept_limits(),
+                tls,
+            )
         };
         // The VIP channel first: once the main port answers, everything does.
         let vip = match vip::vip_port(listen.port()) {
@@ -283,6 +288,7 @@ impl Broker {
                     conn_cfg.clone(),
                     limits,
                     handler.clone(),
+                    tls.clone(),
                 )
                 .await
                 {
@@ -296,7 +302,7 @@ impl Broker {
             }
             None => None,
         };
-        let server = RemotingServer::bind_with_limits(listen, conn_cfg, handler, limits)
+        let server = RemotingServer::bind_with_tls(listen, conn_cfg, handler, limits, tls)
             .await
             .map_err(|e| BrokerError::Io { path: format!("listen {listen}"), source: e })?;
         let mut tasks = vec![register::spawn(state.clone())];

@@ -38,13 +38,14 @@ impl VipChannel {
         cfg: ConnectionConfig,
         limits: AcceptLimits,
         handler: Arc<dyn RequestHandler>,
+        tls: spate_remoting::ServerTls,
     ) -> std::io::Result<VipChannel> {
         let (bound_tx, bound_rx) = oneshot::channel::<std::io::Result<SocketAddr>>();
         let (stop, stop_rx) = oneshot::channel::<Duration>();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = std::thread::Builder::new().name("spate-vip".into()).spawn(move || {
             runtime.block_on(async move {
-                let server = match RemotingServer::bind_with_limits(addr, cfg, handler, limits).await {
+                let server = match RemotingServer::bind_with_tls(addr, cfg, handler, limits, tls).await {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = bound_tx.send(Err(e));

@@ -61,6 +61,13 @@ impl ClientConfig {
         self
     }
 
+    /// Connects over TLS with this configuration (RocketMQ's `useTLS`):
+    /// name servers and brokers alike.
+    pub fn with_tls(mut self, tls: std::sync::Arc<spate_remoting::rustls::ClientConfig>) -> Self {
+        self.remoting.tls = Some(tls);
+        self
+    }
+
     /// Sets `instanceName`.
     pub fn with_instance_name(mut self, name: impl Into<String>) -> Self {
         self.instance_name = Some(name.into());

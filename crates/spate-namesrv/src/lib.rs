@@ -23,7 +23,7 @@ use routes::{Registration, Routes};
 use spate_auth::file::AuthFile;
 use spate_auth::AuthStore;
 use spate_remoting::access::{namesrv_rule, AccessSettings, Gate};
-use spate_remoting::{auth_admin, Credentials};
+use spate_remoting::{auth_admin, Credentials, TlsServerSettings};
 
 /// Name server settings.
 #[derive(Debug, Clone)]
@@ -51,6 +51,8 @@ pub struct NamesrvConfig {
     pub first_users: Vec<Credentials>,
     /// Where users and ACLs persist (`None`: memory only).
     pub auth_file: Option<PathBuf>,
+    /// TLS on the port (`tlsMode`, `tls.server.*`).
+    pub tls: TlsServerSettings,
 }
 
 impl NamesrvConfig {
@@ -67,6 +69,7 @@ impl NamesrvConfig {
                 self.listen_addr.set_port(port);
                 Ok(true)
             }
+            k if k.starts_with("tls") => self.tls.set(k, value).map_err(|e| e.to_string()),
             _ => self.access.set(key, value),
         }
     }
@@ -84,6 +87,7 @@ impl Default for NamesrvConfig {
             access: AccessSettings::default(),
             first_users: Vec::new(),
             auth_file: None,
+            tls: TlsServerSettings::default(),
         }
     }
 }
@@ -100,6 +104,7 @@ impl NameServer {
     /// Binds and starts serving on the current runtime.
     pub async fn start(cfg: NamesrvConfig) -> Result<NameServer, NamesrvError> {
         cfg.access.validate().map_err(NamesrvError::Config)?;
+        let tls = cfg.tls.server_tls().map_err(|e| NamesrvError::Config(format!("TLS: {e}")))?;
         let auth_file = cfg.auth_file.clone().map(|p| Arc::new(AuthFile::new(p)));
         let users = match auth_file.clone() {
             Some(file) => {
@@ -127,7 +132,7 @@ impl NameServer {
         let gate = Arc::new(Gate::new(cfg.access.clone(), Arc::new(users), namesrv_rule, ""));
         let handler = Arc::new(Processor { routes: routes.clone(), gate: gate.clone(), auth_file: auth_file.clone() });
         let server =
-            RemotingServer::bind_with_limits(cfg.listen_addr, cfg.connection.clone(), handler, cfg.limits).await?;
+            RemotingServer::bind_with_tls(cfg.listen_addr, cfg.connection.clone(), handler, cfg.limits, tls).await?;
         let expiry_routes = routes.clone();
         let (watched, watched_users) = (auth_file.clone(), gate.users().clone());
         let expiry_task = tokio::spawn(async move {

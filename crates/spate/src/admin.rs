@@ -24,7 +24,7 @@ pub struct AdminArgs {
     #[arg(long, global = true)]
     json: bool,
     #[command(flatten)]
-    credentials: crate::credentials::CredentialArgs,
+    credentials: crate::credentials::SecurityArgs,
     #[command(subcommand)]
     command: Noun,
 }

@@ -1,6 +1,7 @@
-//! `--access-key` / `--secret-key` / `--credentials-file`, shared by
-//! `spate admin` and `spate bench`: what the tools sign their requests with
-//! when the servers run with `authenticationEnabled=true`.
+//! How the tools reach secured servers, shared by `spate admin`, `spate
+//! bench` and `spate controller`: `--access-key` / `--secret-key` /
+//! `--credentials-file` (what requests are signed with when the servers run
+//! with `authenticationEnabled=true`) and `--tls` / `--tls-trust-cert`.
 
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ use clap::Args;
 use spate_remoting::Credentials;
 
 #[derive(Args, Clone, Default)]
-pub struct CredentialArgs {
+pub struct SecurityArgs {
     /// Access key (user name) to sign requests with.
     #[arg(long = "access-key", global = true, env = "SPATE_ACCESS_KEY")]
     pub access_key: Option<String>,
@@ -20,18 +21,27 @@ pub struct CredentialArgs {
     /// A `tools.yml`-style file with `accessKey:` and `secretKey:` lines.
     #[arg(long = "credentials-file", global = true)]
     pub credentials_file: Option<PathBuf>,
+    /// Connect with TLS (servers with `tlsMode=permissive|enforcing`).
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// With `--tls`: verify the server's certificate against these CA
+    /// certificates (PEM). Without it any certificate is accepted: the
+    /// traffic is encrypted, but the server is not authenticated.
+    #[arg(long = "tls-trust-cert", global = true)]
+    pub tls_trust_cert: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for CredentialArgs {
+impl std::fmt::Debug for SecurityArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CredentialArgs")
+        f.debug_struct("SecurityArgs")
             .field("access_key", &self.access_key)
             .field("credentials_file", &self.credentials_file)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
 
-impl CredentialArgs {
+impl SecurityArgs {
     /// The credentials given, if any; half a pair is an error.
     pub fn credentials(&self) -> Result<Option<Credentials>> {
         if let Some(path) = &self.credentials_file {
@@ -45,10 +55,26 @@ impl CredentialArgs {
         }
     }
 
-    /// A remoting client configuration that signs with these credentials.
+    /// The TLS configuration `--tls` asks for, if any.
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<spate_remoting::rustls::ClientConfig>>> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let settings = spate_remoting::TlsClientSettings {
+            enable: true,
+            auth_server: self.tls_trust_cert.is_some(),
+            trust_cert_path: self.tls_trust_cert.clone(),
+            ..Default::default()
+        };
+        Ok(Some(settings.client_config().context("--tls")?))
+    }
+
+    /// A remoting client configuration that signs with these credentials
+    /// and speaks TLS when asked.
     pub fn client_config(&self) -> Result<spate_remoting::ClientConfig> {
         let mut c = spate_remoting::ClientConfig::default();
         c.connection.credentials = self.credentials()?;
+        c.tls = self.tls()?;
         Ok(c)
     }
 }

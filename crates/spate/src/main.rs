@@ -120,7 +120,7 @@ enum Command {
         /// Credentials of a Super user of the name servers (when they run
         /// with authenticationEnabled=true).
         #[command(flatten)]
-        credentials: credentials::CredentialArgs,
+        credentials: credentials::SecurityArgs,
     },
     /// Load generators and latency reports.
     Bench {
@@ -273,6 +273,7 @@ async fn standalone(
         access: cfg.access.clone(),
         first_users: [&cfg.init_authentication_user, &cfg.inner_credentials].into_iter().flatten().cloned().collect(),
         auth_file: Some(data_dir.join("namesrv").join("auth.json")),
+        tls: cfg.tls_server.clone(),
         ..NamesrvConfig::default()
     })
     .await

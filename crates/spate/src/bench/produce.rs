@@ -32,7 +32,7 @@ pub enum SendMode {
 pub struct ProduceArgs {
     /// Name server address(es), `host:port;host:port`.
     #[command(flatten)]
-    pub credentials: crate::credentials::CredentialArgs,
+    pub credentials: crate::credentials::SecurityArgs,
     #[arg(short = 'n', long = "namesrv", default_value = "127.0.0.1:9876")]
     pub namesrv: String,
     #[arg(long, default_value = "BenchmarkTest")]
