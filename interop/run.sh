@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds spate (debug) and runs the interop tests against it: the
 # rocketmq-client-rust round trip (tests/interop.rs) and its ACL test
-# (tests/acl.rs).
+# (tests/acl.rs), then the ali-ons Node.js ACL test (node/run.sh).
 # Usage: interop/run.sh [extra cargo test args]   (exits non-zero on failure)
 # CARGO_TARGET_DIR defaults to /work/interop-target (a cache outside the checkout);
 # SPATE_BIN overrides the server binary (default: <main>/target/debug/spate).
+# node/run.sh needs node and npm (scripts/test.sh installs them).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 main="$(dirname "$here")"
@@ -18,3 +19,4 @@ cd "$here"
 # headers (signatures are checked over the decoded extFields of either).
 nice -n 15 cargo test --test interop --test acl -- --nocapture "$@"
 ROCKETMQ_SERIALIZE_TYPE=ROCKETMQ nice -n 15 cargo test --test interop --test acl -- --nocapture "$@"
+"$here/node/run.sh"
