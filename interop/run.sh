@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Builds spate (debug) and runs the rocketmq-client-rust interop test against it.
+# Builds spate (debug) and runs the interop tests against it: the
+# rocketmq-client-rust round trip (tests/interop.rs) and its ACL test
+# (tests/acl.rs), then the ali-ons Node.js ACL test (node/run.sh).
 # Usage: interop/run.sh [extra cargo test args]   (exits non-zero on failure)
 # CARGO_TARGET_DIR defaults to /work/interop-target (a cache outside the checkout);
 # SPATE_BIN overrides the server binary (default: <main>/target/debug/spate).
+# node/run.sh needs node and npm (scripts/test.sh installs them).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 main="$(dirname "$here")"
@@ -12,6 +15,8 @@ main="$(dirname "$here")"
 export SPATE_BIN="${SPATE_BIN:-$main/target/debug/spate}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/interop-target}"
 cd "$here"
-# Once with the client's default JSON headers, once with ROCKETMQ binary headers.
-nice -n 15 cargo test --test interop -- --nocapture "$@"
-ROCKETMQ_SERIALIZE_TYPE=ROCKETMQ nice -n 15 cargo test --test interop -- --nocapture "$@"
+# Once with the client's default JSON headers, once with ROCKETMQ binary
+# headers (signatures are checked over the decoded extFields of either).
+nice -n 15 cargo test --test interop --test acl -- --nocapture "$@"
+ROCKETMQ_SERIALIZE_TYPE=ROCKETMQ nice -n 15 cargo test --test interop --test acl -- --nocapture "$@"
+"$here/node/run.sh"

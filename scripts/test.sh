@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, then runs every test:
-# the workspace's tests, then the interoperability test against a client we
-# did not write (rocketmq-client-rust from crates.io; set
-# SPATE_SKIP_INTEROP=1 to leave it out of a quick local run).
+# the workspace's tests, then the interoperability tests against clients we
+# did not write (rocketmq-client-rust from crates.io, ali-ons from npm; set
+# SPATE_SKIP_INTEROP=1 to leave them out of a quick local run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,11 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v mount >/dev/null 2>&1 || missing+=(mount)
 [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null 2>&1 || missing+=(zookeeper)
+# The ali-ons interop test (interop/node) runs on Node.js: Debian's packages
+# when node or npm is missing (a NodeSource nodejs brings its own npm).
+if [ "${SPATE_SKIP_INTEROP:-0}" != "1" ]; then
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update && apt-get install -y "${missing[@]}"
 fi

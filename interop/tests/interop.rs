@@ -27,14 +27,13 @@
 //! `rocketmq_runtime::RuntimeOwner`, which builds its own runtime, so the test
 //! owns that runtime and blocks on it.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{bounded, client_runtime_owner, SpateServer};
 use rocketmq_client_rust::{
     ClientResult, ClientRuntime, ClientRuntimeConfig, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus,
     DefaultMQProducer, DefaultMQPushConsumer, MQPushConsumer, MessageListenerConcurrently, SendStatus,
@@ -44,7 +43,6 @@ use rocketmq_model::common::message::message_ext::MessageExt;
 use rocketmq_model::common::message::message_single::Message;
 use rocketmq_observability::TelemetryRuntimeGuard;
 use rocketmq_protocol::protocol::heartbeat::message_model::MessageModel;
-use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
 
 const TOPIC: &str = "SpateInteropTopic";
 /// Produced by spate-client, consumed by rocketmq-client-rust.
@@ -59,145 +57,9 @@ const PROP_SEQ: &str = "interopSeq";
 /// properties string end to end.
 const PROP_NOTE: &str = "interopNote";
 const DEFAULT_MESSAGES: usize = 200;
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(30);
 const SEND_TIMEOUT_MS: u64 = 5_000;
-
-// ---------------------------------------------------------------------------
-// The spate child process
-// ---------------------------------------------------------------------------
-
-/// Owns the spate child process and its data directory. Dropping it (normal
-/// end or panic unwind) kills and reaps the child; on panic it also prints
-/// the tail of the server's log.
-struct SpateServer {
-    child: Child,
-    namesrv_port: u16,
-    broker_port: u16,
-    log_path: PathBuf,
-    // Declared last: removed after the child is gone.
-    _data_dir: tempfile::TempDir,
-}
-
-impl SpateServer {
-    fn start() -> SpateServer {
-        let bin = spate_bin();
-        assert!(
-            bin.is_file(),
-            "spate binary not found at {} (build it with `cargo build -p spate` in the main \
-             workspace, or set SPATE_BIN)",
-            bin.display()
-        );
-        let data_dir = tempfile::Builder::new().prefix("spate-interop-").tempdir().expect("create temp dir");
-        let store_dir = data_dir.path().join("data");
-        std::fs::create_dir_all(&store_dir).expect("create data dir");
-        let log_path = data_dir.path().join("spate.log");
-        let log = std::fs::File::create(&log_path).expect("create spate log");
-        let (namesrv_port, broker_port) = two_free_ports();
-        // Transaction check-backs within a second or two (upstream: 30 s, 6 s).
-        let conf = data_dir.path().join("broker.conf");
-        // Short delay levels: a consumer's first retry (level 3) after 300 ms.
-        let levels = (1..=18).map(|l| format!("{}ms", 100 * l)).collect::<Vec<_>>().join(" ");
-        std::fs::write(
-            &conf,
-            format!("transactionCheckInterval=300\ntransactionTimeOut=1000\nmessageDelayLevel={levels}\n"),
-        )
-        .expect("write broker.conf");
-
-        let child = Command::new(&bin)
-            .arg("standalone")
-            .arg("-c")
-            .arg(&conf)
-            .arg("--data-dir")
-            .arg(&store_dir)
-            .arg("--namesrv-port")
-            .arg(namesrv_port.to_string())
-            .arg("--broker-port")
-            .arg(broker_port.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut server = SpateServer { child, namesrv_port, broker_port, log_path, _data_dir: data_dir };
-        println!(
-            "spate started: pid {}, name server 127.0.0.1:{namesrv_port}, broker 127.0.0.1:{broker_port}",
-            server.child.id()
-        );
-        server.wait_until_listening();
-        server
-    }
-
-    fn namesrv_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.namesrv_port)
-    }
-
-    /// Bounded wait until both ports accept TCP connections; fails early if
-    /// the child exits.
-    fn wait_until_listening(&mut self) {
-        let deadline = Instant::now() + SERVER_START_TIMEOUT;
-        for (what, port) in [("name server", self.namesrv_port), ("broker", self.broker_port)] {
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            loop {
-                if let Some(status) = self.child.try_wait().expect("try_wait on spate") {
-                    panic!(
-                        "spate exited during start-up ({status}) before its {what} port {port} accepted connections"
-                    );
-                }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    panic!(
-                        "spate's {what} port {port} did not accept TCP connections within {:?}",
-                        SERVER_START_TIMEOUT
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    fn log_tail(&self, max_bytes: usize) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
-            let mut bytes = Vec::new();
-            let _ = f.read_to_end(&mut bytes);
-            let start = bytes.len().saturating_sub(max_bytes);
-            text = String::from_utf8_lossy(&bytes[start..]).into_owned();
-        }
-        text
-    }
-}
-
-impl Drop for SpateServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- last 8 KiB of spate's output ({}) ----\n{}\n---- end of spate output ----",
-                self.log_path.display(),
-                self.log_tail(8 * 1024)
-            );
-        }
-    }
-}
-
-fn spate_bin() -> PathBuf {
-    match std::env::var_os("SPATE_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/spate"),
-    }
-}
-
-/// Two distinct free loopback ports: bind both at once, then release them.
-fn two_free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind free port");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind free port");
-    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
-}
 
 // ---------------------------------------------------------------------------
 // What was sent / what arrived
@@ -297,25 +159,18 @@ fn message_count() -> usize {
     std::env::var("INTEROP_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MESSAGES)
 }
 
-/// The client's runtime. The push consumer runs listener calls on the
-/// runtime's metadata-io blocking lane, which on 2 cores admits 4 running and
-/// 16 queued tasks; one pull burst (4 queues x 32 messages) overflows it and
-/// the client sends the overflow back to the retry topic. Widen it.
-fn client_runtime_owner() -> RuntimeOwner {
-    let mut config =
-        RuntimeConfig::for_parallelism("spate-interop", 2).with_max_blocking_threads(96).expect("valid blocking limit");
-    config.blocking_lane_policies.metadata_io.max_concurrency = 64;
-    config.blocking_lane_policies.metadata_io.max_queue_depth = 4096;
-    RuntimeOwner::plan(config).expect("valid runtime config").build().expect("build client runtime")
-}
-
 // ---------------------------------------------------------------------------
 // The test
 // ---------------------------------------------------------------------------
 
 #[test]
 fn rocketmq_rust_client_round_trip() {
-    let server = SpateServer::start();
+    // Transaction check-backs within a second or two (upstream: 30 s, 6 s);
+    // short delay levels: a consumer's first retry (level 3) after 300 ms.
+    let levels = (1..=18).map(|l| format!("{}ms", 100 * l)).collect::<Vec<_>>().join(" ");
+    let server = SpateServer::start(&format!(
+        "transactionCheckInterval=300\ntransactionTimeOut=1000\nmessageDelayLevel={levels}\n"
+    ));
     let namesrv = server.namesrv_addr();
     let n = message_count();
 
@@ -547,15 +402,6 @@ async fn create_topic(producer: &mut DefaultMQProducer, topic: &str) {
             ),
             _ => tokio::time::sleep(Duration::from_millis(200).min(remaining())).await,
         }
-    }
-}
-
-/// Runs a client call that has no deadline of its own, failing clearly if
-/// it does not finish in time.
-async fn bounded<T>(what: &str, limit: Duration, fut: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what} did not finish within {limit:?}"),
     }
 }
 

@@ -122,6 +122,23 @@ fn group(cmd: &RemotingCommand, key: &str, actions: &'static [Action]) -> Result
     Ok(Touch { kind: ResourceType::Group, name: field(cmd, key)?, actions })
 }
 
+/// A topic a consumer reads. A consumer group's retry topic `%RETRY%<group>`
+/// is the group's own, so the group's grant covers it (as upstream's
+/// `DefaultAuthorizationContextBuilder`): `group_actions` on the group
+/// instead of a grant on a topic nobody creates by hand. Without this a
+/// stock push consumer, which subscribes to its retry topic, never gets a
+/// failed message back.
+fn consumed_topic(name: &str, actions: &'static [Action], group_actions: &'static [Action]) -> Touch {
+    match name.strip_prefix(crate::protocol::RETRY_GROUP_TOPIC_PREFIX) {
+        Some(g) => Touch { kind: ResourceType::Group, name: g.to_string(), actions: group_actions },
+        None => Touch { kind: ResourceType::Topic, name: name.to_string(), actions },
+    }
+}
+
+fn consumed_topic_field(cmd: &RemotingCommand, key: &str, actions: &'static [Action]) -> Result<Touch, String> {
+    Ok(consumed_topic(&field(cmd, key)?, actions, actions))
+}
+
 fn cluster(name: &str, actions: &'static [Action]) -> Vec<Touch> {
     vec![Touch { kind: ResourceType::Cluster, name: name.to_string(), actions }]
 }
@@ -143,7 +160,7 @@ fn end_transaction(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String>
 }
 
 fn pull(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
-    Ok(vec![topic(cmd, "topic", SUB)?, group(cmd, "consumerGroup", SUB)?])
+    Ok(vec![consumed_topic_field(cmd, "topic", SUB)?, group(cmd, "consumerGroup", SUB)?])
 }
 
 /// Sub on every consumer group and subscribed topic; producer groups need nothing.
@@ -174,7 +191,7 @@ fn lock_batch(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
     let body: LockBatchRequestBody = json::decode(&cmd.body, "LockBatchRequestBody").map_err(|e| e.to_string())?;
     let mut touches = vec![Touch { kind: ResourceType::Group, name: body.consumer_group, actions: SUB }];
     for mq in body.mq_set {
-        touches.push(Touch { kind: ResourceType::Topic, name: mq.topic, actions: SUB });
+        touches.push(consumed_topic(&mq.topic, SUB, SUB));
     }
     Ok(touches)
 }
@@ -189,7 +206,7 @@ fn check_client_config(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, Str
 }
 
 fn group_offset(cmd: &RemotingCommand, actions: &'static [Action]) -> Result<Vec<Touch>, String> {
-    Ok(vec![topic(cmd, "topic", actions)?, group(cmd, "consumerGroup", actions)?])
+    Ok(vec![consumed_topic_field(cmd, "topic", actions)?, group(cmd, "consumerGroup", actions)?])
 }
 
 /// Reading one message by offset: its topic when the client names it (5.x),
@@ -217,7 +234,7 @@ pub fn broker_rule(code: i32) -> Option<Rule> {
         r::CHECK_CLIENT_CONFIG => Touches(check_client_config),
         r::CONSUMER_SEND_MSG_BACK => Touches(|c, _| Ok(vec![group(c, "group", SUB)?])),
         r::GET_MAX_OFFSET | r::GET_MIN_OFFSET | r::SEARCH_OFFSET_BY_TIMESTAMP | r::GET_EARLIEST_MSG_STORETIME => {
-            Touches(|c, _| Ok(vec![topic(c, "topic", SUB_OR_GET)?]))
+            Touches(|c, _| Ok(vec![consumed_topic_field(c, "topic", SUB_OR_GET)?]))
         }
         r::QUERY_MESSAGE => Touches(|c, _| Ok(vec![topic(c, "topic", SUB_OR_GET)?])),
         r::VIEW_MESSAGE_BY_ID => Touches(view_message),
@@ -260,7 +277,7 @@ pub fn namesrv_rule(code: i32) -> Option<Rule> {
         // Brokers register with the inner credentials: nobody else can
         // point a route at another address or take one away.
         r::REGISTER_BROKER | r::UNREGISTER_BROKER | r::DELETE_TOPIC_IN_NAMESRV => SuperOnly,
-        r::GET_ROUTEINFO_BY_TOPIC => Touches(|c, _| Ok(vec![topic(c, "topic", ROUTE)?])),
+        r::GET_ROUTEINFO_BY_TOPIC => Touches(|c, _| Ok(vec![consumed_topic(&field(c, "topic")?, ROUTE, SUB_OR_GET)])),
         r::GET_BROKER_CLUSTER_INFO | r::GET_ALL_TOPIC_LIST_FROM_NAMESERVER | r::GET_TOPICS_BY_CLUSTER => {
             Touches(|_, cl| Ok(cluster(cl, GET_OR_LIST)))
         }
@@ -440,6 +457,31 @@ mod tests {
         let offset =
             |t: &str| RemotingCommand::request(r::UPDATE_CONSUMER_OFFSET).with("topic", t).with("consumerGroup", "G");
         assert!(g.check(&signed(offset("%RETRY%G"), "alice", "alicesecret"), IP).is_ok());
+    }
+
+    #[test]
+    fn a_groups_retry_topic_is_covered_by_sub_on_the_group() {
+        let g = gate(true);
+        let ok = |cmd: RemotingCommand| g.check(&signed(cmd, "alice", "alicesecret"), IP).is_ok();
+        let pull =
+            |t: &str, grp: &str| RemotingCommand::request(r::PULL_MESSAGE).with("topic", t).with("consumerGroup", grp);
+        assert!(ok(pull("%RETRY%G", "G")), "pull of the own retry topic");
+        assert!(!ok(pull("%RETRY%H", "G")), "another group's retry topic needs Sub on that group");
+        let offset = |code: i32, t: &str| RemotingCommand::request(code).with("topic", t).with("consumerGroup", "G");
+        assert!(ok(offset(r::QUERY_CONSUMER_OFFSET, "%RETRY%G")));
+        assert!(ok(offset(r::UPDATE_CONSUMER_OFFSET, "%RETRY%G")));
+        assert!(!ok(offset(r::UPDATE_CONSUMER_OFFSET, "%RETRY%H")));
+        assert!(ok(RemotingCommand::request(r::GET_MAX_OFFSET).with("topic", "%RETRY%G").with("queueId", "0")));
+        assert!(!ok(RemotingCommand::request(r::GET_MAX_OFFSET).with("topic", "%RETRY%H").with("queueId", "0")));
+
+        let ns = Gate::new(g.settings(), g.users().clone(), namesrv_rule, "DefaultCluster");
+        let route = |t: &str| {
+            signed(RemotingCommand::request(r::GET_ROUTEINFO_BY_TOPIC).with("topic", t), "alice", "alicesecret")
+        };
+        assert!(ns.check(&route("T"), IP).is_ok());
+        assert!(ns.check(&route("%RETRY%G"), IP).is_ok(), "a consumer looks up its retry topic's route");
+        assert_eq!(ns.check(&route("%RETRY%H"), IP).unwrap_err().reason(), "denied");
+        assert_eq!(ns.check(&route("U"), IP).unwrap_err().reason(), "denied");
     }
 
     #[test]
