@@ -104,39 +104,29 @@ fn field(cmd: &RemotingCommand, key: &str) -> Result<String, String> {
     cmd.field(key).map(str::to_string).ok_or_else(|| format!("request code {} needs header field {key}", cmd.code))
 }
 
-/// The topic a request names. A consumer group's own topics
-/// (`%RETRY%<group>`, `%DLQ%<group>`) are covered by Sub on the group: a
-/// consumer reads and commits them as part of consuming.
-fn topic(cmd: &RemotingCommand, key: &str, actions: &'static [Action]) -> Result<Touch, String> {
-    let name = field(cmd, key)?;
+/// A topic a request names. A consumer group's own topics
+/// (`%RETRY%<group>`, `%DLQ%<group>`) are covered by the group's grant (as
+/// upstream's `DefaultAuthorizationContextBuilder`): Sub or Get on the
+/// group instead of a grant on a topic nobody creates by hand. Without this
+/// a stock push consumer, which subscribes to its retry topic, never gets a
+/// failed message back.
+fn named_topic(name: &str, actions: &'static [Action]) -> Touch {
     let own_group = name
         .strip_prefix(crate::protocol::RETRY_GROUP_TOPIC_PREFIX)
         .or_else(|| name.strip_prefix(crate::protocol::DLQ_GROUP_TOPIC_PREFIX));
-    Ok(match own_group {
-        Some(g) => Touch { kind: ResourceType::Group, name: g.to_string(), actions: SUB },
-        None => Touch { kind: ResourceType::Topic, name, actions },
-    })
-}
-
-fn group(cmd: &RemotingCommand, key: &str, actions: &'static [Action]) -> Result<Touch, String> {
-    Ok(Touch { kind: ResourceType::Group, name: field(cmd, key)?, actions })
-}
-
-/// A topic a consumer reads. A consumer group's retry topic `%RETRY%<group>`
-/// is the group's own, so the group's grant covers it (as upstream's
-/// `DefaultAuthorizationContextBuilder`): `group_actions` on the group
-/// instead of a grant on a topic nobody creates by hand. Without this a
-/// stock push consumer, which subscribes to its retry topic, never gets a
-/// failed message back.
-fn consumed_topic(name: &str, actions: &'static [Action], group_actions: &'static [Action]) -> Touch {
-    match name.strip_prefix(crate::protocol::RETRY_GROUP_TOPIC_PREFIX) {
-        Some(g) => Touch { kind: ResourceType::Group, name: g.to_string(), actions: group_actions },
+    match own_group {
+        Some(g) => Touch { kind: ResourceType::Group, name: g.to_string(), actions: SUB_OR_GET },
         None => Touch { kind: ResourceType::Topic, name: name.to_string(), actions },
     }
 }
 
-fn consumed_topic_field(cmd: &RemotingCommand, key: &str, actions: &'static [Action]) -> Result<Touch, String> {
-    Ok(consumed_topic(&field(cmd, key)?, actions, actions))
+/// [`named_topic`] of a header field.
+fn topic(cmd: &RemotingCommand, key: &str, actions: &'static [Action]) -> Result<Touch, String> {
+    Ok(named_topic(&field(cmd, key)?, actions))
+}
+
+fn group(cmd: &RemotingCommand, key: &str, actions: &'static [Action]) -> Result<Touch, String> {
+    Ok(Touch { kind: ResourceType::Group, name: field(cmd, key)?, actions })
 }
 
 fn cluster(name: &str, actions: &'static [Action]) -> Vec<Touch> {
@@ -160,7 +150,7 @@ fn end_transaction(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String>
 }
 
 fn pull(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
-    Ok(vec![consumed_topic_field(cmd, "topic", SUB)?, group(cmd, "consumerGroup", SUB)?])
+    Ok(vec![topic(cmd, "topic", SUB)?, group(cmd, "consumerGroup", SUB)?])
 }
 
 /// Sub on every consumer group and subscribed topic; producer groups need nothing.
@@ -170,10 +160,8 @@ fn heartbeat(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
     for c in &hb.consumer_data_set {
         touches.push(Touch { kind: ResourceType::Group, name: c.group_name.clone(), actions: SUB });
         for s in &c.subscription_data_set {
-            // A consumer subscribes to its own retry topic; its group covers it.
-            if !s.topic.starts_with(crate::protocol::RETRY_GROUP_TOPIC_PREFIX) {
-                touches.push(Touch { kind: ResourceType::Topic, name: s.topic.clone(), actions: SUB });
-            }
+            // Its own retry topic is covered by its group.
+            touches.push(named_topic(&s.topic, SUB));
         }
     }
     Ok(touches)
@@ -191,7 +179,7 @@ fn lock_batch(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
     let body: LockBatchRequestBody = json::decode(&cmd.body, "LockBatchRequestBody").map_err(|e| e.to_string())?;
     let mut touches = vec![Touch { kind: ResourceType::Group, name: body.consumer_group, actions: SUB }];
     for mq in body.mq_set {
-        touches.push(consumed_topic(&mq.topic, SUB, SUB));
+        touches.push(named_topic(&mq.topic, SUB));
     }
     Ok(touches)
 }
@@ -206,7 +194,7 @@ fn check_client_config(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, Str
 }
 
 fn group_offset(cmd: &RemotingCommand, actions: &'static [Action]) -> Result<Vec<Touch>, String> {
-    Ok(vec![consumed_topic_field(cmd, "topic", actions)?, group(cmd, "consumerGroup", actions)?])
+    Ok(vec![topic(cmd, "topic", actions)?, group(cmd, "consumerGroup", actions)?])
 }
 
 /// Reading one message by offset: its topic when the client names it (5.x),
@@ -234,7 +222,7 @@ pub fn broker_rule(code: i32) -> Option<Rule> {
         r::CHECK_CLIENT_CONFIG => Touches(check_client_config),
         r::CONSUMER_SEND_MSG_BACK => Touches(|c, _| Ok(vec![group(c, "group", SUB)?])),
         r::GET_MAX_OFFSET | r::GET_MIN_OFFSET | r::SEARCH_OFFSET_BY_TIMESTAMP | r::GET_EARLIEST_MSG_STORETIME => {
-            Touches(|c, _| Ok(vec![consumed_topic_field(c, "topic", SUB_OR_GET)?]))
+            Touches(|c, _| Ok(vec![topic(c, "topic", SUB_OR_GET)?]))
         }
         r::QUERY_MESSAGE => Touches(|c, _| Ok(vec![topic(c, "topic", SUB_OR_GET)?])),
         r::VIEW_MESSAGE_BY_ID => Touches(view_message),
@@ -277,7 +265,7 @@ pub fn namesrv_rule(code: i32) -> Option<Rule> {
         // Brokers register with the inner credentials: nobody else can
         // point a route at another address or take one away.
         r::REGISTER_BROKER | r::UNREGISTER_BROKER | r::DELETE_TOPIC_IN_NAMESRV => SuperOnly,
-        r::GET_ROUTEINFO_BY_TOPIC => Touches(|c, _| Ok(vec![consumed_topic(&field(c, "topic")?, ROUTE, SUB_OR_GET)])),
+        r::GET_ROUTEINFO_BY_TOPIC => Touches(|c, _| Ok(vec![topic(c, "topic", ROUTE)?])),
         r::GET_BROKER_CLUSTER_INFO | r::GET_ALL_TOPIC_LIST_FROM_NAMESERVER | r::GET_TOPICS_BY_CLUSTER => {
             Touches(|_, cl| Ok(cluster(cl, GET_OR_LIST)))
         }
