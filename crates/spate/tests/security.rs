@@ -346,3 +346,63 @@ async fn the_admin_cli_manages_users_and_acls_and_imports_a_1_0_file() {
         "not found",
     );
 }
+
+fn tls_client(creds: Option<(&str, &str)>) -> RemotingClient {
+    let mut c = ClientConfig::default();
+    c.connection.credentials = creds.map(|(a, s)| Credentials::new(a, s));
+    let settings = spate_remoting::TlsClientSettings { enable: true, ..Default::default() };
+    c.tls = settings.client_tls().expect("TLS client settings");
+    RemotingClient::new(c, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_plaintext_share_a_port_when_permissive_and_plaintext_is_refused_when_enforcing() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = format!(r#"initAuthenticationUser={{"username":"{}","password":"{}"}}"#, ROOT.0, ROOT.1);
+    let s = Standalone::start_with(
+        &dir.path().join("permissive"),
+        &["tlsMode=permissive", "tls.test.mode.enable=true", "authenticationEnabled=true", init.as_str()],
+    );
+    let over_tls = tls_client(Some(ROOT));
+    ok(&over_tls, &s.broker(), send_req("T", 0, b"over TLS".to_vec())).await;
+    ok(&over_tls, &s.namesrv(), RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC).with("topic", "TBW102"))
+        .await;
+    ok(&client(ROOT.0, ROOT.1), &s.broker(), send_req("T", 0, b"in plaintext".to_vec())).await;
+    // TLS carries the same authentication: unsigned is refused over TLS too.
+    denied(
+        &call(&tls_client(None), &s.broker(), send_req("T", 0, b"x".to_vec())).await,
+        "unsigned over TLS",
+        "AccessKey",
+    );
+    drop(s);
+
+    let s = Standalone::start_with(&dir.path().join("enforcing"), &["tlsMode=enforcing", "tls.test.mode.enable=true"]);
+    ok(&tls_client(None), &s.broker(), send_req("T", 0, b"over TLS".to_vec())).await;
+    ok(
+        &tls_client(None),
+        &s.namesrv(),
+        RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC).with("topic", "TBW102"),
+    )
+    .await;
+    let plain = raw_client().invoke(&s.broker(), send_req("T", 0, b"plain".to_vec()), Duration::from_secs(3)).await;
+    assert!(plain.is_err(), "plaintext was served in enforcing mode: {plain:?}");
+    // Garbage and a truncated handshake close only their own connection.
+    for junk in [&b"\x16\x03\x01\x00\xffgarbage"[..], &b"\x16\x03\x01"[..], &b"GET / HTTP/1.0\r\n\r\n"[..]] {
+        use std::io::{Read, Write};
+        let mut raw = std::net::TcpStream::connect(s.broker()).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        raw.write_all(junk).unwrap();
+        let mut buf = [0u8; 64];
+        let n = raw.read(&mut buf).unwrap_or(0);
+        assert!(n == 0 || buf[0] == 0x15, "junk got an answer that is not a TLS alert or a close");
+        ok(&tls_client(None), &s.broker(), send_req("T", 0, b"still served".to_vec())).await;
+    }
+    // The broker's own registration went over TLS (enforcing turns it on).
+    let route = ok(
+        &tls_client(None),
+        &s.namesrv(),
+        RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC).with("topic", "TBW102"),
+    )
+    .await;
+    assert!(!route.body.is_empty());
+}
