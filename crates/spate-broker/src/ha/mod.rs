@@ -12,6 +12,7 @@ pub mod master;
 pub mod metadata;
 pub mod protocol;
 pub mod slave;
+pub mod slave_auth;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
