@@ -126,7 +126,7 @@ async fn session(
     if authenticate {
         let nonce = slave_auth::nonce()?;
         let shake = Handshake { until: handshake_until, hello: &hello_bytes, nonce };
-        if let Err(failure) = challenge(&mut rd, &mut wr, &mut buf, state, &shake).await {
+        if let Err(failure) = challenge(&mut rd, &mut wr, &mut buf, state.gate.users(), &shake).await {
             state.metrics.replication_auth_refused(failure.reason());
             if let Some(unlogged) = refusals.lock().take(Instant::now()) {
                 tracing::warn!(%peer, broker_id, reason = failure.reason(), refused_unlogged = unlogged, "replication: {failure}");
@@ -253,7 +253,7 @@ async fn challenge<R, W>(
     rd: &mut R,
     wr: &mut W,
     buf: &mut BytesMut,
-    state: &BrokerState,
+    users: &spate_auth::AuthStore,
     shake: &Handshake<'_>,
 ) -> Result<String, SlaveAuthFailure>
 where
@@ -274,7 +274,7 @@ where
                 access_key: &access_key,
                 hello: shake.hello,
             };
-            slave_auth::verify(state.gate.users(), &t, &mac)
+            slave_auth::verify(users, &t, &mac)
         }
         Some(other) => Err(SlaveAuthFailure::NoProof(format!("expected Proof, got {}", other.kind_name()))),
         None => Err(SlaveAuthFailure::NoProof("the peer closed the connection".into())),
@@ -442,6 +442,79 @@ mod tests {
         assert_eq!(epoch_at(&epochs, 1000), (4, 1000, u64::MAX));
         assert_eq!(epoch_at(&[], 50), (0, 0, u64::MAX));
         assert_eq!(epoch_at(&epochs[1..], 10), (0, 0, 1000), "bytes before the first epoch are epoch 0");
+    }
+
+    /// The master's side of one challenge against a slave played by `slave`
+    /// over an in-memory pipe, with `within` to answer.
+    async fn challenged<F, Fut>(within: Duration, slave: F) -> Result<String, SlaveAuthFailure>
+    where
+        F: FnOnce(tokio::io::DuplexStream, Bytes) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let users = spate_auth::AuthStore::new();
+        users.init_super_user("inner", "inner-secret").unwrap();
+        let hello = Frame::Hello {
+            broker_name: "broker-a".into(),
+            broker_id: 1,
+            max_offset: 0,
+            segment_size: 1 << 30,
+            epochs: vec![],
+            version: PROTOCOL_VERSION,
+        }
+        .encoded();
+        let (here, there) = tokio::io::duplex(4096);
+        let peer = tokio::spawn(slave(there, hello.clone()));
+        let (mut rd, mut wr) = tokio::io::split(here);
+        let shake = Handshake { until: Instant::now() + within, hello: &hello, nonce: slave_auth::nonce().unwrap() };
+        let verdict = challenge(&mut rd, &mut wr, &mut BytesMut::new(), &users, &shake).await;
+        peer.abort();
+        verdict
+    }
+
+    /// Reads the Challenge, then answers with `answer(nonce, hello)`.
+    async fn answer(mut s: tokio::io::DuplexStream, hello: Bytes, answer: impl FnOnce(Nonce, &[u8]) -> Option<Frame>) {
+        let mut buf = BytesMut::new();
+        let Ok(Some(Frame::Challenge { nonce })) = read_frame(&mut s, &mut buf, Duration::from_secs(5)).await else {
+            panic!("no Challenge");
+        };
+        if let Some(f) = answer(nonce, &hello) {
+            write_frame(&mut s, &f, Duration::from_secs(5)).await.unwrap();
+        }
+        // Stay connected (silent) until the master is done.
+        std::future::pending::<()>().await;
+    }
+
+    fn proof_with(secret: &str, master_nonce: Nonce, hello: &[u8]) -> Frame {
+        let nonce = [9; super::super::protocol::NONCE_LEN];
+        let t = Transcript { master_nonce: &master_nonce, slave_nonce: &nonce, access_key: "inner", hello };
+        Frame::Proof { access_key: "inner".into(), nonce, mac: slave_auth::prove(secret, &t) }
+    }
+
+    #[tokio::test]
+    async fn a_challenge_admits_the_right_secret_only() {
+        let right = |s, h| answer(s, h, |n, h| Some(proof_with("inner-secret", n, h)));
+        assert_eq!(challenged(Duration::from_secs(5), right).await, Ok("inner".into()));
+        let wrong = |s, h| answer(s, h, |n, h| Some(proof_with("guess", n, h)));
+        assert_eq!(challenged(Duration::from_secs(5), wrong).await, Err(SlaveAuthFailure::BadProof("inner".into())));
+        let ack = |s, h| answer(s, h, |_, _| Some(Frame::Ack { max_offset: 0 }));
+        assert_eq!(
+            challenged(Duration::from_secs(5), ack).await,
+            Err(SlaveAuthFailure::NoProof("expected Proof, got Ack".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_or_departed_peer_is_refused_when_the_handshake_time_is_up() {
+        let started = Instant::now();
+        let silent = |s, h| answer(s, h, |_, _| None);
+        assert_eq!(
+            challenged(Duration::from_millis(200), silent).await,
+            Err(SlaveAuthFailure::NoProof("none within haHousekeepingInterval".into()))
+        );
+        assert!(started.elapsed() < Duration::from_secs(2), "held {:?}", started.elapsed());
+        let gone = |s: tokio::io::DuplexStream, _| async move { drop(s) };
+        let verdict = challenged(Duration::from_secs(5), gone).await;
+        assert!(matches!(verdict, Err(SlaveAuthFailure::NoProof(_))), "{verdict:?}");
     }
 
     #[test]
