@@ -19,6 +19,7 @@ pub const RPC_LATENCY: &str = "rocketmq_rpc_latency_seconds";
 pub const REJECTED: &str = "rocketmq_send_rejected_total";
 pub const HELD_PULLS: &str = "rocketmq_pull_held_total";
 pub const UNDELIVERABLE: &str = "spate_undeliverable_messages_total";
+pub const REPLICATION_AUTH_REFUSED: &str = "spate_replication_auth_refused_total";
 const CONSUMER_LAG: &str = "rocketmq_consumer_lag_messages";
 const REPLICATION_LAG_BYTES: &str = "spate_replication_lag_bytes";
 const REPLICATION_LAG_MS: &str = "spate_replication_lag_milliseconds";
@@ -131,6 +132,17 @@ impl BrokerMetrics {
                 UNDELIVERABLE,
                 "Messages a background deliverer could not deliver and set aside, by deliverer.",
                 &[("source", source)],
+            )
+            .inc();
+    }
+
+    /// Counts a peer refused on `haListenPort` for failing authentication.
+    pub fn replication_auth_refused(&self, reason: &'static str) {
+        self.registry
+            .counter(
+                REPLICATION_AUTH_REFUSED,
+                "Peers on haListenPort refused for failing authentication, by reason.",
+                &[("reason", reason)],
             )
             .inc();
     }

@@ -12,6 +12,7 @@ pub mod master;
 pub mod metadata;
 pub mod protocol;
 pub mod slave;
+pub mod slave_auth;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -33,6 +34,12 @@ pub enum HaError {
     Protocol(String),
     #[error("master refused this slave: {0}")]
     Refused(String),
+    /// A peer on `haListenPort` failed authentication (already counted and
+    /// logged at a bounded rate).
+    #[error("replication peer not authenticated: {0}")]
+    Unauthenticated(slave_auth::SlaveAuthFailure),
+    #[error("no random bytes for a replication nonce: {0}")]
+    Random(#[from] rand::Error),
     #[error(transparent)]
     Store(#[from] spate_store::StoreError),
 }

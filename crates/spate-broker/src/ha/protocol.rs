@@ -10,19 +10,38 @@
 //! | 4 `Heartbeat` | master -> slave | master max offset, confirm offset |
 //! | 5 `Ack` | slave -> master | slave max offset |
 //! | 6 `Refuse` | master -> slave | reason |
+//! | 7 `Challenge` | master -> slave | master nonce (32 bytes) |
+//! | 8 `Proof` | slave -> master | access key, slave nonce (32 bytes), HMAC-SHA1 (20 bytes) |
 //!
 //! Strings are `u16` length + UTF-8; an epoch list is `u32` count + (`u32`
-//! epoch, `u64` start offset) each; `Data`'s bytes run to the frame's end.
+//! epoch, `u64` start offset) each; `Data`'s bytes run to the frame's end;
+//! nonces and the HMAC are fixed-size raw bytes.
 //! Decoding is total: a short, oversized or unknown frame is an error,
 //! never a panic. The `u32` version closing `Hello` and `Welcome` is
 //! [`PROTOCOL_VERSION`] (absent, from a build before it: 0); each side
 //! refuses a peer speaking another version before any log byte moves.
+//!
+//! The handshake: `Hello`; then, only when the master has
+//! `authenticationEnabled`, `Challenge` and the slave's `Proof`
+//! (`slave_auth.rs`); then `Welcome` or `Refuse`. A slave takes whichever
+//! of `Challenge` / `Welcome` / `Refuse` comes, so one holding credentials
+//! follows a master without authentication unchanged.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use spate_store::EpochEntry;
 
-/// The stream's layout version (2: `confirm` in `Data` and `Heartbeat`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The stream's layout version (2: `confirm` in `Data` and `Heartbeat`;
+/// 3: `Challenge` and `Proof`, slaves authenticate).
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// Bytes of a handshake nonce (`Challenge`'s and `Proof`'s).
+pub const NONCE_LEN: usize = 32;
+
+/// Bytes of a `Proof`'s HMAC-SHA1.
+pub const PROOF_LEN: usize = 20;
+
+/// A handshake nonce: fresh random bytes, one per connection and side.
+pub type Nonce = [u8; NONCE_LEN];
 
 /// Largest frame accepted (a `Data` batch is `haTransferBatchSize`, far below).
 pub const MAX_FRAME: usize = 64 << 20;
@@ -66,6 +85,17 @@ pub enum Frame {
     },
     Refuse {
         reason: String,
+    },
+    /// The master's fresh nonce: prove you hold a Super user's secret.
+    Challenge {
+        nonce: Nonce,
+    },
+    /// The slave's answer: who it is, its own nonce, and the HMAC-SHA1
+    /// `slave_auth::prove` computes over the handshake.
+    Proof {
+        access_key: String,
+        nonce: Nonce,
+        mac: [u8; PROOF_LEN],
     },
 }
 
@@ -125,9 +155,40 @@ impl Frame {
                 out.put_u8(6);
                 put_str(out, reason);
             }
+            Frame::Challenge { nonce } => {
+                out.put_u8(7);
+                out.put_slice(nonce);
+            }
+            Frame::Proof { access_key, nonce, mac } => {
+                out.put_u8(8);
+                put_str(out, access_key);
+                out.put_slice(nonce);
+                out.put_slice(mac);
+            }
         }
         let len = (out.len() - at - 4) as u32;
         out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// The frame's kind, for messages (a frame's fields may be large).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::Welcome { .. } => "Welcome",
+            Frame::Data { .. } => "Data",
+            Frame::Heartbeat { .. } => "Heartbeat",
+            Frame::Ack { .. } => "Ack",
+            Frame::Refuse { .. } => "Refuse",
+            Frame::Challenge { .. } => "Challenge",
+            Frame::Proof { .. } => "Proof",
+        }
+    }
+
+    /// The whole frame as sent on the wire (what a `Proof` signs of the `Hello`).
+    pub fn encoded(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode(&mut out);
+        out.freeze()
     }
 
     /// Takes one whole frame off the front of `buf`: `Ok(None)` while it
@@ -184,6 +245,12 @@ impl Frame {
             },
             5 => Frame::Ack { max_offset: get_u64(&mut body, "max offset")? },
             6 => Frame::Refuse { reason: get_str(&mut body)? },
+            7 => Frame::Challenge { nonce: get_array(&mut body, "nonce")? },
+            8 => Frame::Proof {
+                access_key: get_str(&mut body)?,
+                nonce: get_array(&mut body, "nonce")?,
+                mac: get_array(&mut body, "proof")?,
+            },
             k => return Err(FrameError::UnknownKind(k)),
         };
         if !body.is_empty() {
@@ -280,6 +347,15 @@ fn get_u64(b: &mut Bytes, what: &'static str) -> Result<u64, FrameError> {
     Ok(b.get_u64())
 }
 
+fn get_array<const N: usize>(b: &mut Bytes, what: &'static str) -> Result<[u8; N], FrameError> {
+    if b.remaining() < N {
+        return Err(FrameError::Short(what));
+    }
+    let mut out = [0u8; N];
+    b.copy_to_slice(&mut out);
+    Ok(out)
+}
+
 fn get_i64(b: &mut Bytes, what: &'static str) -> Result<i64, FrameError> {
     get_u64(b, what).map(|v| v as i64)
 }
@@ -365,6 +441,62 @@ mod tests {
         roundtrip(Frame::Heartbeat { master_max: 5, confirm: u64::MAX });
         roundtrip(Frame::Ack { max_offset: 6 });
         roundtrip(Frame::Refuse { reason: "not a master".into() });
+        roundtrip(Frame::Challenge { nonce: [7; NONCE_LEN] });
+        roundtrip(Frame::Proof { access_key: "rocketmq2".into(), nonce: [1; NONCE_LEN], mac: [9; PROOF_LEN] });
+        roundtrip(Frame::Proof { access_key: String::new(), nonce: [0; NONCE_LEN], mac: [0; PROOF_LEN] });
+    }
+
+    #[test]
+    fn challenge_and_proof_are_laid_out_as_documented() {
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        let c = Frame::Challenge { nonce }.encoded();
+        assert_eq!(&c[..4], &(1 + NONCE_LEN as u32).to_be_bytes());
+        assert_eq!(c[4], 7);
+        assert_eq!(&c[5..], &nonce[..]);
+
+        let p = Frame::Proof { access_key: "ak".into(), nonce, mac: [0xaa; PROOF_LEN] }.encoded();
+        assert_eq!(p.len(), 4 + 1 + 2 + 2 + NONCE_LEN + PROOF_LEN);
+        assert_eq!(&p[4..9], &[8, 0, 2, b'a', b'k']);
+        assert_eq!(&p[9..9 + NONCE_LEN], &nonce[..]);
+        assert_eq!(&p[9 + NONCE_LEN..], &[0xaa; PROOF_LEN][..]);
+    }
+
+    #[test]
+    fn a_short_challenge_or_proof_is_an_error() {
+        let mut b = BytesMut::from(&[0u8, 0, 0, 5, 7, 1, 2, 3, 4][..]);
+        assert_eq!(Frame::decode(&mut b), Err(FrameError::Short("nonce")));
+        let mut whole = BytesMut::new();
+        Frame::Proof { access_key: "ak".into(), nonce: [1; NONCE_LEN], mac: [2; PROOF_LEN] }.encode(&mut whole);
+        // Drop the HMAC's last byte and fix the length.
+        whole.truncate(whole.len() - 1);
+        let len = (whole.len() - 4) as u32;
+        whole[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(Frame::decode(&mut whole), Err(FrameError::Short("proof")));
+        // One byte too many is not a longer HMAC.
+        let mut long = BytesMut::new();
+        Frame::Challenge { nonce: [3; NONCE_LEN] }.encode(&mut long);
+        long[3] += 1;
+        long.put_u8(0);
+        assert_eq!(Frame::decode(&mut long), Err(FrameError::Invalid("trailing bytes")));
+    }
+
+    #[test]
+    fn a_decoded_hello_encodes_to_the_bytes_received() {
+        // The master checks a proof over the Hello as it re-encodes it:
+        // that must be the slave's bytes exactly.
+        let hello = Frame::Hello {
+            broker_name: "broker-\u{e9}".into(),
+            broker_id: -3,
+            max_offset: u64::MAX,
+            segment_size: 1 << 30,
+            epochs: vec![EpochEntry { epoch: 2, start_offset: 5 }],
+            version: PROTOCOL_VERSION,
+        };
+        let sent = hello.encoded();
+        let mut buf = BytesMut::from(&sent[..]);
+        let got = Frame::decode(&mut buf).unwrap().unwrap();
+        assert_eq!(got.encoded(), sent);
     }
 
     #[test]

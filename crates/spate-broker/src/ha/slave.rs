@@ -1,7 +1,9 @@
 //! The slave side of replication: connect to the master's HA port
 //! (`haMasterAddress`, or the address the name servers report), say where
-//! this log stands, cut the tail the master does not share, then append
-//! what the master streams and acknowledge it. Reconnects after any error.
+//! this log stands, answer the master's challenge if it sends one (with
+//! `innerClientAuthenticationCredentials`, `slave_auth.rs`), cut the tail
+//! the master does not share, then append what the master streams and
+//! acknowledge it. Reconnects after any error.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +12,8 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use super::protocol::{read_frame, write_frame, Frame, PROTOCOL_VERSION};
+use super::protocol::{read_frame, write_frame, Frame, Nonce, PROOF_LEN, PROTOCOL_VERSION};
+use super::slave_auth::{self, Transcript};
 use super::HaError;
 use crate::BrokerState;
 
@@ -149,7 +152,13 @@ async fn session(state: &Arc<BrokerState>, addr: &str) -> Result<(), HaError> {
     };
     write_frame(&mut wr, &hello, housekeeping).await?;
     let mut buf = BytesMut::new();
-    let welcome = read_frame(&mut rd, &mut buf, housekeeping).await?;
+    let mut welcome = read_frame(&mut rd, &mut buf, housekeeping).await?;
+    // Only a master with authentication on challenges; one without goes
+    // straight to Welcome.
+    if let Some(Frame::Challenge { nonce }) = welcome {
+        write_frame(&mut wr, &proof(state, &nonce, &hello.encoded())?, housekeeping).await?;
+        welcome = read_frame(&mut rd, &mut buf, housekeeping).await?;
+    }
     let (start, master_max) = match welcome {
         Some(Frame::Welcome { version, .. }) if version != PROTOCOL_VERSION => {
             return Err(HaError::Refused(format!(
@@ -158,7 +167,7 @@ async fn session(state: &Arc<BrokerState>, addr: &str) -> Result<(), HaError> {
         }
         Some(Frame::Welcome { start_offset, master_max, .. }) => (start_offset, master_max),
         Some(Frame::Refuse { reason }) => return Err(HaError::Refused(reason)),
-        Some(other) => return Err(HaError::Protocol(format!("expected Welcome, got {other:?}"))),
+        Some(other) => return Err(HaError::Protocol(format!("expected Welcome, got {}", other.kind_name()))),
         None => return Err(HaError::Protocol("master closed the link".into())),
     };
     let end = store.max_offset();
@@ -210,6 +219,19 @@ async fn session(state: &Arc<BrokerState>, addr: &str) -> Result<(), HaError> {
         state.slave.confirm.send_if_modified(|c| std::mem::replace(c, confirm) != confirm);
         write_frame(&mut wr, &Frame::Ack { max_offset: store.max_offset() }, housekeeping).await?;
     }
+}
+
+/// The answer to a master's challenge, made with this broker's inner
+/// credentials. Without any, an empty one: the master refuses it with a
+/// reason that says what to set.
+fn proof(state: &BrokerState, master_nonce: &Nonce, hello: &[u8]) -> Result<Frame, HaError> {
+    let credentials = state.config.read().inner_client_credentials().cloned();
+    let nonce = slave_auth::nonce()?;
+    let Some(c) = credentials else {
+        return Ok(Frame::Proof { access_key: String::new(), nonce, mac: [0; PROOF_LEN] });
+    };
+    let t = Transcript { master_nonce, slave_nonce: &nonce, access_key: &c.access_key, hello };
+    Ok(Frame::Proof { mac: slave_auth::prove(&c.secret_key, &t), access_key: c.access_key, nonce })
 }
 
 /// Appends one batch at this log's end, beginning its epoch first if it is new here.
