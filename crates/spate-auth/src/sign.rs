@@ -35,22 +35,79 @@ pub fn signing_order<'a, I>(fields: I, request_version: i32) -> Vec<(&'a str, &'
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    let mut signed: Vec<(&str, &str)> = fields
-        .into_iter()
-        .filter(|(k, _)| *k != SIGNATURE && !(*k == UNIQUE_KEY_QUERY && request_version <= VERSION_V4_9_3))
-        .collect();
-    signed.sort_unstable_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    let mut signed: Vec<(&str, &str)> = fields.into_iter().collect();
+    order_for_signing(&mut signed, request_version);
     signed
 }
 
-fn remoting_mac(secret: &str, ordered: &[(&str, &str)], body: &[u8]) -> HmacSha1 {
-    // HMAC takes a key of any length: this cannot fail.
-    let mut mac = <HmacSha1 as Mac>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!());
-    for (_, v) in ordered {
-        mac.update(v.as_bytes());
+/// [`signing_order`] in place.
+pub fn order_for_signing(fields: &mut Vec<(&str, &str)>, request_version: i32) {
+    fields.retain(|(k, _)| *k != SIGNATURE && !(*k == UNIQUE_KEY_QUERY && request_version <= VERSION_V4_9_3));
+    // Below U+E000, UTF-16 code units order strings as code points do, and
+    // so as UTF-8 bytes do; every such key starts with a byte below 0xEE.
+    // Header keys are almost always ASCII: compare bytes then.
+    if fields.iter().all(|(k, _)| k.bytes().all(|b| b < 0xEE)) {
+        fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    } else {
+        fields.sort_unstable_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
     }
-    mac.update(body);
-    mac
+}
+
+/// A secret made ready for HMAC once (its inner and outer pads hashed), so
+/// each request only hashes its own content. The secret is not kept.
+#[derive(Clone)]
+pub struct SigningKey(HmacSha1);
+
+impl SigningKey {
+    pub fn new(secret: &str) -> Self {
+        // HMAC takes a key of any length: this cannot fail.
+        SigningKey(<HmacSha1 as Mac>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!()))
+    }
+
+    /// HMAC-SHA1 over the values in this order, then the body.
+    fn remoting_mac(&self, ordered: &[(&str, &str)], body: &[u8]) -> HmacSha1 {
+        let mut mac = self.0.clone();
+        for (_, v) in ordered {
+            mac.update(v.as_bytes());
+        }
+        mac.update(body);
+        mac
+    }
+
+    /// The Base64 signature a client puts in `Signature`.
+    pub fn remoting_signature<'a, I>(&self, fields: I, body: &[u8]) -> String
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+    {
+        let ordered = signing_order(fields, i32::MAX);
+        let tag = self.remoting_mac(&ordered, body).finalize().into_bytes();
+        base64::engine::general_purpose::STANDARD.encode(tag)
+    }
+
+    /// Whether `signature` (Base64, as received) signs these fields and
+    /// body; the fields are reordered in place. The comparison takes the
+    /// same time wherever the bytes differ.
+    pub fn verify_remoting(
+        &self,
+        fields: &mut Vec<(&str, &str)>,
+        body: &[u8],
+        request_version: i32,
+        signature: &str,
+    ) -> bool {
+        // An HMAC-SHA1 tag is 20 bytes; anything that decodes longer is wrong.
+        let mut claimed = [0u8; 32];
+        let Ok(n) = base64::engine::general_purpose::STANDARD.decode_slice(signature.trim(), &mut claimed) else {
+            return false;
+        };
+        order_for_signing(fields, request_version);
+        self.remoting_mac(fields, body).verify_slice(&claimed[..n]).is_ok()
+    }
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(..)")
+    }
 }
 
 /// The Base64 signature a client puts in `Signature`.
@@ -58,9 +115,7 @@ pub fn remoting_signature<'a, I>(secret: &str, fields: I, body: &[u8]) -> String
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    let ordered = signing_order(fields, i32::MAX);
-    let tag = remoting_mac(secret, &ordered, body).finalize().into_bytes();
-    base64::engine::general_purpose::STANDARD.encode(tag)
+    SigningKey::new(secret).remoting_signature(fields, body)
 }
 
 /// Whether `signature` (Base64, as received) signs these fields and body
@@ -70,11 +125,8 @@ pub fn verify_remoting<'a, I>(secret: &str, fields: I, body: &[u8], request_vers
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    let Ok(claimed) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
-        return false;
-    };
-    let ordered = signing_order(fields, request_version);
-    remoting_mac(secret, &ordered, body).verify_slice(&claimed).is_ok()
+    let mut fields: Vec<(&str, &str)> = fields.into_iter().collect();
+    SigningKey::new(secret).verify_remoting(&mut fields, body, request_version, signature)
 }
 
 /// The parts of a gRPC `authorization` header:
@@ -165,6 +217,10 @@ mod tests {
         let order = signing_order([("\u{1F600}", "smile"), ("\u{FF21}", "wide"), ("B", "b")], 0);
         let keys: Vec<_> = order.iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, ["B", "\u{1F600}", "\u{FF21}"]);
+        // Below U+E000 the byte order is the same, and taken.
+        let order = signing_order([("\u{00E9}", "e"), ("z", "z"), ("\u{4E2D}", "zh"), ("A", "a")], 0);
+        let keys: Vec<_> = order.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["A", "z", "\u{00E9}", "\u{4E2D}"]);
     }
 
     #[test]

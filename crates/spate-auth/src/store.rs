@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::authorize::{decide, Need, Refusal};
 use crate::error::{AuthError, AuthFailure};
 use crate::model::{subject_username, user_subject, validate_username, Acl, User, UserStatus, UserType};
+use crate::sign::SigningKey;
 
 /// Most users and most ACL subjects a table holds.
 pub const USERS_MAX: usize = 10_000;
@@ -52,7 +53,8 @@ impl Principal {
 pub enum Proof<'a> {
     /// Remoting: the header fields received (`Signature` among them is
     /// skipped), the body, the request's version and the Base64 signature.
-    Remoting { fields: &'a [(&'a str, &'a str)], body: &'a [u8], request_version: i32, signature: &'a str },
+    /// The fields are reordered while checking.
+    Remoting { fields: Vec<(&'a str, &'a str)>, body: &'a [u8], request_version: i32, signature: &'a str },
     /// gRPC MQv2: the `x-mq-date-time` value and the decoded signature.
     Mqv2 { date_time: &'a str, signature: &'a [u8] },
 }
@@ -127,8 +129,8 @@ impl AuthStore {
         let secret = user.password.as_deref().unwrap_or_default();
         let good = !secret.is_empty()
             && match proof {
-                Proof::Remoting { fields, body, request_version, signature } => {
-                    crate::sign::verify_remoting(secret, fields.iter().copied(), body, request_version, signature)
+                Proof::Remoting { mut fields, body, request_version, signature } => {
+                    SigningKey::new(secret).verify_remoting(&mut fields, body, request_version, signature)
                 }
                 Proof::Mqv2 { date_time, signature } => crate::sign::verify_mqv2(secret, date_time, signature),
             };
@@ -394,7 +396,7 @@ mod tests {
     fn signed(s: &AuthStore, ak: &str, secret: &str) -> Result<Principal, AuthFailure> {
         let fields = [(ACCESS_KEY, ak), ("topic", "T")];
         let sig = remoting_signature(secret, fields, b"b");
-        s.authenticate(ak, Proof::Remoting { fields: &fields, body: b"b", request_version: 0, signature: &sig })
+        s.authenticate(ak, Proof::Remoting { fields: fields.to_vec(), body: b"b", request_version: 0, signature: &sig })
     }
 
     #[test]

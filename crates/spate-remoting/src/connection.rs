@@ -138,7 +138,7 @@ pub struct Connection {
     max_outbound_pending: usize,
     closed: CancellationToken,
     on_priority_lane: AtomicBool,
-    credentials: Option<spate_auth::Credentials>,
+    signer: Option<crate::signing::Signer>,
     tls: bool,
 }
 
@@ -187,7 +187,7 @@ impl Connection {
             max_outbound_pending: cfg.max_outbound_pending,
             closed: CancellationToken::new(),
             on_priority_lane: AtomicBool::new(false),
-            credentials: cfg.credentials.clone(),
+            signer: cfg.credentials.as_ref().map(crate::signing::Signer::new),
             tls,
         });
         let (handover, handover_rx) = oneshot::channel();
@@ -287,8 +287,8 @@ impl Connection {
     /// Signs an outgoing request with this side's credentials, if any. The
     /// opaque and flag live outside the signed header fields.
     fn sign(&self, request: &mut RemotingCommand) {
-        if let Some(c) = &self.credentials {
-            crate::signing::sign(request, c);
+        if let Some(signer) = &self.signer {
+            signer.sign(request);
         }
     }
 

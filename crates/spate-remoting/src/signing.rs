@@ -2,22 +2,38 @@
 //! request it sends with its [`Credentials`]; a server turns a received
 //! command into an access key and a [`Proof`] for `spate-auth`.
 
-use spate_auth::sign::{remoting_signature, ACCESS_KEY, SIGNATURE};
+use spate_auth::sign::{SigningKey, ACCESS_KEY, SIGNATURE};
 use spate_auth::{AuthFailure, AuthStore, Credentials, Principal, Proof};
 
 use crate::command::RemotingCommand;
 
-/// Adds `AccessKey` and `Signature` to a request, signing every header
-/// field it carries and its body (RocketMQ's `AclClientRPCHook`).
+/// One side's credentials made ready to sign many requests: the secret's
+/// HMAC pads are hashed once, not per request.
+#[derive(Clone, Debug)]
+pub struct Signer {
+    access_key: String,
+    key: SigningKey,
+}
+
+impl Signer {
+    pub fn new(credentials: &Credentials) -> Self {
+        Signer { access_key: credentials.access_key.clone(), key: SigningKey::new(&credentials.secret_key) }
+    }
+
+    /// Adds `AccessKey` and `Signature` to a request, signing every header
+    /// field it carries and its body (RocketMQ's `AclClientRPCHook`).
+    pub fn sign(&self, cmd: &mut RemotingCommand) {
+        cmd.ext_fields.remove(SIGNATURE);
+        cmd.ext_fields.insert(ACCESS_KEY.to_string(), self.access_key.clone());
+        let signature =
+            self.key.remoting_signature(cmd.ext_fields.iter().map(|(k, v)| (k.as_str(), v.as_str())), &cmd.body);
+        cmd.ext_fields.insert(SIGNATURE.to_string(), signature);
+    }
+}
+
+/// [`Signer::sign`] with credentials used once.
 pub fn sign(cmd: &mut RemotingCommand, credentials: &Credentials) {
-    cmd.ext_fields.remove(SIGNATURE);
-    cmd.ext_fields.insert(ACCESS_KEY.to_string(), credentials.access_key.clone());
-    let signature = remoting_signature(
-        &credentials.secret_key,
-        cmd.ext_fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        &cmd.body,
-    );
-    cmd.ext_fields.insert(SIGNATURE.to_string(), signature);
+    Signer::new(credentials).sign(cmd)
 }
 
 /// Checks a received request's signature against `users`. Every header
@@ -28,16 +44,14 @@ pub fn authenticate(users: &AuthStore, cmd: &RemotingCommand) -> Result<Principa
         .field(SIGNATURE)
         .ok_or_else(|| AuthFailure::MissingSignature { access_key: access_key.chars().take(64).collect() })?;
     let fields: Vec<(&str, &str)> = cmd.ext_fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    users.authenticate(
-        access_key,
-        Proof::Remoting { fields: &fields, body: &cmd.body, request_version: cmd.version, signature },
-    )
+    users.authenticate(access_key, Proof::Remoting { fields, body: &cmd.body, request_version: cmd.version, signature })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::code::request;
+    use spate_auth::sign::remoting_signature;
 
     #[test]
     fn a_signed_command_authenticates_after_a_trip_over_the_wire() {
