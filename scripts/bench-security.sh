@@ -50,7 +50,10 @@ declare -A args=(
   [tls]="-n 127.0.0.1:49876 --tls"
 )
 for r in $(seq "$rounds"); do
-  for v in "${variants[@]}"; do
+  # Each round starts with the next variant, so no variant always runs
+  # right after the same other one (or first after a pause).
+  for i in $(seq 0 $((${#variants[@]} - 1))); do
+    v=${variants[$(((r + i) % ${#variants[@]}))]}
     # shellcheck disable=SC2086
     out=$(taskset -c 1 "$bin" bench produce ${args[$v]} --topic SEC --size 1024 --rate 0 --in-flight 1 \
       --duration "${secs}s" --warmup 2s --json 2>/dev/null)

@@ -140,6 +140,22 @@ pub struct Connection {
     on_priority_lane: AtomicBool,
     signer: Option<crate::signing::Signer>,
     tls: bool,
+    /// The socket's write half while the writer task waits, so a frame
+    /// with nothing queued before it is written by whoever produced it.
+    direct: parking_lot::Mutex<DirectWrite>,
+    /// Wakes the writer when a direct write left part of a frame behind.
+    direct_rest: Notify,
+}
+
+/// What [`Connection::write_direct`] and the writer task share.
+#[derive(Default)]
+struct DirectWrite {
+    /// A plain TCP write half, parked here by the writer between batches.
+    /// TLS writes stay on the writer (its session is not shared).
+    side: Option<WriteSide>,
+    /// The unwritten end of a frame a direct write began; the writer
+    /// writes it before anything else, so frames never interleave.
+    rest: Option<Outbound>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -189,6 +205,8 @@ impl Connection {
             on_priority_lane: AtomicBool::new(false),
             signer: cfg.credentials.as_ref().map(crate::signing::Signer::new),
             tls,
+            direct: parking_lot::Mutex::new(DirectWrite::default()),
+            direct_rest: Notify::new(),
         });
         let (handover, handover_rx) = oneshot::channel();
         let writer = tokio::spawn(write_loop(writer, rx, conn.clone(), cfg.write_timeout, Some(handover_rx)));
@@ -297,7 +315,10 @@ impl Connection {
         if self.is_closed() {
             return Err(RemotingError::Closed(self.peer.to_string()));
         }
-        let frame = self.encode_counted(&cmd);
+        let frame = match self.write_direct(self.encode_counted(&cmd)) {
+            Ok(()) => return Ok(()),
+            Err(frame) => frame,
+        };
         let len = frame.bytes.len();
         let sent = tokio::select! {
             r = self.outbound.send(frame) => r.is_ok(),
@@ -308,6 +329,41 @@ impl Connection {
             return Err(RemotingError::Closed(self.peer.to_string()));
         }
         Ok(())
+    }
+
+    /// Writes a counted frame straight to the socket, on this thread, when
+    /// nothing is queued before it and the writer task is idle: the common
+    /// case of one answer (or one request) at a time costs no task wake-up
+    /// and no thread hop. A frame the socket takes only part of is finished
+    /// by the writer; `Err` gives the frame back to be queued (TLS, a busy
+    /// writer, frames queued already, a full socket buffer).
+    fn write_direct(&self, frame: Outbound) -> Result<(), Outbound> {
+        let len = frame.bytes.len();
+        // Only this frame's own bytes are counted: nothing waits before it.
+        if self.outbound_bytes.load(Ordering::Acquire) != len {
+            return Err(frame);
+        }
+        let Some(mut direct) = self.direct.try_lock() else { return Err(frame) };
+        if direct.rest.is_some() {
+            return Err(frame);
+        }
+        let Some(WriteSide::Plain(side)) = direct.side.as_ref() else { return Err(frame) };
+        match side.try_write(&frame.bytes) {
+            Ok(n) if n == len => {
+                drop(direct);
+                self.release_outbound(len);
+                Ok(())
+            }
+            Ok(n) => {
+                direct.rest = Some(Outbound { bytes: frame.bytes.slice(n..), queued_at: frame.queued_at });
+                drop(direct);
+                self.release_outbound(n);
+                self.direct_rest.notify_one();
+                Ok(())
+            }
+            // Full socket buffer, or an error the writer will meet and close on.
+            Err(_) => Err(frame),
+        }
     }
 
     /// Encodes `cmd` and counts its bytes as queued (the caller queues it,
@@ -708,10 +764,21 @@ async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> bool {
         conn2.release_held(opaque);
         drop(permit);
     };
-    if run_here {
-        tokio::spawn(task);
-    } else {
+    if !run_here {
         r.home.spawn(task);
+        return true;
+    }
+    // Run to completion: a request that need not wait (a send with
+    // asynchronous flush, a pull that finds data, a route or a heartbeat)
+    // is handled and answered here, on the thread that read it, with no
+    // task spawned and no other thread woken. One that parks (sync flush,
+    // replication, a held pull, a full outbound queue) goes on as a task of
+    // its own, which polls it again at once with a real waker, so nothing
+    // it registered with the no-op waker here is lost.
+    let mut task = Box::pin(task);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if task.as_mut().poll(&mut cx).is_pending() {
+        tokio::spawn(task);
     }
     true
 }
@@ -721,7 +788,7 @@ async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> bool {
 /// socket's write half and the queue back (the connection is moving to
 /// another runtime); `None` when the connection closed.
 async fn write_loop(
-    mut writer: WriteSide,
+    writer: WriteSide,
     mut rx: mpsc::Receiver<Outbound>,
     conn: Arc<Connection>,
     write_timeout: Duration,
@@ -729,12 +796,33 @@ async fn write_loop(
 ) -> Option<Handover> {
     let closed = conn.closed.clone();
     let peer = conn.peer;
+    // A plain write half waits in `conn.direct` while nothing is queued, for
+    // senders to write to directly; it comes back here for every batch.
+    let parks = matches!(writer, WriteSide::Plain(_));
+    let mut writer = Some(writer);
     loop {
+        if parks {
+            conn.direct.lock().side = writer.take();
+        }
         let first = tokio::select! {
             _ = closed.cancelled() => None,
             asked = async { match handover.as_mut() { Some(h) => h.await, None => std::future::pending().await } } => {
                 match asked {
-                    Ok(()) => return Some((writer, rx)),
+                    Ok(()) => {
+                        let (Some(mut side), rest) = take_back(&conn, &mut writer) else { return None };
+                        if let Some(rest) = rest {
+                            // Finish the frame begun directly before the socket moves.
+                            let mut batch = Batch::default();
+                            batch.push(rest.bytes);
+                            let len = batch.remaining();
+                            if write_batch(&mut side, &mut batch).await.is_err() {
+                                closed.cancel();
+                                return None;
+                            }
+                            conn.release_outbound(len);
+                        }
+                        return Some((side, rx));
+                    }
                     // The reader ended without moving: nothing will ask.
                     Err(_) => {
                         handover = None;
@@ -742,22 +830,37 @@ async fn write_loop(
                     }
                 }
             }
-            frame = rx.recv() => frame,
+            _ = conn.direct_rest.notified() => Some(None),
+            frame = rx.recv() => frame.map(Some),
         };
+        let (Some(mut side), rest) = take_back(&conn, &mut writer) else { break };
         let Some(first) = first else {
             // Closing: still write what was already queued (answers to
             // requests that finished during shutdown), best effort.
             let mut batch = Batch::default();
+            if let Some(rest) = rest {
+                batch.push(rest.bytes);
+            }
             while let Ok(frame) = rx.try_recv() {
                 batch.push(frame.bytes);
             }
-            let _ = tokio::time::timeout(Duration::from_secs(1), write_batch(&mut writer, &mut batch)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), write_batch(&mut side, &mut batch)).await;
+            writer = Some(side);
             break;
         };
         // The oldest frame's queueing time is the batch's deadline.
-        let deadline = first.queued_at + write_timeout;
         let mut batch = Batch::default();
-        batch.push(first.bytes);
+        let deadline = match (&rest, &first) {
+            (Some(r), _) => r.queued_at,
+            (None, Some(f)) => f.queued_at,
+            (None, None) => Instant::now(),
+        } + write_timeout;
+        if let Some(rest) = rest {
+            batch.push(rest.bytes);
+        }
+        if let Some(first) = first {
+            batch.push(first.bytes);
+        }
         while batch.remaining() < WRITE_BATCH_BYTES_MAX && batch.frames.len() < BATCH_FRAMES_MAX {
             match rx.try_recv() {
                 Ok(frame) => batch.push(frame.bytes),
@@ -766,9 +869,13 @@ async fn write_loop(
         }
         let batch_bytes = batch.remaining();
         let written = tokio::select! {
-            r = tokio::time::timeout_at(deadline.into(), write_batch(&mut writer, &mut batch)) => r,
-            _ = closed.cancelled() => break,
+            r = tokio::time::timeout_at(deadline.into(), write_batch(&mut side, &mut batch)) => r,
+            _ = closed.cancelled() => {
+                writer = Some(side);
+                break;
+            }
         };
+        writer = Some(side);
         match written {
             Ok(Ok(())) => conn.release_outbound(batch_bytes),
             Ok(Err(e)) => {
@@ -787,8 +894,20 @@ async fn write_loop(
         }
     }
     closed.cancel();
-    let _ = writer.shutdown().await;
+    if let (Some(mut side), _) = take_back(&conn, &mut writer) {
+        let _ = side.shutdown().await;
+    }
     None
+}
+
+/// The write half (from the writer, or back from where it waited for
+/// direct writers) and any frame end a direct write left behind.
+/// `None` only if the half was lost, which the writer treats as closed: it
+/// parks its half before it waits and takes it back after, so one of the
+/// two places holds it.
+fn take_back(conn: &Connection, writer: &mut Option<WriteSide>) -> (Option<WriteSide>, Option<Outbound>) {
+    let mut direct = conn.direct.lock();
+    (writer.take().or_else(|| direct.side.take()), direct.rest.take())
 }
 
 /// Writes `batch` whole. The flush is free on plain TCP; over TLS it

@@ -94,6 +94,34 @@ async fn requests_are_correlated_in_both_header_encodings() {
     }
 }
 
+/// Answers (and requests) are written straight to the socket by whoever
+/// produced them when nothing is queued, and by the writer task otherwise;
+/// a socket that takes only part of a frame leaves the rest to the writer.
+/// Frames up to megabytes from many tasks at once, on both sides, must
+/// still arrive whole and in one piece each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_written_directly_and_by_the_writer_never_interleave() {
+    let (_server, _h, addr) = start().await;
+    let client = Arc::new(RemotingClient::new(ClientConfig::default(), None));
+    let mut tasks = Vec::new();
+    for i in 0..48usize {
+        let client = client.clone();
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            // Sizes from a few bytes to 3 MiB, far past a socket's buffer.
+            let size = 1 + (i * 7_919 * 131) % (3 << 20);
+            let body: Vec<u8> = (0..size).map(|j| (j * 31 + i) as u8).collect();
+            let req = RemotingCommand::request(ECHO).with("v", i).with_body(body.clone());
+            let resp = client.invoke(&addr, req, Duration::from_secs(30)).await.unwrap();
+            assert_eq!(resp.field("echo"), Some(i.to_string().as_str()));
+            assert!(resp.body[..] == body[..], "answer {i} ({size} bytes) came back altered");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn timeouts_oneway_and_server_initiated_requests() {
     let (_server, handler, addr) = start().await;

@@ -131,8 +131,9 @@ pub async fn run(a: &ConsumeArgs) -> Result<Report> {
         .await
         .with_context(|| format!("starting a consumer on {} via {}", a.topic, a.namesrv))?;
 
-    tokio::time::sleep_until((measure_from).into()).await;
     let end = measure_from + a.duration;
+    let window = super::procstat::Window::start(measure_from);
+    tokio::time::sleep_until((measure_from).into()).await;
     loop {
         let now = Instant::now();
         let n = tally.messages.load(Ordering::Relaxed);
@@ -142,12 +143,13 @@ pub async fn run(a: &ConsumeArgs) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(10).min(end - now)).await;
     }
     let elapsed = measure_from.elapsed().min(a.duration);
+    let messages = tally.messages.load(Ordering::Relaxed);
+    let usage = window.fields(messages, "message").await;
     consumer.shutdown().await;
 
-    let messages = tally.messages.load(Ordering::Relaxed);
     let stored = tally.stored.lock().clone();
     let q = |p: f64| if stored.is_empty() { 0 } else { stored.value_at_quantile(p) };
-    let mut extra = serde_json::Map::new();
+    let mut extra = usage;
     extra.insert("group".into(), group.into());
     extra.insert("topic".into(), a.topic.clone().into());
     extra.insert("latency".into(), "born_to_consume (bornTimestamp, ms resolution)".into());

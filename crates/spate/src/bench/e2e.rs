@@ -90,6 +90,7 @@ pub async fn run(a: &E2eArgs) -> Result<Report> {
     let start = Instant::now();
     let measure_from = start + a.warmup;
     let total = a.warmup + a.duration;
+    let window = super::procstat::Window::start(measure_from);
     let born = Arc::new(Mutex::new(histogram()));
     let stored = Arc::new(Mutex::new(histogram()));
     let received = Arc::new(AtomicU64::new(0));
@@ -159,8 +160,10 @@ pub async fn run(a: &E2eArgs) -> Result<Report> {
         true
     });
     let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
-    // Stragglers: up to 5 s past the last one's due time.
     let expected = (a.duration.as_secs_f64() * rate) as u64;
+    // Per message sent in the measured window (each one send and one delivery).
+    let usage = window.fields(expected, "message").await;
+    // Stragglers: up to 5 s past the last one's due time.
     let deadline = Instant::now() + delay + Duration::from_secs(5);
     while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -168,7 +171,7 @@ pub async fn run(a: &E2eArgs) -> Result<Report> {
     consumer.shutdown().await;
     producer.shutdown().await;
     let got = received.load(Ordering::Relaxed);
-    let mut extra = serde_json::Map::new();
+    let mut extra = usage;
     let st = stored.lock().clone();
     extra.insert("store_to_consume_p50_us".into(), st.value_at_quantile(0.5).into());
     extra.insert("store_to_consume_p99_us".into(), st.value_at_quantile(0.99).into());

@@ -5,6 +5,7 @@
 pub mod consume;
 pub mod e2e;
 pub mod floor;
+pub mod procstat;
 pub mod produce;
 pub mod report;
 pub mod store;
@@ -63,14 +64,26 @@ pub enum BenchCommand {
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
     },
-    /// Measure this machine's floor: loopback TCP round trip and fdatasync.
+    /// Measure this machine's floor: a blocking two-thread loopback TCP
+    /// ping-pong (with each side's CPU per round trip), fdatasync, and the
+    /// disk's sequential write bandwidth.
     Floor {
         /// Request size of the round trip.
         #[arg(long, default_value_t = 1024)]
         size: usize,
-        /// Directory for fdatasync.
+        /// Round trips measured (a tenth more run first as warm-up).
+        #[arg(long, default_value_t = 20_000)]
+        rounds: usize,
+        /// Server thread on CPU 0 and client thread on CPU 1, as the
+        /// benchmark scripts pin broker and client.
+        #[arg(long)]
+        pin: bool,
+        /// Directory for fdatasync and the sequential write.
         #[arg(long, default_value = "spate-data")]
         dir: PathBuf,
+        /// MiB written for the sequential write bandwidth (0: skip it).
+        #[arg(long = "seq-write-mib", default_value_t = 256)]
+        seq_write_mib: usize,
         #[arg(long)]
         json: bool,
     },
@@ -82,7 +95,8 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             check_plot_path(plot.as_deref())?;
             let mut report = produce::run(&args).await?;
             if with_floor {
-                report.extra.extend(floor::floor_fields(args.size, &dir).await?);
+                let fields = floor::floor_fields(&report, args.size, &dir).await?;
+                report.extra.extend(fields);
             }
             finish(&report, json, plot.as_deref()).await?;
         }
@@ -100,14 +114,26 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             report.print(json);
             write_plot(&report.report, plot.as_deref()).await?;
         }
-        BenchCommand::Floor { size, dir, json } => {
-            let tcp = floor::tcp_round_trip(size, 5_000).await?;
+        BenchCommand::Floor { size, rounds, pin, dir, seq_write_mib, json } => {
+            let pin = pin.then_some((0, 1));
+            let tcp = tokio::task::spawn_blocking(move || floor::tcp_round_trip(size, rounds, pin)).await??;
             let d = dir.clone();
             let sync = tokio::task::spawn_blocking(move || floor::fdatasync(&d, 200)).await??;
+            let d = dir.clone();
+            let seq = match seq_write_mib {
+                0 => serde_json::Value::Null,
+                mib => tokio::task::spawn_blocking(move || floor::sequential_write(&d, mib)).await??,
+            };
             if json {
-                println!("{}", serde_json::json!({"tcp_round_trip": tcp.to_json(), "fdatasync": sync.to_json()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"tcp_round_trip": tcp.to_json(), "fdatasync": sync.to_json(), "sequential_write": seq})
+                );
             } else {
                 print!("{}{}", tcp.to_table(), sync.to_table());
+                if !seq.is_null() {
+                    println!("sequential write: {seq}");
+                }
             }
         }
     }

@@ -172,6 +172,7 @@ pub async fn run(a: &ProduceArgs) -> Result<Report> {
         clock: MonotonicClock::now(),
     });
     let progress = progress_bar(shared.clone(), a.warmup + a.duration);
+    let window = super::procstat::Window::start(shared.measure_from);
     let permits = Arc::new(Semaphore::new(a.in_flight));
     if a.rate > 0 {
         open_loop(a, &producers, &body, &shared, &permits, start).await;
@@ -181,6 +182,8 @@ pub async fn run(a: &ProduceArgs) -> Result<Report> {
     // Wait for everything still in flight (bounded by the send timeout).
     let _ = tokio::time::timeout(a.timeout + Duration::from_secs(1), permits.acquire_many(a.in_flight as u32)).await;
     progress.abort();
+    let requests = shared.ok.load(Ordering::Relaxed) / a.batch as u64;
+    let usage = window.fields(requests, "request").await;
     for p in &producers {
         p.shutdown().await;
     }
@@ -194,6 +197,7 @@ pub async fn run(a: &ProduceArgs) -> Result<Report> {
     extra.insert("in_flight".into(), a.in_flight.into());
     extra.insert("batch".into(), a.batch.into());
     extra.insert("open_loop".into(), (a.rate > 0).into());
+    extra.extend(usage);
     Ok(Report {
         name: "produce",
         elapsed: a.duration,
