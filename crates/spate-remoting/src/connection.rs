@@ -775,9 +775,11 @@ async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> bool {
     // replication, a held pull, a full outbound queue) goes on as a task of
     // its own, which polls it again at once with a real waker, so nothing
     // it registered with the no-op waker here is lost.
+    // The store's wake-ups (the dispatcher) wait until the answer is
+    // written: a thread woken earlier could take this CPU first.
     let mut task = Box::pin(task);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    if task.as_mut().poll(&mut cx).is_pending() {
+    if spate_common::wake::hold_wakeups(|| task.as_mut().poll(&mut cx).is_pending()) {
         tokio::spawn(task);
     }
     true

@@ -353,7 +353,7 @@ impl CommitLog {
         self.max_offset.store(seg.start_offset() + pos, Ordering::Release);
         if direct {
             self.readable_offset.store(seg.start_offset() + pos, Ordering::Release);
-            self.readable_signal.notify();
+            self.readable_signal.notify_or_hold();
         } else {
             self.commit_signal.notify();
         }

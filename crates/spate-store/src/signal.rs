@@ -8,7 +8,7 @@
 //! when it sleeps.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -29,6 +29,12 @@ impl Signal {
         }
     }
 
+    /// [`Signal::notify`], held back while this thread is inside
+    /// `spate_common::wake::hold_wakeups` (a request being answered).
+    pub fn notify_or_hold(self: &Arc<Self>) {
+        spate_common::wake::wake_or_hold(self);
+    }
+
     /// Waits until notified or `timeout` passes, then clears the flag.
     /// Returns whether it was notified. Only one thread may wait on a signal.
     pub fn wait(&self, timeout: Duration) -> bool {
@@ -42,10 +48,15 @@ impl Signal {
     }
 }
 
+impl spate_common::wake::Wake for Signal {
+    fn wake_now(&self) {
+        self.notify();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::time::Instant;
 
     #[test]
