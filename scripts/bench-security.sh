@@ -42,6 +42,17 @@ $bin admin -n 127.0.0.1:19876 topic create SEC >/dev/null
 $bin admin -n 127.0.0.1:39876 topic create SEC >/dev/null
 $bin admin -n 127.0.0.1:49876 --tls topic create SEC >/dev/null
 
+# Every broker idle (its first segments warmed: background work on the
+# brokers' shared CPU would land on whichever variant runs) before the
+# rounds: under 5 % of a CPU for a second, or 90 s at most.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+for p in $(jobs -p); do
+  for _ in $(seq 90); do
+    t0=$(ticks "$p"); sleep 1; t1=$(ticks "$p")
+    [ $((t1 - t0)) -lt $(($(getconf CLK_TCK) / 20)) ] && break
+  done
+done
+
 variants=(plain control auth tls)
 declare -A args=(
   [plain]="-n 127.0.0.1:19876"

@@ -136,6 +136,8 @@ pub async fn pull(
     };
     let deadline = Instant::now() + hold_for;
     let mut slot = None;
+    // While held, each append is dispatched at once, not on the dispatcher's next round.
+    let mut _urgent = None;
     loop {
         // Subscribe before reading so a message stored (or confirmed) in between wakes us.
         let mut rx = state.long_poll.subscribe(&h.topic, h.queue_id);
@@ -155,6 +157,9 @@ pub async fn pull(
         if slot.is_none() {
             state.metrics.held_pulls.inc();
             slot = state.long_poll.hold();
+            if slot.is_some() {
+                _urgent = Some(state.store.urgent_dispatch());
+            }
             if slot.is_none() {
                 // Too many waiting pulls: answer now, the client pulls again.
                 hold_for_answer(conn, req, reserved.take());
@@ -243,6 +248,9 @@ fn finish(state: &BrokerState, group: &str, req: &RemotingCommand, r: PullResult
 /// `DISPATCH_WAIT_MAX`: a few yields first (it is usually microseconds
 /// behind), then millisecond sleeps.
 async fn wait_dispatched(state: &BrokerState, log_end: u64) {
+    if state.store.dispatched_offset() < log_end {
+        state.store.wake_dispatcher();
+    }
     let deadline = Instant::now() + DISPATCH_WAIT_MAX;
     let mut spins = 0;
     while state.store.dispatched_offset() < log_end && Instant::now() < deadline {
@@ -301,8 +309,8 @@ async fn read(state: &Arc<BrokerState>, h: &PullHeader, selector: Selector) -> R
     let (topic, queue_id, offset, max_msgs, max_bytes) =
         (h.topic.clone(), h.queue_id, h.queue_offset, h.max_msgs, h.max_bytes);
     // A pull sees every message whose send was acknowledged before it
-    // began: wait (briefly, bounded) for the dispatcher to index them. It
-    // is woken by each append, so this is rarely more than a few yields.
+    // began: wait (briefly, bounded) for the dispatcher to index them,
+    // woken now if it was napping between rounds: rarely more than a few yields.
     let log_end = state.store.max_offset();
     let read_started = Instant::now();
     wait_dispatched(state, log_end).await;

@@ -21,7 +21,7 @@ use spate_common::message::{self, MessageError, NewMessage, Probe, RecordSlots, 
 use crate::allocator::{Allocator, WriteBuffer, WriteBufferPool};
 use crate::error::{Result, StoreError};
 use crate::segment::{self, Segment};
-use crate::signal::Signal;
+use crate::signal::{DispatchWake, Signal};
 
 /// Highest queue id the store accepts (queues per topic are far fewer).
 pub const MAX_QUEUE_ID: i32 = 65_535;
@@ -108,8 +108,8 @@ pub struct CommitLog {
     /// Syncs done by `flush`, and the time they took in total (us).
     syncs: AtomicU64,
     sync_us_total: AtomicU64,
-    /// Woken after bytes become readable (dispatcher).
-    pub(crate) readable_signal: Arc<Signal>,
+    /// Told when bytes become readable (dispatcher).
+    pub(crate) readable_wake: Arc<DispatchWake>,
     /// Woken after bytes are written into a write buffer (committer).
     pub(crate) commit_signal: Arc<Signal>,
 }
@@ -142,7 +142,7 @@ impl CommitLog {
         allocator: Arc<Allocator>,
         allocate_timeout: Duration,
         pool: Option<WriteBufferPool>,
-        readable_signal: Arc<Signal>,
+        readable_wake: Arc<DispatchWake>,
         commit_signal: Arc<Signal>,
     ) -> Result<(CommitLog, ScanEnd)> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
@@ -243,7 +243,7 @@ impl CommitLog {
             segments_rolled: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             sync_us_total: AtomicU64::new(0),
-            readable_signal,
+            readable_wake,
             commit_signal,
         };
         let next = log.current_segment_end().unwrap_or(0);
@@ -353,7 +353,7 @@ impl CommitLog {
         self.max_offset.store(seg.start_offset() + pos, Ordering::Release);
         if direct {
             self.readable_offset.store(seg.start_offset() + pos, Ordering::Release);
-            self.readable_signal.notify_or_hold();
+            self.readable_wake.on_readable();
         } else {
             self.commit_signal.notify();
         }
@@ -441,7 +441,7 @@ impl CommitLog {
             break;
         }
         if progressed {
-            self.readable_signal.notify();
+            self.readable_wake.on_readable();
         }
         Ok(progressed)
     }

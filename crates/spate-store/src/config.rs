@@ -72,6 +72,11 @@ pub struct StoreConfig {
     /// `flushIntervalConsumeQueue`: how often consume queues and the index
     /// are flushed and the checkpoint written.
     pub flush_interval_consume_queue: Duration,
+    /// `dispatchBatchIntervalMillis` (Spate; upstream's reput service polls
+    /// every millisecond): while messages keep coming and no pull waits for
+    /// them, the dispatcher takes them in rounds this far apart instead of
+    /// being woken for each one. 0: woken for every append.
+    pub dispatch_batch_interval: Duration,
     /// `messageIndexEnable`: build the key / unique-id index.
     pub message_index_enable: bool,
     /// `maxHashSlotNum`: hash slots per index file.
@@ -129,6 +134,7 @@ impl StoreConfig {
             lock_mapped_file_enable: false,
             max_message_size: 4 * 1024 * 1024,
             flush_interval_consume_queue: Duration::from_secs(1),
+            dispatch_batch_interval: Duration::from_millis(1),
             message_index_enable: true,
             max_hash_slot_num: 5_000_000,
             max_index_num: 20_000_000,
@@ -204,6 +210,7 @@ impl StoreConfig {
             "lockMappedFileEnable" => self.lock_mapped_file_enable = parse(key, v)?,
             "maxMessageSize" => self.max_message_size = parse(key, v)?,
             "flushIntervalConsumeQueue" => self.flush_interval_consume_queue = millis(key, v)?,
+            "dispatchBatchIntervalMillis" => self.dispatch_batch_interval = millis(key, v)?,
             "messageIndexEnable" => self.message_index_enable = parse(key, v)?,
             "maxHashSlotNum" => self.max_hash_slot_num = parse(key, v)?,
             "maxIndexNum" => self.max_index_num = parse(key, v)?,

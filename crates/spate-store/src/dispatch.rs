@@ -3,9 +3,12 @@
 //! queues grew.
 //!
 //! It reads the log itself rather than taking notes from the writer, so the
-//! same code serves appends, a slave's replicated bytes and recovery. It is
-//! woken by the writer the moment bytes become readable; there is no polling
-//! delay on the path from append to pull.
+//! same code serves appends, a slave's replicated bytes and recovery. When
+//! it is idle, or a pull waits for messages, the writer wakes it the moment
+//! bytes become readable, so there is no delay on the path from append to a
+//! waiting pull; while messages stream in and nobody waits it takes them in
+//! rounds `dispatchBatchIntervalMillis` apart (`signal::DispatchWake`), so
+//! a send does not cost a thread wake-up.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

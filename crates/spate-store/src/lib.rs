@@ -58,4 +58,5 @@ pub use config::{FlushDiskType, StoreConfig};
 pub use error::StoreError;
 pub use flush::{FlushPolicy, FlushWait};
 pub use retention::RetentionTrigger;
+pub use signal::UrgentDispatch;
 pub use store::{GetResult, GetStatus, MessageStore, PutBatchResult, PutResult, ReadLimits, StoreStats};

@@ -23,7 +23,7 @@ use crate::error::{Result, StoreError};
 use crate::flush::{FlushPolicy, FlushWait, Flusher};
 use crate::index::IndexService;
 use crate::retention::{self, RetentionTrigger};
-use crate::signal::Signal;
+use crate::signal::{DispatchWake, Signal, UrgentDispatch};
 
 /// Outcome of storing one message: where it is, and its durability wait.
 #[derive(Debug)]
@@ -209,7 +209,7 @@ impl MessageStore {
         } else {
             None
         };
-        let readable_signal = Arc::new(Signal::default());
+        let readable_wake = Arc::new(DispatchWake::default());
         let commit_signal = Arc::new(Signal::default());
         let (log, scan) = CommitLog::open(
             &config.commit_log_dir(),
@@ -218,7 +218,7 @@ impl MessageStore {
             allocator.clone(),
             config.allocate_mapped_file_timeout,
             pool,
-            readable_signal.clone(),
+            readable_wake.clone(),
             commit_signal.clone(),
         )?;
         let commit_log = Arc::new(log);
@@ -287,7 +287,7 @@ impl MessageStore {
         if after_crash {
             tracing::warn!(?recovery, "store recovered after an unclean shutdown");
         }
-        threads.extend(start_threads(&inner, readable_signal, commit_signal)?);
+        threads.extend(start_threads(&inner, commit_signal)?);
         Ok(MessageStore { inner, threads: Mutex::new(threads), recovery, closed: AtomicBool::new(false) })
     }
 
@@ -792,9 +792,27 @@ impl MessageStore {
         self.wait_dispatched_to(self.inner.commit_log.max_offset(), timeout)
     }
 
+    /// Dispatches what is readable now rather than on the dispatcher's next
+    /// round (a reader about to wait for it).
+    pub fn wake_dispatcher(&self) {
+        if self.inner.dispatcher.dispatched() < self.inner.commit_log.readable_offset() {
+            self.inner.commit_log.readable_wake.wake();
+        }
+    }
+
+    /// While the guard lives every append is dispatched at once (a pull
+    /// waits for new messages), not on the dispatcher's next round.
+    pub fn urgent_dispatch(&self) -> UrgentDispatch {
+        let guard = self.inner.commit_log.readable_wake.urgent();
+        // What arrived just before the guard existed is not left for the next round.
+        self.wake_dispatcher();
+        guard
+    }
+
     /// Waits (polling every millisecond, blocking) until everything below
     /// `target` is dispatched; false on timeout.
     fn wait_dispatched_to(&self, target: u64, timeout: Duration) -> bool {
+        self.wake_dispatcher();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.inner.dispatcher.dispatched() >= target {
@@ -844,7 +862,7 @@ impl MessageStore {
         inner.flusher.shutdown();
         inner.allocator.shutdown();
         inner.housekeeping.notify();
-        inner.commit_log.readable_signal.notify();
+        inner.commit_log.readable_wake.wake();
         inner.commit_log.commit_signal.notify();
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
@@ -957,21 +975,36 @@ fn work_loop(inner: &Inner, signal: &Signal, mut step: impl FnMut() -> bool) {
     }
 }
 
-fn start_threads(inner: &Arc<Inner>, readable: Arc<Signal>, commit: Arc<Signal>) -> Result<Vec<JoinHandle<()>>> {
+/// Niceness of the dispatcher thread (see `start_threads`).
+const DISPATCHER_NICE: libc::c_int = 5;
+
+fn start_threads(inner: &Arc<Inner>, commit: Arc<Signal>) -> Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::new();
     let i = inner.clone();
     threads.push(spawn("spate-flusher", move || i.flusher.run())?);
     let i = inner.clone();
     threads.push(spawn("spate-dispatcher", move || {
-        work_loop(&i, &readable, || match i.dispatcher.run_once() {
-            Ok(progressed) => progressed,
-            Err(e) => {
-                // Without consume queues new messages cannot be consumed:
-                // refuse further writes with the reason, keep retrying.
-                i.commit_log.fail(format!("building consume queues failed: {e}"));
-                false
+        // A round that meets a request on a shared CPU yields to it: the
+        // request is waited on, the round is not (a waiting pull makes
+        // the round urgent, and the pull's own thread is then idle).
+        crate::allocator::set_this_threads_nice(DISPATCHER_NICE);
+        let wake = i.commit_log.readable_wake.clone();
+        while !i.stopping.load(Ordering::Acquire) {
+            match i.dispatcher.run_once() {
+                // More may have come meanwhile: the next round after a nap
+                // takes it all at once (see `DispatchWake`).
+                Ok(true) => wake.nap(i.config.dispatch_batch_interval),
+                Ok(false) => wake.park(Duration::from_millis(100), || {
+                    i.commit_log.readable_offset() > i.dispatcher.dispatched()
+                }),
+                Err(e) => {
+                    // Without consume queues new messages cannot be consumed:
+                    // refuse further writes with the reason, keep retrying.
+                    i.commit_log.fail(format!("building consume queues failed: {e}"));
+                    wake.park(Duration::from_millis(100), || false);
+                }
             }
-        })
+        }
     })?);
     if inner.config.transient_store_pool_enable {
         let i = inner.clone();
