@@ -296,15 +296,10 @@ const BACKGROUND_NICE: libc::c_int = 10;
 /// Lowers the calling thread's scheduling priority (Linux nice values are
 /// per thread). Failing to is harmless: logged, and the thread runs on.
 fn lower_this_threads_priority() {
-    set_this_threads_nice(BACKGROUND_NICE);
-}
-
-/// Sets the calling thread's nice value; failing to is logged and harmless.
-pub(crate) fn set_this_threads_nice(nice: libc::c_int) {
     // SAFETY: gettid and setpriority take plain integers and touch no memory.
     let tid = unsafe { libc::gettid() };
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
-        tracing::debug!(nice, error = %std::io::Error::last_os_error(), "could not change a store thread's priority");
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the allocator's priority");
     }
 }
 

@@ -7,8 +7,10 @@
 //! was clear: one atomic swap when the waiter is already busy, a futex wake
 //! when it sleeps.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -50,6 +52,11 @@ impl Signal {
 /// (idle), and on every append while anyone waits for a dispatch
 /// ([`DispatchWake::urgent`]: a held pull), so a waiting consumer is
 /// answered without the interval.
+///
+/// Rounds taken while nobody waits run at a lower priority, so one that
+/// meets a request on a shared CPU yields to it; while anyone waits they
+/// run at the normal priority, so the waiting pull is not kept behind
+/// other work.
 #[derive(Default)]
 pub struct DispatchWake {
     signal: Signal,
@@ -57,7 +64,18 @@ pub struct DispatchWake {
     parked: AtomicBool,
     /// Waiters that need each dispatch at once.
     urgent: AtomicUsize,
+    /// The dispatcher thread's id (0 before it started), and the lock that
+    /// orders changes of its priority.
+    dispatcher_tid: AtomicI32,
+    priority: Mutex<()>,
+    /// Whether this process may raise the dispatcher back to nice 0 once it
+    /// lowered it (root, or `RLIMIT_NICE` allowing it); if not, it stays at
+    /// the normal priority throughout.
+    may_switch: AtomicBool,
 }
+
+/// Nice value of the dispatcher while nobody waits for a dispatch.
+const BATCH_NICE: libc::c_int = 5;
 
 impl DispatchWake {
     /// After bytes became readable (the readable offset already stored).
@@ -96,8 +114,41 @@ impl DispatchWake {
 
     /// Marks one waiter that needs dispatches at once until the guard drops.
     pub fn urgent(self: &Arc<Self>) -> UrgentDispatch {
-        self.urgent.fetch_add(1, Ordering::SeqCst);
+        if self.urgent.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.set_priority();
+        }
         UrgentDispatch(self.clone())
+    }
+
+    /// Dispatcher thread, once: records its id and takes the priority the
+    /// current waiters call for.
+    pub fn register_dispatcher(&self) {
+        // SAFETY: gettid and geteuid take nothing; getrlimit writes only
+        // the struct it is given.
+        let (tid, root, nice_limit) = unsafe {
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            let ok = libc::getrlimit(libc::RLIMIT_NICE, &mut lim) == 0;
+            (libc::gettid(), libc::geteuid() == 0, if ok { lim.rlim_cur } else { 0 })
+        };
+        // RLIMIT_NICE n lets a thread go down to nice 20 - n.
+        self.may_switch.store(root || nice_limit >= 20, Ordering::SeqCst);
+        self.dispatcher_tid.store(tid, Ordering::SeqCst);
+        self.set_priority();
+    }
+
+    /// Sets the dispatcher's nice value from the waiter count as it is now
+    /// (under the lock, so racing changes end in the count's value).
+    fn set_priority(&self) {
+        let _order = self.priority.lock();
+        let tid = self.dispatcher_tid.load(Ordering::SeqCst);
+        if tid == 0 || !self.may_switch.load(Ordering::SeqCst) {
+            return;
+        }
+        let nice = if self.urgent.load(Ordering::SeqCst) > 0 { 0 } else { BATCH_NICE };
+        // SAFETY: setpriority takes plain integers and touches no memory.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
+            tracing::debug!(nice, error = %std::io::Error::last_os_error(), "could not set the dispatcher's priority");
+        }
     }
 }
 
@@ -112,7 +163,9 @@ pub struct UrgentDispatch(Arc<DispatchWake>);
 
 impl Drop for UrgentDispatch {
     fn drop(&mut self) {
-        self.0.urgent.fetch_sub(1, Ordering::SeqCst);
+        if self.0.urgent.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.set_priority();
+        }
     }
 }
 

@@ -975,28 +975,22 @@ fn work_loop(inner: &Inner, signal: &Signal, mut step: impl FnMut() -> bool) {
     }
 }
 
-/// Niceness of the dispatcher thread (see `start_threads`).
-const DISPATCHER_NICE: libc::c_int = 5;
-
 fn start_threads(inner: &Arc<Inner>, commit: Arc<Signal>) -> Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::new();
     let i = inner.clone();
     threads.push(spawn("spate-flusher", move || i.flusher.run())?);
     let i = inner.clone();
     threads.push(spawn("spate-dispatcher", move || {
-        // A round that meets a request on a shared CPU yields to it: the
-        // request is waited on, the round is not (a waiting pull makes
-        // the round urgent, and the pull's own thread is then idle).
-        crate::allocator::set_this_threads_nice(DISPATCHER_NICE);
         let wake = i.commit_log.readable_wake.clone();
+        wake.register_dispatcher();
         while !i.stopping.load(Ordering::Acquire) {
             match i.dispatcher.run_once() {
                 // More may have come meanwhile: the next round after a nap
                 // takes it all at once (see `DispatchWake`).
                 Ok(true) => wake.nap(i.config.dispatch_batch_interval),
-                Ok(false) => wake.park(Duration::from_millis(100), || {
-                    i.commit_log.readable_offset() > i.dispatcher.dispatched()
-                }),
+                Ok(false) => {
+                    wake.park(Duration::from_millis(100), || i.commit_log.readable_offset() > i.dispatcher.dispatched())
+                }
                 Err(e) => {
                     // Without consume queues new messages cannot be consumed:
                     // refuse further writes with the reason, keep retrying.
