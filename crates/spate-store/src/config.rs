@@ -180,6 +180,7 @@ impl StoreConfig {
         "osPageCacheBusyTimeOutMills",
         "allocateMappedFileTimeout",
         "dispatchBatchBytes",
+        "dispatchBatchIntervalMillis",
         "maxTransferCountOnMessageInMemory",
         "maxTransferBytesOnMessageInMemory",
         "maxMsgsNumBatch",
@@ -276,6 +277,13 @@ impl StoreConfig {
         check(self.max_hash_slot_num >= 1 && self.max_index_num >= 2, "maxIndexNum", "index needs slots and entries")?;
         check((1..=95).contains(&self.disk_max_used_space_ratio), "diskMaxUsedSpaceRatio", "must be 1..=95")?;
         check(self.dispatch_batch_bytes >= 4096, "dispatchBatchBytes", "at least 4096")?;
+        // Longer rounds would hold consume-queue readers (timers, offsets by
+        // time) back for no gain: one wake-up per round is already rare.
+        check(
+            self.dispatch_batch_interval <= Duration::from_millis(100),
+            "dispatchBatchIntervalMillis",
+            "at most 100",
+        )?;
         Ok(())
     }
 
