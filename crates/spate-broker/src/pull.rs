@@ -157,14 +157,12 @@ pub async fn pull(
         if slot.is_none() {
             state.metrics.held_pulls.inc();
             slot = state.long_poll.hold();
-            if slot.is_some() {
-                _urgent = Some(state.store.urgent_dispatch());
-            }
             if slot.is_none() {
                 // Too many waiting pulls: answer now, the client pulls again.
                 hold_for_answer(conn, req, reserved.take());
                 return Ok(finish(state, &h.group, req, result));
             }
+            _urgent = Some(state.store.urgent_dispatch());
         }
         drop(reserved.take());
         let changed = tokio::select! {
@@ -248,9 +246,8 @@ fn finish(state: &BrokerState, group: &str, req: &RemotingCommand, r: PullResult
 /// `DISPATCH_WAIT_MAX`: a few yields first (it is usually microseconds
 /// behind), then millisecond sleeps.
 async fn wait_dispatched(state: &BrokerState, log_end: u64) {
-    if state.store.dispatched_offset() < log_end {
-        state.store.wake_dispatcher();
-    }
+    // A no-op unless the dispatcher is behind.
+    state.store.wake_dispatcher();
     let deadline = Instant::now() + DISPATCH_WAIT_MAX;
     let mut spins = 0;
     while state.store.dispatched_offset() < log_end && Instant::now() < deadline {

@@ -9,10 +9,10 @@
 
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-
-use parking_lot::Mutex;
 use std::thread::Thread;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 /// A level-triggered wake-up with a single waiter thread.
 #[derive(Default)]
