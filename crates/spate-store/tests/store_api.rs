@@ -329,6 +329,8 @@ fn raw_copy_gives_byte_identical_log_and_truncation_follows() {
         at = end;
     }
     assert_eq!(slave.max_offset(), master.max_offset());
+    // Both dispatch in their own time (rounds of dispatchBatchIntervalMillis).
+    assert!(master.wait_dispatched(WAIT));
     assert!(slave.wait_dispatched(WAIT));
     for q in 0..3 {
         assert_eq!(slave.max_offset_in_queue("Rep", q), master.max_offset_in_queue("Rep", q));
