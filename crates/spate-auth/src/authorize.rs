@@ -33,18 +33,28 @@ pub enum Refusal {
 pub fn decide(acl: Option<&Acl>, need: &Need<'_>, source: IpAddr) -> Result<(), Refusal> {
     let Some(acl) = acl else { return Err(Refusal::NoMatch) };
     for policy_type in [PolicyType::Custom, PolicyType::Default] {
-        let matching: Vec<&PolicyEntry> = acl
+        // One pass, no allocation (this runs on every request): the most
+        // specific covering entry, the first Deny among equals.
+        let mut decides: Option<(&PolicyEntry, (u8, usize))> = None;
+        let covering = acl
             .policies
             .iter()
             .filter(|p| p.policy_type == policy_type)
             .flat_map(|p| &p.entries)
-            .filter(|e| covers(e, need, source))
-            .collect();
-        let Some(top) = matching.iter().map(|e| e.resource.specificity()).max() else { continue };
-        let mut most_specific = matching.iter().filter(|e| e.resource.specificity() == top);
-        return match most_specific.find(|e| e.decision == Decision::Deny) {
-            Some(deny) => Err(Refusal::DeniedBy(deny.resource.to_string())),
-            None => Ok(()),
+            .filter(|e| covers(e, need, source));
+        for e in covering {
+            let rank = e.resource.specificity();
+            decides = match decides {
+                Some((best, top)) if top > rank || (top == rank && best.decision == Decision::Deny) => {
+                    Some((best, top))
+                }
+                _ => Some((e, rank)),
+            };
+        }
+        let Some((best, _)) = decides else { continue };
+        return match best.decision {
+            Decision::Deny => Err(Refusal::DeniedBy(best.resource.to_string())),
+            Decision::Allow => Ok(()),
         };
     }
     Err(Refusal::NoMatch)

@@ -7,6 +7,7 @@
 //! refused to everyone but Super users, so a handler added without an
 //! entry fails closed; the tests walk the tables against the handlers.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -71,11 +72,12 @@ impl AccessSettings {
     }
 }
 
-/// A resource a request touches, owning its name.
+/// A resource a request touches: its name borrowed from the request's
+/// header, or owned when read from its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Touch {
+pub struct Touch<'a> {
     pub kind: ResourceType,
-    pub name: String,
+    pub name: Cow<'a, str>,
     pub actions: &'static [Action],
 }
 
@@ -84,7 +86,7 @@ pub struct Touch {
 pub enum Rule {
     /// The resources it touches (read from its header or body), each with
     /// the actions any one of which is enough. An empty list: any signed-in user.
-    Touches(fn(&RemotingCommand, &str) -> Result<Vec<Touch>, String>),
+    Touches(for<'a> fn(&'a RemotingCommand, &'a str) -> Result<Vec<Touch<'a>>, String>),
     /// Only a Super user (route registration, user administration).
     SuperOnly,
 }
@@ -100,8 +102,8 @@ const CREATE_OR_UPDATE: &[Action] = &[Action::Create, Action::Update];
 const UPDATE: &[Action] = &[Action::Update];
 const DELETE: &[Action] = &[Action::Delete];
 
-fn field(cmd: &RemotingCommand, key: &str) -> Result<String, String> {
-    cmd.field(key).map(str::to_string).ok_or_else(|| format!("request code {} needs header field {key}", cmd.code))
+fn field<'a>(cmd: &'a RemotingCommand, key: &str) -> Result<&'a str, String> {
+    cmd.field(key).ok_or_else(|| format!("request code {} needs header field {key}", cmd.code))
 }
 
 /// A topic a request names. A consumer group's own topics
@@ -110,96 +112,102 @@ fn field(cmd: &RemotingCommand, key: &str) -> Result<String, String> {
 /// group instead of a grant on a topic nobody creates by hand. Without this
 /// a stock push consumer, which subscribes to its retry topic, never gets a
 /// failed message back.
-fn named_topic(name: &str, actions: &'static [Action]) -> Touch {
+fn named_topic<'a>(name: &'a str, actions: &'static [Action]) -> Touch<'a> {
     let own_group = name
         .strip_prefix(crate::protocol::RETRY_GROUP_TOPIC_PREFIX)
         .or_else(|| name.strip_prefix(crate::protocol::DLQ_GROUP_TOPIC_PREFIX));
     match own_group {
-        Some(g) => Touch { kind: ResourceType::Group, name: g.to_string(), actions: SUB_OR_GET },
-        None => Touch { kind: ResourceType::Topic, name: name.to_string(), actions },
+        Some(g) => Touch { kind: ResourceType::Group, name: Cow::Borrowed(g), actions: SUB_OR_GET },
+        None => Touch { kind: ResourceType::Topic, name: Cow::Borrowed(name), actions },
     }
 }
 
+/// [`named_topic`] of a name read from a request's body.
+fn named_topic_owned(name: &str, actions: &'static [Action]) -> Touch<'static> {
+    let t = named_topic(name, actions);
+    Touch { kind: t.kind, name: Cow::Owned(t.name.into_owned()), actions: t.actions }
+}
+
 /// [`named_topic`] of a header field.
-fn topic(cmd: &RemotingCommand, key: &str, actions: &'static [Action]) -> Result<Touch, String> {
-    Ok(named_topic(&field(cmd, key)?, actions))
+fn topic<'a>(cmd: &'a RemotingCommand, key: &str, actions: &'static [Action]) -> Result<Touch<'a>, String> {
+    Ok(named_topic(field(cmd, key)?, actions))
 }
 
-fn group(cmd: &RemotingCommand, key: &str, actions: &'static [Action]) -> Result<Touch, String> {
-    Ok(Touch { kind: ResourceType::Group, name: field(cmd, key)?, actions })
+fn group<'a>(cmd: &'a RemotingCommand, key: &str, actions: &'static [Action]) -> Result<Touch<'a>, String> {
+    Ok(Touch { kind: ResourceType::Group, name: Cow::Borrowed(field(cmd, key)?), actions })
 }
 
-fn cluster(name: &str, actions: &'static [Action]) -> Vec<Touch> {
-    vec![Touch { kind: ResourceType::Cluster, name: name.to_string(), actions }]
+fn cluster<'a>(name: &'a str, actions: &'static [Action]) -> Vec<Touch<'a>> {
+    vec![Touch { kind: ResourceType::Cluster, name: Cow::Borrowed(name), actions }]
 }
 
 /// A send: Pub on its topic (`topic`, or `b` in the V2 header); a send to
 /// `%RETRY%<group>` is the group's consumer at work, so Sub on the group.
-fn send(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
+fn send<'a>(cmd: &'a RemotingCommand, _: &'a str) -> Result<Vec<Touch<'a>>, String> {
     let key = if cmd.field("topic").is_some() { "topic" } else { "b" };
     Ok(vec![topic(cmd, key, PUB)?])
 }
 
 /// A 5.x client names the topic; a 4.x one only its producer group, on
 /// which it then needs Pub.
-fn end_transaction(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
+fn end_transaction<'a>(cmd: &'a RemotingCommand, _: &'a str) -> Result<Vec<Touch<'a>>, String> {
     match cmd.field("topic") {
         Some(_) => Ok(vec![topic(cmd, "topic", PUB)?]),
         None => Ok(vec![group(cmd, "producerGroup", PUB)?]),
     }
 }
 
-fn pull(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
+fn pull<'a>(cmd: &'a RemotingCommand, _: &'a str) -> Result<Vec<Touch<'a>>, String> {
     Ok(vec![topic(cmd, "topic", SUB)?, group(cmd, "consumerGroup", SUB)?])
 }
 
 /// Sub on every consumer group and subscribed topic; producer groups need nothing.
-fn heartbeat(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
+fn heartbeat<'a>(cmd: &'a RemotingCommand, _: &'a str) -> Result<Vec<Touch<'a>>, String> {
     let hb: HeartbeatData = json::decode(&cmd.body, "HeartbeatData").map_err(|e| e.to_string())?;
     let mut touches = Vec::new();
     for c in &hb.consumer_data_set {
-        touches.push(Touch { kind: ResourceType::Group, name: c.group_name.clone(), actions: SUB });
+        touches.push(Touch { kind: ResourceType::Group, name: Cow::Owned(c.group_name.clone()), actions: SUB });
         for s in &c.subscription_data_set {
             // Its own retry topic is covered by its group.
-            touches.push(named_topic(&s.topic, SUB));
+            touches.push(named_topic_owned(&s.topic, SUB));
         }
     }
     Ok(touches)
 }
 
-fn consumer_group(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
+fn consumer_group<'a>(cmd: &'a RemotingCommand, _: &'a str) -> Result<Vec<Touch<'a>>, String> {
     Ok(cmd
         .field("consumerGroup")
-        .map(|g| Touch { kind: ResourceType::Group, name: g.to_string(), actions: SUB_OR_GET })
+        .map(|g| Touch { kind: ResourceType::Group, name: Cow::Borrowed(g), actions: SUB_OR_GET })
         .into_iter()
         .collect())
 }
 
-fn lock_batch(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
+fn lock_batch<'a>(cmd: &'a RemotingCommand, _: &'a str) -> Result<Vec<Touch<'a>>, String> {
     let body: LockBatchRequestBody = json::decode(&cmd.body, "LockBatchRequestBody").map_err(|e| e.to_string())?;
-    let mut touches = vec![Touch { kind: ResourceType::Group, name: body.consumer_group, actions: SUB }];
+    let mut touches = vec![Touch { kind: ResourceType::Group, name: Cow::Owned(body.consumer_group), actions: SUB }];
     for mq in body.mq_set {
-        touches.push(named_topic(&mq.topic, SUB));
+        touches.push(named_topic_owned(&mq.topic, SUB));
     }
     Ok(touches)
 }
 
-fn check_client_config(cmd: &RemotingCommand, _: &str) -> Result<Vec<Touch>, String> {
+fn check_client_config<'a>(cmd: &'a RemotingCommand, _: &'a str) -> Result<Vec<Touch<'a>>, String> {
     let body: crate::protocol::CheckClientRequestBody =
         json::decode(&cmd.body, "CheckClientRequestBody").map_err(|e| e.to_string())?;
     Ok(vec![
-        Touch { kind: ResourceType::Group, name: body.group, actions: SUB },
-        Touch { kind: ResourceType::Topic, name: body.subscription_data.topic, actions: SUB },
+        Touch { kind: ResourceType::Group, name: Cow::Owned(body.group), actions: SUB },
+        Touch { kind: ResourceType::Topic, name: Cow::Owned(body.subscription_data.topic), actions: SUB },
     ])
 }
 
-fn group_offset(cmd: &RemotingCommand, actions: &'static [Action]) -> Result<Vec<Touch>, String> {
+fn group_offset<'a>(cmd: &'a RemotingCommand, actions: &'static [Action]) -> Result<Vec<Touch<'a>>, String> {
     Ok(vec![topic(cmd, "topic", actions)?, group(cmd, "consumerGroup", actions)?])
 }
 
 /// Reading one message by offset: its topic when the client names it (5.x),
 /// else the whole cluster's Get.
-fn view_message(cmd: &RemotingCommand, cluster_name: &str) -> Result<Vec<Touch>, String> {
+fn view_message<'a>(cmd: &'a RemotingCommand, cluster_name: &'a str) -> Result<Vec<Touch<'a>>, String> {
     match cmd.field("topic") {
         Some(_) => Ok(vec![topic(cmd, "topic", SUB_OR_GET)?]),
         None => Ok(cluster(cluster_name, GET)),
@@ -231,7 +239,7 @@ pub fn broker_rule(code: i32) -> Option<Rule> {
         r::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP => Touches(|c, _| {
             let g: crate::protocol::SubscriptionGroupConfig =
                 json::decode(&c.body, "SubscriptionGroupConfig").map_err(|e| e.to_string())?;
-            Ok(vec![Touch { kind: ResourceType::Group, name: g.group_name, actions: CREATE_OR_UPDATE }])
+            Ok(vec![Touch { kind: ResourceType::Group, name: Cow::Owned(g.group_name), actions: CREATE_OR_UPDATE }])
         }),
         r::GET_CONSUME_STATS => Touches(|c, _| Ok(vec![group(c, "consumerGroup", GET)?])),
         r::GET_CONSUMER_CONNECTION_LIST => Touches(|c, _| Ok(vec![group(c, "consumerGroup", GET)?])),
