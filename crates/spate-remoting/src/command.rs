@@ -57,7 +57,7 @@ impl RemotingCommand {
             opaque: 0,
             flag: 0,
             remark: None,
-            ext_fields: HashMap::new(),
+            ext_fields: HashMap::with_capacity(TYPICAL_FIELDS),
             serialize_type: SerializeType::Json,
             body: Bytes::new(),
             received_at: None,
@@ -366,7 +366,91 @@ struct JsonHeader {
     #[serde(default)]
     remark: Option<Value>,
     #[serde(default, rename = "extFields")]
-    ext_fields: Option<HashMap<String, Value>>,
+    ext_fields: Option<FieldMap>,
+}
+
+/// Header fields a request usually carries (a V2 send: 14, signed: 16);
+/// maps start this large so that decoding or building one never rehashes.
+pub const TYPICAL_FIELDS: usize = 16;
+
+/// `extFields` read straight into the command's map: each value as the
+/// string a Java peer's `toString()` gives (numbers and booleans as JSON
+/// writes them, nested JSON as its text), `null` dropped. No intermediate
+/// `Value` map: this runs for every request and response.
+struct FieldMap(HashMap<String, String>);
+
+impl<'de> serde::Deserialize<'de> for FieldMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MapVisitor;
+        impl<'de> serde::de::Visitor<'de> for MapVisitor {
+            type Value = FieldMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of header fields")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FieldMap, A::Error> {
+                let mut fields = HashMap::with_capacity(map.size_hint().unwrap_or(0).max(TYPICAL_FIELDS));
+                while let Some((k, FieldValue(v))) = map.next_entry::<String, FieldValue>()? {
+                    match v {
+                        Some(v) => fields.insert(k, v),
+                        // Java's map keeps the last entry of a repeated key: null
+                        // included (then absent).
+                        None => fields.remove(&k),
+                    };
+                }
+                Ok(FieldMap(fields))
+            }
+        }
+        d.deserialize_map(MapVisitor)
+    }
+}
+
+/// One `extFields` value as a string; `None` for JSON `null`.
+struct FieldValue(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for FieldValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+            type Value = FieldValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a header field value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<FieldValue, E> {
+                Ok(FieldValue(Some(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<FieldValue, E> {
+                Ok(FieldValue(Some(v)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<FieldValue, E> {
+                Ok(FieldValue(Some(v.to_string())))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<FieldValue, E> {
+                Ok(FieldValue(Some(v.to_string())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<FieldValue, E> {
+                Ok(FieldValue(Some(v.to_string())))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<FieldValue, E> {
+                // As a JSON value prints it (1.0 stays "1.0").
+                Ok(FieldValue(Some(Value::from(v).to_string())))
+            }
+            fn visit_unit<E>(self) -> Result<FieldValue, E> {
+                Ok(FieldValue(None))
+            }
+            fn visit_none<E>(self) -> Result<FieldValue, E> {
+                Ok(FieldValue(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<FieldValue, A::Error> {
+                let v: Value = serde::Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(FieldValue(Some(v.to_string())))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<FieldValue, A::Error> {
+                let v: Value = serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(FieldValue(Some(v.to_string())))
+            }
+        }
+        d.deserialize_any(ValueVisitor)
+    }
 }
 
 /// The outer error: the header is not JSON (the connection closes). The
@@ -397,15 +481,7 @@ fn decode_json_header(header: &[u8]) -> Result<Result<RemotingCommand, BadHeader
         }
         _ => LanguageCode::Other,
     };
-    let ext_fields = h
-        .ext_fields
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, v)| match v {
-            Value::String(s) => Some((k, s)),
-            other => json_to_field(&other).map(|s| (k, s)),
-        })
-        .collect();
+    let ext_fields = h.ext_fields.map(|f| f.0).unwrap_or_default();
     Ok(Ok(RemotingCommand {
         code,
         language,
@@ -464,7 +540,7 @@ fn decode_binary_header(header: &[u8]) -> Result<RemotingCommand, FrameError> {
         return Err(FrameError::Malformed("negative extFields length".into()));
     }
     let mut ext = Reader { buf: r.take(ext_len as usize, "extFields")? };
-    let mut ext_fields = HashMap::new();
+    let mut ext_fields = HashMap::with_capacity(TYPICAL_FIELDS);
     while !ext.buf.is_empty() {
         let klen = ext.i16("extFields key length")?;
         let key = ext.string(klen as i64, "extFields key")?;
@@ -513,6 +589,28 @@ mod tests {
         assert_eq!(cmd.field("x"), None);
         assert_eq!(cmd.remark, None);
         assert_eq!(&cmd.body[..], b"body");
+    }
+
+    #[test]
+    fn json_header_fields_read_as_the_strings_a_java_peer_would_see() {
+        let header = r#"{"code":10,"opaque":1,"flag":0,"extFields":{"n":-12,"big":18446744073709551615,"f":1.0,
+            "t":true,"o":{"a":[1,"x"]},"l":[],"s":"caf\u00e9","dup":"first","dup":"second","gone":"x","gone":null}}"#;
+        let cmd = RemotingCommand::decode(json_frame(header)).unwrap().unwrap();
+        let got = |k: &str| cmd.field(k).map(str::to_string);
+        assert_eq!(got("n").as_deref(), Some("-12"));
+        assert_eq!(got("big").as_deref(), Some("18446744073709551615"));
+        assert_eq!(got("f").as_deref(), Some("1.0"));
+        assert_eq!(got("t").as_deref(), Some("true"));
+        assert_eq!(got("o").as_deref(), Some(r#"{"a":[1,"x"]}"#));
+        assert_eq!(got("l").as_deref(), Some("[]"));
+        assert_eq!(got("s").as_deref(), Some("café"));
+        assert_eq!(got("dup").as_deref(), Some("second"), "a repeated key keeps its last value");
+        assert_eq!(got("gone"), None, "a later null removes the field");
+        assert_eq!(cmd.ext_fields.len(), 8);
+        // Not a map, or a map with a non-string key: the header does not parse.
+        for bad in [r#"{"code":10,"extFields":[1]}"#, r#"{"code":10,"extFields":"x"}"#] {
+            assert!(RemotingCommand::decode(json_frame(bad)).is_err(), "{bad}");
+        }
     }
 
     fn json_frame(header: &str) -> Bytes {
