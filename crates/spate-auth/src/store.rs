@@ -8,10 +8,10 @@
 //! [`Principal`], whatever protocol carried them;
 //! [`AuthStore::authorize`] decides what that principal may touch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::authorize::{decide, Need, Refusal};
@@ -74,10 +74,6 @@ struct Tables {
 #[derive(Default)]
 pub struct AuthStore {
     tables: RwLock<Tables>,
-    /// Each user's HMAC key state, with the secret it was made from: used
-    /// only while that is still the user's password, so no change to the
-    /// tables (an update, a reload, a master's copy) can leave a stale key.
-    keys: Mutex<HashMap<String, (String, SigningKey)>>,
 }
 
 impl AuthStore {
@@ -133,9 +129,9 @@ impl AuthStore {
         let secret = user.password.as_deref().unwrap_or_default();
         let good = !secret.is_empty()
             && match proof {
-                Proof::Remoting { mut fields, body, request_version, signature } => self
-                    .signing_key(&user.username, secret)
-                    .verify_remoting(&mut fields, body, request_version, signature),
+                Proof::Remoting { mut fields, body, request_version, signature } => {
+                    SigningKey::new(secret).verify_remoting(&mut fields, body, request_version, signature)
+                }
                 Proof::Mqv2 { date_time, signature } => crate::sign::verify_mqv2(secret, date_time, signature),
             };
         if !good {
@@ -148,23 +144,6 @@ impl AuthStore {
         Ok(Principal { username: user.username.clone(), user_type: user.user_type })
     }
 
-    /// `username`'s HMAC key state for `secret`, made once per password.
-    fn signing_key(&self, username: &str, secret: &str) -> SigningKey {
-        let mut keys = self.keys.lock();
-        if let Some((made_from, key)) = keys.get(username) {
-            if made_from == secret {
-                return key.clone();
-            }
-        }
-        let key = SigningKey::new(secret);
-        if keys.len() >= USERS_MAX {
-            // Users deleted long ago: start again rather than grow.
-            keys.clear();
-        }
-        keys.insert(username.to_owned(), (secret.to_owned(), key.clone()));
-        key
-    }
-
     /// Whether `who` may do what `needs` lists, from `source`. Super users
     /// may do anything; every need of a Normal user must be allowed.
     pub fn authorize(&self, who: &Principal, needs: &[Need<'_>], source: IpAddr) -> Result<(), AuthFailure> {
@@ -172,7 +151,7 @@ impl AuthStore {
             return Ok(());
         }
         let tables = self.tables.read();
-        let acl = with_user_subject(&who.username, |subject| tables.acls.get(subject));
+        let acl = tables.acls.get(&user_subject(&who.username));
         for need in needs {
             if let Err(refusal) = decide(acl, need, source) {
                 let why = match refusal {
@@ -391,23 +370,6 @@ fn check_may_grant(by: &Principal, _target: &User) -> Result<(), AuthError> {
 }
 
 /// An access key as it may appear in a remark or a log line.
-/// Calls `f` with `User:<username>`, built on the stack for the usual short
-/// name (this runs for every authorized request).
-fn with_user_subject<T>(username: &str, f: impl FnOnce(&str) -> T) -> T {
-    const PREFIX: &[u8] = b"User:";
-    let mut buf = [0u8; 128];
-    let len = PREFIX.len() + username.len();
-    if len > buf.len() {
-        return f(&user_subject(username));
-    }
-    buf[..PREFIX.len()].copy_from_slice(PREFIX);
-    buf[PREFIX.len()..len].copy_from_slice(username.as_bytes());
-    match std::str::from_utf8(&buf[..len]) {
-        Ok(subject) => f(subject),
-        Err(_) => f(&user_subject(username)),
-    }
-}
-
 fn printable(access_key: &str) -> String {
     access_key.chars().take(64).filter(|c| !c.is_control()).collect()
 }
@@ -453,9 +415,9 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_or_reloaded_password_replaces_the_kept_key_at_once() {
+    fn a_changed_or_reloaded_password_takes_effect_at_once() {
         let s = store();
-        // The first check keeps alice's key state.
+        // The old password works until it is changed.
         assert!(signed(&s, "alice", "alicesecret").is_ok());
         let changed: UserUpdate = serde_json::from_str(r#"{"username":"alice","password":"newsecret"}"#).unwrap();
         s.update_user(&root(), changed).unwrap();
