@@ -341,14 +341,6 @@ fn json_i32(field: &str, v: Option<&Value>) -> Result<i32, String> {
     }
 }
 
-fn json_to_field(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
 /// The JSON header as peers send it. Fields are read leniently: numbers
 /// may come as strings and strings as numbers; every field may be absent.
 #[derive(serde::Deserialize)]
@@ -364,14 +356,14 @@ struct JsonHeader {
     #[serde(default)]
     flag: Option<Value>,
     #[serde(default)]
-    remark: Option<Value>,
+    remark: Option<FieldValue>,
     #[serde(default, rename = "extFields")]
     ext_fields: Option<FieldMap>,
 }
 
 /// Header fields a request usually carries (a V2 send: 14, signed: 16);
 /// maps start this large so that decoding or building one never rehashes.
-pub const TYPICAL_FIELDS: usize = 16;
+const TYPICAL_FIELDS: usize = 16;
 
 /// `extFields` read straight into the command's map: each value as the
 /// string a Java peer's `toString()` gives (numbers and booleans as JSON
@@ -392,8 +384,8 @@ impl<'de> serde::Deserialize<'de> for FieldMap {
                 while let Some((k, FieldValue(v))) = map.next_entry::<String, FieldValue>()? {
                     match v {
                         Some(v) => fields.insert(k, v),
-                        // Java's map keeps the last entry of a repeated key: null
-                        // included (then absent).
+                        // A repeated key keeps its last value; a last null
+                        // leaves the field absent.
                         None => fields.remove(&k),
                     };
                 }
@@ -404,7 +396,8 @@ impl<'de> serde::Deserialize<'de> for FieldMap {
     }
 }
 
-/// One `extFields` value as a string; `None` for JSON `null`.
+/// One header value (in `extFields`, or the remark) as a string; `None`
+/// for JSON `null`.
 struct FieldValue(Option<String>);
 
 impl<'de> serde::Deserialize<'de> for FieldValue {
@@ -488,7 +481,7 @@ fn decode_json_header(header: &[u8]) -> Result<Result<RemotingCommand, BadHeader
         version,
         opaque,
         flag,
-        remark: h.remark.as_ref().and_then(json_to_field),
+        remark: h.remark.and_then(|r| r.0),
         ext_fields,
         serialize_type: SerializeType::Json,
         body: Bytes::new(),
