@@ -274,7 +274,7 @@ async fn closed_loop(
             while Instant::now() < shared.measure_until {
                 let producer = &producers[k % producers.len()];
                 let started = Instant::now();
-                let result = send_request(&a, producer, &body).await;
+                let result = send_request(&a.topic, a.batch, a.mode, producer, &body).await;
                 shared.record(started, Instant::now(), a.batch as u64, result);
                 k += a.in_flight;
             }
@@ -287,14 +287,20 @@ async fn closed_loop(
 }
 
 /// One request of the benchmark: a batch, a one-way send or a sync send.
-async fn send_request(a: &ProduceArgs, producer: &Producer, body: &Bytes) -> Result<(), ClientError> {
-    if a.batch > 1 {
-        let msgs = (0..a.batch).map(|_| Message::new(&a.topic, body.clone())).collect();
+async fn send_request(
+    topic: &str,
+    batch: usize,
+    mode: SendMode,
+    producer: &Producer,
+    body: &Bytes,
+) -> Result<(), ClientError> {
+    if batch > 1 {
+        let msgs = (0..batch).map(|_| Message::new(topic, body.clone())).collect();
         producer.send_batch(msgs).await.map(|_| ())
-    } else if a.mode == SendMode::Oneway {
-        producer.send_oneway(Message::new(&a.topic, body.clone())).await
+    } else if mode == SendMode::Oneway {
+        producer.send_oneway(Message::new(topic, body.clone())).await
     } else {
-        producer.send(Message::new(&a.topic, body.clone())).await.map(|_| ())
+        producer.send(Message::new(topic, body.clone())).await.map(|_| ())
     }
 }
 
@@ -318,10 +324,10 @@ fn issue(
         }
         return;
     }
-    let a = a.clone();
+    let (topic, batch, mode) = (a.topic.clone(), a.batch, a.mode);
     handle.spawn(async move {
-        let result = send_request(&a, &producer, &body).await;
-        shared.record(intended, Instant::now(), a.batch as u64, result);
+        let result = send_request(&topic, batch, mode, &producer, &body).await;
+        shared.record(intended, Instant::now(), batch as u64, result);
         drop(permit);
     });
 }
