@@ -8,7 +8,7 @@
 //! [`Principal`], whatever protocol carried them;
 //! [`AuthStore::authorize`] decides what that principal may touch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use parking_lot::RwLock;
@@ -68,6 +68,31 @@ struct Tables {
     users: BTreeMap<String, User>,
     #[serde(default)]
     acls: BTreeMap<String, Acl>,
+    /// Each user's secret made ready for HMAC (see [`SigningKey`]), so a
+    /// request does not set up the key again. Derived from `users` by
+    /// [`Tables::changed`] after every change; never written to a file.
+    #[serde(skip)]
+    keys: HashMap<String, SigningKey>,
+}
+
+impl Tables {
+    /// Call after any change: bumps the version and rebuilds the keys.
+    /// Changes are rare (an admin's request, a reload); rebuilding them
+    /// all keeps a changed or deleted password from ever lingering.
+    fn changed(&mut self) {
+        self.version += 1;
+        self.rekey();
+    }
+
+    fn rekey(&mut self) {
+        self.keys = self
+            .users
+            .values()
+            .filter_map(|u| {
+                u.password.as_deref().filter(|p| !p.is_empty()).map(|p| (u.username.clone(), SigningKey::new(p)))
+            })
+            .collect();
+    }
 }
 
 /// Users and ACLs, shared by every request path of a server.
@@ -105,6 +130,8 @@ impl AuthStore {
                 return Err(AuthError::BadTables(format!("ACL of {} is filed under {subject}", acl.subject)));
             }
         }
+        let mut loaded = loaded;
+        loaded.rekey();
         *self.tables.write() = loaded;
         Ok(())
     }
@@ -126,14 +153,14 @@ impl AuthStore {
             .users
             .get(access_key)
             .ok_or_else(|| AuthFailure::UnknownUser { access_key: printable(access_key) })?;
-        let secret = user.password.as_deref().unwrap_or_default();
-        let good = !secret.is_empty()
-            && match proof {
-                Proof::Remoting { mut fields, body, request_version, signature } => {
-                    SigningKey::new(secret).verify_remoting(&mut fields, body, request_version, signature)
-                }
-                Proof::Mqv2 { date_time, signature } => crate::sign::verify_mqv2(secret, date_time, signature),
-            };
+        // A user without a password has no key and signs nothing.
+        let good = match (proof, tables.keys.get(access_key)) {
+            (_, None) => false,
+            (Proof::Remoting { mut fields, body, request_version, signature }, Some(key)) => {
+                key.verify_remoting(&mut fields, body, request_version, signature)
+            }
+            (Proof::Mqv2 { date_time, signature }, Some(key)) => key.verify_mqv2(date_time, signature),
+        };
         if !good {
             return Err(AuthFailure::BadSignature { access_key: user.username.clone() });
         }
@@ -197,7 +224,7 @@ impl AuthStore {
                 created.push(c.access_key.clone());
             }
         }
-        t.version += 1;
+        t.changed();
         Ok(created)
     }
 
@@ -216,7 +243,7 @@ impl AuthStore {
             return Err(AuthError::Invalid(format!("at most {USERS_MAX} users")));
         }
         t.users.insert(user.username.clone(), user);
-        t.version += 1;
+        t.changed();
         Ok(())
     }
 
@@ -242,7 +269,7 @@ impl AuthStore {
         if let Some(st) = update.user_status {
             user.user_status = st;
         }
-        t.version += 1;
+        t.changed();
         Ok(())
     }
 
@@ -256,7 +283,7 @@ impl AuthStore {
         let mut t = self.tables.write();
         t.users.remove(username).ok_or_else(|| AuthError::NoSuchUser(username.to_string()))?;
         t.acls.remove(&user_subject(username));
-        t.version += 1;
+        t.changed();
         Ok(())
     }
 
@@ -296,7 +323,7 @@ impl AuthStore {
                 t.acls.insert(acl.subject.clone(), acl);
             }
         }
-        t.version += 1;
+        t.changed();
         Ok(())
     }
 
@@ -316,7 +343,7 @@ impl AuthStore {
                 acl.policies.retain(|p| !p.entries.is_empty());
             }
         }
-        t.version += 1;
+        t.changed();
         Ok(())
     }
 
