@@ -172,18 +172,14 @@ impl Allocator {
                             let slot = self.slot.lock();
                             slot.shutdown || slot.waiting == Some(start)
                         });
+                    // The warmed pages stay dirty zeros, mapped writable:
+                    // the writer then takes no fault on them, and only the
+                    // range it wrote is ever flushed (`Segment::flush`).
+                    // Writing the zeros back here instead doubled the disk
+                    // traffic and left every page clean and write-protected,
+                    // a fault per page on the append path.
                     if !complete {
                         tracing::warn!(start, "writer caught up with warming; handing over a partly warmed segment");
-                    } else if self.warm.touch && self.slot.lock().waiting != Some(start) {
-                        // Write the warmed zeros back now, while nobody appends
-                        // to this file: the pages stay resident, their blocks
-                        // are written, and they are clean, so the flushes that
-                        // follow write only what was appended and dirty memory
-                        // does not grow by a segment per roll. (Skipped when
-                        // the writer is already waiting for this segment.)
-                        if let Err(e) = seg.write_back_all() {
-                            tracing::warn!(start, error = %e, "writing back a warmed segment failed");
-                        }
                     }
                     tracing::debug!(start, elapsed_ms = began.elapsed().as_millis() as u64, "next segment ready");
                 }

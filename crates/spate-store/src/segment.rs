@@ -26,8 +26,8 @@ use crate::error::{Result, StoreError};
 /// Page size used for warming and dirty-page accounting.
 pub const PAGE_SIZE: u64 = 4096;
 
-/// Bytes [`Segment::write_back_all`] writes back per step: small enough that
-/// the kernel's after-I/O work for one step stays well under a millisecond.
+/// Bytes [`Segment::flush`] writes back per step: small enough that the
+/// kernel's after-I/O work for one step stays well under a millisecond.
 const WRITE_BACK_STEP: u64 = 4 << 20;
 
 /// File name of a segment: its start offset, zero-padded to 20 digits.
@@ -110,7 +110,12 @@ impl Segment {
     }
 
     /// Touches every page so later writes do not fault, and optionally locks
-    /// the mapping in memory. Runs off the append path (allocator thread),
+    /// the mapping in memory. The pages become dirty zeros mapped writable;
+    /// they are not written back: [`Segment::flush`] syncs only the range
+    /// appended, and what the kernel writes of the rest on its own (after
+    /// `dirty_expire_centisecs`, on a segment filling slowly) costs a fault
+    /// per page later, which a slow writer does not feel.
+    /// Runs off the append path (allocator thread),
     /// before the segment is handed to the writer. `abort` is polled every
     /// 16 MiB: when the writer is already waiting for this segment, a cold
     /// rest (page faults) costs it less than waiting for the whole warm-up.
@@ -371,17 +376,26 @@ impl Segment {
     /// durable, and records the flushed position. Blocking: call from a
     /// store thread only.
     ///
-    /// Only the range written since the last flush is synced
-    /// (`msync(MS_SYNC)`, which is `fdatasync` limited to that range). The
-    /// allocator writes a warmed segment's zeros back before handing it
-    /// over, but not when the writer took it early (partly warmed); a
-    /// whole-file `fdatasync` would then write back up to a gigabyte of
-    /// zeros, and the writer's page faults would queue behind that commit.
+    /// Only the range written since the last flush is synced: a warmed
+    /// segment's pages beyond it are dirty zeros (see [`Segment::warm`]),
+    /// and a whole-file `fdatasync` would write up to a gigabyte of them.
+    /// The range goes out [`WRITE_BACK_STEP`] at a time first, then one
+    /// `msync(MS_SYNC)` (`fdatasync` limited to the range) commits the
+    /// metadata. The file was allocated with `posix_fallocate`, so its
+    /// blocks are "unwritten" and ext4 marks them written after each
+    /// write completes, in a kernel worker. For tens of megabytes at once
+    /// that is one long piece of kernel work on whichever CPU it lands,
+    /// which nothing, not even a real-time thread, can preempt on a kernel
+    /// without full preemption (45 ms was once seen on the broker's CPU for
+    /// a gigabyte). In steps, each piece is short.
     pub fn flush(&self) -> Result<u64> {
         let target = self.readable();
         let from = self.flushed();
         if target > from {
             let start = from - from % PAGE_SIZE;
+            if target - start > WRITE_BACK_STEP {
+                self.write_back(start, target)?;
+            }
             self.map
                 .flush_range(start as usize, (target - start) as usize)
                 .map_err(|e| StoreError::io(&self.path, e))?;
@@ -390,23 +404,13 @@ impl Segment {
         Ok(self.flushed())
     }
 
-    /// Writes every dirty page of the file back and waits, then syncs the
-    /// metadata (`fdatasync`). Blocking: for the allocator, before the
-    /// segment is handed out.
-    ///
-    /// The pages go out [`WRITE_BACK_STEP`] at a time. The file was
-    /// allocated with `posix_fallocate`, so its blocks are "unwritten" and
-    /// the file system marks them written after the I/O completes, in a
-    /// kernel worker thread. For a whole gigabyte at once that is one long
-    /// piece of kernel work on whichever CPU it lands, which nothing, not
-    /// even a real-time thread, can preempt on a kernel without full
-    /// preemption: 45 ms was seen on the broker's CPU, all of it added to
-    /// the core lane's latency. In steps, each piece is short.
-    pub fn write_back_all(&self) -> Result<()> {
+    /// Writes the dirty pages of `[from, to)` back and waits for them,
+    /// [`WRITE_BACK_STEP`] at a time. Metadata is not synced.
+    fn write_back(&self, from: u64, to: u64) -> Result<()> {
         let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-        let mut pos = 0u64;
-        while pos < self.size {
-            let len = WRITE_BACK_STEP.min(self.size - pos);
+        let mut pos = from;
+        while pos < to {
+            let len = WRITE_BACK_STEP.min(to - pos);
             // SAFETY: plain syscall on a descriptor we own; no memory is passed.
             let rc = unsafe { libc::sync_file_range(self.file.as_raw_fd(), pos as i64, len as i64, flags) };
             if rc != 0 {
@@ -414,7 +418,7 @@ impl Segment {
             }
             pos += len;
         }
-        self.file.sync_data().map_err(|e| StoreError::io(&self.path, e))
+        Ok(())
     }
 
     /// Zeroes `[pos, end of what was written)` so the tail reads as empty,
@@ -559,12 +563,13 @@ mod tests {
     }
 
     #[test]
-    fn write_back_in_steps_covers_a_size_that_is_not_a_multiple_of_the_step() {
+    fn a_flush_in_steps_covers_a_size_that_is_not_a_multiple_of_the_step() {
         let dir = tempfile::tempdir().unwrap();
         let size = 2 * WRITE_BACK_STEP + 2 * PAGE_SIZE;
         let seg = Segment::create(dir.path(), 0, size, true, false).unwrap();
         seg.write_at(size - 100, &[9u8; 100]);
-        seg.write_back_all().unwrap();
+        seg.set_wrote(size, true);
+        assert_eq!(seg.flush().unwrap(), size);
         let path = seg.path().to_path_buf();
         drop(seg);
         let bytes = std::fs::read(&path).unwrap();
