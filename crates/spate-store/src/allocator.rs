@@ -117,6 +117,35 @@ impl Allocator {
         }
     }
 
+    /// Whether segments are warmed before hand-over.
+    pub fn warms(&self) -> bool {
+        self.warm.touch
+    }
+
+    /// Waits up to `timeout` until the segment starting at `start` is
+    /// prepared, without taking it; requests it first if nobody did.
+    /// Returns whether it is ready.
+    pub fn wait_ready(&self, start: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut slot = self.slot.lock();
+        loop {
+            if matches!(slot.ready, Some((s, _)) if s == start) {
+                return true;
+            }
+            if slot.shutdown {
+                return false;
+            }
+            if slot.requested != Some(start) && slot.in_progress != Some(start) {
+                slot.requested = Some(start);
+                slot.ready = None;
+                self.changed.notify_all();
+            }
+            if self.changed.wait_until(&mut slot, deadline).timed_out() {
+                return false;
+            }
+        }
+    }
+
     /// Hands over a segment the writer has filled, so read-ahead is turned
     /// back on for it here rather than on the append path.
     pub fn retire(&self, seg: Arc<Segment>) {
@@ -328,6 +357,21 @@ mod tests {
         alloc.shutdown();
         t.join().unwrap();
         assert!(matches!(alloc.take(131072, Duration::from_millis(10)), Err(StoreError::ShutDown)));
+    }
+
+    #[test]
+    fn waiting_until_ready_leaves_the_segment_to_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let alloc = Arc::new(Allocator::new(dir.path().to_path_buf(), 65536, WarmPolicy { touch: true, lock: false }));
+        assert!(!alloc.wait_ready(0, Duration::from_millis(20)), "nobody prepares it without the thread");
+        let runner = alloc.clone();
+        let t = std::thread::spawn(move || runner.run());
+        assert!(alloc.wait_ready(0, Duration::from_secs(5)));
+        assert!(alloc.wait_ready(0, Duration::ZERO), "still there");
+        assert_eq!(alloc.take(0, Duration::ZERO).unwrap().start_offset(), 0);
+        alloc.shutdown();
+        t.join().unwrap();
+        assert!(!alloc.wait_ready(65536, Duration::from_secs(5)));
     }
 
     #[test]

@@ -207,10 +207,16 @@ impl CommitLog {
         }
         segment::sync_dir(dir)?;
         let current = kept.last().cloned();
-        // The segment appends continue in was not warmed by this process.
+        // The segment appends continue in was not warmed by this process:
+        // warm what is left of it now, before any append (the writer would
+        // otherwise fault in each of those pages itself, a whole segment's
+        // worth of faults after a restart).
         if let Some(seg) = &current {
             if seg.wrote() < seg.size() {
                 seg.expect_cold_writes();
+                if allocator.warms() {
+                    seg.warm_from(seg.wrote(), false, || false);
+                }
             }
         }
         // With read/write separation the committer publishes the readable
@@ -248,6 +254,16 @@ impl CommitLog {
         };
         let next = log.current_segment_end().unwrap_or(0);
         log.allocator.request(next);
+        // An empty log takes its first segment on the first append, which
+        // would otherwise find it barely warmed and fault in the rest of it
+        // on the append path: wait for it here, as long as a roll would.
+        if log.current_segment_end().is_none() && log.allocator.warms() {
+            let began = Instant::now();
+            if !log.allocator.wait_ready(next, log.allocate_timeout) {
+                tracing::warn!(start = next, "first commit-log segment not prepared within allocateMappedFileTimeout");
+            }
+            tracing::debug!(elapsed_ms = began.elapsed().as_millis() as u64, "first commit-log segment prepared");
+        }
         Ok((log, scan))
     }
 

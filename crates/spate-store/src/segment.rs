@@ -121,11 +121,19 @@ impl Segment {
     /// rest (page faults) costs it less than waiting for the whole warm-up.
     /// Returns whether every page was touched.
     pub fn warm(&self, lock: bool, abort: impl Fn() -> bool) -> bool {
+        self.warm_from(0, lock, abort)
+    }
+
+    /// [`Segment::warm`] from `from` (rounded up to a page: the page
+    /// holding `from` may hold data) to the end: for the segment appends
+    /// continue in after a restart, whose pages below `from` hold data
+    /// that warming would only read in.
+    pub fn warm_from(&self, from: u64, lock: bool, abort: impl Fn() -> bool) -> bool {
         /// `MADV_POPULATE_WRITE` (not in every libc crate version).
         const MADV_POPULATE_WRITE: libc::c_int = 23;
         const CHUNK: u64 = 16 << 20;
         let ptr = self.map.as_mut_ptr();
-        let mut pos = 0u64;
+        let mut pos = from.min(self.size).next_multiple_of(PAGE_SIZE).min(self.size);
         let mut populate = true;
         while pos < self.size {
             if abort() {
@@ -143,10 +151,10 @@ impl Segment {
             if !populate {
                 let mut page = pos;
                 while page < pos + len {
-                    // SAFETY: in bounds of the mapping; the segment is not yet
-                    // shared with any writer or reader, and a new file is all
-                    // zeros, so writing a zero byte changes nothing but the
-                    // page tables.
+                    // SAFETY: in bounds of the mapping; nobody writes at or
+                    // past `from` yet, and the file is all zeros there (a new
+                    // file, or a recovered tail that was zeroed), so writing
+                    // a zero byte changes nothing but the page tables.
                     unsafe { std::ptr::write_volatile(ptr.add(page as usize), 0u8) };
                     page += PAGE_SIZE;
                 }
@@ -560,6 +568,21 @@ mod tests {
         let seg = Segment::create(dir.path(), 0, 1 << 20, false, false).unwrap();
         assert!(!seg.warm(false, || true), "an abort before the first chunk leaves it cold");
         assert!(seg.warm(false, || false));
+    }
+
+    #[test]
+    fn warming_the_rest_of_a_written_segment_keeps_its_data_and_maps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 64 * PAGE_SIZE;
+        let seg = Segment::create(dir.path(), 0, size, false, false).unwrap();
+        seg.write_at(0, &[7u8; 5000]);
+        seg.set_wrote(5000, true);
+        let addr = seg.map.as_ptr() as usize;
+        assert!(mapping_rss_kb(addr) <= 2 * PAGE_SIZE / 1024);
+        assert!(seg.warm_from(5000, false, || false));
+        assert!(mapping_rss_kb(addr) >= (size - 2 * PAGE_SIZE) / 1024, "{}", mapping_rss_kb(addr));
+        assert_eq!(seg.read(0, 5000), vec![7u8; 5000]);
+        assert!(seg.warm_from(size + 1, false, || false), "past the end is nothing to do");
     }
 
     #[test]
