@@ -41,6 +41,7 @@ struct Usage {
 pub struct Snapshot {
     client: Usage,
     servers: HashMap<u32, Usage>,
+    steal_ms: Vec<u64>,
 }
 
 impl Snapshot {
@@ -49,7 +50,7 @@ impl Snapshot {
         let me = std::process::id();
         let servers =
             local_server_pids().into_iter().filter(|p| *p != me).filter_map(|p| Some((p, usage(p)?))).collect();
-        Snapshot { client: usage(me).unwrap_or_default(), servers }
+        Snapshot { client: usage(me).unwrap_or_default(), servers, steal_ms: steal_ms_per_cpu() }
     }
 
     /// Report fields for the window from `self` to `later`, per `units`
@@ -74,6 +75,9 @@ impl Snapshot {
             m.insert("broker_pids".into(), pids.into());
             m.insert(format!("broker_cpu_us_per_{unit}"), per(cpu).into());
             m.insert(format!("broker_switches_per_{unit}"), per_n(switches).into());
+        }
+        if let Some(steal) = steal_between(&self.steal_ms, &later.steal_ms) {
+            m.insert("cpu_steal_ms".into(), steal.into());
         }
         m.insert(format!("client_cpu_us_per_{unit}"), per(later.client.cpu.saturating_sub(self.client.cpu)).into());
         m.insert(
@@ -189,6 +193,27 @@ fn local_server_pids() -> BTreeSet<u32> {
         .collect()
 }
 
+/// Time the hypervisor gave each of this VM's CPUs to something else
+/// (`steal` in `/proc/stat`), in milliseconds since boot, CPU by CPU;
+/// empty where `/proc/stat` cannot be read. On a shared VM the disk's
+/// writes can cost the guest stolen time: a tail that a run without I/O
+/// never shows.
+pub fn steal_ms_per_cpu() -> Vec<u64> {
+    // SAFETY: sysconf only reads a constant of the C library.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return Vec::new() };
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| l.split_whitespace().nth(8).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0) * 1000 / hz)
+        .collect()
+}
+
+/// Stolen milliseconds per CPU from `before` to `after`, when both were read.
+pub fn steal_between(before: &[u64], after: &[u64]) -> Option<Vec<u64>> {
+    (!before.is_empty() && before.len() == after.len())
+        .then(|| before.iter().zip(after).map(|(b, a)| a.saturating_sub(*b)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +231,15 @@ mod tests {
         assert!(is_loopback_hex("0100007F"));
         assert!(!is_loopback_hex("0100000A"));
         assert!(is_loopback_hex("00000000000000000000000001000000"));
+    }
+
+    #[test]
+    fn steal_is_read_per_cpu_and_differenced_only_when_both_sides_match() {
+        let now = steal_ms_per_cpu();
+        assert!(!now.is_empty(), "this test runs on Linux, where /proc/stat lists every CPU");
+        assert_eq!(steal_between(&now, &now), Some(vec![0; now.len()]));
+        assert_eq!(steal_between(&[5, 7], &[9, 7]), Some(vec![4, 0]));
+        assert_eq!(steal_between(&[5, 7], &[9]), None, "a CPU came or went");
+        assert_eq!(steal_between(&[], &[]), None, "nothing read");
     }
 }

@@ -204,6 +204,7 @@ fn run_blocking(args: &StoreArgs) -> Result<StoreReport> {
         }
     }
     let before = store.stats();
+    let steal_before = super::procstat::steal_ms_per_cpu();
 
     let start = Instant::now() + SCHEDULE_LEAD;
     let plan = Plan {
@@ -220,8 +221,13 @@ fn run_blocking(args: &StoreArgs) -> Result<StoreReport> {
     };
     let elapsed = start.elapsed().min(args.duration + ELAPSED_OVER_DURATION_MAX);
     let after = store.stats();
+    let steal = super::procstat::steal_between(&steal_before, &super::procstat::steal_ms_per_cpu());
     store.shutdown().context("shutting the store down")?;
-    build_report(args, elapsed, tally, &before, &after, fdatasync_p50_us)
+    let mut report = build_report(args, elapsed, tally, &before, &after, fdatasync_p50_us)?;
+    if let Some(steal) = steal {
+        report.report.extra.insert("cpu_steal_ms".into(), json!(steal));
+    }
+    Ok(report)
 }
 
 fn store_config(args: &StoreArgs, dir: &Path) -> Result<StoreConfig> {
