@@ -21,6 +21,9 @@ use clap::{Parser, Subcommand};
 use spate_broker::{Broker, BrokerConfig};
 use spate_namesrv::{NameServer, NamesrvConfig};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long shutdown waits for requests in progress (held pulls included).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long `spate standalone` waits for its broker to register with its
