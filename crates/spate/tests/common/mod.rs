@@ -8,9 +8,43 @@ use std::time::{Duration, Instant};
 
 use spate_remoting::{ClientConfig, RemotingClient, RemotingCommand};
 
-/// A free loopback port (bound, then released).
+/// Lowest port [`free_port`] hands out.
+const TEST_PORTS_FROM: u32 = 10_000;
+
+/// A loopback port nobody listens on, for a server a test starts.
+///
+/// Taken from below the kernel's ephemeral range: a port from `bind(0)` is
+/// an ephemeral one, and any outgoing connection (a broker registering
+/// with its name server, a client) may take it as its local port before
+/// the server binds it, so the server fails to start (seen in CI: a broker
+/// whose HA port was taken so, gone a moment after its main port opened).
+/// Ports go out in steps of 3 from a start that differs per process, so a
+/// broker's derived ports (VIP `listenPort - 2`, HA `listenPort + 1`) do
+/// not land on another server this process started.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|l| l.parse::<u32>().ok()))
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(TEST_PORTS_FROM + 3);
+    if span < 3_000 {
+        // No room below the ephemeral range here: fall back to it.
+        return TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
+    }
+    let seed = std::process::id().wrapping_mul(7_919)
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let _ = NEXT.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span / 3 {
+        let port = TEST_PORTS_FROM + 2 + NEXT.fetch_add(3, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(port) else { continue };
+        // The wildcard conflicts with a listener on any address of the port.
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {TEST_PORTS_FROM} and {ephemeral_low}");
 }
 
 /// A `spate standalone` child process, killed when dropped.
