@@ -55,8 +55,8 @@ pub async fn create_topic(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
         return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, "the broker's topic table is full"));
     }
     tracing::info!(topic, read, write, "topic created or updated");
-    state.topics_changed();
     state.topics.persist().await?;
+    state.topics_changed_and_registered().await;
     Ok(RemotingCommand::success(req))
 }
 
@@ -74,7 +74,7 @@ pub async fn delete_topic(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
     }
     if state.topics.delete(&topic) {
         state.topics.persist().await?;
-        state.topics_changed();
+        state.topics_changed_and_registered().await;
         // Its queues go too, so a topic made again with the same name starts
         // empty at offset 0, consistent with the offsets removed here.
         let store = state.store.clone();

@@ -120,6 +120,10 @@ pub struct BrokerState {
     /// `config/auth.json`: saved after every change, read again when edited.
     pub auth_file: spate_auth::file::AuthFile,
     topic_change: tokio::sync::Notify,
+    /// Counts topic-table changes; `registered_change` is the count the
+    /// last finished registration round included.
+    change_seq: std::sync::atomic::AtomicU64,
+    registered_change: tokio::sync::watch::Sender<u64>,
     group_change: tokio::sync::Notify,
     /// Set once a name server has accepted a registration: from then on
     /// clients can find this broker's routes.
@@ -129,7 +133,27 @@ pub struct BrokerState {
 impl BrokerState {
     /// The topic table changed: register with the name servers now and persist.
     pub fn topics_changed(&self) {
+        self.change_seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.topic_change.notify_one();
+    }
+
+    /// As [`Self::topics_changed`], then waits (up to
+    /// `registerBrokerTimeoutMills`) until a registration round that
+    /// includes the change has finished, so an admin who created a topic
+    /// finds its route on the name servers at once, as with upstream. A
+    /// round that failed is retried every `registerNameServerPeriod`; the
+    /// wait ends either way.
+    pub async fn topics_changed_and_registered(&self) {
+        let seq = self.change_seq.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        self.topic_change.notify_one();
+        let (limit, any) = {
+            let cfg = self.config.read();
+            (cfg.register_broker_timeout, !cfg.namesrv_addr.is_empty())
+        };
+        if any {
+            let mut rx = self.registered_change.subscribe();
+            let _ = tokio::time::timeout(limit, rx.wait_for(|done| *done >= seq)).await;
+        }
     }
 
     /// A subscription group was created implicitly; persist it soon.
@@ -266,6 +290,8 @@ impl Broker {
             gate,
             auth_file,
             topic_change: tokio::sync::Notify::new(),
+            change_seq: std::sync::atomic::AtomicU64::new(0),
+            registered_change: tokio::sync::watch::Sender::new(0),
             group_change: tokio::sync::Notify::new(),
             registered: tokio::sync::watch::Sender::new(false),
         });

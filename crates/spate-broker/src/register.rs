@@ -62,6 +62,8 @@ async fn register_all(state: &Arc<BrokerState>, client: &RemotingClient) {
         let cfg = state.config.read();
         (cfg.namesrv_addr.clone(), cfg.register_broker_timeout)
     };
+    // Read before the snapshot: every change counted so far is in it.
+    let seq = state.change_seq.load(std::sync::atomic::Ordering::Acquire);
     let req = registration(state);
     let calls = addrs.iter().map(|addr| {
         let req = req.clone();
@@ -81,6 +83,11 @@ async fn register_all(state: &Arc<BrokerState>, client: &RemotingClient) {
             Err(e) => tracing::warn!(namesrv = %addr, error = %e, "registration failed"),
         }
     }
+    state.registered_change.send_if_modified(|done| {
+        let newer = seq > *done;
+        *done = (*done).max(seq);
+        newer
+    });
 }
 
 /// Tells every name server this broker is leaving (clean shutdown).

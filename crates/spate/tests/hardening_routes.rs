@@ -114,6 +114,28 @@ async fn a_namesake_registration_that_disconnects_does_not_take_the_routes_for_g
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_topic_is_routed_and_a_deleted_one_unrouted_when_the_admin_call_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default period (5 s): the route must not wait for it.
+    let spate = Standalone::start(&dir.path().join("data"));
+    let c = raw_client();
+    for i in 0..10 {
+        let topic = format!("AtOnce{i}");
+        let create = RemotingCommand::request(request::UPDATE_AND_CREATE_TOPIC)
+            .with("topic", &topic)
+            .with("readQueueNums", 2)
+            .with("writeQueueNums", 2)
+            .with("perm", 6);
+        assert_eq!(call(&c, &spate.broker(), create).await.code, response::SUCCESS);
+        let r = route(&c, &spate.namesrv(), &topic).await;
+        assert!(r.is_some_and(|r| r.queue_datas[0].write_queue_nums == 2), "{topic} routed when create answered");
+        let delete = RemotingCommand::request(request::DELETE_TOPIC_IN_BROKER).with("topic", &topic);
+        assert_eq!(call(&c, &spate.broker(), delete).await.code, response::SUCCESS);
+        assert!(route(&c, &spate.namesrv(), &topic).await.is_none(), "{topic} unrouted when delete answered");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_permission_change_reaches_the_route_at_once() {
     let dir = tempfile::tempdir().unwrap();
     // The default period (5 s): a change seen well before it was pushed, not polled.
