@@ -7,6 +7,7 @@
 //! - [`clients`]: connected producer and consumer groups, orderly queue locks.
 //! - [`register`]: registration with the name servers.
 //! - [`ha`]: master/slave replication of the commit log.
+//! - [`pop`]: POP consumption state and receipt handles.
 //!
 //! Blocking file work (store reads, table writes, the store's shutdown) runs
 //! on the blocking pool; appends are memory copies into pre-faulted files.
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod names;
 pub mod offsets;
 pub mod persist;
+pub mod pop;
 pub mod pull;
 pub mod register;
 pub mod schedule;
