@@ -67,6 +67,10 @@ pub struct BrokerConfig {
     pub notify_consumer_ids_changed_enable: bool,
     /// `maxHeldPulls`: suspended pulls across all connections (Spate).
     pub max_held_pulls: usize,
+    /// `popInflightMessageThreshold`: messages a pop group may hold per queue (10000).
+    pub pop_inflight_message_threshold: usize,
+    /// `maxInvisibleTimeMills`: longest invisible time a pop or change may ask (12 h).
+    pub max_invisible_time_mills: u64,
     /// `metricsPromExporterPort`: HTTP port of `/metrics` (0: off).
     pub metrics_prom_exporter_port: u16,
     /// `serverMaxConnections`: connections open at once across all client
@@ -258,6 +262,8 @@ pub const BROKER_KEYS: &[&str] = &[
     "channelExpiredTimeout",
     "notifyConsumerIdsChangedEnable",
     "maxHeldPulls",
+    "popInflightMessageThreshold",
+    "maxInvisibleTimeMills",
     "metricsPromExporterPort",
     "serverMaxConnections",
     "serverMaxConnectionsPerAddress",
@@ -306,6 +312,8 @@ impl BrokerConfig {
             channel_expired_timeout: Duration::from_secs(120),
             notify_consumer_ids_changed_enable: true,
             max_held_pulls: 100_000,
+            pop_inflight_message_threshold: 10_000,
+            max_invisible_time_mills: 12 * 3600 * 1000,
             metrics_prom_exporter_port: 0,
             server_max_connections: spate_remoting::server::DEFAULT_MAX_CONNECTIONS,
             server_max_connections_per_address: spate_remoting::server::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
@@ -394,6 +402,8 @@ impl BrokerConfig {
             "channelExpiredTimeout" => self.channel_expired_timeout = millis(key, v)?,
             "notifyConsumerIdsChangedEnable" => self.notify_consumer_ids_changed_enable = parse_bool(key, v)?,
             "maxHeldPulls" => self.max_held_pulls = parse(key, v)?,
+            "popInflightMessageThreshold" => self.pop_inflight_message_threshold = parse(key, v)?,
+            "maxInvisibleTimeMills" => self.max_invisible_time_mills = parse(key, v)?,
             "metricsPromExporterPort" => self.metrics_prom_exporter_port = parse(key, v)?,
             "serverWorkerThreads" => self.server_worker_threads = parse(key, v)?,
             "serverMaxConnections" => self.server_max_connections = parse(key, v)?,
@@ -547,6 +557,12 @@ impl BrokerConfig {
         if self.max_held_pulls == 0 {
             return Err(invalid("maxHeldPulls", "0", "at least 1"));
         }
+        if self.pop_inflight_message_threshold == 0 {
+            return Err(invalid("popInflightMessageThreshold", "0", "at least 1"));
+        }
+        if self.max_invisible_time_mills == 0 {
+            return Err(invalid("maxInvisibleTimeMills", "0", "at least 1"));
+        }
         if self.core_lane_realtime_priority > 99 {
             return Err(invalid(
                 "coreLaneRealtimePriority",
@@ -683,6 +699,8 @@ impl BrokerConfig {
             ("channelExpiredTimeout", self.channel_expired_timeout.as_millis().to_string()),
             ("notifyConsumerIdsChangedEnable", self.notify_consumer_ids_changed_enable.to_string()),
             ("maxHeldPulls", self.max_held_pulls.to_string()),
+            ("popInflightMessageThreshold", self.pop_inflight_message_threshold.to_string()),
+            ("maxInvisibleTimeMills", self.max_invisible_time_mills.to_string()),
             ("metricsPromExporterPort", self.metrics_prom_exporter_port.to_string()),
             ("serverWorkerThreads", self.server_worker_threads.to_string()),
             ("serverMaxConnections", self.server_max_connections.to_string()),

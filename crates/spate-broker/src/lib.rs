@@ -117,6 +117,8 @@ pub struct BrokerState {
     pub replication: Arc<ha::Replication>,
     /// A slave's link to its master (unused on a master).
     pub slave: ha::slave::SlaveState,
+    /// POP consumption (`pop/`): state, request codes, revive.
+    pub pop: pop::service::PopService,
     /// Who may send what (`auth.rs`): users, ACLs and the request-code table.
     pub gate: spate_remoting::access::Gate,
     /// `config/auth.json`: saved after every change, read again when edited.
@@ -269,7 +271,13 @@ impl Broker {
         let ha_port_chosen = cfg.ha_listen_port != 0;
         let lane = lane::CoreLane::start(cfg.core_lane_realtime_priority)
             .map_err(|e| BrokerError::Io { path: "core lane thread".into(), source: e })?;
+        let pop_limits = pop::PopLimits {
+            max_batch: pop::state::MAX_BATCH,
+            inflight_per_queue: cfg.pop_inflight_message_threshold,
+            max_invisible_ms: cfg.max_invisible_time_mills,
+        };
         let state = Arc::new(BrokerState {
+            pop: pop::service::PopService::new(pop_limits),
             core_lane: lane.status(),
             broker_name: cfg.broker_name.clone(),
             broker_addr: cfg.broker_addr(),
@@ -339,6 +347,7 @@ impl Broker {
         tasks.push(tokio::spawn(capacity::run_lag_probe(state.clone())));
         tasks.push(tokio::spawn(schedule::run(state.clone())));
         tasks.push(tokio::spawn(timer::run(state.clone())));
+        tasks.push(tokio::spawn(pop::service::run_revive(state.clone())));
         tasks.push(tokio::spawn(transaction::run(state.clone())));
         if controlled {
             // Roles change live: every side runs, each idle while not its role.
@@ -580,6 +589,9 @@ async fn process(
         r::SEND_MESSAGE | r::SEND_MESSAGE_V2 | r::SEND_BATCH_MESSAGE => send::send(state, conn, req).await?,
         r::END_TRANSACTION => transaction::end(state, req).await?,
         r::PULL_MESSAGE | r::LITE_PULL_MESSAGE => pull::pull(state, conn, req).await?,
+        r::POP_MESSAGE => pop::service::pop_message(state, conn, req).await?,
+        r::ACK_MESSAGE => pop::service::ack_message(state, req).await?,
+        r::CHANGE_MESSAGE_INVISIBLETIME => pop::service::change_invisible(state, req).await?,
         r::HEART_BEAT => consumer::heart_beat(state, conn, req).await?,
         r::UNREGISTER_CLIENT => consumer::unregister_client(state, req)?,
         r::GET_CONSUMER_LIST_BY_GROUP => consumer::consumer_list(state, req)?,

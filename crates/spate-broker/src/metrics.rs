@@ -3,10 +3,12 @@
 //! at each scrape. Names follow RocketMQ 5's exporter where one exists.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
+
 use spate_metrics::{Counter, Histogram, Registry};
 
 use crate::BrokerState;
@@ -212,6 +214,16 @@ pub fn render(state: &Arc<BrokerState>) -> String {
         s.max_offset.saturating_sub(s.dispatched_offset) as i64,
     );
     g("spate_store_segments", "Commit-log segments on disk.", s.segment_count as i64);
+    let pop = &state.pop;
+    g("spate_pop_inflight", "Messages held by pop groups (in flight or visible again).", pop.held.load(Relaxed) as i64);
+    for (name, help, n) in [
+        ("spate_pop_acked_total", "Popped messages acked.", &pop.counters.acked),
+        ("spate_pop_revived_total", "Popped messages whose invisible time passed unacked.", &pop.counters.revived),
+        ("spate_pop_dead_lettered_total", "Popped messages moved to their group's DLQ.", &pop.counters.dead_lettered),
+    ] {
+        let c = m.counter(name, help, &[]);
+        c.add(n.load(Relaxed).saturating_sub(c.get()));
+    }
     g("spate_store_syncs", "Commit-log flush passes that synced data.", s.syncs as i64);
     g("spate_store_sync_microseconds", "Total time of those syncs in microseconds.", s.sync_us_total as i64);
     g(

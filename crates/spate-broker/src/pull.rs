@@ -245,7 +245,7 @@ fn finish(state: &BrokerState, group: &str, req: &RemotingCommand, r: PullResult
 /// Waits until the dispatcher has indexed everything below `log_end`, up to
 /// `DISPATCH_WAIT_MAX`: a few yields first (it is usually microseconds
 /// behind), then millisecond sleeps.
-async fn wait_dispatched(state: &BrokerState, log_end: u64) {
+pub(crate) async fn wait_dispatched(state: &BrokerState, log_end: u64) {
     // A no-op unless the dispatcher is behind.
     state.store.wake_dispatcher();
     let deadline = Instant::now() + DISPATCH_WAIT_MAX;
@@ -299,9 +299,21 @@ pub(crate) struct Selector {
     sql: Option<Arc<SqlFilter>>,
 }
 
+impl Selector {
+    /// The tag-code filter and the record filter, as the store takes them.
+    pub(crate) fn filters(self) -> (impl Fn(i64) -> bool, impl Fn(&[u8]) -> bool) {
+        let Selector { codes, sql } = self;
+        let by_code = move |code: i64| codes.is_empty() || codes.contains(&(code as i32));
+        let by_properties = move |rec: &[u8]| {
+            sql.as_ref().is_none_or(|f| message::decode_record(rec, false).is_ok_and(|r| f.matches(r.properties)))
+        };
+        (by_code, by_properties)
+    }
+}
+
 async fn read(state: &Arc<BrokerState>, h: &PullHeader, selector: Selector) -> Result<PullResult, BrokerError> {
     let codes_again = selector.clone();
-    let Selector { codes, sql } = selector;
+    let (filter, by_properties) = selector.filters();
     let store = state.store.clone();
     let (topic, queue_id, offset, max_msgs, max_bytes) =
         (h.topic.clone(), h.queue_id, h.queue_offset, h.max_msgs, h.max_bytes);
@@ -311,10 +323,6 @@ async fn read(state: &Arc<BrokerState>, h: &PullHeader, selector: Selector) -> R
     let log_end = state.store.max_offset();
     let read_started = Instant::now();
     wait_dispatched(state, log_end).await;
-    let filter = move |code: i64| codes.is_empty() || codes.contains(&(code as i32));
-    let by_properties = move |rec: &[u8]| {
-        sql.as_ref().is_none_or(|f| message::decode_record(rec, false).is_ok_and(|r| f.matches(r.properties)))
-    };
     // A consumer at the queue's tail reads what is in the page cache: read
     // it here. Anything else may fault pages in from disk: keep that off
     // the async workers.

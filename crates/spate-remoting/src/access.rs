@@ -222,6 +222,7 @@ pub fn broker_rule(code: i32) -> Option<Rule> {
         r::SEND_MESSAGE | r::SEND_MESSAGE_V2 | r::SEND_BATCH_MESSAGE => Touches(send),
         r::END_TRANSACTION => Touches(end_transaction),
         r::PULL_MESSAGE | r::LITE_PULL_MESSAGE => Touches(pull),
+        r::POP_MESSAGE | r::ACK_MESSAGE | r::CHANGE_MESSAGE_INVISIBLETIME => Touches(|c, _| group_offset(c, SUB)),
         r::HEART_BEAT => Touches(heartbeat),
         r::UNREGISTER_CLIENT | r::GET_CONSUMER_LIST_BY_GROUP => Touches(consumer_group),
         r::QUERY_CONSUMER_OFFSET => Touches(|c, _| group_offset(c, SUB_OR_GET)),

@@ -61,6 +61,11 @@ pub mod request {
     pub const SEND_BATCH_MESSAGE: i32 = 320;
     pub const LITE_PULL_MESSAGE: i32 = 361;
     pub const QUERY_ASSIGNMENT: i32 = 400;
+    /// RocketMQ 5's pop model (`pop/` in spate-broker).
+    pub const POP_MESSAGE: i32 = 200050;
+    pub const ACK_MESSAGE: i32 = 200051;
+    pub const CHANGE_MESSAGE_INVISIBLETIME: i32 = 200053;
+    pub const BATCH_ACK_MESSAGE: i32 = 200151;
     // RocketMQ's user and ACL administration (ACL 2.0).
     pub const AUTH_CREATE_USER: i32 = 3001;
     pub const AUTH_UPDATE_USER: i32 = 3002;
@@ -104,6 +109,10 @@ pub mod response {
     pub const INVALID_PARAMETER: i32 = 29;
     pub const CONSUMER_NOT_ONLINE: i32 = 206;
     pub const NO_MESSAGE: i32 = 208;
+    /// Too many pops wait, or a queue holds too many in-flight messages.
+    pub const POLLING_FULL: i32 = 209;
+    /// A pop's poll time passed with nothing to hand out.
+    pub const POLLING_TIMEOUT: i32 = 210;
     pub const FLOW_CONTROL: i32 = 215;
 }
 

@@ -3,11 +3,18 @@
 //! - [`state`]: per (group, topic, queue) pop offset and held messages, pure
 //!   logic with an explicit clock, revived from an ordered due index.
 //! - [`handle`]: receipt handles in upstream's extraInfo layout.
+//! - [`journal`]: the state's records in the commit log (`RMQ_SYS_SPATE_POP`)
+//!   and their replay.
+//! - [`service`]: the state behind one lock, loaded per master epoch;
+//!   POP_MESSAGE, ACK_MESSAGE, CHANGE_MESSAGE_INVISIBLETIME; the revive task.
 //!
-//! Being built (issue 21): the request codes, durability through the commit
-//! log and replay, and the revive task are not wired yet.
+//! Not built yet (issue 21): BATCH_ACK_MESSAGE, a snapshot that bounds the
+//! replay, `spate-client`'s SimpleConsumer, `spate admin group progress`
+//! for pop groups, pops of the retry topic.
 
 pub mod handle;
+pub mod journal;
+pub mod service;
 pub mod state;
 
 pub use handle::{HandleError, ReceiptHandle, RetryKind};

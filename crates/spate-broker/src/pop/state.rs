@@ -15,6 +15,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+/// Largest batch one pop may take (upstream and the gRPC clients: 32).
+pub const MAX_BATCH: usize = 32;
+
 /// Bounds on what one request may ask (RocketMQ's names where it has them).
 #[derive(Clone, Debug)]
 pub struct PopLimits {
@@ -28,7 +31,7 @@ pub struct PopLimits {
 
 impl Default for PopLimits {
     fn default() -> Self {
-        PopLimits { max_batch: 32, inflight_per_queue: 10_000, max_invisible_ms: 12 * 3600 * 1000 }
+        PopLimits { max_batch: MAX_BATCH, inflight_per_queue: 10_000, max_invisible_ms: 12 * 3600 * 1000 }
     }
 }
 

@@ -1,0 +1,691 @@
+//! The broker's pop service: the [`PopState`] behind one lock, loaded from
+//! the journal (`journal.rs`) when this broker is master in a new epoch,
+//! the request codes on it (POP_MESSAGE, ACK_MESSAGE,
+//! CHANGE_MESSAGE_INVISIBLETIME) and the revive task.
+//!
+//! Every change is appended to the journal while the lock is held and
+//! flushed (and on a SYNC_MASTER replicated) before it is answered; the
+//! lock is not held while the answer waits for that.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use spate_common::message::{self, NewMessage, PHYSICAL_OFFSET_POS, QUEUE_OFFSET_POS};
+use spate_remoting::protocol::{dlq_topic, perm, TopicConfig};
+use spate_remoting::{response, Connection, RemotingCommand};
+use spate_store::{FlushWait, ReadLimits};
+
+use super::handle::{ReceiptHandle, RetryKind};
+use super::journal;
+use super::state::{Delivery, Next, PopError, PopLimits, PopRecord, PopRequest, PopState, QueueKey};
+use crate::error::BrokerError;
+use crate::pull::Selector;
+use crate::{BrokerRole, BrokerState};
+
+/// The property that carries a popped message's receipt handle (upstream's `POP_CK`).
+pub const POP_CK: &str = "POP_CK";
+
+/// Longest a pop waits for messages, whatever it asks (upstream's clients ask 15-20 s).
+pub const MAX_POLL: Duration = Duration::from_secs(60);
+
+/// Longest the revive task sleeps when nothing is due: also how soon it
+/// notices a new master term.
+const REVIVE_IDLE: Duration = Duration::from_millis(500);
+
+/// Where a new pop group starts in a queue without a committed offset
+/// (`initMode`): 0 the queue's first message, 1 its end.
+const INIT_MODE_MIN: i32 = 0;
+
+#[derive(Default)]
+struct Loaded {
+    /// The master epoch the state was loaded in.
+    epoch: Option<u32>,
+    state: Option<PopState>,
+}
+
+/// Counters for `/metrics` and admin.
+#[derive(Default)]
+pub struct PopCounters {
+    pub acked: AtomicU64,
+    pub revived: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+pub struct PopService {
+    limits: PopLimits,
+    loaded: tokio::sync::Mutex<Loaded>,
+    /// Woken when a change may have made the next due time earlier.
+    wake: tokio::sync::Notify,
+    /// Notified when the revive task made messages visible again (waiting pops look again).
+    revived_signal: tokio::sync::Notify,
+    pub counters: PopCounters,
+    /// Held messages, updated after each change (`spate_pop_inflight`).
+    pub held: AtomicU64,
+    /// Round-robin start for pops of any queue.
+    next_queue: AtomicU64,
+}
+
+/// Why a pop request was refused before it reached the state.
+struct Refusal(i32, String);
+
+impl PopService {
+    pub fn new(limits: PopLimits) -> PopService {
+        PopService {
+            limits,
+            loaded: tokio::sync::Mutex::new(Loaded::default()),
+            wake: tokio::sync::Notify::new(),
+            revived_signal: tokio::sync::Notify::new(),
+            counters: PopCounters::default(),
+            held: AtomicU64::new(0),
+            next_queue: AtomicU64::new(0),
+        }
+    }
+
+    /// The state, loaded (replayed) if this broker is master in an epoch it
+    /// was not loaded in; a refusal on a slave.
+    async fn lock<'a>(
+        &'a self,
+        state: &Arc<BrokerState>,
+    ) -> Result<tokio::sync::MappedMutexGuard<'a, PopState>, Refusal> {
+        if state.config.read().broker_role == BrokerRole::Slave {
+            let c = state.config.read();
+            return Err(Refusal(
+                response::SERVICE_NOT_AVAILABLE,
+                format!("broker {} (brokerId {}) is a slave: pop from its master", c.broker_name, c.broker_id),
+            ));
+        }
+        let mut guard = self.loaded.lock().await;
+        let epoch = state.store.epochs().last().map(|e| e.epoch);
+        if guard.state.is_none() || guard.epoch != epoch {
+            let started = Instant::now();
+            let (store, offsets_state, limits) = (state.store.clone(), state.clone(), self.limits.clone());
+            let replayed = tokio::task::spawn_blocking(move || {
+                store.wait_dispatched(Duration::from_secs(10));
+                journal::replay(&store, limits, &offsets_state.offsets)
+            })
+            .await
+            .map_err(|e| Refusal(response::SYSTEM_ERROR, format!("pop state replay failed: {e}")))?
+            .map_err(|e| Refusal(response::SYSTEM_ERROR, format!("pop state replay failed: {e}")))?;
+            let (ps, seen) = replayed;
+            tracing::info!(
+                records = seen.records,
+                unreadable = seen.unreadable,
+                held = ps.held_total(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "pop state replayed from the journal"
+            );
+            self.held.store(ps.held_total() as u64, Ordering::Relaxed);
+            guard.state = Some(ps);
+            guard.epoch = epoch;
+            self.wake.notify_one();
+        }
+        tokio::sync::MutexGuard::try_map(guard, |l| l.state.as_mut())
+            .map_err(|_| Refusal(response::SYSTEM_ERROR, "pop state is not loaded".into()))
+    }
+}
+
+/// Appends records to the journal (under the pop lock); the wait for their flush.
+async fn journal(state: &Arc<BrokerState>, records: &[PopRecord]) -> Result<Option<(FlushWait, u64)>, BrokerError> {
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let now = crate::schedule::now_ms();
+    let msgs: Vec<NewMessage> = records.iter().map(|r| journal::to_message(r, state.broker_addr, now)).collect();
+    match crate::send::put_many(state, msgs).await {
+        Ok(put) => {
+            let end = put.appends.last().map_or(0, |a| a.physical_offset + a.size as u64);
+            Ok(Some((put.flush, end)))
+        }
+        Err(crate::send::PutError::Store(e)) => Err(e.into()),
+        Err(crate::send::PutError::Refused { remark, .. }) => Err(BrokerError::Config(remark)),
+    }
+}
+
+/// Waits until the journal records are durable (flush policy, and on a
+/// SYNC_MASTER its slaves); the error answer if they are not.
+async fn durable(
+    state: &Arc<BrokerState>,
+    req: &RemotingCommand,
+    written: Option<(FlushWait, u64)>,
+) -> Option<RemotingCommand> {
+    let (flush, end) = written?;
+    if let Err(e) = flush.wait().await {
+        return Some(crate::send::store_error_response(req, &e));
+    }
+    let mut resp = RemotingCommand::success(req);
+    crate::send::await_replication(state, end, &mut resp).await;
+    (resp.code != response::SUCCESS).then_some(resp)
+}
+
+struct PopHeader {
+    group: String,
+    topic: String,
+    queue_id: i32,
+    max_msgs: usize,
+    invisible_ms: u64,
+    poll: Duration,
+    init_mode: i32,
+    expression: String,
+    expression_type: String,
+    order: bool,
+    attempt_id: Option<String>,
+}
+
+fn parse_pop(req: &RemotingCommand) -> Result<PopHeader, BrokerError> {
+    Ok(PopHeader {
+        group: req.str_field("consumerGroup")?.to_string(),
+        topic: req.str_field("topic")?.to_string(),
+        queue_id: req.i32_field("queueId")?,
+        max_msgs: req.i32_field("maxMsgNums")?.max(0) as usize,
+        invisible_ms: req.i64_field("invisibleTime")?.max(0) as u64,
+        poll: Duration::from_millis(req.opt_i64_field("pollTime")?.unwrap_or(0).max(0) as u64),
+        init_mode: req.opt_i32_field("initMode")?.unwrap_or(INIT_MODE_MIN),
+        expression: req.field("exp").filter(|e| !e.trim().is_empty()).unwrap_or("*").to_string(),
+        expression_type: req.field("expType").unwrap_or("TAG").to_string(),
+        order: req.opt_bool_field("order")?.unwrap_or(false),
+        attempt_id: req.field("attemptId").filter(|a| !a.is_empty()).map(str::to_string),
+    })
+}
+
+/// POP_MESSAGE (200050).
+pub async fn pop_message(
+    state: &Arc<BrokerState>,
+    conn: &Arc<Connection>,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, BrokerError> {
+    let h = parse_pop(req)?;
+    if let Err(e) = crate::names::validate_group(&h.group) {
+        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
+    }
+    let limits = &state.pop.limits;
+    if h.max_msgs == 0 || h.max_msgs > limits.max_batch {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("maxMsgNums {} is out of range 1..={}", h.max_msgs, limits.max_batch),
+        ));
+    }
+    if h.invisible_ms == 0 || h.invisible_ms > limits.max_invisible_ms {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!(
+                "invisibleTime {} ms is out of range 1..={} (maxInvisibleTimeMills)",
+                h.invisible_ms, limits.max_invisible_ms
+            ),
+        ));
+    }
+    if !perm::readable(state.config.read().broker_permission) {
+        return Ok(RemotingCommand::error(req, response::NO_PERMISSION, "the broker pulling message is forbidden"));
+    }
+    let Some(tc) = state.topics.get(&h.topic) else {
+        return Ok(RemotingCommand::error(
+            req,
+            response::TOPIC_NOT_EXIST,
+            format!("topic[{}] not exist, apply first please!", h.topic),
+        ));
+    };
+    if !perm::readable(tc.perm) {
+        return Ok(RemotingCommand::error(
+            req,
+            response::NO_PERMISSION,
+            format!("the topic[{}] pulling message is forbidden", h.topic),
+        ));
+    }
+    if h.queue_id < -1 || h.queue_id >= tc.read_queue_nums {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("queueId[{}] is illegal, topic[{}] has {} read queues", h.queue_id, h.topic, tc.read_queue_nums),
+        ));
+    }
+    let selector = match crate::pull::selector(state, &h.expression, &h.expression_type) {
+        Ok(s) => s,
+        Err((code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+    };
+    state.groups.ensure(&h.group, state.config.read().auto_create_subscription_group);
+    let queues: Vec<i32> = if h.queue_id >= 0 {
+        vec![h.queue_id]
+    } else {
+        let n = tc.read_queue_nums.max(1);
+        let first = (state.pop.next_queue.fetch_add(1, Ordering::Relaxed) % n as u64) as i32;
+        (0..n).map(|i| (first + i) % n).collect()
+    };
+    let deadline = Instant::now() + h.poll.min(MAX_POLL);
+    let mut slot = None;
+    loop {
+        // Subscribe before reading, so a message stored in between wakes us.
+        let mut watches: Vec<_> = queues.iter().map(|q| state.long_poll.subscribe(&h.topic, *q)).collect();
+        for rx in &mut watches {
+            rx.borrow_and_update();
+        }
+        for &queue_id in &queues {
+            match pop_queue(state, req, &h, queue_id, &selector).await {
+                Ok(Some(resp)) => return Ok(resp.into_command(req)),
+                Ok(None) => {}
+                Err(refused) => return Ok(RemotingCommand::error(req, refused.0, refused.1)),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(not_found(req, h.poll.is_zero()));
+        }
+        if slot.is_none() {
+            slot = state.long_poll.hold();
+            if slot.is_none() {
+                return Ok(RemotingCommand::error(req, response::POLLING_FULL, "too many pops and pulls are waiting"));
+            }
+        }
+        let changed = watches.iter_mut().map(|rx| Box::pin(rx.changed()));
+        tokio::select! {
+            _ = futures_util::future::select_all(changed) => {}
+            _ = state.pop.revived_signal.notified() => {}
+            _ = tokio::time::sleep(left) => return Ok(not_found(req, false)),
+            _ = conn.closed() => return Ok(not_found(req, false)),
+        }
+    }
+}
+
+fn not_found(req: &RemotingCommand, immediate: bool) -> RemotingCommand {
+    let code = if immediate { response::PULL_NOT_FOUND } else { response::POLLING_TIMEOUT };
+    RemotingCommand::response_to(req, code, Some("no new message".to_string()))
+}
+
+struct PopAnswer {
+    pop_time: u64,
+    invisible_ms: u64,
+    rest: i64,
+    start_info: String,
+    offset_info: String,
+    order_info: Option<String>,
+    body: BytesMut,
+}
+
+impl PopAnswer {
+    fn into_command(self, req: &RemotingCommand) -> RemotingCommand {
+        let mut resp = RemotingCommand::success(req)
+            .with("popTime", self.pop_time)
+            .with("invisibleTime", self.invisible_ms)
+            .with("reviveQid", 0)
+            .with("restNum", self.rest)
+            .with("startOffsetInfo", self.start_info)
+            .with("msgOffsetInfo", self.offset_info);
+        if let Some(o) = self.order_info {
+            resp = resp.with("orderCountInfo", o);
+        }
+        resp.body = self.body.freeze();
+        resp
+    }
+}
+
+/// One queue's pop: what is visible again first, then new messages the
+/// selector matches. `None` when it has nothing to hand out.
+async fn pop_queue(
+    state: &Arc<BrokerState>,
+    request: &RemotingCommand,
+    h: &PopHeader,
+    queue_id: i32,
+    selector: &Selector,
+) -> Result<Option<PopAnswer>, Refusal> {
+    let key = QueueKey { group: h.group.clone(), topic: h.topic.clone(), queue_id };
+    let mut ps = state.pop.lock(state).await?;
+    let now = crate::schedule::now_ms().max(0) as u64;
+    let mut records = revive_due(state, &mut ps, now).await;
+    if !ps.is_known(&key) {
+        let start = match state.offsets.query(&h.group, &h.topic, queue_id) {
+            Some(o) => o,
+            None if h.init_mode == INIT_MODE_MIN => state.store.min_offset_in_queue(&h.topic, queue_id).max(0),
+            None => state.store.max_offset_in_queue(&h.topic, queue_id).max(0),
+        };
+        ps.start_at(&key, start);
+    }
+    let from = ps.progress(&key).map_or(0, |p| p.pop_offset);
+    // Every message acknowledged before this pop is in its queue (bounded wait).
+    crate::pull::wait_dispatched(state, state.store.max_offset()).await;
+    // New messages from the pop offset, the selector applied by the store.
+    let new = read(state, &h.topic, queue_id, from, h.max_msgs, Some(selector.clone()))
+        .await
+        .map_err(|e| Refusal(response::SYSTEM_ERROR, format!("reading {}:{queue_id} failed: {e}", h.topic)))?;
+    let mut found: HashMap<i64, Vec<u8>> = HashMap::new();
+    let mut matched = Vec::new();
+    for raw in new.messages {
+        if let Some(o) = raw.get(QUEUE_OFFSET_POS..QUEUE_OFFSET_POS + 8) {
+            let o = i64::from_be_bytes(o.try_into().unwrap_or([0; 8]));
+            matched.push(o);
+            found.insert(o, raw);
+        }
+    }
+    let end = new.next_begin_offset.max(from);
+    let mut it = matched.into_iter();
+    let req = PopRequest {
+        batch: h.max_msgs,
+        invisible_ms: h.invisible_ms,
+        fifo: h.order,
+        attempt_id: h.attempt_id.as_deref(),
+    };
+    let popped = ps.pop(&key, now, &req, |_| it.next().map_or(Next::End(end), Next::Match));
+    let (deliveries, record) = match popped {
+        Ok(x) => x,
+        Err(e @ PopError::TooManyInFlight { .. }) => {
+            if !records.is_empty() {
+                let _ = journal(state, &records).await;
+            }
+            return Err(Refusal(response::POLLING_FULL, e.to_string()));
+        }
+        Err(e) => return Err(Refusal(response::INVALID_PARAMETER, e.to_string())),
+    };
+    let changed = matches!(&record, PopRecord::Pop { offsets, next, .. } if !offsets.is_empty() || *next != from);
+    if changed {
+        records.push(record);
+    }
+    let mut body = BytesMut::new();
+    let mut offsets_listed = Vec::new();
+    let broker_name = state.broker_name.clone();
+    for d in &deliveries {
+        let raw = match found.remove(&d.offset) {
+            Some(r) => Some(r),
+            // Visible again (or a FIFO attempt's batch): read it by offset.
+            None => read(state, &h.topic, queue_id, d.offset, 1, None)
+                .await
+                .ok()
+                .and_then(|g| g.messages.into_iter().next()),
+        };
+        let handle = ReceiptHandle {
+            start_offset: deliveries.first().map_or(d.offset, |f| f.offset),
+            stamp: d.stamp,
+            invisible_ms: h.invisible_ms,
+            retry: RetryKind::Normal,
+            broker_name: broker_name.clone(),
+            queue_id,
+            offset: d.offset,
+        };
+        match raw.as_deref().and_then(|r| with_handle(r, d, &handle)) {
+            Some(encoded) => {
+                body.extend_from_slice(&encoded);
+                offsets_listed.push(d.offset);
+            }
+            None => {
+                // Its data is gone (retention): finished, not redelivered.
+                if let Ok(r) = ps.ack(&key, d.offset, d.stamp) {
+                    records.push(r);
+                }
+            }
+        }
+    }
+    let progress = ps.progress(&key);
+    if let Some(p) = &progress {
+        state.offsets.commit(&h.group, &h.topic, queue_id, p.done_below);
+    }
+    state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
+    let written = journal(state, &records).await.map_err(|e| Refusal(response::SYSTEM_ERROR, e.to_string()))?;
+    drop(ps);
+    state.pop.wake.notify_one();
+    if let Some(refused) = durable(state, request, written).await {
+        // Not durable: the messages stay held and come back when their
+        // invisible time passes; this pop hands out nothing.
+        return Err(Refusal(refused.code, refused.remark.unwrap_or_default()));
+    }
+    if offsets_listed.is_empty() {
+        return Ok(None);
+    }
+    let max = state.store.max_offset_in_queue(&h.topic, queue_id);
+    let rest = max - progress.map_or(max, |p| p.pop_offset);
+    let start_info = format!("0 {queue_id} {}", offsets_listed[0]);
+    let offset_info =
+        format!("0 {queue_id} {}", offsets_listed.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(","));
+    // FIFO: each redelivered message's count, then the batch's smallest.
+    let order_info = h.order.then(|| {
+        let mut parts: Vec<String> = deliveries
+            .iter()
+            .filter(|d| d.attempt > 1)
+            .map(|d| format!("0 qo{queue_id}%{} {}", d.offset, d.attempt - 1))
+            .collect();
+        let min = deliveries.iter().map(|d| d.attempt.saturating_sub(1)).min().unwrap_or(0);
+        parts.push(format!("0 {queue_id} {min}"));
+        parts.join(";")
+    });
+    Ok(Some(PopAnswer { pop_time: now, invisible_ms: h.invisible_ms, rest, start_info, offset_info, order_info, body }))
+}
+
+/// A stored message as a pop hands it out: its receipt handle in `POP_CK`,
+/// the redeliveries so far as its reconsume times, everything else as stored.
+fn with_handle(raw: &[u8], d: &Delivery, handle: &ReceiptHandle) -> Option<Vec<u8>> {
+    let rec = message::decode_record(raw, false).ok()?;
+    let handle = handle.to_string();
+    let props: Vec<(&str, &str)> = message::properties(rec.properties)
+        .filter(|(k, _)| *k != POP_CK)
+        .chain(std::iter::once((POP_CK, handle.as_str())))
+        .collect();
+    let msg = NewMessage {
+        topic: rec.topic.to_string(),
+        queue_id: rec.queue_id,
+        flag: rec.flag,
+        body: bytes::Bytes::copy_from_slice(rec.body),
+        properties: message::encode_properties(props).ok()?,
+        sys_flag: rec.sys_flag,
+        born_timestamp: rec.born_timestamp,
+        born_host: rec.born_host,
+        store_host: rec.store_host,
+        reconsume_times: rec.reconsume_times.max(d.attempt.saturating_sub(1) as i32),
+        prepared_tx_offset: rec.prepared_tx_offset,
+    };
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    let slots = message::encode_record(&msg, usize::MAX, &mut out).ok()?;
+    message::patch_record(&mut out, slots, rec.queue_offset, rec.physical_offset, rec.store_timestamp);
+    debug_assert_eq!(
+        out.get(PHYSICAL_OFFSET_POS..PHYSICAL_OFFSET_POS + 8),
+        raw.get(PHYSICAL_OFFSET_POS..PHYSICAL_OFFSET_POS + 8)
+    );
+    Some(out)
+}
+
+async fn read(
+    state: &Arc<BrokerState>,
+    topic: &str,
+    queue_id: i32,
+    offset: i64,
+    max_msgs: usize,
+    selector: Option<Selector>,
+) -> Result<spate_store::GetResult, BrokerError> {
+    let store = state.store.clone();
+    let limit = crate::pull::read_limit(state);
+    let limits = ReadLimits { max_msgs, max_bytes: usize::MAX, physical_end: limit.unwrap_or(u64::MAX) };
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || match selector {
+        Some(s) => {
+            let (codes, by_properties) = s.filters();
+            store.get_messages_within(&topic, queue_id, offset, limits, Some(&codes), Some(&by_properties))
+        }
+        None => store.get_messages_within(&topic, queue_id, offset, limits, None, None),
+    })
+    .await
+    .map_err(|e| BrokerError::Config(format!("pop read task failed: {e}")))?
+    .map_err(BrokerError::from)
+}
+
+/// Makes what is due visible again, or moves it to the group's DLQ;
+/// returns the records of the dead-lettered ones (journal them).
+async fn revive_due(state: &Arc<BrokerState>, ps: &mut PopState, now: u64) -> Vec<PopRecord> {
+    let revived = ps.revive(now, |group| state.groups.get(group).map_or(16, |g| g.retry_max_times.max(0) as u32));
+    let mut records = Vec::new();
+    for r in revived {
+        if !r.to_dlq {
+            state.pop.counters.revived.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        match dead_letter(state, &r.key, r.offset, r.attempt).await {
+            Ok(()) => {
+                state.pop.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                records.extend(r.record());
+            }
+            Err(e) => {
+                // Kept out of the journal: the next replay revives it again.
+                tracing::warn!(group = %r.key.group, topic = %r.key.topic, queue = r.key.queue_id, offset = r.offset, error = %e, "moving a message to the DLQ failed");
+            }
+        }
+    }
+    if !records.is_empty() {
+        state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
+    }
+    records
+}
+
+/// Copies a message to `%DLQ%group` (created readable on first use).
+async fn dead_letter(state: &Arc<BrokerState>, key: &QueueKey, offset: i64, attempts: u32) -> Result<(), BrokerError> {
+    let got = read(state, &key.topic, key.queue_id, offset, 1, None).await?;
+    let Some(raw) = got.messages.into_iter().next() else {
+        return Ok(()); // retained away: nothing to copy
+    };
+    let rec = message::decode_record(&raw, false).map_err(|e| BrokerError::Config(e.to_string()))?;
+    let target = dlq_topic(&key.group);
+    message::validate_topic(&target).map_err(|e| BrokerError::Config(e.to_string()))?;
+    if state.topics.get(&target).is_none() {
+        if !state.topics.upsert(TopicConfig::new(&target, 1, perm::READ | perm::WRITE)) {
+            return Err(BrokerError::Config(format!("cannot create {target}: topic table full")));
+        }
+        state.topics.persist().await?;
+        state.topics_changed();
+    }
+    let origin_id = message::offset_msg_id(rec.store_host, rec.physical_offset as u64);
+    let msg = NewMessage {
+        topic: target,
+        queue_id: 0,
+        flag: rec.flag,
+        body: bytes::Bytes::copy_from_slice(rec.body),
+        properties: crate::send::retry_properties(rec.properties, &key.topic, &origin_id),
+        sys_flag: rec.sys_flag,
+        born_timestamp: rec.born_timestamp,
+        born_host: rec.born_host,
+        store_host: state.broker_addr,
+        reconsume_times: attempts.min(i32::MAX as u32) as i32,
+        prepared_tx_offset: 0,
+    };
+    match crate::send::put_one(state, msg).await {
+        Ok(_) => Ok(()),
+        Err(crate::send::PutError::Store(e)) => Err(e.into()),
+        Err(crate::send::PutError::Refused { remark, .. }) => Err(BrokerError::Config(remark)),
+    }
+}
+
+/// ACK_MESSAGE (200051).
+pub async fn ack_message(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let (key, handle) = match handle_of(state, req) {
+        Ok(x) => x,
+        Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+    };
+    let mut ps = match state.pop.lock(state).await {
+        Ok(ps) => ps,
+        Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+    };
+    let record = match ps.ack(&key, handle.offset, handle.stamp) {
+        Ok(r) => r,
+        Err(e) => return Ok(RemotingCommand::error(req, response::NO_MESSAGE, stale_remark(&e))),
+    };
+    if let Some(p) = ps.progress(&key) {
+        state.offsets.commit(&key.group, &key.topic, key.queue_id, p.done_below);
+    }
+    state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
+    let written = journal(state, std::slice::from_ref(&record)).await?;
+    drop(ps);
+    if let Some(refused) = durable(state, req, written).await {
+        return Ok(refused);
+    }
+    state.pop.counters.acked.fetch_add(1, Ordering::Relaxed);
+    Ok(RemotingCommand::success(req))
+}
+
+/// CHANGE_MESSAGE_INVISIBLETIME (200053): a new invisible time from now,
+/// and a new handle (the answer's `popTime`); the old handle stops working.
+pub async fn change_invisible(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let invisible_ms = req.i64_field("invisibleTime")?;
+    let (key, handle) = match handle_of(state, req) {
+        Ok(x) => x,
+        Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+    };
+    let max = state.pop.limits.max_invisible_ms;
+    let Some(invisible_ms) = u64::try_from(invisible_ms).ok().filter(|i| *i <= max) else {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("invisibleTime {invisible_ms} ms is out of range 0..={max} (maxInvisibleTimeMills)"),
+        ));
+    };
+    let mut ps = match state.pop.lock(state).await {
+        Ok(ps) => ps,
+        Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+    };
+    let now = crate::schedule::now_ms().max(0) as u64;
+    let (d, record) = match ps.change_invisible(&key, handle.offset, handle.stamp, now, invisible_ms) {
+        Ok(x) => x,
+        Err(e) => return Ok(RemotingCommand::error(req, response::NO_MESSAGE, stale_remark(&e))),
+    };
+    let written = journal(state, std::slice::from_ref(&record)).await?;
+    drop(ps);
+    state.pop.wake.notify_one();
+    if let Some(refused) = durable(state, req, written).await {
+        return Ok(refused);
+    }
+    Ok(RemotingCommand::success(req).with("popTime", d.stamp).with("invisibleTime", invisible_ms).with("reviveQid", 0))
+}
+
+fn stale_remark(e: &PopError) -> String {
+    format!("{e}: the message was acked, popped again, changed or never handed out with this handle")
+}
+
+/// The queue and handle an ack or change names; a refusal for a handle
+/// that is malformed, for another broker, or for another queue.
+fn handle_of(state: &BrokerState, req: &RemotingCommand) -> Result<(QueueKey, ReceiptHandle), Refusal> {
+    let bad = |e: String| Refusal(response::INVALID_PARAMETER, e);
+    let group = req.str_field("consumerGroup").map_err(|e| bad(e.to_string()))?.to_string();
+    let topic = req.str_field("topic").map_err(|e| bad(e.to_string()))?.to_string();
+    let extra = req.str_field("extraInfo").map_err(|e| bad(e.to_string()))?;
+    let queue_id = req.i32_field("queueId").map_err(|e| bad(e.to_string()))?;
+    let offset = req.i64_field("offset").map_err(|e| bad(e.to_string()))?;
+    let handle = ReceiptHandle::parse(extra).map_err(|e| bad(format!("invalid receipt handle: {e}")))?;
+    if handle.queue_id != queue_id || handle.offset != offset {
+        return Err(bad(format!(
+            "invalid receipt handle: it names queue {} offset {}, the request {queue_id} {offset}",
+            handle.queue_id, handle.offset
+        )));
+    }
+    if handle.broker_name != state.broker_name {
+        return Err(bad(format!(
+            "invalid receipt handle: issued by broker {}, not {}",
+            handle.broker_name, state.broker_name
+        )));
+    }
+    Ok((QueueKey { group, topic, queue_id }, handle))
+}
+
+/// Revives what is due on time (an ordered index, woken at the next due
+/// time), on a master; sleeps on a slave.
+pub async fn run_revive(state: Arc<BrokerState>) {
+    loop {
+        let sleep = {
+            match state.pop.lock(&state).await {
+                Ok(mut ps) => {
+                    let now = crate::schedule::now_ms().max(0) as u64;
+                    let before = state.pop.counters.revived.load(Ordering::Relaxed);
+                    let records = revive_due(&state, &mut ps, now).await;
+                    if let Err(e) = journal(&state, &records).await {
+                        tracing::warn!(error = %e, "journaling dead-lettered pop messages failed");
+                    }
+                    if state.pop.counters.revived.load(Ordering::Relaxed) != before {
+                        state.pop.revived_signal.notify_waiters();
+                    }
+                    let now = crate::schedule::now_ms().max(0) as u64;
+                    ps.next_due()
+                        .map_or(REVIVE_IDLE, |due| Duration::from_millis(due.saturating_sub(now)).min(REVIVE_IDLE))
+                }
+                Err(_) => REVIVE_IDLE,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = state.pop.wake.notified() => {}
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! POP consumption (issue 21) against a real `spate standalone` process
+//! over real TCP, with RocketMQ 5's remoting codes: pop, ack, change of
+//! invisible time, their durability across kill -9, revive and the DLQ,
+//! FIFO, and consumers sharing one queue.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{call, raw_client, send_req, Standalone};
+use spate_common::message::{decode_record, property};
+use spate_remoting::{request, response, RemotingClient, RemotingCommand};
+
+/// One popped message: queue offset, reconsume times, receipt handle, body.
+#[derive(Debug, Clone)]
+struct Popped {
+    offset: i64,
+    reconsume: i32,
+    handle: String,
+    body: Vec<u8>,
+}
+
+fn pop_req(group: &str, topic: &str, queue_id: i32, max: i32, invisible_ms: i64, poll_ms: i64) -> RemotingCommand {
+    RemotingCommand::request(request::POP_MESSAGE)
+        .with("consumerGroup", group)
+        .with("topic", topic)
+        .with("queueId", queue_id)
+        .with("maxMsgNums", max)
+        .with("invisibleTime", invisible_ms)
+        .with("pollTime", poll_ms)
+        .with("bornTime", 0)
+        .with("initMode", 0)
+        .with("expType", "TAG")
+        .with("exp", "*")
+}
+
+async fn pop(c: &RemotingClient, broker: &str, req: RemotingCommand) -> Vec<Popped> {
+    let r = call(c, broker, req).await;
+    if r.code == response::POLLING_TIMEOUT || r.code == response::PULL_NOT_FOUND {
+        return Vec::new();
+    }
+    assert_eq!(r.code, response::SUCCESS, "pop: {:?}", r.remark);
+    let mut out = Vec::new();
+    let mut body = &r.body[..];
+    while body.len() >= 4 {
+        let len = i32::from_be_bytes(body[..4].try_into().unwrap()) as usize;
+        let rec = decode_record(&body[..len], false).expect("a popped record");
+        out.push(Popped {
+            offset: rec.queue_offset,
+            reconsume: rec.reconsume_times,
+            handle: rec.property("POP_CK").expect("every popped message carries POP_CK").to_string(),
+            body: rec.body.to_vec(),
+        });
+        body = &body[len..];
+    }
+    let listed = r.field("msgOffsetInfo").expect("msgOffsetInfo");
+    let offsets: Vec<String> = out.iter().map(|p| p.offset.to_string()).collect();
+    assert!(listed.ends_with(&offsets.join(",")), "msgOffsetInfo {listed} lists {offsets:?}");
+    out
+}
+
+fn handle_req(code: i32, group: &str, topic: &str, p: &Popped) -> RemotingCommand {
+    let queue_id: i32 = p.handle.split(' ').nth(6).and_then(|q| q.parse().ok()).unwrap_or(-1);
+    RemotingCommand::request(code)
+        .with("consumerGroup", group)
+        .with("topic", topic)
+        .with("queueId", queue_id)
+        .with("extraInfo", p.handle.clone())
+        .with("offset", p.offset)
+}
+
+async fn ack(c: &RemotingClient, broker: &str, group: &str, topic: &str, p: &Popped) -> RemotingCommand {
+    call(c, broker, handle_req(request::ACK_MESSAGE, group, topic, p)).await
+}
+
+/// Changes the invisible time; the new handle is built as RocketMQ's client
+/// builds it, from the answer's `popTime`.
+async fn change(c: &RemotingClient, broker: &str, group: &str, topic: &str, p: &Popped, ms: i64) -> Option<Popped> {
+    let r =
+        call(c, broker, handle_req(request::CHANGE_MESSAGE_INVISIBLETIME, group, topic, p).with("invisibleTime", ms))
+            .await;
+    if r.code != response::SUCCESS {
+        return None;
+    }
+    let f: Vec<&str> = p.handle.split(' ').collect();
+    let handle = format!(
+        "{} {} {} {} {} {} {} {}",
+        p.offset,
+        r.field("popTime").expect("popTime"),
+        r.field("invisibleTime").expect("invisibleTime"),
+        r.field("reviveQid").expect("reviveQid"),
+        f[4],
+        f[5],
+        f[6],
+        p.offset
+    );
+    Some(Popped { handle, ..p.clone() })
+}
+
+async fn produce(c: &RemotingClient, broker: &str, topic: &str, queue_id: i32, n: usize) {
+    for i in 0..n {
+        let r = call(c, broker, send_req(topic, queue_id, format!("m{i}").into_bytes())).await;
+        assert_eq!(r.code, response::SUCCESS, "send: {:?}", r.remark);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pops_acks_and_changes_survive_kill9_and_what_expires_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Standalone::start(&dir.path().join("d"));
+    let (c, b) = (raw_client(), s.broker());
+    produce(&c, &b, "PopT", 0, 10).await;
+
+    let first = pop(&c, &b, pop_req("pg1", "PopT", 0, 4, 60_000, 0)).await;
+    assert_eq!(first.iter().map(|p| p.offset).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert!(first.iter().all(|p| p.reconsume == 0));
+    assert_eq!(first[0].body, b"m0");
+    // Nobody else gets them while they are invisible.
+    let other = pop(&c, &b, pop_req("pg1", "PopT", 0, 32, 60_000, 0)).await;
+    assert_eq!(other.iter().map(|p| p.offset).collect::<Vec<_>>(), [4, 5, 6, 7, 8, 9]);
+
+    assert_eq!(ack(&c, &b, "pg1", "PopT", &first[0]).await.code, response::SUCCESS);
+    let again = ack(&c, &b, "pg1", "PopT", &first[0]).await;
+    assert_eq!(again.code, response::NO_MESSAGE, "a second ack of one handle is refused");
+    assert!(again.remark.unwrap_or_default().contains("stale"));
+    let changed = change(&c, &b, "pg1", "PopT", &first[1], 1000).await.expect("change answered");
+    assert_ne!(changed.handle, first[1].handle);
+    assert_eq!(ack(&c, &b, "pg1", "PopT", &first[1]).await.code, response::NO_MESSAGE, "the old handle is dead");
+
+    // Forged handles: refused with the reason, nothing changes.
+    for forged in ["", "1 2 3", "x 1 60000 0 0 b 0 3", "0 1 60000 0 0 other-broker 0 3", "0 1 60000 0 7 b 0 3"] {
+        let p = Popped { handle: forged.into(), ..first[3].clone() };
+        let r = ack(&c, &b, "pg1", "PopT", &p).await;
+        assert_eq!(r.code, response::INVALID_PARAMETER, "forged handle {forged:?}: {:?}", r.remark);
+    }
+    let wrong_offset = Popped { offset: 2, ..first[3].clone() };
+    assert_eq!(ack(&c, &b, "pg1", "PopT", &wrong_offset).await.code, response::INVALID_PARAMETER);
+
+    // kill -9: every answered change is in the journal.
+    s.kill9();
+    s.restart();
+    let b = s.broker();
+    assert_eq!(ack(&c, &b, "pg1", "PopT", &first[0]).await.code, response::NO_MESSAGE, "acked before the crash");
+    assert_eq!(ack(&c, &b, "pg1", "PopT", &first[2]).await.code, response::SUCCESS, "in flight across the crash");
+    assert_eq!(ack(&c, &b, "pg1", "PopT", &first[1]).await.code, response::NO_MESSAGE, "changed before the crash");
+
+    // Offset 1's invisible time (1 s) passed: it comes back with attempt 2,
+    // ahead of anything new; 3..9 are still invisible.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    produce(&c, &b, "PopT", 0, 1).await;
+    let back = pop(&c, &b, pop_req("pg1", "PopT", 0, 32, 60_000, 0)).await;
+    assert_eq!(back.iter().map(|p| (p.offset, p.reconsume)).collect::<Vec<_>>(), [(1, 1), (10, 0)]);
+    assert_eq!(ack(&c, &b, "pg1", "PopT", &changed).await.code, response::NO_MESSAGE, "popped again: new handle");
+    assert_eq!(ack(&c, &b, "pg1", "PopT", &back[0]).await.code, response::SUCCESS);
+
+    // Another group reads the same topic from its start, independently.
+    let g2 = pop(&c, &b, pop_req("pg2", "PopT", 0, 32, 60_000, 0)).await;
+    assert_eq!(g2.len(), 11);
+    assert!(s.log_text().contains("pop state replayed from the journal"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_messages_are_revived_on_time_then_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Standalone::start(&dir.path().join("d"));
+    let (c, b) = (raw_client(), s.broker());
+    // A group allowed one redelivery.
+    let body = br#"{"groupName":"dlqg","retryMaxTimes":1,"consumeEnable":true}"#.to_vec();
+    let r = call(
+        &c,
+        &b,
+        RemotingCommand::request(request::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP).with_body(bytes::Bytes::from(body)),
+    )
+    .await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    produce(&c, &b, "PopD", 0, 1).await;
+
+    let one = pop(&c, &b, pop_req("dlqg", "PopD", 0, 1, 300, 0)).await;
+    assert_eq!(one.len(), 1);
+    // A long-polling pop is woken by the revive, not by its timeout.
+    let started = Instant::now();
+    let two = pop(&c, &b, pop_req("dlqg", "PopD", 0, 1, 300, 5_000)).await;
+    let waited = started.elapsed();
+    assert_eq!(two.iter().map(|p| (p.offset, p.reconsume)).collect::<Vec<_>>(), [(0, 1)]);
+    assert!(waited < Duration::from_millis(1500), "revived late: the pop waited {waited:?}");
+    // Past retryMaxTimes: to %DLQ%dlqg, not popped again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(pop(&c, &b, pop_req("dlqg", "PopD", 0, 1, 300, 0)).await.is_empty());
+    let dlq = call(&c, &b, common::pull_req("%DLQ%dlqg", 0, 0, 0, "*")).await;
+    assert_eq!(dlq.code, response::SUCCESS, "the DLQ holds it: {:?}", dlq.remark);
+    let rec = decode_record(&dlq.body, false).unwrap();
+    assert_eq!(rec.body, b"m0");
+    assert_eq!(rec.reconsume_times, 2);
+    assert_eq!(rec.property(property::RETRY_TOPIC), Some("PopD"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_pop_holds_the_queue_until_its_batch_is_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Standalone::start(&dir.path().join("d"));
+    let (c, b) = (raw_client(), s.broker());
+    produce(&c, &b, "PopF", 0, 6).await;
+    let fifo = |attempt: &str| pop_req("fg", "PopF", 0, 3, 60_000, 0).with("order", true).with("attemptId", attempt);
+    let batch = pop(&c, &b, fifo("a1")).await;
+    assert_eq!(batch.iter().map(|p| p.offset).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(pop(&c, &b, fifo("a2")).await.is_empty(), "held: nothing later for anyone");
+    let retried = pop(&c, &b, fifo("a1")).await;
+    assert_eq!(retried.iter().map(|p| p.offset).collect::<Vec<_>>(), [0, 1, 2], "the same attempt gets its batch");
+    for p in &retried {
+        assert_eq!(ack(&c, &b, "fg", "PopF", p).await.code, response::SUCCESS);
+    }
+    let next = pop(&c, &b, fifo("a3")).await;
+    assert_eq!(next.iter().map(|p| p.offset).collect::<Vec<_>>(), [3, 4, 5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_consumers_share_one_queue_and_consume_each_message_once() {
+    const N: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Standalone::start(&dir.path().join("d"));
+    let b = s.broker();
+    produce(&raw_client(), &b, "PopS", 0, N).await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = raw_client();
+            let mut got = Vec::new();
+            let mut empty = 0;
+            while empty < 3 {
+                let batch = pop(&c, &b, pop_req("sg", "PopS", -1, 16, 30_000, 0)).await;
+                if batch.is_empty() {
+                    empty += 1;
+                    continue;
+                }
+                empty = 0;
+                for p in batch {
+                    assert_eq!(ack(&c, &b, "sg", "PopS", &p).await.code, response::SUCCESS);
+                    got.push(p.body);
+                }
+            }
+            got
+        }));
+    }
+    let mut seen: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    let mut per_consumer = Vec::new();
+    for t in tasks {
+        let got = t.await.unwrap();
+        per_consumer.push(got.len());
+        for body in got {
+            *seen.entry(body).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), N, "every message consumed");
+    assert!(seen.values().all(|n| *n == 1), "each exactly once");
+    assert_eq!(per_consumer.iter().sum::<usize>(), N);
+}
