@@ -71,6 +71,11 @@ pub struct BrokerConfig {
     pub pop_inflight_message_threshold: usize,
     /// `maxInvisibleTimeMills`: longest invisible time a pop or change may ask (12 h).
     pub max_invisible_time_mills: u64,
+    /// `popSnapshotIntervalMillis`: how often the pop state is written whole
+    /// to its journal when it changed (Spate; bounds the replay at start).
+    pub pop_snapshot_interval: Duration,
+    /// `popSnapshotRecords`: journal records after which a snapshot is due sooner (Spate).
+    pub pop_snapshot_records: u64,
     /// `metricsPromExporterPort`: HTTP port of `/metrics` (0: off).
     pub metrics_prom_exporter_port: u16,
     /// `serverMaxConnections`: connections open at once across all client
@@ -264,6 +269,8 @@ pub const BROKER_KEYS: &[&str] = &[
     "maxHeldPulls",
     "popInflightMessageThreshold",
     "maxInvisibleTimeMills",
+    "popSnapshotIntervalMillis",
+    "popSnapshotRecords",
     "metricsPromExporterPort",
     "serverMaxConnections",
     "serverMaxConnectionsPerAddress",
@@ -314,6 +321,8 @@ impl BrokerConfig {
             max_held_pulls: 100_000,
             pop_inflight_message_threshold: 10_000,
             max_invisible_time_mills: 12 * 3600 * 1000,
+            pop_snapshot_interval: Duration::from_secs(60),
+            pop_snapshot_records: 100_000,
             metrics_prom_exporter_port: 0,
             server_max_connections: spate_remoting::server::DEFAULT_MAX_CONNECTIONS,
             server_max_connections_per_address: spate_remoting::server::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
@@ -404,6 +413,8 @@ impl BrokerConfig {
             "maxHeldPulls" => self.max_held_pulls = parse(key, v)?,
             "popInflightMessageThreshold" => self.pop_inflight_message_threshold = parse(key, v)?,
             "maxInvisibleTimeMills" => self.max_invisible_time_mills = parse(key, v)?,
+            "popSnapshotIntervalMillis" => self.pop_snapshot_interval = millis(key, v)?,
+            "popSnapshotRecords" => self.pop_snapshot_records = parse(key, v)?,
             "metricsPromExporterPort" => self.metrics_prom_exporter_port = parse(key, v)?,
             "serverWorkerThreads" => self.server_worker_threads = parse(key, v)?,
             "serverMaxConnections" => self.server_max_connections = parse(key, v)?,
@@ -563,6 +574,12 @@ impl BrokerConfig {
         if self.max_invisible_time_mills == 0 {
             return Err(invalid("maxInvisibleTimeMills", "0", "at least 1"));
         }
+        if self.pop_snapshot_interval.is_zero() {
+            return Err(invalid("popSnapshotIntervalMillis", "0", "at least 1"));
+        }
+        if self.pop_snapshot_records == 0 {
+            return Err(invalid("popSnapshotRecords", "0", "at least 1"));
+        }
         if self.core_lane_realtime_priority > 99 {
             return Err(invalid(
                 "coreLaneRealtimePriority",
@@ -701,6 +718,8 @@ impl BrokerConfig {
             ("maxHeldPulls", self.max_held_pulls.to_string()),
             ("popInflightMessageThreshold", self.pop_inflight_message_threshold.to_string()),
             ("maxInvisibleTimeMills", self.max_invisible_time_mills.to_string()),
+            ("popSnapshotIntervalMillis", self.pop_snapshot_interval.as_millis().to_string()),
+            ("popSnapshotRecords", self.pop_snapshot_records.to_string()),
             ("metricsPromExporterPort", self.metrics_prom_exporter_port.to_string()),
             ("serverWorkerThreads", self.server_worker_threads.to_string()),
             ("serverMaxConnections", self.server_max_connections.to_string()),

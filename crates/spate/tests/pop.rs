@@ -256,3 +256,39 @@ async fn three_consumers_share_one_queue_and_consume_each_message_once() {
     assert!(seen.values().all(|n| *n == 1), "each exactly once");
     assert_eq!(per_consumer.iter().sum::<usize>(), N);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_replays_from_the_latest_snapshot_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Standalone::start_with(&dir.path().join("d"), &["popSnapshotIntervalMillis=100"]);
+    let (c, b) = (raw_client(), s.broker());
+    produce(&c, &b, "PopN", 0, 8).await;
+    let before = pop(&c, &b, pop_req("ng", "PopN", 0, 4, 60_000, 0)).await;
+    assert_eq!(ack(&c, &b, "ng", "PopN", &before[0]).await.code, response::SUCCESS);
+    // A snapshot is written, then more changes follow it in the journal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.log_text().contains("pop state snapshot written") {
+        assert!(Instant::now() < deadline, "no snapshot was written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ack(&c, &b, "ng", "PopN", &before[1]).await.code, response::SUCCESS);
+    let after = pop(&c, &b, pop_req("ng", "PopN", 0, 2, 60_000, 0)).await;
+    assert_eq!(after.iter().map(|p| p.offset).collect::<Vec<_>>(), [4, 5]);
+
+    // The snapshot's place was persisted with it (the offset table's own
+    // round is 5 s away): kill -9 now.
+    s.kill9();
+    s.restart();
+    let b = s.broker();
+    assert_eq!(ack(&c, &b, "ng", "PopN", &before[0]).await.code, response::NO_MESSAGE, "acked before the snapshot");
+    assert_eq!(ack(&c, &b, "ng", "PopN", &before[1]).await.code, response::NO_MESSAGE, "acked after it");
+    for p in [&before[2], &before[3], &after[0], &after[1]] {
+        assert_eq!(ack(&c, &b, "ng", "PopN", p).await.code, response::SUCCESS, "in flight at the crash: {}", p.offset);
+    }
+    let rest = pop(&c, &b, pop_req("ng", "PopN", 0, 32, 60_000, 0)).await;
+    assert_eq!(rest.iter().map(|p| p.offset).collect::<Vec<_>>(), [6, 7]);
+    assert!(
+        s.log_text().contains("pop journal replay starts at its latest snapshot"),
+        "the replay began at a snapshot"
+    );
+}

@@ -3,8 +3,10 @@
 //! under the pop lock (so the log's order is the order of the changes) and
 //! flushed under the broker's flush policy before the request that made it
 //! is answered. The log carries it to slaves like any message; a broker
-//! that becomes master, or starts, replays the topic from its first
-//! retained message.
+//! that becomes master, or starts, replays the topic from its latest
+//! snapshot (the whole state as `Queue` records, written by the revive task
+//! every `popSnapshotIntervalMillis` or `popSnapshotRecords`), or from its
+//! first retained message.
 //!
 //! Retention may delete the oldest records: what is left is always a
 //! suffix. Each queue then starts from the group's committed offset, which
@@ -22,6 +24,11 @@ use crate::offsets::ConsumerOffsets;
 
 /// The journal's topic (refused to clients with every other `RMQ_SYS_*`).
 pub const JOURNAL_TOPIC: &str = "RMQ_SYS_SPATE_POP";
+
+/// The offset-table group whose offset on the journal is where the latest
+/// durable snapshot begins: a replay starts there. In the consumer-offset
+/// table so it is persisted and copied to slaves with the others.
+pub const SNAPSHOT_GROUP: &str = "%SPATE_POP%";
 
 /// Records read per step of a replay.
 const REPLAY_BATCH: usize = 512;
@@ -62,7 +69,15 @@ pub fn replay(
 ) -> Result<(PopState, Replayed), spate_store::StoreError> {
     let mut state = PopState::new(limits);
     let mut seen = Replayed::default();
-    let mut offset = store.min_offset_in_queue(JOURNAL_TOPIC, 0).max(0);
+    let first = store.min_offset_in_queue(JOURNAL_TOPIC, 0).max(0);
+    let snapshot_at = offsets
+        .query(SNAPSHOT_GROUP, JOURNAL_TOPIC, 0)
+        .filter(|at| *at > first && begins_snapshot(store, *at))
+        .unwrap_or(first);
+    if snapshot_at > first {
+        tracing::info!(at = snapshot_at, "pop journal replay starts at its latest snapshot");
+    }
+    let mut offset = snapshot_at;
     loop {
         let limits = ReadLimits { max_msgs: REPLAY_BATCH, max_bytes: 8 << 20, physical_end: u64::MAX };
         let got = store.get_messages_within(JOURNAL_TOPIC, 0, offset, limits, None, None)?;
@@ -97,4 +112,21 @@ pub fn replay(
             return Ok((state, seen));
         }
     }
+}
+
+/// Whether the journal's record at `at` is the first of a snapshot. The
+/// pointer to a snapshot is written once the snapshot is flushed, but a
+/// log cut by a failover may have lost it, or hold another record there:
+/// then the replay starts at the first retained record instead.
+fn begins_snapshot(store: &MessageStore, at: i64) -> bool {
+    let limits = ReadLimits { max_msgs: 1, max_bytes: 8 << 20, physical_end: u64::MAX };
+    let Ok(got) = store.get_messages_within(JOURNAL_TOPIC, 0, at, limits, None, None) else {
+        return false;
+    };
+    got.messages.first().is_some_and(|raw| {
+        message::decode_record(raw, false).ok().is_some_and(|r| {
+            r.queue_offset == at
+                && matches!(serde_json::from_slice::<PopRecord>(r.body), Ok(PopRecord::Queue { part: 0, .. }))
+        })
+    })
 }

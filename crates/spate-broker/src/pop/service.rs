@@ -66,6 +66,8 @@ pub struct PopService {
     pub held: AtomicU64,
     /// Round-robin start for pops of any queue.
     next_queue: AtomicU64,
+    /// Journal records since the last snapshot.
+    since_snapshot: AtomicU64,
 }
 
 /// Why a pop request was refused before it reached the state.
@@ -81,6 +83,7 @@ impl PopService {
             counters: PopCounters::default(),
             held: AtomicU64::new(0),
             next_queue: AtomicU64::new(0),
+            since_snapshot: AtomicU64::new(0),
         }
     }
 
@@ -134,6 +137,7 @@ async fn journal(state: &Arc<BrokerState>, records: &[PopRecord]) -> Result<Opti
     }
     let now = crate::schedule::now_ms();
     let msgs: Vec<NewMessage> = records.iter().map(|r| journal::to_message(r, state.broker_addr, now)).collect();
+    state.pop.since_snapshot.fetch_add(records.len() as u64, Ordering::Relaxed);
     match crate::send::put_many(state, msgs).await {
         Ok(put) => {
             let end = put.appends.last().map_or(0, |a| a.physical_offset + a.size as u64);
@@ -661,31 +665,77 @@ fn handle_of(state: &BrokerState, req: &RemotingCommand) -> Result<(QueueKey, Re
 }
 
 /// Revives what is due on time (an ordered index, woken at the next due
-/// time), on a master; sleeps on a slave.
+/// time) and writes snapshots, on a master; sleeps on a slave.
 pub async fn run_revive(state: Arc<BrokerState>) {
+    let mut last_snapshot = Instant::now();
     loop {
-        let sleep = {
-            match state.pop.lock(&state).await {
-                Ok(mut ps) => {
-                    let now = crate::schedule::now_ms().max(0) as u64;
-                    let before = state.pop.counters.revived.load(Ordering::Relaxed);
-                    let records = revive_due(&state, &mut ps, now).await;
-                    if let Err(e) = journal(&state, &records).await {
-                        tracing::warn!(error = %e, "journaling dead-lettered pop messages failed");
-                    }
-                    if state.pop.counters.revived.load(Ordering::Relaxed) != before {
-                        state.pop.revived_signal.notify_waiters();
-                    }
-                    let now = crate::schedule::now_ms().max(0) as u64;
-                    ps.next_due()
-                        .map_or(REVIVE_IDLE, |due| Duration::from_millis(due.saturating_sub(now)).min(REVIVE_IDLE))
-                }
-                Err(_) => REVIVE_IDLE,
-            }
+        let (interval, every) = {
+            let c = state.config.read();
+            (c.pop_snapshot_interval, c.pop_snapshot_records)
         };
+        let mut sleep = REVIVE_IDLE.min(interval);
+        if let Ok(mut ps) = state.pop.lock(&state).await {
+            let now = crate::schedule::now_ms().max(0) as u64;
+            let before = state.pop.counters.revived.load(Ordering::Relaxed);
+            let records = revive_due(&state, &mut ps, now).await;
+            if let Err(e) = journal(&state, &records).await {
+                tracing::warn!(error = %e, "journaling dead-lettered pop messages failed");
+            }
+            if state.pop.counters.revived.load(Ordering::Relaxed) != before {
+                state.pop.revived_signal.notify_waiters();
+            }
+            let since = state.pop.since_snapshot.load(Ordering::Relaxed);
+            if since >= every || (since > 0 && last_snapshot.elapsed() >= interval) {
+                last_snapshot = Instant::now();
+                snapshot(&state, ps).await;
+            } else {
+                let now = crate::schedule::now_ms().max(0) as u64;
+                if let Some(due) = ps.next_due() {
+                    sleep = sleep.min(Duration::from_millis(due.saturating_sub(now)));
+                }
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = state.pop.wake.notified() => {}
         }
+    }
+}
+
+/// Writes the whole state to the journal and, once that is durable, moves
+/// the replay's start to it.
+async fn snapshot(state: &Arc<BrokerState>, ps: tokio::sync::MappedMutexGuard<'_, PopState>) {
+    let records = ps.snapshot();
+    let queues = records.len();
+    let now = crate::schedule::now_ms();
+    let msgs: Vec<NewMessage> = records.iter().map(|r| journal::to_message(r, state.broker_addr, now)).collect();
+    if msgs.is_empty() {
+        return;
+    }
+    let put = crate::send::put_many(state, msgs).await;
+    state.pop.since_snapshot.store(0, Ordering::Relaxed);
+    drop(ps);
+    let put = match put {
+        Ok(p) => p,
+        Err(e) => {
+            let why = match e {
+                crate::send::PutError::Store(e) => e.to_string(),
+                crate::send::PutError::Refused { remark, .. } => remark,
+            };
+            tracing::warn!(%why, "writing a pop state snapshot failed; the replay starts at the previous one");
+            return;
+        }
+    };
+    if let Err(e) = put.flush.wait().await {
+        tracing::warn!(error = %e, "a pop state snapshot was not flushed; the replay starts at the previous one");
+        return;
+    }
+    if let Some(first) = put.appends.first() {
+        state.offsets.commit(journal::SNAPSHOT_GROUP, journal::JOURNAL_TOPIC, 0, first.queue_offset);
+        // On disk now, not at the next offsets round: the replay is bounded from here.
+        if let Err(e) = state.offsets.persist().await {
+            tracing::warn!(error = %e, "persisting the pop snapshot's place failed; the next round retries");
+        }
+        tracing::info!(records = queues, at = first.queue_offset, "pop state snapshot written");
     }
 }

@@ -142,7 +142,34 @@ pub enum PopRecord {
         queue_id: i32,
         offset: i64,
     },
+    /// One queue's whole state, part of a snapshot ([`PopState::snapshot`]):
+    /// part 0 replaces the queue, later parts add held messages to it.
+    Queue {
+        group: String,
+        topic: String,
+        queue_id: i32,
+        part: u32,
+        next: i64,
+        held: Vec<HeldRecord>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fifo_batch: Option<(String, Vec<i64>)>,
+    },
 }
+
+/// A held message as a snapshot stores it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldRecord {
+    pub offset: i64,
+    pub attempt: u32,
+    pub stamp: u64,
+    pub visible_at: u64,
+    pub popped_at: u64,
+    pub visible: bool,
+}
+
+/// Held messages per snapshot record: keeps each record far below
+/// `maxMessageSize` (about 100 bytes each as JSON).
+pub const SNAPSHOT_HELD_PER_RECORD: usize = 8192;
 
 impl PopRecord {
     pub fn key(&self) -> QueueKey {
@@ -150,7 +177,8 @@ impl PopRecord {
             PopRecord::Pop { group, topic, queue_id, .. }
             | PopRecord::Ack { group, topic, queue_id, .. }
             | PopRecord::Change { group, topic, queue_id, .. }
-            | PopRecord::DeadLetter { group, topic, queue_id, .. } => (group, topic, *queue_id),
+            | PopRecord::DeadLetter { group, topic, queue_id, .. }
+            | PopRecord::Queue { group, topic, queue_id, .. } => (group, topic, *queue_id),
         };
         QueueKey { group: group.clone(), topic: topic.clone(), queue_id }
     }
@@ -348,6 +376,35 @@ impl PopState {
             PopRecord::Change { offset, stamp, now, invisible_ms, .. } => {
                 let _ = self.change_invisible(&key, *offset, *stamp, *now, *invisible_ms);
             }
+            PopRecord::Queue { part, next, held, fifo_batch, .. } => {
+                if *part == 0 {
+                    if let Some(old) = self.queues.remove(&key) {
+                        for (offset, h) in &old.held {
+                            self.due.remove(&(h.visible_at, key.clone(), *offset));
+                        }
+                    }
+                }
+                let q = self.queues.entry(key.clone()).or_default();
+                q.next = *next;
+                if fifo_batch.is_some() {
+                    q.fifo_batch = fifo_batch.clone();
+                }
+                for h in held {
+                    let entry = Held {
+                        attempt: h.attempt,
+                        stamp: h.stamp,
+                        visible_at: h.visible_at,
+                        popped_at: h.popped_at,
+                        visible: h.visible,
+                    };
+                    if h.visible {
+                        q.visible.insert(h.offset);
+                    } else {
+                        self.due.insert((h.visible_at, key.clone(), h.offset));
+                    }
+                    q.held.insert(h.offset, entry);
+                }
+            }
             PopRecord::DeadLetter { offset, .. } => {
                 if let Some(q) = self.queues.get_mut(&key) {
                     if let Some(h) = q.held.remove(offset) {
@@ -432,6 +489,47 @@ impl PopState {
                 h.visible = true;
                 q.visible.insert(offset);
                 out.push(Revived { key, offset, attempt: h.attempt, to_dlq });
+            }
+        }
+        out
+    }
+
+    /// The whole state as records: replaying them into an empty state
+    /// gives this one. Every queue is there, held messages or not (its pop
+    /// offset is part of the state).
+    pub fn snapshot(&self) -> Vec<PopRecord> {
+        let mut keys: Vec<&QueueKey> = self.queues.keys().collect();
+        keys.sort();
+        let mut out = Vec::new();
+        for key in keys {
+            let q = &self.queues[key];
+            let held: Vec<HeldRecord> = q
+                .held
+                .iter()
+                .map(|(offset, h)| HeldRecord {
+                    offset: *offset,
+                    attempt: h.attempt,
+                    stamp: h.stamp,
+                    visible_at: h.visible_at,
+                    popped_at: h.popped_at,
+                    visible: h.visible,
+                })
+                .collect();
+            let mut parts: Vec<Vec<HeldRecord>> =
+                held.chunks(SNAPSHOT_HELD_PER_RECORD).map(<[HeldRecord]>::to_vec).collect();
+            if parts.is_empty() {
+                parts.push(Vec::new());
+            }
+            for (part, held) in parts.into_iter().enumerate() {
+                out.push(PopRecord::Queue {
+                    group: key.group.clone(),
+                    topic: key.topic.clone(),
+                    queue_id: key.queue_id,
+                    part: part as u32,
+                    next: q.next,
+                    held,
+                    fifo_batch: if part == 0 { q.fifo_batch.clone() } else { None },
+                });
             }
         }
         out
@@ -526,6 +624,8 @@ mod tests {
         Advance(u64),
         /// Kill and restart: the state is rebuilt from its records alone.
         Restart,
+        /// The journal is cut to a snapshot of the state.
+        Snapshot,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -536,6 +636,7 @@ mod tests {
             (0usize..64, 0u64..50).prop_map(|(h, i)| Op::Change(h, i)),
             (1u64..40).prop_map(Op::Advance),
             Just(Op::Restart),
+            Just(Op::Snapshot),
         ]
     }
 
@@ -583,6 +684,7 @@ mod tests {
                         }
                     }
                     Op::Advance(ms) => now += ms,
+                    Op::Snapshot => journal = sut.snapshot(),
                     Op::Restart => {
                         sut = PopState::new(limits.clone());
                         for r in &journal {
