@@ -9,6 +9,8 @@
 //!   concurrent or orderly listeners, offsets on the broker or in a file.
 //! - [`LitePullConsumer`]: the application polls; assignment by hand or by
 //!   subscription.
+//! - [`SimpleConsumer`]: RocketMQ 5's receive / ack / change invisible
+//!   duration, on the broker's pop codes; no queue ownership.
 //!
 //! Everything is async on tokio. Every limit and timeout is an option named
 //! after its RocketMQ counterpart. Bodies above
@@ -36,7 +38,8 @@ pub use config::ClientConfig;
 pub use consumer::allocate::allocate_averagely;
 pub use consumer::{
     ConsumeContext, ConsumeFromWhere, ConsumeOrderlyStatus, ConsumeStatus, LitePullConsumer, LitePullConsumerOptions,
-    MessageListener, MessageModel, PushConsumer, PushConsumerOptions,
+    MessageListener, MessageModel, PushConsumer, PushConsumerOptions, ReceivedMessage, SimpleConsumer,
+    SimpleConsumerOptions,
 };
 pub use error::ClientError;
 pub use fault::FaultPolicy;

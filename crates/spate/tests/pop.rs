@@ -292,3 +292,193 @@ async fn a_restart_replays_from_the_latest_snapshot_and_loses_nothing() {
         "the replay began at a snapshot"
     );
 }
+
+/// A topic with one queue, made with the admin code.
+async fn one_queue_topic(c: &RemotingClient, broker: &str, topic: &str) {
+    let req = RemotingCommand::request(request::UPDATE_AND_CREATE_TOPIC)
+        .with("topic", topic)
+        .with("defaultTopic", "TBW102")
+        .with("readQueueNums", 1)
+        .with("writeQueueNums", 1)
+        .with("perm", 6)
+        .with("topicFilterType", "SINGLE_TAG");
+    let r = call(c, broker, req).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+}
+
+async fn group_with_max_reconsume(c: &RemotingClient, broker: &str, group: &str, max: i32) {
+    let body = format!(r#"{{"groupName":"{group}","retryMaxTimes":{max},"consumeEnable":true}}"#);
+    let req =
+        RemotingCommand::request(request::UPDATE_AND_CREATE_SUBSCRIPTIONGROUP).with_body(bytes::Bytes::from(body));
+    let r = call(c, broker, req).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+}
+
+async fn produce_bodies(ns: &str, topic: &str, n: usize) {
+    use spate_client::{ClientConfig, Message, Producer, ProducerOptions};
+    let p = Producer::start(ClientConfig::new(ns).with_instance_name("pop-p"), ProducerOptions::new("pop-pg"))
+        .await
+        .unwrap();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let batch = chunk.iter().map(|i| Message::new(topic, format!("m{i}").into_bytes())).collect();
+        p.send_batch(batch).await.unwrap();
+    }
+    p.shutdown().await;
+}
+
+/// Every message of a DLQ topic's queue 0, by raw pulls.
+async fn dlq_bodies(c: &RemotingClient, broker: &str, group: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let r = call(c, broker, common::pull_req(&format!("%DLQ%{group}"), 0, offset, 0, "*")).await;
+        if r.code != response::SUCCESS {
+            return out;
+        }
+        let mut body = &r.body[..];
+        while body.len() >= 4 {
+            let len = i32::from_be_bytes(body[..4].try_into().unwrap()) as usize;
+            out.push(decode_record(&body[..len], false).unwrap().body.to_vec());
+            body = &body[len..];
+        }
+        offset = r.field("nextBeginOffset").unwrap().parse().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_consumers_share_a_queue_and_never_acked_messages_come_back_then_go_to_the_dlq() {
+    use spate_client::{ClientConfig, SimpleConsumer, SimpleConsumerOptions};
+    const N: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Standalone::start(&dir.path().join("d"));
+    let (c, b) = (raw_client(), s.broker());
+    one_queue_topic(&c, &b, "PopSC").await;
+    group_with_max_reconsume(&c, &b, "scg", 1).await;
+    produce_bodies(&s.namesrv(), "PopSC", N).await;
+
+    // Every tenth message is never acked by anyone.
+    let never = |body: &[u8]| std::str::from_utf8(&body[1..]).unwrap().parse::<usize>().unwrap() % 10 == 0;
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let ns = s.namesrv();
+        tasks.push(tokio::spawn(async move {
+            let mut o = SimpleConsumerOptions::new("scg");
+            o.await_duration = Duration::from_millis(500);
+            let config = ClientConfig::new(&ns).with_instance_name(format!("sc{i}"));
+            let consumer = SimpleConsumer::new(config, o).unwrap();
+            consumer.subscribe("PopSC", "*").unwrap();
+            consumer.start().await.unwrap();
+            let (mut acked, mut unacked) = (Vec::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut idle = 0;
+            // Until nothing is handed out for a while after the second
+            // deliveries of the never-acked ones have expired.
+            while idle < 8 && Instant::now() < deadline {
+                let got = consumer.receive(32, Duration::from_secs(2)).await.unwrap();
+                if got.is_empty() {
+                    idle += 1;
+                    continue;
+                }
+                idle = 0;
+                for m in got {
+                    if never(&m.message.body) {
+                        unacked.push((m.message.body.to_vec(), m.delivery_attempt));
+                    } else {
+                        consumer.ack(&m).await.unwrap();
+                        acked.push(m.message.body.to_vec());
+                    }
+                }
+            }
+            consumer.shutdown().await;
+            (acked, unacked)
+        }));
+    }
+    let mut acked: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    let mut attempts: BTreeMap<Vec<u8>, Vec<u32>> = BTreeMap::new();
+    let mut busy = 0;
+    for t in tasks {
+        let (a, u) = t.await.unwrap();
+        busy += usize::from(!a.is_empty());
+        for body in a {
+            *acked.entry(body).or_default() += 1;
+        }
+        for (body, attempt) in u {
+            attempts.entry(body).or_default().push(attempt);
+        }
+    }
+    assert!(busy >= 2, "the consumers shared the queue");
+    assert_eq!(acked.len(), N - N / 10, "every acked message was delivered");
+    assert!(acked.values().all(|n| *n == 1), "and acked exactly once");
+    assert_eq!(attempts.len(), N / 10);
+    for (body, mut seen) in attempts {
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 2], "{}: delivered once more after its invisible time", String::from_utf8_lossy(&body));
+    }
+    // Past retryMaxTimes (1): every never-acked message is in %DLQ%scg, once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut dlq = dlq_bodies(&c, &b, "scg").await;
+    while dlq.len() < N / 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        dlq = dlq_bodies(&c, &b, "scg").await;
+    }
+    dlq.sort();
+    dlq.dedup();
+    assert_eq!(dlq.len(), N / 10);
+    assert!(dlq.iter().all(|b| never(b)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_run_loses_nothing_unacked_and_nack_redelivers_at_once() {
+    use spate_client::{ClientConfig, SimpleConsumer, SimpleConsumerOptions};
+    const N: usize = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Standalone::start(&dir.path().join("d"));
+    let (c, b) = (raw_client(), s.broker());
+    one_queue_topic(&c, &b, "PopK").await;
+    produce_bodies(&s.namesrv(), "PopK", N).await;
+    let mut o = SimpleConsumerOptions::new("kg");
+    o.await_duration = Duration::from_millis(300);
+    let consumer = SimpleConsumer::new(ClientConfig::new(&s.namesrv()).with_instance_name("kc"), o).unwrap();
+    consumer.subscribe("PopK", "*").unwrap();
+    consumer.start().await.unwrap();
+
+    // A nack (invisible time 0) hands the message out again at once, attempt 2.
+    let first = consumer.receive(1, Duration::from_secs(30)).await.unwrap();
+    let nacked = consumer.change_invisible_duration(&first[0], Duration::ZERO).await.unwrap();
+    let again = consumer.receive(1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(again[0].message.queue_offset, first[0].message.queue_offset);
+    assert_eq!(again[0].delivery_attempt, 2);
+    assert!(consumer.ack(&nacked).await.is_err(), "the nack's handle died with the redelivery");
+    consumer.ack(&again[0]).await.unwrap();
+
+    let mut acked: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    acked.insert(again[0].message.body.to_vec(), 1);
+    let mut killed = false;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut idle = 0;
+    while idle < 6 && Instant::now() < deadline {
+        if !killed && acked.len() >= N / 2 {
+            // Mid-run, with a batch in flight: kill -9 and start again.
+            let held = consumer.receive(32, Duration::from_secs(2)).await.unwrap();
+            assert!(!held.is_empty());
+            s.kill9();
+            s.restart();
+            killed = true;
+            continue;
+        }
+        let got = match consumer.receive(32, Duration::from_secs(2)).await {
+            Ok(got) => got,
+            Err(_) => continue, // the broker is restarting
+        };
+        idle = if got.is_empty() { idle + 1 } else { 0 };
+        for m in got {
+            if consumer.ack(&m).await.is_ok() {
+                *acked.entry(m.message.body.to_vec()).or_default() += 1;
+            }
+        }
+    }
+    consumer.shutdown().await;
+    assert!(killed);
+    assert_eq!(acked.len(), N, "every message was acked, the batch held at the kill too");
+    assert!(acked.values().all(|n| *n == 1), "nothing acked was handed out again");
+}

@@ -1,5 +1,6 @@
-//! Consumers: the push consumer ([`PushConsumer`]) and the lite pull consumer
-//! ([`LitePullConsumer`]), and what they share: queue allocation, the process
+//! Consumers: the push consumer ([`PushConsumer`]), the lite pull consumer
+//! ([`LitePullConsumer`]), RocketMQ 5's pop-based [`SimpleConsumer`], and
+//! what the first two share: queue allocation, the process
 //! queue, offset stores, rebalancing, broker requests.
 
 pub mod allocate;
@@ -9,6 +10,7 @@ pub(crate) mod offset_store;
 pub(crate) mod process_queue;
 pub mod push;
 pub(crate) mod rebalance;
+pub mod simple;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -21,6 +23,7 @@ use crate::message::MessageExt;
 
 pub use lite_pull::{LitePullConsumer, LitePullConsumerOptions};
 pub use push::{PushConsumer, PushConsumerOptions};
+pub use simple::{ReceivedMessage, SimpleConsumer, SimpleConsumerOptions};
 
 /// A boxed, sendable future (what async listeners return).
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
