@@ -83,6 +83,7 @@ pub async fn delete_topic(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
             .await
             .map_err(|e| BrokerError::Config(format!("delete task failed: {e}")))??;
         state.offsets.remove_topic(&topic);
+        crate::pop::service::forget_topic(state, &topic).await;
         state.long_poll.forget_topic(&topic);
         tracing::info!(topic = %topic, "topic deleted");
     }

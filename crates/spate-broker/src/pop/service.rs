@@ -35,6 +35,15 @@ pub const MAX_POLL: Duration = Duration::from_secs(60);
 /// notices a new master term.
 const REVIVE_IDLE: Duration = Duration::from_millis(500);
 
+/// How long a message whose move to the DLQ failed waits before the next try.
+const DLQ_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Longest pop group name: `%DLQ%` + the name must be a topic name.
+const POP_GROUP_MAX_LEN: usize = spate_common::message::TOPIC_MAX_LEN - "%DLQ%".len();
+
+/// Longest FIFO `attemptId` (journaled with the batch it took).
+const ATTEMPT_ID_MAX_LEN: usize = 128;
+
 /// Where a new pop group starts in a queue without a committed offset
 /// (`initMode`): 0 the queue's first message, 1 its end.
 const INIT_MODE_MIN: i32 = 0;
@@ -59,8 +68,10 @@ pub struct PopService {
     loaded: tokio::sync::Mutex<Loaded>,
     /// Woken when a change may have made the next due time earlier.
     wake: tokio::sync::Notify,
-    /// Notified when the revive task made messages visible again (waiting pops look again).
-    revived_signal: tokio::sync::Notify,
+    /// A change was made in memory but its record did not reach the
+    /// journal: the next lock replays the journal, so memory never runs
+    /// ahead of what a restart or a new master would see.
+    stale: std::sync::atomic::AtomicBool,
     pub counters: PopCounters,
     /// Held messages, updated after each change (`spate_pop_inflight`).
     pub held: AtomicU64,
@@ -79,7 +90,7 @@ impl PopService {
             limits,
             loaded: tokio::sync::Mutex::new(Loaded::default()),
             wake: tokio::sync::Notify::new(),
-            revived_signal: tokio::sync::Notify::new(),
+            stale: std::sync::atomic::AtomicBool::new(false),
             counters: PopCounters::default(),
             held: AtomicU64::new(0),
             next_queue: AtomicU64::new(0),
@@ -102,7 +113,7 @@ impl PopService {
         }
         let mut guard = self.loaded.lock().await;
         let epoch = state.store.epochs().last().map(|e| e.epoch);
-        if guard.state.is_none() || guard.epoch != epoch {
+        if guard.state.is_none() || guard.epoch != epoch || self.stale.swap(false, Ordering::AcqRel) {
             let started = Instant::now();
             let (store, offsets_state, limits) = (state.store.clone(), state.clone(), self.limits.clone());
             let replayed = tokio::task::spawn_blocking(move || {
@@ -138,7 +149,11 @@ async fn journal(state: &Arc<BrokerState>, records: &[PopRecord]) -> Result<Opti
     let now = crate::schedule::now_ms();
     let msgs: Vec<NewMessage> = records.iter().map(|r| journal::to_message(r, state.broker_addr, now)).collect();
     state.pop.since_snapshot.fetch_add(records.len() as u64, Ordering::Relaxed);
-    match crate::send::put_many(state, msgs).await {
+    let put = crate::send::put_many(state, msgs).await;
+    if put.is_err() {
+        state.pop.stale.store(true, Ordering::Release);
+    }
+    match put {
         Ok(put) => {
             let end = put.appends.last().map_or(0, |a| a.physical_offset + a.size as u64);
             Ok(Some((put.flush, end)))
@@ -204,6 +219,20 @@ pub async fn pop_message(
     if let Err(e) = crate::names::validate_group(&h.group) {
         return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
     }
+    if h.group.len() > POP_GROUP_MAX_LEN {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("a pop group's name is at most {POP_GROUP_MAX_LEN} characters (its DLQ topic must be a name)"),
+        ));
+    }
+    if h.attempt_id.as_ref().is_some_and(|a| a.len() > ATTEMPT_ID_MAX_LEN) {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("attemptId is longer than {ATTEMPT_ID_MAX_LEN} characters"),
+        ));
+    }
     let limits = &state.pop.limits;
     if h.max_msgs == 0 || h.max_msgs > limits.max_batch {
         return Ok(RemotingCommand::error(
@@ -250,31 +279,50 @@ pub async fn pop_message(
         Ok(s) => s,
         Err((code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
     };
-    state.groups.ensure(&h.group, state.config.read().auto_create_subscription_group);
+    if state.groups.ensure(&h.group, state.config.read().auto_create_subscription_group) {
+        state.persist_groups_soon();
+    }
+    if state.groups.get(&h.group).is_none() {
+        return Ok(RemotingCommand::error(
+            req,
+            response::SUBSCRIPTION_GROUP_NOT_EXIST,
+            format!("subscription group [{}] does not exist", h.group),
+        ));
+    }
     let queues: Vec<i32> = if h.queue_id >= 0 {
         vec![h.queue_id]
+    } else if tc.read_queue_nums <= 0 {
+        Vec::new()
     } else {
-        let n = tc.read_queue_nums.max(1);
+        let n = tc.read_queue_nums;
         let first = (state.pop.next_queue.fetch_add(1, Ordering::Relaxed) % n as u64) as i32;
         (0..n).map(|i| (first + i) % n).collect()
     };
     let deadline = Instant::now() + h.poll.min(MAX_POLL);
     let mut slot = None;
+    let mut last_look = false;
     loop {
-        // Subscribe before reading, so a message stored in between wakes us.
+        // Subscribe before reading, so a message stored, revived or freed
+        // (a FIFO batch acked) in between wakes us: each bumps its queue.
         let mut watches: Vec<_> = queues.iter().map(|q| state.long_poll.subscribe(&h.topic, *q)).collect();
         for rx in &mut watches {
             rx.borrow_and_update();
         }
+        let mut full = None;
         for &queue_id in &queues {
             match pop_queue(state, req, &h, queue_id, &selector).await {
                 Ok(Some(resp)) => return Ok(resp.into_command(req)),
                 Ok(None) => {}
+                // One queue at its in-flight bound: the others may still give.
+                Err(Refusal(response::POLLING_FULL, remark)) if queues.len() > 1 => full = Some(remark),
                 Err(refused) => return Ok(RemotingCommand::error(req, refused.0, refused.1)),
             }
         }
+        if let Some(remark) = full.filter(|_| h.poll.is_zero() || last_look) {
+            return Ok(RemotingCommand::error(req, response::POLLING_FULL, remark));
+        }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || last_look || watches.is_empty() {
             return Ok(not_found(req, h.poll.is_zero()));
         }
         if slot.is_none() {
@@ -286,11 +334,17 @@ pub async fn pop_message(
         let changed = watches.iter_mut().map(|rx| Box::pin(rx.changed()));
         tokio::select! {
             _ = futures_util::future::select_all(changed) => {}
-            _ = state.pop.revived_signal.notified() => {}
-            _ = tokio::time::sleep(left) => return Ok(not_found(req, false)),
+            // One last look when the poll time is up.
+            _ = tokio::time::sleep(left) => last_look = true,
             _ = conn.closed() => return Ok(not_found(req, false)),
         }
     }
+}
+
+/// Wakes pops waiting on a queue (a message there became visible again,
+/// or its FIFO batch was acked).
+fn wake_queue(state: &BrokerState, topic: &str, queue_id: i32) {
+    state.long_poll.notify(topic, queue_id, state.store.max_offset_in_queue(topic, queue_id));
 }
 
 fn not_found(req: &RemotingCommand, immediate: bool) -> RemotingCommand {
@@ -326,7 +380,9 @@ impl PopAnswer {
 }
 
 /// One queue's pop: what is visible again first, then new messages the
-/// selector matches. `None` when it has nothing to hand out.
+/// selector matches. `None` when it has nothing to hand out. Whatever it
+/// changed (revives, seeks, the pop) is journaled before it answers, also
+/// when it answers with an error.
 async fn pop_queue(
     state: &Arc<BrokerState>,
     request: &RemotingCommand,
@@ -338,21 +394,95 @@ async fn pop_queue(
     let mut ps = state.pop.lock(state).await?;
     let now = crate::schedule::now_ms().max(0) as u64;
     let mut records = revive_due(state, &mut ps, now).await;
-    if !ps.is_known(&key) {
-        let start = match state.offsets.query(&h.group, &h.topic, queue_id) {
-            Some(o) => o,
-            None if h.init_mode == INIT_MODE_MIN => state.store.min_offset_in_queue(&h.topic, queue_id).max(0),
-            None => state.store.max_offset_in_queue(&h.topic, queue_id).max(0),
-        };
-        ps.start_at(&key, start);
+    let taken = take(state, &mut ps, &key, h, now, selector, &mut records).await;
+    let progress = ps.progress(&key);
+    if !records.is_empty() {
+        if let Some(p) = &progress {
+            state.offsets.commit(&h.group, &h.topic, queue_id, p.done_below);
+        }
     }
-    let from = ps.progress(&key).map_or(0, |p| p.pop_offset);
+    state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
+    let written = journal(state, &records).await.map_err(|e| Refusal(response::SYSTEM_ERROR, e.to_string()))?;
+    drop(ps);
+    state.pop.wake.notify_one();
+    if let Some(refused) = durable(state, request, written).await {
+        // Not durable: the messages stay held and come back when their
+        // invisible time passes; this pop hands out nothing.
+        return Err(Refusal(refused.code, refused.remark.unwrap_or_default()));
+    }
+    let Taken { deliveries, body, listed } = taken?;
+    if listed.is_empty() {
+        return Ok(None);
+    }
+    let max = state.store.max_offset_in_queue(&h.topic, queue_id);
+    let rest = max - progress.map_or(max, |p| p.pop_offset);
+    let start_info = format!("0 {queue_id} {}", listed[0]);
+    let offset_info = format!("0 {queue_id} {}", listed.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(","));
+    // FIFO: each redelivered message's count, then the batch's smallest.
+    let order_info = h.order.then(|| {
+        let mut parts: Vec<String> = deliveries
+            .iter()
+            .filter(|d| d.attempt > 1)
+            .map(|d| format!("0 qo{queue_id}%{} {}", d.offset, d.attempt - 1))
+            .collect();
+        let min = deliveries.iter().map(|d| d.attempt.saturating_sub(1)).min().unwrap_or(0);
+        parts.push(format!("0 {queue_id} {min}"));
+        parts.join(";")
+    });
+    // A FIFO retry gets its batch back with the time it has left, not anew.
+    let invisible_ms = deliveries.iter().map(|d| d.visible_at.saturating_sub(now)).min().unwrap_or(h.invisible_ms);
+    Ok(Some(PopAnswer { pop_time: now, invisible_ms, rest, start_info, offset_info, order_info, body }))
+}
+
+struct Taken {
+    deliveries: Vec<Delivery>,
+    body: BytesMut,
+    /// Offsets in the body, in order.
+    listed: Vec<i64>,
+}
+
+/// The pop itself, under the lock; its changes' records go to `records`.
+async fn take(
+    state: &Arc<BrokerState>,
+    ps: &mut PopState,
+    key: &QueueKey,
+    h: &PopHeader,
+    now: u64,
+    selector: &Selector,
+    records: &mut Vec<PopRecord>,
+) -> Result<Taken, Refusal> {
+    let (topic, queue_id) = (&h.topic, key.queue_id);
     // Every message acknowledged before this pop is in its queue (bounded wait).
     crate::pull::wait_dispatched(state, state.store.max_offset()).await;
+    let (min, max) = (
+        state.store.min_offset_in_queue(topic, queue_id).max(0),
+        state.store.max_offset_in_queue(topic, queue_id).max(0),
+    );
+    if !ps.is_known(key) {
+        let start = match state.offsets.query(&h.group, topic, queue_id) {
+            Some(o) => o,
+            None if h.init_mode == INIT_MODE_MIN => min,
+            None => max,
+        };
+        ps.start_at(key, start.clamp(min, max.max(min)));
+    }
+    let from = ps.progress(key).map_or(min, |p| p.pop_offset);
+    // The queue no longer reaches the pop offset (its log was cut by a
+    // failover), or its first messages are gone (retention): move to where
+    // it is. New messages past a cut are new, not skipped.
+    let from = if from > max {
+        records.push(ps.seek(key, max));
+        max
+    } else if from < min {
+        records.push(ps.seek(key, min));
+        min
+    } else {
+        from
+    };
     // New messages from the pop offset, the selector applied by the store.
-    let new = read(state, &h.topic, queue_id, from, h.max_msgs, Some(selector.clone()))
+    let new = read(state, topic, queue_id, from, h.max_msgs, Some(selector.clone()))
         .await
-        .map_err(|e| Refusal(response::SYSTEM_ERROR, format!("reading {}:{queue_id} failed: {e}", h.topic)))?;
+        .map_err(|e| Refusal(response::SYSTEM_ERROR, format!("reading {topic}:{queue_id} failed: {e}")))?;
     let mut found: HashMap<i64, Vec<u8>> = HashMap::new();
     let mut matched = Vec::new();
     for raw in new.messages {
@@ -370,94 +500,54 @@ async fn pop_queue(
         fifo: h.order,
         attempt_id: h.attempt_id.as_deref(),
     };
-    let popped = ps.pop(&key, now, &req, |_| it.next().map_or(Next::End(end), Next::Match));
-    let (deliveries, record) = match popped {
+    let (deliveries, record) = match ps.pop(key, now, &req, |_| it.next().map_or(Next::End(end), Next::Match)) {
         Ok(x) => x,
-        Err(e @ PopError::TooManyInFlight { .. }) => {
-            if !records.is_empty() {
-                let _ = journal(state, &records).await;
-            }
-            return Err(Refusal(response::POLLING_FULL, e.to_string()));
-        }
+        Err(e @ PopError::TooManyInFlight { .. }) => return Err(Refusal(response::POLLING_FULL, e.to_string())),
         Err(e) => return Err(Refusal(response::INVALID_PARAMETER, e.to_string())),
     };
-    let changed = matches!(&record, PopRecord::Pop { offsets, next, .. } if !offsets.is_empty() || *next != from);
-    if changed {
+    if matches!(&record, PopRecord::Pop { offsets, next, .. } if !offsets.is_empty() || *next != from) {
         records.push(record);
     }
     let mut body = BytesMut::new();
-    let mut offsets_listed = Vec::new();
-    let broker_name = state.broker_name.clone();
+    let mut listed = Vec::new();
     for d in &deliveries {
         let raw = match found.remove(&d.offset) {
             Some(r) => Some(r),
             // Visible again (or a FIFO attempt's batch): read it by offset.
-            None => read(state, &h.topic, queue_id, d.offset, 1, None)
-                .await
-                .ok()
-                .and_then(|g| g.messages.into_iter().next()),
+            None => {
+                read(state, topic, queue_id, d.offset, 1, None).await.ok().and_then(|g| g.messages.into_iter().next())
+            }
         };
         let handle = ReceiptHandle {
             start_offset: deliveries.first().map_or(d.offset, |f| f.offset),
             stamp: d.stamp,
-            invisible_ms: h.invisible_ms,
+            invisible_ms: d.visible_at.saturating_sub(now),
             retry: RetryKind::Normal,
-            broker_name: broker_name.clone(),
+            broker_name: state.broker_name.clone(),
             queue_id,
             offset: d.offset,
         };
         match raw.as_deref().and_then(|r| with_handle(r, d, &handle)) {
             Some(encoded) => {
                 body.extend_from_slice(&encoded);
-                offsets_listed.push(d.offset);
+                listed.push(d.offset);
             }
             None => {
                 // Its data is gone (retention): finished, not redelivered.
-                if let Ok(r) = ps.ack(&key, d.offset, d.stamp) {
+                if let Ok(r) = ps.ack(key, d.offset, d.stamp) {
                     records.push(r);
                 }
             }
         }
     }
-    let progress = ps.progress(&key);
-    if let Some(p) = &progress {
-        state.offsets.commit(&h.group, &h.topic, queue_id, p.done_below);
-    }
-    state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
-    let written = journal(state, &records).await.map_err(|e| Refusal(response::SYSTEM_ERROR, e.to_string()))?;
-    drop(ps);
-    state.pop.wake.notify_one();
-    if let Some(refused) = durable(state, request, written).await {
-        // Not durable: the messages stay held and come back when their
-        // invisible time passes; this pop hands out nothing.
-        return Err(Refusal(refused.code, refused.remark.unwrap_or_default()));
-    }
-    if offsets_listed.is_empty() {
-        return Ok(None);
-    }
-    let max = state.store.max_offset_in_queue(&h.topic, queue_id);
-    let rest = max - progress.map_or(max, |p| p.pop_offset);
-    let start_info = format!("0 {queue_id} {}", offsets_listed[0]);
-    let offset_info =
-        format!("0 {queue_id} {}", offsets_listed.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(","));
-    // FIFO: each redelivered message's count, then the batch's smallest.
-    let order_info = h.order.then(|| {
-        let mut parts: Vec<String> = deliveries
-            .iter()
-            .filter(|d| d.attempt > 1)
-            .map(|d| format!("0 qo{queue_id}%{} {}", d.offset, d.attempt - 1))
-            .collect();
-        let min = deliveries.iter().map(|d| d.attempt.saturating_sub(1)).min().unwrap_or(0);
-        parts.push(format!("0 {queue_id} {min}"));
-        parts.join(";")
-    });
-    Ok(Some(PopAnswer { pop_time: now, invisible_ms: h.invisible_ms, rest, start_info, offset_info, order_info, body }))
+    Ok(Taken { deliveries, body, listed })
 }
 
 /// A stored message as a pop hands it out: its receipt handle in `POP_CK`,
 /// the redeliveries so far as its reconsume times, everything else as stored.
 fn with_handle(raw: &[u8], d: &Delivery, handle: &ReceiptHandle) -> Option<Vec<u8>> {
-    let rec = message::decode_record(raw, false).ok()?;
+    // A read by offset skips a hole to the next message: that is not this one.
+    let rec = message::decode_record(raw, false).ok().filter(|r| r.queue_offset == d.offset)?;
     let handle = handle.to_string();
     let props: Vec<(&str, &str)> = message::properties(rec.properties)
         .filter(|(k, _)| *k != POP_CK)
@@ -515,9 +605,13 @@ async fn read(
 async fn revive_due(state: &Arc<BrokerState>, ps: &mut PopState, now: u64) -> Vec<PopRecord> {
     let revived = ps.revive(now, |group| state.groups.get(group).map_or(16, |g| g.retry_max_times.max(0) as u32));
     let mut records = Vec::new();
-    for r in revived {
+    let mut woken = std::collections::HashSet::new();
+    for r in &revived {
         if !r.to_dlq {
             state.pop.counters.revived.fetch_add(1, Ordering::Relaxed);
+            if woken.insert((r.key.topic.clone(), r.key.queue_id)) {
+                wake_queue(state, &r.key.topic, r.key.queue_id);
+            }
             continue;
         }
         match dead_letter(state, &r.key, r.offset, r.attempt).await {
@@ -526,12 +620,14 @@ async fn revive_due(state: &Arc<BrokerState>, ps: &mut PopState, now: u64) -> Ve
                 records.extend(r.record());
             }
             Err(e) => {
-                // Kept out of the journal: the next replay revives it again.
-                tracing::warn!(group = %r.key.group, topic = %r.key.topic, queue = r.key.queue_id, offset = r.offset, error = %e, "moving a message to the DLQ failed");
+                // Held again and tried later; nothing is journaled, so a
+                // replay meanwhile revives it again too.
+                ps.reinstate(r, now, now + DLQ_RETRY_BACKOFF.as_millis() as u64);
+                tracing::warn!(group = %r.key.group, topic = %r.key.topic, queue = r.key.queue_id, offset = r.offset, error = %e, "moving a message to the DLQ failed; retried later");
             }
         }
     }
-    if !records.is_empty() {
+    if !revived.is_empty() {
         state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
     }
     records
@@ -544,6 +640,9 @@ async fn dead_letter(state: &Arc<BrokerState>, key: &QueueKey, offset: i64, atte
         return Ok(()); // retained away: nothing to copy
     };
     let rec = message::decode_record(&raw, false).map_err(|e| BrokerError::Config(e.to_string()))?;
+    if rec.queue_offset != offset {
+        return Ok(()); // retained away: the read skipped to a later message
+    }
     let target = dlq_topic(&key.group);
     message::validate_topic(&target).map_err(|e| BrokerError::Config(e.to_string()))?;
     if state.topics.get(&target).is_none() {
@@ -598,6 +697,8 @@ pub async fn ack_message(state: &Arc<BrokerState>, req: &RemotingCommand) -> Res
         return Ok(refused);
     }
     state.pop.counters.acked.fetch_add(1, Ordering::Relaxed);
+    // A FIFO queue may hand out its next batch now.
+    wake_queue(state, &key.topic, key.queue_id);
     Ok(RemotingCommand::success(req))
 }
 
@@ -664,6 +765,28 @@ fn handle_of(state: &BrokerState, req: &RemotingCommand) -> Result<(QueueKey, Re
     Ok((QueueKey { group, topic, queue_id }, handle))
 }
 
+/// A deleted topic's pop state goes, for every group (journaled, so a
+/// topic made again with the name starts afresh after a restart too).
+pub async fn forget_topic(state: &Arc<BrokerState>, topic: &str) {
+    let Ok(mut ps) = state.pop.lock(state).await else { return };
+    if !ps.has_topic(topic) {
+        return;
+    }
+    let record = ps.forget_topic(topic);
+    state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
+    match journal(state, std::slice::from_ref(&record)).await {
+        Ok(written) => {
+            drop(ps);
+            if let Some((flush, _)) = written {
+                if let Err(e) = flush.wait().await {
+                    tracing::warn!(%topic, error = %e, "the pop state's removal was not flushed");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(%topic, error = %e, "journaling the pop state's removal failed"),
+    }
+}
+
 /// Revives what is due on time (an ordered index, woken at the next due
 /// time) and writes snapshots, on a master; sleeps on a slave.
 pub async fn run_revive(state: Arc<BrokerState>) {
@@ -676,13 +799,9 @@ pub async fn run_revive(state: Arc<BrokerState>) {
         let mut sleep = REVIVE_IDLE.min(interval);
         if let Ok(mut ps) = state.pop.lock(&state).await {
             let now = crate::schedule::now_ms().max(0) as u64;
-            let before = state.pop.counters.revived.load(Ordering::Relaxed);
             let records = revive_due(&state, &mut ps, now).await;
             if let Err(e) = journal(&state, &records).await {
                 tracing::warn!(error = %e, "journaling dead-lettered pop messages failed");
-            }
-            if state.pop.counters.revived.load(Ordering::Relaxed) != before {
-                state.pop.revived_signal.notify_waiters();
             }
             let since = state.pop.since_snapshot.load(Ordering::Relaxed);
             if since >= every || (since > 0 && last_snapshot.elapsed() >= interval) {

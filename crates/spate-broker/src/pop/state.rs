@@ -142,6 +142,21 @@ pub enum PopRecord {
         queue_id: i32,
         offset: i64,
     },
+    /// The pop offset moved to `next` (the queue was cut or truncated);
+    /// held messages on the far side of the move are dropped.
+    Seek {
+        group: String,
+        topic: String,
+        queue_id: i32,
+        next: i64,
+    },
+    /// The topic was deleted: every group's state of its queues goes
+    /// (`group` empty, `queue_id` -1).
+    Forget {
+        group: String,
+        topic: String,
+        queue_id: i32,
+    },
     /// One queue's whole state, part of a snapshot ([`PopState::snapshot`]):
     /// part 0 replaces the queue, later parts add held messages to it.
     Queue {
@@ -178,6 +193,8 @@ impl PopRecord {
             | PopRecord::Ack { group, topic, queue_id, .. }
             | PopRecord::Change { group, topic, queue_id, .. }
             | PopRecord::DeadLetter { group, topic, queue_id, .. }
+            | PopRecord::Seek { group, topic, queue_id, .. }
+            | PopRecord::Forget { group, topic, queue_id }
             | PopRecord::Queue { group, topic, queue_id, .. } => (group, topic, *queue_id),
         };
         QueueKey { group: group.clone(), topic: topic.clone(), queue_id }
@@ -374,7 +391,21 @@ impl PopState {
                 let _ = self.ack(&key, *offset, *stamp);
             }
             PopRecord::Change { offset, stamp, now, invisible_ms, .. } => {
-                let _ = self.change_invisible(&key, *offset, *stamp, *now, *invisible_ms);
+                // As it was answered: today's bounds do not apply to the past.
+                let _ = self.change_unchecked(&key, *offset, *stamp, *now, *invisible_ms);
+            }
+            PopRecord::Seek { next, .. } => {
+                self.apply_seek(&key, *next);
+            }
+            PopRecord::Forget { topic, .. } => {
+                let gone: Vec<QueueKey> = self.queues.keys().filter(|k| k.topic == *topic).cloned().collect();
+                for k in gone {
+                    if let Some(q) = self.queues.remove(&k) {
+                        for (offset, h) in &q.held {
+                            self.due.remove(&(h.visible_at, k.clone(), *offset));
+                        }
+                    }
+                }
             }
             PopRecord::Queue { part, next, held, fifo_batch, .. } => {
                 if *part == 0 {
@@ -442,6 +473,17 @@ impl PopState {
         if invisible_ms > self.limits.max_invisible_ms {
             return Err(PopError::InvisibleTime { asked: invisible_ms, max: self.limits.max_invisible_ms });
         }
+        self.change_unchecked(key, offset, stamp, now, invisible_ms)
+    }
+
+    fn change_unchecked(
+        &mut self,
+        key: &QueueKey,
+        offset: i64,
+        stamp: u64,
+        now: u64,
+        invisible_ms: u64,
+    ) -> Result<(Delivery, PopRecord), PopError> {
         let q = Self::current(&mut self.queues, key, offset, stamp)?;
         let Some(h) = q.held.get_mut(&offset) else {
             return Err(PopError::Stale { offset, stamp });
@@ -533,6 +575,52 @@ impl PopState {
             }
         }
         out
+    }
+
+    /// Moves a queue's pop offset (its messages before it were deleted, or
+    /// its log was cut below it); see [`PopRecord::Seek`].
+    pub fn seek(&mut self, key: &QueueKey, next: i64) -> PopRecord {
+        self.apply_seek(key, next);
+        PopRecord::Seek { group: key.group.clone(), topic: key.topic.clone(), queue_id: key.queue_id, next }
+    }
+
+    fn apply_seek(&mut self, key: &QueueKey, next: i64) {
+        let Some(q) = self.queues.get_mut(key) else {
+            self.start_at(key, next);
+            return;
+        };
+        let back = next < q.next;
+        let dropped: Vec<i64> = q.held.keys().copied().filter(|o| if back { *o >= next } else { *o < next }).collect();
+        for o in dropped {
+            if let Some(h) = q.held.remove(&o) {
+                q.visible.remove(&o);
+                self.due.remove(&(h.visible_at, key.clone(), o));
+            }
+        }
+        q.next = next;
+        q.fifo_batch = None;
+    }
+
+    /// Forgets every group's state of a deleted topic's queues.
+    pub fn forget_topic(&mut self, topic: &str) -> PopRecord {
+        let record = PopRecord::Forget { group: String::new(), topic: topic.to_string(), queue_id: -1 };
+        self.apply(&record);
+        record
+    }
+
+    /// Holds a message again that [`Self::revive`] dropped for the DLQ
+    /// when moving it there failed: due again at `due_at`, same attempt.
+    pub fn reinstate(&mut self, r: &Revived, now: u64, due_at: u64) {
+        let q = self.queues.entry(r.key.clone()).or_default();
+        let stamp = now.max(q.held.get(&r.offset).map_or(0, |h| h.stamp + 1));
+        q.held.insert(r.offset, Held { attempt: r.attempt, stamp, visible_at: due_at, popped_at: now, visible: false });
+        q.visible.remove(&r.offset);
+        self.due.insert((due_at, r.key.clone(), r.offset));
+    }
+
+    /// Whether any group has pop state on `topic`.
+    pub fn has_topic(&self, topic: &str) -> bool {
+        self.queues.keys().any(|k| k.topic == topic)
     }
 
     /// When the next held message becomes due, if any is in flight.
@@ -832,6 +920,52 @@ mod tests {
         assert_eq!(s.pop(&k, 0, &req(1, max + 1), none), Err(PopError::InvisibleTime { asked: max + 1, max }));
         assert_eq!(s.pop(&k, 0, &req(1, 0), none), Err(PopError::InvisibleTime { asked: 0, max }));
         assert_eq!(s.ack(&k, 5, 1), Err(PopError::Stale { offset: 5, stamp: 1 }));
+    }
+
+    #[test]
+    fn seeks_forgets_and_reinstates_replay_to_the_same_state() {
+        let mut s = PopState::new(PopLimits::default());
+        let all = |from: i64| if from < 10 { Next::Match(from) } else { Next::End(10) };
+        let req = PopRequest { batch: 4, invisible_ms: 100, fifo: false, attempt_id: None };
+        let mut journal = vec![s.pop(&key(0), 0, &req, all).unwrap().1, s.pop(&key(1), 0, &req, all).unwrap().1];
+        // The log was cut at 2: held 2 and 3 go, the pop offset comes back.
+        journal.push(s.seek(&key(0), 2));
+        let p = s.progress(&key(0)).unwrap();
+        assert_eq!((p.pop_offset, p.in_flight), (2, 2));
+        // Revived past the maximum, the DLQ move fails: held again, same attempt.
+        let dead = s.revive(100, |_| 0);
+        assert_eq!(dead.len(), 6);
+        for r in dead.iter().filter(|r| r.key.queue_id == 0) {
+            s.reinstate(r, 100, 5000);
+        }
+        assert_eq!(s.progress(&key(0)).unwrap().in_flight, 2);
+        assert_eq!(s.next_due(), Some(5000));
+        journal.extend(dead.iter().filter(|r| r.key.queue_id == 1).filter_map(Revived::record));
+        // Queue 1's topic is deleted: every group's state of it goes.
+        journal.push(s.forget_topic("T"));
+        assert!(s.progress(&key(1)).is_none() && s.progress(&key(0)).is_none());
+        let mut replayed = PopState::new(PopLimits::default());
+        for r in &journal {
+            replayed.apply(r);
+        }
+        assert_eq!(replayed.held_total(), 0);
+        assert!(!replayed.has_topic("T"));
+    }
+
+    #[test]
+    fn a_replay_applies_changes_that_todays_bounds_would_refuse() {
+        let mut s = PopState::new(PopLimits::default());
+        let one = |from: i64| if from < 1 { Next::Match(from) } else { Next::End(1) };
+        let req = PopRequest { batch: 1, invisible_ms: 100, fifo: false, attempt_id: None };
+        let (d, pop) = s.pop(&key(0), 0, &req, one).unwrap();
+        let (changed, change) = s.change_invisible(&key(0), 0, d[0].stamp, 10, 3_600_000).unwrap();
+        let ack = s.ack(&key(0), 0, changed.stamp).unwrap();
+        // Restarted with maxInvisibleTimeMills lowered to a minute.
+        let mut replayed = PopState::new(PopLimits { max_invisible_ms: 60_000, ..PopLimits::default() });
+        for r in [pop, change, ack] {
+            replayed.apply(&r);
+        }
+        assert_eq!(replayed.held_total(), 0, "the ack, made with the changed handle, still finds its message");
     }
 
     #[test]
