@@ -592,6 +592,7 @@ async fn process(
         r::POP_MESSAGE => pop::service::pop_message(state, conn, req).await?,
         r::ACK_MESSAGE => pop::service::ack_message(state, req).await?,
         r::CHANGE_MESSAGE_INVISIBLETIME => pop::service::change_invisible(state, req).await?,
+        r::BATCH_ACK_MESSAGE => pop::service::batch_ack(state, req).await?,
         r::HEART_BEAT => consumer::heart_beat(state, conn, req).await?,
         r::UNREGISTER_CLIENT => consumer::unregister_client(state, req)?,
         r::GET_CONSUMER_LIST_BY_GROUP => consumer::consumer_list(state, req)?,
@@ -617,6 +618,7 @@ async fn process(
         }
         r::GET_CONSUME_STATS => admin::consume_stats(state, req)?,
         r::SPATE_GET_LIMITS => admin::limits(state, req),
+        r::SPATE_GET_POP_PROGRESS => pop::service::progress(state, req).await?,
         r::SPATE_UPDATE_LIMIT => admin::update_limit(state, req).await?,
         r::SPATE_DELETE_LIMIT => admin::delete_limit(state, req).await?,
         r::SPATE_SET_PRIORITY => admin::set_priority(state, req).await?,

@@ -192,6 +192,24 @@ fn lock_batch<'a>(cmd: &'a RemotingCommand, _: &'a str) -> Result<Vec<Touch<'a>>
     Ok(touches)
 }
 
+/// A batch ack (its JSON body): Sub on every group and topic it names.
+fn batch_ack<'a>(cmd: &'a RemotingCommand, _: &'a str) -> Result<Vec<Touch<'a>>, String> {
+    let body: serde_json::Value = serde_json::from_slice(&cmd.body).map_err(|e| e.to_string())?;
+    let mut touches = Vec::new();
+    for ack in body.get("acks").and_then(serde_json::Value::as_array).into_iter().flatten() {
+        let field = |short: &str, long: &str| ack.get(short).or_else(|| ack.get(long)).and_then(|v| v.as_str());
+        let (Some(group), Some(topic)) = (field("c", "consumerGroup"), field("t", "topic")) else {
+            return Err("a batch ack entry without its group or topic".into());
+        };
+        touches.push(Touch { kind: ResourceType::Group, name: Cow::Owned(group.to_string()), actions: SUB });
+        touches.push(named_topic_owned(topic, SUB));
+    }
+    if touches.is_empty() {
+        return Err("a batch ack without entries".into());
+    }
+    Ok(touches)
+}
+
 fn check_client_config<'a>(cmd: &'a RemotingCommand, _: &'a str) -> Result<Vec<Touch<'a>>, String> {
     let body: crate::protocol::CheckClientRequestBody =
         json::decode(&cmd.body, "CheckClientRequestBody").map_err(|e| e.to_string())?;
@@ -223,6 +241,7 @@ pub fn broker_rule(code: i32) -> Option<Rule> {
         r::END_TRANSACTION => Touches(end_transaction),
         r::PULL_MESSAGE | r::LITE_PULL_MESSAGE => Touches(pull),
         r::POP_MESSAGE | r::ACK_MESSAGE | r::CHANGE_MESSAGE_INVISIBLETIME => Touches(|c, _| group_offset(c, SUB)),
+        r::BATCH_ACK_MESSAGE => Touches(batch_ack),
         r::HEART_BEAT => Touches(heartbeat),
         r::UNREGISTER_CLIENT | r::GET_CONSUMER_LIST_BY_GROUP => Touches(consumer_group),
         r::QUERY_CONSUMER_OFFSET => Touches(|c, _| group_offset(c, SUB_OR_GET)),
@@ -242,7 +261,7 @@ pub fn broker_rule(code: i32) -> Option<Rule> {
                 json::decode(&c.body, "SubscriptionGroupConfig").map_err(|e| e.to_string())?;
             Ok(vec![Touch { kind: ResourceType::Group, name: Cow::Owned(g.group_name), actions: CREATE_OR_UPDATE }])
         }),
-        r::GET_CONSUME_STATS => Touches(|c, _| Ok(vec![group(c, "consumerGroup", GET)?])),
+        r::GET_CONSUME_STATS | r::SPATE_GET_POP_PROGRESS => Touches(|c, _| Ok(vec![group(c, "consumerGroup", GET)?])),
         r::GET_CONSUMER_CONNECTION_LIST => Touches(|c, _| Ok(vec![group(c, "consumerGroup", GET)?])),
         r::GET_ALL_TOPIC_CONFIG
         | r::GET_ALL_CONSUMER_OFFSET

@@ -27,6 +27,10 @@ pub mod request {
     /// Spate's own: sets a topic's or group's priority class (fields
     /// `target`, `name`, `class`: core, normal or bulk).
     pub const SPATE_SET_PRIORITY: i32 = 923;
+    /// Spate's own: a pop group's progress per queue (field
+    /// `consumerGroup`; JSON body: pop offset, in flight, oldest in-flight
+    /// age, redeliveries and dead letters).
+    pub const SPATE_GET_POP_PROGRESS: i32 = 924;
     pub const SEARCH_OFFSET_BY_TIMESTAMP: i32 = 29;
     pub const GET_MAX_OFFSET: i32 = 30;
     pub const GET_MIN_OFFSET: i32 = 31;

@@ -714,11 +714,52 @@ async fn group(admin: &Admin, verb: GroupVerb) -> Result<Output> {
                         "broker_offset": w.broker_offset, "consumer_offset": w.consumer_offset, "lag": lag}));
                 }
             }
-            if rows.is_empty() {
+            // A pop group (RocketMQ 5's consumers): what is in flight too.
+            let mut pop = Vec::new();
+            for (name, addr) in admin.masters(None).await? {
+                let req = RemotingCommand::request(request::SPATE_GET_POP_PROGRESS).with("consumerGroup", &group);
+                let r = admin.client.invoke(&addr, req, TIMEOUT).await.with_context(|| format!("calling {addr}"))?;
+                if r.code != response::SUCCESS {
+                    continue; // no pop state of this group there (or an older broker)
+                }
+                let v: Value = serde_json::from_slice(&r.body).with_context(|| format!("pop progress from {name}"))?;
+                if pop.is_empty() {
+                    table.push_str(&format!(
+                        "{:<24} {:<16} {:>5} {:>12} {:>12} {:>9} {:>8} {:>12}\n",
+                        "#Topic",
+                        "#Broker",
+                        "#QID",
+                        "#BrokerOffset",
+                        "#PopOffset",
+                        "#InFlight",
+                        "#Visible",
+                        "#OldestAgeMs"
+                    ));
+                }
+                for q in v["queues"].as_array().into_iter().flatten() {
+                    table.push_str(&format!(
+                        "{:<24} {:<16} {:>5} {:>12} {:>12} {:>9} {:>8} {:>12}\n",
+                        q["topic"].as_str().unwrap_or_default(),
+                        name,
+                        q["queueId"],
+                        q["brokerOffset"],
+                        q["popOffset"],
+                        q["inFlight"],
+                        q["visibleAgain"],
+                        q["oldestInFlightAgeMs"].as_u64().map_or("-".to_string(), |a| a.to_string()),
+                    ));
+                }
+                table.push_str(&format!(
+                    "{name}: redelivered {}, dead-lettered {}\n",
+                    v["redelivered"], v["deadLettered"]
+                ));
+                pop.push(v);
+            }
+            if rows.is_empty() && pop.is_empty() {
                 bail!("consumer group {group} has no offsets on any broker");
             }
             table.push_str(&format!("total lag: {total_lag}\n"));
-            Ok((json!({"group": group, "queues": rows, "total_lag": total_lag}), table))
+            Ok((json!({"group": group, "queues": rows, "total_lag": total_lag, "pop": pop}), table))
         }
         GroupVerb::Connections { group } => {
             let mut all = Vec::new();

@@ -98,6 +98,17 @@ async fn change(c: &RemotingClient, broker: &str, group: &str, topic: &str, p: &
     Some(Popped { handle, ..p.clone() })
 }
 
+/// `spate admin --json` against the name server.
+fn admin_json(ns: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["admin", "-n", ns, "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 async fn produce(c: &RemotingClient, broker: &str, topic: &str, queue_id: i32, n: usize) {
     for i in 0..n {
         let r = call(c, broker, send_req(topic, queue_id, format!("m{i}").into_bytes())).await;
@@ -193,6 +204,12 @@ async fn unacked_messages_are_revived_on_time_then_dead_lettered() {
     assert_eq!(rec.body, b"m0");
     assert_eq!(rec.reconsume_times, 2);
     assert_eq!(rec.property(property::RETRY_TOPIC), Some("PopD"));
+    // What an operator sees.
+    let p = admin_json(&s.namesrv(), &["group", "progress", "dlqg"]);
+    let pop = &p["pop"][0];
+    assert_eq!((pop["redelivered"].as_u64(), pop["deadLettered"].as_u64()), (Some(1), Some(1)), "{p}");
+    assert_eq!(pop["queues"][0]["inFlight"], 0, "{p}");
+    assert_eq!(pop["queues"][0]["popOffset"], 1, "{p}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,6 +221,14 @@ async fn a_fifo_pop_holds_the_queue_until_its_batch_is_acked() {
     let fifo = |attempt: &str| pop_req("fg", "PopF", 0, 3, 60_000, 0).with("order", true).with("attemptId", attempt);
     let batch = pop(&c, &b, fifo("a1")).await;
     assert_eq!(batch.iter().map(|p| p.offset).collect::<Vec<_>>(), [0, 1, 2]);
+    let p = admin_json(&s.namesrv(), &["group", "progress", "fg"]);
+    let q = &p["pop"][0]["queues"][0];
+    assert_eq!(
+        (q["inFlight"].as_u64(), q["popOffset"].as_u64(), q["brokerOffset"].as_u64()),
+        (Some(3), Some(3), Some(6)),
+        "{p}"
+    );
+    assert!(q["oldestInFlightAgeMs"].as_u64().is_some(), "{p}");
     assert!(pop(&c, &b, fifo("a2")).await.is_empty(), "held: nothing later for anyone");
     let retried = pop(&c, &b, fifo("a1")).await;
     assert_eq!(retried.iter().map(|p| p.offset).collect::<Vec<_>>(), [0, 1, 2], "the same attempt gets its batch");
@@ -564,4 +589,54 @@ async fn a_waiting_fifo_pop_is_woken_by_the_ack_that_frees_its_queue_and_bounds_
         assert_eq!(r.code, response::INVALID_PARAMETER, "{what}: {:?}", r.remark);
         assert!(r.remark.clone().unwrap_or_default().contains(what), "{what}: {:?}", r.remark);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_ack_acks_the_messages_its_bits_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Standalone::start(&dir.path().join("d"));
+    let (c, b) = (raw_client(), s.broker());
+    one_queue_topic(&c, &b, "PopB").await;
+    produce(&c, &b, "PopB", 0, 5).await;
+    let got = pop(&c, &b, pop_req("bg", "PopB", 0, 5, 60_000, 0)).await;
+    assert_eq!(got.len(), 5);
+    let stamp: u64 = got[0].handle.split(' ').nth(1).unwrap().parse().unwrap();
+    let batch = |body: String| RemotingCommand::request(request::BATCH_ACK_MESSAGE).with_body(bytes::Bytes::from(body));
+    // Hostile bodies first: refused with a reason (or, well formed but
+    // naming nothing held, acking nothing).
+    for (bad, code) in [
+        (String::new(), response::INVALID_PARAMETER),
+        ("{".to_string(), response::INVALID_PARAMETER),
+        (r#"{"acks":[]}"#.to_string(), response::INVALID_PARAMETER),
+        (
+            format!(r#"{{"acks":[{{"c":"bg","t":"PopB","so":0,"q":0,"pt":{stamp},"b":"!!"}}]}}"#),
+            response::INVALID_PARAMETER,
+        ),
+        (
+            format!(r#"{{"acks":[{{"c":"bg","t":"../x","so":0,"q":0,"pt":{stamp},"b":"/w=="}}]}}"#),
+            response::INVALID_PARAMETER,
+        ),
+        (
+            format!(r#"{{"acks":[{{"c":"bg","t":"PopB","so":9223372036854775807,"q":0,"pt":{stamp},"b":"/w=="}}]}}"#),
+            response::SUCCESS,
+        ),
+        (r#"{"acks":[{"c":"bg","t":"PopB","so":0,"q":0,"pt":1,"b":"/w=="}]}"#.to_string(), response::SUCCESS),
+    ] {
+        let r = call(&c, &b, batch(bad.clone())).await;
+        assert_eq!(r.code, code, "{bad}: {:?}", r.remark);
+    }
+    // Bits 0, 2 and 4 after start offset 0: Java's BitSet.toByteArray() = [0x15], Base64 "FQ==".
+    let body = format!(
+        r#"{{"acks":[{{"c":"bg","t":"PopB","r":"0","so":0,"q":0,"rq":0,"pt":{stamp},"it":60000,"b":"FQ=="}}],"brokerName":"x"}}"#
+    );
+    let r = call(&c, &b, batch(body)).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    let mut codes = Vec::new();
+    for p in &got {
+        codes.push(ack(&c, &b, "bg", "PopB", p).await.code);
+    }
+    assert_eq!(
+        codes,
+        [response::NO_MESSAGE, response::SUCCESS, response::NO_MESSAGE, response::SUCCESS, response::NO_MESSAGE]
+    );
 }

@@ -6,11 +6,9 @@
 //! - [`journal`]: the state's records in the commit log (`RMQ_SYS_SPATE_POP`)
 //!   and their replay.
 //! - [`service`]: the state behind one lock, loaded per master epoch;
-//!   POP_MESSAGE, ACK_MESSAGE, CHANGE_MESSAGE_INVISIBLETIME; the revive task.
-//!
-//! Not built yet (issue 21): BATCH_ACK_MESSAGE, a snapshot that bounds the
-//! replay, `spate-client`'s SimpleConsumer, `spate admin group progress`
-//! for pop groups, pops of the retry topic.
+//!   POP_MESSAGE, ACK_MESSAGE, BATCH_ACK_MESSAGE,
+//!   CHANGE_MESSAGE_INVISIBLETIME, the pop progress code; the revive task
+//!   and snapshots.
 
 pub mod handle;
 pub mod journal;

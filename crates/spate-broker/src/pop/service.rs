@@ -61,6 +61,9 @@ pub struct PopCounters {
     pub acked: AtomicU64,
     pub revived: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Redeliveries (revives) by group, for `spate admin group progress`;
+    /// one entry per group the subscription table holds at most.
+    pub revived_by_group: parking_lot::Mutex<HashMap<String, u64>>,
 }
 
 pub struct PopService {
@@ -609,6 +612,7 @@ async fn revive_due(state: &Arc<BrokerState>, ps: &mut PopState, now: u64) -> Ve
     for r in &revived {
         if !r.to_dlq {
             state.pop.counters.revived.fetch_add(1, Ordering::Relaxed);
+            *state.pop.counters.revived_by_group.lock().entry(r.key.group.clone()).or_default() += 1;
             if woken.insert((r.key.topic.clone(), r.key.queue_id)) {
                 wake_queue(state, &r.key.topic, r.key.queue_id);
             }
@@ -702,6 +706,110 @@ pub async fn ack_message(state: &Arc<BrokerState>, req: &RemotingCommand) -> Res
     Ok(RemotingCommand::success(req))
 }
 
+/// Most entries one BATCH_ACK_MESSAGE may carry.
+const BATCH_ACK_MAX_ENTRIES: usize = 1024;
+
+/// Most bytes of one entry's bit set (each bit one message after its start offset).
+const BATCH_ACK_MAX_BITSET_BYTES: usize = 512;
+
+/// One entry of BATCH_ACK_MESSAGE's body (fastjson's short names; the
+/// long ones accepted too, as upstream's reader does).
+#[derive(serde::Deserialize)]
+struct BatchAckEntry {
+    #[serde(alias = "consumerGroup")]
+    c: String,
+    #[serde(alias = "topic")]
+    t: String,
+    #[serde(alias = "startOffset")]
+    so: i64,
+    #[serde(alias = "queueId")]
+    q: i32,
+    #[serde(alias = "popTime")]
+    pt: u64,
+    /// Base64 of Java's `BitSet.toByteArray()` (little-endian bits).
+    #[serde(alias = "bitSet")]
+    b: String,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchAckBody {
+    #[serde(default)]
+    acks: Vec<BatchAckEntry>,
+}
+
+/// BATCH_ACK_MESSAGE (200151): many acks in one request, as upstream's
+/// clients send them (grouped by queue, start offset and pop time, one bit
+/// per message after the start). Each ack is checked like a single one;
+/// stale ones are skipped (upstream answers the batch as a whole).
+pub async fn batch_ack(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    use base64::Engine as _;
+    let body: BatchAckBody = match serde_json::from_slice(&req.body) {
+        Ok(b) => b,
+        Err(e) => return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, format!("batch ack body: {e}"))),
+    };
+    if body.acks.is_empty() || body.acks.len() > BATCH_ACK_MAX_ENTRIES {
+        return Ok(RemotingCommand::error(
+            req,
+            response::INVALID_PARAMETER,
+            format!("a batch ack carries 1..={BATCH_ACK_MAX_ENTRIES} entries, not {}", body.acks.len()),
+        ));
+    }
+    let mut wanted = Vec::new();
+    for e in &body.acks {
+        let bits = match base64::engine::general_purpose::STANDARD.decode(&e.b) {
+            Ok(b) if b.len() <= BATCH_ACK_MAX_BITSET_BYTES => b,
+            _ => {
+                return Ok(RemotingCommand::error(
+                    req,
+                    response::INVALID_PARAMETER,
+                    format!("batch ack bit set is not Base64 of at most {BATCH_ACK_MAX_BITSET_BYTES} bytes"),
+                ))
+            }
+        };
+        if crate::names::validate_group(&e.c).is_err() || message::validate_topic(&e.t).is_err() || e.q < 0 || e.so < 0
+        {
+            return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, "batch ack entry names no queue"));
+        }
+        let key = QueueKey { group: e.c.clone(), topic: e.t.clone(), queue_id: e.q };
+        for (i, byte) in bits.iter().enumerate() {
+            for bit in 0..8 {
+                if byte & (1 << bit) != 0 {
+                    wanted.push((key.clone(), e.so.saturating_add((i * 8 + bit) as i64), e.pt));
+                }
+            }
+        }
+    }
+    let mut ps = match state.pop.lock(state).await {
+        Ok(ps) => ps,
+        Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+    };
+    let mut records = Vec::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for (key, offset, stamp) in wanted {
+        if let Ok(r) = ps.ack(&key, offset, stamp) {
+            records.push(r);
+            keys.insert(key);
+        }
+    }
+    for key in &keys {
+        if let Some(p) = ps.progress(key) {
+            state.offsets.commit(&key.group, &key.topic, key.queue_id, p.done_below);
+        }
+    }
+    state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
+    let acked = records.len() as u64;
+    let written = journal(state, &records).await?;
+    drop(ps);
+    if let Some(refused) = durable(state, req, written).await {
+        return Ok(refused);
+    }
+    state.pop.counters.acked.fetch_add(acked, Ordering::Relaxed);
+    for key in &keys {
+        wake_queue(state, &key.topic, key.queue_id);
+    }
+    Ok(RemotingCommand::success(req))
+}
+
 /// CHANGE_MESSAGE_INVISIBLETIME (200053): a new invisible time from now,
 /// and a new handle (the answer's `popTime`); the old handle stops working.
 pub async fn change_invisible(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
@@ -763,6 +871,45 @@ fn handle_of(state: &BrokerState, req: &RemotingCommand) -> Result<(QueueKey, Re
         )));
     }
     Ok((QueueKey { group, topic, queue_id }, handle))
+}
+
+/// SPATE_GET_POP_PROGRESS (924): per queue of the group, the pop offset,
+/// the broker's end, in-flight and visible-again counts, the oldest
+/// in-flight message's age; the group's redeliveries and DLQ size.
+pub async fn progress(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let group = req.str_field("consumerGroup")?.to_string();
+    let rows = match state.pop.lock(state).await {
+        Ok(ps) => ps.group_progress(&group),
+        Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+    };
+    if rows.is_empty() {
+        return Ok(RemotingCommand::error(
+            req,
+            response::CONSUMER_NOT_ONLINE,
+            format!("group {group} has no pop state on this broker"),
+        ));
+    }
+    let now = crate::schedule::now_ms().max(0) as u64;
+    let queues: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(k, p)| {
+            serde_json::json!({
+                "topic": k.topic,
+                "queueId": k.queue_id,
+                "popOffset": p.pop_offset,
+                "doneBelow": p.done_below,
+                "brokerOffset": state.store.max_offset_in_queue(&k.topic, k.queue_id),
+                "inFlight": p.in_flight,
+                "visibleAgain": p.visible_again,
+                "oldestInFlightAgeMs": p.oldest_popped_at.map(|t| now.saturating_sub(t)),
+            })
+        })
+        .collect();
+    let revived = state.pop.counters.revived_by_group.lock().get(&group).copied().unwrap_or(0);
+    let dlq = state.store.max_offset_in_queue(&dlq_topic(&group), 0).max(0);
+    let body = serde_json::json!({"group": group, "broker": state.broker_name, "queues": queues,
+        "redelivered": revived, "deadLettered": dlq});
+    Ok(RemotingCommand::success(req).with_body(serde_json::to_vec(&body).unwrap_or_default()))
 }
 
 /// A deleted topic's pop state goes, for every group (journaled, so a

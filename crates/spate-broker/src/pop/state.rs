@@ -639,6 +639,18 @@ impl PopState {
         })
     }
 
+    /// Every queue of `group` with its progress, in key order.
+    pub fn group_progress(&self, group: &str) -> Vec<(QueueKey, QueueProgress)> {
+        let mut out: Vec<(QueueKey, QueueProgress)> = self
+            .queues
+            .keys()
+            .filter(|k| k.group == group)
+            .filter_map(|k| self.progress(k).map(|p| (k.clone(), p)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Held messages (in flight or visible again) over every queue.
     pub fn held_total(&self) -> usize {
         self.queues.values().map(|q| q.held.len()).sum()
