@@ -144,6 +144,35 @@ fn produce_prints_json_with_every_field_against_a_real_broker() {
     assert!(v.get("store_to_consume_p99_us").is_some());
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("spate bench consume") && svg.contains("<polyline"));
+    // The same backlog by pop + ack (RocketMQ 5's simple consumers), its
+    // own group: every message once, every one acked.
+    let v = bench(&[
+        "consume",
+        "-n",
+        &ns,
+        "--topic",
+        "BenchC",
+        "--pop",
+        "--consumers",
+        "3",
+        "--group",
+        "bench_pop_g",
+        "--from",
+        "first",
+        "--warmup",
+        "0s",
+        "--duration",
+        "20s",
+        "--count",
+        &produced.to_string(),
+        "--json",
+    ]);
+    for f in FIELDS.iter().chain(&["received_unique", "duplicates", "acked"]) {
+        assert!(v.get(*f).is_some(), "consume --pop: missing {f} in {v}");
+    }
+    assert_eq!(v["received_unique"].as_u64().unwrap(), produced, "the whole backlog was popped: {v}");
+    assert_eq!(v["duplicates"], 0, "{v}");
+    assert_eq!(v["acked"].as_u64().unwrap(), produced, "{v}");
     // A plot file that is not SVG is refused before anything runs.
     let out = Command::new(env!("CARGO_BIN_EXE_spate"))
         .args(["bench", "produce", "-n", &ns, "--plot", "x.png"])

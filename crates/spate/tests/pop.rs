@@ -405,13 +405,21 @@ async fn simple_consumers_share_a_queue_and_never_acked_messages_come_back_then_
                     continue;
                 }
                 idle = 0;
+                // Consumer 0 acks each batch at once (BATCH_ACK_MESSAGE), the others one by one.
+                let mut batch = Vec::new();
                 for m in got {
                     if never(&m.message.body) {
                         unacked.push((m.message.body.to_vec(), m.delivery_attempt));
+                    } else if i == 0 {
+                        acked.push(m.message.body.to_vec());
+                        batch.push(m);
                     } else {
                         consumer.ack(&m).await.unwrap();
                         acked.push(m.message.body.to_vec());
                     }
+                }
+                if !batch.is_empty() {
+                    consumer.ack_many(&batch).await.unwrap();
                 }
             }
             consumer.shutdown().await;

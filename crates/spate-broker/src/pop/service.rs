@@ -783,21 +783,25 @@ pub async fn batch_ack(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
         Ok(ps) => ps,
         Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
     };
-    let mut records = Vec::new();
-    let mut keys = std::collections::BTreeSet::new();
+    // One journal record per queue, however many acks it has.
+    let mut by_queue: std::collections::BTreeMap<QueueKey, Vec<(i64, u64)>> = Default::default();
     for (key, offset, stamp) in wanted {
-        if let Ok(r) = ps.ack(&key, offset, stamp) {
-            records.push(r);
-            keys.insert(key);
+        if ps.ack(&key, offset, stamp).is_ok() {
+            by_queue.entry(key).or_default().push((offset, stamp));
         }
     }
+    let acked = by_queue.values().map(Vec::len).sum::<usize>() as u64;
+    let keys: Vec<QueueKey> = by_queue.keys().cloned().collect();
+    let records: Vec<PopRecord> = by_queue
+        .into_iter()
+        .map(|(k, acks)| PopRecord::AckMany { group: k.group, topic: k.topic, queue_id: k.queue_id, acks })
+        .collect();
     for key in &keys {
         if let Some(p) = ps.progress(key) {
             state.offsets.commit(&key.group, &key.topic, key.queue_id, p.done_below);
         }
     }
     state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
-    let acked = records.len() as u64;
     let written = journal(state, &records).await?;
     drop(ps);
     if let Some(refused) = durable(state, req, written).await {

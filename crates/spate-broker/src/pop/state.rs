@@ -142,6 +142,14 @@ pub enum PopRecord {
         queue_id: i32,
         offset: i64,
     },
+    /// Acks of one queue's messages as (offset, stamp), one record for a
+    /// batch ack; applied one by one like [`PopRecord::Ack`].
+    AckMany {
+        group: String,
+        topic: String,
+        queue_id: i32,
+        acks: Vec<(i64, u64)>,
+    },
     /// The pop offset moved to `next` (the queue was cut or truncated);
     /// held messages on the far side of the move are dropped.
     Seek {
@@ -194,6 +202,7 @@ impl PopRecord {
             | PopRecord::Change { group, topic, queue_id, .. }
             | PopRecord::DeadLetter { group, topic, queue_id, .. }
             | PopRecord::Seek { group, topic, queue_id, .. }
+            | PopRecord::AckMany { group, topic, queue_id, .. }
             | PopRecord::Forget { group, topic, queue_id }
             | PopRecord::Queue { group, topic, queue_id, .. } => (group, topic, *queue_id),
         };
@@ -396,6 +405,11 @@ impl PopState {
             }
             PopRecord::Seek { next, .. } => {
                 self.apply_seek(&key, *next);
+            }
+            PopRecord::AckMany { acks, .. } => {
+                for (offset, stamp) in acks {
+                    let _ = self.ack(&key, *offset, *stamp);
+                }
             }
             PopRecord::Forget { topic, .. } => {
                 let gone: Vec<QueueKey> = self.queues.keys().filter(|k| k.topic == *topic).cloned().collect();

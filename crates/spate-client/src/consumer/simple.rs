@@ -22,6 +22,12 @@ use crate::message::{decode_pull_body, MessageExt};
 /// The property a popped message's receipt handle arrives in.
 pub const POP_CK: &str = "POP_CK";
 
+/// A broker's acks: (topic, queue, stamp) to the offsets acked.
+type AcksOfBroker = BTreeMap<(String, i32, u64), Vec<i64>>;
+
+/// Offsets one batch-ack entry covers (its bit set, well inside the broker's bound).
+const BATCH_ACK_BITS: i64 = 1024;
+
 /// Largest batch one receive may ask for (the broker's bound).
 pub const MAX_RECEIVE_BATCH: usize = 32;
 
@@ -34,12 +40,20 @@ pub struct SimpleConsumerOptions {
     pub await_duration: Duration,
     /// FIFO group: a queue hands out its next batch only once the last is acked.
     pub fifo: bool,
+    /// Where a group with no position in a queue starts: its first message
+    /// (`initMode` MIN, the default) or its end (MAX: only new messages).
+    pub from_first: bool,
 }
 
 impl SimpleConsumerOptions {
-    /// Defaults for `group`: `awaitDuration` 5 s, not FIFO.
+    /// Defaults for `group`: `awaitDuration` 5 s, not FIFO, from the first message.
     pub fn new(group: impl Into<String>) -> Self {
-        SimpleConsumerOptions { group: group.into(), await_duration: Duration::from_secs(5), fifo: false }
+        SimpleConsumerOptions {
+            group: group.into(),
+            await_duration: Duration::from_secs(5),
+            fifo: false,
+            from_first: true,
+        }
     }
 }
 
@@ -147,7 +161,7 @@ impl SimpleConsumer {
             .with("invisibleTime", invisible.as_millis() as u64)
             .with("pollTime", poll.as_millis() as u64)
             .with("bornTime", crate::uniq_id::now_ms())
-            .with("initMode", 0)
+            .with("initMode", if self.options.from_first { 0 } else { 1 })
             .with("expType", "TAG")
             .with("exp", expression);
         if self.options.fifo {
@@ -185,6 +199,57 @@ impl SimpleConsumer {
     pub async fn ack(&self, msg: &ReceivedMessage) -> Result<()> {
         let req = self.handle_request(request::ACK_MESSAGE, msg);
         self.instance.call_ok(&msg.broker_addr, req).await.map(|_| ())
+    }
+
+    /// Acks many received messages in as few requests as there are brokers
+    /// (BATCH_ACK_MESSAGE, upstream's batch ack body). A message whose
+    /// handle went stale is skipped by the broker, not reported.
+    pub async fn ack_many(&self, msgs: &[ReceivedMessage]) -> Result<()> {
+        use base64::Engine as _;
+        let mut by_broker: BTreeMap<&str, AcksOfBroker> = BTreeMap::new();
+        for m in msgs {
+            let stamp = m.receipt_handle.split(' ').nth(1).and_then(|t| t.parse::<u64>().ok());
+            let Some(stamp) = stamp else {
+                return Err(ClientError::InvalidArgument(format!("malformed receipt handle {:?}", m.receipt_handle)));
+            };
+            by_broker
+                .entry(m.broker_addr.as_str())
+                .or_default()
+                .entry((m.message.topic.clone(), m.message.queue_id, stamp))
+                .or_default()
+                .push(m.message.queue_offset);
+        }
+        for (addr, groups) in by_broker {
+            let mut acks = Vec::new();
+            for ((topic, queue_id, stamp), mut offsets) in groups {
+                offsets.sort_unstable();
+                // One entry per run of offsets a bit set of BATCH_ACK_BITS covers.
+                let mut runs: Vec<Vec<i64>> = Vec::new();
+                for o in offsets {
+                    match runs.last_mut() {
+                        Some(run) if o - run[0] < BATCH_ACK_BITS => run.push(o),
+                        _ => runs.push(vec![o]),
+                    }
+                }
+                for run in runs {
+                    let start = run[0];
+                    let mut bits = vec![0u8; ((run[run.len() - 1] - start) / 8 + 1) as usize];
+                    for o in &run {
+                        let i = (o - start) as usize;
+                        bits[i / 8] |= 1 << (i % 8);
+                    }
+                    acks.push(serde_json::json!({
+                        "c": self.options.group, "t": topic, "r": "0", "so": start, "q": queue_id,
+                        "rq": 0, "pt": stamp, "it": 0,
+                        "b": base64::engine::general_purpose::STANDARD.encode(&bits),
+                    }));
+                }
+            }
+            let body = serde_json::json!({"acks": acks, "brokerName": ""}).to_string();
+            let req = RemotingCommand::request(request::BATCH_ACK_MESSAGE).with_body(body);
+            self.instance.call_ok(addr, req).await?;
+        }
+        Ok(())
     }
 
     /// Makes a received message visible again `invisible` from now (zero:

@@ -58,9 +58,23 @@ pub struct ConsumeArgs {
     /// `consumeMessageBatchMaxSize`: messages per listener call.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// `pullBatchSize`: messages asked for per pull.
+    /// `pullBatchSize`: messages asked for per pull (per pop with `--pop`).
     #[arg(long = "pull-batch", default_value_t = 32)]
     pub pull_batch: i32,
+    /// Consume by pop and ack (RocketMQ 5's simple consumer) instead of
+    /// pulling by offset.
+    #[arg(long)]
+    pub pop: bool,
+    /// With `--pop`: how long a popped message stays invisible to the others.
+    #[arg(long, default_value = "30s", value_parser = super::report::parse_duration)]
+    pub invisible: Duration,
+    /// With `--pop`: simple consumers sharing the group.
+    #[arg(long, default_value_t = 4)]
+    pub consumers: usize,
+    /// With `--pop`: ack each message by itself (ACK_MESSAGE) instead of
+    /// each received batch at once (BATCH_ACK_MESSAGE).
+    #[arg(long)]
+    pub single_ack: bool,
 }
 
 struct Tally {
@@ -73,6 +87,9 @@ struct Tally {
 }
 
 pub async fn run(a: &ConsumeArgs) -> Result<Report> {
+    if a.pop {
+        return run_pop(a).await;
+    }
     if a.threads == 0 || a.batch == 0 || a.pull_batch <= 0 {
         bail!("--threads, --batch and --pull-batch must be positive");
     }
@@ -161,6 +178,157 @@ pub async fn run(a: &ConsumeArgs) -> Result<Report> {
     extra.insert("store_to_consume_max_us".into(), stored.max().into());
     if messages == 0 {
         extra.insert("note".into(), "nothing consumed: is anything producing to the topic?".into());
+    }
+    let latency_us = tally.born.lock().clone();
+    Ok(Report { name: "consume", elapsed, latency_us, sent_ok: messages, errors: Default::default(), extra })
+}
+
+/// What the pop consumers saw.
+#[derive(Default)]
+struct PopTally {
+    /// (broker, queue, offset) of every message received in the window.
+    seen: Mutex<std::collections::HashSet<(String, i32, i64)>>,
+    received: AtomicU64,
+    acked: AtomicU64,
+    ack_errors: AtomicU64,
+    receive_errors: AtomicU64,
+}
+
+/// `--pop`: simple consumers receive batches, record latencies, ack each
+/// message. Reports `received_unique`, `duplicates` and `acked` besides
+/// the latencies (a duplicate is a message received twice: its invisible
+/// time ran out before its ack, or a broker restart lost a record).
+async fn run_pop(a: &ConsumeArgs) -> Result<Report> {
+    use spate_client::{SimpleConsumer, SimpleConsumerOptions};
+    let batch = usize::try_from(a.pull_batch).ok().filter(|b| (1..=32).contains(b));
+    let Some(batch) = batch else { bail!("--pull-batch must be 1..=32 with --pop") };
+    if a.consumers == 0 {
+        bail!("--consumers must be positive");
+    }
+    let pid = std::process::id();
+    let group = a.group.clone().unwrap_or_else(|| format!("bench_pop_{pid}"));
+    let tally = Arc::new(Tally {
+        born: Mutex::new(histogram()),
+        stored: Mutex::new(histogram()),
+        messages: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        skipped: AtomicU64::new(0),
+    });
+    let pops = Arc::new(PopTally::default());
+    let start = Instant::now();
+    let measure_from = start + a.warmup;
+    let end = measure_from + a.duration;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..a.consumers {
+        let mut o = SimpleConsumerOptions::new(group.clone());
+        o.await_duration = Duration::from_secs(1);
+        o.from_first = a.from == StartFrom::First;
+        let mut cfg = ClientConfig::new(&a.namesrv).with_instance_name(format!("bench-pop-{pid}-{i}"));
+        cfg.remoting = a.credentials.client_config()?;
+        let consumer = SimpleConsumer::new(cfg, o)?;
+        consumer.subscribe(&a.topic, &a.expression)?;
+        consumer.start().await.with_context(|| format!("starting a simple consumer via {}", a.namesrv))?;
+        let (t, p, stop, invisible, single_ack) =
+            (tally.clone(), pops.clone(), stop.clone(), a.invisible, a.single_ack);
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let got = match consumer.receive(batch, invisible).await {
+                    Ok(got) => got,
+                    Err(_) => {
+                        p.receive_errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let measured = Instant::now() >= measure_from;
+                if measured {
+                    let now_ms =
+                        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+                    let ms_to_us = |from_ms: i64| ((now_ms - from_ms).max(0) as u64 * 1000).clamp(1, 60_000_000);
+                    let mut born = t.born.lock();
+                    let mut stored = t.stored.lock();
+                    let mut seen = p.seen.lock();
+                    for m in &got {
+                        let _ = born.record(ms_to_us(m.message.born_timestamp));
+                        let _ = stored.record(ms_to_us(m.message.store_timestamp));
+                        seen.insert((m.message.broker_name.clone(), m.message.queue_id, m.message.queue_offset));
+                    }
+                    drop((born, stored, seen));
+                    let bytes: usize = got.iter().map(|m| m.message.body.len()).sum();
+                    t.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                    t.messages.fetch_add(got.len() as u64, Ordering::Relaxed);
+                    p.received.fetch_add(got.len() as u64, Ordering::Relaxed);
+                } else {
+                    t.skipped.fetch_add(got.len() as u64, Ordering::Relaxed);
+                }
+                if single_ack {
+                    for m in &got {
+                        match consumer.ack(m).await {
+                            Ok(()) if measured => {
+                                p.acked.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(()) => {}
+                            Err(_) => {
+                                p.ack_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                } else {
+                    match consumer.ack_many(&got).await {
+                        Ok(()) if measured => {
+                            p.acked.fetch_add(got.len() as u64, Ordering::Relaxed);
+                        }
+                        Ok(()) => {}
+                        Err(_) => {
+                            p.ack_errors.fetch_add(got.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            consumer.shutdown().await;
+        }));
+    }
+    let window = super::procstat::Window::start(measure_from);
+    tokio::time::sleep_until(measure_from.into()).await;
+    loop {
+        let now = Instant::now();
+        if now >= end || (a.count > 0 && tally.messages.load(Ordering::Relaxed) >= a.count) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10).min(end - now)).await;
+    }
+    let elapsed = measure_from.elapsed().min(a.duration);
+    let messages = tally.messages.load(Ordering::Relaxed);
+    let usage = window.fields(messages, "message").await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let stored = tally.stored.lock().clone();
+    let q = |p: f64| if stored.is_empty() { 0 } else { stored.value_at_quantile(p) };
+    let unique = pops.seen.lock().len() as u64;
+    let received = pops.received.load(Ordering::Relaxed);
+    let mut extra = usage;
+    extra.insert("group".into(), group.into());
+    extra.insert("topic".into(), a.topic.clone().into());
+    extra.insert("mode".into(), "pop".into());
+    extra.insert("consumers".into(), a.consumers.into());
+    extra.insert("ack".into(), if a.single_ack { "single" } else { "batch" }.into());
+    extra.insert("latency".into(), "born_to_receive (bornTimestamp, ms resolution)".into());
+    extra.insert("bytes_per_s".into(), (tally.bytes.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()).into());
+    extra.insert("warmup_messages".into(), tally.skipped.load(Ordering::Relaxed).into());
+    extra.insert("received_unique".into(), unique.into());
+    extra.insert("duplicates".into(), received.saturating_sub(unique).into());
+    extra.insert("acked".into(), pops.acked.load(Ordering::Relaxed).into());
+    extra.insert("ack_errors".into(), pops.ack_errors.load(Ordering::Relaxed).into());
+    extra.insert("receive_errors".into(), pops.receive_errors.load(Ordering::Relaxed).into());
+    extra.insert("store_to_consume_p50_us".into(), q(0.5).into());
+    extra.insert("store_to_consume_p99_us".into(), q(0.99).into());
+    extra.insert("store_to_consume_p999_us".into(), q(0.999).into());
+    extra.insert("store_to_consume_max_us".into(), stored.max().into());
+    if messages == 0 {
+        extra.insert("note".into(), "nothing received: is anything producing to the topic?".into());
     }
     let latency_us = tally.born.lock().clone();
     Ok(Report { name: "consume", elapsed, latency_us, sent_ok: messages, errors: Default::default(), extra })
