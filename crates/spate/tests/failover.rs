@@ -677,3 +677,113 @@ async fn orderly_consumers_and_retries_carry_on_across_a_failover() {
         assert_eq!(all, (0..PER_KEY).collect::<Vec<_>>(), "key {k}: every message");
     }
 }
+
+/// A pop request (RocketMQ 5's POP_MESSAGE) of queue 0 of `topic` for
+/// group `g`; the (queue offset, reconsume times, receipt handle) of each
+/// message, empty when none or refused (a master fencing itself a moment).
+async fn pop_some(c: &RemotingClient, addr: &str, topic: &str, max: i32, invisible_ms: i64) -> Vec<(i64, i32, String)> {
+    let req = RemotingCommand::request(request::POP_MESSAGE)
+        .with("consumerGroup", "popfg")
+        .with("topic", topic)
+        .with("queueId", 0)
+        .with("maxMsgNums", max)
+        .with("invisibleTime", invisible_ms)
+        .with("pollTime", 0)
+        .with("bornTime", 0)
+        .with("initMode", 0);
+    let Ok(r) = c.invoke(addr, req, Duration::from_secs(5)).await else { return Vec::new() };
+    if r.code != response::SUCCESS {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut rest = &r.body[..];
+    while !rest.is_empty() {
+        let rec = spate_common::message::decode_record(rest, false).unwrap();
+        out.push((rec.queue_offset, rec.reconsume_times, rec.property("POP_CK").unwrap().to_string()));
+        rest = &rest[rec.total_size..];
+    }
+    out
+}
+
+async fn pop_ack(c: &RemotingClient, addr: &str, topic: &str, m: &(i64, i32, String)) -> i32 {
+    let req = RemotingCommand::request(request::ACK_MESSAGE)
+        .with("consumerGroup", "popfg")
+        .with("topic", topic)
+        .with("queueId", 0)
+        .with("extraInfo", m.2.clone())
+        .with("offset", m.0);
+    c.invoke(addr, req, Duration::from_secs(5)).await.map_or(-1, |r| r.code)
+}
+
+/// Pop state rides the commit log: after the controller replaces a killed
+/// master, the new one continues the same pops. What was acked is never
+/// handed out again, what was in flight comes back when its invisible time
+/// passes, with its attempt raised, and handles from the old master still
+/// ack there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pops_carry_on_across_a_failover() {
+    let _serial = SERIAL.lock().await;
+    let Cluster { zk: _zk, ns, _controller, mut brokers, observer: _observer, first, _dir } =
+        Cluster::start(1000).await;
+    let c = raw_client();
+    let old_id = first.master.unwrap();
+    let old_addr = brokers[&old_id].addr();
+    for i in 0..20 {
+        send_acked(&c, &old_addr, "PopFail", 0, format!("m{i}").as_bytes()).await;
+    }
+    // Pops and acks answered by the master (so on its in-sync slaves too).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut popped = Vec::new();
+    while popped.len() < 10 {
+        popped.extend(pop_some(&c, &old_addr, "PopFail", 10 - popped.len() as i32, 4000).await);
+        assert!(Instant::now() < deadline, "the master never answered the pops");
+    }
+    let mut acked = Vec::new();
+    for m in &popped[..5] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pop_ack(&c, &old_addr, "PopFail", m).await != response::SUCCESS {
+            assert!(Instant::now() < deadline, "ack of {} never answered", m.0);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        acked.push(m.0);
+    }
+    brokers.get_mut(&old_id).unwrap().kill9();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new_addr = loop {
+        if let Some(addr) = master_addr(&c, &ns.addr()).await.filter(|a| *a != old_addr) {
+            break addr;
+        }
+        assert!(Instant::now() < deadline, "no new master registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The old master's handles work on the new one: ack one more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let code = pop_ack(&c, &new_addr, "PopFail", &popped[5]).await;
+        if code == response::SUCCESS {
+            break;
+        }
+        assert_ne!(code, response::NO_MESSAGE, "the new master does not know the pop of {}", popped[5].0);
+        assert!(Instant::now() < deadline, "the new master never took the ack: {code}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    acked.push(popped[5].0);
+    // Nothing acked is handed out again; the rest of the in-flight ones come
+    // back once their 4 s pass (attempt 2), and the 10 never popped once.
+    let mut seen: BTreeMap<i64, i32> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 14 {
+        for m in pop_some(&c, &new_addr, "PopFail", 32, 60_000).await {
+            assert!(!acked.contains(&m.0), "acked message {} handed out again", m.0);
+            assert!(seen.insert(m.0, m.1).is_none(), "{} handed out twice", m.0);
+        }
+        assert!(Instant::now() < deadline, "only {:?} came back", seen.keys().collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for m in &popped[6..] {
+        assert_eq!(seen.get(&m.0), Some(&1), "in flight at the kill: {} comes back as a redelivery", m.0);
+    }
+    for o in 10..20 {
+        assert_eq!(seen.get(&o), Some(&0), "never popped before: {o}");
+    }
+}
