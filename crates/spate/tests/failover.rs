@@ -5,7 +5,8 @@
 //! epoch with every acknowledged message; a woken hung master acknowledges
 //! nothing; the old master returns as a slave and ends up byte-identical to
 //! the new master. Also: delayed, timer and transactional messages, orderly
-//! consumption and consumer retries across a failover.
+//! consumption and consumer retries across a failover; pops (RocketMQ 5)
+//! continued by the new master.
 
 mod common;
 
