@@ -648,3 +648,113 @@ async fn a_batch_ack_acks_the_messages_its_bits_name() {
         [response::NO_MESSAGE, response::SUCCESS, response::NO_MESSAGE, response::SUCCESS, response::NO_MESSAGE]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_and_pop_groups_read_one_topic_independently_and_a_group_can_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Standalone::start_with(&dir.path().join("d"), &["enablePropertyFilter=true"]);
+    let (c, b) = (raw_client(), s.broker());
+    one_queue_topic(&c, &b, "PopM").await;
+    for i in 0..6 {
+        let tag = if i % 2 == 0 { "even" } else { "odd" };
+        let r = call(
+            &c,
+            &b,
+            common::send_req_with("PopM", 0, format!("m{i}").into_bytes(), &[("TAGS", tag), ("n", &i.to_string())]),
+        )
+        .await;
+        assert_eq!(r.code, response::SUCCESS);
+    }
+    // A pop group takes everything; an offset-model group still reads it all.
+    let popped = pop(&c, &b, pop_req("mpop", "PopM", 0, 32, 60_000, 0)).await;
+    assert_eq!(popped.len(), 6);
+    let pulled = call(&c, &b, common::pull_req("PopM", 0, 0, 0, "*")).await;
+    assert_eq!(pulled.code, response::SUCCESS);
+    // Tag and SQL92 filters on pops: what does not match is passed over.
+    let even = pop(&c, &b, pop_req("mtag", "PopM", 0, 32, 60_000, 0).with("exp", "even")).await;
+    assert_eq!(even.iter().map(|p| p.offset).collect::<Vec<_>>(), [0, 2, 4]);
+    let sql =
+        pop(&c, &b, pop_req("msql", "PopM", 0, 32, 60_000, 0).with("expType", "SQL92").with("exp", "n > 3")).await;
+    assert_eq!(sql.iter().map(|p| p.offset).collect::<Vec<_>>(), [4, 5]);
+    // A group that consumed by offset up to 4 and then pops goes on from 4.
+    let commit = RemotingCommand::request(request::UPDATE_CONSUMER_OFFSET)
+        .with("consumerGroup", "mswitch")
+        .with("topic", "PopM")
+        .with("queueId", 0)
+        .with("commitOffset", 4);
+    assert_eq!(call(&c, &b, commit).await.code, response::SUCCESS);
+    let rest = pop(&c, &b, pop_req("mswitch", "PopM", 0, 32, 60_000, 0)).await;
+    assert_eq!(rest.iter().map(|p| p.offset).collect::<Vec<_>>(), [4, 5]);
+    // And back: its committed offset is its first unfinished message.
+    assert_eq!(ack(&c, &b, "mswitch", "PopM", &rest[0]).await.code, response::SUCCESS);
+    let q = RemotingCommand::request(request::QUERY_CONSUMER_OFFSET)
+        .with("consumerGroup", "mswitch")
+        .with("topic", "PopM")
+        .with("queueId", 0);
+    let r = call(&c, &b, q).await;
+    assert_eq!(r.field("offset"), Some("5"), "{:?}", r.remark);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_pops_keep_queue_order_across_three_consumers_with_failures() {
+    use spate_client::{ClientConfig, SimpleConsumer, SimpleConsumerOptions};
+    const PER_QUEUE: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Standalone::start(&dir.path().join("d"));
+    let (c, b) = (raw_client(), s.broker());
+    let req = RemotingCommand::request(request::UPDATE_AND_CREATE_TOPIC)
+        .with("topic", "PopO")
+        .with("readQueueNums", 2)
+        .with("writeQueueNums", 2)
+        .with("perm", 6);
+    assert_eq!(call(&c, &b, req).await.code, response::SUCCESS);
+    for i in 0..PER_QUEUE {
+        for q in 0..2 {
+            let r = call(&c, &b, send_req("PopO", q, format!("{q}-{i}").into_bytes())).await;
+            assert_eq!(r.code, response::SUCCESS);
+        }
+    }
+    // Each consumer acks in order; every 7th batch it "fails": it acks
+    // nothing and lets the batch come back (invisible 500 ms).
+    let log = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<(i32, i64)>::new()));
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let (ns, log) = (s.namesrv(), log.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut o = SimpleConsumerOptions::new("fifo3");
+            o.await_duration = Duration::from_millis(300);
+            o.fifo = true;
+            let consumer = SimpleConsumer::new(ClientConfig::new(&ns).with_instance_name(format!("f{i}")), o).unwrap();
+            consumer.subscribe("PopO", "*").unwrap();
+            consumer.start().await.unwrap();
+            let (mut batches, mut idle) = (0, 0);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while idle < 6 && Instant::now() < deadline {
+                let got = consumer.receive(8, Duration::from_millis(500)).await.unwrap();
+                if got.is_empty() {
+                    idle += 1;
+                    continue;
+                }
+                idle = 0;
+                batches += 1;
+                if batches % 7 == 0 {
+                    continue; // a failed batch: not acked, comes back
+                }
+                for m in &got {
+                    // Logged under the lock before its ack: the ack frees the queue.
+                    log.lock().push((m.message.queue_id, m.message.queue_offset));
+                    consumer.ack(m).await.unwrap();
+                }
+            }
+            consumer.shutdown().await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = log.lock().clone();
+    for q in 0..2 {
+        let order: Vec<i64> = log.iter().filter(|(qq, _)| *qq == q).map(|(_, o)| *o).collect();
+        assert_eq!(order, (0..PER_QUEUE as i64).collect::<Vec<_>>(), "queue {q}: acked in order, each once");
+    }
+}
