@@ -19,6 +19,9 @@ pub enum BrokerError {
     Header(#[from] HeaderError),
     #[error(transparent)]
     Body(#[from] BodyError),
+    /// This broker does not take an append now (a slave, or too few slaves in sync).
+    #[error("append refused: {0}")]
+    AppendRefused(String),
     /// The requesting connection failed or closed while its request ran.
     #[error(transparent)]
     Remoting(#[from] RemotingError),

@@ -59,6 +59,24 @@ fn parse(req: &RemotingCommand) -> Result<PullHeader, BrokerError> {
     })
 }
 
+/// The topic's config if this broker and the topic may be read (pulls and
+/// pops alike); else the response code and remark refusing it.
+pub(crate) fn readable_topic(
+    state: &BrokerState,
+    topic: &str,
+) -> Result<spate_remoting::protocol::TopicConfig, (i32, String)> {
+    if !perm::readable(state.config.read().broker_permission) {
+        return Err((response::NO_PERMISSION, "the broker pulling message is forbidden".into()));
+    }
+    let Some(tc) = state.topics.get(topic) else {
+        return Err((response::TOPIC_NOT_EXIST, format!("topic[{topic}] not exist, apply first please!")));
+    };
+    if !perm::readable(tc.perm) {
+        return Err((response::NO_PERMISSION, format!("the topic[{topic}] pulling message is forbidden")));
+    }
+    Ok(tc)
+}
+
 pub async fn pull(
     state: &Arc<BrokerState>,
     conn: &Arc<Connection>,
@@ -68,23 +86,10 @@ pub async fn pull(
     if let Err(e) = crate::names::validate_group(&h.group) {
         return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
     }
-    if !perm::readable(state.config.read().broker_permission) {
-        return Ok(RemotingCommand::error(req, response::NO_PERMISSION, "the broker pulling message is forbidden"));
-    }
-    let Some(tc) = state.topics.get(&h.topic) else {
-        return Ok(RemotingCommand::error(
-            req,
-            response::TOPIC_NOT_EXIST,
-            format!("topic[{}] not exist, apply first please!", h.topic),
-        ));
+    let tc = match readable_topic(state, &h.topic) {
+        Ok(tc) => tc,
+        Err((code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
     };
-    if !perm::readable(tc.perm) {
-        return Ok(RemotingCommand::error(
-            req,
-            response::NO_PERMISSION,
-            format!("the topic[{}] pulling message is forbidden", h.topic),
-        ));
-    }
     if h.queue_id < 0 || h.queue_id >= tc.read_queue_nums {
         return Ok(RemotingCommand::error(
             req,

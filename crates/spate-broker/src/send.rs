@@ -121,6 +121,15 @@ impl From<StoreError> for PutError {
     }
 }
 
+impl From<PutError> for crate::error::BrokerError {
+    fn from(e: PutError) -> Self {
+        match e {
+            PutError::Store(e) => e.into(),
+            PutError::Refused { remark, .. } => crate::error::BrokerError::AppendRefused(remark),
+        }
+    }
+}
+
 impl PutError {
     pub fn response(&self, req: &RemotingCommand) -> RemotingCommand {
         match self {

@@ -76,7 +76,7 @@ pub struct PopService {
     /// ahead of what a restart or a new master would see.
     stale: std::sync::atomic::AtomicBool,
     pub counters: PopCounters,
-    /// Held messages, updated after each change (`spate_pop_inflight`).
+    /// Held messages, as of the last time the state was let go (`spate_pop_inflight`).
     pub held: AtomicU64,
     /// Round-robin start for pops of any queue.
     next_queue: AtomicU64,
@@ -103,10 +103,7 @@ impl PopService {
 
     /// The state, loaded (replayed) if this broker is master in an epoch it
     /// was not loaded in; a refusal on a slave.
-    async fn lock<'a>(
-        &'a self,
-        state: &Arc<BrokerState>,
-    ) -> Result<tokio::sync::MappedMutexGuard<'a, PopState>, Refusal> {
+    async fn lock<'a>(&'a self, state: &Arc<BrokerState>) -> Result<PopGuard<'a>, Refusal> {
         if state.config.read().broker_role == BrokerRole::Slave {
             let c = state.config.read();
             return Err(Refusal(
@@ -134,13 +131,39 @@ impl PopService {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "pop state replayed from the journal"
             );
-            self.held.store(ps.held_total() as u64, Ordering::Relaxed);
             guard.state = Some(ps);
             guard.epoch = epoch;
             self.wake.notify_one();
         }
-        tokio::sync::MutexGuard::try_map(guard, |l| l.state.as_mut())
-            .map_err(|_| Refusal(response::SYSTEM_ERROR, "pop state is not loaded".into()))
+        let guard = tokio::sync::MutexGuard::try_map(guard, |l| l.state.as_mut())
+            .map_err(|_| Refusal(response::SYSTEM_ERROR, "pop state is not loaded".into()))?;
+        Ok(PopGuard { guard, held: &self.held })
+    }
+}
+
+/// The locked state; when it is let go, `spate_pop_inflight` is brought up
+/// to date with whatever the holder changed.
+struct PopGuard<'a> {
+    guard: tokio::sync::MappedMutexGuard<'a, PopState>,
+    held: &'a AtomicU64,
+}
+
+impl std::ops::Deref for PopGuard<'_> {
+    type Target = PopState;
+    fn deref(&self) -> &PopState {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for PopGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PopState {
+        &mut self.guard
+    }
+}
+
+impl Drop for PopGuard<'_> {
+    fn drop(&mut self) {
+        self.held.store(self.guard.held_total() as u64, Ordering::Relaxed);
     }
 }
 
@@ -156,14 +179,9 @@ async fn journal(state: &Arc<BrokerState>, records: &[PopRecord]) -> Result<Opti
     if put.is_err() {
         state.pop.stale.store(true, Ordering::Release);
     }
-    match put {
-        Ok(put) => {
-            let end = put.appends.last().map_or(0, |a| a.physical_offset + a.size as u64);
-            Ok(Some((put.flush, end)))
-        }
-        Err(crate::send::PutError::Store(e)) => Err(e.into()),
-        Err(crate::send::PutError::Refused { remark, .. }) => Err(BrokerError::Config(remark)),
-    }
+    let put = put?;
+    let end = put.appends.last().map_or(0, |a| a.end_offset());
+    Ok(Some((put.flush, end)))
 }
 
 /// Waits until the journal records are durable (flush policy, and on a
@@ -254,23 +272,10 @@ pub async fn pop_message(
             ),
         ));
     }
-    if !perm::readable(state.config.read().broker_permission) {
-        return Ok(RemotingCommand::error(req, response::NO_PERMISSION, "the broker pulling message is forbidden"));
-    }
-    let Some(tc) = state.topics.get(&h.topic) else {
-        return Ok(RemotingCommand::error(
-            req,
-            response::TOPIC_NOT_EXIST,
-            format!("topic[{}] not exist, apply first please!", h.topic),
-        ));
+    let tc = match crate::pull::readable_topic(state, &h.topic) {
+        Ok(tc) => tc,
+        Err((code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
     };
-    if !perm::readable(tc.perm) {
-        return Ok(RemotingCommand::error(
-            req,
-            response::NO_PERMISSION,
-            format!("the topic[{}] pulling message is forbidden", h.topic),
-        ));
-    }
     if h.queue_id < -1 || h.queue_id >= tc.read_queue_nums {
         return Ok(RemotingCommand::error(
             req,
@@ -311,6 +316,9 @@ pub async fn pop_message(
         for rx in &mut watches {
             rx.borrow_and_update();
         }
+        // Every message acknowledged before this look is in its queue
+        // (a bounded wait, once per look and outside the pop lock).
+        crate::pull::wait_dispatched(state, state.store.max_offset()).await;
         let mut full = None;
         for &queue_id in &queues {
             match pop_queue(state, req, &h, queue_id, &selector).await {
@@ -404,7 +412,6 @@ async fn pop_queue(
             state.offsets.commit(&h.group, &h.topic, queue_id, p.done_below);
         }
     }
-    state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
     let written = journal(state, &records).await.map_err(|e| Refusal(response::SYSTEM_ERROR, e.to_string()))?;
     drop(ps);
     state.pop.wake.notify_one();
@@ -455,8 +462,6 @@ async fn take(
     records: &mut Vec<PopRecord>,
 ) -> Result<Taken, Refusal> {
     let (topic, queue_id) = (&h.topic, key.queue_id);
-    // Every message acknowledged before this pop is in its queue (bounded wait).
-    crate::pull::wait_dispatched(state, state.store.max_offset()).await;
     let (min, max) = (
         state.store.min_offset_in_queue(topic, queue_id).max(0),
         state.store.max_offset_in_queue(topic, queue_id).max(0),
@@ -631,9 +636,6 @@ async fn revive_due(state: &Arc<BrokerState>, ps: &mut PopState, now: u64) -> Ve
             }
         }
     }
-    if !revived.is_empty() {
-        state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
-    }
     records
 }
 
@@ -670,11 +672,8 @@ async fn dead_letter(state: &Arc<BrokerState>, key: &QueueKey, offset: i64, atte
         reconsume_times: attempts.min(i32::MAX as u32) as i32,
         prepared_tx_offset: 0,
     };
-    match crate::send::put_one(state, msg).await {
-        Ok(_) => Ok(()),
-        Err(crate::send::PutError::Store(e)) => Err(e.into()),
-        Err(crate::send::PutError::Refused { remark, .. }) => Err(BrokerError::Config(remark)),
-    }
+    crate::send::put_one(state, msg).await?;
+    Ok(())
 }
 
 /// ACK_MESSAGE (200051).
@@ -694,7 +693,6 @@ pub async fn ack_message(state: &Arc<BrokerState>, req: &RemotingCommand) -> Res
     if let Some(p) = ps.progress(&key) {
         state.offsets.commit(&key.group, &key.topic, key.queue_id, p.done_below);
     }
-    state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
     let written = journal(state, std::slice::from_ref(&record)).await?;
     drop(ps);
     if let Some(refused) = durable(state, req, written).await {
@@ -801,7 +799,6 @@ pub async fn batch_ack(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
             state.offsets.commit(&key.group, &key.topic, key.queue_id, p.done_below);
         }
     }
-    state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
     let written = journal(state, &records).await?;
     drop(ps);
     if let Some(refused) = durable(state, req, written).await {
@@ -924,7 +921,6 @@ pub async fn forget_topic(state: &Arc<BrokerState>, topic: &str) {
         return;
     }
     let record = ps.forget_topic(topic);
-    state.pop.held.store(ps.held_total() as u64, Ordering::Relaxed);
     match journal(state, std::slice::from_ref(&record)).await {
         Ok(written) => {
             drop(ps);
@@ -974,7 +970,7 @@ pub async fn run_revive(state: Arc<BrokerState>) {
 
 /// Writes the whole state to the journal and, once that is durable, moves
 /// the replay's start to it.
-async fn snapshot(state: &Arc<BrokerState>, ps: tokio::sync::MappedMutexGuard<'_, PopState>) {
+async fn snapshot(state: &Arc<BrokerState>, ps: PopGuard<'_>) {
     let records = ps.snapshot();
     let queues = records.len();
     let now = crate::schedule::now_ms();
@@ -988,10 +984,7 @@ async fn snapshot(state: &Arc<BrokerState>, ps: tokio::sync::MappedMutexGuard<'_
     let put = match put {
         Ok(p) => p,
         Err(e) => {
-            let why = match e {
-                crate::send::PutError::Store(e) => e.to_string(),
-                crate::send::PutError::Refused { remark, .. } => remark,
-            };
+            let why = BrokerError::from(e);
             tracing::warn!(%why, "writing a pop state snapshot failed; the replay starts at the previous one");
             return;
         }

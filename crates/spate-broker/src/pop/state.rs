@@ -267,10 +267,6 @@ impl PopState {
         PopState { limits, queues: HashMap::new(), due: BTreeSet::new() }
     }
 
-    pub fn limits(&self) -> &PopLimits {
-        &self.limits
-    }
-
     /// Starts a queue that has no pop state at `offset` (the group's
     /// committed offset, or where a new group starts).
     pub fn start_at(&mut self, key: &QueueKey, offset: i64) {
@@ -414,20 +410,12 @@ impl PopState {
             PopRecord::Forget { topic, .. } => {
                 let gone: Vec<QueueKey> = self.queues.keys().filter(|k| k.topic == *topic).cloned().collect();
                 for k in gone {
-                    if let Some(q) = self.queues.remove(&k) {
-                        for (offset, h) in &q.held {
-                            self.due.remove(&(h.visible_at, k.clone(), *offset));
-                        }
-                    }
+                    self.drop_queue(&k);
                 }
             }
             PopRecord::Queue { part, next, held, fifo_batch, .. } => {
                 if *part == 0 {
-                    if let Some(old) = self.queues.remove(&key) {
-                        for (offset, h) in &old.held {
-                            self.due.remove(&(h.visible_at, key.clone(), *offset));
-                        }
-                    }
+                    self.drop_queue(&key);
                 }
                 let q = self.queues.entry(key.clone()).or_default();
                 q.next = *next;
@@ -451,25 +439,15 @@ impl PopState {
                 }
             }
             PopRecord::DeadLetter { offset, .. } => {
-                if let Some(q) = self.queues.get_mut(&key) {
-                    if let Some(h) = q.held.remove(offset) {
-                        q.visible.remove(offset);
-                        self.due.remove(&(h.visible_at, key.clone(), *offset));
-                    }
-                }
+                self.release(&key, *offset);
             }
         }
     }
 
     /// Acks one message: its handle must carry the message's current stamp.
     pub fn ack(&mut self, key: &QueueKey, offset: i64, stamp: u64) -> Result<PopRecord, PopError> {
-        let q = Self::current(&mut self.queues, key, offset, stamp)?;
-        if let Some(h) = q.held.remove(&offset) {
-            q.visible.remove(&offset);
-            if !h.visible {
-                self.due.remove(&(h.visible_at, key.clone(), offset));
-            }
-        }
+        Self::current(&mut self.queues, key, offset, stamp)?;
+        self.release(key, offset);
         Ok(PopRecord::Ack { group: key.group.clone(), topic: key.topic.clone(), queue_id: key.queue_id, offset, stamp })
     }
 
@@ -605,14 +583,30 @@ impl PopState {
         };
         let back = next < q.next;
         let dropped: Vec<i64> = q.held.keys().copied().filter(|o| if back { *o >= next } else { *o < next }).collect();
-        for o in dropped {
-            if let Some(h) = q.held.remove(&o) {
-                q.visible.remove(&o);
-                self.due.remove(&(h.visible_at, key.clone(), o));
-            }
-        }
         q.next = next;
         q.fifo_batch = None;
+        for o in dropped {
+            self.release(key, o);
+        }
+    }
+
+    /// Stops holding a message: out of the held set, the visible set and
+    /// the due index.
+    fn release(&mut self, key: &QueueKey, offset: i64) {
+        let Some(q) = self.queues.get_mut(key) else { return };
+        if let Some(h) = q.held.remove(&offset) {
+            q.visible.remove(&offset);
+            self.due.remove(&(h.visible_at, key.clone(), offset));
+        }
+    }
+
+    /// Forgets a queue and its held messages' due entries.
+    fn drop_queue(&mut self, key: &QueueKey) {
+        if let Some(q) = self.queues.remove(key) {
+            for (offset, h) in &q.held {
+                self.due.remove(&(h.visible_at, key.clone(), *offset));
+            }
+        }
     }
 
     /// Forgets every group's state of a deleted topic's queues.
