@@ -86,6 +86,71 @@ struct Tally {
     skipped: AtomicU64,
 }
 
+impl Tally {
+    fn new() -> Arc<Tally> {
+        Arc::new(Tally {
+            born: Mutex::new(histogram()),
+            stored: Mutex::new(histogram()),
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        })
+    }
+
+    /// Counts a batch received now: each message's (born ms, stored ms, body bytes).
+    fn record(&self, batch: &[(i64, i64, usize)]) {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        let ms_to_us = |from_ms: i64| ((now_ms - from_ms).max(0) as u64 * 1000).clamp(1, 60_000_000);
+        {
+            let (mut born, mut stored) = (self.born.lock(), self.stored.lock());
+            for (b, s, _) in batch {
+                let _ = born.record(ms_to_us(*b));
+                let _ = stored.record(ms_to_us(*s));
+            }
+        }
+        let bytes: usize = batch.iter().map(|m| m.2).sum();
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.messages.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Waits out the measured window: its end, or `count` messages (0: no count).
+    async fn wait_window(&self, measure_from: Instant, end: Instant, count: u64) {
+        tokio::time::sleep_until(measure_from.into()).await;
+        loop {
+            let now = Instant::now();
+            if now >= end || (count > 0 && self.messages.load(Ordering::Relaxed) >= count) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10).min(end - now)).await;
+        }
+    }
+
+    /// The report of `messages` measured in `elapsed`, with the fields
+    /// every consume run has added to `extra`.
+    fn report(
+        &self,
+        mut extra: serde_json::Map<String, serde_json::Value>,
+        messages: u64,
+        elapsed: Duration,
+        latency: &str,
+    ) -> Report {
+        let stored = self.stored.lock().clone();
+        let q = |p: f64| if stored.is_empty() { 0 } else { stored.value_at_quantile(p) };
+        extra.insert("latency".into(), latency.into());
+        extra.insert("bytes_per_s".into(), (self.bytes.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()).into());
+        extra.insert("warmup_messages".into(), self.skipped.load(Ordering::Relaxed).into());
+        extra.insert("store_to_consume_p50_us".into(), q(0.5).into());
+        extra.insert("store_to_consume_p99_us".into(), q(0.99).into());
+        extra.insert("store_to_consume_p999_us".into(), q(0.999).into());
+        extra.insert("store_to_consume_max_us".into(), stored.max().into());
+        if messages == 0 {
+            extra.insert("note".into(), "nothing consumed: is anything producing to the topic?".into());
+        }
+        let latency_us = self.born.lock().clone();
+        Report { name: "consume", elapsed, latency_us, sent_ok: messages, errors: Default::default(), extra }
+    }
+}
+
 pub async fn run(a: &ConsumeArgs) -> Result<Report> {
     if a.pop {
         return run_pop(a).await;
@@ -104,13 +169,7 @@ pub async fn run(a: &ConsumeArgs) -> Result<Report> {
     o.consume_thread_max = a.threads;
     o.consume_message_batch_max_size = a.batch;
     o.pull_batch_size = a.pull_batch;
-    let tally = Arc::new(Tally {
-        born: Mutex::new(histogram()),
-        stored: Mutex::new(histogram()),
-        messages: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-        skipped: AtomicU64::new(0),
-    });
+    let tally = Tally::new();
     let start = Instant::now();
     let measure_from = start + a.warmup;
     let t = tally.clone();
@@ -126,23 +185,8 @@ pub async fn run(a: &ConsumeArgs) -> Result<Report> {
                 t.skipped.fetch_add(msgs.len() as u64, Ordering::Relaxed);
                 return std::future::ready(ConsumeStatus::ConsumeSuccess);
             }
-            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-            let ms_to_us = |from_ms: i64| ((now_ms - from_ms).max(0) as u64 * 1000).clamp(1, 60_000_000);
-            {
-                let mut born = t.born.lock();
-                for m in &msgs {
-                    let _ = born.record(ms_to_us(m.born_timestamp));
-                }
-            }
-            {
-                let mut stored = t.stored.lock();
-                for m in &msgs {
-                    let _ = stored.record(ms_to_us(m.store_timestamp));
-                }
-            }
-            let bytes: usize = msgs.iter().map(|m| m.body.len()).sum();
-            t.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-            t.messages.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+            let batch: Vec<_> = msgs.iter().map(|m| (m.born_timestamp, m.store_timestamp, m.body.len())).collect();
+            t.record(&batch);
             std::future::ready(ConsumeStatus::ConsumeSuccess)
         }))
         .await
@@ -150,37 +194,16 @@ pub async fn run(a: &ConsumeArgs) -> Result<Report> {
 
     let end = measure_from + a.duration;
     let window = super::procstat::Window::start(measure_from);
-    tokio::time::sleep_until((measure_from).into()).await;
-    loop {
-        let now = Instant::now();
-        let n = tally.messages.load(Ordering::Relaxed);
-        if now >= end || (a.count > 0 && n >= a.count) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10).min(end - now)).await;
-    }
+    tally.wait_window(measure_from, end, a.count).await;
     let elapsed = measure_from.elapsed().min(a.duration);
     let messages = tally.messages.load(Ordering::Relaxed);
     let usage = window.fields(messages, "message").await;
     consumer.shutdown().await;
 
-    let stored = tally.stored.lock().clone();
-    let q = |p: f64| if stored.is_empty() { 0 } else { stored.value_at_quantile(p) };
     let mut extra = usage;
     extra.insert("group".into(), group.into());
     extra.insert("topic".into(), a.topic.clone().into());
-    extra.insert("latency".into(), "born_to_consume (bornTimestamp, ms resolution)".into());
-    extra.insert("bytes_per_s".into(), (tally.bytes.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()).into());
-    extra.insert("warmup_messages".into(), tally.skipped.load(Ordering::Relaxed).into());
-    extra.insert("store_to_consume_p50_us".into(), q(0.5).into());
-    extra.insert("store_to_consume_p99_us".into(), q(0.99).into());
-    extra.insert("store_to_consume_p999_us".into(), q(0.999).into());
-    extra.insert("store_to_consume_max_us".into(), stored.max().into());
-    if messages == 0 {
-        extra.insert("note".into(), "nothing consumed: is anything producing to the topic?".into());
-    }
-    let latency_us = tally.born.lock().clone();
-    Ok(Report { name: "consume", elapsed, latency_us, sent_ok: messages, errors: Default::default(), extra })
+    Ok(tally.report(extra, messages, elapsed, "born_to_consume (bornTimestamp, ms resolution)"))
 }
 
 /// What the pop consumers saw.
@@ -207,13 +230,7 @@ async fn run_pop(a: &ConsumeArgs) -> Result<Report> {
     }
     let pid = std::process::id();
     let group = a.group.clone().unwrap_or_else(|| format!("bench_pop_{pid}"));
-    let tally = Arc::new(Tally {
-        born: Mutex::new(histogram()),
-        stored: Mutex::new(histogram()),
-        messages: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-        skipped: AtomicU64::new(0),
-    });
+    let tally = Tally::new();
     let pops = Arc::new(PopTally::default());
     let start = Instant::now();
     let measure_from = start + a.warmup;
@@ -243,21 +260,14 @@ async fn run_pop(a: &ConsumeArgs) -> Result<Report> {
                 };
                 let measured = Instant::now() >= measure_from;
                 if measured {
-                    let now_ms =
-                        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-                    let ms_to_us = |from_ms: i64| ((now_ms - from_ms).max(0) as u64 * 1000).clamp(1, 60_000_000);
-                    let mut born = t.born.lock();
-                    let mut stored = t.stored.lock();
-                    let mut seen = p.seen.lock();
-                    for m in &got {
-                        let _ = born.record(ms_to_us(m.message.born_timestamp));
-                        let _ = stored.record(ms_to_us(m.message.store_timestamp));
-                        seen.insert((m.message.broker_name.clone(), m.message.queue_id, m.message.queue_offset));
-                    }
-                    drop((born, stored, seen));
-                    let bytes: usize = got.iter().map(|m| m.message.body.len()).sum();
-                    t.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                    t.messages.fetch_add(got.len() as u64, Ordering::Relaxed);
+                    let batch: Vec<_> = got
+                        .iter()
+                        .map(|m| (m.message.born_timestamp, m.message.store_timestamp, m.message.body.len()))
+                        .collect();
+                    t.record(&batch);
+                    p.seen.lock().extend(
+                        got.iter().map(|m| (m.message.broker_name.clone(), m.message.queue_id, m.message.queue_offset)),
+                    );
                     p.received.fetch_add(got.len() as u64, Ordering::Relaxed);
                 } else {
                     t.skipped.fetch_add(got.len() as u64, Ordering::Relaxed);
@@ -290,14 +300,7 @@ async fn run_pop(a: &ConsumeArgs) -> Result<Report> {
         }));
     }
     let window = super::procstat::Window::start(measure_from);
-    tokio::time::sleep_until(measure_from.into()).await;
-    loop {
-        let now = Instant::now();
-        if now >= end || (a.count > 0 && tally.messages.load(Ordering::Relaxed) >= a.count) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10).min(end - now)).await;
-    }
+    tally.wait_window(measure_from, end, a.count).await;
     let elapsed = measure_from.elapsed().min(a.duration);
     let messages = tally.messages.load(Ordering::Relaxed);
     let usage = window.fields(messages, "message").await;
@@ -305,8 +308,6 @@ async fn run_pop(a: &ConsumeArgs) -> Result<Report> {
     for t in tasks {
         let _ = t.await;
     }
-    let stored = tally.stored.lock().clone();
-    let q = |p: f64| if stored.is_empty() { 0 } else { stored.value_at_quantile(p) };
     let unique = pops.seen.lock().len() as u64;
     let received = pops.received.load(Ordering::Relaxed);
     let mut extra = usage;
@@ -315,21 +316,10 @@ async fn run_pop(a: &ConsumeArgs) -> Result<Report> {
     extra.insert("mode".into(), "pop".into());
     extra.insert("consumers".into(), a.consumers.into());
     extra.insert("ack".into(), if a.single_ack { "single" } else { "batch" }.into());
-    extra.insert("latency".into(), "born_to_receive (bornTimestamp, ms resolution)".into());
-    extra.insert("bytes_per_s".into(), (tally.bytes.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64()).into());
-    extra.insert("warmup_messages".into(), tally.skipped.load(Ordering::Relaxed).into());
     extra.insert("received_unique".into(), unique.into());
     extra.insert("duplicates".into(), received.saturating_sub(unique).into());
     extra.insert("acked".into(), pops.acked.load(Ordering::Relaxed).into());
     extra.insert("ack_errors".into(), pops.ack_errors.load(Ordering::Relaxed).into());
     extra.insert("receive_errors".into(), pops.receive_errors.load(Ordering::Relaxed).into());
-    extra.insert("store_to_consume_p50_us".into(), q(0.5).into());
-    extra.insert("store_to_consume_p99_us".into(), q(0.99).into());
-    extra.insert("store_to_consume_p999_us".into(), q(0.999).into());
-    extra.insert("store_to_consume_max_us".into(), stored.max().into());
-    if messages == 0 {
-        extra.insert("note".into(), "nothing received: is anything producing to the topic?".into());
-    }
-    let latency_us = tally.born.lock().clone();
-    Ok(Report { name: "consume", elapsed, latency_us, sent_ok: messages, errors: Default::default(), extra })
+    Ok(tally.report(extra, messages, elapsed, "born_to_receive (bornTimestamp, ms resolution)"))
 }
