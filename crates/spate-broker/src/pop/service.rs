@@ -1,7 +1,8 @@
 //! The broker's pop service: the [`PopState`] behind one lock, loaded from
 //! the journal (`journal.rs`) when this broker is master in a new epoch,
-//! the request codes on it (POP_MESSAGE, ACK_MESSAGE,
-//! CHANGE_MESSAGE_INVISIBLETIME) and the revive task.
+//! the request codes on it (POP_MESSAGE, ACK_MESSAGE, BATCH_ACK_MESSAGE,
+//! CHANGE_MESSAGE_INVISIBLETIME, SPATE_GET_POP_PROGRESS), the revive task
+//! and snapshots.
 //!
 //! Every change is appended to the journal while the lock is held and
 //! flushed (and on a SYNC_MASTER replicated) before it is answered; the
