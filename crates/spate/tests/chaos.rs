@@ -13,9 +13,16 @@
 //! - `kill -9` of the leading controller;
 //! - `kill -9` of a slave.
 //!
+//! A simple consumer group reads along by pop (RocketMQ 5's model): it
+//! leaves every tenth message un-acked on its first delivery and acks the
+//! rest.
+//!
 //! After the run a checker proves: every acknowledged message was consumed
 //! (0 lost) and sits at the queue offset it was acknowledged with; each
-//! queue was consumed in offset order; duplicates are counted; and no two
+//! queue was consumed in offset order; duplicates are counted; the pop group
+//! acked every acknowledged message, got each one left un-acked back with a
+//! raised attempt, and was never handed a message after its ack was
+//! answered (pops and acks carry across failovers); and no two
 //! brokers acknowledged writes in the same epoch (each acknowledgement's
 //! commit-log offset, from its offset message id, falls in an epoch of the
 //! final log, and every epoch has one acknowledging broker). Each fault's
@@ -42,7 +49,7 @@ use common::{call, free_port, raw_client, send_req, BrokerProc, Proc, ZooKeeper}
 use parking_lot::Mutex;
 use spate_client::{
     ClientConfig, ConsumeFromWhere, ConsumeStatus, Message, MessageListener, Producer, ProducerOptions, PushConsumer,
-    PushConsumerOptions,
+    PushConsumerOptions, ReceivedMessage, SimpleConsumer, SimpleConsumerOptions,
 };
 use spate_controller::fsm::GroupState;
 use spate_controller::zk::Zk;
@@ -523,8 +530,7 @@ async fn consumer(ns: &str, group: &str, instance: &str) -> (PushConsumer, Arc<M
     c.start(MessageListener::concurrently(move |msgs, _| {
         let mut s = s.lock();
         for m in msgs {
-            let Some(seq) = std::str::from_utf8(&m.body).ok().and_then(|b| b.get(..12)).and_then(|d| d.parse().ok())
-            else {
+            let Some(seq) = seq_of(&m.body) else {
                 continue; // the topic-creating message
             };
             s.by_queue.entry(m.queue_id).or_default().push((m.queue_offset, seq));
@@ -535,6 +541,174 @@ async fn consumer(ns: &str, group: &str, instance: &str) -> (PushConsumer, Arc<M
     .await
     .unwrap();
     (c, seen)
+}
+
+/// The load's sequence number in a message body (`None`: the topic-creating message).
+fn seq_of(body: &[u8]) -> Option<u64> {
+    std::str::from_utf8(body).ok().and_then(|b| b.get(..12)).and_then(|d| d.parse().ok())
+}
+
+/// How long a popped message stays invisible to the pop group.
+const POP_INVISIBLE: Duration = Duration::from_secs(3);
+/// Pop readers in the group.
+const POP_READERS: usize = 2;
+
+/// What the pop group saw.
+#[derive(Default)]
+struct PopLog {
+    /// Per sequence number: each delivery's (receive request sent, attempt).
+    deliveries: HashMap<u64, Vec<(Instant, u32)>>,
+    /// Per sequence number: when the first successful ack was answered.
+    acked: HashMap<u64, Instant>,
+    /// Acks lost with a dying master, whose retry the new master refused:
+    /// the message is no longer in flight with that handle (the first ack
+    /// landed, or it was revived and comes back).
+    settled: HashMap<u64, Instant>,
+    failed_receives: usize,
+    failed_acks: usize,
+}
+
+enum AckOutcome {
+    Acked { retried: bool },
+    Settled,
+    NoAnswer,
+}
+
+/// Acks `m`, again and again while no broker answers (a master died with
+/// the ack in flight; the route moves to the new one), for a while.
+async fn ack_until_answered(c: &SimpleConsumer, m: &ReceivedMessage) -> AckOutcome {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut retried = false;
+    loop {
+        match c.ack(m).await {
+            Ok(()) => return AckOutcome::Acked { retried },
+            Err(spate_client::ClientError::Broker { code, .. }) if code == response::NO_MESSAGE => {
+                return AckOutcome::Settled
+            }
+            Err(_) if Instant::now() < deadline => {
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => return AckOutcome::NoAnswer,
+        }
+    }
+}
+
+/// The pop group: [`POP_READERS`] tasks receiving and acking; every tenth
+/// message is left un-acked on its first delivery, so it must come back.
+struct PopReader {
+    consumer: Arc<SimpleConsumer>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    log: Arc<Mutex<PopLog>>,
+}
+
+impl PopReader {
+    async fn start(ns: &str) -> PopReader {
+        let mut o = SimpleConsumerOptions::new("chaos-pop");
+        o.await_duration = Duration::from_secs(1);
+        let consumer = Arc::new(SimpleConsumer::new(client_config(ns, "chaos-pop"), o).unwrap());
+        consumer.subscribe(TOPIC, "*").unwrap();
+        consumer.start().await.unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(PopLog::default()));
+        let tasks = (0..POP_READERS)
+            .map(|_| {
+                let (c, s, l) = (consumer.clone(), stop.clone(), log.clone());
+                tokio::spawn(async move {
+                    while !s.load(Ordering::SeqCst) {
+                        let sent = Instant::now();
+                        let msgs = match c.receive(16, POP_INVISIBLE).await {
+                            Ok(m) => m,
+                            Err(e) => {
+                                if std::env::var_os("SPATE_CHAOS_DEBUG").is_some() {
+                                    eprintln!("pop receive failed: {e}");
+                                }
+                                l.lock().failed_receives += 1;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        };
+                        let mut to_ack: Vec<(Option<u64>, ReceivedMessage)> = Vec::new();
+                        for m in msgs {
+                            let seq = seq_of(&m.message.body);
+                            if let Some(seq) = seq {
+                                l.lock().deliveries.entry(seq).or_default().push((sent, m.delivery_attempt));
+                                if seq % 10 == 0 && m.delivery_attempt == 1 {
+                                    continue;
+                                }
+                            }
+                            to_ack.push((seq, m));
+                        }
+                        for (seq, m) in to_ack {
+                            let outcome = ack_until_answered(&c, &m).await;
+                            let (Some(seq), mut l) = (seq, l.lock()) else { continue };
+                            match outcome {
+                                AckOutcome::Acked { retried } => {
+                                    l.acked.entry(seq).or_insert_with(Instant::now);
+                                    l.failed_acks += usize::from(retried);
+                                }
+                                AckOutcome::Settled => {
+                                    l.failed_acks += 1;
+                                    l.settled.entry(seq).or_insert_with(Instant::now);
+                                }
+                                AckOutcome::NoAnswer => l.failed_acks += 1,
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        PopReader { consumer, stop, tasks, log }
+    }
+
+    /// Waits until the group acked every sequence number in `acked` (or the limit).
+    async fn wait_acked(&self, acked: &BTreeSet<u64>, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let done = {
+                let l = self.log.lock();
+                acked.iter().all(|s| l.acked.contains_key(s) || l.settled.contains_key(s))
+            };
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn finish(self) -> PopLog {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.consumer.shutdown().await;
+        let l = std::mem::take(&mut *self.log.lock());
+        l
+    }
+}
+
+/// The pop group's violations: acknowledged messages it never acked, and
+/// messages handed out by a receive sent after their ack was answered.
+/// Returns them with the number of messages left un-acked that came back.
+fn check_pops(log: &PopLog, acked: &BTreeSet<u64>) -> (Vec<u64>, Vec<String>, usize) {
+    let never_acked: Vec<u64> =
+        acked.iter().filter(|s| !log.acked.contains_key(s) && !log.settled.contains_key(s)).copied().collect();
+    let mut after_ack = Vec::new();
+    let mut came_back = 0;
+    for (seq, deliveries) in &log.deliveries {
+        if let Some(at) = log.acked.get(seq) {
+            for (sent, attempt) in deliveries {
+                if sent > at {
+                    after_ack.push(format!("{seq}: attempt {attempt} received after its ack"));
+                }
+            }
+        }
+        if seq % 10 == 0 && acked.contains(seq) && deliveries.iter().any(|(_, a)| *a >= 2) {
+            came_back += 1;
+        }
+    }
+    (never_acked, after_ack, came_back)
 }
 
 // ---------------------------------------------------------------------------
@@ -733,6 +907,7 @@ async fn run_with(fault: Fault, auth: bool, trials: usize) {
     }
     let ns = c.ns.addr();
     let (live_consumer, seen) = consumer(&ns, "chaos-live", "chaos-c").await;
+    let pops = PopReader::start(&ns).await;
     let load = Load::start(&ns, rate).await;
     let mut m = Measured::default();
     for _ in 0..trials {
@@ -760,6 +935,30 @@ async fn run_with(fault: Fault, auth: bool, trials: usize) {
         &lost[..lost.len().min(20)]
     );
     assert!(order.is_empty(), "{fault:?}: queue order broken: {order:?}");
+
+    // 1b. The pop group acked every acknowledged message; none was handed
+    //     out after its ack was answered; the ones left un-acked came back.
+    pops.wait_acked(&acked, Duration::from_secs(60)).await;
+    let pop_log = pops.finish().await;
+    let (never_acked, after_ack, came_back) = check_pops(&pop_log, &acked);
+    assert!(
+        never_acked.is_empty(),
+        "{fault:?}: {} acknowledged messages never acked by the pop group: {:?}",
+        never_acked.len(),
+        never_acked
+            .iter()
+            .take(20)
+            .map(|s| {
+                let a = ledger.acks.iter().find(|a| a.seq == *s).map(|a| (a.queue, a.queue_offset));
+                (s, a, pop_log.deliveries.get(s).map(|d| d.iter().map(|(_, n)| *n).collect::<Vec<_>>()))
+            })
+            .collect::<Vec<_>>()
+    );
+    assert!(after_ack.is_empty(), "{fault:?}: pops after acks: {:?}", &after_ack[..after_ack.len().min(10)]);
+    let held_back = acked.iter().filter(|s| *s % 10 == 0).count();
+    assert_eq!(came_back, held_back, "{fault:?}: messages left un-acked that came back");
+    let pop_redeliveries: usize =
+        pop_log.deliveries.iter().filter(|(s, _)| *s % 10 != 0).map(|(_, d)| d.len().saturating_sub(1)).sum();
 
     // 2. A fresh consumer reads the final log from the start: each
     //    acknowledged message sits at the queue offset it was acknowledged with.
@@ -841,7 +1040,8 @@ async fn run_with(fault: Fault, auth: bool, trials: usize) {
          \"outage_ms_p50\":{:.0},\"outage_ms_max\":{:.0},\"takeover_ms_p50\":{:.0},\"takeover_ms_max\":{:.0},\
          \"acked\":{},\"failed_sends\":{},\"skipped_ticks\":{},\"lost\":0,\"consumer_duplicates\":{duplicates},\
          \"consumer_redeliveries\":{redelivered},\"stored_twice\":{stored_twice},\"epochs_with_acks\":{masters},\
-         \"outages_recorded\":{failures}}}",
+         \"outages_recorded\":{failures},\"pop_redeliveries\":{pop_redeliveries},\"pop_failed_acks\":{},\"pop_settled\":{},\
+         \"pop_failed_receives\":{}}}",
         c.session_ms,
         percentile(&m.outage_ms, 0.5),
         percentile(&m.outage_ms, 1.0),
@@ -850,6 +1050,9 @@ async fn run_with(fault: Fault, auth: bool, trials: usize) {
         acked.len(),
         ledger.failures.len(),
         ledger.skipped,
+        pop_log.failed_acks,
+        pop_log.settled.len(),
+        pop_log.failed_receives,
     );
 }
 
@@ -907,4 +1110,23 @@ fn queue_order_check_tells_redelivery_from_disorder() {
     s.by_queue.insert(2, vec![(0, 10), (1, 11), (1, 12), (2, 13)]);
     let (bad, redelivered) = check_order(&s);
     assert_eq!((bad.len(), redelivered), (1, 3), "{bad:?}");
+}
+
+#[test]
+fn pop_check_finds_lost_and_after_ack_deliveries() {
+    let t0 = Instant::now();
+    let t = |ms| t0 + Duration::from_millis(ms);
+    let mut log = PopLog::default();
+    // 10: left un-acked, back with attempt 2, acked; 11: acked at once.
+    log.deliveries.insert(10, vec![(t(0), 1), (t(50), 2)]);
+    log.deliveries.insert(11, vec![(t(0), 1)]);
+    log.acked.insert(10, t(60));
+    log.acked.insert(11, t(10));
+    let acked: BTreeSet<u64> = [10, 11].into();
+    assert_eq!(check_pops(&log, &acked), (vec![], vec![], 1));
+    // 11 handed out again by a receive sent after its ack; 12 never acked.
+    log.deliveries.get_mut(&11).unwrap().push((t(20), 2));
+    let acked: BTreeSet<u64> = [10, 11, 12].into();
+    let (never, after, back) = check_pops(&log, &acked);
+    assert_eq!((never, after.len(), back), (vec![12], 1, 1));
 }

@@ -66,8 +66,12 @@ pub struct ReceivedMessage {
     pub receipt_handle: String,
     /// 1 for the first delivery.
     pub delivery_attempt: u32,
-    /// The broker address that handed it out (acks go there).
+    /// The broker address that handed it out.
     pub broker_addr: String,
+    /// Its broker group: acks go to the group's master as the route names
+    /// it now (after a failover, the promoted slave, which carries on the
+    /// old master's pops), else to [`broker_addr`](Self::broker_addr).
+    pub broker_name: String,
 }
 
 /// See the module docs.
@@ -167,11 +171,24 @@ impl SimpleConsumer {
             req = req.with("order", true).with("attemptId", attempt);
         }
         let timeout = poll + self.instance.config().request_timeout;
-        let resp = self.instance.call(&addr, req, timeout).await?;
+        // A broker that is gone or no longer master (a failover) sends the
+        // next receive to a fresh route.
+        let resp = match self.instance.call(&addr, req, timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.instance.refresh_route_soon(topic);
+                return Err(e);
+            }
+        };
         match resp.code {
             response::SUCCESS => {}
             response::POLLING_TIMEOUT | response::PULL_NOT_FOUND => return Ok(Vec::new()),
-            code => return Err(ClientError::Broker { addr, code, remark: resp.remark.unwrap_or_default() }),
+            code => {
+                if code == response::SERVICE_NOT_AVAILABLE {
+                    self.instance.refresh_route_soon(topic);
+                }
+                return Err(ClientError::Broker { addr, code, remark: resp.remark.unwrap_or_default() });
+            }
         }
         let messages = decode_pull_body(&resp.body, &broker)?;
         let mut out = Vec::with_capacity(messages.len());
@@ -188,6 +205,7 @@ impl SimpleConsumer {
                 receipt_handle: handle,
                 delivery_attempt: attempt,
                 broker_addr: addr.clone(),
+                broker_name: broker.clone(),
             });
         }
         Ok(out)
@@ -196,7 +214,12 @@ impl SimpleConsumer {
     /// Finishes a received message: it is never delivered to the group again.
     pub async fn ack(&self, msg: &ReceivedMessage) -> Result<()> {
         let req = self.handle_request(request::ACK_MESSAGE, msg);
-        self.instance.call_ok(&msg.broker_addr, req).await.map(|_| ())
+        self.instance.call_ok(&self.ack_addr(msg), req).await.map(|_| ())
+    }
+
+    /// Where a received message's ack or invisible-time change goes.
+    fn ack_addr(&self, msg: &ReceivedMessage) -> String {
+        self.instance.master_addr(&msg.broker_name).unwrap_or_else(|| msg.broker_addr.clone())
     }
 
     /// Acks many received messages in as few requests as there are brokers
@@ -204,14 +227,14 @@ impl SimpleConsumer {
     /// handle went stale is skipped by the broker, not reported.
     pub async fn ack_many(&self, msgs: &[ReceivedMessage]) -> Result<()> {
         use base64::Engine as _;
-        let mut by_broker: BTreeMap<&str, AcksOfBroker> = BTreeMap::new();
+        let mut by_broker: BTreeMap<String, AcksOfBroker> = BTreeMap::new();
         for m in msgs {
             let stamp = m.receipt_handle.split(' ').nth(1).and_then(|t| t.parse::<u64>().ok());
             let Some(stamp) = stamp else {
                 return Err(ClientError::InvalidArgument(format!("malformed receipt handle {:?}", m.receipt_handle)));
             };
             by_broker
-                .entry(m.broker_addr.as_str())
+                .entry(self.ack_addr(m))
                 .or_default()
                 .entry((m.message.topic.clone(), m.message.queue_id, stamp))
                 .or_default()
@@ -245,7 +268,7 @@ impl SimpleConsumer {
             }
             let body = serde_json::json!({"acks": acks, "brokerName": ""}).to_string();
             let req = RemotingCommand::request(request::BATCH_ACK_MESSAGE).with_body(body);
-            self.instance.call_ok(addr, req).await?;
+            self.instance.call_ok(&addr, req).await?;
         }
         Ok(())
     }
@@ -261,7 +284,7 @@ impl SimpleConsumer {
         let req = self
             .handle_request(request::CHANGE_MESSAGE_INVISIBLETIME, msg)
             .with("invisibleTime", invisible.as_millis() as u64);
-        let addr = &msg.broker_addr;
+        let addr = &self.ack_addr(msg);
         let resp = self.instance.call_ok(addr, req).await?;
         let bad = |reason: String| ClientError::BadResponse { addr: addr.clone(), reason };
         let pop_time = resp.i64_field("popTime").map_err(|e| bad(e.to_string()))?;
