@@ -45,6 +45,8 @@ pub struct BrokerMetrics {
     offset: Arc<Histogram>,
     replication: Arc<Histogram>,
     pub held_pulls: Arc<Counter>,
+    /// How late popped messages became visible again, past their invisible time.
+    pub pop_revive_lateness: Arc<Histogram>,
     /// 0 none, 1 bulk refused, 2 bulk and normal refused (`capacity/degrade.rs`).
     pub degrade_level: Arc<spate_metrics::Gauge>,
 }
@@ -72,6 +74,11 @@ impl BrokerMetrics {
             offset: h("offset"),
             replication: h("replication_wait"),
             held_pulls: registry.counter(HELD_PULLS, "Pulls held by long polling.", &[]),
+            pop_revive_lateness: registry.histogram(
+                "spate_pop_revive_lateness_seconds",
+                "How long after its invisible time ran out a popped, un-acked message was revived.",
+                &[],
+            ),
             degrade_level: registry.gauge(
                 "spate_broker_degrade_level",
                 "Degradation by priority: 0 none, 1 bulk refused, 2 bulk and normal refused.",

@@ -99,6 +99,37 @@ fn produce_prints_json_with_every_field_against_a_real_broker() {
     }
     assert_eq!(v["sent_ok"], v["expected"], "every message of the run was consumed: {v}");
     assert!(v["p50_us"].as_u64().unwrap() > 0);
+    // End to end by pop: 10 % left un-acked once come back after 1 s, and
+    // the revive lateness is measured.
+    let v = bench(&[
+        "e2e",
+        "-n",
+        &ns,
+        "--topic",
+        "BenchE2e",
+        "--rate",
+        "500",
+        "--duration",
+        "1s",
+        "--warmup",
+        "500ms",
+        "--pop",
+        "--consumers",
+        "2",
+        "--invisible",
+        "1s",
+        "--unacked-percent",
+        "10",
+        "--json",
+    ]);
+    assert_eq!(v["sent_ok"], v["expected"], "e2e --pop: every message of the run was received: {v}");
+    assert_eq!(v["mode"], "pop", "{v}");
+    assert_eq!(v["never_came_back"], 0, "{v}");
+    assert_eq!(v["redelivered"], 0, "{v}");
+    // Those whose sequence number mod 100 is below 10, warm-up included.
+    let held = (0..v["sent_acked"].as_u64().unwrap()).filter(|k| k % 100 < 10).count() as u64;
+    assert_eq!(v["revived"].as_u64().unwrap(), held, "{v}");
+    assert!(v["revive_lateness_p99_us"].as_u64().unwrap() > 0, "{v}");
     // Consume: a fresh group from the first offset drains what produce
     // sent to BenchC (open loop, so every send is counted); a plot of its
     // latency is written alongside.

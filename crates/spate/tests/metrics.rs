@@ -105,6 +105,34 @@ async fn broker_metrics_match_what_was_sent() {
     assert_ne!(r.code, response::SUCCESS);
     let m = scrape(port);
     assert_eq!(m["rocketmq_send_rejected_total{reason=\"invalid_parameter\"}"], 1.0);
+    // Pops: three messages popped for 100 ms and never acked come back, on time.
+    let popped = RemotingCommand::request(request::POP_MESSAGE)
+        .with("consumerGroup", "popg")
+        .with("topic", "M")
+        .with("queueId", 0)
+        .with("maxMsgNums", 3)
+        .with("invisibleTime", 100)
+        .with("pollTime", 0)
+        .with("bornTime", 0)
+        .with("initMode", 0)
+        .with("expType", "TAG")
+        .with("exp", "*");
+    let r = call(&c, &spate.broker(), popped).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    assert_eq!(r.field("msgOffsetInfo").map(|o| o.split(',').count()), Some(3), "{:?}", r.field("msgOffsetInfo"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = scrape(port);
+        if m.get("spate_pop_revived_total") == Some(&3.0) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the pops were never revived: {:?}", m.get("spate_pop_revived_total"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(m["spate_pop_inflight"], 3.0, "held, visible again");
+    assert_eq!(m["spate_pop_acked_total"], 0.0);
+    assert_eq!(m["spate_pop_revive_lateness_seconds_count"], 3.0);
+    assert_eq!(m["spate_pop_revive_lateness_seconds_bucket{le=\"0.5\"}"], 3.0, "revived within 0.5 s of due");
 }
 
 #[test]

@@ -616,6 +616,7 @@ async fn revive_due(state: &Arc<BrokerState>, ps: &mut PopState, now: u64) -> Ve
     let mut records = Vec::new();
     let mut woken = std::collections::HashSet::new();
     for r in &revived {
+        state.metrics.pop_revive_lateness.observe(Duration::from_millis(now.saturating_sub(r.due)));
         if !r.to_dlq {
             state.pop.counters.revived.fetch_add(1, Ordering::Relaxed);
             *state.pop.counters.revived_by_group.lock().entry(r.key.group.clone()).or_default() += 1;

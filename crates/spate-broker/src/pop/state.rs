@@ -95,6 +95,8 @@ pub struct Revived {
     pub offset: i64,
     /// Deliveries so far.
     pub attempt: u32,
+    /// When it was due (ms): the revive's lateness is measured from it.
+    pub due: u64,
     /// Past `maxReconsumeTimes`: dropped from the state; the caller moves it
     /// to `%DLQ%group`.
     pub to_dlq: bool,
@@ -511,18 +513,18 @@ impl PopState {
             if first.0 > now {
                 break;
             }
-            let Some((_, key, offset)) = self.due.pop_first() else { break };
+            let Some((due, key, offset)) = self.due.pop_first() else { break };
             let Some(q) = self.queues.get_mut(&key) else { continue };
             let Some(h) = q.held.get_mut(&offset) else { continue };
             let to_dlq = h.attempt > max_reconsume(&key.group);
             if to_dlq {
                 let attempt = h.attempt;
                 q.held.remove(&offset);
-                out.push(Revived { key, offset, attempt, to_dlq });
+                out.push(Revived { key, offset, attempt, due, to_dlq });
             } else {
                 h.visible = true;
                 q.visible.insert(offset);
-                out.push(Revived { key, offset, attempt: h.attempt, to_dlq });
+                out.push(Revived { key, offset, attempt: h.attempt, due, to_dlq });
             }
         }
         out
