@@ -21,7 +21,7 @@ pub const FLAG_SUSPEND: i32 = 0x2;
 pub const FLAG_SUBSCRIPTION: i32 = 0x4;
 
 /// Room set aside for a pull answer's header beside its records.
-const ANSWER_HEADER_BYTES: usize = 1024;
+pub(crate) const ANSWER_HEADER_BYTES: usize = 1024;
 
 /// Longest a pull waits for the dispatcher before deciding an offset moved.
 const DISPATCH_WAIT_MAX: Duration = Duration::from_millis(100);
@@ -190,7 +190,7 @@ pub async fn pull(
 /// Hands the answer's reservation to the connection, which gives it back
 /// once the answer itself is counted as queued: no gap in between for
 /// another pull to fill.
-fn hold_for_answer(conn: &Arc<Connection>, req: &RemotingCommand, reserved: Option<OutboundReservation>) {
+pub(crate) fn hold_for_answer(conn: &Arc<Connection>, req: &RemotingCommand, reserved: Option<OutboundReservation>) {
     if let Some(r) = reserved {
         conn.hold_until_answered(req.opaque, r);
     }
@@ -198,7 +198,7 @@ fn hold_for_answer(conn: &Arc<Connection>, req: &RemotingCommand, reserved: Opti
 
 /// Waits for room in `conn`'s outbound budget; an error once it closed
 /// (nobody is left to answer).
-async fn set_aside(conn: &Arc<Connection>, bytes: usize) -> Result<OutboundReservation, BrokerError> {
+pub(crate) async fn set_aside(conn: &Arc<Connection>, bytes: usize) -> Result<OutboundReservation, BrokerError> {
     conn.reserve_outbound(bytes).await.map_err(BrokerError::from)
 }
 

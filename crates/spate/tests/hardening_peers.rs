@@ -84,6 +84,33 @@ fn route_req(opaque: i32) -> RemotingCommand {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_pipelines_pulls_and_never_reads_costs_a_bounded_amount_and_is_closed() {
+    pipelined_and_never_read(|i| pull_req("HP", 0, i % 200, 0, "*")).await;
+}
+
+/// The same with pops: 100 groups popping the 256 KiB messages, one each
+/// per answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_pipelines_pops_and_never_reads_costs_a_bounded_amount_and_is_closed() {
+    pipelined_and_never_read(|i| {
+        RemotingCommand::request(request::POP_MESSAGE)
+            .with("consumerGroup", format!("hp{}", i % 100))
+            .with("topic", "HP")
+            .with("queueId", 0)
+            .with("maxMsgNums", 32)
+            .with("invisibleTime", 60_000)
+            .with("pollTime", 0)
+            .with("bornTime", 0)
+            .with("initMode", 0)
+            .with("expType", "TAG")
+            .with("exp", "*")
+    })
+    .await;
+}
+
+/// 200 messages of 256 KiB, then 1,024 requests from `req` written on one
+/// connection that never reads: the broker's heap grows by a bounded
+/// amount, others are served, and the peer is let go after the write timeout.
+async fn pipelined_and_never_read(req: impl Fn(i64) -> RemotingCommand) {
     const HIGH_WATER: u64 = 1 << 20;
     const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
     let dir = tempfile::tempdir().unwrap();
@@ -107,7 +134,7 @@ async fn a_peer_that_pipelines_pulls_and_never_reads_costs_a_bounded_amount_and_
     let mut stalled = TcpStream::connect(s.broker()).await.unwrap();
     let mut requests = BytesMut::new();
     for i in 0..1024 {
-        let mut req = pull_req("HP", 0, i % 200, 0, "*");
+        let mut req = req(i);
         req.opaque = i as i32 + 1;
         req.encode(&mut requests);
     }

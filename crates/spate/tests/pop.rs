@@ -758,3 +758,43 @@ async fn fifo_pops_keep_queue_order_across_three_consumers_with_failures() {
         assert_eq!(order, (0..PER_QUEUE as i64).collect::<Vec<_>>(), "queue {q}: acked in order, each once");
     }
 }
+
+/// Messages visible again are read one by one, yet one pop hands out no
+/// more of them than a read of new ones would (`maxTransferBytesOnMessageInMemory`,
+/// 256 KiB): a batch of 32 large messages comes back over several pops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pop_of_large_messages_visible_again_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Standalone::start(&dir.path().join("d"));
+    let (c, b) = (raw_client(), s.broker());
+    one_queue_topic(&c, &b, "PopBig").await;
+    const SIZE: usize = 100 * 1024;
+    for i in 0..10u8 {
+        let r = call(&c, &b, send_req("PopBig", 0, vec![i; SIZE])).await;
+        assert_eq!(r.code, response::SUCCESS, "send: {:?}", r.remark);
+    }
+    // First deliveries: bounded by the store's read.
+    let mut first = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.len() < 10 {
+        let got = pop(&c, &b, pop_req("pbig", "PopBig", 0, 32, 1000, 0)).await;
+        assert!(got.len() <= 3, "one pop handed out {} messages of 100 KiB", got.len());
+        first.extend(got);
+        assert!(Instant::now() < deadline, "only {} popped", first.len());
+    }
+    // All ten come back after 1 s; each pop of them stays within the bound.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut again: Vec<Popped> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while again.len() < 10 {
+        let got = pop(&c, &b, pop_req("pbig", "PopBig", 0, 32, 60_000, 0)).await;
+        let bytes: usize = got.iter().map(|p| p.body.len()).sum();
+        assert!(bytes <= 256 * 1024 + SIZE, "one pop of messages visible again carried {bytes} bytes");
+        again.extend(got);
+        assert!(Instant::now() < deadline, "only {} came back", again.len());
+    }
+    let mut offsets: Vec<i64> = again.iter().map(|p| p.offset).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..10).collect::<Vec<_>>(), "each came back once");
+    assert!(again.iter().all(|p| p.reconsume == 1 && p.body.len() == SIZE && p.body[0] == p.offset as u8));
+}

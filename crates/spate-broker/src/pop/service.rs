@@ -320,10 +320,21 @@ pub async fn pop_message(
         // Every message acknowledged before this look is in its queue
         // (a bounded wait, once per look and outside the pop lock).
         crate::pull::wait_dispatched(state, state.store.max_offset()).await;
+        // The answer's bytes (what is visible again, then new messages,
+        // each part about `maxTransferBytesOnMessageInMemory`) are set aside
+        // in the connection's outbound budget first, as a pull's are: a peer
+        // that pipelines pops and reads no answers waits on its own
+        // connection. Not held while the pop waits for messages.
+        let answer_bytes =
+            2 * state.store.config().max_transfer_bytes_on_message_in_memory + crate::pull::ANSWER_HEADER_BYTES;
+        let reserved = crate::pull::set_aside(conn, answer_bytes).await?;
         let mut full = None;
         for &queue_id in &queues {
             match pop_queue(state, req, &h, queue_id, &selector).await {
-                Ok(Some(resp)) => return Ok(resp.into_command(req)),
+                Ok(Some(resp)) => {
+                    crate::pull::hold_for_answer(conn, req, Some(reserved));
+                    return Ok(resp.into_command(req));
+                }
                 Ok(None) => {}
                 // One queue at its in-flight bound: the others may still give.
                 Err(Refusal(response::POLLING_FULL, remark)) if queues.len() > 1 => full = Some(remark),
@@ -333,6 +344,7 @@ pub async fn pop_message(
         if let Some(remark) = full.filter(|_| h.poll.is_zero() || last_look) {
             return Ok(RemotingCommand::error(req, response::POLLING_FULL, remark));
         }
+        drop(reserved);
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || last_look || watches.is_empty() {
             return Ok(not_found(req, h.poll.is_zero()));
@@ -488,27 +500,44 @@ async fn take(
     } else {
         from
     };
-    // New messages from the pop offset, the selector applied by the store.
-    let new = read(state, topic, queue_id, from, h.max_msgs, Some(selector.clone()))
-        .await
-        .map_err(|e| Refusal(response::SYSTEM_ERROR, format!("reading {topic}:{queue_id} failed: {e}")))?;
+    // What is visible again goes first, read one by one: no more of it than
+    // `maxTransferBytesOnMessageInMemory` holds (at least one message), as
+    // one read of new messages is bounded.
+    let cap = state.store.config().max_transfer_bytes_on_message_in_memory;
     let mut found: HashMap<i64, Vec<u8>> = HashMap::new();
-    let mut matched = Vec::new();
-    for raw in new.messages {
-        if let Some(o) = raw.get(QUEUE_OFFSET_POS..QUEUE_OFFSET_POS + 8) {
-            let o = i64::from_be_bytes(o.try_into().unwrap_or([0; 8]));
-            matched.push(o);
+    let (mut batch, mut bytes) = (h.max_msgs, 0usize);
+    for (i, o) in ps.visible_again(key, h.max_msgs).into_iter().enumerate() {
+        if bytes >= cap {
+            batch = i;
+            break;
+        }
+        if let Some(raw) =
+            read(state, topic, queue_id, o, 1, None, cap).await.ok().and_then(|g| g.messages.into_iter().next())
+        {
+            bytes += raw.len();
             found.insert(o, raw);
         }
     }
-    let end = new.next_begin_offset.max(from);
+    // New messages from the pop offset, the selector applied by the store,
+    // in the bytes left.
+    let room = batch.saturating_sub(found.len());
+    let mut matched = Vec::new();
+    let mut end = from;
+    if room > 0 && bytes < cap {
+        let new = read(state, topic, queue_id, from, room, Some(selector.clone()), cap - bytes)
+            .await
+            .map_err(|e| Refusal(response::SYSTEM_ERROR, format!("reading {topic}:{queue_id} failed: {e}")))?;
+        for raw in new.messages {
+            if let Some(o) = raw.get(QUEUE_OFFSET_POS..QUEUE_OFFSET_POS + 8) {
+                let o = i64::from_be_bytes(o.try_into().unwrap_or([0; 8]));
+                matched.push(o);
+                found.insert(o, raw);
+            }
+        }
+        end = new.next_begin_offset.max(from);
+    }
     let mut it = matched.into_iter();
-    let req = PopRequest {
-        batch: h.max_msgs,
-        invisible_ms: h.invisible_ms,
-        fifo: h.order,
-        attempt_id: h.attempt_id.as_deref(),
-    };
+    let req = PopRequest { batch, invisible_ms: h.invisible_ms, fifo: h.order, attempt_id: h.attempt_id.as_deref() };
     let (deliveries, record) = match ps.pop(key, now, &req, |_| it.next().map_or(Next::End(end), Next::Match)) {
         Ok(x) => x,
         Err(e @ PopError::TooManyInFlight { .. }) => return Err(Refusal(response::POLLING_FULL, e.to_string())),
@@ -523,9 +552,10 @@ async fn take(
         let raw = match found.remove(&d.offset) {
             Some(r) => Some(r),
             // Visible again (or a FIFO attempt's batch): read it by offset.
-            None => {
-                read(state, topic, queue_id, d.offset, 1, None).await.ok().and_then(|g| g.messages.into_iter().next())
-            }
+            None => read(state, topic, queue_id, d.offset, 1, None, cap)
+                .await
+                .ok()
+                .and_then(|g| g.messages.into_iter().next()),
         };
         let handle = ReceiptHandle {
             start_offset: deliveries.first().map_or(d.offset, |f| f.offset),
@@ -592,10 +622,11 @@ async fn read(
     offset: i64,
     max_msgs: usize,
     selector: Option<Selector>,
+    max_bytes: usize,
 ) -> Result<spate_store::GetResult, BrokerError> {
     let store = state.store.clone();
     let limit = crate::pull::read_limit(state);
-    let limits = ReadLimits { max_msgs, max_bytes: usize::MAX, physical_end: limit.unwrap_or(u64::MAX) };
+    let limits = ReadLimits { max_msgs, max_bytes, physical_end: limit.unwrap_or(u64::MAX) };
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || match selector {
         Some(s) => {
@@ -643,7 +674,7 @@ async fn revive_due(state: &Arc<BrokerState>, ps: &mut PopState, now: u64) -> Ve
 
 /// Copies a message to `%DLQ%group` (created readable on first use).
 async fn dead_letter(state: &Arc<BrokerState>, key: &QueueKey, offset: i64, attempts: u32) -> Result<(), BrokerError> {
-    let got = read(state, &key.topic, key.queue_id, offset, 1, None).await?;
+    let got = read(state, &key.topic, key.queue_id, offset, 1, None, 1).await?;
     let Some(raw) = got.messages.into_iter().next() else {
         return Ok(()); // retained away: nothing to copy
     };

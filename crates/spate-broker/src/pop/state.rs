@@ -279,6 +279,12 @@ impl PopState {
         self.queues.contains_key(key)
     }
 
+    /// The first `n` offsets of `key` that are visible again, in the order
+    /// [`Self::pop`] hands them out.
+    pub fn visible_again(&self, key: &QueueKey, n: usize) -> Vec<i64> {
+        self.queues.get(key).map_or_else(Vec::new, |q| q.visible.iter().copied().take(n).collect())
+    }
+
     /// Hands out up to `req.batch` messages: the ones visible again first,
     /// in offset order, then new ones from the pop offset as `next` finds
     /// them. Call [`Self::revive`] first so what is due is visible.
