@@ -742,6 +742,11 @@ mod tests {
         Restart,
         /// The journal is cut to a snapshot of the state.
         Snapshot,
+        /// The master makes a pop (queue, batch, invisible) and an ack in
+        /// memory, appends neither record anywhere a slave has it, and
+        /// dies before answering: the promoted slave rebuilds the state
+        /// from the replicated journal, in which neither happened.
+        Failover(i32, usize, u64, usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -753,6 +758,7 @@ mod tests {
             (1u64..40).prop_map(Op::Advance),
             Just(Op::Restart),
             Just(Op::Snapshot),
+            (0..QUEUES, 1usize..5, 1u64..50, 0usize..64).prop_map(|(q, b, i, h)| Op::Failover(q, b, i, h)),
         ]
     }
 
@@ -801,7 +807,19 @@ mod tests {
                     }
                     Op::Advance(ms) => now += ms,
                     Op::Snapshot => journal = sut.snapshot(),
-                    Op::Restart => {
+                    Op::Restart | Op::Failover(..) => {
+                        if let Op::Failover(q, batch, invisible, h) = op {
+                            // Unanswered: changes in the old master's memory only.
+                            let _ = sut.revive(now, |_| MAX_RECONSUME);
+                            let req = PopRequest { batch, invisible_ms: invisible, fifo: false, attempt_id: None };
+                            let produced = model.msgs[q as usize].len() as i64;
+                            let _ = sut.pop(&key(q), now, &req, |from| {
+                                (from..produced).find(|o| matches(*o)).map_or(Next::End(produced), Next::Match)
+                            });
+                            if let Some((q, o, stamp)) = handles.get(h % handles.len().max(1)).copied() {
+                                let _ = sut.ack(&key(q), o, stamp);
+                            }
+                        }
                         sut = PopState::new(limits.clone());
                         for r in &journal {
                             // As stored: through its encoding and back.
