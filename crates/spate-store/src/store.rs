@@ -561,6 +561,11 @@ impl MessageStore {
         inner.queues.delete_topic(topic)?;
         w.queue_offsets.remove(topic);
         drop(w);
+        drop(_dispatch);
+        // A checkpoint past the topic's last record, so recovery after a
+        // crash never dispatches its old records again (into a topic of
+        // the same name made meanwhile, or bringing this one back).
+        inner.write_checkpoint()?;
         tracing::info!(topic, "consume queues deleted");
         Ok(())
     }

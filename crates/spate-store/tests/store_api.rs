@@ -537,6 +537,31 @@ fn deleted_topic_starts_again_at_offset_zero_and_others_are_untouched() {
     assert_eq!(store.max_offset_in_queue("Kept", 0), 6);
 }
 
+/// A crash after a topic was deleted and made again: recovery must not
+/// dispatch the old topic's records into the new topic's queue (the old
+/// messages would come back, after the new ones, at offsets of their own).
+#[test]
+fn a_crash_after_a_topic_was_deleted_and_recreated_does_not_bring_its_old_messages_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(common::config(dir.path())).unwrap();
+    for i in 0..5 {
+        store.put_message(&common::msg("Gone", 0, format!("g{i}").as_bytes(), None, None)).unwrap();
+    }
+    store.delete_topic("Gone").unwrap();
+    store.put_message(&common::msg("Gone", 0, b"new", None, None)).unwrap();
+    assert!(store.wait_dispatched(std::time::Duration::from_secs(5)));
+    assert_eq!(store.max_offset_in_queue("Gone", 0), 1);
+    store.crash(false);
+    let store = MessageStore::open(common::config(dir.path())).unwrap();
+    assert!(store.recovery().after_crash);
+    assert!(store.wait_dispatched(std::time::Duration::from_secs(5)));
+    assert_eq!(store.max_offset_in_queue("Gone", 0), 1, "the recreated topic holds its own message only");
+    let got = store.get_messages("Gone", 0, 0, 32, 1 << 20, None).unwrap();
+    let bodies: Vec<Vec<u8>> =
+        got.messages.iter().map(|r| spate_common::message::decode_record(r, false).unwrap().body.to_vec()).collect();
+    assert_eq!(bodies, [b"new".to_vec()]);
+}
+
 #[test]
 fn append_may_wait_only_near_a_segment_end() {
     let dir = tempfile::tempdir().unwrap();

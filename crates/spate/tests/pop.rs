@@ -535,9 +535,9 @@ async fn a_deleted_and_recreated_topic_is_popped_from_its_start() {
     let new = pop(&c, &b, pop_req("rg", "PopR", 0, 32, 60_000, 0)).await;
     assert_eq!(new.iter().map(|p| (p.offset, p.reconsume)).collect::<Vec<_>>(), [(0, 0), (1, 0)]);
     assert_eq!(ack(&c, &b, "rg", "PopR", &old[3]).await.code, response::NO_MESSAGE, "the old topic's handle is dead");
-    // And after a restart the old topic's state stays gone. (A clean stop:
-    // after kill -9 the store's recovery dispatches the deleted topic's old
-    // records into the new topic's queue again, a store matter of its own.)
+    // And after kill -9 the old topic's state and messages stay gone: the
+    // new queue holds its own two messages only.
+    s.kill9();
     s.restart();
     let b = s.broker();
     for p in &new {
