@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 rate="${1:-10000}"
 secs="${2:-20}"
 rounds="${3:-3}"
-cargo build --release -p spate >/dev/null 2>&1
+cargo build --release -p spate >/dev/null
 bin=$PWD/target/release/spate
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT

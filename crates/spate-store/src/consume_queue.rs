@@ -416,8 +416,14 @@ impl ConsumeQueueTable {
         let dir = self.topic_dir(topic)?;
         self.queues.write().remove(topic);
         match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(&dir, e)),
-            _ => Ok(()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(StoreError::io(&dir, e)),
+            _ => {}
+        }
+        // The removal itself made durable: an old queue directory must not
+        // come back after a power loss behind a checkpoint past it.
+        match dir.parent() {
+            Some(root) => crate::segment::sync_dir(root),
+            None => Ok(()),
         }
     }
 }

@@ -558,14 +558,14 @@ impl MessageStore {
         // topic arrives after its queues are gone.
         inner.commit_log.commit_pending()?;
         inner.dispatcher.dispatch_locked()?;
+        // A checkpoint past the topic's last record before its files go, so
+        // recovery after a crash never dispatches its old records again
+        // (into a topic of the same name made meanwhile, or bringing this
+        // one back); a crash before it leaves the topic whole.
+        inner.write_checkpoint()?;
         inner.queues.delete_topic(topic)?;
         w.queue_offsets.remove(topic);
         drop(w);
-        drop(_dispatch);
-        // A checkpoint past the topic's last record, so recovery after a
-        // crash never dispatches its old records again (into a topic of
-        // the same name made meanwhile, or bringing this one back).
-        inner.write_checkpoint()?;
         tracing::info!(topic, "consume queues deleted");
         Ok(())
     }

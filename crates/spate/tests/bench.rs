@@ -99,7 +99,7 @@ fn produce_prints_json_with_every_field_against_a_real_broker() {
     }
     assert_eq!(v["sent_ok"], v["expected"], "every message of the run was consumed: {v}");
     assert!(v["p50_us"].as_u64().unwrap() > 0);
-    // End to end by pop: 10 % left un-acked once come back after 1 s, and
+    // End to end by pop: 10 % left un-acked once come back after 2 s, and
     // the revive lateness is measured.
     let v = bench(&[
         "e2e",
@@ -117,7 +117,7 @@ fn produce_prints_json_with_every_field_against_a_real_broker() {
         "--consumers",
         "2",
         "--invisible",
-        "1s",
+        "2s",
         "--unacked-percent",
         "10",
         "--json",

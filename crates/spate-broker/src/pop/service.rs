@@ -320,13 +320,13 @@ pub async fn pop_message(
         // Every message acknowledged before this look is in its queue
         // (a bounded wait, once per look and outside the pop lock).
         crate::pull::wait_dispatched(state, state.store.max_offset()).await;
-        // The answer's bytes (what is visible again, then new messages,
-        // each part about `maxTransferBytesOnMessageInMemory`) are set aside
-        // in the connection's outbound budget first, as a pull's are: a peer
-        // that pipelines pops and reads no answers waits on its own
-        // connection. Not held while the pop waits for messages.
+        // The answer's bytes (about `maxTransferBytesOnMessageInMemory`:
+        // what is visible again, then new messages in the bytes left) are
+        // set aside in the connection's outbound budget first, as a pull's
+        // are: a peer that pipelines pops and reads no answers waits on its
+        // own connection. Not held while the pop waits for messages.
         let answer_bytes =
-            2 * state.store.config().max_transfer_bytes_on_message_in_memory + crate::pull::ANSWER_HEADER_BYTES;
+            state.store.config().max_transfer_bytes_on_message_in_memory + crate::pull::ANSWER_HEADER_BYTES;
         let reserved = crate::pull::set_aside(conn, answer_bytes).await?;
         let mut full = None;
         for &queue_id in &queues {
@@ -506,7 +506,13 @@ async fn take(
     let cap = state.store.config().max_transfer_bytes_on_message_in_memory;
     let mut found: HashMap<i64, Vec<u8>> = HashMap::new();
     let (mut batch, mut bytes) = (h.max_msgs, 0usize);
-    for (i, o) in ps.visible_again(key, h.max_msgs).into_iter().enumerate() {
+    // Only what this pop can hand out: within the queue's in-flight room,
+    // and nothing while a FIFO queue's batch is out (the same batch is
+    // read again below for a retried attempt).
+    let in_flight = ps.progress(key).map_or(0, |p| p.in_flight);
+    let room = state.pop.limits.inflight_per_queue.saturating_sub(in_flight);
+    let prefetch = if h.order && in_flight > 0 { 0 } else { h.max_msgs.min(room) };
+    for (i, o) in ps.visible_again(key, prefetch).into_iter().enumerate() {
         if bytes >= cap {
             batch = i;
             break;
@@ -647,8 +653,8 @@ async fn revive_due(state: &Arc<BrokerState>, ps: &mut PopState, now: u64) -> Ve
     let mut records = Vec::new();
     let mut woken = std::collections::HashSet::new();
     for r in &revived {
-        state.metrics.pop_revive_lateness.observe(Duration::from_millis(now.saturating_sub(r.due)));
         if !r.to_dlq {
+            state.metrics.pop_revive_lateness.observe(Duration::from_millis(now.saturating_sub(r.due)));
             state.pop.counters.revived.fetch_add(1, Ordering::Relaxed);
             *state.pop.counters.revived_by_group.lock().entry(r.key.group.clone()).or_default() += 1;
             if woken.insert((r.key.topic.clone(), r.key.queue_id)) {

@@ -808,14 +808,17 @@ mod tests {
                     Op::Advance(ms) => now += ms,
                     Op::Snapshot => journal = sut.snapshot(),
                     Op::Restart | Op::Failover(..) => {
+                        let mut lost = Vec::new();
                         if let Op::Failover(q, batch, invisible, h) = op {
                             // Unanswered: changes in the old master's memory only.
                             let _ = sut.revive(now, |_| MAX_RECONSUME);
                             let req = PopRequest { batch, invisible_ms: invisible, fifo: false, attempt_id: None };
                             let produced = model.msgs[q as usize].len() as i64;
-                            let _ = sut.pop(&key(q), now, &req, |from| {
+                            if let Ok((got, _)) = sut.pop(&key(q), now, &req, |from| {
                                 (from..produced).find(|o| matches(*o)).map_or(Next::End(produced), Next::Match)
-                            });
+                            }) {
+                                lost.extend(got.iter().map(|d| (q, d.offset, d.stamp)));
+                            }
                             if let Some((q, o, stamp)) = handles.get(h % handles.len().max(1)).copied() {
                                 let _ = sut.ack(&key(q), o, stamp);
                             }
@@ -825,6 +828,12 @@ mod tests {
                             // As stored: through its encoding and back.
                             let stored = serde_json::to_vec(r).expect("a record encodes");
                             sut.apply(&serde_json::from_slice(&stored).expect("a record decodes"));
+                        }
+                        // The unanswered pop's handles work nowhere on the promoted broker.
+                        for (q, o, stamp) in lost {
+                            if model.live_stamp(q, o) != Some(stamp) {
+                                prop_assert!(sut.ack(&key(q), o, stamp).is_err(), "a handle of an unanswered pop acked {:?}", (q, o, stamp));
+                            }
                         }
                         // A restarted broker revives by the clock first.
                         journal.extend(sut.revive(now, |_| MAX_RECONSUME).iter().filter_map(Revived::record));

@@ -214,12 +214,24 @@ impl SimpleConsumer {
     /// Finishes a received message: it is never delivered to the group again.
     pub async fn ack(&self, msg: &ReceivedMessage) -> Result<()> {
         let req = self.handle_request(request::ACK_MESSAGE, msg);
-        self.instance.call_ok(&self.ack_addr(msg), req).await.map(|_| ())
+        let r = self.instance.call_ok(&self.ack_addr(msg), req).await;
+        self.refresh_on_failover(&msg.message.topic, r).map(|_| ())
     }
 
     /// Where a received message's ack or invisible-time change goes.
     fn ack_addr(&self, msg: &ReceivedMessage) -> String {
         self.instance.master_addr(&msg.broker_name).unwrap_or_else(|| msg.broker_addr.clone())
+    }
+
+    /// `r`, after asking for a fresh route of `topic` when the broker was
+    /// unreachable or is no longer master (so a retried ack finds the new one).
+    fn refresh_on_failover<T>(&self, topic: &str, r: Result<T>) -> Result<T> {
+        match &r {
+            Err(ClientError::Broker { code, .. }) if *code != response::SERVICE_NOT_AVAILABLE => {}
+            Err(_) => self.instance.refresh_route_soon(topic),
+            Ok(_) => {}
+        }
+        r
     }
 
     /// Acks many received messages in as few requests as there are brokers
@@ -268,7 +280,9 @@ impl SimpleConsumer {
             }
             let body = serde_json::json!({"acks": acks, "brokerName": ""}).to_string();
             let req = RemotingCommand::request(request::BATCH_ACK_MESSAGE).with_body(body);
-            self.instance.call_ok(&addr, req).await?;
+            let topic = msgs.first().map(|m| m.message.topic.as_str()).unwrap_or_default();
+            let r = self.instance.call_ok(&addr, req).await;
+            self.refresh_on_failover(topic, r)?;
         }
         Ok(())
     }
@@ -285,7 +299,8 @@ impl SimpleConsumer {
             .handle_request(request::CHANGE_MESSAGE_INVISIBLETIME, msg)
             .with("invisibleTime", invisible.as_millis() as u64);
         let addr = &self.ack_addr(msg);
-        let resp = self.instance.call_ok(addr, req).await?;
+        let r = self.instance.call_ok(addr, req).await;
+        let resp = self.refresh_on_failover(&msg.message.topic, r)?;
         let bad = |reason: String| ClientError::BadResponse { addr: addr.clone(), reason };
         let pop_time = resp.i64_field("popTime").map_err(|e| bad(e.to_string()))?;
         let revive = resp.opt_i32_field("reviveQid").map_err(|e| bad(e.to_string()))?.unwrap_or(0);
