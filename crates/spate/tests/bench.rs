@@ -80,20 +80,14 @@ fn produce_prints_json_with_every_field_against_a_real_broker() {
         assert_eq!(v["errors"], serde_json::json!({}), "{extra:?}");
     }
     // End to end: every message of this run comes back, with latencies.
-    let v = bench(&[
-        "e2e",
-        "-n",
-        &ns,
-        "--topic",
-        "BenchE2e",
-        "--rate",
-        "500",
-        "--duration",
-        "1s",
-        "--warmup",
-        "500ms",
-        "--json",
-    ]);
+    let e2e = |extra: &[&str]| {
+        let mut args =
+            vec!["e2e", "-n", &ns, "--topic", "BenchE2e", "--rate", "500", "--duration", "1s", "--warmup", "500ms"];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        bench(&args)
+    };
+    let v = e2e(&[]);
     for f in FIELDS {
         assert!(v.get(f).is_some(), "e2e: missing {f} in {v}");
     }
@@ -101,27 +95,7 @@ fn produce_prints_json_with_every_field_against_a_real_broker() {
     assert!(v["p50_us"].as_u64().unwrap() > 0);
     // End to end by pop: 10 % left un-acked once come back after 2 s, and
     // the revive lateness is measured.
-    let v = bench(&[
-        "e2e",
-        "-n",
-        &ns,
-        "--topic",
-        "BenchE2e",
-        "--rate",
-        "500",
-        "--duration",
-        "1s",
-        "--warmup",
-        "500ms",
-        "--pop",
-        "--consumers",
-        "2",
-        "--invisible",
-        "2s",
-        "--unacked-percent",
-        "10",
-        "--json",
-    ]);
+    let v = e2e(&["--pop", "--consumers", "2", "--invisible", "2s", "--unacked-percent", "10"]);
     assert_eq!(v["sent_ok"], v["expected"], "e2e --pop: every message of the run was received: {v}");
     assert_eq!(v["mode"], "pop", "{v}");
     assert_eq!(v["never_came_back"], 0, "{v}");

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{call, pull_req, raw_client, send_req, Standalone};
+use common::{call, pop_req, pull_req, raw_client, send_req, Standalone};
 use spate_remoting::{request, response, RemotingCommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -91,20 +91,7 @@ async fn a_peer_that_pipelines_pulls_and_never_reads_costs_a_bounded_amount_and_
 /// per answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_pipelines_pops_and_never_reads_costs_a_bounded_amount_and_is_closed() {
-    pipelined_and_never_read(|i| {
-        RemotingCommand::request(request::POP_MESSAGE)
-            .with("consumerGroup", format!("hp{}", i % 100))
-            .with("topic", "HP")
-            .with("queueId", 0)
-            .with("maxMsgNums", 32)
-            .with("invisibleTime", 60_000)
-            .with("pollTime", 0)
-            .with("bornTime", 0)
-            .with("initMode", 0)
-            .with("expType", "TAG")
-            .with("exp", "*")
-    })
-    .await;
+    pipelined_and_never_read(|i| pop_req(&format!("hp{}", i % 100), "HP", 0, 32, 60_000, 0)).await;
 }
 
 /// 200 messages of 256 KiB, then 1,024 requests from `req` written on one

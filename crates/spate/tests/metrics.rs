@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{call, free_port, raw_client, Standalone};
+use common::{call, free_port, pop_req, raw_client, Standalone};
 use spate_remoting::{request, response, RemotingCommand};
 
 /// GET /metrics; returns (series -> value), checking every line's syntax.
@@ -106,18 +106,7 @@ async fn broker_metrics_match_what_was_sent() {
     let m = scrape(port);
     assert_eq!(m["rocketmq_send_rejected_total{reason=\"invalid_parameter\"}"], 1.0);
     // Pops: three messages popped for 100 ms and never acked come back, on time.
-    let popped = RemotingCommand::request(request::POP_MESSAGE)
-        .with("consumerGroup", "popg")
-        .with("topic", "M")
-        .with("queueId", 0)
-        .with("maxMsgNums", 3)
-        .with("invisibleTime", 100)
-        .with("pollTime", 0)
-        .with("bornTime", 0)
-        .with("initMode", 0)
-        .with("expType", "TAG")
-        .with("exp", "*");
-    let r = call(&c, &spate.broker(), popped).await;
+    let r = call(&c, &spate.broker(), pop_req("popg", "M", 0, 3, 100, 0)).await;
     assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
     assert_eq!(r.field("msgOffsetInfo").map(|o| o.split(',').count()), Some(3), "{:?}", r.field("msgOffsetInfo"));
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{call, raw_client, send_req, Standalone};
+use common::{call, pop_req, raw_client, send_req, Standalone};
 use spate_common::message::{decode_record, property};
 use spate_remoting::{request, response, RemotingClient, RemotingCommand};
 
@@ -19,20 +19,6 @@ struct Popped {
     reconsume: i32,
     handle: String,
     body: Vec<u8>,
-}
-
-fn pop_req(group: &str, topic: &str, queue_id: i32, max: i32, invisible_ms: i64, poll_ms: i64) -> RemotingCommand {
-    RemotingCommand::request(request::POP_MESSAGE)
-        .with("consumerGroup", group)
-        .with("topic", topic)
-        .with("queueId", queue_id)
-        .with("maxMsgNums", max)
-        .with("invisibleTime", invisible_ms)
-        .with("pollTime", poll_ms)
-        .with("bornTime", 0)
-        .with("initMode", 0)
-        .with("expType", "TAG")
-        .with("exp", "*")
 }
 
 async fn pop(c: &RemotingClient, broker: &str, req: RemotingCommand) -> Vec<Popped> {

@@ -532,3 +532,20 @@ impl Drop for ZooKeeper {
         }
     }
 }
+
+/// POP_MESSAGE for `group` on `topic` (queue -1: any), `max` messages
+/// invisible for `invisible_ms`, waiting up to `poll_ms`; a new group
+/// starts at each queue's first message.
+pub fn pop_req(group: &str, topic: &str, queue_id: i32, max: i32, invisible_ms: i64, poll_ms: i64) -> RemotingCommand {
+    RemotingCommand::request(spate_remoting::request::POP_MESSAGE)
+        .with("consumerGroup", group)
+        .with("topic", topic)
+        .with("queueId", queue_id)
+        .with("maxMsgNums", max)
+        .with("invisibleTime", invisible_ms)
+        .with("pollTime", poll_ms)
+        .with("bornTime", 0)
+        .with("initMode", 0)
+        .with("expType", "TAG")
+        .with("exp", "*")
+}
