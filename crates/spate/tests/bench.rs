@@ -123,24 +123,15 @@ fn produce_prints_json_with_every_field_against_a_real_broker() {
     ]);
     let produced = sent["sent_ok"].as_u64().unwrap() + 1; // plus the bench's first (probe) send
     let plot = dir.path().join("consume.svg");
-    let v = bench(&[
-        "consume",
-        "-n",
-        &ns,
-        "--topic",
-        "BenchC",
-        "--from",
-        "first",
-        "--warmup",
-        "0s",
-        "--duration",
-        "20s",
-        "--count",
-        &produced.to_string(),
-        "--plot",
-        plot.to_str().unwrap(),
-        "--json",
-    ]);
+    let count = produced.to_string();
+    let consume = |extra: &[&str]| {
+        let mut args = vec!["consume", "-n", &ns, "--topic", "BenchC", "--from", "first", "--warmup", "0s"];
+        args.extend_from_slice(&["--duration", "20s", "--count", &count]);
+        args.extend_from_slice(extra);
+        args.push("--json");
+        bench(&args)
+    };
+    let v = consume(&["--plot", plot.to_str().unwrap()]);
     for f in FIELDS {
         assert!(v.get(f).is_some(), "consume: missing {f} in {v}");
     }
@@ -151,27 +142,7 @@ fn produce_prints_json_with_every_field_against_a_real_broker() {
     assert!(svg.starts_with("<svg") && svg.contains("spate bench consume") && svg.contains("<polyline"));
     // The same backlog by pop + ack (RocketMQ 5's simple consumers), its
     // own group: every message once, every one acked.
-    let v = bench(&[
-        "consume",
-        "-n",
-        &ns,
-        "--topic",
-        "BenchC",
-        "--pop",
-        "--consumers",
-        "3",
-        "--group",
-        "bench_pop_g",
-        "--from",
-        "first",
-        "--warmup",
-        "0s",
-        "--duration",
-        "20s",
-        "--count",
-        &produced.to_string(),
-        "--json",
-    ]);
+    let v = consume(&["--pop", "--consumers", "3", "--group", "bench_pop_g"]);
     for f in FIELDS.iter().chain(&["received_unique", "duplicates", "acked"]) {
         assert!(v.get(*f).is_some(), "consume --pop: missing {f} in {v}");
     }

@@ -56,6 +56,18 @@ async fn master_addr(c: &RemotingClient, ns: &str) -> Option<String> {
     info.broker_addr_table.get("broker-a")?.broker_addrs.get(&0).cloned()
 }
 
+/// Waits (up to 20 s) until the name server names a master other than `old`; its address.
+async fn new_master_addr(c: &RemotingClient, ns: &str, old: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(addr) = master_addr(c, ns).await.filter(|a| a != old) {
+            return addr;
+        }
+        assert!(Instant::now() < deadline, "no new master registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// ZooKeeper, a name server, one controller and three brokers of
 /// broker-a under it (strict sync), up and in SYNC with all three in the
 /// in-sync set, the master registered as broker 0.
@@ -457,14 +469,7 @@ async fn delayed_timer_and_transactional_messages_outlive_a_failover() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     brokers.get_mut(&old_id).unwrap().kill9();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let new_addr = loop {
-        if let Some(addr) = master_addr(&c, &ns.addr()).await.filter(|a| *a != old_addr) {
-            break addr;
-        }
-        assert!(Instant::now() < deadline, "no new master registered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let new_addr = new_master_addr(&c, &ns.addr(), &old_addr).await;
     // The half is in the new master's log: the producer commits it there.
     let (_, commit_log_offset) =
         spate_common::message::parse_offset_msg_id(half.field("msgId").unwrap()).expect("offset message id");
@@ -637,11 +642,7 @@ async fn orderly_consumers_and_retries_carry_on_across_a_failover() {
     }
     brokers.get_mut(&old_id).unwrap().kill9();
     let killed = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while master_addr(&c, &ns.addr()).await.filter(|a| *a != old_addr).is_none() {
-        assert!(Instant::now() < deadline, "no new master registered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    new_master_addr(&c, &ns.addr(), &old_addr).await;
     send_ordered(p.clone(), PER_KEY / 2, PER_KEY).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -749,14 +750,7 @@ async fn pops_carry_on_across_a_failover() {
         acked.push(m.0);
     }
     brokers.get_mut(&old_id).unwrap().kill9();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let new_addr = loop {
-        if let Some(addr) = master_addr(&c, &ns.addr()).await.filter(|a| *a != old_addr) {
-            break addr;
-        }
-        assert!(Instant::now() < deadline, "no new master registered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let new_addr = new_master_addr(&c, &ns.addr(), &old_addr).await;
     // The old master's handles work on the new one: ack one more.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

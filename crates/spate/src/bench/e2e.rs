@@ -293,7 +293,8 @@ struct PopTally {
     /// Came back: time past the invisible time since that receive was sent.
     lateness_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
     revived: AtomicU64,
-    /// Deliveries after the first of a message that was acked.
+    /// Deliveries after the first of a message not held back (its ack
+    /// was late or lost).
     redelivered: AtomicU64,
     receive_errors: AtomicU64,
     ack_errors: AtomicU64,
