@@ -78,6 +78,10 @@ pub struct BrokerConfig {
     pub pop_snapshot_records: u64,
     /// `metricsPromExporterPort`: HTTP port of `/metrics` (0: off).
     pub metrics_prom_exporter_port: u16,
+    /// `grpcServerPort`: the port RocketMQ 5's gRPC clients dial besides
+    /// the remoting port (which serves gRPC too). `None`: the default
+    /// 8081, skipped with a warning when taken; `Some(0)`: none.
+    pub grpc_server_port: Option<u16>,
     /// `serverMaxConnections`: connections open at once across all client
     /// addresses; more are closed at accept (10,000).
     pub server_max_connections: usize,
@@ -324,6 +328,7 @@ impl BrokerConfig {
             pop_snapshot_interval: Duration::from_secs(60),
             pop_snapshot_records: 100_000,
             metrics_prom_exporter_port: 0,
+            grpc_server_port: None,
             server_max_connections: spate_remoting::server::DEFAULT_MAX_CONNECTIONS,
             server_max_connections_per_address: spate_remoting::server::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             write_buffer_high_water_mark: spate_remoting::connection::DEFAULT_WRITE_BUFFER_HIGH_WATER_MARK,
@@ -390,6 +395,7 @@ impl BrokerConfig {
             "brokerIP1" => self.broker_ip1 = parse(key, v)?,
             "listenPort" => self.listen_port = parse(key, v)?,
             "haListenPort" => self.ha_listen_port = parse(key, v)?,
+            "grpcServerPort" => self.grpc_server_port = Some(parse(key, v)?),
             "brokerRole" => {
                 self.broker_role = match v {
                     "ASYNC_MASTER" => BrokerRole::AsyncMaster,

@@ -19,12 +19,14 @@ pub mod clients;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod grpc;
 pub mod ha;
 pub mod lane;
 pub mod long_poll;
 pub mod metrics;
 pub mod names;
 pub mod offsets;
+pub mod origin;
 pub mod persist;
 pub mod pop;
 pub mod pull;
@@ -119,6 +121,8 @@ pub struct BrokerState {
     pub slave: ha::slave::SlaveState,
     /// POP consumption (`pop/`): state, request codes, revive.
     pub pop: pop::service::PopService,
+    /// gRPC clients' sessions (settings, Telemetry streams).
+    pub grpc: grpc::sessions::GrpcSessions,
     /// Who may send what (`auth.rs`): users, ACLs and the request-code table.
     pub gate: spate_remoting::access::Gate,
     /// `config/auth.json`: saved after every change, read again when edited.
@@ -187,8 +191,12 @@ pub struct Broker {
     server: RemotingServer,
     vip: Option<vip::VipChannel>,
     lane: lane::CoreLane,
+    grpc: Arc<grpc::GrpcFrontEnd>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// RocketMQ's default `grpcServerPort` (the 5.x proxy's).
+pub const DEFAULT_GRPC_PORT: u16 = 8081;
 
 impl Broker {
     /// Opens the store (recovering it), loads the tables, binds `listenPort`
@@ -278,6 +286,7 @@ impl Broker {
         };
         let state = Arc::new(BrokerState {
             pop: pop::service::PopService::new(pop_limits),
+            grpc: grpc::sessions::GrpcSessions::default(),
             core_lane: lane.status(),
             broker_name: cfg.broker_name.clone(),
             broker_addr: cfg.broker_addr(),
@@ -338,7 +347,31 @@ impl Broker {
             }
             None => None,
         };
-        let server = RemotingServer::bind_with_tls(listen, conn_cfg, handler, limits, tls)
+        let grpc_port = state.config.read().grpc_server_port;
+        let grpc_listener = match grpc_port {
+            Some(0) => None,
+            Some(port) => {
+                let addr = SocketAddr::new(listen.ip(), port);
+                Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| BrokerError::Io { path: format!("grpcServerPort {addr}"), source: e })?,
+                )
+            }
+            None => {
+                let addr = SocketAddr::new(listen.ip(), DEFAULT_GRPC_PORT);
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "default gRPC port unavailable: gRPC clients are served on the remoting port only; set grpcServerPort");
+                        None
+                    }
+                }
+            }
+        };
+        let grpc = grpc::GrpcFrontEnd::start(state.clone(), grpc_listener);
+        let sink: Arc<dyn spate_remoting::server::Http2Sink> = grpc.clone();
+        let server = RemotingServer::bind_serving(listen, conn_cfg, handler, limits, tls, Some(sink))
             .await
             .map_err(|e| BrokerError::Io { path: format!("listen {listen}"), source: e })?;
         let mut tasks = vec![register::spawn(state.clone())];
@@ -384,7 +417,10 @@ impl Broker {
             tasks.push(task);
         }
         tracing::info!(addr = %state.broker_addr, broker = %state.broker_name, "broker listening");
-        Ok(Broker { state, server, vip, lane, tasks })
+        if let Some(addr) = grpc.local_addr() {
+            tracing::info!(%addr, "gRPC (RocketMQ 5 clients) listening; also served on the remoting port");
+        }
+        Ok(Broker { state, server, vip, lane, grpc, tasks })
     }
 
     pub fn state(&self) -> &Arc<BrokerState> {
@@ -405,6 +441,11 @@ impl Broker {
     }
 
     /// The VIP channel's address, when it could be bound.
+    /// The dedicated gRPC port's address (`grpcServerPort`), if bound.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
     pub fn vip_addr(&self) -> Option<SocketAddr> {
         self.vip.as_ref().map(vip::VipChannel::local_addr)
     }
@@ -419,6 +460,7 @@ impl Broker {
         }
         register::unregister_all(&self.state).await;
         self.state.long_poll.close();
+        self.grpc.shutdown();
         self.server.shutdown(grace).await;
         if let Some(v) = self.vip {
             v.shutdown(grace).await;
@@ -586,10 +628,10 @@ async fn process(
         ));
     }
     Ok(match req.code {
-        r::SEND_MESSAGE | r::SEND_MESSAGE_V2 | r::SEND_BATCH_MESSAGE => send::send(state, conn, req).await?,
+        r::SEND_MESSAGE | r::SEND_MESSAGE_V2 | r::SEND_BATCH_MESSAGE => send::send(state, &origin::Origin::remoting(state, conn), req).await?,
         r::END_TRANSACTION => transaction::end(state, req).await?,
         r::PULL_MESSAGE | r::LITE_PULL_MESSAGE => pull::pull(state, conn, req).await?,
-        r::POP_MESSAGE => pop::service::pop_message(state, conn, req).await?,
+        r::POP_MESSAGE => pop::service::pop_message(state, &origin::Origin::remoting(state, conn), req).await?,
         r::ACK_MESSAGE => pop::service::ack_message(state, req).await?,
         r::CHANGE_MESSAGE_INVISIBLETIME => pop::service::change_invisible(state, req).await?,
         r::BATCH_ACK_MESSAGE => pop::service::batch_ack(state, req).await?,

@@ -5,12 +5,13 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 use spate_common::message::{self, offset_msg_id, property, NewMessage};
 use spate_remoting::protocol::{perm, DEFAULT_TOPIC, DLQ_GROUP_TOPIC_PREFIX, RETRY_GROUP_TOPIC_PREFIX};
-use spate_remoting::{request, response, Connection, RemotingCommand};
+use spate_remoting::{request, response, RemotingCommand};
 use spate_store::{MessageStore, PutBatchResult, PutResult, StoreError};
 
 use crate::capacity::{self, limits::Op};
 use crate::error::BrokerError;
 use crate::ha::ReplicaWait;
+use crate::origin::Origin;
 use crate::{schedule, timer, transaction};
 use crate::{BrokerRole, BrokerState};
 
@@ -240,9 +241,11 @@ pub fn store_error_response(req: &RemotingCommand, e: &StoreError) -> RemotingCo
     RemotingCommand::error(req, code, e.to_string())
 }
 
+/// SEND_MESSAGE, SEND_MESSAGE_V2 and SEND_BATCH_MESSAGE, and gRPC's
+/// SendMessage (which its front end expresses as SEND_MESSAGE).
 pub async fn send(
     state: &Arc<BrokerState>,
-    conn: &Arc<Connection>,
+    origin: &Origin<'_>,
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, BrokerError> {
     let mut h = SendHeader::parse(req)?;
@@ -344,12 +347,12 @@ pub async fn send(
         properties: std::mem::take(&mut h.properties),
         sys_flag: h.sys_flag,
         born_timestamp: h.born_timestamp,
-        born_host: conn.peer_addr(),
+        born_host: origin.peer,
         store_host: state.broker_addr,
         reconsume_times: h.reconsume_times,
         prepared_tx_offset: 0,
     };
-    let client = state.clients.client_id_of(conn);
+    let client = origin.client_id.as_str();
     if (req.code == request::SEND_BATCH_MESSAGE || h.batch) && transaction::is_half(base.sys_flag, &base.properties) {
         return Ok(RemotingCommand::error(
             req,
@@ -358,7 +361,7 @@ pub async fn send(
         ));
     }
     if req.code == request::SEND_BATCH_MESSAGE || h.batch {
-        return send_batch(state, req, base, &h.producer_group, &client).await;
+        return send_batch(state, req, base, &h.producer_group, client).await;
     }
     // A half, delayed or timer message waits in a system topic; the checks
     // above were on its real topic.
@@ -379,7 +382,7 @@ pub async fn send(
         req
     };
     // Rate limits and the send queue; the stage is held only for the append.
-    let admitted = match capacity::admit(state, gate_req, Op::Send, &h.topic, &h.producer_group, &client, 1).await {
+    let admitted = match capacity::admit(state, gate_req, Op::Send, &h.topic, &h.producer_group, client, 1).await {
         Ok(a) => a,
         Err(refused) => return Ok(refused),
     };

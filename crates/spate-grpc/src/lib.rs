@@ -13,6 +13,7 @@
 //!
 //! No storage and no broker state: the broker's front end uses these.
 
+pub mod convert;
 pub mod headers;
 pub mod settings;
 pub mod status;

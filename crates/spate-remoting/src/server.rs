@@ -36,6 +36,17 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// a ClientHello starts with. A plaintext frame starts with the top byte
 /// of its length, which is 0 for any frame under 16 MiB.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// The first byte of HTTP/2's client preface (`PRI * HTTP/2.0`): a gRPC
+/// client on the remoting port. As a remoting frame's first byte it would
+/// announce a frame over 1 GiB, which no server accepts.
+const HTTP2_PREFACE_FIRST: u8 = b'P';
+
+/// Takes the connections that open with HTTP/2's preface on a remoting
+/// port (plaintext h2c), so one address serves remoting and gRPC clients.
+/// The stream is handed over with nothing read from it.
+pub trait Http2Sink: Send + Sync {
+    fn accept(&self, stream: TcpStream, peer: SocketAddr);
+}
 
 /// How many connections a server accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,10 +204,17 @@ impl RefusalLog {
 enum Admission {
     Plain,
     Tls,
+    Http2,
     Refused(&'static str),
 }
 
 fn admission(mode: TlsMode, first_byte: u8) -> Admission {
+    if first_byte == HTTP2_PREFACE_FIRST {
+        return match mode {
+            TlsMode::Enforcing => Admission::Refused("plaintext while tlsMode is enforcing"),
+            TlsMode::Disabled | TlsMode::Permissive => Admission::Http2,
+        };
+    }
     match (first_byte == TLS_HANDSHAKE_RECORD, mode) {
         (true, TlsMode::Disabled) => Admission::Refused("TLS handshake while tlsMode is disabled"),
         (true, TlsMode::Permissive | TlsMode::Enforcing) => Admission::Tls,
@@ -235,7 +253,7 @@ impl fmt::Display for Refusal {
 
 /// Peeks the first byte of `stream` and, if it opens a TLS handshake the
 /// mode serves, completes the handshake; both within the handshake timeout.
-async fn admit(stream: TcpStream, tls: &ServerTls) -> Result<Transport, Refusal> {
+async fn admit(stream: TcpStream, tls: &ServerTls) -> Result<Admitted, Refusal> {
     let timeout = tls.handshake_timeout();
     let deadline = tokio::time::Instant::now() + timeout;
     // Before the handshake: its messages are small and must not wait.
@@ -247,15 +265,23 @@ async fn admit(stream: TcpStream, tls: &ServerTls) -> Result<Transport, Refusal>
         Ok(Ok(_)) => {}
     }
     match admission(tls.mode(), first[0]) {
-        Admission::Plain => Ok(Transport::Plain(stream)),
+        Admission::Plain => Ok(Admitted::Remoting(Transport::Plain(stream))),
+        Admission::Http2 => Ok(Admitted::Http2(stream)),
         Admission::Refused(why) => Err(Refusal::Mode(why)),
         Admission::Tls => {
             let acceptor = tls.acceptor().ok_or(Refusal::Mode("no TLS configuration"))?;
             let handshake = tokio::time::timeout_at(deadline, acceptor.accept(TlsSocket::new(stream)));
             let tls_stream = handshake.await.map_err(|_| Refusal::TooSlow(timeout))?.map_err(Refusal::Handshake)?;
-            Ok(Transport::Tls(Box::new(tls_stream.into())))
+            Ok(Admitted::Remoting(Transport::Tls(Box::new(tls_stream.into()))))
         }
     }
+}
+
+/// What an admitted connection speaks.
+enum Admitted {
+    Remoting(Transport),
+    /// HTTP/2, for the [`Http2Sink`].
+    Http2(TcpStream),
 }
 
 /// What the start of every accepted connection needs.
@@ -265,6 +291,7 @@ struct Accepting {
     state: Arc<ServerState>,
     tls: ServerTls,
     stop: CancellationToken,
+    http2: Option<Arc<dyn Http2Sink>>,
 }
 
 /// One connection counted as admitting until dropped.
@@ -285,7 +312,16 @@ async fn admit_and_start(stream: TcpStream, peer: SocketAddr, a: Arc<Accepting>)
         t = admit(stream, &a.tls) => t,
     };
     let transport = match admitted {
-        Ok(t) => t,
+        Ok(Admitted::Remoting(t)) => t,
+        Ok(Admitted::Http2(stream)) => {
+            // The sink counts and bounds its own connections.
+            a.state.leave(peer.ip());
+            match &a.http2 {
+                Some(sink) => sink.accept(stream, peer),
+                None => a.state.refused(peer, &Refusal::Mode("HTTP/2 (gRPC) is not served on this port"), a.tls.mode()),
+            }
+            return;
+        }
         Err(refusal) => {
             a.state.leave(peer.ip());
             a.state.refused(peer, &refusal, a.tls.mode());
@@ -354,6 +390,19 @@ impl RemotingServer {
         limits: AcceptLimits,
         tls: ServerTls,
     ) -> std::io::Result<RemotingServer> {
+        Self::bind_serving(addr, cfg, handler, limits, tls, None).await
+    }
+
+    /// Like [`RemotingServer::bind_with_tls`]; connections that open with
+    /// HTTP/2's preface go to `http2` (refused when there is none).
+    pub async fn bind_serving(
+        addr: SocketAddr,
+        cfg: ConnectionConfig,
+        handler: Arc<dyn RequestHandler>,
+        limits: AcceptLimits,
+        tls: ServerTls,
+        http2: Option<Arc<dyn Http2Sink>>,
+    ) -> std::io::Result<RemotingServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let state = Arc::new(ServerState {
@@ -368,7 +417,7 @@ impl RemotingServer {
         let stop_accepting = CancellationToken::new();
         let tracking: Arc<dyn RequestHandler> = Arc::new(Tracking(state.clone()));
         let accepting =
-            Arc::new(Accepting { cfg, handler: tracking, state: state.clone(), tls, stop: stop_accepting.clone() });
+            Arc::new(Accepting { cfg, handler: tracking, state: state.clone(), tls, stop: stop_accepting.clone(), http2 });
         tokio::spawn(accept_loop(listener, accepting, limits));
         Ok(RemotingServer { local_addr, stop_accepting, state })
     }
@@ -476,5 +525,8 @@ mod tests {
         assert!(matches!(admission(TlsMode::Disabled, TLS_HANDSHAKE_RECORD), Refused(_)));
         assert_eq!(admission(TlsMode::Permissive, TLS_HANDSHAKE_RECORD), Tls);
         assert_eq!(admission(TlsMode::Enforcing, TLS_HANDSHAKE_RECORD), Tls);
+        assert_eq!(admission(TlsMode::Disabled, HTTP2_PREFACE_FIRST), Http2);
+        assert_eq!(admission(TlsMode::Permissive, HTTP2_PREFACE_FIRST), Http2);
+        assert!(matches!(admission(TlsMode::Enforcing, HTTP2_PREFACE_FIRST), Refused(_)));
     }
 }

@@ -56,6 +56,10 @@ enum Command {
         /// HTTP port of the broker's Prometheus `/metrics` (0: off; broker.conf's metricsPromExporterPort).
         #[arg(long)]
         metrics_port: Option<u16>,
+        /// Port of RocketMQ 5's gRPC clients (broker.conf's grpcServerPort; default 8081, skipped
+        /// with a warning when taken; 0: none). The broker port serves gRPC too.
+        #[arg(long)]
+        grpc_port: Option<u16>,
     },
     /// A name server.
     Namesrv {
@@ -155,7 +159,10 @@ fn main() -> Result<()> {
     let runtime = builder.enable_all().thread_name("spate").build()?;
     runtime.block_on(async move {
         match (cli.command, broker_cfg) {
-            (Command::Standalone { data_dir, namesrv_port, broker_port, metrics_port, .. }, Some(cfg)) => {
+            (Command::Standalone { data_dir, namesrv_port, broker_port, metrics_port, grpc_port, .. }, Some(mut cfg)) => {
+                if grpc_port.is_some() {
+                    cfg.grpc_server_port = grpc_port;
+                }
                 standalone(cfg, data_dir, namesrv_port, broker_port, metrics_port).await
             }
             (
@@ -292,6 +299,7 @@ async fn standalone(
         data_dir = %data_dir.display(),
         namesrv = %namesrv.local_addr(),
         broker = %broker.local_addr(),
+        grpc = %broker.grpc_addr().map_or_else(|| "the broker port".to_string(), |a| a.to_string()),
         end_offset = r.end_offset,
         after_crash = r.after_crash,
         ready_ms = started.elapsed().as_millis() as u64,

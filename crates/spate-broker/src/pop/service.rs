@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use spate_common::message::{self, NewMessage, PHYSICAL_OFFSET_POS, QUEUE_OFFSET_POS};
 use spate_remoting::protocol::{dlq_topic, perm, TopicConfig};
-use spate_remoting::{response, Connection, RemotingCommand};
+use spate_remoting::{response, RemotingCommand};
 use spate_store::{FlushWait, ReadLimits};
 
 use super::handle::{ReceiptHandle, RetryKind};
 use super::journal;
 use super::state::{Delivery, Next, PopError, PopLimits, PopRecord, PopRequest, PopState, QueueKey};
 use crate::error::BrokerError;
+use crate::origin::Origin;
 use crate::pull::Selector;
 use crate::{BrokerRole, BrokerState};
 
@@ -234,7 +235,7 @@ fn parse_pop(req: &RemotingCommand) -> Result<PopHeader, BrokerError> {
 /// POP_MESSAGE (200050).
 pub async fn pop_message(
     state: &Arc<BrokerState>,
-    conn: &Arc<Connection>,
+    origin: &Origin<'_>,
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, BrokerError> {
     let h = parse_pop(req)?;
@@ -327,12 +328,17 @@ pub async fn pop_message(
         // own connection. Not held while the pop waits for messages.
         let answer_bytes =
             state.store.config().max_transfer_bytes_on_message_in_memory + crate::pull::ANSWER_HEADER_BYTES;
-        let reserved = crate::pull::set_aside(conn, answer_bytes).await?;
+        let reserved = match origin.connection {
+            Some(conn) => Some(crate::pull::set_aside(conn, answer_bytes).await?),
+            None => None,
+        };
         let mut full = None;
         for &queue_id in &queues {
             match pop_queue(state, req, &h, queue_id, &selector).await {
                 Ok(Some(resp)) => {
-                    crate::pull::hold_for_answer(conn, req, Some(reserved));
+                    if let Some(conn) = origin.connection {
+                        crate::pull::hold_for_answer(conn, req, reserved);
+                    }
                     return Ok(resp.into_command(req));
                 }
                 Ok(None) => {}
@@ -360,7 +366,7 @@ pub async fn pop_message(
             _ = futures_util::future::select_all(changed) => {}
             // One last look when the poll time is up.
             _ = tokio::time::sleep(left) => last_look = true,
-            _ = conn.closed() => return Ok(not_found(req, false)),
+            _ = origin.closed() => return Ok(not_found(req, false)),
         }
     }
 }
@@ -882,6 +888,51 @@ pub async fn change_invisible(state: &Arc<BrokerState>, req: &RemotingCommand) -
         return Ok(refused);
     }
     Ok(RemotingCommand::success(req).with("popTime", d.stamp).with("invisibleTime", invisible_ms).with("reviveQid", 0))
+}
+
+/// How long a message is hidden while it is copied to the DLQ by
+/// [`forward_to_dlq`]: if the broker stops in between, it comes back then.
+const DLQ_FORWARD_HIDE_MS: u64 = 5 * 60 * 1000;
+
+/// A consumer gives up on a message (gRPC's
+/// ForwardMessageToDeadLetterQueue): hidden first under its current handle
+/// (which checks the handle), copied to `%DLQ%group`, then acked. A crash
+/// in between delivers it again later; it is never lost.
+pub async fn forward_to_dlq(
+    state: &Arc<BrokerState>,
+    group: &str,
+    topic: &str,
+    handle_text: &str,
+    attempts: u32,
+) -> Result<RemotingCommand, BrokerError> {
+    let handle = match ReceiptHandle::parse(handle_text) {
+        Ok(h) => h,
+        Err(e) => {
+            let req = RemotingCommand::request(spate_remoting::request::ACK_MESSAGE);
+            return Ok(RemotingCommand::error(&req, response::INVALID_PARAMETER, format!("invalid receipt handle: {e}")));
+        }
+    };
+    let base = |code: i32| {
+        RemotingCommand::request(code)
+            .with("consumerGroup", group)
+            .with("topic", topic)
+            .with("queueId", handle.queue_id)
+            .with("offset", handle.offset)
+    };
+    let hide = base(spate_remoting::request::CHANGE_MESSAGE_INVISIBLETIME)
+        .with("extraInfo", handle_text)
+        .with("invisibleTime", DLQ_FORWARD_HIDE_MS);
+    let hidden = change_invisible(state, &hide).await?;
+    if hidden.code != response::SUCCESS {
+        return Ok(hidden);
+    }
+    let Some(stamp) = hidden.field("popTime").and_then(|t| t.parse::<u64>().ok()) else {
+        return Ok(RemotingCommand::error(&hide, response::SYSTEM_ERROR, "the change answered no popTime"));
+    };
+    let key = QueueKey { group: group.to_string(), topic: topic.to_string(), queue_id: handle.queue_id };
+    dead_letter(state, &key, handle.offset, attempts).await?;
+    let renewed = ReceiptHandle { stamp, invisible_ms: DLQ_FORWARD_HIDE_MS, ..handle.clone() };
+    ack_message(state, &base(spate_remoting::request::ACK_MESSAGE).with("extraInfo", renewed.to_string())).await
 }
 
 fn stale_remark(e: &PopError) -> String {

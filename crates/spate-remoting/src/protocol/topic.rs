@@ -88,6 +88,9 @@ pub struct SubscriptionGroupConfig {
     pub broker_id: i64,
     pub which_broker_when_consume_slowly: i64,
     pub notify_consumer_ids_changed_enable: bool,
+    /// FIFO consumption (upstream's `consumeMessageOrderly`): gRPC
+    /// consumers of the group are told `fifo` and pop orderly.
+    pub consume_message_orderly: bool,
 }
 
 impl Default for SubscriptionGroupConfig {
@@ -102,6 +105,7 @@ impl Default for SubscriptionGroupConfig {
             broker_id: 0,
             which_broker_when_consume_slowly: 1,
             notify_consumer_ids_changed_enable: true,
+            consume_message_orderly: false,
         }
     }
 }

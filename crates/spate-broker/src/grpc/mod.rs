@@ -1,0 +1,198 @@
+//! The gRPC front end: RocketMQ 5's `MessagingService`, served by the
+//! broker itself (no proxy), on `grpcServerPort` and, by sniffing HTTP/2's
+//! preface, on the remoting port.
+//!
+//! - [`service`]: the RPCs; each turns its request into the broker
+//!   operation the remoting front end also calls (send, pop, ack, change,
+//!   end transaction) and the outcome into gRPC's shape;
+//! - [`sessions`]: what each gRPC client told us on its Telemetry stream
+//!   (settings, the stream to push commands on), for Heartbeat, admin and
+//!   transaction check-back;
+//! - this file: the server, fed by both listeners.
+
+pub mod route;
+pub mod service;
+pub mod sessions;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use spate_grpc::pb::messaging_service_server::MessagingServiceServer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::BrokerState;
+
+/// Most accepted connections waiting for the gRPC server to take them.
+const HANDOFF_QUEUE: usize = 64;
+
+/// Inbound headroom over `maxMessageSize` for one gRPC message (a send
+/// carries its properties and framing besides the body).
+const DECODING_HEADROOM: usize = 1 << 20;
+
+/// A running gRPC front end.
+pub struct GrpcFrontEnd {
+    handoff: mpsc::Sender<TcpStream>,
+    /// Connections open at once, remoting port and gRPC port together
+    /// (`serverMaxConnections`).
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+    local_addr: Option<SocketAddr>,
+}
+
+impl GrpcFrontEnd {
+    /// Starts the server; `listener` is the dedicated `grpcServerPort`, if any.
+    pub fn start(state: Arc<BrokerState>, listener: Option<TcpListener>) -> Arc<GrpcFrontEnd> {
+        let (handoff, rx) = mpsc::channel::<TcpStream>(HANDOFF_QUEUE);
+        let stop = CancellationToken::new();
+        let max_connections = state.config.read().server_max_connections.max(1);
+        let permits = Arc::new(Semaphore::new(max_connections));
+        let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let fe = Arc::new(GrpcFrontEnd { handoff, permits, stop: stop.clone(), local_addr });
+        let max_decode = state.store.config().max_message_size + DECODING_HEADROOM;
+        let svc = MessagingServiceServer::new(service::Messaging::new(state.clone()))
+            .max_decoding_message_size(max_decode)
+            .max_encoding_message_size(usize::MAX);
+        let incoming = Incoming { rx, permits: fe.permits.clone() };
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming.into_stream(), stopped.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "gRPC server stopped");
+            }
+        });
+        if let Some(listener) = listener {
+            tokio::spawn(accept_loop(listener, fe.clone()));
+        }
+        tokio::spawn(sessions::run_expiry(state, stop));
+        fe
+    }
+
+    /// The dedicated port's address, if one is bound.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Hands a connection to the server; closed at once when the server
+    /// is at `serverMaxConnections` or its queue is full.
+    fn take(&self, stream: TcpStream, peer: SocketAddr) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        if let Err(e) = self.handoff.try_send(stream) {
+            tracing::debug!(%peer, error = %e, "gRPC connection refused: the server is busy");
+        }
+    }
+
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl spate_remoting::server::Http2Sink for GrpcFrontEnd {
+    fn accept(&self, stream: TcpStream, peer: SocketAddr) {
+        self.take(stream, peer);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, fe: Arc<GrpcFrontEnd>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = fe.stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => fe.take(stream, peer),
+            Err(e) => {
+                // Out of descriptors and the like: wait, do not spin.
+                tracing::warn!(error = %e, "gRPC accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The connections the server serves: each holds a permit while open.
+struct Incoming {
+    rx: mpsc::Receiver<TcpStream>,
+    permits: Arc<Semaphore>,
+}
+
+impl Incoming {
+    fn into_stream(self) -> impl futures_util::Stream<Item = std::io::Result<Counted>> {
+        futures_util::stream::unfold(self, |mut inc| async move {
+            loop {
+                let stream = inc.rx.recv().await?;
+                match inc.permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let _ = stream.set_nodelay(true);
+                        return Some((Ok(Counted { stream, _permit: permit }), inc));
+                    }
+                    Err(_) => {
+                        tracing::debug!("gRPC connection refused: serverMaxConnections reached");
+                        drop(stream);
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// An accepted gRPC connection and its share of `serverMaxConnections`.
+struct Counted {
+    stream: TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

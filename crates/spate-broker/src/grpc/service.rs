@@ -1,0 +1,703 @@
+//! `apache.rocketmq.v2.MessagingService`'s RPCs. Each turns its request
+//! into the broker operation the remoting front end calls for the same
+//! job (`send::send`, `pop::service::{pop_message, ack_message,
+//! change_invisible, forward_to_dlq}`, `transaction::end`), expressed as
+//! the internal request those operations read, and the outcome into
+//! gRPC's shape. Business outcomes travel as RocketMQ status codes in a
+//! gRPC OK, as upstream's servers answer; only a malformed call (no client
+//! id) is a gRPC error.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use spate_common::message::{self, offset_msg_id, parse_offset_msg_id};
+use spate_grpc::convert::{self, Delivered};
+use spate_grpc::headers::ClientHeaders;
+use spate_grpc::pb::{self, receive_message_response::Content, telemetry_command::Command, Code};
+use spate_grpc::settings::{self, GroupFacts, ServerFacts};
+use spate_remoting::protocol::DEFAULT_TOPIC;
+use spate_remoting::{request, response, RemotingClient, RemotingCommand};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use super::route::{self, RouteError};
+use super::sessions::TELEMETRY_QUEUE;
+use crate::origin::Origin;
+use crate::pop::handle::ReceiptHandle;
+use crate::BrokerState;
+
+/// Most messages one SendMessage may carry.
+pub const MAX_SEND_ENTRIES: usize = 1024;
+/// Most entries one AckMessage may carry.
+pub const MAX_ACK_ENTRIES: usize = 1024;
+/// Longest a receive is held waiting for messages (upstream's
+/// `grpcClientConsumerMaxLongPollingTimeoutMillis`).
+pub const MAX_LONG_POLLING: Duration = Duration::from_secs(20);
+/// Time kept back from a receive's deadline to answer in.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+/// Invisible time of messages a push consumer receives (it sends none;
+/// upstream's `defaultInvisibleTimeMills`).
+pub const PUSH_INVISIBLE: Duration = Duration::from_secs(60);
+/// The producer group a gRPC producer's transactional messages carry:
+/// 5.x producers name none, and check-back goes to a producer of the topic.
+pub fn grpc_producer_group(topic: &str) -> String {
+    topic.to_string()
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The service, over the broker's state.
+pub struct Messaging {
+    state: Arc<BrokerState>,
+    /// For route lookups at the name servers.
+    namesrv: RemotingClient,
+}
+
+impl Messaging {
+    pub fn new(state: Arc<BrokerState>) -> Messaging {
+        let namesrv = RemotingClient::new(state.config.read().inner_client_config(), None);
+        Messaging { state, namesrv }
+    }
+
+    /// The caller's headers and address; the client id is required.
+    fn caller<T>(&self, req: &Request<T>) -> Result<(ClientHeaders, SocketAddr), Status> {
+        let headers = ClientHeaders::from_metadata(req.metadata()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let peer = req.remote_addr().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        self.state.grpc.touch(&headers.client_id);
+        Ok((headers, peer))
+    }
+
+    fn group_facts(&self, group: &str) -> GroupFacts {
+        let g = self.state.groups.get(group).unwrap_or_default();
+        GroupFacts { fifo: g.consume_message_orderly, retry_max_times: g.retry_max_times }
+    }
+
+    async fn send_one(&self, origin: &Origin<'_>, m: pb::Message) -> pb::SendResultEntry {
+        let mut entry = pb::SendResultEntry::default();
+        let inbound = match convert::inbound(&m) {
+            Ok(i) => i,
+            Err(e) => {
+                let code = match e {
+                    convert::ConvertError::NoTopic => Code::IllegalTopic,
+                    convert::ConvertError::BadMessageId => Code::IllegalMessageId,
+                    convert::ConvertError::ReservedProperty(_) | convert::ConvertError::BadProperty(_) => {
+                        Code::IllegalMessagePropertyKey
+                    }
+                    convert::ConvertError::Mixed(..) => Code::MessagePropertyConflictWithType,
+                    convert::ConvertError::Properties(_) => Code::MessagePropertiesTooLarge,
+                    _ => Code::BadRequest,
+                };
+                entry.status = Some(status(code, e.to_string()));
+                return entry;
+            }
+        };
+        entry.message_id = inbound.message_id.clone();
+        let max = self.state.store.config().max_message_size;
+        if inbound.body.is_empty() {
+            entry.status = Some(status(Code::MessageBodyEmpty, "the message body is empty"));
+            return entry;
+        }
+        if inbound.body.len() > max {
+            entry.status = Some(status(
+                Code::MessageBodyTooLarge,
+                format!("the body is {} bytes, over maxMessageSize {max}", inbound.body.len()),
+            ));
+            return entry;
+        }
+        // A FIFO message goes to the queue its group hashes to, so one
+        // group's messages stay in one queue, in order.
+        let queue_id = match (&inbound.message_group, self.state.topics.get(&inbound.topic)) {
+            (Some(g), Some(tc)) if tc.write_queue_nums > 0 => {
+                (message::java_string_hash(g).unsigned_abs() % tc.write_queue_nums as u32) as i32
+            }
+            _ => -1,
+        };
+        let sys_flag = if inbound.transactional { message::SYSFLAG_TX_PREPARED } else { 0 };
+        let mut cmd = RemotingCommand::request(request::SEND_MESSAGE)
+            .with("producerGroup", grpc_producer_group(&inbound.topic))
+            .with("topic", &inbound.topic)
+            .with("defaultTopic", DEFAULT_TOPIC)
+            .with("defaultTopicQueueNums", 4)
+            .with("queueId", queue_id)
+            .with("sysFlag", sys_flag)
+            .with("bornTimestamp", inbound.born_timestamp)
+            .with("flag", 0)
+            .with("properties", &inbound.properties)
+            .with("reconsumeTimes", 0);
+        cmd.body = Bytes::from(inbound.body);
+        cmd.received_at = Some(Instant::now());
+        let resp = match crate::send::send(&self.state, origin, &cmd).await {
+            Ok(r) => r,
+            Err(e) => {
+                entry.status = Some(status(Code::InternalServerError, e.to_string()));
+                return entry;
+            }
+        };
+        if resp.code != response::SUCCESS {
+            entry.status = Some(status(send_code(resp.code), resp.remark.unwrap_or_default()));
+            return entry;
+        }
+        let queue_offset = resp.field("queueOffset").and_then(|o| o.parse::<i64>().ok()).unwrap_or(0);
+        entry.offset = queue_offset;
+        if inbound.transactional {
+            entry.transaction_id = format!("{}-{queue_offset}", resp.field("msgId").unwrap_or_default());
+        }
+        entry.status = Some(spate_grpc::status::ok());
+        entry
+    }
+}
+
+/// A RocketMQ status.
+fn status(code: Code, message: impl Into<String>) -> pb::Status {
+    spate_grpc::status::with(code, message)
+}
+
+/// A send's remoting outcome as gRPC's code.
+fn send_code(code: i32) -> Code {
+    match code {
+        response::SUCCESS => Code::Ok,
+        response::FLUSH_DISK_TIMEOUT => Code::MasterPersistenceTimeout,
+        response::FLUSH_SLAVE_TIMEOUT => Code::SlavePersistenceTimeout,
+        response::SLAVE_NOT_AVAILABLE => Code::HaNotAvailable,
+        response::TOPIC_NOT_EXIST => Code::TopicNotFound,
+        response::NO_PERMISSION => Code::Forbidden,
+        response::MESSAGE_ILLEGAL => Code::BadRequest,
+        response::SYSTEM_BUSY => Code::TooManyRequests,
+        response::INVALID_PARAMETER => Code::BadRequest,
+        response::SUBSCRIPTION_GROUP_NOT_EXIST => Code::ConsumerGroupNotFound,
+        _ => Code::InternalServerError,
+    }
+}
+
+/// A pop, ack or change's remoting outcome as gRPC's code.
+fn consume_code(code: i32) -> Code {
+    match code {
+        response::SUCCESS => Code::Ok,
+        response::NO_MESSAGE => Code::InvalidReceiptHandle,
+        response::PULL_NOT_FOUND | response::POLLING_TIMEOUT => Code::MessageNotFound,
+        response::POLLING_FULL | response::SYSTEM_BUSY => Code::TooManyRequests,
+        response::TOPIC_NOT_EXIST => Code::TopicNotFound,
+        response::SUBSCRIPTION_GROUP_NOT_EXIST => Code::ConsumerGroupNotFound,
+        response::NO_PERMISSION => Code::Forbidden,
+        response::SUBSCRIPTION_PARSE_FAILED => Code::IllegalFilterExpression,
+        response::INVALID_PARAMETER => Code::BadRequest,
+        response::SLAVE_NOT_AVAILABLE | response::SERVICE_NOT_AVAILABLE => Code::HaNotAvailable,
+        _ => Code::InternalServerError,
+    }
+}
+
+/// The time a call's `grpc-timeout` header leaves, if it has one.
+fn deadline_of(md: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn resource_name(r: &Option<pb::Resource>) -> String {
+    r.as_ref().map(|r| r.name.clone()).unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl pb::messaging_service_server::MessagingService for Messaging {
+    async fn query_route(&self, req: Request<pb::QueryRouteRequest>) -> Result<Response<pb::QueryRouteResponse>, Status> {
+        self.caller(&req)?;
+        let r = req.into_inner();
+        let topic = r.topic.unwrap_or_default();
+        if let Err(e) = message::validate_topic(&topic.name) {
+            return Ok(Response::new(pb::QueryRouteResponse {
+                status: Some(status(Code::IllegalTopic, e.to_string())),
+                message_queues: vec![],
+            }));
+        }
+        let answer = match route::lookup(&self.state, &self.namesrv, &topic.name).await {
+            Ok(groups) => pb::QueryRouteResponse {
+                status: Some(spate_grpc::status::ok()),
+                message_queues: route::message_queues(&topic, &groups),
+            },
+            Err(RouteError::NotFound) => pb::QueryRouteResponse {
+                status: Some(status(Code::TopicNotFound, format!("topic {} not found", topic.name))),
+                message_queues: vec![],
+            },
+            Err(RouteError::Unavailable(why)) => {
+                pb::QueryRouteResponse { status: Some(status(Code::InternalServerError, why)), message_queues: vec![] }
+            }
+        };
+        Ok(Response::new(answer))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let (h, _) = self.caller(&req)?;
+        let st = if self.state.grpc.get(&h.client_id).is_some() {
+            spate_grpc::status::ok()
+        } else {
+            status(Code::UnrecognizedClientType, "cannot find client settings: send them on the Telemetry stream first")
+        };
+        Ok(Response::new(pb::HeartbeatResponse { status: Some(st) }))
+    }
+
+    async fn send_message(
+        &self,
+        req: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let (h, peer) = self.caller(&req)?;
+        let messages = req.into_inner().messages;
+        if messages.is_empty() || messages.len() > MAX_SEND_ENTRIES {
+            let st = status(Code::BadRequest, format!("a send carries 1..={MAX_SEND_ENTRIES} messages"));
+            return Ok(Response::new(pb::SendMessageResponse { status: Some(st), entries: vec![] }));
+        }
+        let origin = Origin::remote(peer, h.client_id);
+        let mut entries = Vec::with_capacity(messages.len());
+        for m in messages {
+            entries.push(self.send_one(&origin, m).await);
+        }
+        let overall = overall_status(entries.iter().filter_map(|e| e.status.as_ref()));
+        Ok(Response::new(pb::SendMessageResponse { status: Some(overall), entries }))
+    }
+
+    async fn query_assignment(
+        &self,
+        req: Request<pb::QueryAssignmentRequest>,
+    ) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
+        self.caller(&req)?;
+        let r = req.into_inner();
+        let topic = r.topic.unwrap_or_default();
+        let group = resource_name(&r.group);
+        if let Err(e) = crate::names::validate_group(&group) {
+            let st = status(Code::IllegalConsumerGroup, e);
+            return Ok(Response::new(pb::QueryAssignmentResponse { status: Some(st), assignments: vec![] }));
+        }
+        let fifo = self.group_facts(&group).fifo;
+        let answer = match route::lookup(&self.state, &self.namesrv, &topic.name).await {
+            Ok(groups) => {
+                let assignments = route::assignments(&topic, &groups, fifo);
+                let st = if assignments.is_empty() {
+                    status(Code::Forbidden, format!("no readable queue of topic {}", topic.name))
+                } else {
+                    spate_grpc::status::ok()
+                };
+                pb::QueryAssignmentResponse { status: Some(st), assignments }
+            }
+            Err(RouteError::NotFound) => pb::QueryAssignmentResponse {
+                status: Some(status(Code::TopicNotFound, format!("topic {} not found", topic.name))),
+                assignments: vec![],
+            },
+            Err(RouteError::Unavailable(why)) => {
+                pb::QueryAssignmentResponse { status: Some(status(Code::InternalServerError, why)), assignments: vec![] }
+            }
+        };
+        Ok(Response::new(answer))
+    }
+
+    type ReceiveMessageStream = ResponseStream<pb::ReceiveMessageResponse>;
+
+    async fn receive_message(
+        &self,
+        req: Request<pb::ReceiveMessageRequest>,
+    ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
+        let (h, peer) = self.caller(&req)?;
+        let deadline = deadline_of(req.metadata());
+        let r = req.into_inner();
+        let (tx, rx) = mpsc::channel(spate_grpc::settings::RECEIVE_BATCH_SIZE as usize + 2);
+        let state = self.state.clone();
+        let fifo = self.group_facts(&resource_name(&r.group)).fifo;
+        // The pop runs to its end on a task of its own even if the client
+        // goes away: what it handed out is journaled and comes back after
+        // its invisible time.
+        tokio::spawn(async move {
+            let answer = receive(&state, peer, h.client_id, r, deadline, fifo).await;
+            for item in answer {
+                if tx.send(Ok(item)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream_from(rx))))
+    }
+
+    async fn ack_message(&self, req: Request<pb::AckMessageRequest>) -> Result<Response<pb::AckMessageResponse>, Status> {
+        self.caller(&req)?;
+        let r = req.into_inner();
+        let group = resource_name(&r.group);
+        let topic = resource_name(&r.topic);
+        if r.entries.is_empty() || r.entries.len() > MAX_ACK_ENTRIES {
+            let st = status(Code::BadRequest, format!("an ack carries 1..={MAX_ACK_ENTRIES} entries"));
+            return Ok(Response::new(pb::AckMessageResponse { status: Some(st), entries: vec![] }));
+        }
+        let mut entries = Vec::with_capacity(r.entries.len());
+        for e in r.entries {
+            let st = match ReceiptHandle::parse(&e.receipt_handle) {
+                Err(err) => status(Code::InvalidReceiptHandle, format!("invalid receipt handle: {err}")),
+                Ok(handle) => {
+                    let cmd = RemotingCommand::request(request::ACK_MESSAGE)
+                        .with("consumerGroup", &group)
+                        .with("topic", &topic)
+                        .with("queueId", handle.queue_id)
+                        .with("offset", handle.offset)
+                        .with("extraInfo", &e.receipt_handle);
+                    match crate::pop::service::ack_message(&self.state, &cmd).await {
+                        Ok(resp) if resp.code == response::SUCCESS => spate_grpc::status::ok(),
+                        Ok(resp) => handle_status(resp),
+                        Err(err) => status(Code::InternalServerError, err.to_string()),
+                    }
+                }
+            };
+            entries.push(pb::AckMessageResultEntry {
+                message_id: e.message_id,
+                receipt_handle: e.receipt_handle,
+                status: Some(st),
+            });
+        }
+        let overall = overall_status(entries.iter().filter_map(|e| e.status.as_ref()));
+        Ok(Response::new(pb::AckMessageResponse { status: Some(overall), entries }))
+    }
+
+    async fn forward_message_to_dead_letter_queue(
+        &self,
+        req: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
+    ) -> Result<Response<pb::ForwardMessageToDeadLetterQueueResponse>, Status> {
+        self.caller(&req)?;
+        let r = req.into_inner();
+        let group = resource_name(&r.group);
+        let topic = resource_name(&r.topic);
+        let st = match crate::pop::service::forward_to_dlq(&self.state, &group, &topic, &r.receipt_handle, r.delivery_attempt.max(1) as u32)
+            .await {
+            Ok(resp) if resp.code == response::SUCCESS => spate_grpc::status::ok(),
+            Ok(resp) => handle_status(resp),
+            Err(e) => status(Code::InternalServerError, e.to_string()),
+        };
+        Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse { status: Some(st) }))
+    }
+
+    async fn pull_message(
+        &self,
+        _req: Request<pb::PullMessageRequest>,
+    ) -> Result<Response<Self::PullMessageStream>, Status> {
+        Err(Status::unimplemented("PullMessage is not served: receive with ReceiveMessage"))
+    }
+
+    type PullMessageStream = ResponseStream<pb::PullMessageResponse>;
+
+    async fn update_offset(
+        &self,
+        _req: Request<pb::UpdateOffsetRequest>,
+    ) -> Result<Response<pb::UpdateOffsetResponse>, Status> {
+        Err(Status::unimplemented("UpdateOffset is not served"))
+    }
+
+    async fn get_offset(&self, _req: Request<pb::GetOffsetRequest>) -> Result<Response<pb::GetOffsetResponse>, Status> {
+        Err(Status::unimplemented("GetOffset is not served"))
+    }
+
+    async fn query_offset(
+        &self,
+        _req: Request<pb::QueryOffsetRequest>,
+    ) -> Result<Response<pb::QueryOffsetResponse>, Status> {
+        Err(Status::unimplemented("QueryOffset is not served"))
+    }
+
+    async fn end_transaction(
+        &self,
+        req: Request<pb::EndTransactionRequest>,
+    ) -> Result<Response<pb::EndTransactionResponse>, Status> {
+        self.caller(&req)?;
+        let r = req.into_inner();
+        let topic = resource_name(&r.topic);
+        let st = match end_transaction(&self.state, &topic, &r).await {
+            Ok(()) => spate_grpc::status::ok(),
+            Err(st) => st,
+        };
+        Ok(Response::new(pb::EndTransactionResponse { status: Some(st) }))
+    }
+
+    type TelemetryStream = ResponseStream<pb::TelemetryCommand>;
+
+    async fn telemetry(
+        &self,
+        req: Request<tonic::Streaming<pb::TelemetryCommand>>,
+    ) -> Result<Response<Self::TelemetryStream>, Status> {
+        let (h, peer) = self.caller(&req)?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(TELEMETRY_QUEUE);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut stream_id = None;
+            loop {
+                let cmd = match inbound.message().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) | Err(_) => break,
+                };
+                match cmd.command {
+                    Some(Command::Settings(s)) => {
+                        let answer = settings_answer(&state, &s);
+                        let reply = match answer {
+                            Ok(merged) => {
+                                match state.grpc.upsert(&h.client_id, &h, peer, merged.clone(), Some(tx.clone())) {
+                                    Ok(id) => {
+                                        stream_id = Some(id);
+                                        pb::TelemetryCommand {
+                                            status: Some(spate_grpc::status::ok()),
+                                            command: Some(Command::Settings(merged)),
+                                        }
+                                    }
+                                    Err(e) => pb::TelemetryCommand {
+                                        status: Some(status(Code::TooManyRequests, e.to_string())),
+                                        command: None,
+                                    },
+                                }
+                            }
+                            Err(e) => {
+                                pb::TelemetryCommand { status: Some(status(Code::BadRequest, e.to_string())), command: None }
+                            }
+                        };
+                        if tx.send(Ok(reply)).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Answers to commands the server never sends; nothing to do.
+                    Some(_) | None => {
+                        state.grpc.touch(&h.client_id);
+                    }
+                }
+            }
+            if let Some(id) = stream_id {
+                state.grpc.stream_closed(&h.client_id, id);
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream_from(rx))))
+    }
+
+    async fn notify_client_termination(
+        &self,
+        req: Request<pb::NotifyClientTerminationRequest>,
+    ) -> Result<Response<pb::NotifyClientTerminationResponse>, Status> {
+        let (h, _) = self.caller(&req)?;
+        self.state.grpc.remove(&h.client_id);
+        Ok(Response::new(pb::NotifyClientTerminationResponse { status: Some(spate_grpc::status::ok()) }))
+    }
+
+    async fn change_invisible_duration(
+        &self,
+        req: Request<pb::ChangeInvisibleDurationRequest>,
+    ) -> Result<Response<pb::ChangeInvisibleDurationResponse>, Status> {
+        self.caller(&req)?;
+        let r = req.into_inner();
+        let group = resource_name(&r.group);
+        let topic = resource_name(&r.topic);
+        let Some(invisible) = r.invisible_duration.as_ref().map(convert::duration_ms) else {
+            return Ok(Response::new(pb::ChangeInvisibleDurationResponse {
+                status: Some(status(Code::IllegalInvisibleTime, "invisible_duration is required")),
+                receipt_handle: String::new(),
+            }));
+        };
+        let handle = match ReceiptHandle::parse(&r.receipt_handle) {
+            Ok(h) => h,
+            Err(e) => {
+                return Ok(Response::new(pb::ChangeInvisibleDurationResponse {
+                    status: Some(status(Code::InvalidReceiptHandle, format!("invalid receipt handle: {e}"))),
+                    receipt_handle: String::new(),
+                }))
+            }
+        };
+        let cmd = RemotingCommand::request(request::CHANGE_MESSAGE_INVISIBLETIME)
+            .with("consumerGroup", &group)
+            .with("topic", &topic)
+            .with("queueId", handle.queue_id)
+            .with("offset", handle.offset)
+            .with("extraInfo", &r.receipt_handle)
+            .with("invisibleTime", invisible);
+        let (st, new_handle) = match crate::pop::service::change_invisible(&self.state, &cmd).await {
+            Ok(resp) if resp.code == response::SUCCESS => {
+                let stamp = resp.field("popTime").and_then(|t| t.parse::<u64>().ok()).unwrap_or(handle.stamp);
+                let renewed = ReceiptHandle { stamp, invisible_ms: invisible, ..handle };
+                (spate_grpc::status::ok(), renewed.to_string())
+            }
+            Ok(resp) => (handle_status(resp), String::new()),
+            Err(e) => (status(Code::InternalServerError, e.to_string()), String::new()),
+        };
+        Ok(Response::new(pb::ChangeInvisibleDurationResponse { status: Some(st), receipt_handle: new_handle }))
+    }
+
+    async fn recall_message(
+        &self,
+        _req: Request<pb::RecallMessageRequest>,
+    ) -> Result<Response<pb::RecallMessageResponse>, Status> {
+        Err(Status::unimplemented("RecallMessage is not served yet"))
+    }
+
+    async fn sync_lite_subscription(
+        &self,
+        _req: Request<pb::SyncLiteSubscriptionRequest>,
+    ) -> Result<Response<pb::SyncLiteSubscriptionResponse>, Status> {
+        Err(Status::unimplemented("lite topics are not served"))
+    }
+}
+
+/// An ack, change or forward refused: a stale or foreign handle is
+/// INVALID_RECEIPT_HANDLE (clients stop retrying on it).
+fn handle_status(resp: RemotingCommand) -> pb::Status {
+    let remark = resp.remark.unwrap_or_default();
+    let code = if resp.code == response::INVALID_PARAMETER && remark.contains("receipt handle") {
+        Code::InvalidReceiptHandle
+    } else {
+        consume_code(resp.code)
+    };
+    status(code, remark)
+}
+
+/// The whole call's status: the entries' one outcome when they agree,
+/// else MULTIPLE_RESULTS.
+fn overall_status<'a>(mut each: impl Iterator<Item = &'a pb::Status>) -> pb::Status {
+    let Some(first) = each.next() else { return spate_grpc::status::ok() };
+    if each.all(|s| s.code == first.code) {
+        first.clone()
+    } else {
+        status(Code::MultipleResults, "entries have different outcomes; see each")
+    }
+}
+
+fn settings_answer(state: &BrokerState, s: &pb::Settings) -> Result<pb::Settings, settings::SettingsError> {
+    let server = ServerFacts { max_body_size: i32::try_from(state.store.config().max_message_size).unwrap_or(i32::MAX) };
+    let group = settings::subscription_group(s)
+        .and_then(|g| state.groups.get(g))
+        .map(|g| GroupFacts { fifo: g.consume_message_orderly, retry_max_times: g.retry_max_times })
+        .unwrap_or(GroupFacts { fifo: false, retry_max_times: 16 });
+    settings::answer(s, &server, &group)
+}
+
+/// One ReceiveMessage: the items of its stream (a status, then the
+/// messages, or a status alone).
+async fn receive(
+    state: &Arc<BrokerState>,
+    peer: SocketAddr,
+    client_id: String,
+    r: pb::ReceiveMessageRequest,
+    deadline: Option<Duration>,
+    fifo: bool,
+) -> Vec<pb::ReceiveMessageResponse> {
+    let only = |code: Code, msg: String| {
+        vec![pb::ReceiveMessageResponse { content: Some(Content::Status(status(code, msg))) }]
+    };
+    let group = resource_name(&r.group);
+    let Some(mq) = r.message_queue else {
+        return only(Code::BadRequest, "message_queue is required".into());
+    };
+    let topic = resource_name(&mq.topic);
+    let batch = r.batch_size;
+    if !(1..=settings::RECEIVE_BATCH_SIZE).contains(&batch) {
+        return only(Code::BadRequest, format!("batch_size {batch} is out of range 1..={}", settings::RECEIVE_BATCH_SIZE));
+    }
+    let invisible = match (&r.invisible_duration, r.auto_renew) {
+        (Some(d), _) => convert::duration_ms(d),
+        (None, true) => PUSH_INVISIBLE.as_millis() as u64,
+        (None, false) => return only(Code::IllegalInvisibleTime, "invisible_duration is required".into()),
+    };
+    let requested = r.long_polling_timeout.as_ref().map_or(MAX_LONG_POLLING, |d| Duration::from_millis(convert::duration_ms(d)));
+    // A missing deadline is treated as the longest poll.
+    let room = deadline.map_or(MAX_LONG_POLLING, |d| d.saturating_sub(DEADLINE_MARGIN));
+    let poll = requested.min(MAX_LONG_POLLING).min(room);
+    let (exp, exp_type) = match &r.filter_expression {
+        Some(f) if f.r#type == pb::FilterType::Sql as i32 => (f.expression.clone(), "SQL92"),
+        Some(f) => (f.expression.clone(), "TAG"),
+        None => ("*".to_string(), "TAG"),
+    };
+    // Clients name queues in turn; unless the group is FIFO (one batch per
+    // queue in flight keeps the order), any queue of the topic here will
+    // do, so a receive is not held on an empty queue while others have
+    // messages (as upstream's proxy pops).
+    let queue_id = if fifo { mq.id } else { -1 };
+    let mut cmd = RemotingCommand::request(request::POP_MESSAGE)
+        .with("consumerGroup", &group)
+        .with("topic", &topic)
+        .with("queueId", queue_id)
+        .with("maxMsgNums", batch)
+        .with("invisibleTime", invisible)
+        .with("pollTime", poll.as_millis() as u64)
+        .with("bornTime", crate::schedule::now_ms())
+        .with("initMode", 0)
+        .with("exp", &exp)
+        .with("expType", exp_type)
+        .with("order", fifo);
+    if let Some(a) = r.attempt_id.as_ref().filter(|a| !a.is_empty()) {
+        cmd = cmd.with("attemptId", a);
+    }
+    cmd.received_at = Some(Instant::now());
+    let origin = Origin::remote(peer, client_id);
+    let resp = match crate::pop::service::pop_message(state, &origin, &cmd).await {
+        Ok(r) => r,
+        Err(e) => return only(Code::InternalServerError, e.to_string()),
+    };
+    if resp.code != response::SUCCESS {
+        let code = consume_code(resp.code);
+        let msg = if code == Code::MessageNotFound { "no new message".to_string() } else { resp.remark.unwrap_or_default() };
+        return only(code, msg);
+    }
+    let mut out = vec![pb::ReceiveMessageResponse { content: Some(Content::Status(spate_grpc::status::ok())) }];
+    let mut rest: &[u8] = &resp.body;
+    while !rest.is_empty() {
+        let rec = match message::decode_record(rest, false) {
+            Ok(rec) => rec,
+            Err(e) => {
+                tracing::error!(error = %e, "a popped message does not decode; its handle expires and it comes back");
+                break;
+            }
+        };
+        let d = Delivered {
+            topic: topic.clone(),
+            receipt_handle: rec.property(convert::POP_CK).map(str::to_string),
+            invisible_ms: Some(invisible),
+            attempt: rec.reconsume_times.saturating_add(1),
+            fallback_id: offset_msg_id(rec.store_host, rec.physical_offset.max(0) as u64),
+        };
+        out.push(pb::ReceiveMessageResponse { content: Some(Content::Message(convert::outbound(&rec, &d))) });
+        rest = rest.get(rec.total_size..).unwrap_or_default();
+    }
+    out.push(pb::ReceiveMessageResponse {
+        content: Some(Content::DeliveryTimestamp(convert::timestamp(crate::schedule::now_ms()))),
+    });
+    out
+}
+
+/// EndTransaction as END_TRANSACTION: the transaction id names the half
+/// message (its offset id and queue offset, as the send answered).
+async fn end_transaction(state: &Arc<BrokerState>, topic: &str, r: &pb::EndTransactionRequest) -> Result<(), pb::Status> {
+    let bad = || status(Code::InvalidTransactionId, format!("transaction id {:?} is not one this broker gave", r.transaction_id));
+    let (msg_id, queue_offset) = r.transaction_id.rsplit_once('-').ok_or_else(bad)?;
+    let queue_offset: i64 = queue_offset.parse().map_err(|_| bad())?;
+    let (_, commit_log_offset) = parse_offset_msg_id(msg_id).ok_or_else(bad)?;
+    let kind = match pb::TransactionResolution::try_from(r.resolution) {
+        Ok(pb::TransactionResolution::Commit) => message::SYSFLAG_TX_COMMIT,
+        Ok(pb::TransactionResolution::Rollback) => message::SYSFLAG_TX_ROLLBACK,
+        _ => return Err(status(Code::BadRequest, "resolution must be COMMIT or ROLLBACK")),
+    };
+    let from_check = r.source == pb::TransactionSource::SourceServerCheck as i32;
+    let cmd = RemotingCommand::request(request::END_TRANSACTION)
+        .with("producerGroup", grpc_producer_group(topic))
+        .with("tranStateTableOffset", queue_offset)
+        .with("commitLogOffset", commit_log_offset)
+        .with("commitOrRollback", kind)
+        .with("fromTransactionCheck", from_check)
+        .with("msgId", &r.message_id)
+        .with("transactionId", &r.transaction_id);
+    match crate::transaction::end(state, &cmd).await {
+        Ok(resp) if resp.code == response::SUCCESS => Ok(()),
+        Ok(resp) => Err(status(send_code(resp.code), resp.remark.unwrap_or_default())),
+        Err(e) => Err(status(Code::InternalServerError, e.to_string())),
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
