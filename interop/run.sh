@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds spate (debug) and runs the interop tests against it: the
 # rocketmq-client-rust round trip (tests/interop.rs) and its ACL test
-# (tests/acl.rs), then the ali-ons Node.js ACL test (node/run.sh).
+# (tests/acl.rs), RocketMQ 5's official Python client over gRPC
+# (tests/grpc_python.rs, with python/setup.sh's pinned packages), then the
+# ali-ons Node.js ACL test (node/run.sh).
 # Usage: interop/run.sh [extra cargo test args]   (exits non-zero on failure)
 # CARGO_TARGET_DIR defaults to /work/interop-target (a cache outside the checkout);
 # SPATE_BIN overrides the server binary (default: <main>/target/debug/spate).
@@ -19,4 +21,5 @@ cd "$here"
 # headers (signatures are checked over the decoded extFields of either).
 nice -n 15 cargo test --test interop --test acl -- --nocapture "$@"
 ROCKETMQ_SERIALIZE_TYPE=ROCKETMQ nice -n 15 cargo test --test interop --test acl -- --nocapture "$@"
+SPATE_PYTHON="$("$here/python/setup.sh")" nice -n 15 cargo test --test grpc_python -- --nocapture "$@"
 "$here/node/run.sh"

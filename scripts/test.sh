@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, then runs every test:
 # the workspace's tests, then the interoperability tests against clients we
-# did not write (rocketmq-client-rust from crates.io, ali-ons from npm; set
+# did not write (rocketmq-client-rust from crates.io, ali-ons from npm,
+# RocketMQ 5's rocketmq-python-client from PyPI over gRPC; set
 # SPATE_SKIP_INTEROP=1 to leave them out of a quick local run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ command -v mount >/dev/null 2>&1 || missing+=(mount)
 # when node or npm is missing (a NodeSource nodejs brings its own npm).
 if [ "${SPATE_SKIP_INTEROP:-0}" != "1" ]; then
   command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+  # RocketMQ 5's Python client (interop/python) installs into a venv.
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update && apt-get install -y "${missing[@]}"

@@ -1,0 +1,185 @@
+//! RocketMQ 5's official Python client (`rocketmq-python-client`, pinned in
+//! `python/requirements.txt`) against a real `spate standalone` over gRPC,
+//! on the broker's own port (HTTP/2 sniffed; no dedicated gRPC port).
+//!
+//! Each scenario of `python/interop.py` runs in a fresh topic and group:
+//! 1,000 messages sent and received by a simple consumer with byte-exact
+//! bodies, tags, keys and properties; a message left un-acked past its
+//! invisible time redelivered; FIFO message groups in order; a delayed
+//! message not delivered early; a transaction committed and one rolled
+//! back. Then across protocols: rocketmq-client-rust (remoting) sends and
+//! the Python simple consumer (gRPC) reads every message, and the Python
+//! producer sends and rocketmq-client-rust's push consumer reads them.
+//!
+//! Environment: `SPATE_PYTHON` (a Python with the pinned client installed;
+//! `run.sh` makes it), `SPATE_BIN`, `GRPC_INTEROP_MESSAGES` (default 1000).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{bounded, client_runtime_owner, SpateServer};
+use rocketmq_client_rust::{
+    ClientResult, ClientRuntime, ClientRuntimeConfig, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus,
+    DefaultMQProducer, DefaultMQPushConsumer, MQPushConsumer, MessageListenerConcurrently, SendStatus,
+};
+use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
+use rocketmq_model::common::message::message_ext::MessageExt;
+use rocketmq_model::common::message::message_single::Message;
+use rocketmq_observability::TelemetryRuntimeGuard;
+use rocketmq_protocol::protocol::heartbeat::message_model::MessageModel;
+
+const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+const CONSUME_TIMEOUT: Duration = Duration::from_secs(60);
+const SEND_TIMEOUT_MS: u64 = 5_000;
+const CROSS_MESSAGES: usize = 50;
+
+fn python() -> PathBuf {
+    PathBuf::from(std::env::var_os("SPATE_PYTHON").expect(
+        "SPATE_PYTHON must name a Python with interop/python/requirements.txt installed (interop/run.sh makes one)",
+    ))
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/interop.py")
+}
+
+/// Runs one scenario of `interop.py`; returns its JSON line, failing the
+/// test with the script's own account when it fails.
+fn scenario(endpoint: &str, topic: &str, group: &str, name: &str, extra: &[&str]) -> serde_json::Value {
+    let started = Instant::now();
+    let out = Command::new(python())
+        .arg(script())
+        .args(["--endpoint", endpoint, "--topic", topic, "--group", group, "--scenario", name])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    println!("python {name} ({:?}): {line}", started.elapsed());
+    assert!(
+        out.status.success(),
+        "python scenario {name} failed ({}):\n{line}\n---- stderr ----\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {line}"));
+    assert_eq!(v["ok"], serde_json::Value::Bool(true), "{name}: {line}");
+    v
+}
+
+#[test]
+fn python_client_over_grpc() {
+    // No dedicated gRPC port: the broker's remoting port serves both.
+    let server = SpateServer::start("grpcServerPort=0\ntransactionCheckInterval=300\ntransactionTimeOut=1000\n");
+    let endpoint = format!("127.0.0.1:{}", server.broker_port);
+    let n: usize = std::env::var("GRPC_INTEROP_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let run = std::process::id();
+
+    let v = scenario(&endpoint, &format!("PyMain{run}"), &format!("py_main_{run}"), "send-receive", &[
+        "--count",
+        &n.to_string(),
+    ]);
+    assert_eq!(v["received"], serde_json::json!(n), "{v}");
+    assert_eq!(v["acks"], serde_json::json!(n), "{v}");
+
+    let v = scenario(&endpoint, &format!("PyRedeliver{run}"), &format!("py_redeliver_{run}"), "redeliver", &[]);
+    assert_eq!(v["received"], serde_json::json!(2), "one delivery, then the redelivery: {v}");
+
+    scenario(&endpoint, &format!("PyFifo{run}"), &format!("py_fifo_{run}"), "fifo", &["--count", "90"]);
+    scenario(&endpoint, &format!("PyDelay{run}"), &format!("py_delay_{run}"), "delay", &[]);
+    scenario(&endpoint, &format!("PyTx{run}"), &format!("py_tx_{run}"), "transaction", &[]);
+
+    cross_protocol(&server, &endpoint, run);
+}
+
+/// rocketmq-client-rust sends, Python receives; Python sends,
+/// rocketmq-client-rust receives.
+fn cross_protocol(server: &SpateServer, endpoint: &str, run: u32) {
+    let namesrv = server.namesrv_addr();
+    let to_grpc = format!("CrossToGrpc{run}");
+    let from_grpc = format!("CrossFromGrpc{run}");
+    for topic in [&to_grpc, &from_grpc] {
+        let deadline = Instant::now() + SETUP_TIMEOUT;
+        while let Err(e) = common::admin(&namesrv, "", "", &["topic", "create", topic, "-r", "4", "-w", "4"]) {
+            assert!(Instant::now() < deadline, "topic create: {e}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let owner = client_runtime_owner();
+    let telemetry = TelemetryRuntimeGuard::noop();
+    let client_runtime = ClientRuntime::try_new(
+        owner.root_context().component("grpc-cross"),
+        ClientRuntimeConfig::default(),
+        telemetry.handle(),
+    )
+    .expect("client runtime");
+
+    owner.block_on(async {
+        let mut producer = DefaultMQProducer::builder(client_runtime.clone())
+            .producer_group(format!("cross_producer_{run}"))
+            .name_server_addr(namesrv.clone())
+            .send_msg_timeout(SEND_TIMEOUT_MS as u32)
+            .build();
+        bounded("producer start", SETUP_TIMEOUT, producer.start()).await.expect("producer start");
+        for i in 0..CROSS_MESSAGES {
+            let msg: Message =
+                Message::builder().topic(&to_grpc).body(format!("spate-cross-{i}").into_bytes()).build().expect("message");
+            let r = bounded("send", Duration::from_millis(4 * SEND_TIMEOUT_MS), producer.send_with_timeout(msg, SEND_TIMEOUT_MS))
+                .await
+                .unwrap_or_else(|e| panic!("remoting send #{i}: {e}"))
+                .unwrap_or_else(|| panic!("remoting send #{i}: no result"));
+            assert_eq!(r.send_status, SendStatus::SendOk, "remoting send #{i}: {r:?}");
+        }
+    });
+    scenario(endpoint, &to_grpc, &format!("cross_py_{run}"), "receive-only", &["--count", &CROSS_MESSAGES.to_string()]);
+
+    scenario(endpoint, &from_grpc, &format!("cross_py_sender_{run}"), "send-only", &[
+        "--count",
+        &CROSS_MESSAGES.to_string(),
+    ]);
+    let got = owner.block_on(async {
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let mut consumer = DefaultMQPushConsumer::builder(client_runtime.clone())
+            .consumer_group(format!("cross_remoting_{run}"))
+            .name_server_addr(namesrv.clone())
+            .message_model(MessageModel::Clustering)
+            .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+            .build();
+        bounded("subscribe", SETUP_TIMEOUT, consumer.subscribe(&from_grpc, "*")).await.expect("subscribe");
+        consumer.register_message_listener_concurrently(Bodies(seen.clone()));
+        bounded("consumer start", SETUP_TIMEOUT, consumer.start()).await.expect("consumer start");
+        let started = Instant::now();
+        while seen.lock().unwrap().len() < CROSS_MESSAGES && started.elapsed() < CONSUME_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = tokio::time::timeout(SETUP_TIMEOUT, consumer.shutdown()).await;
+        let got = seen.lock().unwrap().clone();
+        got
+    });
+    let want: BTreeSet<String> = (0..CROSS_MESSAGES).map(|i| format!("spate-cross-{i}")).collect();
+    assert_eq!(got, want, "the remoting consumer read exactly the bodies the Python producer sent");
+    println!("cross-protocol: {CROSS_MESSAGES} remoting -> gRPC and {CROSS_MESSAGES} gRPC -> remoting, bodies exact");
+}
+
+/// Records each body as text.
+struct Bodies(Arc<Mutex<BTreeSet<String>>>);
+
+impl MessageListenerConcurrently for Bodies {
+    fn consume_message(
+        &self,
+        msgs: &[&MessageExt],
+        _context: &ConsumeConcurrentlyContext,
+    ) -> ClientResult<ConsumeConcurrentlyStatus> {
+        let mut seen = self.0.lock().unwrap();
+        for m in msgs {
+            seen.insert(String::from_utf8_lossy(m.body().as_deref().unwrap_or_default()).into_owned());
+        }
+        Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
+    }
+}
