@@ -523,12 +523,15 @@ def scenario_transaction(ctx):
     run = uuid.uuid4().hex[:12]
     commit_body = f"spate-py-tx-commit|{run}".encode()
     rollback_body = f"spate-py-tx-rollback|{run}".encode()
+    # Left open by the producer: only the server's check-back resolves it.
+    checkback_body = f"spate-py-tx-checkback|{run}".encode()
     checks = []
 
     class Checker(api.TransactionChecker):
         # Called if the server asks about a half message (check-back); answers consistently.
         def check(self, message):
-            verdict = api.TransactionResolution.COMMIT if message.body == commit_body else api.TransactionResolution.ROLLBACK
+            commit = message.body in (commit_body, checkback_body)
+            verdict = api.TransactionResolution.COMMIT if commit else api.TransactionResolution.ROLLBACK
             checks.append({"message_id": message.message_id,
                            "verdict": api.TransactionResolution.Name(verdict)})
             return verdict
@@ -584,6 +587,29 @@ def scenario_transaction(ctx):
     ctx.result["message_type"] = got.message_type
     ctx.result["quiet_receives"] = quiet_period(
         ctx, consumer, 0, "check that the rolled-back message never appears", describe_msg)
+
+    # A transaction the producer never ends: the server asks the producer
+    # (check-back over the Telemetry stream), which commits it.
+    ctx.phase = "sending the half message left to check-back"
+    tx_open = producer.begin_transaction()
+    r3 = ctx.send(producer, ctx.new_message(checkback_body, args.tag), "half message (left open)", tx_open)
+    ctx.result["sent"] = 3
+    ctx.phase = "receiving the message committed by check-back"
+    got = None
+    deadline = time.time() + args.recv_timeout
+    while got is None and time.time() < deadline:
+        for m in ctx.receive(consumer, args.invisible):
+            if m.body != checkback_body:
+                raise Fail(f"unexpected message while waiting for the check-back: {describe_msg(m)}")
+            if m.message_id != r3.message_id:
+                raise Fail(f"message_id {m.message_id} != send receipt {r3.message_id}")
+            ctx.ack(consumer, m, "the message committed by check-back")
+            got = m
+    if got is None:
+        raise Fail(f"the half message left open was not committed by check-back within {args.recv_timeout}s; checks: {checks}")
+    if not any(c["message_id"] == r3.message_id for c in checks):
+        raise Fail(f"the open transaction was delivered without a check-back to this producer: {checks}")
+    ctx.result["received"] = 2
     ctx.result["check_backs"] = checks
 
 

@@ -7,7 +7,8 @@
 //! bodies, tags, keys and properties; a message left un-acked past its
 //! invisible time redelivered; FIFO message groups in order; a delayed
 //! message not delivered early; a transaction committed and one rolled
-//! back. Then across protocols: rocketmq-client-rust (remoting) sends and
+//! back by the producer, and one the producer leaves open committed through
+the server's check-back on its Telemetry stream. Then across protocols: rocketmq-client-rust (remoting) sends and
 //! the Python simple consumer (gRPC) reads every message, and the Python
 //! producer sends and rocketmq-client-rust's push consumer reads them.
 //!
@@ -76,7 +77,11 @@ fn scenario(endpoint: &str, topic: &str, group: &str, name: &str, extra: &[&str]
 #[test]
 fn python_client_over_grpc() {
     // No dedicated gRPC port: the broker's remoting port serves both.
-    let server = SpateServer::start("grpcServerPort=0\ntransactionCheckInterval=300\ntransactionTimeOut=1000\n");
+    let server = SpateServer::start(
+        // Halves are checked once 8 s old: after the scenario ends the
+        // first two itself, before its recv timeout for the third.
+        "grpcServerPort=0\ntransactionCheckInterval=300\ntransactionTimeOut=8000\n",
+    );
     let endpoint = format!("127.0.0.1:{}", server.broker_port);
     let n: usize = std::env::var("GRPC_INTEROP_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let run = std::process::id();
@@ -93,7 +98,8 @@ fn python_client_over_grpc() {
 
     scenario(&endpoint, &format!("PyFifo{run}"), &format!("py_fifo_{run}"), "fifo", &["--count", "90"]);
     scenario(&endpoint, &format!("PyDelay{run}"), &format!("py_delay_{run}"), "delay", &[]);
-    scenario(&endpoint, &format!("PyTx{run}"), &format!("py_tx_{run}"), "transaction", &[]);
+    let v = scenario(&endpoint, &format!("PyTx{run}"), &format!("py_tx_{run}"), "transaction", &[]);
+    assert_eq!(v["received"], serde_json::json!(2), "committed by the producer and by check-back: {v}");
 
     cross_protocol(&server, &endpoint, run);
 }

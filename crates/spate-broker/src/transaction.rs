@@ -413,10 +413,7 @@ impl Checker {
 /// the message (real topic restored) as the body. No producer online: it
 /// is asked again next time.
 fn ask_producer(state: &BrokerState, rec: &message::Record<'_>, group: &str, half_offset: i64, commit_log_offset: i64) {
-    let Some(conn) = state.clients.producer_connection(group) else {
-        tracing::debug!(group, "no producer of the group online to check a transaction");
-        return;
-    };
+    let conn = state.clients.producer_connection(group);
     let mut msg = match crate::schedule::to_due(rec, state.broker_addr) {
         Ok(m) => m,
         Err(why) => {
@@ -432,6 +429,14 @@ fn ask_producer(state: &BrokerState, rec: &message::Record<'_>, group: &str, hal
     }
     let uniq = rec.property(property::UNIQ_KEY).unwrap_or_default().to_string();
     let offset_id = message::offset_msg_id(state.broker_addr, commit_log_offset as u64);
+    let Some(conn) = conn else {
+        // RocketMQ 5 producers (gRPC) name no group: one publishing the
+        // topic is asked on its Telemetry stream.
+        if !crate::grpc::service::ask_transaction(state, &body, &offset_id, half_offset) {
+            tracing::debug!(group, "no producer of the group online to check a transaction");
+        }
+        return;
+    };
     let req = RemotingCommand::request(request::CHECK_TRANSACTION_STATE)
         .with("topic", &msg.topic)
         .with("tranStateTableOffset", half_offset)

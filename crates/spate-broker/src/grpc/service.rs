@@ -701,3 +701,23 @@ async fn end_transaction(state: &Arc<BrokerState>, topic: &str, r: &pb::EndTrans
 fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// Asks a gRPC producer of the half message's topic to resolve it
+/// (RecoverOrphanedTransactionCommand on its Telemetry stream); false
+/// when none is connected. `record` is the half message, its real topic
+/// restored; `offset_id` and `half_offset` name the copy to end.
+pub fn ask_transaction(state: &BrokerState, record: &[u8], offset_id: &str, half_offset: i64) -> bool {
+    let Ok(rec) = message::decode_record(record, false) else { return false };
+    let producers = state.grpc.producers_of(rec.topic);
+    let transaction_id = format!("{offset_id}-{half_offset}");
+    let d = Delivered { topic: rec.topic.to_string(), attempt: 1, fallback_id: offset_id.to_string(), ..Default::default() };
+    let command = pb::TelemetryCommand {
+        status: None,
+        command: Some(Command::RecoverOrphanedTransactionCommand(pb::RecoverOrphanedTransactionCommand {
+            message: Some(convert::outbound(&rec, &d)),
+            transaction_id,
+        })),
+    };
+    // The most recently heard-from producer whose queue has room.
+    producers.into_iter().any(|tx| tx.try_send(Ok(command.clone())).is_ok())
+}
