@@ -480,7 +480,20 @@ def scenario_delay(ctx):
     m.delivery_timestamp = deliver_at
     t_sent = time.time()
     ctx.send(producer, m, "the delayed message")
-    ctx.result["sent"] = 1
+    # A second one, due at the same moment, recalled at once: it must never arrive.
+    recalled_body = f"spate-py-recalled|{run}".encode()
+    mr = ctx.new_message(recalled_body, args.tag)
+    mr.delivery_timestamp = deliver_at
+    receipt = ctx.send(producer, mr, "the delayed message to recall")
+    if not receipt.recall_handle:
+        raise Fail("the delayed message's send receipt has no recall_handle")
+    ctx.phase = "recalling"
+    try:
+        recalled_id = producer.recall_message(args.topic, receipt.recall_handle)
+    except Exception as e:
+        raise Fail(f"RecallMessage failed: {describe_error(e)}")
+    ctx.result["recalled"] = str(recalled_id)
+    ctx.result["sent"] = 2
 
     ctx.phase = "receiving"
     deadline = deliver_at + args.recv_timeout
@@ -489,6 +502,8 @@ def scenario_delay(ctx):
         msgs = ctx.receive(consumer, args.invisible)
         t = time.time()
         for r in msgs:
+            if r.body == recalled_body:
+                raise Fail(f"the recalled message was delivered: {describe_msg(r)}")
             if r.body != body:
                 raise Fail(f"unexpected message: {describe_msg(r)}")
             if got is not None:
@@ -512,7 +527,8 @@ def scenario_delay(ctx):
     ctx.result["late_by_s"] = round(t - deliver_at, 3)
     ctx.result["delivery_timestamp_echoed"] = r.delivery_timestamp
     ctx.result["message_type"] = r.message_type
-    ctx.result["quiet_receives"] = quiet_period(ctx, consumer, 0, "check for duplicates", describe_msg)
+    ctx.result["quiet_receives"] = quiet_period(
+        ctx, consumer, 0, "check for duplicates and that the recalled message never arrives", describe_msg)
 
 
 # ---------------------------------------------------------------- transaction

@@ -84,6 +84,59 @@ pub fn requested_due(properties: &str, now_ms: i64, max_delay: Duration) -> Resu
     Ok((due > now_ms).then_some(due))
 }
 
+/// The property of a recall's marker: the key (`UNIQ_KEY`) of the
+/// message of its real topic, due at the same time, not to deliver
+/// (upstream's name).
+pub const TIMER_DEL_UNIQKEY: &str = "TIMER_DEL_UNIQKEY";
+
+/// Recalls are refused for a message due sooner than this: it may be on
+/// its way already.
+pub const RECALL_MIN_AHEAD_MS: i64 = 100;
+
+/// Why a recall was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RecallError {
+    #[error("the message is due in {0} ms or has been delivered: too late to recall")]
+    TooLate(i64),
+    #[error("{0}")]
+    Put(String),
+}
+
+/// Cancels a pending timer message of `topic` with key `uniq_key` due at
+/// `due_ms`: a marker is stored (and replicated) in the timer queue with
+/// the same due time, so the deliverer meets both in one round, after a
+/// restart or a failover too, and delivers neither.
+pub async fn recall(state: &Arc<BrokerState>, topic: &str, uniq_key: &str, due_ms: i64) -> Result<(), RecallError> {
+    let ahead = due_ms.saturating_sub(now_ms());
+    if ahead < RECALL_MIN_AHEAD_MS {
+        return Err(RecallError::TooLate(ahead));
+    }
+    let properties = message::encode_properties([(property::UNIQ_KEY, uniq_key), (TIMER_DEL_UNIQKEY, uniq_key)])
+        .map_err(|e| RecallError::Put(e.to_string()))?;
+    let mut marker = NewMessage {
+        topic: topic.to_string(),
+        queue_id: 0,
+        flag: 0,
+        body: bytes::Bytes::from_static(b"recall"),
+        properties,
+        sys_flag: 0,
+        born_timestamp: now_ms(),
+        born_host: state.broker_addr,
+        store_host: state.broker_addr,
+        reconsume_times: 0,
+        prepared_tx_offset: 0,
+    };
+    to_waiting(&mut marker, due_ms);
+    let put = crate::send::put_one(state, marker).await.map_err(|e| RecallError::Put(format!("{e:?}")))?;
+    put.flush.wait().await.map_err(|e| RecallError::Put(e.to_string()))?;
+    let mut ack = spate_remoting::RemotingCommand::request(0);
+    crate::send::await_replication(state, put.append.physical_offset + put.append.size as u64, &mut ack).await;
+    if ack.code != spate_remoting::response::SUCCESS {
+        return Err(RecallError::Put(ack.remark.unwrap_or_default()));
+    }
+    Ok(())
+}
+
 /// Turns `msg` into its waiting form: into [`TIMER_TOPIC`] queue 0, real
 /// topic and queue kept, due time in `TIMER_OUT_MS` and `TIMER_DELIVER_MS`.
 pub fn to_waiting(msg: &mut NewMessage, due_ms: i64) {
@@ -159,6 +212,25 @@ impl Wheel {
             } else if out.len() < max {
                 // The rest of this slot is not due yet.
                 break;
+            }
+        }
+        // Entries due at the same moment leave together: a recall's
+        // marker shares its message's due time and must meet it.
+        if let Some(&(last_due, _)) = out.last().filter(|_| out.len() >= max) {
+            if let Some(entries) = self.slots.get_mut(&last_due.div_euclid(SLOT_MS)) {
+                let before = entries.len();
+                let mut i = 0;
+                while i < entries.len() {
+                    if entries[i].0 == last_due {
+                        out.push(entries.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                self.len -= before - entries.len();
+                if entries.is_empty() {
+                    self.slots.remove(&last_due.div_euclid(SLOT_MS));
+                }
             }
         }
         out
@@ -376,8 +448,27 @@ async fn deliver(state: &Arc<BrokerState>, due: &[(i64, i64)]) -> Result<(), Str
         .await
         .map_err(|e| format!("read task failed: {e}"))?
         .map_err(|e| e.to_string())?;
+    // A recall's marker cancels the message of its topic and key due in
+    // the same round (it shares the due time, see `Wheel::pop_due`).
+    let recall_key = |m: &NewMessage| message::property(&m.properties, TIMER_DEL_UNIQKEY).map(|k| (m.topic.clone(), k.to_string()));
+    let due_form = |d: &Due| match d {
+        Ok(m) => m.clone(),
+        Err((m, _)) => m.clone(),
+    };
+    let recalled: std::collections::HashSet<(String, String)> =
+        msgs.iter().filter_map(|d| recall_key(&due_form(d))).collect();
     let mut last = None;
     for msg in msgs {
+        let m = due_form(&msg);
+        if recall_key(&m).is_some() {
+            continue;
+        }
+        if let Some(key) = message::property(&m.properties, property::UNIQ_KEY) {
+            if recalled.contains(&(m.topic.clone(), key.to_string())) {
+                tracing::info!(topic = %m.topic, key, "timer message recalled before it was due; not delivered");
+                continue;
+            }
+        }
         let (put, _) = crate::schedule::deliver(state, msg, crate::undeliverable::Source::Timer).await?;
         if let Some(put) = put {
             last = Some((put.flush, put.append.physical_offset + put.append.size as u64));
@@ -413,6 +504,19 @@ mod tests {
         assert!(requested_due(&props(&[("TIMER_DELAY_SEC", "x")]), now, MAX).unwrap_err().contains("TIMER_DELAY_SEC"));
         let far = requested_due(&props(&[("TIMER_DELAY_SEC", "300000")]), now, MAX).unwrap_err();
         assert!(far.contains("timerMaxDelaySec"), "{far}");
+    }
+
+    #[test]
+    fn entries_due_at_one_moment_leave_together_past_the_batch_bound() {
+        let mut w = Wheel::default();
+        for o in 0..5 {
+            w.insert(100, o);
+        }
+        w.insert(100 + SLOT_MS, 9);
+        let first = w.pop_due(1000, 2);
+        assert_eq!(first.len(), 5, "a recall's marker meets its message: {first:?}");
+        assert_eq!(w.pop_due(1000, 2), vec![(100 + SLOT_MS, 9)]);
+        assert!(w.is_empty());
     }
 
     #[test]

@@ -146,6 +146,17 @@ impl Messaging {
         if inbound.transactional {
             entry.transaction_id = format!("{}-{queue_offset}", resp.field("msgId").unwrap_or_default());
         }
+        if let Some(due) = message::property(&inbound.properties, message::property::TIMER_DELIVER_MS)
+            .and_then(|d| d.parse::<i64>().ok())
+        {
+            entry.recall_handle = RecallHandle {
+                topic: inbound.topic.clone(),
+                broker_name: self.state.broker_name.clone(),
+                due_ms: due,
+                key: inbound.message_id.clone(),
+            }
+            .encode();
+        }
         entry.status = Some(spate_grpc::status::ok());
         entry
     }
@@ -532,9 +543,24 @@ impl pb::messaging_service_server::MessagingService for Messaging {
 
     async fn recall_message(
         &self,
-        _req: Request<pb::RecallMessageRequest>,
+        req: Request<pb::RecallMessageRequest>,
     ) -> Result<Response<pb::RecallMessageResponse>, Status> {
-        Err(Status::unimplemented("RecallMessage is not served yet"))
+        self.caller(&req)?;
+        let r = req.into_inner();
+        let topic = resource_name(&r.topic);
+        let answer = |st: pb::Status, id: String| Ok(Response::new(pb::RecallMessageResponse { status: Some(st), message_id: id }));
+        let Some(h) = RecallHandle::decode(&r.recall_handle).filter(|h| h.topic == topic) else {
+            return answer(status(Code::BadRequest, "the recall handle is not one this topic's sends returned"), String::new());
+        };
+        if h.broker_name != self.state.broker_name {
+            let why = format!("the message is held by broker {}; recall it there", h.broker_name);
+            return answer(status(Code::BadRequest, why), h.key);
+        }
+        match crate::timer::recall(&self.state, &h.topic, &h.key, h.due_ms).await {
+            Ok(()) => answer(spate_grpc::status::ok(), h.key),
+            Err(e @ crate::timer::RecallError::TooLate(_)) => answer(status(Code::NotFound, e.to_string()), h.key),
+            Err(e) => answer(status(Code::InternalServerError, e.to_string()), h.key),
+        }
     }
 
     async fn sync_lite_subscription(
@@ -720,4 +746,78 @@ pub fn ask_transaction(state: &BrokerState, record: &[u8], offset_id: &str, half
     };
     // The most recently heard-from producer whose queue has room.
     producers.into_iter().any(|tx| tx.try_send(Ok(command.clone())).is_ok())
+}
+
+/// What a delayed message's recall handle names: base64 (URL-safe) of its
+/// topic, broker, due time and key, opaque to clients. A forged one can at
+/// most cancel a message of a topic the caller may send to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecallHandle {
+    pub topic: String,
+    pub broker_name: String,
+    pub due_ms: i64,
+    pub key: String,
+}
+
+impl RecallHandle {
+    /// Longest handle text read.
+    const MAX_LEN: usize = 1024;
+
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let text = format!("v1\n{}\n{}\n{}\n{}", self.topic, self.broker_name, self.due_ms, self.key);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    pub fn decode(handle: &str) -> Option<RecallHandle> {
+        use base64::Engine;
+        if handle.len() > Self::MAX_LEN {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(handle).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let mut parts = text.split('\n');
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let (topic, broker_name, due, key) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || key.is_empty() || message::validate_topic(topic).is_err() {
+            return None;
+        }
+        Some(RecallHandle {
+            topic: topic.to_string(),
+            broker_name: broker_name.to_string(),
+            due_ms: due.parse().ok()?,
+            key: key.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recall_handles_round_trip_and_garbage_is_refused() {
+        let h = RecallHandle { topic: "T".into(), broker_name: "b".into(), due_ms: 1234, key: "01AB".into() };
+        assert_eq!(RecallHandle::decode(&h.encode()), Some(h));
+        for bad in ["", "!!!", "djE", &"A".repeat(5000)] {
+            assert_eq!(RecallHandle::decode(bad), None, "{bad}");
+        }
+        use base64::Engine;
+        let extra = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v1\nT\nb\n1\nk\nmore");
+        assert_eq!(RecallHandle::decode(&extra), None);
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit() {
+        let mut md = tonic::metadata::MetadataMap::new();
+        assert_eq!(deadline_of(&md), None);
+        for (v, d) in [("3S", Duration::from_secs(3)), ("250m", Duration::from_millis(250)), ("2M", Duration::from_secs(120))] {
+            md.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(deadline_of(&md), Some(d), "{v}");
+        }
+        md.insert("grpc-timeout", "9X".parse().unwrap());
+        assert_eq!(deadline_of(&md), None);
+    }
 }
