@@ -27,6 +27,8 @@ pub enum AuthError {
 pub enum AuthFailure {
     #[error("authentication failed: the request carries no AccessKey and request code {code} is not on authenticationWhitelist")]
     MissingAccessKey { code: i32 },
+    #[error("authentication failed: the gRPC call carries no valid MQv2-HMAC-SHA1 authorization header and x-mq-date-time")]
+    MissingGrpcAuthorization,
     #[error("authentication failed: the request with AccessKey {access_key} carries no Signature")]
     MissingSignature { access_key: String },
     #[error("authentication failed: User:{access_key} is not found")]
@@ -47,7 +49,7 @@ impl AuthFailure {
     /// The `reason` label of `spate_auth_denied_total`.
     pub fn reason(&self) -> &'static str {
         match self {
-            AuthFailure::MissingAccessKey { .. } => "missing_access_key",
+            AuthFailure::MissingAccessKey { .. } | AuthFailure::MissingGrpcAuthorization => "missing_access_key",
             AuthFailure::MissingSignature { .. } => "missing_signature",
             AuthFailure::UnknownUser { .. } => "unknown_user",
             AuthFailure::DisabledUser { .. } => "disabled_user",

@@ -5,11 +5,14 @@
 //! - [`service`]: the RPCs; each turns its request into the broker
 //!   operation the remoting front end also calls (send, pop, ack, change,
 //!   end transaction) and the outcome into gRPC's shape;
+//! - [`access`]: authentication (`MQv2-HMAC-SHA1`) and authorization of
+//!   each call by the broker's users and policies;
 //! - [`sessions`]: what each gRPC client told us on its Telemetry stream
 //!   (settings, the stream to push commands on), for Heartbeat, admin and
 //!   transaction check-back;
 //! - this file: the server, fed by both listeners.
 
+pub mod access;
 pub mod route;
 pub mod service;
 pub mod sessions;

@@ -24,6 +24,7 @@ use spate_remoting::{request, response, RemotingClient, RemotingCommand};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use super::access::{self, PUB, ROUTE, SUB};
 use super::route::{self, RouteError};
 use super::sessions::TELEMETRY_QUEUE;
 use crate::origin::Origin;
@@ -69,6 +70,11 @@ impl Messaging {
         let peer = req.remote_addr().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         self.state.grpc.touch(&headers.client_id);
         Ok((headers, peer))
+    }
+
+    /// Whether the caller may touch `needs` (see [`access`]).
+    fn allowed<T>(&self, req: &Request<T>, peer: SocketAddr, needs: &[spate_auth::Need<'_>]) -> Result<(), pb::Status> {
+        access::check(&self.state, req.metadata(), peer.ip(), needs).map(|_| ())
     }
 
     fn group_facts(&self, group: &str) -> GroupFacts {
@@ -224,7 +230,11 @@ fn resource_name(r: &Option<pb::Resource>) -> String {
 #[tonic::async_trait]
 impl pb::messaging_service_server::MessagingService for Messaging {
     async fn query_route(&self, req: Request<pb::QueryRouteRequest>) -> Result<Response<pb::QueryRouteResponse>, Status> {
-        self.caller(&req)?;
+        let (_, peer) = self.caller(&req)?;
+        let name = req.get_ref().topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+        if let Err(st) = self.allowed(&req, peer, &[access::topic(&name, ROUTE)]) {
+            return Ok(Response::new(pb::QueryRouteResponse { status: Some(st), message_queues: vec![] }));
+        }
         let r = req.into_inner();
         let topic = r.topic.unwrap_or_default();
         if let Err(e) = message::validate_topic(&topic.name) {
@@ -250,7 +260,12 @@ impl pb::messaging_service_server::MessagingService for Messaging {
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let (h, _) = self.caller(&req)?;
+        let (h, peer) = self.caller(&req)?;
+        let group = resource_name(&req.get_ref().group);
+        let needs: Vec<_> = if group.is_empty() { vec![] } else { vec![access::group(&group, SUB)] };
+        if let Err(st) = self.allowed(&req, peer, &needs) {
+            return Ok(Response::new(pb::HeartbeatResponse { status: Some(st) }));
+        }
         let st = if self.state.grpc.get(&h.client_id).is_some() {
             spate_grpc::status::ok()
         } else {
@@ -264,6 +279,11 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
         let (h, peer) = self.caller(&req)?;
+        let topics: Vec<String> = req.get_ref().messages.iter().map(|m| resource_name(&m.topic)).collect();
+        let needs: Vec<_> = topics.iter().map(|t| access::topic(t, PUB)).collect();
+        if let Err(st) = self.allowed(&req, peer, &needs) {
+            return Ok(Response::new(pb::SendMessageResponse { status: Some(st), entries: vec![] }));
+        }
         let messages = req.into_inner().messages;
         if messages.is_empty() || messages.len() > MAX_SEND_ENTRIES {
             let st = status(Code::BadRequest, format!("a send carries 1..={MAX_SEND_ENTRIES} messages"));
@@ -282,7 +302,11 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         &self,
         req: Request<pb::QueryAssignmentRequest>,
     ) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
-        self.caller(&req)?;
+        let (_, peer) = self.caller(&req)?;
+        let (t, g) = (resource_name(&req.get_ref().topic), resource_name(&req.get_ref().group));
+        if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, SUB), access::group(&g, SUB)]) {
+            return Ok(Response::new(pb::QueryAssignmentResponse { status: Some(st), assignments: vec![] }));
+        }
         let r = req.into_inner();
         let topic = r.topic.unwrap_or_default();
         let group = resource_name(&r.group);
@@ -319,6 +343,12 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         req: Request<pb::ReceiveMessageRequest>,
     ) -> Result<Response<Self::ReceiveMessageStream>, Status> {
         let (h, peer) = self.caller(&req)?;
+        let t = req.get_ref().message_queue.as_ref().map(|q| resource_name(&q.topic)).unwrap_or_default();
+        let g = resource_name(&req.get_ref().group);
+        if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, SUB), access::group(&g, SUB)]) {
+            let item = pb::ReceiveMessageResponse { content: Some(Content::Status(st)) };
+            return Ok(Response::new(Box::pin(futures_util::stream::iter([Ok(item)]))));
+        }
         let deadline = deadline_of(req.metadata());
         let r = req.into_inner();
         let (tx, rx) = mpsc::channel(spate_grpc::settings::RECEIVE_BATCH_SIZE as usize + 2);
@@ -339,7 +369,11 @@ impl pb::messaging_service_server::MessagingService for Messaging {
     }
 
     async fn ack_message(&self, req: Request<pb::AckMessageRequest>) -> Result<Response<pb::AckMessageResponse>, Status> {
-        self.caller(&req)?;
+        let (_, peer) = self.caller(&req)?;
+        let (t, g) = (resource_name(&req.get_ref().topic), resource_name(&req.get_ref().group));
+        if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, SUB), access::group(&g, SUB)]) {
+            return Ok(Response::new(pb::AckMessageResponse { status: Some(st), entries: vec![] }));
+        }
         let r = req.into_inner();
         let group = resource_name(&r.group);
         let topic = resource_name(&r.topic);
@@ -379,7 +413,11 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         &self,
         req: Request<pb::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<pb::ForwardMessageToDeadLetterQueueResponse>, Status> {
-        self.caller(&req)?;
+        let (_, peer) = self.caller(&req)?;
+        let (t, g) = (resource_name(&req.get_ref().topic), resource_name(&req.get_ref().group));
+        if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, SUB), access::group(&g, SUB)]) {
+            return Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse { status: Some(st) }));
+        }
         let r = req.into_inner();
         let group = resource_name(&r.group);
         let topic = resource_name(&r.topic);
@@ -423,7 +461,11 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         &self,
         req: Request<pb::EndTransactionRequest>,
     ) -> Result<Response<pb::EndTransactionResponse>, Status> {
-        self.caller(&req)?;
+        let (_, peer) = self.caller(&req)?;
+        let t = resource_name(&req.get_ref().topic);
+        if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, PUB)]) {
+            return Ok(Response::new(pb::EndTransactionResponse { status: Some(st) }));
+        }
         let r = req.into_inner();
         let topic = resource_name(&r.topic);
         let st = match end_transaction(&self.state, &topic, &r).await {
@@ -440,6 +482,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         req: Request<tonic::Streaming<pb::TelemetryCommand>>,
     ) -> Result<Response<Self::TelemetryStream>, Status> {
         let (h, peer) = self.caller(&req)?;
+        let metadata = req.metadata().clone();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(TELEMETRY_QUEUE);
         let state = self.state.clone();
@@ -452,7 +495,16 @@ impl pb::messaging_service_server::MessagingService for Messaging {
                 };
                 match cmd.command {
                     Some(Command::Settings(s)) => {
-                        let answer = settings_answer(&state, &s);
+                        let answer = match settings_needs(&s) {
+                            Ok(named) => {
+                                let needs: Vec<_> = named.iter().map(|(k, n, a)| spate_auth::Need { kind: *k, name: n, actions: a }).collect();
+                                match access::check(&state, &metadata, peer.ip(), &needs) {
+                                    Ok(_) => settings_answer(&state, &s).map_err(|e| status(Code::BadRequest, e.to_string())),
+                                    Err(st) => Err(st),
+                                }
+                            }
+                            Err(e) => Err(status(Code::BadRequest, e.to_string())),
+                        };
                         let reply = match answer {
                             Ok(merged) => {
                                 match state.grpc.upsert(&h.client_id, &h, peer, merged.clone(), Some(tx.clone())) {
@@ -469,9 +521,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
                                     },
                                 }
                             }
-                            Err(e) => {
-                                pb::TelemetryCommand { status: Some(status(Code::BadRequest, e.to_string())), command: None }
-                            }
+                            Err(st) => pb::TelemetryCommand { status: Some(st), command: None },
                         };
                         if tx.send(Ok(reply)).await.is_err() {
                             break;
@@ -494,7 +544,10 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         &self,
         req: Request<pb::NotifyClientTerminationRequest>,
     ) -> Result<Response<pb::NotifyClientTerminationResponse>, Status> {
-        let (h, _) = self.caller(&req)?;
+        let (h, peer) = self.caller(&req)?;
+        if let Err(st) = self.allowed(&req, peer, &[]) {
+            return Ok(Response::new(pb::NotifyClientTerminationResponse { status: Some(st) }));
+        }
         self.state.grpc.remove(&h.client_id);
         Ok(Response::new(pb::NotifyClientTerminationResponse { status: Some(spate_grpc::status::ok()) }))
     }
@@ -503,7 +556,11 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         &self,
         req: Request<pb::ChangeInvisibleDurationRequest>,
     ) -> Result<Response<pb::ChangeInvisibleDurationResponse>, Status> {
-        self.caller(&req)?;
+        let (_, peer) = self.caller(&req)?;
+        let (t, g) = (resource_name(&req.get_ref().topic), resource_name(&req.get_ref().group));
+        if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, SUB), access::group(&g, SUB)]) {
+            return Ok(Response::new(pb::ChangeInvisibleDurationResponse { status: Some(st), receipt_handle: String::new() }));
+        }
         let r = req.into_inner();
         let group = resource_name(&r.group);
         let topic = resource_name(&r.topic);
@@ -545,7 +602,11 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         &self,
         req: Request<pb::RecallMessageRequest>,
     ) -> Result<Response<pb::RecallMessageResponse>, Status> {
-        self.caller(&req)?;
+        let (_, peer) = self.caller(&req)?;
+        let t = resource_name(&req.get_ref().topic);
+        if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, PUB)]) {
+            return Ok(Response::new(pb::RecallMessageResponse { status: Some(st), message_id: String::new() }));
+        }
         let r = req.into_inner();
         let topic = resource_name(&r.topic);
         let answer = |st: pb::Status, id: String| Ok(Response::new(pb::RecallMessageResponse { status: Some(st), message_id: id }));
@@ -591,6 +652,28 @@ fn overall_status<'a>(mut each: impl Iterator<Item = &'a pb::Status>) -> pb::Sta
         first.clone()
     } else {
         status(Code::MultipleResults, "entries have different outcomes; see each")
+    }
+}
+
+/// What a client's settings touch: a producer's topics (Pub), a
+/// consumer's group and topics (Sub).
+fn settings_needs(s: &pb::Settings) -> Result<Vec<(spate_auth::ResourceType, String, &'static [access::Action])>, settings::SettingsError> {
+    use spate_auth::ResourceType;
+    match &s.pub_sub {
+        Some(pb::settings::PubSub::Publishing(p)) => {
+            Ok(p.topics.iter().map(|t| (ResourceType::Topic, t.name.clone(), PUB)).collect())
+        }
+        Some(pb::settings::PubSub::Subscription(sub)) => {
+            let group = sub.group.as_ref().map(|g| g.name.clone()).filter(|g| !g.is_empty()).ok_or(settings::SettingsError::NoGroup)?;
+            let mut v = vec![(ResourceType::Group, group, SUB)];
+            for e in &sub.subscriptions {
+                if let Some(t) = &e.topic {
+                    v.push((ResourceType::Topic, t.name.clone(), SUB));
+                }
+            }
+            Ok(v)
+        }
+        None => Err(settings::SettingsError::NoPubSub),
     }
 }
 
