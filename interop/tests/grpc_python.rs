@@ -245,3 +245,40 @@ fn python_client_over_grpc_with_acl() {
     let v = scenario(&endpoint, t, g, "send-receive", &["--count", "20", "--decoys", "0", "--ak", "grpc_rw", "--sk", "rw-secret"]);
     assert_eq!(v["received"], serde_json::json!(20), "{v}");
 }
+
+/// TLS on the same port: the broker enforces TLS (`tlsMode=enforcing`, a
+/// plaintext connection is closed), with a certificate for 127.0.0.1 the
+/// Python client is told to trust (gRPC's `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`);
+/// it negotiates h2 by ALPN and sends and receives as in plaintext.
+#[test]
+fn python_client_over_grpc_with_tls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("certificate");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).expect("write cert");
+    std::fs::write(&key, generated.key_pair.serialize_pem()).expect("write key");
+    let server = SpateServer::start(&format!(
+        "grpcServerPort=0\ntlsMode=enforcing\ntls.server.certPath={}\ntls.server.keyPath={}\n",
+        cert.display(),
+        key.display()
+    ));
+    let endpoint = format!("127.0.0.1:{}", server.broker_port);
+    let out = Command::new(python())
+        .arg(script())
+        .args(["--endpoint", &endpoint, "--topic", "GrpcTlsTopic", "--group", "grpc_tls_group"])
+        .args(["--scenario", "send-receive", "--count", "50", "--tls"])
+        .env("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", &cert)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    println!("python send-receive over TLS: {line}");
+    assert!(out.status.success(), "over TLS: {line}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    assert_eq!(v["received"], serde_json::json!(50), "{v}");
+    // Plaintext is refused on that port: the same client without TLS fails.
+    let v = failing_scenario(&endpoint, "GrpcTlsTopic", "grpc_tls_plain", "send-only", &["--count", "1", "--request-timeout", "2"]);
+    assert_eq!(v["ok"], serde_json::Value::Bool(false), "{v}");
+}

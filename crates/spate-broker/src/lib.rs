@@ -369,7 +369,7 @@ impl Broker {
                 }
             }
         };
-        let grpc = grpc::GrpcFrontEnd::start(state.clone(), grpc_listener);
+        let grpc = grpc::GrpcFrontEnd::start(state.clone(), grpc_listener, tls.clone());
         let sink: Arc<dyn spate_remoting::server::Http2Sink> = grpc.clone();
         let server = RemotingServer::bind_serving(listen, conn_cfg, handler, limits, tls, Some(sink))
             .await

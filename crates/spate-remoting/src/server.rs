@@ -22,6 +22,7 @@ use crate::command::RemotingCommand;
 use crate::connection::{BoxFuture, Connection, ConnectionConfig, RequestHandler};
 use crate::tls::{ServerTls, TlsMode};
 use crate::transport::{TlsSocket, Transport};
+pub use crate::transport::Http2Stream;
 
 /// Default `serverMaxConnections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -41,11 +42,26 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// announce a frame over 1 GiB, which no server accepts.
 const HTTP2_PREFACE_FIRST: u8 = b'P';
 
-/// Takes the connections that open with HTTP/2's preface on a remoting
-/// port (plaintext h2c), so one address serves remoting and gRPC clients.
-/// The stream is handed over with nothing read from it.
+/// Takes the connections on a remoting port that speak HTTP/2: plaintext
+/// ones that open with its preface (h2c), TLS ones that negotiated `h2` by
+/// ALPN. So one address serves remoting and gRPC clients. The stream is
+/// handed over with nothing read from it past the TLS handshake.
 pub trait Http2Sink: Send + Sync {
-    fn accept(&self, stream: TcpStream, peer: SocketAddr);
+    fn accept(&self, stream: Http2Stream);
+}
+
+/// Admits a connection to a port that serves HTTP/2 only (gRPC's own
+/// port): TLS when its first byte opens a handshake, else plaintext, as
+/// `tls`'s mode allows, within its handshake timeout.
+pub async fn admit_http2(stream: TcpStream, peer: SocketAddr, tls: &ServerTls) -> Result<Http2Stream, String> {
+    match admit(stream, peer, tls).await {
+        Ok(Admitted::Http2(s)) => Ok(s),
+        // A plaintext start that is not HTTP/2's preface: the HTTP/2
+        // server answers it with a protocol error.
+        Ok(Admitted::Remoting(Transport::Plain(tcp))) => Ok(Http2Stream::plain(tcp, peer)),
+        Ok(Admitted::Remoting(Transport::Tls(_))) => Err("TLS without ALPN h2 on a gRPC port".into()),
+        Err(refusal) => Err(refusal.to_string()),
+    }
 }
 
 /// How many connections a server accepts.
@@ -253,7 +269,7 @@ impl fmt::Display for Refusal {
 
 /// Peeks the first byte of `stream` and, if it opens a TLS handshake the
 /// mode serves, completes the handshake; both within the handshake timeout.
-async fn admit(stream: TcpStream, tls: &ServerTls) -> Result<Admitted, Refusal> {
+async fn admit(stream: TcpStream, peer: SocketAddr, tls: &ServerTls) -> Result<Admitted, Refusal> {
     let timeout = tls.handshake_timeout();
     let deadline = tokio::time::Instant::now() + timeout;
     // Before the handshake: its messages are small and must not wait.
@@ -266,13 +282,17 @@ async fn admit(stream: TcpStream, tls: &ServerTls) -> Result<Admitted, Refusal> 
     }
     match admission(tls.mode(), first[0]) {
         Admission::Plain => Ok(Admitted::Remoting(Transport::Plain(stream))),
-        Admission::Http2 => Ok(Admitted::Http2(stream)),
+        Admission::Http2 => Ok(Admitted::Http2(Http2Stream::plain(stream, peer))),
         Admission::Refused(why) => Err(Refusal::Mode(why)),
         Admission::Tls => {
             let acceptor = tls.acceptor().ok_or(Refusal::Mode("no TLS configuration"))?;
             let handshake = tokio::time::timeout_at(deadline, acceptor.accept(TlsSocket::new(stream)));
             let tls_stream = handshake.await.map_err(|_| Refusal::TooSlow(timeout))?.map_err(Refusal::Handshake)?;
-            Ok(Admitted::Remoting(Transport::Tls(Box::new(tls_stream.into()))))
+            let tls_stream: crate::transport::TlsStream = tls_stream.into();
+            if tls_stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+                return Ok(Admitted::Http2(Http2Stream::tls(Box::new(tls_stream), peer)));
+            }
+            Ok(Admitted::Remoting(Transport::Tls(Box::new(tls_stream))))
         }
     }
 }
@@ -281,7 +301,7 @@ async fn admit(stream: TcpStream, tls: &ServerTls) -> Result<Admitted, Refusal> 
 enum Admitted {
     Remoting(Transport),
     /// HTTP/2, for the [`Http2Sink`].
-    Http2(TcpStream),
+    Http2(Http2Stream),
 }
 
 /// What the start of every accepted connection needs.
@@ -309,7 +329,7 @@ async fn admit_and_start(stream: TcpStream, peer: SocketAddr, a: Arc<Accepting>)
     let admitting = Admitting(a.state.clone());
     let admitted = tokio::select! {
         _ = a.stop.cancelled() => Err(Refusal::ShuttingDown),
-        t = admit(stream, &a.tls) => t,
+        t = admit(stream, peer, &a.tls) => t,
     };
     let transport = match admitted {
         Ok(Admitted::Remoting(t)) => t,
@@ -317,7 +337,7 @@ async fn admit_and_start(stream: TcpStream, peer: SocketAddr, a: Arc<Accepting>)
             // The sink counts and bounds its own connections.
             a.state.leave(peer.ip());
             match &a.http2 {
-                Some(sink) => sink.accept(stream, peer),
+                Some(sink) => sink.accept(stream),
                 None => a.state.refused(peer, &Refusal::Mode("HTTP/2 (gRPC) is not served on this port"), a.tls.mode()),
             }
             return;

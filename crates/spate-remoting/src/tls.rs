@@ -221,10 +221,13 @@ impl TlsServerSettings {
         let provider = provider();
         let (chain, key) = self.certificate()?;
         let verifier = self.client_verifier(&provider)?;
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)?;
+        // gRPC clients ask for h2; remoting clients ask for nothing and
+        // get no protocol, so the port tells them apart after the handshake.
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
     }
 
@@ -374,6 +377,9 @@ pub fn default_server_name(addr: &str) -> Option<ServerName<'static>> {
     }
     ServerName::try_from(host.to_string()).ok()
 }
+
+/// The ALPN protocol id of HTTP/2 over TLS (what gRPC clients offer).
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// A server's TLS: the mode, the configuration handshakes use, and how
 /// long an accepted connection has to show what it speaks.

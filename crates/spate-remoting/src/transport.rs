@@ -257,3 +257,91 @@ impl AsyncWrite for WriteSide {
         }
     }
 }
+
+/// A connection that speaks HTTP/2 (gRPC) instead of remoting frames:
+/// plaintext (h2c) or TLS that negotiated `h2` by ALPN, handed over with
+/// nothing read from it past the TLS handshake.
+pub struct Http2Stream {
+    inner: Http2Inner,
+    peer: std::net::SocketAddr,
+    local: Option<std::net::SocketAddr>,
+}
+
+enum Http2Inner {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Http2Stream {
+    pub(crate) fn plain(tcp: TcpStream, peer: std::net::SocketAddr) -> Http2Stream {
+        let local = tcp.local_addr().ok();
+        Http2Stream { inner: Http2Inner::Plain(tcp), peer, local }
+    }
+
+    pub(crate) fn tls(stream: Box<TlsStream>, peer: std::net::SocketAddr) -> Http2Stream {
+        let local = stream.get_ref().0.tcp().ok().and_then(|t| t.local_addr().ok());
+        Http2Stream { inner: Http2Inner::Tls(stream), peer, local }
+    }
+
+    pub fn peer_addr(&self) -> std::net::SocketAddr {
+        self.peer
+    }
+
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.local
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.inner, Http2Inner::Tls(_))
+    }
+}
+
+impl AsyncRead for Http2Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Http2Inner::Plain(t) => Pin::new(t).poll_read(cx, buf),
+            Http2Inner::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Http2Stream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.inner {
+            Http2Inner::Plain(t) => Pin::new(t).poll_write(cx, buf),
+            Http2Inner::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.inner {
+            Http2Inner::Plain(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Http2Inner::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.inner {
+            Http2Inner::Plain(t) => t.is_write_vectored(),
+            Http2Inner::Tls(t) => t.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Http2Inner::Plain(t) => Pin::new(t).poll_flush(cx),
+            Http2Inner::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Http2Inner::Plain(t) => Pin::new(t).poll_shutdown(cx),
+            Http2Inner::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -21,7 +21,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use spate_grpc::pb::messaging_service_server::MessagingServiceServer;
-use tokio::net::{TcpListener, TcpStream};
+use spate_remoting::server::Http2Stream;
+use spate_remoting::tls::ServerTls;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -36,28 +38,30 @@ const DECODING_HEADROOM: usize = 1 << 20;
 
 /// A running gRPC front end.
 pub struct GrpcFrontEnd {
-    handoff: mpsc::Sender<TcpStream>,
+    handoff: mpsc::Sender<Counted>,
     /// Connections open at once, remoting port and gRPC port together
     /// (`serverMaxConnections`).
     permits: Arc<Semaphore>,
     stop: CancellationToken,
     local_addr: Option<SocketAddr>,
+    /// TLS on the dedicated port, as on the remoting port (`tlsMode`).
+    tls: ServerTls,
 }
 
 impl GrpcFrontEnd {
     /// Starts the server; `listener` is the dedicated `grpcServerPort`, if any.
-    pub fn start(state: Arc<BrokerState>, listener: Option<TcpListener>) -> Arc<GrpcFrontEnd> {
-        let (handoff, rx) = mpsc::channel::<TcpStream>(HANDOFF_QUEUE);
+    pub fn start(state: Arc<BrokerState>, listener: Option<TcpListener>, tls: ServerTls) -> Arc<GrpcFrontEnd> {
+        let (handoff, rx) = mpsc::channel::<Counted>(HANDOFF_QUEUE);
         let stop = CancellationToken::new();
         let max_connections = state.config.read().server_max_connections.max(1);
         let permits = Arc::new(Semaphore::new(max_connections));
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-        let fe = Arc::new(GrpcFrontEnd { handoff, permits, stop: stop.clone(), local_addr });
+        let fe = Arc::new(GrpcFrontEnd { handoff, permits, stop: stop.clone(), local_addr, tls });
         let max_decode = state.store.config().max_message_size + DECODING_HEADROOM;
         let svc = MessagingServiceServer::new(service::Messaging::new(state.clone()))
             .max_decoding_message_size(max_decode)
             .max_encoding_message_size(usize::MAX);
-        let incoming = Incoming { rx, permits: fe.permits.clone() };
+        let incoming = Incoming { rx };
         let stopped = stop.clone();
         tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -80,13 +84,23 @@ impl GrpcFrontEnd {
         self.local_addr
     }
 
-    /// Hands a connection to the server; closed at once when the server
-    /// is at `serverMaxConnections` or its queue is full.
-    fn take(&self, stream: TcpStream, peer: SocketAddr) {
+    /// A share of `serverMaxConnections`, if any is left.
+    fn permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let p = self.permits.clone().try_acquire_owned().ok();
+        if p.is_none() {
+            tracing::debug!("gRPC connection refused: serverMaxConnections reached");
+        }
+        p
+    }
+
+    /// Hands an admitted connection to the server; closed at once when
+    /// its queue is full.
+    fn take(&self, stream: Http2Stream, permit: tokio::sync::OwnedSemaphorePermit) {
         if self.stop.is_cancelled() {
             return;
         }
-        if let Err(e) = self.handoff.try_send(stream) {
+        let peer = stream.peer_addr();
+        if let Err(e) = self.handoff.try_send(Counted { stream, _permit: permit }) {
             tracing::debug!(%peer, error = %e, "gRPC connection refused: the server is busy");
         }
     }
@@ -97,8 +111,10 @@ impl GrpcFrontEnd {
 }
 
 impl spate_remoting::server::Http2Sink for GrpcFrontEnd {
-    fn accept(&self, stream: TcpStream, peer: SocketAddr) {
-        self.take(stream, peer);
+    fn accept(&self, stream: Http2Stream) {
+        if let Some(permit) = self.permit() {
+            self.take(stream, permit);
+        }
     }
 }
 
@@ -109,7 +125,19 @@ async fn accept_loop(listener: TcpListener, fe: Arc<GrpcFrontEnd>) {
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, peer)) => fe.take(stream, peer),
+            Ok((stream, peer)) => {
+                // Admitted (TLS handshake or not) on a task of its own, so a
+                // silent peer never holds up the accept loop; the permit
+                // bounds connections being admitted too.
+                let Some(permit) = fe.permit() else { continue };
+                let fe = fe.clone();
+                tokio::spawn(async move {
+                    match spate_remoting::server::admit_http2(stream, peer, &fe.tls).await {
+                        Ok(s) => fe.take(s, permit),
+                        Err(why) => tracing::debug!(%peer, why, "gRPC connection closed at admission"),
+                    }
+                });
+            }
             Err(e) => {
                 // Out of descriptors and the like: wait, do not spin.
                 tracing::warn!(error = %e, "gRPC accept failed");
@@ -119,42 +147,31 @@ async fn accept_loop(listener: TcpListener, fe: Arc<GrpcFrontEnd>) {
     }
 }
 
-/// The connections the server serves: each holds a permit while open.
+/// The connections the server serves, from both ports.
 struct Incoming {
-    rx: mpsc::Receiver<TcpStream>,
-    permits: Arc<Semaphore>,
+    rx: mpsc::Receiver<Counted>,
 }
 
 impl Incoming {
     fn into_stream(self) -> impl futures_util::Stream<Item = std::io::Result<Counted>> {
-        futures_util::stream::unfold(self, |mut inc| async move {
-            loop {
-                let stream = inc.rx.recv().await?;
-                match inc.permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let _ = stream.set_nodelay(true);
-                        return Some((Ok(Counted { stream, _permit: permit }), inc));
-                    }
-                    Err(_) => {
-                        tracing::debug!("gRPC connection refused: serverMaxConnections reached");
-                        drop(stream);
-                    }
-                }
-            }
-        })
+        futures_util::stream::unfold(self, |mut inc| async move { inc.rx.recv().await.map(|c| (Ok(c), inc)) })
     }
 }
 
-/// An accepted gRPC connection and its share of `serverMaxConnections`.
+/// An admitted gRPC connection and its share of `serverMaxConnections`,
+/// held while it is open.
 struct Counted {
-    stream: TcpStream,
+    stream: Http2Stream,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl tonic::transport::server::Connected for Counted {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        tonic::transport::server::TcpConnectInfo {
+            local_addr: self.stream.local_addr(),
+            remote_addr: Some(self.stream.peer_addr()),
+        }
     }
 }
 
