@@ -30,6 +30,7 @@ SCENARIOS = (
     "fifo",
     "delay",
     "transaction",
+    "push",
     "send-only",
     "receive-only",
 )
@@ -629,6 +630,73 @@ def scenario_transaction(ctx):
     ctx.result["check_backs"] = checks
 
 
+# ---------------------------------------------------------------- push
+
+def scenario_push(ctx):
+    """A push consumer consumes --count messages, each exactly once. The
+    listener holds the first one for --hold seconds, longer than the
+    broker's invisible time for push consumers when the test sets it
+    short: only the broker renewing the message (while the client's
+    Telemetry stream lives) keeps it from coming back meanwhile."""
+    args = ctx.args
+    api = ctx.api
+    run = uuid.uuid4().hex[:12]
+    bodies = [f"spate-py-push-{i}|{run}".encode() for i in range(args.count)]
+    held = bodies[0]
+    lock = threading.Lock()
+    seen = {}
+    attempts = {}
+
+    class Listener(api.MessageListener):
+        def consume(self, message):
+            with lock:
+                seen[message.body] = seen.get(message.body, 0) + 1
+                a = message.delivery_attempt or 0
+                attempts[a] = attempts.get(a, 0) + 1
+            if message.body == held:
+                time.sleep(args.hold)
+            return api.ConsumeResult.SUCCESS
+
+    producer = ctx.start_producer()
+    ctx.phase = "sending"
+    for i, b in enumerate(bodies):
+        ctx.send(producer, ctx.new_message(b, args.tag), f"message {i}")
+    ctx.result["sent"] = len(bodies)
+
+    ctx.phase = "starting push consumer"
+    subscription = {args.topic: api.FilterExpression(args.tag or "*")}
+    consumer = api.PushConsumer(ctx.config(), args.group, Listener(), subscription, tls_enable=args.tls)
+    try:
+        consumer.startup()
+    except Exception as e:
+        raise Fail(f"push consumer startup failed: {describe_error(e)}")
+    ctx.clients.append(consumer)
+
+    ctx.phase = "consuming"
+    deadline = time.time() + args.recv_timeout
+    while time.time() < deadline:
+        with lock:
+            if len(seen) == len(bodies):
+                break
+        time.sleep(0.1)
+    # Past the hold and a few invisible times more: nothing may come again.
+    ctx.phase = "quiet check (each message once, the held one not redelivered)"
+    time.sleep(args.hold + 2)
+    with lock:
+        missing = [b for b in bodies if b not in seen]
+        twice = {b.decode(): n for b, n in seen.items() if n > 1}
+        unexpected = [b for b in seen if b not in set(bodies)]
+        ctx.result["received"] = len(seen)
+        ctx.result["deliveries"] = sum(seen.values())
+        ctx.result["delivery_attempts"] = {str(k): v for k, v in sorted(attempts.items())}
+    if missing:
+        raise Fail(f"{len(missing)} of {len(bodies)} messages never consumed, e.g. {missing[0]!r}")
+    if unexpected:
+        raise Fail(f"unexpected messages consumed: {unexpected[:3]}")
+    if twice:
+        raise Fail(f"messages consumed more than once (the held one was not kept invisible?): {twice}")
+
+
 # ---------------------------------------------------------------- cross-protocol
 
 def cross_body(i):
@@ -685,6 +753,7 @@ RUNNERS = {
     "fifo": scenario_fifo,
     "delay": scenario_delay,
     "transaction": scenario_transaction,
+    "push": scenario_push,
     "send-only": scenario_send_only,
     "receive-only": scenario_receive_only,
 }
@@ -726,6 +795,7 @@ def parse_args(argv):
     p.add_argument("--sk", default="", help="secret key")
     p.add_argument("--namespace", default="")
     p.add_argument("--tls", action="store_true", help="use TLS towards the endpoint")
+    p.add_argument("--hold", type=float, default=0, help="push: seconds the listener holds the first message")
     p.add_argument("--client-log", default=None, metavar="LEVEL",
                    help="also copy the client's own log (normally only in ~/logs/rocketmq_python/) "
                         "to stderr at LEVEL, e.g. INFO or DEBUG")

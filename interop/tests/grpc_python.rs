@@ -9,7 +9,9 @@
 //! message not delivered early and a second one recalled before it was
 //! due never delivered; a transaction committed and one rolled back by the
 //! producer, and one the producer leaves open committed through the
-//! server's check-back on its Telemetry stream. Then across protocols:
+//! server's check-back on its Telemetry stream; a push consumer consuming
+//! every message once while it holds one past its invisible time (the
+//! broker renews it). Then across protocols:
 //! rocketmq-client-rust (remoting) sends and the Python simple consumer (gRPC) reads every message, and the Python
 //! producer sends and rocketmq-client-rust's push consumer reads them.
 //!
@@ -81,7 +83,9 @@ fn python_client_over_grpc() {
     let server = SpateServer::start(
         // Halves are checked once 8 s old: after the scenario ends the
         // first two itself, before its recv timeout for the third.
-        "grpcServerPort=0\ntransactionCheckInterval=300\ntransactionTimeOut=8000\n",
+        // Push consumers' messages hidden 3 s at a time, renewed 1 s ahead.
+        "grpcServerPort=0\ntransactionCheckInterval=300\ntransactionTimeOut=8000\n\
+         defaultInvisibleTimeMills=3000\nrenewAheadTimeMillis=1000\nrenewSliceTimeMillis=3000\n",
     );
     let endpoint = format!("127.0.0.1:{}", server.broker_port);
     let n: usize = std::env::var("GRPC_INTEROP_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
@@ -101,6 +105,11 @@ fn python_client_over_grpc() {
     scenario(&endpoint, &format!("PyDelay{run}"), &format!("py_delay_{run}"), "delay", &[]);
     let v = scenario(&endpoint, &format!("PyTx{run}"), &format!("py_tx_{run}"), "transaction", &[]);
     assert_eq!(v["received"], serde_json::json!(2), "committed by the producer and by check-back: {v}");
+
+    // The listener holds one message 8 s, past two invisible times: the
+    // broker's renewals keep it from coming back while it is consumed.
+    let v = scenario(&endpoint, &format!("PyPush{run}"), &format!("py_push_{run}"), "push", &["--count", "200", "--hold", "8"]);
+    assert_eq!(v["deliveries"], serde_json::json!(200), "each message consumed once: {v}");
 
     cross_protocol(&server, &endpoint, run);
 }

@@ -82,6 +82,18 @@ pub struct BrokerConfig {
     /// the remoting port (which serves gRPC too). `None`: the default
     /// 8081, skipped with a warning when taken; `Some(0)`: none.
     pub grpc_server_port: Option<u16>,
+    /// `defaultInvisibleTimeMills`: what a gRPC push consumer's receive
+    /// hides its messages for (it names no invisible time); renewed while
+    /// its Telemetry stream lives.
+    pub default_invisible_time: Duration,
+    /// `renewAheadTimeMillis`: a push consumer's message is renewed once
+    /// less than this is left of its invisible time.
+    pub renew_ahead_time: Duration,
+    /// `renewSliceTimeMillis`: the invisible time each renewal sets.
+    pub renew_slice_time: Duration,
+    /// `renewMaxTimeMillis`: how long after its receive a message stops
+    /// being renewed (it comes back then).
+    pub renew_max_time: Duration,
     /// `serverMaxConnections`: connections open at once across all client
     /// addresses; more are closed at accept (10,000).
     pub server_max_connections: usize,
@@ -273,6 +285,11 @@ pub const BROKER_KEYS: &[&str] = &[
     "maxHeldPulls",
     "popInflightMessageThreshold",
     "maxInvisibleTimeMills",
+    "grpcServerPort",
+    "defaultInvisibleTimeMills",
+    "renewAheadTimeMillis",
+    "renewSliceTimeMillis",
+    "renewMaxTimeMillis",
     "popSnapshotIntervalMillis",
     "popSnapshotRecords",
     "metricsPromExporterPort",
@@ -329,6 +346,10 @@ impl BrokerConfig {
             pop_snapshot_records: 100_000,
             metrics_prom_exporter_port: 0,
             grpc_server_port: None,
+            default_invisible_time: Duration::from_secs(60),
+            renew_ahead_time: Duration::from_secs(10),
+            renew_slice_time: Duration::from_secs(60),
+            renew_max_time: Duration::from_secs(3 * 3600),
             server_max_connections: spate_remoting::server::DEFAULT_MAX_CONNECTIONS,
             server_max_connections_per_address: spate_remoting::server::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             write_buffer_high_water_mark: spate_remoting::connection::DEFAULT_WRITE_BUFFER_HIGH_WATER_MARK,
@@ -396,6 +417,10 @@ impl BrokerConfig {
             "listenPort" => self.listen_port = parse(key, v)?,
             "haListenPort" => self.ha_listen_port = parse(key, v)?,
             "grpcServerPort" => self.grpc_server_port = Some(parse(key, v)?),
+            "defaultInvisibleTimeMills" => self.default_invisible_time = Duration::from_millis(parse(key, v)?),
+            "renewAheadTimeMillis" => self.renew_ahead_time = Duration::from_millis(parse(key, v)?),
+            "renewSliceTimeMillis" => self.renew_slice_time = Duration::from_millis(parse(key, v)?),
+            "renewMaxTimeMillis" => self.renew_max_time = Duration::from_millis(parse(key, v)?),
             "brokerRole" => {
                 self.broker_role = match v {
                     "ASYNC_MASTER" => BrokerRole::AsyncMaster,
@@ -580,6 +605,21 @@ impl BrokerConfig {
         if self.max_invisible_time_mills == 0 {
             return Err(invalid("maxInvisibleTimeMills", "0", "at least 1"));
         }
+        for (key, d) in [
+            ("defaultInvisibleTimeMills", self.default_invisible_time),
+            ("renewSliceTimeMillis", self.renew_slice_time),
+        ] {
+            if d.is_zero() || d.as_millis() > u128::from(self.max_invisible_time_mills) {
+                return Err(invalid(key, &d.as_millis().to_string(), "1..=maxInvisibleTimeMills"));
+            }
+        }
+        if self.renew_ahead_time >= self.renew_slice_time {
+            return Err(invalid(
+                "renewAheadTimeMillis",
+                &self.renew_ahead_time.as_millis().to_string(),
+                "less than renewSliceTimeMillis",
+            ));
+        }
         if self.pop_snapshot_interval.is_zero() {
             return Err(invalid("popSnapshotIntervalMillis", "0", "at least 1"));
         }
@@ -724,6 +764,11 @@ impl BrokerConfig {
             ("maxHeldPulls", self.max_held_pulls.to_string()),
             ("popInflightMessageThreshold", self.pop_inflight_message_threshold.to_string()),
             ("maxInvisibleTimeMills", self.max_invisible_time_mills.to_string()),
+            ("grpcServerPort", self.grpc_server_port.map_or_else(|| "8081 (default; skipped when taken)".to_string(), |p| p.to_string())),
+            ("defaultInvisibleTimeMills", self.default_invisible_time.as_millis().to_string()),
+            ("renewAheadTimeMillis", self.renew_ahead_time.as_millis().to_string()),
+            ("renewSliceTimeMillis", self.renew_slice_time.as_millis().to_string()),
+            ("renewMaxTimeMillis", self.renew_max_time.as_millis().to_string()),
             ("popSnapshotIntervalMillis", self.pop_snapshot_interval.as_millis().to_string()),
             ("popSnapshotRecords", self.pop_snapshot_records.to_string()),
             ("metricsPromExporterPort", self.metrics_prom_exporter_port.to_string()),

@@ -123,6 +123,8 @@ pub struct BrokerState {
     pub pop: pop::service::PopService,
     /// gRPC clients' sessions (settings, Telemetry streams).
     pub grpc: grpc::sessions::GrpcSessions,
+    /// gRPC push consumers' messages being renewed.
+    pub grpc_renewals: grpc::renew::Renewals,
     /// Who may send what (`auth.rs`): users, ACLs and the request-code table.
     pub gate: spate_remoting::access::Gate,
     /// `config/auth.json`: saved after every change, read again when edited.
@@ -287,6 +289,7 @@ impl Broker {
         let state = Arc::new(BrokerState {
             pop: pop::service::PopService::new(pop_limits),
             grpc: grpc::sessions::GrpcSessions::default(),
+            grpc_renewals: grpc::renew::Renewals::default(),
             core_lane: lane.status(),
             broker_name: cfg.broker_name.clone(),
             broker_addr: cfg.broker_addr(),

@@ -7,12 +7,15 @@
 //!   end transaction) and the outcome into gRPC's shape;
 //! - [`access`]: authentication (`MQv2-HMAC-SHA1`) and authorization of
 //!   each call by the broker's users and policies;
+//! - [`renew`]: push consumers' messages kept invisible while their
+//!   client's Telemetry stream lives;
 //! - [`sessions`]: what each gRPC client told us on its Telemetry stream
 //!   (settings, the stream to push commands on), for Heartbeat, admin and
 //!   transaction check-back;
 //! - this file: the server, fed by both listeners.
 
 pub mod access;
+pub mod renew;
 pub mod route;
 pub mod service;
 pub mod sessions;
@@ -75,6 +78,7 @@ impl GrpcFrontEnd {
         if let Some(listener) = listener {
             tokio::spawn(accept_loop(listener, fe.clone()));
         }
+        tokio::spawn(renew::run(state.clone(), stop.clone()));
         tokio::spawn(sessions::run_expiry(state, stop));
         fe
     }

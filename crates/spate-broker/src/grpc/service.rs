@@ -40,9 +40,6 @@ pub const MAX_ACK_ENTRIES: usize = 1024;
 pub const MAX_LONG_POLLING: Duration = Duration::from_secs(20);
 /// Time kept back from a receive's deadline to answer in.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
-/// Invisible time of messages a push consumer receives (it sends none;
-/// upstream's `defaultInvisibleTimeMills`).
-pub const PUSH_INVISIBLE: Duration = Duration::from_secs(60);
 /// The producer group a gRPC producer's transactional messages carry:
 /// 5.x producers name none, and check-back goes to a producer of the topic.
 pub fn grpc_producer_group(topic: &str) -> String {
@@ -383,7 +380,8 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         }
         let mut entries = Vec::with_capacity(r.entries.len());
         for e in r.entries {
-            let st = match ReceiptHandle::parse(&e.receipt_handle) {
+            let current = self.state.grpc_renewals.settle(&e.receipt_handle);
+            let st = match ReceiptHandle::parse(&current) {
                 Err(err) => status(Code::InvalidReceiptHandle, format!("invalid receipt handle: {err}")),
                 Ok(handle) => {
                     let cmd = RemotingCommand::request(request::ACK_MESSAGE)
@@ -391,7 +389,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
                         .with("topic", &topic)
                         .with("queueId", handle.queue_id)
                         .with("offset", handle.offset)
-                        .with("extraInfo", &e.receipt_handle);
+                        .with("extraInfo", &current);
                     match crate::pop::service::ack_message(&self.state, &cmd).await {
                         Ok(resp) if resp.code == response::SUCCESS => spate_grpc::status::ok(),
                         Ok(resp) => handle_status(resp),
@@ -421,7 +419,8 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         let r = req.into_inner();
         let group = resource_name(&r.group);
         let topic = resource_name(&r.topic);
-        let st = match crate::pop::service::forward_to_dlq(&self.state, &group, &topic, &r.receipt_handle, r.delivery_attempt.max(1) as u32)
+        let handle = self.state.grpc_renewals.settle(&r.receipt_handle);
+        let st = match crate::pop::service::forward_to_dlq(&self.state, &group, &topic, &handle, r.delivery_attempt.max(1) as u32)
             .await {
             Ok(resp) if resp.code == response::SUCCESS => spate_grpc::status::ok(),
             Ok(resp) => handle_status(resp),
@@ -570,30 +569,11 @@ impl pb::messaging_service_server::MessagingService for Messaging {
                 receipt_handle: String::new(),
             }));
         };
-        let handle = match ReceiptHandle::parse(&r.receipt_handle) {
-            Ok(h) => h,
-            Err(e) => {
-                return Ok(Response::new(pb::ChangeInvisibleDurationResponse {
-                    status: Some(status(Code::InvalidReceiptHandle, format!("invalid receipt handle: {e}"))),
-                    receipt_handle: String::new(),
-                }))
-            }
-        };
-        let cmd = RemotingCommand::request(request::CHANGE_MESSAGE_INVISIBLETIME)
-            .with("consumerGroup", &group)
-            .with("topic", &topic)
-            .with("queueId", handle.queue_id)
-            .with("offset", handle.offset)
-            .with("extraInfo", &r.receipt_handle)
-            .with("invisibleTime", invisible);
-        let (st, new_handle) = match crate::pop::service::change_invisible(&self.state, &cmd).await {
-            Ok(resp) if resp.code == response::SUCCESS => {
-                let stamp = resp.field("popTime").and_then(|t| t.parse::<u64>().ok()).unwrap_or(handle.stamp);
-                let renewed = ReceiptHandle { stamp, invisible_ms: invisible, ..handle };
-                (spate_grpc::status::ok(), renewed.to_string())
-            }
-            Ok(resp) => (handle_status(resp), String::new()),
-            Err(e) => (status(Code::InternalServerError, e.to_string()), String::new()),
+        // A push consumer's message: the broker stops renewing it.
+        let handle = self.state.grpc_renewals.settle(&r.receipt_handle);
+        let (st, new_handle) = match change_invisible(&self.state, &group, &topic, &handle, invisible).await {
+            Ok(h) => (spate_grpc::status::ok(), h),
+            Err(st) => (st, String::new()),
         };
         Ok(Response::new(pb::ChangeInvisibleDurationResponse { status: Some(st), receipt_handle: new_handle }))
     }
@@ -708,9 +688,11 @@ async fn receive(
     if !(1..=settings::RECEIVE_BATCH_SIZE).contains(&batch) {
         return only(Code::BadRequest, format!("batch_size {batch} is out of range 1..={}", settings::RECEIVE_BATCH_SIZE));
     }
+    let push_invisible = state.config.read().default_invisible_time;
     let invisible = match (&r.invisible_duration, r.auto_renew) {
-        (Some(d), _) => convert::duration_ms(d),
-        (None, true) => PUSH_INVISIBLE.as_millis() as u64,
+        // A push consumer's messages are renewed while it lives (`renew`).
+        (_, true) => push_invisible.as_millis() as u64,
+        (Some(d), false) => convert::duration_ms(d),
         (None, false) => return only(Code::IllegalInvisibleTime, "invisible_duration is required".into()),
     };
     let requested = r.long_polling_timeout.as_ref().map_or(MAX_LONG_POLLING, |d| Duration::from_millis(convert::duration_ms(d)));
@@ -743,7 +725,7 @@ async fn receive(
         cmd = cmd.with("attemptId", a);
     }
     cmd.received_at = Some(Instant::now());
-    let origin = Origin::remote(peer, client_id);
+    let origin = Origin::remote(peer, client_id.clone());
     let resp = match crate::pop::service::pop_message(state, &origin, &cmd).await {
         Ok(r) => r,
         Err(e) => return only(Code::InternalServerError, e.to_string()),
@@ -763,9 +745,13 @@ async fn receive(
                 break;
             }
         };
+        let handle = rec.property(convert::POP_CK).map(str::to_string);
+        if let Some(h) = handle.as_deref().filter(|_| r.auto_renew) {
+            state.grpc_renewals.track(&client_id, &group, &topic, h, push_invisible);
+        }
         let d = Delivered {
             topic: topic.clone(),
-            receipt_handle: rec.property(convert::POP_CK).map(str::to_string),
+            receipt_handle: handle,
             invisible_ms: Some(invisible),
             attempt: rec.reconsume_times.saturating_add(1),
             fallback_id: offset_msg_id(rec.store_host, rec.physical_offset.max(0) as u64),
@@ -902,5 +888,34 @@ mod tests {
         }
         md.insert("grpc-timeout", "9X".parse().unwrap());
         assert_eq!(deadline_of(&md), None);
+    }
+}
+
+/// Changes a popped message's invisible time (CHANGE_MESSAGE_INVISIBLETIME)
+/// and gives its new handle; shared by ChangeInvisibleDuration and the
+/// push consumers' renewals.
+pub async fn change_invisible(
+    state: &Arc<BrokerState>,
+    group: &str,
+    topic: &str,
+    handle_text: &str,
+    invisible_ms: u64,
+) -> Result<String, pb::Status> {
+    let handle = ReceiptHandle::parse(handle_text)
+        .map_err(|e| status(Code::InvalidReceiptHandle, format!("invalid receipt handle: {e}")))?;
+    let cmd = RemotingCommand::request(request::CHANGE_MESSAGE_INVISIBLETIME)
+        .with("consumerGroup", group)
+        .with("topic", topic)
+        .with("queueId", handle.queue_id)
+        .with("offset", handle.offset)
+        .with("extraInfo", handle_text)
+        .with("invisibleTime", invisible_ms);
+    match crate::pop::service::change_invisible(state, &cmd).await {
+        Ok(resp) if resp.code == response::SUCCESS => {
+            let stamp = resp.field("popTime").and_then(|t| t.parse::<u64>().ok()).unwrap_or(handle.stamp);
+            Ok(ReceiptHandle { stamp, invisible_ms, ..handle }.to_string())
+        }
+        Ok(resp) => Err(handle_status(resp)),
+        Err(e) => Err(status(Code::InternalServerError, e.to_string())),
     }
 }

@@ -125,6 +125,11 @@ impl GrpcSessions {
         }
     }
 
+    /// Whether the client's Telemetry stream is open.
+    pub fn stream_open(&self, client_id: &str) -> bool {
+        self.sessions.lock().get(client_id).is_some_and(|s| s.telemetry.is_some())
+    }
+
     pub fn get(&self, client_id: &str) -> Option<Session> {
         self.sessions.lock().get(client_id).cloned()
     }
