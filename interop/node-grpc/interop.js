@@ -243,7 +243,7 @@ class Ctx {
   async shutdownAll() {
     const outcome = {};
     const run = (async () => {
-      for (const { what, client } of [ ...this.clients ].reverse()) {
+      for (const { client } of [ ...this.clients ].reverse()) {
         const name = client.constructor.name;
         try {
           await client.shutdown();

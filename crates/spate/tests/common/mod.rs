@@ -70,6 +70,11 @@ impl Standalone {
         if !lines.iter().any(|l| l.starts_with("mappedFileSizeCommitLog")) {
             lines.push("mappedFileSizeCommitLog=33554432");
         }
+        // No dedicated gRPC port unless a test asks: test brokers would
+        // race for the default 8081 (the broker port serves gRPC anyway).
+        if !lines.iter().any(|l| l.starts_with("grpcServerPort")) {
+            lines.push("grpcServerPort=0");
+        }
         let extra_conf = {
             let p = data_dir.with_extension("conf");
             std::fs::write(&p, lines.join("\n")).expect("write conf");
@@ -279,7 +284,7 @@ impl Proc {
         std::fs::write(
             &conf,
             format!(
-                "brokerName={name}\nlistenPort={port}\nbrokerIP1=127.0.0.1\nnamesrvAddr={namesrv}\nstorePathRootDir={}\nmappedFileSizeCommitLog=33554432\n",
+                "brokerName={name}\nlistenPort={port}\nbrokerIP1=127.0.0.1\nnamesrvAddr={namesrv}\nstorePathRootDir={}\nmappedFileSizeCommitLog=33554432\ngrpcServerPort=0\n",
                 dir.join(name).display()
             ),
         )
@@ -353,7 +358,7 @@ impl BrokerProc {
     /// Rewrites broker.conf (ports and store stay); takes effect at the next start.
     pub fn write_conf(&self, namesrv: &str, lines: &[String]) {
         let mut text = format!(
-            "listenPort={}\nhaListenPort={}\nbrokerIP1=127.0.0.1\nnamesrvAddr={namesrv}\nstorePathRootDir={}\nmappedFileSizeCommitLog=33554432\n",
+            "listenPort={}\nhaListenPort={}\nbrokerIP1=127.0.0.1\nnamesrvAddr={namesrv}\nstorePathRootDir={}\nmappedFileSizeCommitLog=33554432\ngrpcServerPort=0\n",
             self.port,
             self.ha_port,
             self.store_dir.display()

@@ -1,0 +1,230 @@
+//! RocketMQ 5's gRPC protocol against a real `spate standalone`, with a
+//! client generated from the same protos (the official SDKs are tested in
+//! `interop/`). What a hostile or broken client sends gets a clear answer,
+//! the server keeps serving everyone else, and what it acknowledged
+//! survives a kill -9.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{free_port, Standalone};
+use spate_grpc::pb::{self, messaging_service_client::MessagingServiceClient, receive_message_response::Content, Code};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Client = MessagingServiceClient<InterceptedService<Channel, fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>>>;
+
+/// Every call says who it is, as the official clients do.
+fn with_client_id(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    req.metadata_mut().insert("x-mq-client-id", "grpc-test@1@0@x".parse().expect("header"));
+    req.metadata_mut().insert("x-mq-language", "RUST".parse().expect("header"));
+    Ok(req)
+}
+
+async fn connect(addr: &str) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+    MessagingServiceClient::with_interceptor(channel, with_client_id as fn(_) -> _)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+fn resource(name: &str) -> Option<pb::Resource> {
+    Some(pb::Resource { name: name.to_string(), ..Default::default() })
+}
+
+fn message(topic: &str, id: &str, body: &[u8], user: &[(&str, &str)]) -> pb::Message {
+    pb::Message {
+        topic: resource(topic),
+        user_properties: user.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+        system_properties: Some(pb::SystemProperties {
+            message_id: id.to_string(),
+            tag: Some("TagA".into()),
+            body_encoding: pb::Encoding::Identity as i32,
+            message_type: pb::MessageType::Normal as i32,
+            ..Default::default()
+        }),
+        body: body.to_vec(),
+    }
+}
+
+fn code(st: &Option<pb::Status>) -> i32 {
+    st.as_ref().map_or(-1, |s| s.code)
+}
+
+async fn send(c: &mut Client, m: pb::Message) -> pb::SendMessageResponse {
+    c.send_message(pb::SendMessageRequest { messages: vec![m] }).await.expect("send call").into_inner()
+}
+
+/// One ReceiveMessage: its status and messages.
+async fn receive(c: &mut Client, req: pb::ReceiveMessageRequest, deadline: Duration) -> (i32, Vec<pb::Message>) {
+    let mut r = tonic::Request::new(req);
+    r.set_timeout(deadline);
+    let mut stream = c.receive_message(r).await.expect("receive call").into_inner();
+    let (mut st, mut msgs) = (-1, Vec::new());
+    while let Some(item) = stream.message().await.expect("receive stream") {
+        match item.content {
+            Some(Content::Status(s)) => st = s.code,
+            Some(Content::Message(m)) => msgs.push(m),
+            _ => {}
+        }
+    }
+    (st, msgs)
+}
+
+fn receive_req(topic: &str, group: &str, batch: i32, invisible_s: i64, poll_s: i64) -> pb::ReceiveMessageRequest {
+    pb::ReceiveMessageRequest {
+        group: resource(group),
+        message_queue: Some(pb::MessageQueue { topic: resource(topic), id: -1, ..Default::default() }),
+        filter_expression: Some(pb::FilterExpression { r#type: pb::FilterType::Tag as i32, expression: "*".into() }),
+        batch_size: batch,
+        invisible_duration: Some(prost_types::Duration { seconds: invisible_s, nanos: 0 }),
+        auto_renew: false,
+        long_polling_timeout: Some(prost_types::Duration { seconds: poll_s, nanos: 0 }),
+        attempt_id: None,
+    }
+}
+
+/// Everything `group` can receive of `topic` until a poll comes back empty.
+async fn drain(c: &mut Client, topic: &str, group: &str) -> Vec<pb::Message> {
+    let mut all = Vec::new();
+    loop {
+        let (st, msgs) = receive(c, receive_req(topic, group, 32, 60, 1), Duration::from_secs(10)).await;
+        if msgs.is_empty() {
+            assert!(st == Code::MessageNotFound as i32 || st == Code::Ok as i32, "receive status {st}");
+            return all;
+        }
+        all.extend(msgs);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_grpc_calls_get_clear_answers_and_acknowledged_messages_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_port = free_port();
+    let port_line = format!("grpcServerPort={grpc_port}");
+    let mut spate = Standalone::start_with(&dir.path().join("d"), &[&port_line, "maxMessageSize=65536"]);
+    let dedicated = format!("127.0.0.1:{grpc_port}");
+    let mut c = connect(&dedicated).await;
+    let topic = "GrpcHostile";
+
+    // A call without x-mq-client-id is malformed: a gRPC error, not a status.
+    let bare = Channel::from_shared(format!("http://{dedicated}")).unwrap().connect().await.unwrap();
+    let err = MessagingServiceClient::new(bare)
+        .query_route(pb::QueryRouteRequest { topic: resource(topic), endpoints: None })
+        .await
+        .expect_err("no client id");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+
+    // Heartbeat before any settings: upstream's UNRECOGNIZED_CLIENT_TYPE.
+    let hb = c.heartbeat(pb::HeartbeatRequest { group: None, client_type: 1 }).await.unwrap().into_inner();
+    assert_eq!(code(&hb.status), Code::UnrecognizedClientType as i32);
+
+    // The route (the topic is created on this first query) lists the
+    // broker's remoting address as its gRPC endpoint.
+    let route = c.query_route(pb::QueryRouteRequest { topic: resource(topic), endpoints: None }).await.unwrap().into_inner();
+    assert_eq!(code(&route.status), Code::Ok as i32, "{route:?}");
+    let ep = route.message_queues[0].broker.as_ref().and_then(|b| b.endpoints.as_ref()).expect("endpoints");
+    assert_eq!(ep.addresses[0].port, i32::from(spate.broker_port));
+    assert!(!route.message_queues[0].accept_message_types.is_empty());
+
+    // Acknowledged sends, one through each port.
+    let mut acked = Vec::new();
+    let mut remoting_port = connect(&spate.broker()).await;
+    for i in 0..20 {
+        let id = format!("0100000000000000000000000000{i:04}");
+        let body = format!("grpc-hostile-{i}").into_bytes();
+        let client = if i % 2 == 0 { &mut c } else { &mut remoting_port };
+        let r = send(client, message(topic, &id, &body, &[("k", "v")])).await;
+        assert_eq!(code(&r.status), Code::Ok as i32, "send {i}: {r:?}");
+        acked.push(body);
+    }
+
+    // Bad messages: a reserved property name, a body over maxMessageSize,
+    // an empty body, no message id. Each answered with its own code.
+    let r = send(&mut c, message(topic, "01AA", b"x", &[("TAGS", "forged")])).await;
+    assert_eq!(code(&r.status), Code::IllegalMessagePropertyKey as i32, "{r:?}");
+    let r = send(&mut c, message(topic, "01AB", &vec![7u8; 70_000], &[])).await;
+    assert_eq!(code(&r.status), Code::MessageBodyTooLarge as i32, "{r:?}");
+    let r = send(&mut c, message(topic, "01AC", b"", &[])).await;
+    assert_eq!(code(&r.status), Code::MessageBodyEmpty as i32, "{r:?}");
+    let r = send(&mut c, message(topic, "", b"x", &[])).await;
+    assert_eq!(code(&r.status), Code::IllegalMessageId as i32, "{r:?}");
+    let r = send(&mut c, message("%SYS%bad topic", "01AD", b"x", &[])).await;
+    assert_ne!(code(&r.status), Code::Ok as i32, "an invalid topic name is refused: {r:?}");
+    // Past the inbound frame limit (maxMessageSize plus 1 MiB): refused by
+    // the transport, and the server goes on serving.
+    let huge = c.send_message(pb::SendMessageRequest { messages: vec![message(topic, "01AE", &vec![1u8; 2 << 20], &[])] }).await;
+    assert!(huge.is_err(), "a 2 MiB frame is refused");
+
+    // Unknown and unserved RPCs: UNIMPLEMENTED.
+    let mut raw = tonic::client::Grpc::new(Channel::from_shared(format!("http://{dedicated}")).unwrap().connect().await.unwrap());
+    raw.ready().await.unwrap();
+    let unknown: Result<tonic::Response<pb::HeartbeatResponse>, _> = raw
+        .unary(
+            tonic::Request::new(pb::HeartbeatRequest::default()),
+            "/apache.rocketmq.v2.MessagingService/NoSuchCall".parse().unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    assert_eq!(unknown.expect_err("unknown RPC").code(), tonic::Code::Unimplemented);
+    let pull = c.get_offset(pb::GetOffsetRequest::default()).await.expect_err("GetOffset is not served");
+    assert_eq!(pull.code(), tonic::Code::Unimplemented);
+
+    // Receives: an absurd batch is refused; an absurd polling time is cut
+    // to the call's deadline (it answers, it does not hang).
+    let (st, _) = receive(&mut c, receive_req(topic, "g_hostile", 100_000, 30, 1), Duration::from_secs(5)).await;
+    assert_eq!(st, Code::BadRequest as i32);
+    c.query_route(pb::QueryRouteRequest { topic: resource("GrpcHostileEmpty"), endpoints: None }).await.unwrap();
+    let started = Instant::now();
+    let (st, msgs) = receive(&mut c, receive_req("GrpcHostileEmpty", "g_hostile", 8, 30, 3600), Duration::from_secs(2)).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "answered within its deadline: {:?}", started.elapsed());
+    assert!(msgs.is_empty() && st == Code::MessageNotFound as i32, "status {st}");
+
+    // Forged receipt handles: garbage, a well-formed one for no delivery,
+    // one naming another broker. Each INVALID_RECEIPT_HANDLE.
+    for (what, handle) in [
+        ("garbage", "not a handle at all".to_string()),
+        ("never handed out", "0 1 30000 0 0 broker-a 0 0".to_string()),
+        ("another broker", "0 1 30000 0 0 elsewhere 0 0".to_string()),
+        ("oversized", "9".repeat(100_000)),
+    ] {
+        let ack = c
+            .ack_message(pb::AckMessageRequest {
+                group: resource("g_hostile"),
+                topic: resource(topic),
+                entries: vec![pb::AckMessageEntry { message_id: "x".into(), receipt_handle: handle, lite_topic: None }],
+            })
+            .await
+            .expect("ack call")
+            .into_inner();
+        assert_eq!(code(&ack.entries[0].status), Code::InvalidReceiptHandle as i32, "{what}: {ack:?}");
+    }
+
+    // A garbled HTTP/2 stream on the remoting port: that connection is
+    // closed, nobody else notices.
+    let mut tcp = tokio::net::TcpStream::connect(spate.broker()).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff garbage").await.unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the garbled connection is closed");
+    let r = send(&mut c, message(topic, "0100000000000000000000000000AFTER", b"after-garbage", &[])).await;
+    assert_eq!(code(&r.status), Code::Ok as i32);
+    acked.push(b"after-garbage".to_vec());
+    let remoting = common::raw_client();
+    let resp = common::call(&remoting, &spate.broker(), common::send_req(topic, 0, b"remoting-still-works".to_vec())).await;
+    assert_eq!(resp.code, spate_remoting::response::SUCCESS, "{resp:?}");
+    acked.push(b"remoting-still-works".to_vec());
+
+    // kill -9 and restart: everything acknowledged is there.
+    spate.kill9();
+    spate.restart();
+    let mut c = connect(&dedicated).await;
+    let got: Vec<Vec<u8>> = drain(&mut c, topic, "g_after_restart").await.into_iter().map(|m| m.body).collect();
+    for body in &acked {
+        assert!(got.contains(body), "acknowledged {:?} lost; got {} messages", String::from_utf8_lossy(body), got.len());
+    }
+    assert_eq!(got.len(), acked.len(), "nothing refused was stored");
+}

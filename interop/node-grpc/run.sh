@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Spate's gRPC endpoint vs. RocketMQ 5's official Node.js client
+# (rocketmq-client-nodejs, pinned in package.json / package-lock.json):
+# starts `spate standalone` on free loopback ports with gRPC served on the
+# broker port (grpcServerPort=0: HTTP/2 is told from remoting by sniffing),
+# runs the interop.js scenarios send-receive, redeliver, fifo, delay,
+# transaction and push against 127.0.0.1:<broker port>, each in a fresh topic
+# (auto-created on its first route query) and consumer group, prints each
+# run's JSON line, and stops spate. Exits non-zero on the first failure.
+# Usage: interop/node-grpc/run.sh   (needs node and npm)
+# SPATE_BIN: the spate binary (default: <main>/target/debug/spate, which interop/run.sh builds);
+# GRPC_NODE_MESSAGES: messages in send-receive (default 1000).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+main="$(dirname "$(dirname "$here")")"
+bin="${SPATE_BIN:-$main/target/debug/spate}"
+messages="${GRPC_NODE_MESSAGES:-1000}"
+start_timeout_s=10
+
+[ -x "$bin" ] || { echo "spate binary not found at $bin (cargo build -p spate, or set SPATE_BIN)" >&2; exit 1; }
+cd "$here"
+
+# npm ci only when node_modules was not installed from this very lock file.
+# Install scripts are not needed: the only one in the tree (protobufjs's
+# postinstall) just warns about version ranges in the parent package.json.
+lock_sum="$(sha256sum package-lock.json | cut -d' ' -f1)"
+stamp=node_modules/.spate-lock.sha256
+if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ]; then
+  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+  echo "$lock_sum" > "$stamp"
+fi
+
+work="$(mktemp -d /tmp/spate-grpc-node-XXXXXX)"
+spate_pid=""
+cleanup() {
+  local rc=$?
+  if [ -n "$spate_pid" ]; then
+    kill "$spate_pid" 2>/dev/null || true
+    wait "$spate_pid" 2>/dev/null || true
+  fi
+  if [ $rc -ne 0 ] && [ -f "$work/spate.log" ]; then
+    echo "---- last 40 lines of spate's output ----" >&2
+    tail -n 40 "$work/spate.log" >&2
+  fi
+  rm -rf "$work"
+  exit $rc
+}
+trap cleanup EXIT
+
+# Two free loopback ports, chosen by the kernel and released at once.
+read -r namesrv_port broker_port < <(node -e '
+  const net = require("net");
+  const take = () => new Promise(ok => { const s = net.createServer().listen(0, "127.0.0.1", () => ok(s)); });
+  Promise.all([take(), take()]).then(ss => { console.log(ss.map(s => s.address().port).join(" ")); ss.forEach(s => s.close()); });')
+endpoint="127.0.0.1:$broker_port"
+
+# No dedicated gRPC port; half messages are checked every 300 ms.
+cat > "$work/broker.conf" <<EOF
+brokerIP1=127.0.0.1
+grpcServerPort=0
+transactionCheckInterval=300
+EOF
+mkdir "$work/data"
+"$bin" standalone -c "$work/broker.conf" --data-dir "$work/data" \
+  --namesrv-port "$namesrv_port" --broker-port "$broker_port" > "$work/spate.log" 2>&1 &
+spate_pid=$!
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+deadline=$((SECONDS + start_timeout_s))
+until listening "$namesrv_port" && listening "$broker_port"; do
+  kill -0 "$spate_pid" 2>/dev/null || { echo "spate exited during start-up" >&2; exit 1; }
+  [ $SECONDS -lt $deadline ] || { echo "spate did not listen within ${start_timeout_s}s" >&2; exit 1; }
+  sleep 0.1
+done
+echo "spate: pid $spate_pid, gRPC endpoint $endpoint"
+
+# run NAME WATCHDOG_S SCENARIO [interop.js options...]: one scenario in topic
+# NodeGrpc<NAME><run> and group node_grpc_<name>_<run>. interop.js ends itself
+# (exit 3) when its watchdog fires; `timeout` is only the backstop.
+run_id="$$$RANDOM"
+scenario() {
+  local name="$1" watchdog_s="$2" which="$3"
+  shift 3
+  local topic="NodeGrpc${name}${run_id}" group="node_grpc_${name,,}_${run_id}"
+  local started=$SECONDS line rc=0
+  timeout -k 5 $((watchdog_s + 15)) node interop.js --endpoint "$endpoint" \
+    --topic "$topic" --group "$group" --scenario "$which" --watchdog "$watchdog_s" "$@" \
+    > "$work/node.out" 2> "$work/node.err" || rc=$?
+  line="$(tail -n 1 "$work/node.out")"
+  echo "node-grpc $which ($((SECONDS - started))s): $line"
+  if [ $rc -ne 0 ] || ! printf '%s' "$line" | node -e '
+      let s = ""; process.stdin.on("data", d => s += d).on("end", () => {
+        let v; try { v = JSON.parse(s); } catch (_) { process.exit(1); }
+        process.exit(v && v.ok === true ? 0 : 1); });'; then
+    echo "node-grpc scenario $which failed (exit $rc)" >&2
+    if [ -s "$work/node.err" ]; then
+      echo "---- interop.js stderr ----" >&2
+      tail -n 40 "$work/node.err" >&2
+    fi
+    exit 1
+  fi
+}
+
+total_started=$SECONDS
+scenario SendReceive 120 send-receive --count "$messages"
+scenario Redeliver 60 redeliver
+scenario Fifo 60 fifo --count 90
+scenario Delay 60 delay
+scenario Tx 60 transaction
+scenario Push 90 push --count 200 --nack 10
+echo "node-grpc: all scenarios passed in $((SECONDS - total_started))s"
