@@ -2,8 +2,9 @@
 # Builds spate (debug) and runs the interop tests against it: the
 # rocketmq-client-rust round trip (tests/interop.rs) and its ACL test
 # (tests/acl.rs), RocketMQ 5's official Python client over gRPC
-# (tests/grpc_python.rs, with python/setup.sh's pinned packages), then the
-# ali-ons Node.js ACL test (node/run.sh).
+# (tests/grpc_python.rs, with python/setup.sh's pinned packages), the
+# ali-ons Node.js ACL test (node/run.sh), and RocketMQ 5's official Node.js
+# client over gRPC (node-grpc/run.sh).
 # Usage: interop/run.sh [extra cargo test args]   (exits non-zero on failure)
 # CARGO_TARGET_DIR defaults to /work/interop-target (a cache outside the checkout);
 # SPATE_BIN overrides the server binary (default: <main>/target/debug/spate).
