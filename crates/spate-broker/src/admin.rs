@@ -228,19 +228,35 @@ struct ConsumerConnection {
 
 pub fn consumer_connections(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
     let group = req.str_field("consumerGroup")?;
-    let Some(g) = state.clients.consumer_group(group) else {
-        return Ok(RemotingCommand::error(
-            req,
-            response::CONSUMER_NOT_ONLINE,
-            format!("the consumer group[{group}] not online"),
-        ));
-    };
-    let body = ConsumerConnection {
-        connection_set: g.connections(),
-        subscription_table: g.subscriptions.clone(),
-        consume_type: g.consume_type.clone(),
-        message_model: g.message_model.clone(),
-        consume_from_where: g.consume_from_where.clone(),
+    // RocketMQ 5 clients (gRPC) pop: listed with their language and version.
+    let grpc: Vec<spate_remoting::protocol::ClientConnection> =
+        state.grpc.consumers_of(group).iter().map(crate::grpc::sessions::Session::connection).collect();
+    let body = match state.clients.consumer_group(group) {
+        Some(g) => {
+            let mut connection_set = g.connections();
+            connection_set.extend(grpc);
+            ConsumerConnection {
+                connection_set,
+                subscription_table: g.subscriptions.clone(),
+                consume_type: g.consume_type.clone(),
+                message_model: g.message_model.clone(),
+                consume_from_where: g.consume_from_where.clone(),
+            }
+        }
+        None if !grpc.is_empty() => ConsumerConnection {
+            connection_set: grpc,
+            subscription_table: BTreeMap::new(),
+            consume_type: "CONSUME_POP".into(),
+            message_model: "CLUSTERING".into(),
+            consume_from_where: "CONSUME_FROM_LAST_OFFSET".into(),
+        },
+        None => {
+            return Ok(RemotingCommand::error(
+                req,
+                response::CONSUMER_NOT_ONLINE,
+                format!("the consumer group[{group}] not online"),
+            ))
+        }
     };
     Ok(RemotingCommand::success(req).with_body(serde_json::to_vec(&body).unwrap_or_default()))
 }

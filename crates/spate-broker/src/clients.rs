@@ -39,6 +39,8 @@ impl ConsumerGroup {
                 client_addr: c.conn.peer_addr().to_string(),
                 language: c.language.clone(),
                 version: c.version,
+                protocol: "remoting".into(),
+                client_version: String::new(),
             })
             .collect()
     }

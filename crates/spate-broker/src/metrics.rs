@@ -44,12 +44,19 @@ pub struct BrokerMetrics {
     heartbeat: Arc<Histogram>,
     offset: Arc<Histogram>,
     replication: Arc<Histogram>,
+    /// gRPC calls, by RPC (`protocol_type="grpc"`).
+    grpc: Vec<(&'static str, Arc<Histogram>)>,
     pub held_pulls: Arc<Counter>,
     /// How late popped messages became visible again, past their invisible time.
     pub pop_revive_lateness: Arc<Histogram>,
     /// 0 none, 1 bulk refused, 2 bulk and normal refused (`capacity/degrade.rs`).
     pub degrade_level: Arc<spate_metrics::Gauge>,
 }
+
+/// gRPC calls timed (`request` label); a receive's long poll is waiting,
+/// not processing, so it is not among them.
+pub const GRPC_RPCS: [&str; 7] =
+    ["send", "ack", "change_invisible", "heartbeat", "query_route", "query_assignment", "end_transaction"];
 
 /// Request kinds with a latency histogram.
 #[derive(Clone, Copy)]
@@ -65,14 +72,20 @@ pub enum Kind {
 impl BrokerMetrics {
     pub fn new() -> BrokerMetrics {
         let registry = Registry::new();
-        let h =
-            |kind| registry.histogram(RPC_LATENCY, "Request processing time, by request kind.", &[("request", kind)]);
+        // `protocol_type` as upstream 5's exporter: remoting or grpc.
+        let help = "Request processing time, by request kind and protocol.";
+        let h = |kind| registry.histogram(RPC_LATENCY, help, &[("request", kind), ("protocol_type", "remoting")]);
+        let grpc = GRPC_RPCS
+            .iter()
+            .map(|rpc| (*rpc, registry.histogram(RPC_LATENCY, help, &[("request", rpc), ("protocol_type", "grpc")])))
+            .collect();
         BrokerMetrics {
             send: h("send"),
             pull_read: h("pull_read"),
             heartbeat: h("heartbeat"),
             offset: h("offset"),
             replication: h("replication_wait"),
+            grpc,
             held_pulls: registry.counter(HELD_PULLS, "Pulls held by long polling.", &[]),
             pop_revive_lateness: registry.histogram(
                 "spate_pop_revive_lateness_seconds",
@@ -154,6 +167,13 @@ impl BrokerMetrics {
                 &[("reason", reason)],
             )
             .inc();
+    }
+
+    /// Records how long a gRPC call took; `rpc` is one of [`GRPC_RPCS`].
+    pub fn grpc_latency(&self, rpc: &'static str, took: Duration) {
+        if let Some((_, h)) = self.grpc.iter().find(|(r, _)| *r == rpc) {
+            h.observe(took);
+        }
     }
 
     /// Records how long a request of `kind` took.

@@ -753,6 +753,16 @@ async fn group(admin: &Admin, verb: GroupVerb) -> Result<Output> {
                     "{name}: redelivered {}, dead-lettered {}\n",
                     v["redelivered"], v["deadLettered"]
                 ));
+                for c in v.get("clients").and_then(Value::as_array).into_iter().flatten() {
+                    table.push_str(&format!(
+                        "{name}: client {} at {} ({} {} {})\n",
+                        c["clientId"].as_str().unwrap_or_default(),
+                        c["addr"].as_str().unwrap_or_default(),
+                        c["protocol"].as_str().unwrap_or_default(),
+                        c["language"].as_str().unwrap_or_default(),
+                        c["version"].as_str().unwrap_or_default()
+                    ));
+                }
                 pop.push(v);
             }
             if rows.is_empty() && pop.is_empty() {
@@ -773,10 +783,12 @@ async fn group(admin: &Admin, verb: GroupVerb) -> Result<Output> {
                 let v: Value = fastjson::decode(&r.body, "ConsumerConnection")?;
                 for c in v.get("connectionSet").and_then(Value::as_array).into_iter().flatten() {
                     table.push_str(&format!(
-                        "{:<40} {:<24} {}\n",
+                        "{:<40} {:<24} {:<8} {:<9} {}\n",
                         c["clientId"].as_str().unwrap_or_default(),
                         c["clientAddr"].as_str().unwrap_or_default(),
-                        c["language"].as_str().unwrap_or_default()
+                        c["language"].as_str().unwrap_or_default(),
+                        c["protocol"].as_str().unwrap_or("remoting"),
+                        c["clientVersion"].as_str().map_or_else(|| c["version"].to_string(), str::to_string)
                     ));
                     all.push(c.clone());
                 }

@@ -228,3 +228,80 @@ async fn hostile_grpc_calls_get_clear_answers_and_acknowledged_messages_survive(
     }
     assert_eq!(got.len(), acked.len(), "nothing refused was stored");
 }
+
+/// A gRPC consumer that sent its settings on a Telemetry stream shows in
+/// `spate admin group connections` with its protocol, language and
+/// version; its settings answer carries what clients need; gRPC calls are
+/// timed under `protocol_type="grpc"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_clients_show_in_admin_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let line = format!("metricsPromExporterPort={metrics_port}");
+    let spate = Standalone::start_with(&dir.path().join("d"), &[&line]);
+    let mut c = connect(&spate.broker()).await;
+    let topic = "GrpcAdmin";
+    c.query_route(pb::QueryRouteRequest { topic: resource(topic), endpoints: None }).await.unwrap();
+    for i in 0..5 {
+        let r = send(&mut c, message(topic, &format!("01000000000000000000000000000{i}"), b"m", &[])).await;
+        assert_eq!(code(&r.status), Code::Ok as i32);
+    }
+
+    let settings = pb::Settings {
+        client_type: Some(pb::ClientType::SimpleConsumer as i32),
+        pub_sub: Some(pb::settings::PubSub::Subscription(pb::Subscription {
+            group: resource("grpc_admin_group"),
+            subscriptions: vec![pb::SubscriptionEntry {
+                topic: resource(topic),
+                expression: Some(pb::FilterExpression { r#type: pb::FilterType::Tag as i32, expression: "*".into() }),
+            }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::TelemetryCommand { status: None, command: Some(pb::telemetry_command::Command::Settings(settings)) })
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(futures_stream(rx));
+    req.metadata_mut().insert("x-mq-client-version", "5.1.2".parse().unwrap());
+    let mut answers = c.telemetry(req).await.expect("telemetry").into_inner();
+    let first = answers.message().await.expect("answer").expect("settings answer");
+    assert_eq!(code(&first.status), Code::Ok as i32);
+    let Some(pb::telemetry_command::Command::Settings(merged)) = first.command else { panic!("no settings: {first:?}") };
+    let Some(pb::settings::PubSub::Subscription(sub)) = merged.pub_sub else { panic!("no subscription") };
+    assert_eq!(sub.receive_batch_size, Some(32));
+    assert!(sub.long_polling_timeout.is_some() && sub.fifo.is_some());
+    assert!(merged.backoff_policy.is_some_and(|b| b.max_attempts == 17));
+    assert!(merged.metric.is_some_and(|m| !m.on));
+    let hb = c
+        .heartbeat(pb::HeartbeatRequest { group: resource("grpc_admin_group"), client_type: pb::ClientType::SimpleConsumer as i32 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&hb.status), Code::Ok as i32, "heartbeat after settings");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["admin", "-n", &spate.namesrv(), "group", "connections", "grpc_admin_group"])
+        .output()
+        .expect("spate admin");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("grpc-test@1@0@x") && text.contains("gRPC") && text.contains("RUST") && text.contains("5.1.2"), "{text}");
+
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics port");
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut scraped = String::new();
+    std::io::Read::read_to_string(&mut s, &mut scraped).unwrap();
+    let sends = scraped
+        .lines()
+        .find(|l| l.starts_with("rocketmq_rpc_latency_seconds_count{request=\"send\",protocol_type=\"grpc\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(sends, Some(5.0), "five gRPC sends timed");
+    drop(tx);
+}
+
+fn futures_stream<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl tonic::codegen::tokio_stream::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -97,7 +97,7 @@ async fn broker_metrics_match_what_was_sent() {
         "bytes are a multiple of the record size"
     );
     assert!(m["rocketmq_messages_out_total{topic=\"M\"}"] >= 10.0);
-    assert!(m["rocketmq_rpc_latency_seconds_count{request=\"send\"}"] >= 20.0);
+    assert!(m["rocketmq_rpc_latency_seconds_count{request=\"send\",protocol_type=\"remoting\"}"] >= 20.0);
     assert_eq!(m["rocketmq_consumer_lag_messages{group=\"mg\",topic=\"M\",queue_id=\"0\"}"], 6.0);
     assert_eq!(m["spate_store_writable"], 1.0);
     // A bad send shows as a rejection.

@@ -46,6 +46,20 @@ pub fn grpc_producer_group(topic: &str) -> String {
     topic.to_string()
 }
 
+/// Records a call's processing time (`rocketmq_rpc_latency_seconds`,
+/// `protocol_type="grpc"`) when dropped.
+struct Timed<'a> {
+    state: &'a BrokerState,
+    rpc: &'static str,
+    started: Instant,
+}
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        self.state.metrics.grpc_latency(self.rpc, self.started.elapsed());
+    }
+}
+
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The service, over the broker's state.
@@ -227,6 +241,7 @@ fn resource_name(r: &Option<pb::Resource>) -> String {
 #[tonic::async_trait]
 impl pb::messaging_service_server::MessagingService for Messaging {
     async fn query_route(&self, req: Request<pb::QueryRouteRequest>) -> Result<Response<pb::QueryRouteResponse>, Status> {
+        let _timed = Timed { state: &self.state, rpc: "query_route", started: Instant::now() };
         let (_, peer) = self.caller(&req)?;
         let name = req.get_ref().topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
         if let Err(st) = self.allowed(&req, peer, &[access::topic(&name, ROUTE)]) {
@@ -257,6 +272,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let _timed = Timed { state: &self.state, rpc: "heartbeat", started: Instant::now() };
         let (h, peer) = self.caller(&req)?;
         let group = resource_name(&req.get_ref().group);
         let needs: Vec<_> = if group.is_empty() { vec![] } else { vec![access::group(&group, SUB)] };
@@ -275,6 +291,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         &self,
         req: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let _timed = Timed { state: &self.state, rpc: "send", started: Instant::now() };
         let (h, peer) = self.caller(&req)?;
         let topics: Vec<String> = req.get_ref().messages.iter().map(|m| resource_name(&m.topic)).collect();
         let needs: Vec<_> = topics.iter().map(|t| access::topic(t, PUB)).collect();
@@ -299,6 +316,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         &self,
         req: Request<pb::QueryAssignmentRequest>,
     ) -> Result<Response<pb::QueryAssignmentResponse>, Status> {
+        let _timed = Timed { state: &self.state, rpc: "query_assignment", started: Instant::now() };
         let (_, peer) = self.caller(&req)?;
         let (t, g) = (resource_name(&req.get_ref().topic), resource_name(&req.get_ref().group));
         if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, SUB), access::group(&g, SUB)]) {
@@ -366,6 +384,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
     }
 
     async fn ack_message(&self, req: Request<pb::AckMessageRequest>) -> Result<Response<pb::AckMessageResponse>, Status> {
+        let _timed = Timed { state: &self.state, rpc: "ack", started: Instant::now() };
         let (_, peer) = self.caller(&req)?;
         let (t, g) = (resource_name(&req.get_ref().topic), resource_name(&req.get_ref().group));
         if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, SUB), access::group(&g, SUB)]) {
@@ -460,6 +479,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         &self,
         req: Request<pb::EndTransactionRequest>,
     ) -> Result<Response<pb::EndTransactionResponse>, Status> {
+        let _timed = Timed { state: &self.state, rpc: "end_transaction", started: Instant::now() };
         let (_, peer) = self.caller(&req)?;
         let t = resource_name(&req.get_ref().topic);
         if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, PUB)]) {
@@ -555,6 +575,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         &self,
         req: Request<pb::ChangeInvisibleDurationRequest>,
     ) -> Result<Response<pb::ChangeInvisibleDurationResponse>, Status> {
+        let _timed = Timed { state: &self.state, rpc: "change_invisible", started: Instant::now() };
         let (_, peer) = self.caller(&req)?;
         let (t, g) = (resource_name(&req.get_ref().topic), resource_name(&req.get_ref().group));
         if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, SUB), access::group(&g, SUB)]) {

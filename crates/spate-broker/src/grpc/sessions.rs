@@ -61,6 +61,18 @@ impl Session {
         }
     }
 
+    /// As admin lists a group's connections.
+    pub fn connection(&self) -> spate_remoting::protocol::ClientConnection {
+        spate_remoting::protocol::ClientConnection {
+            client_id: self.client_id.clone(),
+            client_addr: self.peer.to_string(),
+            language: self.language.clone(),
+            version: 0,
+            protocol: "gRPC".into(),
+            client_version: self.version.clone(),
+        }
+    }
+
     pub fn is_producer(&self) -> bool {
         matches!(self.settings.pub_sub, Some(PubSub::Publishing(_)))
     }

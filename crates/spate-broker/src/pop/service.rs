@@ -998,8 +998,15 @@ pub async fn progress(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result
         .collect();
     let revived = state.pop.counters.revived_by_group.lock().get(&group).copied().unwrap_or(0);
     let dlq = state.store.max_offset_in_queue(&dlq_topic(&group), 0).max(0);
+    let clients: Vec<serde_json::Value> = state
+        .grpc
+        .consumers_of(&group)
+        .iter()
+        .map(|s| serde_json::json!({"clientId": s.client_id, "addr": s.peer.to_string(), "protocol": "gRPC",
+            "language": s.language, "version": s.version}))
+        .collect();
     let body = serde_json::json!({"group": group, "broker": state.broker_name, "queues": queues,
-        "redelivered": revived, "deadLettered": dlq});
+        "redelivered": revived, "deadLettered": dlq, "clients": clients});
     Ok(RemotingCommand::success(req).with_body(serde_json::to_vec(&body).unwrap_or_default()))
 }
 

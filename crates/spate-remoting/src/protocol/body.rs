@@ -146,6 +146,13 @@ pub struct ClientConnection {
     pub client_addr: String,
     pub language: String,
     pub version: i32,
+    /// `remoting` or `gRPC` (Spate's; absent from upstream's answers).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    /// A gRPC client's `x-mq-client-version` (its version is text, not
+    /// remoting's number).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub client_version: String,
 }
 
 #[cfg(test)]
