@@ -41,7 +41,20 @@ pub async fn create_topic(state: &Arc<BrokerState>, req: &RemotingCommand) -> Re
             ));
         }
     }
+    let mut attributes = state.topics.get(topic).map(|t| t.attributes).unwrap_or_default();
+    match spate_remoting::protocol::topic::parse_topic_attributes(req.field("attributes").unwrap_or_default()) {
+        Ok(changes) => {
+            for (k, v) in changes {
+                match v {
+                    Some(v) => attributes.insert(k, v),
+                    None => attributes.remove(&k),
+                };
+            }
+        }
+        Err(why) => return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, why)),
+    }
     let tc = TopicConfig {
+        attributes,
         topic_name: topic.to_string(),
         read_queue_nums: read,
         write_queue_nums: write,

@@ -289,6 +289,22 @@ async fn grpc_clients_show_in_admin_and_metrics() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("grpc-test@1@0@x") && text.contains("gRPC") && text.contains("RUST") && text.contains("5.1.2"), "{text}");
 
+    // A topic that declares its message type: the route says so, and a
+    // message of another type is refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["admin", "-n", &spate.namesrv(), "topic", "create", "GrpcFifoOnly", "-r", "2", "-w", "2", "--message-type", "FIFO"])
+        .output()
+        .expect("spate admin");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let route = c.query_route(pb::QueryRouteRequest { topic: resource("GrpcFifoOnly"), endpoints: None }).await.unwrap().into_inner();
+    assert_eq!(route.message_queues[0].accept_message_types, vec![pb::MessageType::Fifo as i32]);
+    let r = send(&mut c, message("GrpcFifoOnly", "01F0", b"normal", &[])).await;
+    assert_eq!(code(&r.status), Code::MessagePropertyConflictWithType as i32, "{r:?}");
+    let mut fifo = message("GrpcFifoOnly", "01F1", b"fifo", &[]);
+    fifo.system_properties.as_mut().unwrap().message_group = Some("g1".into());
+    let r = send(&mut c, fifo).await;
+    assert_eq!(code(&r.status), Code::Ok as i32, "{r:?}");
+
     let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics port");
     std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut scraped = String::new();
@@ -298,7 +314,7 @@ async fn grpc_clients_show_in_admin_and_metrics() {
         .find(|l| l.starts_with("rocketmq_rpc_latency_seconds_count{request=\"send\",protocol_type=\"grpc\"}"))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok());
-    assert_eq!(sends, Some(5.0), "five gRPC sends timed");
+    assert_eq!(sends, Some(7.0), "every gRPC send timed");
     drop(tx);
 }
 

@@ -140,19 +140,27 @@ fn broker(g: &GroupQueues) -> pb::Broker {
     pb::Broker { name: g.broker_name.clone(), id: 0, endpoints: Some(endpoints(&g.addr)) }
 }
 
-/// Every message type: a Spate topic takes normal, FIFO, delay and
-/// transactional messages alike.
-fn accepted_types() -> Vec<i32> {
-    [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction]
-        .into_iter()
-        .map(|t| t as i32)
-        .collect()
+/// The message types a topic takes: the one its `message.type` attribute
+/// declares, or every type when it declares none (or `MIXED`).
+pub fn accepted_types(declared: Option<&str>) -> Vec<i32> {
+    let all = [MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction];
+    let one = match declared {
+        Some("NORMAL") => Some(MessageType::Normal),
+        Some("FIFO") => Some(MessageType::Fifo),
+        Some("DELAY") => Some(MessageType::Delay),
+        Some("TRANSACTION") => Some(MessageType::Transaction),
+        _ => None,
+    };
+    match one {
+        Some(t) => vec![t as i32],
+        None => all.into_iter().map(|t| t as i32).collect(),
+    }
 }
 
 /// The queues of a route as QueryRoute lists them: ids below both counts
 /// read-write, the rest read-only or write-only, each under the topic's
 /// permission.
-pub fn message_queues(topic: &pb::Resource, groups: &[GroupQueues]) -> Vec<pb::MessageQueue> {
+pub fn message_queues(topic: &pb::Resource, groups: &[GroupQueues], types: &[i32]) -> Vec<pb::MessageQueue> {
     let mut out = Vec::new();
     for g in groups {
         let n = g.read_queue_nums.max(g.write_queue_nums).max(0);
@@ -170,7 +178,7 @@ pub fn message_queues(topic: &pb::Resource, groups: &[GroupQueues]) -> Vec<pb::M
                 id,
                 permission: permission as i32,
                 broker: Some(broker(g)),
-                accept_message_types: accepted_types(),
+                accept_message_types: types.to_vec(),
             });
         }
     }
@@ -180,7 +188,7 @@ pub fn message_queues(topic: &pb::Resource, groups: &[GroupQueues]) -> Vec<pb::M
 /// QueryAssignment's answer: for a FIFO group every readable queue (one
 /// batch per queue in flight keeps the order); otherwise one entry per
 /// broker group with queue id -1, pops from any of its queues.
-pub fn assignments(topic: &pb::Resource, groups: &[GroupQueues], fifo: bool) -> Vec<pb::Assignment> {
+pub fn assignments(topic: &pb::Resource, groups: &[GroupQueues], fifo: bool, types: &[i32]) -> Vec<pb::Assignment> {
     let mut out = Vec::new();
     for g in groups.iter().filter(|g| perm::readable(g.perm) && g.read_queue_nums > 0) {
         let ids: Vec<i32> = if fifo { (0..g.read_queue_nums).collect() } else { vec![-1] };
@@ -191,7 +199,7 @@ pub fn assignments(topic: &pb::Resource, groups: &[GroupQueues], fifo: bool) -> 
                     id,
                     permission: Permission::Read as i32,
                     broker: Some(broker(g)),
-                    accept_message_types: accepted_types(),
+                    accept_message_types: types.to_vec(),
                 }),
             });
         }
@@ -216,14 +224,16 @@ mod tests {
     #[test]
     fn queues_split_by_counts_and_permission() {
         let t = pb::Resource { name: "T".into(), ..Default::default() };
-        let qs = message_queues(&t, &[group(2, 3, perm::READ | perm::WRITE)]);
+        let qs = message_queues(&t, &[group(2, 3, perm::READ | perm::WRITE)], &accepted_types(None));
         let perms: Vec<i32> = qs.iter().map(|q| q.permission).collect();
         assert_eq!(perms, vec![Permission::ReadWrite as i32, Permission::ReadWrite as i32, Permission::Write as i32]);
         let ep = qs[0].broker.as_ref().unwrap().endpoints.as_ref().unwrap();
         assert_eq!(ep.addresses[0].host, "10.0.0.1");
         assert_eq!(ep.addresses[0].port, 10911);
         assert_eq!(ep.scheme, AddressScheme::IPv4 as i32);
-        let ro = message_queues(&t, &[group(1, 1, perm::READ)]);
+        let ro = message_queues(&t, &[group(1, 1, perm::READ)], &accepted_types(Some("FIFO")));
+        assert_eq!(ro[0].accept_message_types, vec![MessageType::Fifo as i32]);
+        assert_eq!(qs[0].accept_message_types.len(), 4);
         assert_eq!(ro[0].permission, Permission::Read as i32);
     }
 
@@ -231,10 +241,10 @@ mod tests {
     fn assignments_are_per_broker_unless_fifo() {
         let t = pb::Resource { name: "T".into(), ..Default::default() };
         let g = [group(4, 4, perm::READ | perm::WRITE)];
-        let a = assignments(&t, &g, false);
+        let a = assignments(&t, &g, false, &[]);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].message_queue.as_ref().unwrap().id, -1);
-        assert_eq!(assignments(&t, &g, true).len(), 4);
-        assert!(assignments(&t, &[group(4, 4, perm::WRITE)], false).is_empty());
+        assert_eq!(assignments(&t, &g, true, &[]).len(), 4);
+        assert!(assignments(&t, &[group(4, 4, perm::WRITE)], false, &[]).is_empty());
     }
 }

@@ -88,6 +88,12 @@ impl Messaging {
         access::check(&self.state, req.metadata(), peer.ip(), needs).map(|_| ())
     }
 
+    /// What `topic` takes, by its `message.type` attribute on this broker.
+    fn accepted_types(&self, topic: &str) -> Vec<i32> {
+        let tc = self.state.topics.get(topic);
+        route::accepted_types(tc.as_ref().and_then(|t| t.message_type()))
+    }
+
     fn group_facts(&self, group: &str) -> GroupFacts {
         let g = self.state.groups.get(group).unwrap_or_default();
         GroupFacts { fifo: g.consume_message_orderly, retry_max_times: g.retry_max_times }
@@ -113,6 +119,24 @@ impl Messaging {
             }
         };
         entry.message_id = inbound.message_id.clone();
+        // A topic that declares its message type takes only that type.
+        let kind = if inbound.transactional {
+            pb::MessageType::Transaction
+        } else if inbound.message_group.is_some() {
+            pb::MessageType::Fifo
+        } else if message::property(&inbound.properties, message::property::TIMER_DELIVER_MS).is_some() {
+            pb::MessageType::Delay
+        } else {
+            pb::MessageType::Normal
+        };
+        if !self.accepted_types(&inbound.topic).contains(&(kind as i32)) {
+            let declared = self.state.topics.get(&inbound.topic).and_then(|t| t.message_type().map(str::to_string));
+            entry.status = Some(status(
+                Code::MessagePropertyConflictWithType,
+                format!("topic {} takes {} messages, not {}", inbound.topic, declared.unwrap_or_default(), kind.as_str_name()),
+            ));
+            return entry;
+        }
         let max = self.state.store.config().max_message_size;
         if inbound.body.is_empty() {
             entry.status = Some(status(Code::MessageBodyEmpty, "the message body is empty"));
@@ -258,7 +282,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         let answer = match route::lookup(&self.state, &self.namesrv, &topic.name).await {
             Ok(groups) => pb::QueryRouteResponse {
                 status: Some(spate_grpc::status::ok()),
-                message_queues: route::message_queues(&topic, &groups),
+                message_queues: route::message_queues(&topic, &groups, &self.accepted_types(&topic.name)),
             },
             Err(RouteError::NotFound) => pb::QueryRouteResponse {
                 status: Some(status(Code::TopicNotFound, format!("topic {} not found", topic.name))),
@@ -332,7 +356,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         let fifo = self.group_facts(&group).fifo;
         let answer = match route::lookup(&self.state, &self.namesrv, &topic.name).await {
             Ok(groups) => {
-                let assignments = route::assignments(&topic, &groups, fifo);
+                let assignments = route::assignments(&topic, &groups, fifo, &self.accepted_types(&topic.name));
                 let st = if assignments.is_empty() {
                     status(Code::Forbidden, format!("no readable queue of topic {}", topic.name))
                 } else {

@@ -21,6 +21,43 @@ pub struct TopicConfig {
     pub topic_filter_type: String,
     pub topic_sys_flag: i32,
     pub order: bool,
+    /// Upstream 5's topic attributes; Spate knows `message.type`
+    /// ([`MESSAGE_TYPE_ATTRIBUTE`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// The attribute that declares what messages a topic takes: `NORMAL`,
+/// `FIFO`, `DELAY`, `TRANSACTION` or `MIXED` (all; also when absent).
+pub const MESSAGE_TYPE_ATTRIBUTE: &str = "message.type";
+/// The values `message.type` may take.
+pub const MESSAGE_TYPES: [&str; 5] = ["NORMAL", "FIFO", "DELAY", "TRANSACTION", "MIXED"];
+
+/// Reads UPDATE_AND_CREATE_TOPIC's `attributes` header (`+key=value`
+/// pairs separated by commas, `-key` to remove), as upstream writes it;
+/// only known attributes with known values are taken.
+pub fn parse_topic_attributes(text: &str) -> Result<Vec<(String, Option<String>)>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = if let Some(rest) = part.strip_prefix('+') {
+            let (k, v) = rest.split_once('=').ok_or_else(|| format!("attribute {part:?} has no value"))?;
+            (k.trim(), Some(v.trim().to_string()))
+        } else if let Some(k) = part.strip_prefix('-') {
+            (k.trim(), None)
+        } else {
+            return Err(format!("attribute {part:?} must start with + (set) or - (remove)"));
+        };
+        if key != MESSAGE_TYPE_ATTRIBUTE {
+            return Err(format!("unknown topic attribute {key:?} (known: {MESSAGE_TYPE_ATTRIBUTE})"));
+        }
+        if let Some(v) = &value {
+            if !MESSAGE_TYPES.contains(&v.as_str()) {
+                return Err(format!("{key}={v} is not one of {}", MESSAGE_TYPES.join(", ")));
+            }
+        }
+        out.push((key.to_string(), value));
+    }
+    Ok(out)
 }
 
 impl Default for TopicConfig {
@@ -33,11 +70,17 @@ impl Default for TopicConfig {
             topic_filter_type: "SINGLE_TAG".into(),
             topic_sys_flag: 0,
             order: false,
+            attributes: BTreeMap::new(),
         }
     }
 }
 
 impl TopicConfig {
+    /// The declared `message.type`, if one other than `MIXED` is.
+    pub fn message_type(&self) -> Option<&str> {
+        self.attributes.get(MESSAGE_TYPE_ATTRIBUTE).map(String::as_str).filter(|t| *t != "MIXED")
+    }
+
     pub fn new(name: &str, queues: i32, perm: i32) -> Self {
         TopicConfig {
             topic_name: name.to_string(),
