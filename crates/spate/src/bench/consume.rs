@@ -75,6 +75,11 @@ pub struct ConsumeArgs {
     /// each received batch at once (BATCH_ACK_MESSAGE).
     #[arg(long)]
     pub single_ack: bool,
+    /// With `--pop`: receive and ack over RocketMQ 5's gRPC protocol at
+    /// this endpoint, `host:port` (a Spate broker's port or its
+    /// grpcServerPort), one connection per consumer; each batch acked at once.
+    #[arg(long)]
+    pub grpc: Option<String>,
 }
 
 struct Tally {
@@ -223,6 +228,9 @@ struct PopTally {
 /// time ran out before its ack, or a broker restart lost a record).
 async fn run_pop(a: &ConsumeArgs) -> Result<Report> {
     use spate_client::{SimpleConsumer, SimpleConsumerOptions};
+    if a.grpc.is_some() {
+        return run_pop_grpc(a).await;
+    }
     let batch = usize::try_from(a.pull_batch).ok().filter(|b| (1..=32).contains(b));
     let Some(batch) = batch else { bail!("--pull-batch must be 1..=32 with --pop") };
     if a.consumers == 0 {
@@ -320,6 +328,66 @@ async fn run_pop(a: &ConsumeArgs) -> Result<Report> {
     extra.insert("duplicates".into(), received.saturating_sub(unique).into());
     extra.insert("acked".into(), pops.acked.load(Ordering::Relaxed).into());
     extra.insert("ack_errors".into(), pops.ack_errors.load(Ordering::Relaxed).into());
+    extra.insert("receive_errors".into(), pops.receive_errors.load(Ordering::Relaxed).into());
+    Ok(tally.report(extra, messages, elapsed, "born_to_receive (bornTimestamp, ms resolution)"))
+}
+
+/// `--pop --grpc`: gRPC simple consumers (ReceiveMessage, then one
+/// AckMessage per batch) on one endpoint.
+async fn run_pop_grpc(a: &ConsumeArgs) -> Result<Report> {
+    let endpoint = a.grpc.clone().unwrap_or_default();
+    let batch = a.pull_batch;
+    if !(1..=32).contains(&batch) || a.consumers == 0 {
+        bail!("--pull-batch must be 1..=32 and --consumers positive");
+    }
+    let pid = std::process::id();
+    let group = a.group.clone().unwrap_or_else(|| format!("bench_grpc_{pid}"));
+    let tally = Tally::new();
+    let pops = Arc::new(PopTally::default());
+    let start = Instant::now();
+    let measure_from = start + a.warmup;
+    let end = measure_from + a.duration;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..a.consumers {
+        let mut client = super::grpc::connect(&endpoint, Duration::from_secs(10)).await?;
+        let (t, p, stop, topic, group, invisible) =
+            (tally.clone(), pops.clone(), stop.clone(), a.topic.clone(), group.clone(), a.invisible);
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match super::grpc::receive_and_ack(&mut client, &topic, &group, batch, invisible, Duration::from_secs(1)).await {
+                    Ok(got) if Instant::now() >= measure_from => {
+                        t.record(&got);
+                        p.received.fetch_add(got.len() as u64, Ordering::Relaxed);
+                        p.acked.fetch_add(got.len() as u64, Ordering::Relaxed);
+                    }
+                    Ok(got) => {
+                        t.skipped.fetch_add(got.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        p.receive_errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let window = super::procstat::Window::start(measure_from);
+    tally.wait_window(measure_from, end, a.count).await;
+    let elapsed = measure_from.elapsed().min(a.duration);
+    let messages = tally.messages.load(Ordering::Relaxed);
+    let usage = window.fields(messages, "message").await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut extra = usage;
+    extra.insert("group".into(), group.into());
+    extra.insert("topic".into(), a.topic.clone().into());
+    extra.insert("mode".into(), "pop".into());
+    extra.insert("protocol".into(), "grpc".into());
+    extra.insert("consumers".into(), a.consumers.into());
+    extra.insert("acked".into(), pops.acked.load(Ordering::Relaxed).into());
     extra.insert("receive_errors".into(), pops.receive_errors.load(Ordering::Relaxed).into());
     Ok(tally.report(extra, messages, elapsed, "born_to_receive (bornTimestamp, ms resolution)"))
 }

@@ -5,6 +5,7 @@
 pub mod consume;
 pub mod e2e;
 pub mod floor;
+pub mod grpc;
 pub mod procstat;
 pub mod produce;
 pub mod report;

@@ -71,6 +71,26 @@ pub struct ProduceArgs {
     /// `perf record -k CLOCK_MONOTONIC` trace (e.g. 2ms).
     #[arg(long = "log-slow", value_parser = super::report::parse_duration)]
     pub log_slow: Option<Duration>,
+    /// Send over RocketMQ 5's gRPC protocol (SendMessage) to this endpoint,
+    /// `host:port` (a Spate broker's port or its grpcServerPort), instead of
+    /// remoting through the name server. Sync and async modes.
+    #[arg(long)]
+    pub grpc: Option<String>,
+}
+
+/// One producer instance: a remoting client, or a gRPC channel.
+#[derive(Clone)]
+enum Target {
+    Remoting(Arc<Producer>),
+    Grpc(Arc<super::grpc::GrpcProducer>),
+}
+
+impl Target {
+    async fn shutdown(&self) {
+        if let Target::Remoting(p) = self {
+            p.shutdown().await;
+        }
+    }
 }
 
 struct Shared {
@@ -141,8 +161,16 @@ pub async fn run(a: &ProduceArgs) -> Result<Report> {
     if a.producers == 0 || a.in_flight == 0 || a.batch == 0 || a.size == 0 {
         bail!("--producers, --in-flight, --batch and --size must be positive");
     }
+    if a.grpc.is_some() && a.mode == SendMode::Oneway {
+        bail!("--grpc sends are answered: use --mode sync or async");
+    }
     let mut producers = Vec::with_capacity(a.producers);
     for i in 0..a.producers {
+        if let Some(endpoint) = &a.grpc {
+            let p = super::grpc::GrpcProducer::connect(endpoint, i, a.timeout).await?;
+            producers.push(Target::Grpc(Arc::new(p)));
+            continue;
+        }
         let mut cfg = ClientConfig::new(&a.namesrv).with_instance_name(format!("bench-{}-{i}", std::process::id()));
         cfg.remoting = a.credentials.client_config()?;
         let mut o = ProducerOptions::new(format!("bench_producer_{}", std::process::id()));
@@ -150,15 +178,15 @@ pub async fn run(a: &ProduceArgs) -> Result<Report> {
         o.vip_channel_enabled = a.vip_channel;
         // Measure the broker, not zlib.
         o.compress_msg_body_over_howmuch = usize::MAX;
-        producers
-            .push(Arc::new(Producer::start(cfg, o).await.with_context(|| format!("connecting to {}", a.namesrv))?));
+        producers.push(Target::Remoting(Arc::new(
+            Producer::start(cfg, o).await.with_context(|| format!("connecting to {}", a.namesrv))?,
+        )));
     }
     let body = Bytes::from((0..a.size).map(|i| (i * 131 + 7) as u8).collect::<Vec<u8>>());
     // Fail fast with a clear message when nothing can be sent at all.
-    producers[0]
-        .send(Message::new(&a.topic, body.clone()))
+    send_request(&a.topic, 1, SendMode::Sync, &producers[0], &body)
         .await
-        .with_context(|| format!("first send to topic {} via {}", a.topic, a.namesrv))?;
+        .with_context(|| format!("first send to topic {} via {}", a.topic, a.grpc.as_deref().unwrap_or(&a.namesrv)))?;
 
     let start = Instant::now();
     let shared = Arc::new(Shared {
@@ -197,6 +225,7 @@ pub async fn run(a: &ProduceArgs) -> Result<Report> {
     extra.insert("in_flight".into(), a.in_flight.into());
     extra.insert("batch".into(), a.batch.into());
     extra.insert("open_loop".into(), (a.rate > 0).into());
+    extra.insert("protocol".into(), if a.grpc.is_some() { "grpc" } else { "remoting" }.into());
     extra.extend(usage);
     Ok(Report {
         name: "produce",
@@ -212,7 +241,7 @@ pub async fn run(a: &ProduceArgs) -> Result<Report> {
 /// messages); waiting for a free in-flight slot counts as latency.
 async fn open_loop(
     a: &ProduceArgs,
-    producers: &[Arc<Producer>],
+    producers: &[Target],
     body: &Bytes,
     shared: &Arc<Shared>,
     permits: &Arc<Semaphore>,
@@ -240,7 +269,7 @@ async fn open_loop(
 /// new task measured the hand-over too: two thread wake-ups per send.)
 async fn closed_loop(
     a: &ProduceArgs,
-    producers: &[Arc<Producer>],
+    producers: &[Target],
     body: &Bytes,
     shared: &Arc<Shared>,
     permits: &Arc<Semaphore>,
@@ -291,9 +320,13 @@ async fn send_request(
     topic: &str,
     batch: usize,
     mode: SendMode,
-    producer: &Producer,
+    producer: &Target,
     body: &Bytes,
 ) -> Result<(), ClientError> {
+    let producer = match producer {
+        Target::Grpc(g) => return g.send(topic, batch, body).await,
+        Target::Remoting(p) => p,
+    };
     if batch > 1 {
         let msgs = (0..batch).map(|_| Message::new(topic, body.clone())).collect();
         producer.send_batch(msgs).await.map(|_| ())
@@ -307,13 +340,13 @@ async fn send_request(
 fn issue(
     handle: &tokio::runtime::Handle,
     a: &ProduceArgs,
-    producer: Arc<Producer>,
+    producer: Target,
     body: Bytes,
     shared: Arc<Shared>,
     intended: Instant,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    if a.batch == 1 && a.mode == SendMode::Async {
+    if let (Target::Remoting(producer), true) = (&producer, a.batch == 1 && a.mode == SendMode::Async) {
         let s = shared.clone();
         let sent = producer.send_async(Message::new(&a.topic, body), move |r| {
             s.record(intended, Instant::now(), 1, r.map(|_| ()));

@@ -1,0 +1,143 @@
+//! The benchmarks' RocketMQ 5 (gRPC) clients: a producer (SendMessage)
+//! and simple consumers (ReceiveMessage + AckMessage), generated from the
+//! same protos the broker serves. Enough client for load, not a full SDK:
+//! no routes (one endpoint), no retries.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use spate_client::ClientError;
+use spate_grpc::pb::{self, messaging_service_client::MessagingServiceClient, receive_message_response::Content, Code};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Intercept = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+pub type Client = MessagingServiceClient<InterceptedService<Channel, Intercept>>;
+
+/// Every call names this process as its client.
+fn client_id(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    static ID: std::sync::OnceLock<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> = std::sync::OnceLock::new();
+    let id = ID.get_or_init(|| {
+        format!("spate-bench@{}", std::process::id()).parse().unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("spate-bench"))
+    });
+    req.metadata_mut().insert("x-mq-client-id", id.clone());
+    req.metadata_mut().insert("x-mq-language", tonic::metadata::MetadataValue::from_static("RUST"));
+    Ok(req)
+}
+
+/// A channel (one HTTP/2 connection) to `endpoint`, with `timeout` on every call.
+pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Client> {
+    let channel = Channel::from_shared(format!("http://{endpoint}"))
+        .with_context(|| format!("gRPC endpoint {endpoint}"))?
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))?;
+    Ok(MessagingServiceClient::with_interceptor(channel, client_id as Intercept)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+fn resource(name: &str) -> Option<pb::Resource> {
+    Some(pb::Resource { name: name.to_string(), ..Default::default() })
+}
+
+/// A gRPC producer instance: its own connection.
+pub struct GrpcProducer {
+    client: Client,
+    endpoint: String,
+    instance: usize,
+    next: AtomicU64,
+}
+
+impl GrpcProducer {
+    pub async fn connect(endpoint: &str, instance: usize, timeout: Duration) -> Result<GrpcProducer> {
+        Ok(GrpcProducer { client: connect(endpoint, timeout).await?, endpoint: endpoint.to_string(), instance, next: AtomicU64::new(0) })
+    }
+
+    /// Sends `batch` messages of `body` in one SendMessage.
+    pub async fn send(&self, topic: &str, batch: usize, body: &Bytes) -> Result<(), ClientError> {
+        let messages = (0..batch)
+            .map(|_| {
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                pb::Message {
+                    topic: resource(topic),
+                    user_properties: Default::default(),
+                    system_properties: Some(pb::SystemProperties {
+                        message_id: format!("01{:08X}{:04X}{:016X}", std::process::id(), self.instance, n),
+                        body_encoding: pb::Encoding::Identity as i32,
+                        message_type: pb::MessageType::Normal as i32,
+                        born_timestamp: Some(now_timestamp()),
+                        ..Default::default()
+                    }),
+                    body: body.to_vec(),
+                }
+            })
+            .collect();
+        let answer = self.client.clone().send_message(pb::SendMessageRequest { messages }).await;
+        let broker = |code: i32, remark: String| ClientError::Broker { addr: self.endpoint.clone(), code, remark };
+        match answer {
+            Ok(r) => match r.into_inner().status {
+                Some(st) if st.code == Code::Ok as i32 => Ok(()),
+                Some(st) => Err(broker(st.code, st.message)),
+                None => Err(broker(-1, "no status".into())),
+            },
+            Err(st) => Err(broker(-(st.code() as i32) - 1, st.message().to_string())),
+        }
+    }
+}
+
+/// One receive and one ack of everything it got; each message's born and
+/// store times (ms) and body size.
+pub async fn receive_and_ack(
+    c: &mut Client,
+    topic: &str,
+    group: &str,
+    batch: i32,
+    invisible: Duration,
+    poll: Duration,
+) -> Result<Vec<(i64, i64, usize)>> {
+    let req = pb::ReceiveMessageRequest {
+        group: resource(group),
+        message_queue: Some(pb::MessageQueue { topic: resource(topic), id: -1, ..Default::default() }),
+        filter_expression: Some(pb::FilterExpression { r#type: pb::FilterType::Tag as i32, expression: "*".into() }),
+        batch_size: batch,
+        invisible_duration: Some(prost_duration(invisible)),
+        auto_renew: false,
+        long_polling_timeout: Some(prost_duration(poll)),
+        attempt_id: None,
+    };
+    let mut stream = c.receive_message(req).await.context("receive")?.into_inner();
+    let mut entries = Vec::new();
+    let mut got = Vec::new();
+    let ms = |t: &Option<prost_types::Timestamp>| t.as_ref().map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+    while let Some(item) = stream.message().await.context("receive stream")? {
+        if let Some(Content::Message(m)) = item.content {
+            let sys = m.system_properties.unwrap_or_default();
+            got.push((ms(&sys.born_timestamp), ms(&sys.store_timestamp), m.body.len()));
+            entries.push(pb::AckMessageEntry {
+                message_id: sys.message_id,
+                receipt_handle: sys.receipt_handle.unwrap_or_default(),
+                lite_topic: None,
+            });
+        }
+    }
+    if !entries.is_empty() {
+        let r = c.ack_message(pb::AckMessageRequest { group: resource(group), topic: resource(topic), entries }).await?;
+        let st = r.into_inner().status.unwrap_or_default();
+        anyhow::ensure!(st.code == Code::Ok as i32, "ack answered {}: {}", st.code, st.message);
+    }
+    Ok(got)
+}
+
+fn now_timestamp() -> prost_types::Timestamp {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 }
+}
+
+fn prost_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
