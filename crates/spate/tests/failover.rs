@@ -782,3 +782,85 @@ async fn pops_carry_on_across_a_failover() {
         assert_eq!(seen.get(&o), Some(&0), "never popped before: {o}");
     }
 }
+
+/// RocketMQ 5's clients (gRPC) follow a failover: asked through a broker
+/// that stays up, QueryRoute names the master, then, once it is killed,
+/// the new one; the client's Telemetry session is set up again there and
+/// sends go on; every send acknowledged before or after is read back from
+/// the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_clients_follow_a_failover_without_losing_acknowledged_messages() {
+    use common::grpc::{code, connect, drain, message, open_telemetry, producer_settings, resource, send};
+    use spate_grpc::pb::{self, Code};
+    let _serial = SERIAL.lock().await;
+    let Cluster { zk: _zk, ns, _controller, mut brokers, observer: _observer, first, _dir } =
+        Cluster::start(1000).await;
+    let c = raw_client();
+    let old_id = first.master.unwrap();
+    let old_addr = brokers[&old_id].addr();
+    let access_id = *brokers.keys().find(|id| **id != old_id).unwrap();
+    let access = brokers[&access_id].addr();
+    let topic = "GrpcFail";
+    // The topic exists on the master (and, copied, on the slaves).
+    send_acked(&c, &old_addr, topic, 0, b"remoting-first").await;
+    let mut acked: Vec<Vec<u8>> = vec![b"remoting-first".to_vec()];
+
+    let route_master = |addr: String| async move {
+        let mut a = connect(&addr).await;
+        let r = a.query_route(pb::QueryRouteRequest { topic: resource(topic), endpoints: None }).await.ok()?.into_inner();
+        let ep = r.message_queues.first()?.broker.as_ref()?.endpoints.as_ref()?.addresses.first()?.clone();
+        Some(format!("{}:{}", ep.host, ep.port))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let endpoint = loop {
+        match route_master(access.clone()).await {
+            Some(e) if e == old_addr => break e,
+            _ => assert!(Instant::now() < deadline, "the route never named the master"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut g = connect(&endpoint).await;
+    let (answer, _session) = open_telemetry(&mut g, producer_settings(&[topic]), "test").await;
+    assert_eq!(code(&answer.status), Code::Ok as i32);
+    for i in 0..20 {
+        let body = format!("grpc-before-{i}").into_bytes();
+        let r = send(&mut g, message(topic, &format!("01B{i:04}"), &body, &[])).await;
+        if code(&r.status) == Code::Ok as i32 {
+            acked.push(body);
+        }
+    }
+    assert!(acked.len() > 10, "the master acknowledged gRPC sends");
+
+    brokers.get_mut(&old_id).unwrap().kill9();
+    let new_addr = new_master_addr(&c, &ns.addr(), &old_addr).await;
+    // The route through the surviving access point names the new master.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let endpoint = loop {
+        match route_master(access.clone()).await {
+            Some(e) if e != old_addr => break e,
+            _ => assert!(Instant::now() < deadline, "the route never moved off the dead master"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(endpoint, new_addr, "QueryRoute names the master the name server knows");
+    let mut g = connect(&endpoint).await;
+    let (answer, _session) = open_telemetry(&mut g, producer_settings(&[topic]), "test").await;
+    assert_eq!(code(&answer.status), Code::Ok as i32, "Telemetry set up again on the new master");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = 0;
+    while after < 20 {
+        let body = format!("grpc-after-{after}").into_bytes();
+        let r = send(&mut g, message(topic, &format!("01A{after:04}"), &body, &[])).await;
+        if code(&r.status) == Code::Ok as i32 {
+            acked.push(body);
+            after += 1;
+        } else {
+            assert!(Instant::now() < deadline, "the new master never acknowledged: {r:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let got: Vec<Vec<u8>> = drain(&mut g, topic, "grpc_failover_reader").await.into_iter().map(|m| m.body).collect();
+    for body in &acked {
+        assert!(got.contains(body), "acknowledged {:?} lost in the failover", String::from_utf8_lossy(body));
+    }
+}

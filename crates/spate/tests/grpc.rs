@@ -6,99 +6,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::grpc::{code, connect, drain, message, open_telemetry, receive, receive_req, resource, send};
 use common::{free_port, Standalone};
-use spate_grpc::pb::{self, messaging_service_client::MessagingServiceClient, receive_message_response::Content, Code};
+use spate_grpc::pb::{self, messaging_service_client::MessagingServiceClient, Code};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-
-type Client = MessagingServiceClient<InterceptedService<Channel, fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>>>;
-
-/// Every call says who it is, as the official clients do.
-fn with_client_id(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    req.metadata_mut().insert("x-mq-client-id", "grpc-test@1@0@x".parse().expect("header"));
-    req.metadata_mut().insert("x-mq-language", "RUST".parse().expect("header"));
-    Ok(req)
-}
-
-async fn connect(addr: &str) -> Client {
-    let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
-    MessagingServiceClient::with_interceptor(channel, with_client_id as fn(_) -> _)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
-}
-
-fn resource(name: &str) -> Option<pb::Resource> {
-    Some(pb::Resource { name: name.to_string(), ..Default::default() })
-}
-
-fn message(topic: &str, id: &str, body: &[u8], user: &[(&str, &str)]) -> pb::Message {
-    pb::Message {
-        topic: resource(topic),
-        user_properties: user.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
-        system_properties: Some(pb::SystemProperties {
-            message_id: id.to_string(),
-            tag: Some("TagA".into()),
-            body_encoding: pb::Encoding::Identity as i32,
-            message_type: pb::MessageType::Normal as i32,
-            ..Default::default()
-        }),
-        body: body.to_vec(),
-    }
-}
-
-fn code(st: &Option<pb::Status>) -> i32 {
-    st.as_ref().map_or(-1, |s| s.code)
-}
-
-async fn send(c: &mut Client, m: pb::Message) -> pb::SendMessageResponse {
-    c.send_message(pb::SendMessageRequest { messages: vec![m] }).await.expect("send call").into_inner()
-}
-
-/// One ReceiveMessage: its status and messages.
-async fn receive(c: &mut Client, req: pb::ReceiveMessageRequest, deadline: Duration) -> (i32, Vec<pb::Message>) {
-    let mut r = tonic::Request::new(req);
-    r.set_timeout(deadline);
-    let mut stream = c.receive_message(r).await.expect("receive call").into_inner();
-    let (mut st, mut msgs) = (-1, Vec::new());
-    while let Some(item) = stream.message().await.expect("receive stream") {
-        match item.content {
-            Some(Content::Status(s)) => st = s.code,
-            Some(Content::Message(m)) => msgs.push(m),
-            _ => {}
-        }
-    }
-    (st, msgs)
-}
-
-fn receive_req(topic: &str, group: &str, batch: i32, invisible_s: i64, poll_s: i64) -> pb::ReceiveMessageRequest {
-    pb::ReceiveMessageRequest {
-        group: resource(group),
-        message_queue: Some(pb::MessageQueue { topic: resource(topic), id: -1, ..Default::default() }),
-        filter_expression: Some(pb::FilterExpression { r#type: pb::FilterType::Tag as i32, expression: "*".into() }),
-        batch_size: batch,
-        invisible_duration: Some(prost_types::Duration { seconds: invisible_s, nanos: 0 }),
-        auto_renew: false,
-        long_polling_timeout: Some(prost_types::Duration { seconds: poll_s, nanos: 0 }),
-        attempt_id: None,
-    }
-}
-
-/// Everything `group` can receive of `topic` until a poll comes back empty.
-async fn drain(c: &mut Client, topic: &str, group: &str) -> Vec<pb::Message> {
-    let mut all = Vec::new();
-    loop {
-        let (st, msgs) = receive(c, receive_req(topic, group, 32, 60, 1), Duration::from_secs(10)).await;
-        if msgs.is_empty() {
-            assert!(st == Code::MessageNotFound as i32 || st == Code::Ok as i32, "receive status {st}");
-            return all;
-        }
-        all.extend(msgs);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_grpc_calls_get_clear_answers_and_acknowledged_messages_survive() {
@@ -259,14 +173,7 @@ async fn grpc_clients_show_in_admin_and_metrics() {
         })),
         ..Default::default()
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::TelemetryCommand { status: None, command: Some(pb::telemetry_command::Command::Settings(settings)) })
-        .await
-        .unwrap();
-    let mut req = tonic::Request::new(futures_stream(rx));
-    req.metadata_mut().insert("x-mq-client-version", "5.1.2".parse().unwrap());
-    let mut answers = c.telemetry(req).await.expect("telemetry").into_inner();
-    let first = answers.message().await.expect("answer").expect("settings answer");
+    let (first, tx) = open_telemetry(&mut c, settings, "5.1.2").await;
     assert_eq!(code(&first.status), Code::Ok as i32);
     let Some(pb::telemetry_command::Command::Settings(merged)) = first.command else { panic!("no settings: {first:?}") };
     let Some(pb::settings::PubSub::Subscription(sub)) = merged.pub_sub else { panic!("no subscription") };
@@ -316,8 +223,4 @@ async fn grpc_clients_show_in_admin_and_metrics() {
         .and_then(|v| v.parse::<f64>().ok());
     assert_eq!(sends, Some(7.0), "every gRPC send timed");
     drop(tx);
-}
-
-fn futures_stream<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl tonic::codegen::tokio_stream::Stream<Item = T> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -1,6 +1,8 @@
 //! Runs real `spate` processes on loopback and free ports for end-to-end tests.
 #![allow(dead_code)]
 
+pub mod grpc;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
