@@ -52,29 +52,49 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/interop.py")
 }
 
-/// Runs one scenario of `interop.py`; returns its JSON line, failing the
-/// test with the script's own account when it fails.
-fn scenario(endpoint: &str, topic: &str, group: &str, name: &str, extra: &[&str]) -> serde_json::Value {
+/// What one run of `interop.py` printed and how it ended.
+struct Run {
+    ok: bool,
+    json: serde_json::Value,
+    line: String,
+    stderr: String,
+}
+
+/// Runs one scenario of `interop.py` with `env` set.
+fn run(endpoint: &str, topic: &str, group: &str, name: &str, extra: &[&str], env: &[(&str, &std::path::Path)]) -> Run {
     let started = Instant::now();
     let out = Command::new(python())
         .arg(script())
         .args(["--endpoint", endpoint, "--topic", topic, "--group", group, "--scenario", name])
         .args(extra)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    println!("python {name} ({:?}): {line}", started.elapsed());
+    let line = stdout.lines().last().unwrap_or_default().to_string();
+    println!("python {name} ({:?}, {}): {line}", started.elapsed(), out.status);
+    let json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {line}"));
+    Run { ok: out.status.success(), json, line, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+}
+
+/// Runs one scenario that must succeed; its JSON line.
+fn scenario(endpoint: &str, topic: &str, group: &str, name: &str, extra: &[&str]) -> serde_json::Value {
+    let r = run(endpoint, topic, group, name, extra, &[]);
     assert!(
-        out.status.success(),
-        "python scenario {name} failed ({}):\n{line}\n---- stderr ----\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        r.ok && r.json["ok"] == serde_json::Value::Bool(true),
+        "python {name} failed:\n{}\n---- stderr ----\n{}",
+        r.line,
+        r.stderr
     );
-    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {line}"));
-    assert_eq!(v["ok"], serde_json::Value::Bool(true), "{name}: {line}");
-    v
+    r.json
+}
+
+/// Runs one scenario that must be refused; its JSON line.
+fn failing_scenario(endpoint: &str, topic: &str, group: &str, name: &str, extra: &[&str]) -> serde_json::Value {
+    let r = run(endpoint, topic, group, name, extra, &[]);
+    assert!(!r.ok, "{name} should have been refused: {}", r.line);
+    r.json
 }
 
 #[test]
@@ -91,10 +111,13 @@ fn python_client_over_grpc() {
     let n: usize = std::env::var("GRPC_INTEROP_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let run = std::process::id();
 
-    let v = scenario(&endpoint, &format!("PyMain{run}"), &format!("py_main_{run}"), "send-receive", &[
-        "--count",
-        &n.to_string(),
-    ]);
+    let v = scenario(
+        &endpoint,
+        &format!("PyMain{run}"),
+        &format!("py_main_{run}"),
+        "send-receive",
+        &["--count", &n.to_string()],
+    );
     assert_eq!(v["received"], serde_json::json!(n), "{v}");
     assert_eq!(v["acks"], serde_json::json!(n), "{v}");
 
@@ -108,7 +131,13 @@ fn python_client_over_grpc() {
 
     // The listener holds one message 8 s, past two invisible times: the
     // broker's renewals keep it from coming back while it is consumed.
-    let v = scenario(&endpoint, &format!("PyPush{run}"), &format!("py_push_{run}"), "push", &["--count", "200", "--hold", "8"]);
+    let v = scenario(
+        &endpoint,
+        &format!("PyPush{run}"),
+        &format!("py_push_{run}"),
+        "push",
+        &["--count", "200", "--hold", "8"],
+    );
     assert_eq!(v["deliveries"], serde_json::json!(200), "each message consumed once: {v}");
 
     cross_protocol(&server, &endpoint, run);
@@ -144,21 +173,31 @@ fn cross_protocol(server: &SpateServer, endpoint: &str, run: u32) {
             .build();
         bounded("producer start", SETUP_TIMEOUT, producer.start()).await.expect("producer start");
         for i in 0..CROSS_MESSAGES {
-            let msg: Message =
-                Message::builder().topic(&to_grpc).body(format!("spate-cross-{i}").into_bytes()).build().expect("message");
-            let r = bounded("send", Duration::from_millis(4 * SEND_TIMEOUT_MS), producer.send_with_timeout(msg, SEND_TIMEOUT_MS))
-                .await
-                .unwrap_or_else(|e| panic!("remoting send #{i}: {e}"))
-                .unwrap_or_else(|| panic!("remoting send #{i}: no result"));
+            let msg: Message = Message::builder()
+                .topic(&to_grpc)
+                .body(format!("spate-cross-{i}").into_bytes())
+                .build()
+                .expect("message");
+            let r = bounded(
+                "send",
+                Duration::from_millis(4 * SEND_TIMEOUT_MS),
+                producer.send_with_timeout(msg, SEND_TIMEOUT_MS),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("remoting send #{i}: {e}"))
+            .unwrap_or_else(|| panic!("remoting send #{i}: no result"));
             assert_eq!(r.send_status, SendStatus::SendOk, "remoting send #{i}: {r:?}");
         }
     });
     scenario(endpoint, &to_grpc, &format!("cross_py_{run}"), "receive-only", &["--count", &CROSS_MESSAGES.to_string()]);
 
-    scenario(endpoint, &from_grpc, &format!("cross_py_sender_{run}"), "send-only", &[
-        "--count",
-        &CROSS_MESSAGES.to_string(),
-    ]);
+    scenario(
+        endpoint,
+        &from_grpc,
+        &format!("cross_py_sender_{run}"),
+        "send-only",
+        &["--count", &CROSS_MESSAGES.to_string()],
+    );
     let got = owner.block_on(async {
         let seen = Arc::new(Mutex::new(BTreeSet::new()));
         let mut consumer = DefaultMQPushConsumer::builder(client_runtime.clone())
@@ -200,22 +239,6 @@ impl MessageListenerConcurrently for Bodies {
     }
 }
 
-/// Runs a scenario expected to fail; returns its JSON line.
-fn failing_scenario(endpoint: &str, topic: &str, group: &str, name: &str, extra: &[&str]) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg(script())
-        .args(["--endpoint", endpoint, "--topic", topic, "--group", group, "--scenario", name])
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default().to_string();
-    println!("python {name}, expected to fail: {line}");
-    assert!(!out.status.success(), "{name} with these credentials should have been refused: {line}");
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {line}"))
-}
-
 /// With authentication and authorization on, the Python client signs
 /// its calls (MQv2-HMAC-SHA1) and the broker's users and policies decide:
 /// a user with Pub and Sub on the topic and group sends and receives; a
@@ -236,11 +259,29 @@ fn python_client_over_grpc_with_acl() {
         std::thread::sleep(Duration::from_millis(300));
     }
     admin(&["user", "create", "grpc_rw", "--password", "rw-secret"]).expect("user");
-    admin(&["acl", "create", "--subject", "User:grpc_rw", "--resources", "Topic:GrpcAclTopic,Group:grpc_acl_group", "--actions", "Pub,Sub"])
-        .expect("acl");
+    admin(&[
+        "acl",
+        "create",
+        "--subject",
+        "User:grpc_rw",
+        "--resources",
+        "Topic:GrpcAclTopic,Group:grpc_acl_group",
+        "--actions",
+        "Pub,Sub",
+    ])
+    .expect("acl");
     admin(&["user", "create", "grpc_ro", "--password", "ro-secret"]).expect("user");
-    admin(&["acl", "create", "--subject", "User:grpc_ro", "--resources", "Topic:GrpcAclTopic,Group:grpc_acl_group", "--actions", "Sub"])
-        .expect("acl");
+    admin(&[
+        "acl",
+        "create",
+        "--subject",
+        "User:grpc_ro",
+        "--resources",
+        "Topic:GrpcAclTopic,Group:grpc_acl_group",
+        "--actions",
+        "Sub",
+    ])
+    .expect("acl");
 
     let (t, g) = ("GrpcAclTopic", "grpc_acl_group");
     let v = failing_scenario(&endpoint, t, g, "send-only", &["--count", "3", "--ak", "grpc_rw", "--sk", "wrong"]);
@@ -251,7 +292,13 @@ fn python_client_over_grpc_with_acl() {
     assert_eq!(v["ok"], serde_json::Value::Bool(false), "no credentials: {v}");
     // The allowed user sends and receives exactly its own messages: none
     // of the refused sends above was stored.
-    let v = scenario(&endpoint, t, g, "send-receive", &["--count", "20", "--decoys", "0", "--ak", "grpc_rw", "--sk", "rw-secret"]);
+    let v = scenario(
+        &endpoint,
+        t,
+        g,
+        "send-receive",
+        &["--count", "20", "--decoys", "0", "--ak", "grpc_rw", "--sk", "rw-secret"],
+    );
     assert_eq!(v["received"], serde_json::json!(20), "{v}");
 }
 
@@ -273,21 +320,24 @@ fn python_client_over_grpc_with_tls() {
         key.display()
     ));
     let endpoint = format!("127.0.0.1:{}", server.broker_port);
-    let out = Command::new(python())
-        .arg(script())
-        .args(["--endpoint", &endpoint, "--topic", "GrpcTlsTopic", "--group", "grpc_tls_group"])
-        .args(["--scenario", "send-receive", "--count", "50", "--tls"])
-        .env("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", &cert)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    println!("python send-receive over TLS: {line}");
-    assert!(out.status.success(), "over TLS: {line}\n{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    let r = run(
+        &endpoint,
+        "GrpcTlsTopic",
+        "grpc_tls_group",
+        "send-receive",
+        &["--count", "50", "--tls"],
+        &[("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", cert.as_path())],
+    );
+    assert!(r.ok, "over TLS: {}\n{}", r.line, r.stderr);
+    let v = r.json;
     assert_eq!(v["received"], serde_json::json!(50), "{v}");
     // Plaintext is refused on that port: the same client without TLS fails.
-    let v = failing_scenario(&endpoint, "GrpcTlsTopic", "grpc_tls_plain", "send-only", &["--count", "1", "--request-timeout", "2"]);
+    let v = failing_scenario(
+        &endpoint,
+        "GrpcTlsTopic",
+        "grpc_tls_plain",
+        "send-only",
+        &["--count", "1", "--request-timeout", "2"],
+    );
     assert_eq!(v["ok"], serde_json::Value::Bool(false), "{v}");
 }

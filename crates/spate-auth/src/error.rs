@@ -27,7 +27,9 @@ pub enum AuthError {
 pub enum AuthFailure {
     #[error("authentication failed: the request carries no AccessKey and request code {code} is not on authenticationWhitelist")]
     MissingAccessKey { code: i32 },
-    #[error("authentication failed: the gRPC call carries no valid MQv2-HMAC-SHA1 authorization header and x-mq-date-time")]
+    #[error(
+        "authentication failed: the gRPC call carries no valid MQv2-HMAC-SHA1 authorization header and x-mq-date-time"
+    )]
     MissingGrpcAuthorization,
     #[error("authentication failed: the request with AccessKey {access_key} carries no Signature")]
     MissingSignature { access_key: String },

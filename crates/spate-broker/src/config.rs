@@ -764,7 +764,11 @@ impl BrokerConfig {
             ("maxHeldPulls", self.max_held_pulls.to_string()),
             ("popInflightMessageThreshold", self.pop_inflight_message_threshold.to_string()),
             ("maxInvisibleTimeMills", self.max_invisible_time_mills.to_string()),
-            ("grpcServerPort", self.grpc_server_port.map_or_else(|| "8081 (default; skipped when taken)".to_string(), |p| p.to_string())),
+            (
+                "grpcServerPort",
+                self.grpc_server_port
+                    .map_or_else(|| "8081 (default; skipped when taken)".to_string(), |p| p.to_string()),
+            ),
             ("defaultInvisibleTimeMills", self.default_invisible_time.as_millis().to_string()),
             ("renewAheadTimeMillis", self.renew_ahead_time.as_millis().to_string()),
             ("renewSliceTimeMillis", self.renew_slice_time.as_millis().to_string()),

@@ -631,7 +631,9 @@ async fn process(
         ));
     }
     Ok(match req.code {
-        r::SEND_MESSAGE | r::SEND_MESSAGE_V2 | r::SEND_BATCH_MESSAGE => send::send(state, &origin::Origin::remoting(state, conn), req).await?,
+        r::SEND_MESSAGE | r::SEND_MESSAGE_V2 | r::SEND_BATCH_MESSAGE => {
+            send::send(state, &origin::Origin::remoting(state, conn), req).await?
+        }
         r::END_TRANSACTION => transaction::end(state, req).await?,
         r::PULL_MESSAGE | r::LITE_PULL_MESSAGE => pull::pull(state, conn, req).await?,
         r::POP_MESSAGE => pop::service::pop_message(state, &origin::Origin::remoting(state, conn), req).await?,

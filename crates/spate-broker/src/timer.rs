@@ -450,7 +450,8 @@ async fn deliver(state: &Arc<BrokerState>, due: &[(i64, i64)]) -> Result<(), Str
         .map_err(|e| e.to_string())?;
     // A recall's marker cancels the message of its topic and key due in
     // the same round (it shares the due time, see `Wheel::pop_due`).
-    let recall_key = |m: &NewMessage| message::property(&m.properties, TIMER_DEL_UNIQKEY).map(|k| (m.topic.clone(), k.to_string()));
+    let recall_key =
+        |m: &NewMessage| message::property(&m.properties, TIMER_DEL_UNIQKEY).map(|k| (m.topic.clone(), k.to_string()));
     let due_form = |d: &Due| match d {
         Ok(m) => m.clone(),
         Err((m, _)) => m.clone(),

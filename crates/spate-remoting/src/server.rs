@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::command::RemotingCommand;
 use crate::connection::{BoxFuture, Connection, ConnectionConfig, RequestHandler};
 use crate::tls::{ServerTls, TlsMode};
-use crate::transport::{TlsSocket, Transport};
 pub use crate::transport::Http2Stream;
+use crate::transport::{TlsSocket, Transport};
 
 /// Default `serverMaxConnections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -436,8 +436,14 @@ impl RemotingServer {
         });
         let stop_accepting = CancellationToken::new();
         let tracking: Arc<dyn RequestHandler> = Arc::new(Tracking(state.clone()));
-        let accepting =
-            Arc::new(Accepting { cfg, handler: tracking, state: state.clone(), tls, stop: stop_accepting.clone(), http2 });
+        let accepting = Arc::new(Accepting {
+            cfg,
+            handler: tracking,
+            state: state.clone(),
+            tls,
+            stop: stop_accepting.clone(),
+            http2,
+        });
         tokio::spawn(accept_loop(listener, accepting, limits));
         Ok(RemotingServer { local_addr, stop_accepting, state })
     }

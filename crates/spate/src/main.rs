@@ -159,7 +159,10 @@ fn main() -> Result<()> {
     let runtime = builder.enable_all().thread_name("spate").build()?;
     runtime.block_on(async move {
         match (cli.command, broker_cfg) {
-            (Command::Standalone { data_dir, namesrv_port, broker_port, metrics_port, grpc_port, .. }, Some(mut cfg)) => {
+            (
+                Command::Standalone { data_dir, namesrv_port, broker_port, metrics_port, grpc_port, .. },
+                Some(mut cfg),
+            ) => {
                 if grpc_port.is_some() {
                     cfg.grpc_server_port = grpc_port;
                 }

@@ -807,7 +807,8 @@ async fn grpc_clients_follow_a_failover_without_losing_acknowledged_messages() {
 
     let route_master = |addr: String| async move {
         let mut a = connect(&addr).await;
-        let r = a.query_route(pb::QueryRouteRequest { topic: resource(topic), endpoints: None }).await.ok()?.into_inner();
+        let r =
+            a.query_route(pb::QueryRouteRequest { topic: resource(topic), endpoints: None }).await.ok()?.into_inner();
         let ep = r.message_queues.first()?.broker.as_ref()?.endpoints.as_ref()?.addresses.first()?.clone();
         Some(format!("{}:{}", ep.host, ep.port))
     };

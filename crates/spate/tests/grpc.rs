@@ -38,7 +38,8 @@ async fn hostile_grpc_calls_get_clear_answers_and_acknowledged_messages_survive(
 
     // The route (the topic is created on this first query) lists the
     // broker's remoting address as its gRPC endpoint.
-    let route = c.query_route(pb::QueryRouteRequest { topic: resource(topic), endpoints: None }).await.unwrap().into_inner();
+    let route =
+        c.query_route(pb::QueryRouteRequest { topic: resource(topic), endpoints: None }).await.unwrap().into_inner();
     assert_eq!(code(&route.status), Code::Ok as i32, "{route:?}");
     let ep = route.message_queues[0].broker.as_ref().and_then(|b| b.endpoints.as_ref()).expect("endpoints");
     assert_eq!(ep.addresses[0].port, i32::from(spate.broker_port));
@@ -70,11 +71,14 @@ async fn hostile_grpc_calls_get_clear_answers_and_acknowledged_messages_survive(
     assert_ne!(code(&r.status), Code::Ok as i32, "an invalid topic name is refused: {r:?}");
     // Past the inbound frame limit (maxMessageSize plus 1 MiB): refused by
     // the transport, and the server goes on serving.
-    let huge = c.send_message(pb::SendMessageRequest { messages: vec![message(topic, "01AE", &vec![1u8; 2 << 20], &[])] }).await;
+    let huge = c
+        .send_message(pb::SendMessageRequest { messages: vec![message(topic, "01AE", &vec![1u8; 2 << 20], &[])] })
+        .await;
     assert!(huge.is_err(), "a 2 MiB frame is refused");
 
     // Unknown and unserved RPCs: UNIMPLEMENTED.
-    let mut raw = tonic::client::Grpc::new(Channel::from_shared(format!("http://{dedicated}")).unwrap().connect().await.unwrap());
+    let mut raw =
+        tonic::client::Grpc::new(Channel::from_shared(format!("http://{dedicated}")).unwrap().connect().await.unwrap());
     raw.ready().await.unwrap();
     let unknown: Result<tonic::Response<pb::HeartbeatResponse>, _> = raw
         .unary(
@@ -93,7 +97,8 @@ async fn hostile_grpc_calls_get_clear_answers_and_acknowledged_messages_survive(
     assert_eq!(st, Code::BadRequest as i32);
     c.query_route(pb::QueryRouteRequest { topic: resource("GrpcHostileEmpty"), endpoints: None }).await.unwrap();
     let started = Instant::now();
-    let (st, msgs) = receive(&mut c, receive_req("GrpcHostileEmpty", "g_hostile", 8, 30, 3600), Duration::from_secs(2)).await;
+    let (st, msgs) =
+        receive(&mut c, receive_req("GrpcHostileEmpty", "g_hostile", 8, 30, 3600), Duration::from_secs(2)).await;
     assert!(started.elapsed() < Duration::from_secs(4), "answered within its deadline: {:?}", started.elapsed());
     assert!(msgs.is_empty() && st == Code::MessageNotFound as i32, "status {st}");
 
@@ -120,7 +125,9 @@ async fn hostile_grpc_calls_get_clear_answers_and_acknowledged_messages_survive(
     // A garbled HTTP/2 stream on the remoting port: that connection is
     // closed, nobody else notices.
     let mut tcp = tokio::net::TcpStream::connect(spate.broker()).await.unwrap();
-    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff garbage").await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff garbage")
+        .await
+        .unwrap();
     let mut sink = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink)).await;
     assert!(closed.is_ok(), "the garbled connection is closed");
@@ -128,7 +135,8 @@ async fn hostile_grpc_calls_get_clear_answers_and_acknowledged_messages_survive(
     assert_eq!(code(&r.status), Code::Ok as i32);
     acked.push(b"after-garbage".to_vec());
     let remoting = common::raw_client();
-    let resp = common::call(&remoting, &spate.broker(), common::send_req(topic, 0, b"remoting-still-works".to_vec())).await;
+    let resp =
+        common::call(&remoting, &spate.broker(), common::send_req(topic, 0, b"remoting-still-works".to_vec())).await;
     assert_eq!(resp.code, spate_remoting::response::SUCCESS, "{resp:?}");
     acked.push(b"remoting-still-works".to_vec());
 
@@ -138,7 +146,12 @@ async fn hostile_grpc_calls_get_clear_answers_and_acknowledged_messages_survive(
     let mut c = connect(&dedicated).await;
     let got: Vec<Vec<u8>> = drain(&mut c, topic, "g_after_restart").await.into_iter().map(|m| m.body).collect();
     for body in &acked {
-        assert!(got.contains(body), "acknowledged {:?} lost; got {} messages", String::from_utf8_lossy(body), got.len());
+        assert!(
+            got.contains(body),
+            "acknowledged {:?} lost; got {} messages",
+            String::from_utf8_lossy(body),
+            got.len()
+        );
     }
     assert_eq!(got.len(), acked.len(), "nothing refused was stored");
 }
@@ -175,14 +188,19 @@ async fn grpc_clients_show_in_admin_and_metrics() {
     };
     let (first, tx) = open_telemetry(&mut c, settings, "5.1.2").await;
     assert_eq!(code(&first.status), Code::Ok as i32);
-    let Some(pb::telemetry_command::Command::Settings(merged)) = first.command else { panic!("no settings: {first:?}") };
+    let Some(pb::telemetry_command::Command::Settings(merged)) = first.command else {
+        panic!("no settings: {first:?}")
+    };
     let Some(pb::settings::PubSub::Subscription(sub)) = merged.pub_sub else { panic!("no subscription") };
     assert_eq!(sub.receive_batch_size, Some(32));
     assert!(sub.long_polling_timeout.is_some() && sub.fifo.is_some());
     assert!(merged.backoff_policy.is_some_and(|b| b.max_attempts == 17));
     assert!(merged.metric.is_some_and(|m| !m.on));
     let hb = c
-        .heartbeat(pb::HeartbeatRequest { group: resource("grpc_admin_group"), client_type: pb::ClientType::SimpleConsumer as i32 })
+        .heartbeat(pb::HeartbeatRequest {
+            group: resource("grpc_admin_group"),
+            client_type: pb::ClientType::SimpleConsumer as i32,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -194,16 +212,36 @@ async fn grpc_clients_show_in_admin_and_metrics() {
         .expect("spate admin");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("grpc-test@1@0@x") && text.contains("gRPC") && text.contains("RUST") && text.contains("5.1.2"), "{text}");
+    assert!(
+        text.contains("grpc-test@1@0@x") && text.contains("gRPC") && text.contains("RUST") && text.contains("5.1.2"),
+        "{text}"
+    );
 
     // A topic that declares its message type: the route says so, and a
     // message of another type is refused.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
-        .args(["admin", "-n", &spate.namesrv(), "topic", "create", "GrpcFifoOnly", "-r", "2", "-w", "2", "--message-type", "FIFO"])
+        .args([
+            "admin",
+            "-n",
+            &spate.namesrv(),
+            "topic",
+            "create",
+            "GrpcFifoOnly",
+            "-r",
+            "2",
+            "-w",
+            "2",
+            "--message-type",
+            "FIFO",
+        ])
         .output()
         .expect("spate admin");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let route = c.query_route(pb::QueryRouteRequest { topic: resource("GrpcFifoOnly"), endpoints: None }).await.unwrap().into_inner();
+    let route = c
+        .query_route(pb::QueryRouteRequest { topic: resource("GrpcFifoOnly"), endpoints: None })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(route.message_queues[0].accept_message_types, vec![pb::MessageType::Fifo as i32]);
     let r = send(&mut c, message("GrpcFifoOnly", "01F0", b"normal", &[])).await;
     assert_eq!(code(&r.status), Code::MessagePropertyConflictWithType as i32, "{r:?}");

@@ -34,7 +34,12 @@ pub const ROUTE: &[Action] = &[Action::Pub, Action::Sub, Action::Get];
 
 /// Decides one call from `source` that touches `needs`; `Ok(None)` when
 /// authentication is off. The refusal is RocketMQ's status to answer with.
-pub fn check(state: &BrokerState, md: &MetadataMap, source: IpAddr, needs: &[Need<'_>]) -> Result<Option<Principal>, pb::Status> {
+pub fn check(
+    state: &BrokerState,
+    md: &MetadataMap,
+    source: IpAddr,
+    needs: &[Need<'_>],
+) -> Result<Option<Principal>, pb::Status> {
     let settings = state.gate.settings();
     if !settings.authentication_enabled {
         return Ok(None);

@@ -85,7 +85,13 @@ impl Renewals {
 
     /// Those due for renewal now, and drops those past `max` or whose
     /// client's stream closed (`alive` says which are open).
-    fn due(&self, now: Instant, ahead: Duration, max: Duration, alive: impl Fn(&str) -> bool) -> Vec<(String, Renewal)> {
+    fn due(
+        &self,
+        now: Instant,
+        ahead: Duration,
+        max: Duration,
+        alive: impl Fn(&str) -> bool,
+    ) -> Vec<(String, Renewal)> {
         let mut map = self.by_handle.lock();
         map.retain(|_, r| alive(&r.client_id) && now.saturating_duration_since(r.received) < max);
         map.iter()

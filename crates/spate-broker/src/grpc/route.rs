@@ -38,22 +38,28 @@ pub enum RouteError {
 
 /// The topic's broker groups with a master, from the name servers, else
 /// from this broker alone.
-pub async fn lookup(state: &Arc<BrokerState>, client: &RemotingClient, topic: &str) -> Result<Vec<GroupQueues>, RouteError> {
+pub async fn lookup(
+    state: &Arc<BrokerState>,
+    client: &RemotingClient,
+    topic: &str,
+) -> Result<Vec<GroupQueues>, RouteError> {
     let namesrvs = state.config.read().namesrv_addr.clone();
     let mut last = String::from("no name server configured");
     for addr in &namesrvs {
         let req = RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC).with("topic", topic);
         match client.invoke(addr, req, NAMESRV_TIMEOUT).await {
-            Ok(resp) if resp.code == response::SUCCESS => match json::decode::<TopicRouteData>(&resp.body, "TopicRouteData") {
-                Ok(data) => {
-                    let groups = from_route(&data);
-                    if groups.is_empty() {
-                        return Err(RouteError::NotFound);
+            Ok(resp) if resp.code == response::SUCCESS => {
+                match json::decode::<TopicRouteData>(&resp.body, "TopicRouteData") {
+                    Ok(data) => {
+                        let groups = from_route(&data);
+                        if groups.is_empty() {
+                            return Err(RouteError::NotFound);
+                        }
+                        return Ok(groups);
                     }
-                    return Ok(groups);
+                    Err(e) => last = format!("{addr}: {e}"),
                 }
-                Err(e) => last = format!("{addr}: {e}"),
-            },
+            }
             Ok(resp) if resp.code == response::TOPIC_NOT_EXIST => return local(state, topic).await,
             Ok(resp) => last = format!("{addr} answered {}: {}", resp.code, resp.remark.unwrap_or_default()),
             Err(e) => last = format!("{addr}: {e}"),

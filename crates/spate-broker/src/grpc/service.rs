@@ -77,7 +77,8 @@ impl Messaging {
 
     /// The caller's headers and address; the client id is required.
     fn caller<T>(&self, req: &Request<T>) -> Result<(ClientHeaders, SocketAddr), Status> {
-        let headers = ClientHeaders::from_metadata(req.metadata()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let headers =
+            ClientHeaders::from_metadata(req.metadata()).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let peer = req.remote_addr().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         self.state.grpc.touch(&headers.client_id);
         Ok((headers, peer))
@@ -133,7 +134,12 @@ impl Messaging {
             let declared = self.state.topics.get(&inbound.topic).and_then(|t| t.message_type().map(str::to_string));
             entry.status = Some(status(
                 Code::MessagePropertyConflictWithType,
-                format!("topic {} takes {} messages, not {}", inbound.topic, declared.unwrap_or_default(), kind.as_str_name()),
+                format!(
+                    "topic {} takes {} messages, not {}",
+                    inbound.topic,
+                    declared.unwrap_or_default(),
+                    kind.as_str_name()
+                ),
             ));
             return entry;
         }
@@ -264,7 +270,10 @@ fn resource_name(r: &Option<pb::Resource>) -> String {
 
 #[tonic::async_trait]
 impl pb::messaging_service_server::MessagingService for Messaging {
-    async fn query_route(&self, req: Request<pb::QueryRouteRequest>) -> Result<Response<pb::QueryRouteResponse>, Status> {
+    async fn query_route(
+        &self,
+        req: Request<pb::QueryRouteRequest>,
+    ) -> Result<Response<pb::QueryRouteResponse>, Status> {
         let _timed = Timed { state: &self.state, rpc: "query_route", started: Instant::now() };
         let (_, peer) = self.caller(&req)?;
         let name = req.get_ref().topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
@@ -368,9 +377,10 @@ impl pb::messaging_service_server::MessagingService for Messaging {
                 status: Some(status(Code::TopicNotFound, format!("topic {} not found", topic.name))),
                 assignments: vec![],
             },
-            Err(RouteError::Unavailable(why)) => {
-                pb::QueryAssignmentResponse { status: Some(status(Code::InternalServerError, why)), assignments: vec![] }
-            }
+            Err(RouteError::Unavailable(why)) => pb::QueryAssignmentResponse {
+                status: Some(status(Code::InternalServerError, why)),
+                assignments: vec![],
+            },
         };
         Ok(Response::new(answer))
     }
@@ -407,7 +417,10 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         Ok(Response::new(Box::pin(tokio_stream_from(rx))))
     }
 
-    async fn ack_message(&self, req: Request<pb::AckMessageRequest>) -> Result<Response<pb::AckMessageResponse>, Status> {
+    async fn ack_message(
+        &self,
+        req: Request<pb::AckMessageRequest>,
+    ) -> Result<Response<pb::AckMessageResponse>, Status> {
         let _timed = Timed { state: &self.state, rpc: "ack", started: Instant::now() };
         let (_, peer) = self.caller(&req)?;
         let (t, g) = (resource_name(&req.get_ref().topic), resource_name(&req.get_ref().group));
@@ -463,8 +476,15 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         let group = resource_name(&r.group);
         let topic = resource_name(&r.topic);
         let handle = self.state.grpc_renewals.settle(&r.receipt_handle);
-        let st = match crate::pop::service::forward_to_dlq(&self.state, &group, &topic, &handle, r.delivery_attempt.max(1) as u32)
-            .await {
+        let st = match crate::pop::service::forward_to_dlq(
+            &self.state,
+            &group,
+            &topic,
+            &handle,
+            r.delivery_attempt.max(1) as u32,
+        )
+        .await
+        {
             Ok(resp) if resp.code == response::SUCCESS => spate_grpc::status::ok(),
             Ok(resp) => handle_status(resp),
             Err(e) => status(Code::InternalServerError, e.to_string()),
@@ -540,9 +560,14 @@ impl pb::messaging_service_server::MessagingService for Messaging {
                     Some(Command::Settings(s)) => {
                         let answer = match settings_needs(&s) {
                             Ok(named) => {
-                                let needs: Vec<_> = named.iter().map(|(k, n, a)| spate_auth::Need { kind: *k, name: n, actions: a }).collect();
+                                let needs: Vec<_> = named
+                                    .iter()
+                                    .map(|(k, n, a)| spate_auth::Need { kind: *k, name: n, actions: a })
+                                    .collect();
                                 match access::check(&state, &metadata, peer.ip(), &needs) {
-                                    Ok(_) => settings_answer(&state, &s).map_err(|e| status(Code::BadRequest, e.to_string())),
+                                    Ok(_) => {
+                                        settings_answer(&state, &s).map_err(|e| status(Code::BadRequest, e.to_string()))
+                                    }
                                     Err(st) => Err(st),
                                 }
                             }
@@ -603,7 +628,10 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         let (_, peer) = self.caller(&req)?;
         let (t, g) = (resource_name(&req.get_ref().topic), resource_name(&req.get_ref().group));
         if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, SUB), access::group(&g, SUB)]) {
-            return Ok(Response::new(pb::ChangeInvisibleDurationResponse { status: Some(st), receipt_handle: String::new() }));
+            return Ok(Response::new(pb::ChangeInvisibleDurationResponse {
+                status: Some(st),
+                receipt_handle: String::new(),
+            }));
         }
         let r = req.into_inner();
         let group = resource_name(&r.group);
@@ -634,9 +662,14 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         }
         let r = req.into_inner();
         let topic = resource_name(&r.topic);
-        let answer = |st: pb::Status, id: String| Ok(Response::new(pb::RecallMessageResponse { status: Some(st), message_id: id }));
+        let answer = |st: pb::Status, id: String| {
+            Ok(Response::new(pb::RecallMessageResponse { status: Some(st), message_id: id }))
+        };
         let Some(h) = RecallHandle::decode(&r.recall_handle).filter(|h| h.topic == topic) else {
-            return answer(status(Code::BadRequest, "the recall handle is not one this topic's sends returned"), String::new());
+            return answer(
+                status(Code::BadRequest, "the recall handle is not one this topic's sends returned"),
+                String::new(),
+            );
         };
         if h.broker_name != self.state.broker_name {
             let why = format!("the message is held by broker {}; recall it there", h.broker_name);
@@ -682,14 +715,21 @@ fn overall_status<'a>(mut each: impl Iterator<Item = &'a pb::Status>) -> pb::Sta
 
 /// What a client's settings touch: a producer's topics (Pub), a
 /// consumer's group and topics (Sub).
-fn settings_needs(s: &pb::Settings) -> Result<Vec<(spate_auth::ResourceType, String, &'static [access::Action])>, settings::SettingsError> {
+fn settings_needs(
+    s: &pb::Settings,
+) -> Result<Vec<(spate_auth::ResourceType, String, &'static [access::Action])>, settings::SettingsError> {
     use spate_auth::ResourceType;
     match &s.pub_sub {
         Some(pb::settings::PubSub::Publishing(p)) => {
             Ok(p.topics.iter().map(|t| (ResourceType::Topic, t.name.clone(), PUB)).collect())
         }
         Some(pb::settings::PubSub::Subscription(sub)) => {
-            let group = sub.group.as_ref().map(|g| g.name.clone()).filter(|g| !g.is_empty()).ok_or(settings::SettingsError::NoGroup)?;
+            let group = sub
+                .group
+                .as_ref()
+                .map(|g| g.name.clone())
+                .filter(|g| !g.is_empty())
+                .ok_or(settings::SettingsError::NoGroup)?;
             let mut v = vec![(ResourceType::Group, group, SUB)];
             for e in &sub.subscriptions {
                 if let Some(t) = &e.topic {
@@ -703,7 +743,8 @@ fn settings_needs(s: &pb::Settings) -> Result<Vec<(spate_auth::ResourceType, Str
 }
 
 fn settings_answer(state: &BrokerState, s: &pb::Settings) -> Result<pb::Settings, settings::SettingsError> {
-    let server = ServerFacts { max_body_size: i32::try_from(state.store.config().max_message_size).unwrap_or(i32::MAX) };
+    let server =
+        ServerFacts { max_body_size: i32::try_from(state.store.config().max_message_size).unwrap_or(i32::MAX) };
     let group = settings::subscription_group(s)
         .and_then(|g| state.groups.get(g))
         .map(|g| GroupFacts { fifo: g.consume_message_orderly, retry_max_times: g.retry_max_times })
@@ -731,7 +772,10 @@ async fn receive(
     let topic = resource_name(&mq.topic);
     let batch = r.batch_size;
     if !(1..=settings::RECEIVE_BATCH_SIZE).contains(&batch) {
-        return only(Code::BadRequest, format!("batch_size {batch} is out of range 1..={}", settings::RECEIVE_BATCH_SIZE));
+        return only(
+            Code::BadRequest,
+            format!("batch_size {batch} is out of range 1..={}", settings::RECEIVE_BATCH_SIZE),
+        );
     }
     let push_invisible = state.config.read().default_invisible_time;
     let invisible = match (&r.invisible_duration, r.auto_renew) {
@@ -740,7 +784,8 @@ async fn receive(
         (Some(d), false) => convert::duration_ms(d),
         (None, false) => return only(Code::IllegalInvisibleTime, "invisible_duration is required".into()),
     };
-    let requested = r.long_polling_timeout.as_ref().map_or(MAX_LONG_POLLING, |d| Duration::from_millis(convert::duration_ms(d)));
+    let requested =
+        r.long_polling_timeout.as_ref().map_or(MAX_LONG_POLLING, |d| Duration::from_millis(convert::duration_ms(d)));
     // A missing deadline is treated as the longest poll.
     let room = deadline.map_or(MAX_LONG_POLLING, |d| d.saturating_sub(DEADLINE_MARGIN));
     let poll = requested.min(MAX_LONG_POLLING).min(room);
@@ -777,7 +822,8 @@ async fn receive(
     };
     if resp.code != response::SUCCESS {
         let code = consume_code(resp.code);
-        let msg = if code == Code::MessageNotFound { "no new message".to_string() } else { resp.remark.unwrap_or_default() };
+        let msg =
+            if code == Code::MessageNotFound { "no new message".to_string() } else { resp.remark.unwrap_or_default() };
         return only(code, msg);
     }
     let mut out = vec![pb::ReceiveMessageResponse { content: Some(Content::Status(spate_grpc::status::ok())) }];
@@ -812,8 +858,14 @@ async fn receive(
 
 /// EndTransaction as END_TRANSACTION: the transaction id names the half
 /// message (its offset id and queue offset, as the send answered).
-async fn end_transaction(state: &Arc<BrokerState>, topic: &str, r: &pb::EndTransactionRequest) -> Result<(), pb::Status> {
-    let bad = || status(Code::InvalidTransactionId, format!("transaction id {:?} is not one this broker gave", r.transaction_id));
+async fn end_transaction(
+    state: &Arc<BrokerState>,
+    topic: &str,
+    r: &pb::EndTransactionRequest,
+) -> Result<(), pb::Status> {
+    let bad = || {
+        status(Code::InvalidTransactionId, format!("transaction id {:?} is not one this broker gave", r.transaction_id))
+    };
     let (msg_id, queue_offset) = r.transaction_id.rsplit_once('-').ok_or_else(bad)?;
     let queue_offset: i64 = queue_offset.parse().map_err(|_| bad())?;
     let (_, commit_log_offset) = parse_offset_msg_id(msg_id).ok_or_else(bad)?;
@@ -850,7 +902,12 @@ pub fn ask_transaction(state: &BrokerState, record: &[u8], offset_id: &str, half
     let Ok(rec) = message::decode_record(record, false) else { return false };
     let producers = state.grpc.producers_of(rec.topic);
     let transaction_id = format!("{offset_id}-{half_offset}");
-    let d = Delivered { topic: rec.topic.to_string(), attempt: 1, fallback_id: offset_id.to_string(), ..Default::default() };
+    let d = Delivered {
+        topic: rec.topic.to_string(),
+        attempt: 1,
+        fallback_id: offset_id.to_string(),
+        ..Default::default()
+    };
     let command = pb::TelemetryCommand {
         status: None,
         command: Some(Command::RecoverOrphanedTransactionCommand(pb::RecoverOrphanedTransactionCommand {
@@ -927,7 +984,9 @@ mod tests {
     fn grpc_timeouts_are_read_in_every_unit() {
         let mut md = tonic::metadata::MetadataMap::new();
         assert_eq!(deadline_of(&md), None);
-        for (v, d) in [("3S", Duration::from_secs(3)), ("250m", Duration::from_millis(250)), ("2M", Duration::from_secs(120))] {
+        for (v, d) in
+            [("3S", Duration::from_secs(3)), ("250m", Duration::from_millis(250)), ("2M", Duration::from_secs(120))]
+        {
             md.insert("grpc-timeout", v.parse().unwrap());
             assert_eq!(deadline_of(&md), Some(d), "{v}");
         }

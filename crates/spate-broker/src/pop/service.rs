@@ -909,7 +909,11 @@ pub async fn forward_to_dlq(
         Ok(h) => h,
         Err(e) => {
             let req = RemotingCommand::request(spate_remoting::request::ACK_MESSAGE);
-            return Ok(RemotingCommand::error(&req, response::INVALID_PARAMETER, format!("invalid receipt handle: {e}")));
+            return Ok(RemotingCommand::error(
+                &req,
+                response::INVALID_PARAMETER,
+                format!("invalid receipt handle: {e}"),
+            ));
         }
     };
     let base = |code: i32| {
@@ -1002,8 +1006,10 @@ pub async fn progress(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result
         .grpc
         .consumers_of(&group)
         .iter()
-        .map(|s| serde_json::json!({"clientId": s.client_id, "addr": s.peer.to_string(), "protocol": "gRPC",
-            "language": s.language, "version": s.version}))
+        .map(|s| {
+            serde_json::json!({"clientId": s.client_id, "addr": s.peer.to_string(), "protocol": "gRPC",
+            "language": s.language, "version": s.version})
+        })
         .collect();
     let body = serde_json::json!({"group": group, "broker": state.broker_name, "queues": queues,
         "redelivered": revived, "deadLettered": dlq, "clients": clients});

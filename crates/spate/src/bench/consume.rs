@@ -307,15 +307,7 @@ async fn run_pop(a: &ConsumeArgs) -> Result<Report> {
             consumer.shutdown().await;
         }));
     }
-    let window = super::procstat::Window::start(measure_from);
-    tally.wait_window(measure_from, end, a.count).await;
-    let elapsed = measure_from.elapsed().min(a.duration);
-    let messages = tally.messages.load(Ordering::Relaxed);
-    let usage = window.fields(messages, "message").await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
+    let (elapsed, messages, usage) = measure_then_stop(&tally, a, measure_from, end, &stop, tasks).await;
     let unique = pops.seen.lock().len() as u64;
     let received = pops.received.load(Ordering::Relaxed);
     let mut extra = usage;
@@ -355,7 +347,16 @@ async fn run_pop_grpc(a: &ConsumeArgs) -> Result<Report> {
             (tally.clone(), pops.clone(), stop.clone(), a.topic.clone(), group.clone(), a.invisible);
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                match super::grpc::receive_and_ack(&mut client, &topic, &group, batch, invisible, Duration::from_secs(1)).await {
+                match super::grpc::receive_and_ack(
+                    &mut client,
+                    &topic,
+                    &group,
+                    batch,
+                    invisible,
+                    Duration::from_secs(1),
+                )
+                .await
+                {
                     Ok(got) if Instant::now() >= measure_from => {
                         t.record(&got);
                         p.received.fetch_add(got.len() as u64, Ordering::Relaxed);
@@ -372,15 +373,7 @@ async fn run_pop_grpc(a: &ConsumeArgs) -> Result<Report> {
             }
         }));
     }
-    let window = super::procstat::Window::start(measure_from);
-    tally.wait_window(measure_from, end, a.count).await;
-    let elapsed = measure_from.elapsed().min(a.duration);
-    let messages = tally.messages.load(Ordering::Relaxed);
-    let usage = window.fields(messages, "message").await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
+    let (elapsed, messages, usage) = measure_then_stop(&tally, a, measure_from, end, &stop, tasks).await;
     let mut extra = usage;
     extra.insert("group".into(), group.into());
     extra.insert("topic".into(), a.topic.clone().into());
@@ -390,4 +383,26 @@ async fn run_pop_grpc(a: &ConsumeArgs) -> Result<Report> {
     extra.insert("acked".into(), pops.acked.load(Ordering::Relaxed).into());
     extra.insert("receive_errors".into(), pops.receive_errors.load(Ordering::Relaxed).into());
     Ok(tally.report(extra, messages, elapsed, "born_to_receive (bornTimestamp, ms resolution)"))
+}
+
+/// Waits out the measured window of consumer tasks, then stops them: the
+/// window's length, the messages measured and the CPU usage fields.
+async fn measure_then_stop(
+    tally: &Tally,
+    a: &ConsumeArgs,
+    measure_from: Instant,
+    end: Instant,
+    stop: &std::sync::atomic::AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> (Duration, u64, serde_json::Map<String, serde_json::Value>) {
+    let window = super::procstat::Window::start(measure_from);
+    tally.wait_window(measure_from, end, a.count).await;
+    let elapsed = measure_from.elapsed().min(a.duration);
+    let messages = tally.messages.load(Ordering::Relaxed);
+    let usage = window.fields(messages, "message").await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    (elapsed, messages, usage)
 }

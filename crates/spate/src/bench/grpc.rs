@@ -20,7 +20,9 @@ pub type Client = MessagingServiceClient<InterceptedService<Channel, Intercept>>
 fn client_id(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     static ID: std::sync::OnceLock<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> = std::sync::OnceLock::new();
     let id = ID.get_or_init(|| {
-        format!("spate-bench@{}", std::process::id()).parse().unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("spate-bench"))
+        format!("spate-bench@{}", std::process::id())
+            .parse()
+            .unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("spate-bench"))
     });
     req.metadata_mut().insert("x-mq-client-id", id.clone());
     req.metadata_mut().insert("x-mq-language", tonic::metadata::MetadataValue::from_static("RUST"));
@@ -55,7 +57,12 @@ pub struct GrpcProducer {
 
 impl GrpcProducer {
     pub async fn connect(endpoint: &str, instance: usize, timeout: Duration) -> Result<GrpcProducer> {
-        Ok(GrpcProducer { client: connect(endpoint, timeout).await?, endpoint: endpoint.to_string(), instance, next: AtomicU64::new(0) })
+        Ok(GrpcProducer {
+            client: connect(endpoint, timeout).await?,
+            endpoint: endpoint.to_string(),
+            instance,
+            next: AtomicU64::new(0),
+        })
     }
 
     /// Sends `batch` messages of `body` in one SendMessage.
@@ -113,7 +120,9 @@ pub async fn receive_and_ack(
     let mut stream = c.receive_message(req).await.context("receive")?.into_inner();
     let mut entries = Vec::new();
     let mut got = Vec::new();
-    let ms = |t: &Option<prost_types::Timestamp>| t.as_ref().map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+    let ms = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref().map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
+    };
     while let Some(item) = stream.message().await.context("receive stream")? {
         if let Some(Content::Message(m)) = item.content {
             let sys = m.system_properties.unwrap_or_default();
@@ -126,7 +135,8 @@ pub async fn receive_and_ack(
         }
     }
     if !entries.is_empty() {
-        let r = c.ack_message(pb::AckMessageRequest { group: resource(group), topic: resource(topic), entries }).await?;
+        let r =
+            c.ack_message(pb::AckMessageRequest { group: resource(group), topic: resource(topic), entries }).await?;
         let st = r.into_inner().status.unwrap_or_default();
         anyhow::ensure!(st.code == Code::Ok as i32, "ack answered {}: {}", st.code, st.message);
     }

@@ -8,7 +8,9 @@ use spate_grpc::pb::{self, messaging_service_client::MessagingServiceClient, rec
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub type Client = MessagingServiceClient<InterceptedService<Channel, fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>>>;
+pub type Client = MessagingServiceClient<
+    InterceptedService<Channel, fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>>,
+>;
 
 /// Every call says who it is, as the official clients do.
 pub fn with_client_id(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -92,7 +94,6 @@ pub async fn drain(c: &mut Client, topic: &str, group: &str) -> Vec<pb::Message>
         all.extend(msgs);
     }
 }
-
 
 /// Opens a Telemetry stream, sends `settings` and returns the server's
 /// first answer; the stream stays open while the returned sender lives.
