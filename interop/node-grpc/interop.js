@@ -306,8 +306,9 @@ function failOn(problems, header) {
 }
 
 /** Receive for at least `minSecs` seconds (and at least --quiet-receives calls, one long
- * poll each); any message that shows up is a failure. Messages are acked. */
-async function quietPeriod(ctx, consumer, minSecs, label) {
+ * poll each); any message that shows up is a failure (reported with `describe`). Messages
+ * are acked. */
+async function quietPeriod(ctx, consumer, minSecs, label, describe = describeMsg) {
   let calls = 0;
   const end = now() + minSecs;
   while (calls < ctx.args.quiet_receives || now() < end) {
@@ -319,7 +320,7 @@ async function quietPeriod(ctx, consumer, minSecs, label) {
       for (const m of msgs) {
         try { await consumer.ack(m); } catch (_) { /* reporting the message matters more */ }
       }
-      throw new Fail(`unexpected message(s) during ${label}: ${msgs.slice(0, 10).map(describeMsg).join('; ')}`);
+      throw new Fail(`unexpected message(s) during ${label}: ${msgs.slice(0, 10).map(describe).join('; ')}`);
     }
   }
   return calls;
@@ -616,7 +617,22 @@ async function scenarioDelay(ctx) {
   const tSent = now();
   await ctx.send(producer, ctx.newMessage(body, args.tag, { deliveryTimestamp: new Date(deliverAt * 1000) }),
     'the delayed message');
-  ctx.result.sent = 1;
+  // A second one, due at the same moment, recalled at once (RecallMessage with the
+  // recall handle of its send receipt): it must never arrive.
+  const recalledBody = Buffer.from(`spate-node-recalled|${run}`);
+  const receipt = await ctx.send(producer,
+    ctx.newMessage(recalledBody, args.tag, { deliveryTimestamp: new Date(deliverAt * 1000) }),
+    'the delayed message to recall');
+  if (!receipt.recallHandle) throw new Fail("the delayed message's send receipt has no recall_handle");
+  ctx.phase = 'recalling';
+  let recall;
+  try {
+    recall = await producer.recallMessage(args.topic, receipt.recallHandle);
+  } catch (e) {
+    throw new Fail(`RecallMessage failed: ${describeError(e, ctx.api)}`);
+  }
+  ctx.result.recalled = String(recall.messageId);
+  ctx.result.sent = 2;
 
   ctx.phase = 'receiving';
   const deadline = deliverAt + args.recv_timeout;
@@ -625,6 +641,7 @@ async function scenarioDelay(ctx) {
     const msgs = await ctx.receive(consumer, args.invisible);
     const t = now();
     for (const r of msgs) {
+      if (recalledBody.equals(r.body)) throw new Fail(`the recalled message was delivered: ${describeMsg(r)}`);
       if (!body.equals(r.body)) throw new Fail(`unexpected message: ${describeMsg(r)}`);
       if (got) throw new Fail('the delayed message came twice in one batch');
       if (t < deliverAt - args.slack) {
@@ -648,7 +665,9 @@ async function scenarioDelay(ctx) {
   ctx.result.received_after_s = round3(got.t - tSent);
   ctx.result.late_by_s = round3(got.t - deliverAt);
   ctx.result.delivery_timestamp_echoed = got.echoed;
-  ctx.result.quiet_receives = await quietPeriod(ctx, consumer, 0, 'check for duplicates');
+  ctx.result.quiet_receives = await quietPeriod(
+    ctx, consumer, 0, 'check for duplicates and that the recalled message never arrives',
+    m => (recalledBody.equals(m.body) ? 'the RECALLED message ' : '') + describeMsg(m));
 }
 
 // ------------------------------------------------------------------ transaction
@@ -659,11 +678,16 @@ async function scenarioTransaction(ctx) {
   const run = runId();
   const commitBody = Buffer.from(`spate-node-tx-commit|${run}`);
   const rollbackBody = Buffer.from(`spate-node-tx-rollback|${run}`);
+  // Left open by the producer: only the server's check-back resolves it.
+  const checkbackBody = Buffer.from(`spate-node-tx-checkback|${run}`);
   const checks = [];
-  // Called if the server asks about a half message (check-back); answers consistently.
+  // Called if the server asks about a half message (check-back: a
+  // RecoverOrphanedTransactionCommand on the Telemetry stream); answers consistently.
+  // The client then sends EndTransaction with source SOURCE_SERVER_CHECK.
   const checker = {
     async check(messageView) {
-      const verdict = commitBody.equals(messageView.body) ? COMMIT : ROLLBACK;
+      const commit = commitBody.equals(messageView.body) || checkbackBody.equals(messageView.body);
+      const verdict = commit ? COMMIT : ROLLBACK;
       checks.push({ message_id: messageView.messageId, verdict: verdict === COMMIT ? 'COMMIT' : 'ROLLBACK' });
       return verdict;
     },
@@ -718,6 +742,47 @@ async function scenarioTransaction(ctx) {
   ctx.result.received = 1;
   ctx.result.quiet_receives = await quietPeriod(
     ctx, consumer, 0, 'check that the rolled-back message never appears');
+
+  // A transaction the producer never ends: the server asks the producer (check-back
+  // over the Telemetry stream) once the half message is old enough, and it commits it.
+  ctx.phase = 'sending the half message left to check-back';
+  const txOpen = producer.beginTransaction();
+  const r3 = await ctx.send(producer, ctx.newMessage(checkbackBody, args.tag), 'half message (left open)', txOpen);
+  if (!r3.transactionId) throw new Fail('send receipt of the half message left open has no transaction_id');
+  ctx.result.sent = 3;
+  const tOpen = now();
+  ctx.phase = 'receiving the message committed by check-back';
+  let committed = null;
+  let tCommitted = null;
+  const openDeadline = now() + args.recv_timeout;
+  while (!committed && now() < openDeadline) {
+    const msgs = await ctx.receive(consumer, args.invisible);
+    const t = now();
+    for (const m of msgs) {
+      if (rollbackBody.equals(m.body)) throw new Fail(`rolled-back message was delivered: ${describeMsg(m)}`);
+      if (!checkbackBody.equals(m.body)) {
+        throw new Fail(`unexpected message while waiting for the check-back: ${describeMsg(m)}`);
+      }
+      if (committed) throw new Fail('the message committed by check-back came twice in one batch');
+      const problems = [];
+      commonChecks(ctx, m, problems, 'message committed by check-back');
+      if (m.messageId !== r3.messageId) problems.push(`message_id ${m.messageId} != send receipt ${r3.messageId}`);
+      failOn(problems, 'message committed by check-back does not match');
+      await ctx.ack(consumer, m, 'the message committed by check-back');
+      committed = m;
+      tCommitted = t;
+    }
+  }
+  if (!committed) {
+    throw new Fail(`the half message left open (message_id ${r3.messageId}) was not committed by check-back ` +
+      `within ${args.recv_timeout}s; check-backs so far: ${JSON.stringify(checks)}`);
+  }
+  if (!checks.some(c => c.message_id === r3.messageId)) {
+    throw new Fail(`the open transaction (message_id ${r3.messageId}) was delivered without a check-back ` +
+      `to this producer; check-backs: ${JSON.stringify(checks)}`);
+  }
+  ctx.result.received = 2;
+  ctx.result.check_back_delivered_after_s = round3(tCommitted - tOpen);
   ctx.result.check_backs = checks;
 }
 

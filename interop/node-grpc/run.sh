@@ -7,6 +7,9 @@
 # transaction and push against 127.0.0.1:<broker port>, each in a fresh topic
 # (auto-created on its first route query) and consumer group, prints each
 # run's JSON line, and stops spate. Exits non-zero on the first failure.
+# delay also recalls a second delayed message (RecallMessage); transaction
+# leaves a third half message open, which only the broker's check-back
+# (RecoverOrphanedTransactionCommand on the Telemetry stream) commits.
 # Usage: interop/node-grpc/run.sh   (needs node and npm)
 # SPATE_BIN: the spate binary (default: <main>/target/debug/spate, which interop/run.sh builds);
 # GRPC_NODE_MESSAGES: messages in send-receive (default 1000).
@@ -54,11 +57,15 @@ read -r namesrv_port broker_port < <(node -e '
   Promise.all([take(), take()]).then(ss => { console.log(ss.map(s => s.address().port).join(" ")); ss.forEach(s => s.close()); });')
 endpoint="127.0.0.1:$broker_port"
 
-# No dedicated gRPC port; half messages are checked every 300 ms.
+# No dedicated gRPC port. Half messages are checked every 300 ms, but only
+# once 8 s old: the transaction scenario ends its first two halves itself
+# well before that, and the third (left open) is checked back well within
+# its --recv-timeout (60 s).
 cat > "$work/broker.conf" <<EOF
 brokerIP1=127.0.0.1
 grpcServerPort=0
 transactionCheckInterval=300
+transactionTimeOut=8000
 EOF
 mkdir "$work/data"
 "$bin" standalone -c "$work/broker.conf" --data-dir "$work/data" \
@@ -99,6 +106,19 @@ scenario() {
     fi
     exit 1
   fi
+  last_line="$line"
+}
+
+# expect SCENARIO FIELD VALUE: the last scenario's JSON line has FIELD == VALUE.
+expect() {
+  local which="$1" field="$2" want="$3"
+  printf '%s' "$last_line" | node -e '
+      let s = ""; process.stdin.on("data", d => s += d).on("end", () => {
+        const [ field, want ] = process.argv.slice(1);
+        const got = JSON.stringify(JSON.parse(s)[field]);
+        if (got !== want) { console.error(`got ${field} ${got}, expected ${want}`); process.exit(1); }
+      });' "$field" "$want" \
+    || { echo "node-grpc scenario $which: unexpected \"$field\"" >&2; exit 1; }
 }
 
 total_started=$SECONDS
@@ -106,6 +126,7 @@ scenario SendReceive 120 send-receive --count "$messages"
 scenario Redeliver 60 redeliver
 scenario Fifo 60 fifo --count 90
 scenario Delay 60 delay
-scenario Tx 60 transaction
+scenario Tx 90 transaction
+expect transaction received 2 # committed by the producer, and by check-back
 scenario Push 90 push --count 200 --nack 10
 echo "node-grpc: all scenarios passed in $((SECONDS - total_started))s"

@@ -713,11 +713,12 @@ fn overall_status<'a>(mut each: impl Iterator<Item = &'a pb::Status>) -> pb::Sta
     }
 }
 
+/// A resource a call touches, owned: its type, name and acceptable actions.
+type NamedNeed = (spate_auth::ResourceType, String, &'static [access::Action]);
+
 /// What a client's settings touch: a producer's topics (Pub), a
 /// consumer's group and topics (Sub).
-fn settings_needs(
-    s: &pb::Settings,
-) -> Result<Vec<(spate_auth::ResourceType, String, &'static [access::Action])>, settings::SettingsError> {
+fn settings_needs(s: &pb::Settings) -> Result<Vec<NamedNeed>, settings::SettingsError> {
     use spate_auth::ResourceType;
     match &s.pub_sub {
         Some(pb::settings::PubSub::Publishing(p)) => {
@@ -964,6 +965,35 @@ impl RecallHandle {
     }
 }
 
+/// Changes a popped message's invisible time (CHANGE_MESSAGE_INVISIBLETIME)
+/// and gives its new handle; shared by ChangeInvisibleDuration and the
+/// push consumers' renewals.
+pub async fn change_invisible(
+    state: &Arc<BrokerState>,
+    group: &str,
+    topic: &str,
+    handle_text: &str,
+    invisible_ms: u64,
+) -> Result<String, pb::Status> {
+    let handle = ReceiptHandle::parse(handle_text)
+        .map_err(|e| status(Code::InvalidReceiptHandle, format!("invalid receipt handle: {e}")))?;
+    let cmd = RemotingCommand::request(request::CHANGE_MESSAGE_INVISIBLETIME)
+        .with("consumerGroup", group)
+        .with("topic", topic)
+        .with("queueId", handle.queue_id)
+        .with("offset", handle.offset)
+        .with("extraInfo", handle_text)
+        .with("invisibleTime", invisible_ms);
+    match crate::pop::service::change_invisible(state, &cmd).await {
+        Ok(resp) if resp.code == response::SUCCESS => {
+            let stamp = resp.field("popTime").and_then(|t| t.parse::<u64>().ok()).unwrap_or(handle.stamp);
+            Ok(ReceiptHandle { stamp, invisible_ms, ..handle }.to_string())
+        }
+        Ok(resp) => Err(handle_status(resp)),
+        Err(e) => Err(status(Code::InternalServerError, e.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -992,34 +1022,5 @@ mod tests {
         }
         md.insert("grpc-timeout", "9X".parse().unwrap());
         assert_eq!(deadline_of(&md), None);
-    }
-}
-
-/// Changes a popped message's invisible time (CHANGE_MESSAGE_INVISIBLETIME)
-/// and gives its new handle; shared by ChangeInvisibleDuration and the
-/// push consumers' renewals.
-pub async fn change_invisible(
-    state: &Arc<BrokerState>,
-    group: &str,
-    topic: &str,
-    handle_text: &str,
-    invisible_ms: u64,
-) -> Result<String, pb::Status> {
-    let handle = ReceiptHandle::parse(handle_text)
-        .map_err(|e| status(Code::InvalidReceiptHandle, format!("invalid receipt handle: {e}")))?;
-    let cmd = RemotingCommand::request(request::CHANGE_MESSAGE_INVISIBLETIME)
-        .with("consumerGroup", group)
-        .with("topic", topic)
-        .with("queueId", handle.queue_id)
-        .with("offset", handle.offset)
-        .with("extraInfo", handle_text)
-        .with("invisibleTime", invisible_ms);
-    match crate::pop::service::change_invisible(state, &cmd).await {
-        Ok(resp) if resp.code == response::SUCCESS => {
-            let stamp = resp.field("popTime").and_then(|t| t.parse::<u64>().ok()).unwrap_or(handle.stamp);
-            Ok(ReceiptHandle { stamp, invisible_ms, ..handle }.to_string())
-        }
-        Ok(resp) => Err(handle_status(resp)),
-        Err(e) => Err(status(Code::InternalServerError, e.to_string())),
     }
 }

@@ -181,7 +181,7 @@ impl GrpcSessions {
             .filter(|s| s.is_producer() && s.topics().contains(&topic))
             .filter_map(|s| s.telemetry.as_ref().map(|(_, tx)| (s.last_seen, tx.clone())))
             .collect();
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|b| std::cmp::Reverse(b.0));
         v.into_iter().map(|(_, tx)| tx).collect()
     }
 
