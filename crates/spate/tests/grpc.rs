@@ -122,6 +122,48 @@ async fn hostile_grpc_calls_get_clear_answers_and_acknowledged_messages_survive(
         assert_eq!(code(&ack.entries[0].status), Code::InvalidReceiptHandle as i32, "{what}: {ack:?}");
     }
 
+    // A consumer gives up on a message: ForwardMessageToDeadLetterQueue
+    // puts it in %DLQ%<group> and it is not delivered to the group again.
+    let dlq_topic = "GrpcDlq";
+    let r = send(&mut c, message(dlq_topic, "01D0", b"to-the-dlq", &[])).await;
+    assert_eq!(code(&r.status), Code::Ok as i32);
+    let (_, got) = receive(&mut c, receive_req(dlq_topic, "g_dlq", 1, 1, 5), Duration::from_secs(10)).await;
+    let handle = got[0].system_properties.as_ref().and_then(|p| p.receipt_handle.clone()).expect("receipt handle");
+    let fwd = c
+        .forward_message_to_dead_letter_queue(pb::ForwardMessageToDeadLetterQueueRequest {
+            group: resource("g_dlq"),
+            topic: resource(dlq_topic),
+            receipt_handle: handle.clone(),
+            message_id: "01D0".into(),
+            delivery_attempt: 1,
+            max_delivery_attempts: 1,
+            lite_topic: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&fwd.status), Code::Ok as i32, "{fwd:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, again) = receive(&mut c, receive_req(dlq_topic, "g_dlq", 8, 1, 1), Duration::from_secs(5)).await;
+    assert!(again.is_empty(), "a forwarded message is not delivered again: {again:?}");
+    let dead: Vec<Vec<u8>> = drain(&mut c, "%DLQ%g_dlq", "g_dlq_reader").await.into_iter().map(|m| m.body).collect();
+    assert_eq!(dead, vec![b"to-the-dlq".to_vec()], "the message is in the group's DLQ");
+    // The same handle again: already settled.
+    let fwd = c
+        .forward_message_to_dead_letter_queue(pb::ForwardMessageToDeadLetterQueueRequest {
+            group: resource("g_dlq"),
+            topic: resource(dlq_topic),
+            receipt_handle: handle,
+            message_id: "01D0".into(),
+            delivery_attempt: 1,
+            max_delivery_attempts: 1,
+            lite_topic: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&fwd.status), Code::InvalidReceiptHandle as i32, "{fwd:?}");
+
     // A garbled HTTP/2 stream on the remoting port: that connection is
     // closed, nobody else notices.
     let mut tcp = tokio::net::TcpStream::connect(spate.broker()).await.unwrap();
