@@ -23,15 +23,7 @@ start_timeout_s=10
 [ -x "$bin" ] || { echo "spate binary not found at $bin (cargo build -p spate, or set SPATE_BIN)" >&2; exit 1; }
 cd "$here"
 
-# npm ci only when node_modules was not installed from this very lock file.
-# Install scripts are not needed: the only one in the tree (protobufjs's
-# postinstall) just warns about version ranges in the parent package.json.
-lock_sum="$(sha256sum package-lock.json | cut -d' ' -f1)"
-stamp=node_modules/.spate-lock.sha256
-if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ]; then
-  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
-  echo "$lock_sum" > "$stamp"
-fi
+"$here/setup.sh"
 
 work="$(mktemp -d /tmp/spate-grpc-node-XXXXXX)"
 spate_pid=""

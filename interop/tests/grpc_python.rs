@@ -12,8 +12,10 @@
 //! server's check-back on its Telemetry stream; a push consumer consuming
 //! every message once while it holds one past its invisible time (the
 //! broker renews it). Then across protocols:
-//! rocketmq-client-rust (remoting) sends and the Python simple consumer (gRPC) reads every message, and the Python
-//! producer sends and rocketmq-client-rust's push consumer reads them.
+//! rocketmq-client-rust (remoting) sends and the Python simple consumer
+//! (gRPC) reads every message, and the Python producer sends and
+//! rocketmq-client-rust's push consumer reads them; the same with
+//! Node.js's official client (`node-grpc/`, `SPATE_NODE_GRPC`).
 //!
 //! Environment: `SPATE_PYTHON` (a Python with the pinned client installed;
 //! `run.sh` makes it), `SPATE_BIN`, `GRPC_INTEROP_MESSAGES` (default 1000).
@@ -42,14 +44,37 @@ const CONSUME_TIMEOUT: Duration = Duration::from_secs(60);
 const SEND_TIMEOUT_MS: u64 = 5_000;
 const CROSS_MESSAGES: usize = 50;
 
-fn python() -> PathBuf {
-    PathBuf::from(std::env::var_os("SPATE_PYTHON").expect(
-        "SPATE_PYTHON must name a Python with interop/python/requirements.txt installed (interop/run.sh makes one)",
-    ))
+/// An official RocketMQ 5 client's scenario script: the same command line
+/// and JSON line for each language.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Sdk {
+    /// `python/interop.py` with `SPATE_PYTHON`.
+    Python,
+    /// `node-grpc/interop.js` with `node`, its packages in `SPATE_NODE_GRPC`.
+    Node,
 }
 
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/interop.py")
+impl Sdk {
+    fn command(self) -> Command {
+        let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        match self {
+            Sdk::Python => {
+                let python = std::env::var_os("SPATE_PYTHON").expect(
+                    "SPATE_PYTHON must name a Python with interop/python/requirements.txt installed (interop/run.sh makes one)",
+                );
+                let mut c = Command::new(python);
+                c.arg(here.join("python/interop.py"));
+                c
+            }
+            Sdk::Node => {
+                let dir = std::env::var_os("SPATE_NODE_GRPC")
+                    .expect("SPATE_NODE_GRPC must name interop/node-grpc with its packages installed (its setup.sh)");
+                let mut c = Command::new("node");
+                c.arg(PathBuf::from(&dir).join("interop.js")).current_dir(dir);
+                c
+            }
+        }
+    }
 }
 
 /// What one run of `interop.py` printed and how it ended.
@@ -60,30 +85,48 @@ struct Run {
     stderr: String,
 }
 
-/// Runs one scenario of `interop.py` with `env` set.
+/// Runs one scenario of the Python client with `env` set.
 fn run(endpoint: &str, topic: &str, group: &str, name: &str, extra: &[&str], env: &[(&str, &std::path::Path)]) -> Run {
+    run_sdk(Sdk::Python, endpoint, topic, group, name, extra, env)
+}
+
+/// Runs one scenario of an SDK's script with `env` set.
+fn run_sdk(
+    sdk: Sdk,
+    endpoint: &str,
+    topic: &str,
+    group: &str,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &std::path::Path)],
+) -> Run {
     let started = Instant::now();
-    let out = Command::new(python())
-        .arg(script())
+    let out = sdk
+        .command()
         .args(["--endpoint", endpoint, "--topic", topic, "--group", group, "--scenario", name])
         .args(extra)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
+        .unwrap_or_else(|e| panic!("cannot run the {sdk:?} client: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default().to_string();
-    println!("python {name} ({:?}, {}): {line}", started.elapsed(), out.status);
+    println!("{sdk:?} {name} ({:?}, {}): {line}", started.elapsed(), out.status);
     let json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {line}"));
     Run { ok: out.status.success(), json, line, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
-/// Runs one scenario that must succeed; its JSON line.
+/// Runs one scenario of the Python client that must succeed; its JSON line.
 fn scenario(endpoint: &str, topic: &str, group: &str, name: &str, extra: &[&str]) -> serde_json::Value {
-    let r = run(endpoint, topic, group, name, extra, &[]);
+    sdk_scenario(Sdk::Python, endpoint, topic, group, name, extra)
+}
+
+/// Runs one scenario of an SDK's script that must succeed; its JSON line.
+fn sdk_scenario(sdk: Sdk, endpoint: &str, topic: &str, group: &str, name: &str, extra: &[&str]) -> serde_json::Value {
+    let r = run_sdk(sdk, endpoint, topic, group, name, extra, &[]);
     assert!(
         r.ok && r.json["ok"] == serde_json::Value::Bool(true),
-        "python {name} failed:\n{}\n---- stderr ----\n{}",
+        "{sdk:?} {name} failed:\n{}\n---- stderr ----\n{}",
         r.line,
         r.stderr
     );
@@ -140,12 +183,21 @@ fn python_client_over_grpc() {
     );
     assert_eq!(v["deliveries"], serde_json::json!(200), "each message consumed once: {v}");
 
-    cross_protocol(&server, &endpoint, run);
+    cross_protocol(Sdk::Python, &server, &endpoint, run);
+}
+
+/// Node.js's official client across protocols, as the Python one above
+/// (its other scenarios run in `node-grpc/run.sh`).
+#[test]
+fn node_client_across_protocols() {
+    let server = SpateServer::start("grpcServerPort=0\n");
+    let endpoint = format!("127.0.0.1:{}", server.broker_port);
+    cross_protocol(Sdk::Node, &server, &endpoint, std::process::id());
 }
 
 /// rocketmq-client-rust sends, Python receives; Python sends,
 /// rocketmq-client-rust receives.
-fn cross_protocol(server: &SpateServer, endpoint: &str, run: u32) {
+fn cross_protocol(sdk: Sdk, server: &SpateServer, endpoint: &str, run: u32) {
     let namesrv = server.namesrv_addr();
     let to_grpc = format!("CrossToGrpc{run}");
     let from_grpc = format!("CrossFromGrpc{run}");
@@ -189,15 +241,9 @@ fn cross_protocol(server: &SpateServer, endpoint: &str, run: u32) {
             assert_eq!(r.send_status, SendStatus::SendOk, "remoting send #{i}: {r:?}");
         }
     });
-    scenario(endpoint, &to_grpc, &format!("cross_py_{run}"), "receive-only", &["--count", &CROSS_MESSAGES.to_string()]);
-
-    scenario(
-        endpoint,
-        &from_grpc,
-        &format!("cross_py_sender_{run}"),
-        "send-only",
-        &["--count", &CROSS_MESSAGES.to_string()],
-    );
+    let count = CROSS_MESSAGES.to_string();
+    sdk_scenario(sdk, endpoint, &to_grpc, &format!("cross_sdk_{run}"), "receive-only", &["--count", &count]);
+    sdk_scenario(sdk, endpoint, &from_grpc, &format!("cross_sdk_sender_{run}"), "send-only", &["--count", &count]);
     let got = owner.block_on(async {
         let seen = Arc::new(Mutex::new(BTreeSet::new()));
         let mut consumer = DefaultMQPushConsumer::builder(client_runtime.clone())
