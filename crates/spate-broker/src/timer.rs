@@ -41,6 +41,11 @@ pub const CURSOR_QUEUE: i32 = 1;
 const SLOT_MS: i64 = 10;
 /// Most entries moved per round.
 const ROUND_BATCH: usize = 512;
+/// Most entries a round takes past [`ROUND_BATCH`] because they are due at
+/// the same moment as its last (so a recall's marker meets its message):
+/// bounded, so a million messages due at one millisecond still move in
+/// bounded rounds (a recall among them may then miss; see ARCHITECTURE.md).
+const SAME_DUE_EXTRA: usize = 4 * ROUND_BATCH;
 /// Most queue entries read into the wheel per blocking read.
 const FILL_BATCH: usize = 32 * 1024;
 /// Longest sleep between rounds; a new timer message wakes the deliverer
@@ -100,6 +105,8 @@ pub enum RecallError {
     TooLate(i64),
     #[error("{0}")]
     Put(String),
+    #[error("no such pending message: {0}")]
+    NotPending(String),
 }
 
 /// Cancels a pending timer message of `topic` with key `uniq_key` due at
@@ -110,6 +117,15 @@ pub async fn recall(state: &Arc<BrokerState>, topic: &str, uniq_key: &str, due_m
     let ahead = due_ms.saturating_sub(now_ms());
     if ahead < RECALL_MIN_AHEAD_MS {
         return Err(RecallError::TooLate(ahead));
+    }
+    // No message can be due later than a send may ask for: a marker there
+    // would only sit in the wheel.
+    let max_delay = state.config.read().timer_max_delay;
+    if ahead > max_delay.as_millis() as i64 {
+        return Err(RecallError::NotPending(format!("due {ahead} ms from now, past timerMaxDelaySec")));
+    }
+    if state.topics.get(topic).is_none() {
+        return Err(RecallError::NotPending(format!("topic {topic} does not exist")));
     }
     let properties = message::encode_properties([(property::UNIQ_KEY, uniq_key), (TIMER_DEL_UNIQKEY, uniq_key)])
         .map_err(|e| RecallError::Put(e.to_string()))?;
@@ -133,6 +149,12 @@ pub async fn recall(state: &Arc<BrokerState>, topic: &str, uniq_key: &str, due_m
     crate::send::await_replication(state, put.append.physical_offset + put.append.size as u64, &mut ack).await;
     if ack.code != spate_remoting::response::SUCCESS {
         return Err(RecallError::Put(ack.remark.unwrap_or_default()));
+    }
+    // Stored, but the message may have fallen due meanwhile: only a marker
+    // stored well ahead of it is sure to meet it.
+    let left = due_ms.saturating_sub(now_ms());
+    if left < SLOT_MS {
+        return Err(RecallError::TooLate(left));
     }
     Ok(())
 }
@@ -214,13 +236,14 @@ impl Wheel {
                 break;
             }
         }
-        // Entries due at the same moment leave together: a recall's
-        // marker shares its message's due time and must meet it.
+        // Entries due at the same moment leave together (up to a bound): a
+        // recall's marker shares its message's due time and must meet it.
         if let Some(&(last_due, _)) = out.last().filter(|_| out.len() >= max) {
             if let Some(entries) = self.slots.get_mut(&last_due.div_euclid(SLOT_MS)) {
                 let before = entries.len();
+                let limit = max + SAME_DUE_EXTRA;
                 let mut i = 0;
-                while i < entries.len() {
+                while i < entries.len() && out.len() < limit {
                     if entries[i].0 == last_due {
                         out.push(entries.swap_remove(i));
                     } else {
@@ -518,6 +541,13 @@ mod tests {
         assert_eq!(first.len(), 5, "a recall's marker meets its message: {first:?}");
         assert_eq!(w.pop_due(1000, 2), vec![(100 + SLOT_MS, 9)]);
         assert!(w.is_empty());
+        // But never more than the bound past the batch, however many share a moment.
+        let many = (ROUND_BATCH + 2 * SAME_DUE_EXTRA) as i64;
+        for o in 0..many {
+            w.insert(200, o);
+        }
+        assert_eq!(w.pop_due(1000, ROUND_BATCH).len(), ROUND_BATCH + SAME_DUE_EXTRA);
+        assert_eq!(w.len(), many as usize - ROUND_BATCH - SAME_DUE_EXTRA);
     }
 
     #[test]

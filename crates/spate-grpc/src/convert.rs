@@ -71,9 +71,6 @@ const RESERVED: &[&str] = &[
     "POP_RETRY",
 ];
 
-/// Most bytes a GZIP body may inflate to (`maxMessageSize` is checked after).
-const MAX_INFLATED: u64 = 64 << 20;
-
 /// Why a message cannot be stored.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ConvertError {
@@ -91,6 +88,8 @@ pub enum ConvertError {
     Properties(String),
     #[error("the GZIP body does not inflate: {0}")]
     BadGzip(String),
+    #[error("the body inflates past maxMessageSize ({0} bytes)")]
+    BodyTooLarge(usize),
     #[error("unknown body encoding {0}")]
     BadEncoding(i32),
     #[error("a {0} message cannot also carry {1}")]
@@ -113,8 +112,9 @@ pub struct Inbound {
     pub transactional: bool,
 }
 
-/// Reads a message a producer sent.
-pub fn inbound(msg: &pb::Message) -> Result<Inbound, ConvertError> {
+/// Reads a message a producer sent; a GZIP body is inflated up to
+/// `max_body` bytes (`maxMessageSize`), no further.
+pub fn inbound(msg: &pb::Message, max_body: usize) -> Result<Inbound, ConvertError> {
     let topic = msg.topic.as_ref().map(|t| t.name.clone()).filter(|t| !t.is_empty()).ok_or(ConvertError::NoTopic)?;
     let sys = msg.system_properties.as_ref().ok_or(ConvertError::NoSystemProperties)?;
     if sys.message_id.is_empty() || sys.message_id.len() > 128 {
@@ -122,7 +122,7 @@ pub fn inbound(msg: &pb::Message) -> Result<Inbound, ConvertError> {
     }
     let body = match Encoding::try_from(sys.body_encoding) {
         Ok(Encoding::Identity) | Ok(Encoding::Unspecified) => msg.body.clone(),
-        Ok(Encoding::Gzip) => gunzip(&msg.body)?,
+        Ok(Encoding::Gzip) => gunzip(&msg.body, max_body)?,
         Err(_) => return Err(ConvertError::BadEncoding(sys.body_encoding)),
     };
     let kind = MessageType::try_from(sys.message_type).unwrap_or(MessageType::Normal);
@@ -197,12 +197,15 @@ fn check_text(s: &str, empty_ok: bool) -> Result<(), ConvertError> {
     Ok(())
 }
 
-fn gunzip(body: &[u8]) -> Result<Vec<u8>, ConvertError> {
+fn gunzip(body: &[u8], max: usize) -> Result<Vec<u8>, ConvertError> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(body)
-        .take(MAX_INFLATED)
+        .take(max as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| ConvertError::BadGzip(e.to_string()))?;
+    if out.len() > max {
+        return Err(ConvertError::BodyTooLarge(max));
+    }
     Ok(out)
 }
 
@@ -311,6 +314,10 @@ pub fn outbound(rec: &Record<'_>, d: &Delivered) -> pb::Message {
 mod tests {
     use super::*;
 
+    fn inbound_(m: &pb::Message) -> Result<Inbound, ConvertError> {
+        inbound(m, 1 << 20)
+    }
+
     fn msg(user: &[(&str, &str)]) -> pb::Message {
         pb::Message {
             topic: Some(pb::Resource { name: "T".into(), ..Default::default() }),
@@ -328,7 +335,7 @@ mod tests {
 
     #[test]
     fn system_properties_become_upstream_names_and_come_back() {
-        let m = inbound(&msg(&[("color", "blue"), ("empty", "")])).unwrap();
+        let m = inbound_(&msg(&[("color", "blue"), ("empty", "")])).unwrap();
         assert_eq!(message::property(&m.properties, "TAGS"), Some("tagA"));
         assert_eq!(message::property(&m.properties, "KEYS"), Some("k1 k2"));
         assert_eq!(message::property(&m.properties, "UNIQ_KEY"), Some("01ABC"));
@@ -367,14 +374,14 @@ mod tests {
 
     #[test]
     fn reserved_and_separator_properties_are_refused() {
-        assert_eq!(inbound(&msg(&[("TAGS", "x")])), Err(ConvertError::ReservedProperty("TAGS".into())));
-        assert!(matches!(inbound(&msg(&[("a\u{1}b", "x")])), Err(ConvertError::BadProperty(_))));
-        assert!(matches!(inbound(&msg(&[("a", "x\u{2}")])), Err(ConvertError::BadProperty(_))));
+        assert_eq!(inbound_(&msg(&[("TAGS", "x")])), Err(ConvertError::ReservedProperty("TAGS".into())));
+        assert!(matches!(inbound_(&msg(&[("a\u{1}b", "x")])), Err(ConvertError::BadProperty(_))));
+        assert!(matches!(inbound_(&msg(&[("a", "x\u{2}")])), Err(ConvertError::BadProperty(_))));
         let mut m = msg(&[]);
         m.system_properties.as_mut().unwrap().message_id.clear();
-        assert_eq!(inbound(&m), Err(ConvertError::BadMessageId));
+        assert_eq!(inbound_(&m), Err(ConvertError::BadMessageId));
         m.topic = None;
-        assert_eq!(inbound(&m), Err(ConvertError::NoTopic));
+        assert_eq!(inbound_(&m), Err(ConvertError::NoTopic));
     }
 
     #[test]
@@ -385,15 +392,20 @@ mod tests {
         let mut m = msg(&[]);
         m.body = enc.finish().unwrap();
         m.system_properties.as_mut().unwrap().body_encoding = Encoding::Gzip as i32;
-        assert_eq!(inbound(&m).unwrap().body, b"hello hello hello");
+        assert_eq!(inbound_(&m).unwrap().body, b"hello hello hello");
         m.body = b"not gzip".to_vec();
-        assert!(matches!(inbound(&m), Err(ConvertError::BadGzip(_))));
+        assert!(matches!(inbound_(&m), Err(ConvertError::BadGzip(_))));
+        // A bomb stops at maxMessageSize.
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 3 << 20]).unwrap();
+        m.body = enc.finish().unwrap();
+        assert_eq!(inbound_(&m), Err(ConvertError::BodyTooLarge(1 << 20)));
     }
 
     #[test]
     fn a_fifo_message_may_not_be_delayed() {
         let mut m = msg(&[]);
         m.system_properties.as_mut().unwrap().delivery_timestamp = Some(timestamp(5));
-        assert_eq!(inbound(&m), Err(ConvertError::Mixed("FIFO", "a delivery timestamp")));
+        assert_eq!(inbound_(&m), Err(ConvertError::Mixed("FIFO", "a delivery timestamp")));
     }
 }

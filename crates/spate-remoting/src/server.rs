@@ -334,8 +334,10 @@ async fn admit_and_start(stream: TcpStream, peer: SocketAddr, a: Arc<Accepting>)
     let transport = match admitted {
         Ok(Admitted::Remoting(t)) => t,
         Ok(Admitted::Http2(stream)) => {
-            // The sink counts and bounds its own connections.
-            a.state.leave(peer.ip());
+            // Counted against this address (serverMaxConnectionsPerAddress)
+            // until the HTTP/2 connection is dropped; the sink bounds the
+            // total of its own.
+            let stream = stream.counted(AddressSlot(a.state.clone(), peer.ip()));
             match &a.http2 {
                 Some(sink) => sink.accept(stream),
                 None => a.state.refused(peer, &Refusal::Mode("HTTP/2 (gRPC) is not served on this port"), a.tls.mode()),
@@ -369,6 +371,15 @@ async fn admit_and_start(stream: TcpStream, peer: SocketAddr, a: Arc<Accepting>)
     // Counted as admitting until it is in `connections`, so the two
     // together never undercount against serverMaxConnections.
     drop(admitting);
+}
+
+/// One connection's place in its address's count; given back on drop.
+struct AddressSlot(Arc<ServerState>, IpAddr);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        self.0.leave(self.1);
+    }
 }
 
 struct InFlight(Arc<ServerState>);

@@ -265,6 +265,9 @@ pub struct Http2Stream {
     inner: Http2Inner,
     peer: std::net::SocketAddr,
     local: Option<std::net::SocketAddr>,
+    /// The connection's place in the accepting server's counts
+    /// (`serverMaxConnectionsPerAddress`), given back when it is dropped.
+    _counted: Option<Box<dyn Send + Sync>>,
 }
 
 enum Http2Inner {
@@ -275,12 +278,18 @@ enum Http2Inner {
 impl Http2Stream {
     pub(crate) fn plain(tcp: TcpStream, peer: std::net::SocketAddr) -> Http2Stream {
         let local = tcp.local_addr().ok();
-        Http2Stream { inner: Http2Inner::Plain(tcp), peer, local }
+        Http2Stream { inner: Http2Inner::Plain(tcp), peer, local, _counted: None }
     }
 
     pub(crate) fn tls(stream: Box<TlsStream>, peer: std::net::SocketAddr) -> Http2Stream {
         let local = stream.get_ref().0.tcp().ok().and_then(|t| t.local_addr().ok());
-        Http2Stream { inner: Http2Inner::Tls(stream), peer, local }
+        Http2Stream { inner: Http2Inner::Tls(stream), peer, local, _counted: None }
+    }
+
+    /// Keeps `slot` (whose drop uncounts the connection) as long as the stream.
+    pub fn counted(mut self, slot: impl Send + Sync + 'static) -> Http2Stream {
+        self._counted = Some(Box::new(slot));
+        self
     }
 
     pub fn peer_addr(&self) -> std::net::SocketAddr {

@@ -304,3 +304,46 @@ async fn grpc_clients_show_in_admin_and_metrics() {
     assert_eq!(sends, Some(7.0), "every gRPC send timed");
     drop(tx);
 }
+
+/// A receive whose caller went away frees its long-polling slot at once:
+/// a client that opens receives and resets them cannot hold every slot
+/// (`maxHeldPulls`) from everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_receives_free_their_long_polling_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Standalone::start_with(&dir.path().join("d"), &["maxHeldPulls=4"]);
+    let mut c = connect(&spate.broker()).await;
+    let topic = "GrpcAbandon";
+    c.query_route(pb::QueryRouteRequest { topic: resource(topic), endpoints: None }).await.unwrap();
+    for round in 0..3 {
+        // Four receives that would wait 20 s each, abandoned after 300 ms.
+        let mut calls = Vec::new();
+        for _ in 0..4 {
+            let mut cc = c.clone();
+            calls.push(tokio::spawn(async move {
+                // No deadline (the broker may hold it 20 s); dropped after
+                // 300 ms, which resets the stream.
+                let stream = cc.receive_message(receive_req(topic, "g_abandon", 8, 30, 20)).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                drop(stream);
+            }));
+        }
+        for call in calls {
+            let _ = call.await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The slots are free: a new receive waits for its message instead
+        // of being refused as full.
+        let sender = {
+            let mut s = c.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                send(&mut s, message(topic, &format!("01AB{round}"), b"late", &[])).await
+            })
+        };
+        let (st, msgs) = receive(&mut c, receive_req(topic, "g_abandon_next", 8, 30, 5), Duration::from_secs(8)).await;
+        assert_eq!(st, Code::Ok as i32, "round {round}: a held receive got the message, not POLLING_FULL");
+        assert_eq!(msgs.len(), 1);
+        sender.await.unwrap();
+    }
+}

@@ -55,6 +55,13 @@ pub fn check(
     })
 }
 
+/// Whether the call may touch `needs`, without counting or logging a
+/// refusal (for what a call may do besides what it asked).
+pub fn permits(state: &BrokerState, md: &MetadataMap, source: IpAddr, needs: &[Need<'_>]) -> bool {
+    let settings = state.gate.settings();
+    !settings.authentication_enabled || decide(state, md, source, needs, settings.authorization_enabled).is_ok()
+}
+
 fn decide(
     state: &BrokerState,
     md: &MetadataMap,

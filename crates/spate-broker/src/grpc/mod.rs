@@ -38,6 +38,15 @@ const HANDOFF_QUEUE: usize = 64;
 /// Inbound headroom over `maxMessageSize` for one gRPC message (a send
 /// carries its properties and framing besides the body).
 const DECODING_HEADROOM: usize = 1 << 20;
+/// Calls one HTTP/2 connection may have open at once (hyper's own default;
+/// tonic lifts it): a client pipelining receives cannot hold every
+/// long-polling slot from one connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 200;
+/// A connection that answers no HTTP/2 ping for this long after one is
+/// sent every [`KEEPALIVE_INTERVAL`] is closed (dead peers do not keep
+/// their share of `serverMaxConnections`).
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A running gRPC front end.
 pub struct GrpcFrontEnd {
@@ -49,6 +58,25 @@ pub struct GrpcFrontEnd {
     local_addr: Option<SocketAddr>,
     /// TLS on the dedicated port, as on the remoting port (`tlsMode`).
     tls: ServerTls,
+    /// Connections open per client address on the dedicated port
+    /// (`serverMaxConnectionsPerAddress`; the remoting port counts its own).
+    per_address: Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    max_per_address: usize,
+}
+
+/// A connection's place in the dedicated port's per-address count.
+struct AddressSlot(Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>, std::net::IpAddr);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.0.lock();
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
 }
 
 impl GrpcFrontEnd {
@@ -56,10 +84,21 @@ impl GrpcFrontEnd {
     pub fn start(state: Arc<BrokerState>, listener: Option<TcpListener>, tls: ServerTls) -> Arc<GrpcFrontEnd> {
         let (handoff, rx) = mpsc::channel::<Counted>(HANDOFF_QUEUE);
         let stop = CancellationToken::new();
-        let max_connections = state.config.read().server_max_connections.max(1);
+        let (max_connections, max_per_address) = {
+            let c = state.config.read();
+            (c.server_max_connections.max(1), c.server_max_connections_per_address.max(1))
+        };
         let permits = Arc::new(Semaphore::new(max_connections));
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-        let fe = Arc::new(GrpcFrontEnd { handoff, permits, stop: stop.clone(), local_addr, tls });
+        let fe = Arc::new(GrpcFrontEnd {
+            handoff,
+            permits,
+            stop: stop.clone(),
+            local_addr,
+            tls,
+            per_address: Default::default(),
+            max_per_address,
+        });
         let max_decode = state.store.config().max_message_size + DECODING_HEADROOM;
         let svc = MessagingServiceServer::new(service::Messaging::new(state.clone()))
             .max_decoding_message_size(max_decode)
@@ -68,6 +107,9 @@ impl GrpcFrontEnd {
         let stopped = stop.clone();
         tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming.into_stream(), stopped.cancelled_owned())
                 .await;
@@ -86,6 +128,19 @@ impl GrpcFrontEnd {
     /// The dedicated port's address, if one is bound.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// A place among `ip`'s connections to the dedicated port, if it has
+    /// fewer than `serverMaxConnectionsPerAddress`.
+    fn address_slot(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let mut map = self.per_address.lock();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max_per_address {
+            tracing::debug!(%ip, "gRPC connection refused: serverMaxConnectionsPerAddress reached");
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(self.per_address.clone(), ip))
     }
 
     /// A share of `serverMaxConnections`, if any is left.
@@ -133,11 +188,12 @@ async fn accept_loop(listener: TcpListener, fe: Arc<GrpcFrontEnd>) {
                 // Admitted (TLS handshake or not) on a task of its own, so a
                 // silent peer never holds up the accept loop; the permit
                 // bounds connections being admitted too.
+                let Some(slot) = fe.address_slot(peer.ip()) else { continue };
                 let Some(permit) = fe.permit() else { continue };
                 let fe = fe.clone();
                 tokio::spawn(async move {
                     match spate_remoting::server::admit_http2(stream, peer, &fe.tls).await {
-                        Ok(s) => fe.take(s, permit),
+                        Ok(s) => fe.take(s.counted(slot), permit),
                         Err(why) => tracing::debug!(%peer, why, "gRPC connection closed at admission"),
                     }
                 });

@@ -37,11 +37,13 @@ pub enum RouteError {
 }
 
 /// The topic's broker groups with a master, from the name servers, else
-/// from this broker alone.
+/// from this broker alone; `may_create`: an unknown topic may be created
+/// here (the caller could send to it).
 pub async fn lookup(
     state: &Arc<BrokerState>,
     client: &RemotingClient,
     topic: &str,
+    may_create: bool,
 ) -> Result<Vec<GroupQueues>, RouteError> {
     let namesrvs = state.config.read().namesrv_addr.clone();
     let mut last = String::from("no name server configured");
@@ -53,20 +55,22 @@ pub async fn lookup(
                     Ok(data) => {
                         let groups = from_route(&data);
                         if groups.is_empty() {
-                            return Err(RouteError::NotFound);
+                            // Known, but no group has a master now (a
+                            // failover under way): clients try again.
+                            return Err(RouteError::Unavailable(format!("topic {topic} has no master at the moment")));
                         }
                         return Ok(groups);
                     }
                     Err(e) => last = format!("{addr}: {e}"),
                 }
             }
-            Ok(resp) if resp.code == response::TOPIC_NOT_EXIST => return local(state, topic).await,
+            Ok(resp) if resp.code == response::TOPIC_NOT_EXIST => return local(state, topic, may_create).await,
             Ok(resp) => last = format!("{addr} answered {}: {}", resp.code, resp.remark.unwrap_or_default()),
             Err(e) => last = format!("{addr}: {e}"),
         }
     }
     tracing::debug!(topic, reason = %last, "no name server route; answering with this broker's queues");
-    local(state, topic).await
+    local(state, topic, may_create).await
 }
 
 async fn create(state: &Arc<BrokerState>, topic: &str) -> Result<spate_remoting::protocol::TopicConfig, RouteError> {
@@ -90,10 +94,11 @@ async fn create(state: &Arc<BrokerState>, topic: &str) -> Result<spate_remoting:
 /// write is created here when `autoCreateTopicEnable` is on, as a remoting
 /// producer's first send creates it (gRPC producers ask for the route
 /// before they send).
-async fn local(state: &Arc<BrokerState>, topic: &str) -> Result<Vec<GroupQueues>, RouteError> {
+async fn local(state: &Arc<BrokerState>, topic: &str, may_create: bool) -> Result<Vec<GroupQueues>, RouteError> {
     let tc = match state.topics.get(topic) {
         Some(tc) => tc,
-        None => create(state, topic).await?,
+        None if may_create => create(state, topic).await?,
+        None => return Err(RouteError::NotFound),
     };
     if state.config.read().broker_role == crate::BrokerRole::Slave {
         return Err(RouteError::Unavailable("this broker is a slave and no name server answered".into()));

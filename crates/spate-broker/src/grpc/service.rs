@@ -102,7 +102,8 @@ impl Messaging {
 
     async fn send_one(&self, origin: &Origin<'_>, m: pb::Message) -> pb::SendResultEntry {
         let mut entry = pb::SendResultEntry::default();
-        let inbound = match convert::inbound(&m) {
+        let max = self.state.store.config().max_message_size;
+        let inbound = match convert::inbound(&m, max) {
             Ok(i) => i,
             Err(e) => {
                 let code = match e {
@@ -113,6 +114,7 @@ impl Messaging {
                     }
                     convert::ConvertError::Mixed(..) => Code::MessagePropertyConflictWithType,
                     convert::ConvertError::Properties(_) => Code::MessagePropertiesTooLarge,
+                    convert::ConvertError::BodyTooLarge(_) => Code::MessageBodyTooLarge,
                     _ => Code::BadRequest,
                 };
                 entry.status = Some(status(code, e.to_string()));
@@ -143,7 +145,6 @@ impl Messaging {
             ));
             return entry;
         }
-        let max = self.state.store.config().max_message_size;
         if inbound.body.is_empty() {
             entry.status = Some(status(Code::MessageBodyEmpty, "the message body is empty"));
             return entry;
@@ -280,6 +281,9 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         if let Err(st) = self.allowed(&req, peer, &[access::topic(&name, ROUTE)]) {
             return Ok(Response::new(pb::QueryRouteResponse { status: Some(st), message_queues: vec![] }));
         }
+        // A topic is created on a route query only for a caller that may
+        // send to it (as a remoting send creates one).
+        let may_create = access::permits(&self.state, req.metadata(), peer.ip(), &[access::topic(&name, PUB)]);
         let r = req.into_inner();
         let topic = r.topic.unwrap_or_default();
         if let Err(e) = message::validate_topic(&topic.name) {
@@ -288,7 +292,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
                 message_queues: vec![],
             }));
         }
-        let answer = match route::lookup(&self.state, &self.namesrv, &topic.name).await {
+        let answer = match route::lookup(&self.state, &self.namesrv, &topic.name, may_create).await {
             Ok(groups) => pb::QueryRouteResponse {
                 status: Some(spate_grpc::status::ok()),
                 message_queues: route::message_queues(&topic, &groups, &self.accepted_types(&topic.name)),
@@ -362,8 +366,12 @@ impl pb::messaging_service_server::MessagingService for Messaging {
             let st = status(Code::IllegalConsumerGroup, e);
             return Ok(Response::new(pb::QueryAssignmentResponse { status: Some(st), assignments: vec![] }));
         }
+        if let Err(e) = message::validate_topic(&topic.name) {
+            let st = status(Code::IllegalTopic, e.to_string());
+            return Ok(Response::new(pb::QueryAssignmentResponse { status: Some(st), assignments: vec![] }));
+        }
         let fifo = self.group_facts(&group).fifo;
-        let answer = match route::lookup(&self.state, &self.namesrv, &topic.name).await {
+        let answer = match route::lookup(&self.state, &self.namesrv, &topic.name, false).await {
             Ok(groups) => {
                 let assignments = route::assignments(&topic, &groups, fifo, &self.accepted_types(&topic.name));
                 let st = if assignments.is_empty() {
@@ -404,15 +412,24 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         let state = self.state.clone();
         let fifo = self.group_facts(&resource_name(&r.group)).fifo;
         // The pop runs to its end on a task of its own even if the client
-        // goes away: what it handed out is journaled and comes back after
-        // its invisible time.
+        // goes away (what it handed out is journaled and comes back after
+        // its invisible time), but a wait for messages ends with the call.
+        let gone = tokio_util::sync::CancellationToken::new();
+        let (watch, cancel) = (tx.clone(), gone.clone());
+        let watcher = tokio::spawn(async move {
+            watch.closed().await;
+            cancel.cancel();
+        });
         tokio::spawn(async move {
-            let answer = receive(&state, peer, h.client_id, r, deadline, fifo).await;
+            let answer = receive(&state, peer, h.client_id, r, deadline, fifo, gone).await;
             for item in answer {
                 if tx.send(Ok(item)).await.is_err() {
                     break;
                 }
             }
+            // The watcher holds a sender too: the stream ends only once
+            // both are gone.
+            watcher.abort();
         });
         Ok(Response::new(Box::pin(tokio_stream_from(rx))))
     }
@@ -436,7 +453,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         }
         let mut entries = Vec::with_capacity(r.entries.len());
         for e in r.entries {
-            let current = self.state.grpc_renewals.settle(&e.receipt_handle);
+            let current = self.state.grpc_renewals.settle(&e.receipt_handle).await;
             let st = match ReceiptHandle::parse(&current) {
                 Err(err) => status(Code::InvalidReceiptHandle, format!("invalid receipt handle: {err}")),
                 Ok(handle) => {
@@ -475,7 +492,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         let r = req.into_inner();
         let group = resource_name(&r.group);
         let topic = resource_name(&r.topic);
-        let handle = self.state.grpc_renewals.settle(&r.receipt_handle);
+        let handle = self.state.grpc_renewals.settle(&r.receipt_handle).await;
         let st = match crate::pop::service::forward_to_dlq(
             &self.state,
             &group,
@@ -565,17 +582,19 @@ impl pb::messaging_service_server::MessagingService for Messaging {
                                     .map(|(k, n, a)| spate_auth::Need { kind: *k, name: n, actions: a })
                                     .collect();
                                 match access::check(&state, &metadata, peer.ip(), &needs) {
-                                    Ok(_) => {
-                                        settings_answer(&state, &s).map_err(|e| status(Code::BadRequest, e.to_string()))
-                                    }
+                                    Ok(who) => settings_answer(&state, &s)
+                                        .map(|merged| (merged, who.map(|p| p.username)))
+                                        .map_err(|e| status(Code::BadRequest, e.to_string())),
                                     Err(st) => Err(st),
                                 }
                             }
                             Err(e) => Err(status(Code::BadRequest, e.to_string())),
                         };
                         let reply = match answer {
-                            Ok(merged) => {
-                                match state.grpc.upsert(&h.client_id, &h, peer, merged.clone(), Some(tx.clone())) {
+                            Ok((merged, owner)) => {
+                                let upserted =
+                                    state.grpc.upsert(&h.client_id, owner, &h, peer, merged.clone(), Some(tx.clone()));
+                                match upserted {
                                     Ok(id) => {
                                         stream_id = Some(id);
                                         pb::TelemetryCommand {
@@ -584,7 +603,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
                                         }
                                     }
                                     Err(e) => pb::TelemetryCommand {
-                                        status: Some(status(Code::TooManyRequests, e.to_string())),
+                                        status: Some(status(e.code(), e.to_string())),
                                         command: None,
                                     },
                                 }
@@ -613,10 +632,12 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         req: Request<pb::NotifyClientTerminationRequest>,
     ) -> Result<Response<pb::NotifyClientTerminationResponse>, Status> {
         let (h, peer) = self.caller(&req)?;
-        if let Err(st) = self.allowed(&req, peer, &[]) {
-            return Ok(Response::new(pb::NotifyClientTerminationResponse { status: Some(st) }));
-        }
-        self.state.grpc.remove(&h.client_id);
+        let who = match access::check(&self.state, req.metadata(), peer.ip(), &[]) {
+            Ok(who) => who,
+            Err(st) => return Ok(Response::new(pb::NotifyClientTerminationResponse { status: Some(st) })),
+        };
+        // Only the user that set a session up may end it.
+        self.state.grpc.remove(&h.client_id, who.map(|p| p.username).as_deref());
         Ok(Response::new(pb::NotifyClientTerminationResponse { status: Some(spate_grpc::status::ok()) }))
     }
 
@@ -643,7 +664,7 @@ impl pb::messaging_service_server::MessagingService for Messaging {
             }));
         };
         // A push consumer's message: the broker stops renewing it.
-        let handle = self.state.grpc_renewals.settle(&r.receipt_handle);
+        let handle = self.state.grpc_renewals.settle(&r.receipt_handle).await;
         let (st, new_handle) = match change_invisible(&self.state, &group, &topic, &handle, invisible).await {
             Ok(h) => (spate_grpc::status::ok(), h),
             Err(st) => (st, String::new()),
@@ -677,7 +698,9 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         }
         match crate::timer::recall(&self.state, &h.topic, &h.key, h.due_ms).await {
             Ok(()) => answer(spate_grpc::status::ok(), h.key),
-            Err(e @ crate::timer::RecallError::TooLate(_)) => answer(status(Code::NotFound, e.to_string()), h.key),
+            Err(e @ (crate::timer::RecallError::TooLate(_) | crate::timer::RecallError::NotPending(_))) => {
+                answer(status(Code::NotFound, e.to_string()), h.key)
+            }
             Err(e) => answer(status(Code::InternalServerError, e.to_string()), h.key),
         }
     }
@@ -762,6 +785,7 @@ async fn receive(
     r: pb::ReceiveMessageRequest,
     deadline: Option<Duration>,
     fifo: bool,
+    gone: tokio_util::sync::CancellationToken,
 ) -> Vec<pb::ReceiveMessageResponse> {
     let only = |code: Code, msg: String| {
         vec![pb::ReceiveMessageResponse { content: Some(Content::Status(status(code, msg))) }]
@@ -816,7 +840,7 @@ async fn receive(
         cmd = cmd.with("attemptId", a);
     }
     cmd.received_at = Some(Instant::now());
-    let origin = Origin::remote(peer, client_id.clone());
+    let origin = Origin { gone: Some(gone), ..Origin::remote(peer, client_id.clone()) };
     let resp = match crate::pop::service::pop_message(state, &origin, &cmd).await {
         Ok(r) => r,
         Err(e) => return only(Code::InternalServerError, e.to_string()),

@@ -39,6 +39,9 @@ pub struct Session {
     /// The settings as answered (the client's, completed by the server).
     pub settings: pb::Settings,
     pub last_seen: Instant,
+    /// The user that set it up (authentication on), who alone may change
+    /// or end it.
+    pub owner: Option<String>,
     /// Set while the Telemetry stream is open; `stream` tells the stream
     /// apart from a later one of the same client.
     telemetry: Option<(u64, TelemetrySender)>,
@@ -78,10 +81,34 @@ impl Session {
     }
 }
 
+/// Most topics or subscriptions one client's settings may name.
+pub const MAX_SETTINGS_ENTRIES: usize = 1024;
+/// Most bytes of one client's settings, as kept.
+pub const MAX_SETTINGS_BYTES: usize = 64 << 10;
+
 /// Why a session was not kept.
 #[derive(Debug, thiserror::Error)]
-#[error("too many gRPC clients ({MAX_SESSIONS}); try again later")]
-pub struct TooMany;
+pub enum Refused {
+    #[error("too many gRPC clients ({MAX_SESSIONS}); try again later")]
+    TooMany,
+    #[error(
+        "settings name more than {MAX_SETTINGS_ENTRIES} topics or subscriptions, or exceed {MAX_SETTINGS_BYTES} bytes"
+    )]
+    TooLarge,
+    #[error("client id {0} belongs to another user's session")]
+    NotOwner(String),
+}
+
+impl Refused {
+    /// RocketMQ's status code for it.
+    pub fn code(&self) -> spate_grpc::pb::Code {
+        match self {
+            Refused::TooMany => spate_grpc::pb::Code::TooManyRequests,
+            Refused::TooLarge => spate_grpc::pb::Code::BadRequest,
+            Refused::NotOwner(_) => spate_grpc::pb::Code::Forbidden,
+        }
+    }
+}
 
 /// Every gRPC client session.
 #[derive(Default)]
@@ -96,15 +123,27 @@ impl GrpcSessions {
     pub fn upsert(
         &self,
         client_id: &str,
+        owner: Option<String>,
         headers: &spate_grpc::headers::ClientHeaders,
         peer: SocketAddr,
         settings: pb::Settings,
         telemetry: Option<TelemetrySender>,
-    ) -> Result<u64, TooMany> {
+    ) -> Result<u64, Refused> {
+        use prost::Message;
+        let entries = match &settings.pub_sub {
+            Some(PubSub::Publishing(p)) => p.topics.len(),
+            Some(PubSub::Subscription(s)) => s.subscriptions.len(),
+            None => 0,
+        };
+        if entries > MAX_SETTINGS_ENTRIES || settings.encoded_len() > MAX_SETTINGS_BYTES {
+            return Err(Refused::TooLarge);
+        }
         let id = self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let mut map = self.sessions.lock();
-        if !map.contains_key(client_id) && map.len() >= MAX_SESSIONS {
-            return Err(TooMany);
+        match map.get(client_id) {
+            Some(s) if s.owner != owner => return Err(Refused::NotOwner(client_id.to_string())),
+            None if map.len() >= MAX_SESSIONS => return Err(Refused::TooMany),
+            _ => {}
         }
         let s = map.entry(client_id.to_string()).or_insert_with(|| Session {
             client_id: client_id.to_string(),
@@ -113,6 +152,7 @@ impl GrpcSessions {
             peer,
             settings: pb::Settings::default(),
             last_seen: Instant::now(),
+            owner: owner.clone(),
             telemetry: None,
         });
         s.language = headers.language.clone();
@@ -155,9 +195,13 @@ impl GrpcSessions {
         }
     }
 
-    /// NotifyClientTermination: the client is gone.
-    pub fn remove(&self, client_id: &str) -> Option<Session> {
-        self.sessions.lock().remove(client_id)
+    /// NotifyClientTermination: the client is gone (only its owner may say so).
+    pub fn remove(&self, client_id: &str, by: Option<&str>) -> Option<Session> {
+        let mut map = self.sessions.lock();
+        if map.get(client_id).is_some_and(|s| s.owner.as_deref() == by) {
+            return map.remove(client_id);
+        }
+        None
     }
 
     /// Every session (admin).

@@ -891,7 +891,8 @@ pub async fn change_invisible(state: &Arc<BrokerState>, req: &RemotingCommand) -
 }
 
 /// How long a message is hidden while it is copied to the DLQ by
-/// [`forward_to_dlq`]: if the broker stops in between, it comes back then.
+/// [`forward_to_dlq`] (at most `maxInvisibleTimeMills`): if the broker
+/// stops in between, it comes back then.
 const DLQ_FORWARD_HIDE_MS: u64 = 5 * 60 * 1000;
 
 /// A consumer gives up on a message (gRPC's
@@ -923,9 +924,10 @@ pub async fn forward_to_dlq(
             .with("queueId", handle.queue_id)
             .with("offset", handle.offset)
     };
+    let hide_ms = DLQ_FORWARD_HIDE_MS.min(state.pop.limits.max_invisible_ms);
     let hide = base(spate_remoting::request::CHANGE_MESSAGE_INVISIBLETIME)
         .with("extraInfo", handle_text)
-        .with("invisibleTime", DLQ_FORWARD_HIDE_MS);
+        .with("invisibleTime", hide_ms);
     let hidden = change_invisible(state, &hide).await?;
     if hidden.code != response::SUCCESS {
         return Ok(hidden);
@@ -935,7 +937,7 @@ pub async fn forward_to_dlq(
     };
     let key = QueueKey { group: group.to_string(), topic: topic.to_string(), queue_id: handle.queue_id };
     dead_letter(state, &key, handle.offset, attempts).await?;
-    let renewed = ReceiptHandle { stamp, invisible_ms: DLQ_FORWARD_HIDE_MS, ..handle.clone() };
+    let renewed = ReceiptHandle { stamp, invisible_ms: hide_ms, ..handle.clone() };
     ack_message(state, &base(spate_remoting::request::ACK_MESSAGE).with("extraInfo", renewed.to_string())).await
 }
 
