@@ -4,7 +4,7 @@
 # (tests/acl.rs), RocketMQ 5's official Python client over gRPC
 # (tests/grpc_python.rs, with python/setup.sh's pinned packages), the
 # ali-ons Node.js ACL test (node/run.sh), and RocketMQ 5's official Node.js
-# client over gRPC (node-grpc/run.sh).
+# and Rust clients over gRPC (node-grpc/run.sh, rust-grpc/run.sh).
 # Usage: interop/run.sh [extra cargo test args]   (exits non-zero on failure)
 # CARGO_TARGET_DIR defaults to /work/interop-target (a cache outside the checkout);
 # SPATE_BIN overrides the server binary (default: <main>/target/debug/spate).
@@ -28,3 +28,6 @@ SPATE_PYTHON="$("$here/python/setup.sh")" SPATE_NODE_GRPC="$here/node-grpc" \
   nice -n 15 cargo test --test grpc_python -- --nocapture "$@"
 "$here/node/run.sh"
 "$here/node-grpc/run.sh"
+# The official Rust SDK (crates.io `rocketmq`, producer and simple consumer),
+# built in a target dir of its own (its tonic 0.9 tree differs from the rest).
+CARGO_TARGET_DIR="${SPATE_RUST_GRPC_TARGET:-/work/interop-target-rs}" "$here/rust-grpc/run.sh"
