@@ -98,7 +98,7 @@ struct ServerState {
     /// Open connections per client address, admitting ones included; an
     /// address leaves the map with its last connection, so the map is
     /// bounded by the connections.
-    per_address: Mutex<HashMap<IpAddr, usize>>,
+    per_address: Arc<AddressCounts>,
     in_flight: AtomicUsize,
     handler: Arc<dyn RequestHandler>,
     /// Connections closed at admission (see [`RemotingServer::admission_refusals`]).
@@ -123,7 +123,7 @@ impl RequestHandler for Tracking {
 
     fn on_close(&self, conn: &Arc<Connection>) {
         self.0.connections.lock().remove(&conn.id());
-        self.0.leave(conn.peer_addr().ip());
+        self.0.per_address.leave(conn.peer_addr().ip());
         self.0.handler.on_close(conn);
     }
 
@@ -136,12 +136,19 @@ impl RequestHandler for Tracking {
     }
 }
 
-impl ServerState {
-    /// Counts a new connection from `ip` unless its address is at the cap.
-    fn enter(&self, ip: IpAddr, max_per_address: usize) -> bool {
-        let mut per_address = self.per_address.lock();
+/// Open connections per client address (`serverMaxConnectionsPerAddress`);
+/// an address leaves the map with its last connection, so the map is
+/// bounded by the connections. Shared by every listener that takes the
+/// setting (the remoting port, the broker's gRPC port).
+#[derive(Default)]
+pub struct AddressCounts(Mutex<HashMap<IpAddr, usize>>);
+
+impl AddressCounts {
+    /// Counts a new connection from `ip` unless its address is at `max`.
+    pub fn enter(&self, ip: IpAddr, max: usize) -> bool {
+        let mut per_address = self.0.lock();
         let open = per_address.entry(canonical(ip)).or_insert(0);
-        if *open >= max_per_address {
+        if *open >= max {
             if *open == 0 {
                 per_address.remove(&canonical(ip));
             }
@@ -152,8 +159,8 @@ impl ServerState {
     }
 
     /// Forgets one connection from `ip` (closed, or never started).
-    fn leave(&self, ip: IpAddr) {
-        let mut per_address = self.per_address.lock();
+    pub fn leave(&self, ip: IpAddr) {
+        let mut per_address = self.0.lock();
         let ip = canonical(ip);
         match per_address.get_mut(&ip) {
             Some(open) if *open > 1 => *open -= 1,
@@ -162,6 +169,21 @@ impl ServerState {
             }
             None => debug_assert!(false, "a connection from {ip} left that never entered"),
         }
+    }
+
+    /// Counts a connection from `ip`, as [`AddressCounts::enter`], and
+    /// gives a place that uncounts it when dropped.
+    pub fn slot(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        self.enter(ip, max).then(|| AddressSlot(self.clone(), ip))
+    }
+}
+
+/// One connection's place in its address's count; given back on drop.
+pub struct AddressSlot(Arc<AddressCounts>, IpAddr);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        self.0.leave(self.1);
     }
 }
 
@@ -337,7 +359,7 @@ async fn admit_and_start(stream: TcpStream, peer: SocketAddr, a: Arc<Accepting>)
             // Counted against this address (serverMaxConnectionsPerAddress)
             // until the HTTP/2 connection is dropped; the sink bounds the
             // total of its own.
-            let stream = stream.counted(AddressSlot(a.state.clone(), peer.ip()));
+            let stream = stream.counted(AddressSlot(a.state.per_address.clone(), peer.ip()));
             match &a.http2 {
                 Some(sink) => sink.accept(stream),
                 None => a.state.refused(peer, &Refusal::Mode("HTTP/2 (gRPC) is not served on this port"), a.tls.mode()),
@@ -345,7 +367,7 @@ async fn admit_and_start(stream: TcpStream, peer: SocketAddr, a: Arc<Accepting>)
             return;
         }
         Err(refusal) => {
-            a.state.leave(peer.ip());
+            a.state.per_address.leave(peer.ip());
             a.state.refused(peer, &refusal, a.tls.mode());
             return;
         }
@@ -364,22 +386,13 @@ async fn admit_and_start(stream: TcpStream, peer: SocketAddr, a: Arc<Accepting>)
         }
         Err(e) => {
             // Never started, so never closes: uncount it here.
-            a.state.leave(peer.ip());
+            a.state.per_address.leave(peer.ip());
             tracing::debug!(error = %e, "accepted connection vanished")
         }
     }
     // Counted as admitting until it is in `connections`, so the two
     // together never undercount against serverMaxConnections.
     drop(admitting);
-}
-
-/// One connection's place in its address's count; given back on drop.
-struct AddressSlot(Arc<ServerState>, IpAddr);
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        self.0.leave(self.1);
-    }
 }
 
 struct InFlight(Arc<ServerState>);
@@ -439,7 +452,7 @@ impl RemotingServer {
         let state = Arc::new(ServerState {
             connections: Mutex::new(HashMap::new()),
             admitting: AtomicUsize::new(0),
-            per_address: Mutex::new(HashMap::new()),
+            per_address: Arc::default(),
             in_flight: AtomicUsize::new(0),
             handler,
             admission_refusals: AtomicU64::new(0),
@@ -506,7 +519,7 @@ async fn accept_loop(listener: TcpListener, a: Arc<Accepting>, limits: AcceptLim
                 let open = state.connections.lock().len() + state.admitting.load(Ordering::Acquire);
                 let refused = if open >= limits.max_connections {
                     Some("serverMaxConnections")
-                } else if !state.enter(peer.ip(), limits.max_connections_per_address) {
+                } else if !state.per_address.enter(peer.ip(), limits.max_connections_per_address) {
                     Some("serverMaxConnectionsPerAddress")
                 } else {
                     None

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use spate_grpc::pb::messaging_service_server::MessagingServiceServer;
-use spate_remoting::server::Http2Stream;
+use spate_remoting::server::{AddressCounts, AddressSlot, Http2Stream};
 use spate_remoting::tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
@@ -60,23 +60,8 @@ pub struct GrpcFrontEnd {
     tls: ServerTls,
     /// Connections open per client address on the dedicated port
     /// (`serverMaxConnectionsPerAddress`; the remoting port counts its own).
-    per_address: Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    per_address: Arc<AddressCounts>,
     max_per_address: usize,
-}
-
-/// A connection's place in the dedicated port's per-address count.
-struct AddressSlot(Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>, std::net::IpAddr);
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut map = self.0.lock();
-        if let Some(n) = map.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.1);
-            }
-        }
-    }
 }
 
 impl GrpcFrontEnd {
@@ -133,14 +118,11 @@ impl GrpcFrontEnd {
     /// A place among `ip`'s connections to the dedicated port, if it has
     /// fewer than `serverMaxConnectionsPerAddress`.
     fn address_slot(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
-        let mut map = self.per_address.lock();
-        let n = map.entry(ip).or_insert(0);
-        if *n >= self.max_per_address {
+        let slot = self.per_address.slot(ip, self.max_per_address);
+        if slot.is_none() {
             tracing::debug!(%ip, "gRPC connection refused: serverMaxConnectionsPerAddress reached");
-            return None;
         }
-        *n += 1;
-        Some(AddressSlot(self.per_address.clone(), ip))
+        slot
     }
 
     /// A share of `serverMaxConnections`, if any is left.
