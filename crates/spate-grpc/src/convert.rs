@@ -110,6 +110,23 @@ pub struct Inbound {
     pub born_timestamp: i64,
     /// A transaction's half message.
     pub transactional: bool,
+    /// When a delayed message is due (epoch ms).
+    pub delivery_ms: Option<i64>,
+}
+
+impl Inbound {
+    /// The message's type, as a topic's `accept_message_types` names them.
+    pub fn kind(&self) -> MessageType {
+        if self.transactional {
+            MessageType::Transaction
+        } else if self.message_group.is_some() {
+            MessageType::Fifo
+        } else if self.delivery_ms.is_some() {
+            MessageType::Delay
+        } else {
+            MessageType::Normal
+        }
+    }
 }
 
 /// Reads a message a producer sent; a GZIP body is inflated up to
@@ -187,6 +204,7 @@ pub fn inbound(msg: &pb::Message, max_body: usize) -> Result<Inbound, ConvertErr
         message_group,
         born_timestamp: sys.born_timestamp.as_ref().map_or(0, millis),
         transactional,
+        delivery_ms: sys.delivery_timestamp.as_ref().map(millis),
     })
 }
 

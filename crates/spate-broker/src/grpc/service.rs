@@ -123,17 +123,10 @@ impl Messaging {
         };
         entry.message_id = inbound.message_id.clone();
         // A topic that declares its message type takes only that type.
-        let kind = if inbound.transactional {
-            pb::MessageType::Transaction
-        } else if inbound.message_group.is_some() {
-            pb::MessageType::Fifo
-        } else if message::property(&inbound.properties, message::property::TIMER_DELIVER_MS).is_some() {
-            pb::MessageType::Delay
-        } else {
-            pb::MessageType::Normal
-        };
-        if !self.accepted_types(&inbound.topic).contains(&(kind as i32)) {
-            let declared = self.state.topics.get(&inbound.topic).and_then(|t| t.message_type().map(str::to_string));
+        let tc = self.state.topics.get(&inbound.topic);
+        let declared = tc.as_ref().and_then(|t| t.message_type());
+        let kind = inbound.kind();
+        if !route::accepted_types(declared).contains(&(kind as i32)) {
             entry.status = Some(status(
                 Code::MessagePropertyConflictWithType,
                 format!(
@@ -158,7 +151,7 @@ impl Messaging {
         }
         // A FIFO message goes to the queue its group hashes to, so one
         // group's messages stay in one queue, in order.
-        let queue_id = match (&inbound.message_group, self.state.topics.get(&inbound.topic)) {
+        let queue_id = match (&inbound.message_group, &tc) {
             (Some(g), Some(tc)) if tc.write_queue_nums > 0 => {
                 (message::java_string_hash(g).unsigned_abs() % tc.write_queue_nums as u32) as i32
             }
@@ -194,9 +187,7 @@ impl Messaging {
         if inbound.transactional {
             entry.transaction_id = format!("{}-{queue_offset}", resp.field("msgId").unwrap_or_default());
         }
-        if let Some(due) = message::property(&inbound.properties, message::property::TIMER_DELIVER_MS)
-            .and_then(|d| d.parse::<i64>().ok())
-        {
+        if let Some(due) = inbound.delivery_ms {
             entry.recall_handle = RecallHandle {
                 topic: inbound.topic.clone(),
                 broker_name: self.state.broker_name.clone(),
