@@ -461,6 +461,16 @@ async fn round(state: &Arc<BrokerState>, t: &mut TimerState) -> Result<Duration,
     Ok(pause)
 }
 
+/// A due entry's real topic, its recall marker's key if it is one, and
+/// its own key.
+fn recall_form(d: &Due) -> (&str, Option<&str>, Option<&str>) {
+    let m = match d {
+        Ok(m) | Err((m, _)) => m,
+    };
+    let marker = message::property(&m.properties, TIMER_DEL_UNIQKEY);
+    (m.topic.as_str(), marker, message::property(&m.properties, property::UNIQ_KEY))
+}
+
 /// Moves due entries to their real topics; returns once the copies are
 /// flushed (and replicated as sends are).
 async fn deliver(state: &Arc<BrokerState>, due: &[(i64, i64)]) -> Result<(), String> {
@@ -473,25 +483,27 @@ async fn deliver(state: &Arc<BrokerState>, due: &[(i64, i64)]) -> Result<(), Str
         .map_err(|e| e.to_string())?;
     // A recall's marker cancels the message of its topic and key due in
     // the same round (it shares the due time, see `Wheel::pop_due`).
-    let recall_key =
-        |m: &NewMessage| message::property(&m.properties, TIMER_DEL_UNIQKEY).map(|k| (m.topic.clone(), k.to_string()));
-    let due_form = |d: &Due| match d {
-        Ok(m) => m.clone(),
-        Err((m, _)) => m.clone(),
-    };
-    let recalled: std::collections::HashSet<(String, String)> =
-        msgs.iter().filter_map(|d| recall_key(&due_form(d))).collect();
+    let recalled: std::collections::HashSet<(String, String)> = msgs
+        .iter()
+        .filter_map(|d| match recall_form(d) {
+            (topic, Some(key), _) => Some((topic.to_string(), key.to_string())),
+            _ => None,
+        })
+        .collect();
     let mut last = None;
     for msg in msgs {
-        let m = due_form(&msg);
-        if recall_key(&m).is_some() {
-            continue;
-        }
-        if let Some(key) = message::property(&m.properties, property::UNIQ_KEY) {
-            if recalled.contains(&(m.topic.clone(), key.to_string())) {
-                tracing::info!(topic = %m.topic, key, "timer message recalled before it was due; not delivered");
-                continue;
+        let skip = match recall_form(&msg) {
+            (_, Some(_), _) => true,
+            (topic, None, Some(key))
+                if !recalled.is_empty() && recalled.contains(&(topic.to_string(), key.to_string())) =>
+            {
+                tracing::info!(topic, key, "timer message recalled before it was due; not delivered");
+                true
             }
+            _ => false,
+        };
+        if skip {
+            continue;
         }
         let (put, _) = crate::schedule::deliver(state, msg, crate::undeliverable::Source::Timer).await?;
         if let Some(put) = put {
