@@ -30,6 +30,7 @@ pub mod origin;
 pub mod persist;
 pub mod pop;
 pub mod pull;
+pub mod refusal;
 pub mod register;
 pub mod schedule;
 pub mod send;
@@ -632,13 +633,13 @@ async fn process(
     }
     Ok(match req.code {
         r::SEND_MESSAGE | r::SEND_MESSAGE_V2 | r::SEND_BATCH_MESSAGE => {
-            send::send(state, &origin::Origin::remoting(state, conn), req).await?
+            send::handle(state, &origin::Origin::remoting(state, conn), req).await?
         }
-        r::END_TRANSACTION => transaction::end(state, req).await?,
+        r::END_TRANSACTION => transaction::handle_end(state, req).await?,
         r::PULL_MESSAGE | r::LITE_PULL_MESSAGE => pull::pull(state, conn, req).await?,
-        r::POP_MESSAGE => pop::service::pop_message(state, &origin::Origin::remoting(state, conn), req).await?,
-        r::ACK_MESSAGE => pop::service::ack_message(state, req).await?,
-        r::CHANGE_MESSAGE_INVISIBLETIME => pop::service::change_invisible(state, req).await?,
+        r::POP_MESSAGE => pop::service::handle_pop(state, &origin::Origin::remoting(state, conn), req).await?,
+        r::ACK_MESSAGE => pop::service::handle_ack(state, req).await?,
+        r::CHANGE_MESSAGE_INVISIBLETIME => pop::service::handle_change_invisible(state, req).await?,
         r::BATCH_ACK_MESSAGE => pop::service::batch_ack(state, req).await?,
         r::HEART_BEAT => consumer::heart_beat(state, conn, req).await?,
         r::UNREGISTER_CLIENT => consumer::unregister_client(state, req)?,

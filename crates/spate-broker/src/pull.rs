@@ -122,9 +122,9 @@ pub async fn pull(
     let mut reserved = Some(set_aside(conn, answer_bytes).await?);
     // Rate limits and the pull queue; the stage is held for the first read only.
     let client = state.clients.client_id_of(conn);
-    let mut admitted = match capacity::admit(state, req, Op::Pull, &h.topic, &h.group, &client, 1).await {
+    let mut admitted = match capacity::admit(state, req.received_at, Op::Pull, &h.topic, &h.group, &client, 1).await {
         Ok(a) => Some(a),
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(refused.response(req)),
     };
     state.groups.ensure(&h.group, state.config.read().auto_create_subscription_group);
     // A slave takes offsets from its master, not from pulls (as upstream).

@@ -1,6 +1,8 @@
-//! SEND_MESSAGE, SEND_MESSAGE_V2 and SEND_BATCH_MESSAGE.
+//! Sending: [`send`], one message or a batch, for both front ends; [`handle`]
+//! decodes and answers SEND_MESSAGE, SEND_MESSAGE_V2 and SEND_BATCH_MESSAGE.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use spate_common::message::{self, offset_msg_id, property, NewMessage};
@@ -12,6 +14,7 @@ use crate::capacity::{self, limits::Op};
 use crate::error::BrokerError;
 use crate::ha::ReplicaWait;
 use crate::origin::Origin;
+use crate::refusal::Refusal;
 use crate::{schedule, timer, transaction};
 use crate::{BrokerRole, BrokerState};
 
@@ -29,6 +32,7 @@ pub struct SendHeader {
     pub properties: String,
     pub reconsume_times: i32,
     pub max_reconsume_times: Option<i32>,
+    /// The body holds a batch of encoded messages (SEND_BATCH_MESSAGE).
     pub batch: bool,
 }
 
@@ -75,7 +79,7 @@ impl SendHeader {
             properties: req.field(k("properties")).unwrap_or_default().to_string(),
             reconsume_times: req.opt_i32_field(k("reconsumeTimes"))?.unwrap_or(0),
             max_reconsume_times: req.opt_i32_field(k("maxReconsumeTimes"))?,
-            batch: req.opt_bool_field(k("batch"))?.unwrap_or(false),
+            batch: req.code == request::SEND_BATCH_MESSAGE || req.opt_bool_field(k("batch"))?.unwrap_or(false),
         })
     }
 }
@@ -132,11 +136,15 @@ impl From<PutError> for crate::error::BrokerError {
 }
 
 impl PutError {
-    pub fn response(&self, req: &RemotingCommand) -> RemotingCommand {
+    pub fn refusal(&self) -> Refusal {
         match self {
-            PutError::Refused { code, remark } => RemotingCommand::error(req, *code, remark.clone()),
-            PutError::Store(e) => store_error_response(req, e),
+            PutError::Refused { code, remark } => Refusal::new(*code, remark.clone()),
+            PutError::Store(e) => Refusal::from_store(e),
         }
+    }
+
+    pub fn response(&self, req: &RemotingCommand) -> RemotingCommand {
+        self.refusal().response(req)
     }
 }
 
@@ -167,27 +175,38 @@ fn writable_here(state: &BrokerState) -> Result<(), PutError> {
 }
 
 /// On a SYNC_MASTER, waits until the required slaves hold everything below
-/// `end`; sets the response's code when they do not (upstream's
-/// SLAVE_NOT_AVAILABLE / FLUSH_SLAVE_TIMEOUT, or a failure with
-/// `haStrictSync`).
+/// `end`; sets the response's code when they do not (see [`replicated`]).
+/// A response that is already a failure is left as it is.
 pub async fn await_replication(state: &BrokerState, end: u64, resp: &mut RemotingCommand) {
+    if resp.code != response::SUCCESS {
+        return;
+    }
+    if let Err(r) = replicated(state, end).await {
+        resp.code = r.code;
+        resp.remark = Some(r.remark);
+    }
+}
+
+/// On a SYNC_MASTER, waits until the required slaves hold everything below
+/// `end`. The refusal is what the client is told when they do not
+/// (upstream's SLAVE_NOT_AVAILABLE / FLUSH_SLAVE_TIMEOUT, or a failure with
+/// `haStrictSync`), or when this broker stopped being the master.
+pub async fn replicated(state: &BrokerState, end: u64) -> Result<(), Refusal> {
     let (role, timeout, strict) = {
         let c = state.config.read();
         (c.broker_role, c.ha_sync_timeout, c.ha_strict_sync)
     };
-    if resp.code != response::SUCCESS {
-        return;
-    }
     if role == BrokerRole::Slave {
         // Stored while this broker was master, but it was fenced or demoted
         // before the send could be acknowledged: it no longer speaks for the
         // group, and its tail may be cut. Never acknowledged.
-        resp.code = response::SYSTEM_ERROR;
-        resp.remark = Some("this broker stopped being the master before the send was acknowledged".to_string());
-        return;
+        return Err(Refusal::new(
+            response::SYSTEM_ERROR,
+            "this broker stopped being the master before the send was acknowledged",
+        ));
     }
     if role != BrokerRole::SyncMaster {
-        return;
+        return Ok(());
     }
     let started = std::time::Instant::now();
     let outcome = state.replication.wait_replicated(end, timeout).await;
@@ -197,25 +216,24 @@ pub async fn await_replication(state: &BrokerState, end: u64, resp: &mut Remotin
     let demoted = state.config.read().broker_role == BrokerRole::Slave;
     let outcome = if demoted { ReplicaWait::RuleChanged } else { outcome };
     let (code, remark) = match outcome {
-        ReplicaWait::Replicated => return,
+        ReplicaWait::Replicated => return Ok(()),
         ReplicaWait::RuleChanged => {
-            resp.code = response::SYSTEM_ERROR;
-            resp.remark = Some(
-                "this broker stopped being the master while the send waited for its slaves; not acknowledged"
-                    .to_string(),
-            );
-            return;
+            return Err(Refusal::new(
+                response::SYSTEM_ERROR,
+                "this broker stopped being the master while the send waited for its slaves; not acknowledged",
+            ))
         }
         ReplicaWait::NoSlave => (response::SLAVE_NOT_AVAILABLE, "no slave in sync to replicate to"),
         ReplicaWait::Timeout => (response::FLUSH_SLAVE_TIMEOUT, "slaves did not acknowledge in time (haSyncTimeout)"),
     };
-    if strict {
-        resp.code = response::SYSTEM_ERROR;
-        resp.remark = Some(format!("{remark}; stored on the master only, not acknowledged (haStrictSync)"));
+    Err(if strict {
+        Refusal::new(
+            response::SYSTEM_ERROR,
+            format!("{remark}; stored on the master only, not acknowledged (haStrictSync)"),
+        )
     } else {
-        resp.code = code;
-        resp.remark = Some(remark.to_string());
-    }
+        Refusal::new(code, remark)
+    })
 }
 
 /// Stores a batch contiguously, like [`put_one`].
@@ -231,50 +249,89 @@ fn approx_record_len(m: &NewMessage) -> usize {
 
 /// Maps a store failure to the response a client understands.
 pub fn store_error_response(req: &RemotingCommand, e: &StoreError) -> RemotingCommand {
-    let code = match e {
-        StoreError::InvalidMessage(_) => response::MESSAGE_ILLEGAL,
-        StoreError::NotWritable(_) => response::SERVICE_NOT_AVAILABLE,
-        StoreError::Busy(_) => response::SYSTEM_BUSY,
-        StoreError::FlushTimeout { .. } => response::FLUSH_DISK_TIMEOUT,
-        _ => response::SYSTEM_ERROR,
-    };
-    RemotingCommand::error(req, code, e.to_string())
+    Refusal::from_store(e).response(req)
 }
 
-/// SEND_MESSAGE, SEND_MESSAGE_V2 and SEND_BATCH_MESSAGE, and gRPC's
-/// SendMessage (which its front end expresses as SEND_MESSAGE).
-pub async fn send(
+/// A send, decoded by whichever front end carried it.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub header: SendHeader,
+    /// One message's body, or a batch's encoded messages.
+    pub body: Bytes,
+    /// When the request was read: its wait for the send stage counts from then.
+    pub received_at: Option<Instant>,
+}
+
+/// What a send stored.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The offset message id; a batch's, one per message, joined by commas.
+    pub msg_id: String,
+    pub queue_id: i32,
+    /// The (first) message's offset in its queue.
+    pub queue_offset: i64,
+    /// Stored, but not made durable or replicated as this broker is set to
+    /// (flush or slave timeout, ...): what to answer instead of success.
+    pub unconfirmed: Option<Refusal>,
+}
+
+impl Stored {
+    /// The remoting answer to the send `req`.
+    pub fn response(self, req: &RemotingCommand) -> RemotingCommand {
+        let mut resp = RemotingCommand::success(req);
+        if let Some(u) = self.unconfirmed {
+            resp.code = u.code;
+            resp.remark = Some(u.remark);
+        }
+        resp.with("msgId", self.msg_id)
+            .with("queueId", self.queue_id)
+            .with("queueOffset", self.queue_offset)
+            .with("MSG_REGION", "DefaultRegion")
+            .with("TRACE_ON", "true")
+    }
+}
+
+/// SEND_MESSAGE, SEND_MESSAGE_V2 and SEND_BATCH_MESSAGE: the remoting
+/// front end of [`send`].
+pub async fn handle(
     state: &Arc<BrokerState>,
     origin: &Origin<'_>,
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, BrokerError> {
-    let mut h = SendHeader::parse(req)?;
+    let header = SendHeader::parse(req)?;
+    let sent = send(state, origin, SendRequest { header, body: req.body.clone(), received_at: req.received_at }).await;
+    Ok(match sent {
+        Ok(stored) => stored.response(req),
+        Err(refusal) => refusal.response(req),
+    })
+}
+
+/// Stores one message or a batch, whichever front end sent it: checks the
+/// topic and queue, routes a half, delayed or timer message to where it
+/// waits, admits it past the capacity limits, appends it, and waits for the
+/// flush and the slaves as this broker is set to.
+pub async fn send(state: &Arc<BrokerState>, origin: &Origin<'_>, req: SendRequest) -> Result<Stored, Refusal> {
+    let SendRequest { header: mut h, body, received_at } = req;
     if let Err(e) = message::validate_topic(&h.topic) {
-        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e.to_string()));
+        return Err(Refusal::new(response::INVALID_PARAMETER, e.to_string()));
     }
     if let Err(why) = crate::names::client_may_send(&h.topic) {
-        return Ok(RemotingCommand::error(req, response::NO_PERMISSION, why));
+        return Err(Refusal::new(response::NO_PERMISSION, why));
     }
     if let Some(group) = h.topic.strip_prefix(RETRY_GROUP_TOPIC_PREFIX) {
         // Upstream's rule: a retry topic is written only for a known group.
         if state.groups.get(group).is_none() {
-            return Ok(RemotingCommand::error(
-                req,
+            return Err(Refusal::new(
                 response::SUBSCRIPTION_GROUP_NOT_EXIST,
                 format!("subscription group {group} not exist; retry topic {} cannot be written", h.topic),
             ));
         }
     }
     if h.queue_id < -1 {
-        return Ok(RemotingCommand::error(
-            req,
-            response::INVALID_PARAMETER,
-            format!("queueId {} is illegal", h.queue_id),
-        ));
+        return Err(Refusal::new(response::INVALID_PARAMETER, format!("queueId {} is illegal", h.queue_id)));
     }
     if h.reconsume_times < 0 {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::INVALID_PARAMETER,
             format!("reconsumeTimes {} is illegal", h.reconsume_times),
         ));
@@ -285,8 +342,7 @@ pub async fn send(
         h.properties = p;
     }
     if !perm::writeable(state.config.read().broker_permission) {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::NO_PERMISSION,
             format!("the broker[{}] sending message is forbidden", state.broker_name),
         ));
@@ -299,17 +355,19 @@ pub async fn send(
             h.queue_id = 0;
         }
     }
-    let mut created = false;
+    let mut received_at = received_at;
     let topic_config = match state.topics.get(&h.topic) {
         Some(tc) => tc,
         None => match auto_create(state, &h).await? {
             Some(tc) => {
-                created = true;
+                // Creating the topic persisted the topic table: that wait
+                // is the broker's, not time the request spent queued for
+                // the send stage.
+                received_at = Some(Instant::now());
                 tc
             }
             None => {
-                return Ok(RemotingCommand::error(
-                    req,
+                return Err(Refusal::new(
                     response::TOPIC_NOT_EXIST,
                     format!("topic[{}] not exist, apply first please!", h.topic),
                 ))
@@ -317,8 +375,7 @@ pub async fn send(
         },
     };
     if !perm::writeable(topic_config.perm) {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::NO_PERMISSION,
             format!("the topic[{}] sending message is forbidden", h.topic),
         ));
@@ -329,8 +386,7 @@ pub async fn send(
         // SYSTEM_ERROR as upstream: clients retry it after refreshing the
         // route (a producer still on TBW102's route may pick a queue the
         // real topic does not have).
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::SYSTEM_ERROR,
             format!(
                 "queueId[{queue_id}] is illegal, topic[{}] has {} write queues",
@@ -342,7 +398,7 @@ pub async fn send(
         topic: h.topic.clone(),
         queue_id,
         flag: h.flag,
-        body: req.body.clone(),
+        body,
         // Moved, not copied: the header's string is not needed again.
         properties: std::mem::take(&mut h.properties),
         sys_flag: h.sys_flag,
@@ -353,112 +409,77 @@ pub async fn send(
         prepared_tx_offset: 0,
     };
     let client = origin.client_id.as_str();
-    if (req.code == request::SEND_BATCH_MESSAGE || h.batch) && transaction::is_half(base.sys_flag, &base.properties) {
-        return Ok(RemotingCommand::error(
-            req,
+    if h.batch && transaction::is_half(base.sys_flag, &base.properties) {
+        return Err(Refusal::new(
             response::MESSAGE_ILLEGAL,
             "transactional messages cannot be sent in a batch; nothing was stored",
         ));
     }
-    if req.code == request::SEND_BATCH_MESSAGE || h.batch {
-        return send_batch(state, req, base, &h.producer_group, client).await;
+    if h.batch {
+        return send_batch(state, received_at, base, &h.producer_group, client).await;
     }
     // A half, delayed or timer message waits in a system topic; the checks
     // above were on its real topic.
     let mut base = base;
     if let Err(why) = route_special(state, &mut base, &h.producer_group) {
-        return Ok(RemotingCommand::error(req, response::MESSAGE_ILLEGAL, why));
+        return Err(Refusal::new(response::MESSAGE_ILLEGAL, why));
     }
     let queue_id = base.queue_id;
-    // Creating the topic persisted the topic table: that wait is the
-    // broker's, not time the request spent queued for the send stage.
-    let restarted;
-    let gate_req = if created {
-        let mut r = req.clone();
-        r.received_at = Some(std::time::Instant::now());
-        restarted = r;
-        &restarted
-    } else {
-        req
-    };
     // Rate limits and the send queue; the stage is held only for the append.
-    let admitted = match capacity::admit(state, gate_req, Op::Send, &h.topic, &h.producer_group, client, 1).await {
-        Ok(a) => a,
-        Err(refused) => return Ok(refused),
-    };
+    let admitted = capacity::admit(state, received_at, Op::Send, &h.topic, &h.producer_group, client, 1).await?;
     let put = put_one(state, base).await;
     drop(admitted);
-    let put = match put {
-        Ok(p) => p,
-        Err(e) => return Ok(e.response(req)),
-    };
+    let put = put.map_err(|e| e.refusal())?;
     let a = put.append;
-    let mut resp = RemotingCommand::success(req);
-    if let Err(e) = put.flush.wait().await {
-        resp = store_error_response(req, &e);
-    }
-    await_replication(state, a.physical_offset + a.size as u64, &mut resp).await;
+    let unconfirmed = match put.flush.wait().await {
+        Err(e) => Some(Refusal::from_store(&e)),
+        Ok(()) => replicated(state, a.physical_offset + a.size as u64).await.err(),
+    };
     state.stats.record_put(1, a.size as u64);
     state.metrics.stored(&h.topic, 1, a.size as u64);
-    Ok(resp
-        .with("msgId", offset_msg_id(state.broker_addr, a.physical_offset))
-        .with("queueId", queue_id)
-        .with("queueOffset", a.queue_offset)
-        .with("MSG_REGION", "DefaultRegion")
-        .with("TRACE_ON", "true"))
+    Ok(Stored {
+        msg_id: offset_msg_id(state.broker_addr, a.physical_offset),
+        queue_id,
+        queue_offset: a.queue_offset,
+        unconfirmed,
+    })
 }
 
 async fn send_batch(
     state: &Arc<BrokerState>,
-    req: &RemotingCommand,
+    received_at: Option<Instant>,
     base: NewMessage,
     group: &str,
     client: &str,
-) -> Result<RemotingCommand, BrokerError> {
+) -> Result<Stored, Refusal> {
     // A shed class is refused before its body is taken apart.
-    let class = match capacity::degraded_refusal(state, req, Op::Send, &base.topic, group) {
-        Ok(class) => class,
-        Err(refused) => return Ok(refused),
-    };
-    let msgs = match decode_batch(&req.body, &base) {
-        Ok(m) => m,
-        Err(why) => return Ok(RemotingCommand::error(req, response::MESSAGE_ILLEGAL, why)),
-    };
+    let class = capacity::degraded_refusal(state, Op::Send, &base.topic, group)?;
+    let msgs = decode_batch(&base.body, &base).map_err(|why| Refusal::new(response::MESSAGE_ILLEGAL, why))?;
     if msgs.is_empty() {
-        return Ok(RemotingCommand::error(req, response::MESSAGE_ILLEGAL, "batch has no messages"));
+        return Err(Refusal::new(response::MESSAGE_ILLEGAL, "batch has no messages"));
     }
     let queue_id = base.queue_id;
     let base_topic = base.topic.clone();
     let n = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
     let admitted =
-        match capacity::admit_past_degradation(state, req, Op::Send, &base_topic, group, client, n, class).await {
-            Ok(a) => a,
-            Err(refused) => return Ok(refused),
-        };
+        capacity::admit_past_degradation(state, received_at, Op::Send, &base_topic, group, client, n, class).await?;
     let put = put_many(state, msgs).await;
     drop(admitted);
-    let put = match put {
-        Ok(p) => p,
-        Err(e) => return Ok(e.response(req)),
-    };
-    let mut resp = RemotingCommand::success(req);
-    if let Err(e) = put.flush.wait().await {
-        resp = store_error_response(req, &e);
-    }
-    if let Some(last) = put.appends.last() {
-        await_replication(state, last.physical_offset + last.size as u64, &mut resp).await;
+    let put = put.map_err(|e| e.refusal())?;
+    let mut unconfirmed = put.flush.wait().await.err().map(|e| Refusal::from_store(&e));
+    if let (None, Some(last)) = (&unconfirmed, put.appends.last()) {
+        unconfirmed = replicated(state, last.physical_offset + last.size as u64).await.err();
     }
     let ids: Vec<String> = put.appends.iter().map(|a| offset_msg_id(state.broker_addr, a.physical_offset)).collect();
     let bytes: u64 = put.appends.iter().map(|a| a.size as u64).sum();
     state.stats.record_put(put.appends.len() as u64, bytes);
     state.metrics.stored(&base_topic, put.appends.len() as u64, bytes);
-    let first_offset = put.appends.first().map_or(0, |a| a.queue_offset);
-    Ok(resp
-        .with("msgId", ids.join(","))
-        .with("queueId", queue_id)
-        .with("queueOffset", first_offset)
-        .with("MSG_REGION", "DefaultRegion")
-        .with("TRACE_ON", "true"))
+    Ok(Stored {
+        msg_id: ids.join(","),
+        queue_id,
+        queue_offset: put.appends.first().map_or(0, |a| a.queue_offset),
+        unconfirmed,
+    })
 }
 
 /// Splits a batch body (upstream's encodeMessages layout):

@@ -26,6 +26,7 @@ use spate_remoting::{request, response, Connection, RemotingCommand};
 use spate_store::{MessageStore, StoreError};
 
 use crate::error::BrokerError;
+use crate::refusal::Refusal;
 use crate::schedule::{delivering, now_ms, put_error_text};
 use crate::undeliverable::{Source, UNDELIVERABLE_TOPIC};
 use crate::BrokerState;
@@ -113,52 +114,73 @@ async fn read_half(state: &BrokerState, offset: u64) -> Result<Vec<u8>, StoreErr
         .unwrap_or(Err(StoreError::Busy("read task failed")))
 }
 
-/// END_TRANSACTION: commits or rolls back a half message.
-pub async fn end(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
-    let group = req.str_field("producerGroup")?.to_string();
-    let half_queue_offset = req.i64_field("tranStateTableOffset")?;
-    let commit_log_offset = req.i64_field("commitLogOffset")?;
-    let kind = req.i32_field("commitOrRollback")?;
-    let from_check = req.field("fromTransactionCheck") == Some("true");
+/// An end of a transaction, decoded by whichever front end carried it.
+#[derive(Debug, Clone)]
+pub struct EndRequest {
+    pub producer_group: String,
+    /// The half message's offset in the half topic's queue.
+    pub half_queue_offset: i64,
+    /// The half message's commit-log offset.
+    pub commit_log_offset: i64,
+    /// COMMIT, ROLLBACK or not yet decided (the sys flag's transaction bits).
+    pub kind: i32,
+    /// An answer to the broker's check-back.
+    pub from_check: bool,
+}
+
+impl EndRequest {
+    /// END_TRANSACTION's header.
+    pub fn parse(req: &RemotingCommand) -> Result<EndRequest, BrokerError> {
+        Ok(EndRequest {
+            producer_group: req.str_field("producerGroup")?.to_string(),
+            half_queue_offset: req.i64_field("tranStateTableOffset")?,
+            commit_log_offset: req.i64_field("commitLogOffset")?,
+            kind: req.i32_field("commitOrRollback")?,
+            from_check: req.field("fromTransactionCheck") == Some("true"),
+        })
+    }
+}
+
+/// END_TRANSACTION: the remoting front end of [`end`].
+pub async fn handle_end(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let r = EndRequest::parse(req)?;
+    Ok(match end(state, &r).await {
+        Ok(()) => RemotingCommand::success(req),
+        Err(refusal) => refusal.response(req),
+    })
+}
+
+/// Commits or rolls back a half message: a commit stores the message in
+/// its real topic (durably, as a send), then either is marked resolved so
+/// the checker stops asking.
+pub async fn end(state: &Arc<BrokerState>, r: &EndRequest) -> Result<(), Refusal> {
+    let (group, half_queue_offset, commit_log_offset) = (&r.producer_group, r.half_queue_offset, r.commit_log_offset);
+    let from_check = r.from_check;
     if !delivering(state) {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::SLAVE_NOT_AVAILABLE,
             "this broker is not a writable master; end the transaction on the master",
         ));
     }
-    let commit = match kind & SYSFLAG_TX_MASK {
+    let commit = match r.kind & SYSFLAG_TX_MASK {
         SYSFLAG_TX_COMMIT => true,
         message::SYSFLAG_TX_ROLLBACK => false,
         // Not decided yet (UNKNOW): the checker asks again later.
-        _ => return Ok(RemotingCommand::success(req)),
+        _ => return Ok(()),
     };
     let Ok(commit_log_offset_u) = u64::try_from(commit_log_offset) else {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::INVALID_PARAMETER,
             format!("commitLogOffset {commit_log_offset} is illegal"),
         ));
     };
-    let raw = match read_half(state, commit_log_offset_u).await {
-        Ok(r) => r,
-        Err(e) => {
-            return Ok(RemotingCommand::error(
-                req,
-                response::SYSTEM_ERROR,
-                format!("find prepared transaction message failed: {e}"),
-            ))
-        }
-    };
-    let rec = match message::decode_record(&raw, false) {
-        Ok(r) => r,
-        Err(e) => {
-            return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, format!("prepared message unreadable: {e}")))
-        }
-    };
+    let raw = read_half(state, commit_log_offset_u)
+        .await
+        .map_err(|e| Refusal::new(response::SYSTEM_ERROR, format!("find prepared transaction message failed: {e}")))?;
+    let rec = message::decode_record(&raw, false)
+        .map_err(|e| Refusal::new(response::SYSTEM_ERROR, format!("prepared message unreadable: {e}")))?;
     if rec.topic != HALF_TOPIC || rec.queue_offset != half_queue_offset {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::SYSTEM_ERROR,
             format!(
                 "no prepared message at commitLogOffset {commit_log_offset} / tranStateTableOffset {half_queue_offset}"
@@ -166,8 +188,7 @@ pub async fn end(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<Remo
         ));
     }
     if rec.property(PGROUP) != Some(group.as_str()) {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::SYSTEM_ERROR,
             format!("the producer group {group} differs from the prepared message's {:?}", rec.property(PGROUP)),
         ));
@@ -178,36 +199,26 @@ pub async fn end(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<Remo
         // below), so neither this request nor the checker retries it forever.
         let msg = committed(&rec, state.broker_addr)
             .map_err(|why| (crate::schedule::waiting_as_is(&rec, state.broker_addr), why));
-        let (put, aside) = match crate::schedule::deliver(state, msg, Source::Transaction).await {
-            Ok(p) => p,
-            Err(why) => return Ok(RemotingCommand::error(req, response::SYSTEM_ERROR, why)),
-        };
+        let (put, aside) = crate::schedule::deliver(state, msg, Source::Transaction)
+            .await
+            .map_err(|why| Refusal::new(response::SYSTEM_ERROR, why))?;
         if let Some(put) = put {
-            if let Err(e) = put.flush.wait().await {
-                return Ok(crate::send::store_error_response(req, &e));
-            }
-            let mut resp = RemotingCommand::success(req);
+            put.flush.wait().await.map_err(|e| Refusal::from_store(&e))?;
             let a = put.append;
-            crate::send::await_replication(state, a.physical_offset + a.size as u64, &mut resp).await;
-            if resp.code != response::SUCCESS {
-                return Ok(resp);
-            }
+            crate::send::replicated(state, a.physical_offset + a.size as u64).await?;
         }
         set_aside = aside;
     }
     // Resolved: the checker will not ask about it.
-    if let Err(e) = crate::send::put_one(state, op_message(state, half_queue_offset)).await {
-        return Ok(e.response(req));
-    }
+    crate::send::put_one(state, op_message(state, half_queue_offset)).await.map_err(|e| e.refusal())?;
     tracing::debug!(group, half_queue_offset, commit, from_check, "transaction ended");
     if let Some(why) = set_aside {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::MESSAGE_ILLEGAL,
             format!("the committed message cannot be delivered ({why}); it was set aside in {UNDELIVERABLE_TOPIC}"),
         ));
     }
-    Ok(RemotingCommand::success(req))
+    Ok(())
 }
 
 /// Checks unresolved halves every `transactionCheckInterval` until aborted.

@@ -17,9 +17,10 @@ pub mod limits;
 
 use std::time::Instant;
 
-use spate_remoting::{response, RemotingCommand};
+use spate_remoting::response;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::refusal::Refusal;
 use crate::BrokerState;
 use gate::{Busy, Gate};
 use limits::{LimitTable, Op};
@@ -48,26 +49,18 @@ impl Drop for Admitted<'_> {
     }
 }
 
-fn refuse(state: &BrokerState, req: &RemotingCommand, op: Op, reason: &'static str, remark: String) -> RemotingCommand {
+fn refuse(state: &BrokerState, op: Op, reason: &'static str, remark: String) -> Refusal {
     let (op_label, code) = match op {
         Op::Send => ("send", response::SYSTEM_BUSY),
         Op::Pull => ("pull", response::FLOW_CONTROL),
     };
     state.metrics.throttled(op_label, reason);
-    RemotingCommand::error(req, code, remark)
+    Refusal::new(code, remark)
 }
 
 /// The request's priority class, or the refusal of a request whose class
 /// is being shed. Cheap: called before a batch's body is taken apart.
-// The refusal is the response itself, built only on the refused path.
-#[allow(clippy::result_large_err)]
-pub fn degraded_refusal(
-    state: &BrokerState,
-    req: &RemotingCommand,
-    op: Op,
-    topic: &str,
-    group: &str,
-) -> Result<degrade::Class, RemotingCommand> {
+pub fn degraded_refusal(state: &BrokerState, op: Op, topic: &str, group: &str) -> Result<degrade::Class, Refusal> {
     let class = state.capacity.limits.class_of(topic, group);
     if state.capacity.degrader.admits(class) {
         return Ok(class);
@@ -83,41 +76,40 @@ pub fn degraded_refusal(
             Op::Pull => "pull",
         }
     );
-    Err(refuse(state, req, op, "degraded", remark))
+    Err(refuse(state, op, "degraded", remark))
 }
 
 /// Admits a request for `n` messages (degradation, its rate limits, then
-/// the stage's queue), or the response refusing it.
+/// the stage's queue), or why not. `received_at` is when the request was
+/// read: its wait in the stage's queue counts from then.
 pub async fn admit<'a>(
     state: &'a BrokerState,
-    req: &RemotingCommand,
+    received_at: Option<Instant>,
     op: Op,
     topic: &str,
     group: &str,
     client: &str,
     n: u32,
-) -> Result<Admitted<'a>, RemotingCommand> {
-    let class = degraded_refusal(state, req, op, topic, group)?;
-    admit_past_degradation(state, req, op, topic, group, client, n, class).await
+) -> Result<Admitted<'a>, Refusal> {
+    let class = degraded_refusal(state, op, topic, group)?;
+    admit_past_degradation(state, received_at, op, topic, group, client, n, class).await
 }
 
 /// [`admit`] for a request [`degraded_refusal`] already let through as `class`.
 #[allow(clippy::too_many_arguments)]
 pub async fn admit_past_degradation<'a>(
     state: &'a BrokerState,
-    req: &RemotingCommand,
+    received_at: Option<Instant>,
     op: Op,
     topic: &str,
     group: &str,
     client: &str,
     n: u32,
     class: degrade::Class,
-) -> Result<Admitted<'a>, RemotingCommand> {
+) -> Result<Admitted<'a>, Refusal> {
     let shaped = match state.capacity.limits.admit(op, topic, group, client, n).await {
         Ok(waited) => waited,
-        Err(l) => {
-            return Err(refuse(state, req, op, "rate_limit", format!("[FLOW_CONTROL]{}; request refused", l.remark)))
-        }
+        Err(l) => return Err(refuse(state, op, "rate_limit", format!("[FLOW_CONTROL]{}; request refused", l.remark))),
     };
     let (fast_fail, capacity, max_wait) = {
         let c = state.config.read();
@@ -131,20 +123,14 @@ pub async fn admit_past_degradation<'a>(
         }
     };
     // A request a shaped limit held on purpose queues from its release on.
-    let received = if shaped { Instant::now() } else { req.received_at.unwrap_or_else(Instant::now) };
+    let received = if shaped { Instant::now() } else { received_at.unwrap_or_else(Instant::now) };
     let timed = (op == Op::Send).then_some((&state.capacity.degrader, received));
     if !fast_fail {
         return Ok(Admitted { _permit: None, timed });
     }
     if op == Op::Send && state.store.is_os_page_cache_busy() {
         let b = Busy::PageCacheBusy;
-        return Err(refuse(
-            state,
-            req,
-            op,
-            b.reason(),
-            b.remark(received.elapsed(), state.capacity.send_gate.queued()),
-        ));
+        return Err(refuse(state, op, b.reason(), b.remark(received.elapsed(), state.capacity.send_gate.queued())));
     }
     let gate = match op {
         Op::Send => &state.capacity.send_gate,
@@ -156,7 +142,7 @@ pub async fn admit_past_degradation<'a>(
             if let Some((degrader, received)) = timed {
                 degrader.record_wait(received.elapsed());
             }
-            Err(refuse(state, req, op, b.reason(), b.remark(waited, queued)))
+            Err(refuse(state, op, b.reason(), b.remark(waited, queued)))
         }
     }
 }

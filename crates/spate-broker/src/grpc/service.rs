@@ -1,11 +1,11 @@
-//! `apache.rocketmq.v2.MessagingService`'s RPCs. Each turns its request
-//! into the broker operation the remoting front end calls for the same
-//! job (`send::send`, `pop::service::{pop_message, ack_message,
-//! change_invisible, forward_to_dlq}`, `transaction::end`), expressed as
-//! the internal request those operations read, and the outcome into
-//! gRPC's shape. Business outcomes travel as RocketMQ status codes in a
-//! gRPC OK, as upstream's servers answer; only a malformed call (no client
-//! id) is a gRPC error.
+//! `apache.rocketmq.v2.MessagingService`'s RPCs. Each decodes its request
+//! into the typed request of the broker operation the remoting front end
+//! calls for the same job (`send::send`, `pop::service::{pop, ack,
+//! change_invisible, forward_to_dlq}`, `transaction::end`,
+//! `timer::recall`), and encodes the outcome (or the operation's
+//! `Refusal`) in gRPC's shape. Business outcomes travel as RocketMQ status
+//! codes in a gRPC OK, as upstream's servers answer; only a malformed call
+//! (no client id) is a gRPC error.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -20,7 +20,11 @@ use spate_grpc::headers::ClientHeaders;
 use spate_grpc::pb::{self, receive_message_response::Content, telemetry_command::Command, Code};
 use spate_grpc::settings::{self, GroupFacts, ServerFacts};
 use spate_remoting::protocol::DEFAULT_TOPIC;
-use spate_remoting::{request, response, RemotingClient, RemotingCommand};
+use spate_remoting::{response, RemotingClient};
+
+use crate::pop::service::{PopMessageRequest, ReceiptRequest};
+use crate::refusal::Refusal;
+use crate::send::{SendRequest, Stored};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
@@ -28,7 +32,6 @@ use super::access::{self, PUB, ROUTE, SUB};
 use super::route::{self, RouteError};
 use super::sessions::TELEMETRY_QUEUE;
 use crate::origin::Origin;
-use crate::pop::handle::ReceiptHandle;
 use crate::BrokerState;
 
 /// Most messages one SendMessage may carry.
@@ -158,34 +161,31 @@ impl Messaging {
             _ => -1,
         };
         let sys_flag = if inbound.transactional { message::SYSFLAG_TX_PREPARED } else { 0 };
-        let mut cmd = RemotingCommand::request(request::SEND_MESSAGE)
-            .with("producerGroup", grpc_producer_group(&inbound.topic))
-            .with("topic", &inbound.topic)
-            .with("defaultTopic", DEFAULT_TOPIC)
-            .with("defaultTopicQueueNums", 4)
-            .with("queueId", queue_id)
-            .with("sysFlag", sys_flag)
-            .with("bornTimestamp", inbound.born_timestamp)
-            .with("flag", 0)
-            .with("properties", &inbound.properties)
-            .with("reconsumeTimes", 0);
-        cmd.body = Bytes::from(inbound.body);
-        cmd.received_at = Some(Instant::now());
-        let resp = match crate::send::send(&self.state, origin, &cmd).await {
-            Ok(r) => r,
-            Err(e) => {
-                entry.status = Some(status(Code::InternalServerError, e.to_string()));
+        let header = crate::send::SendHeader {
+            producer_group: grpc_producer_group(&inbound.topic),
+            topic: inbound.topic.clone(),
+            default_topic: DEFAULT_TOPIC.to_string(),
+            default_topic_queue_nums: 4,
+            queue_id,
+            sys_flag,
+            born_timestamp: inbound.born_timestamp,
+            flag: 0,
+            properties: inbound.properties,
+            reconsume_times: 0,
+            max_reconsume_times: None,
+            batch: false,
+        };
+        let req = SendRequest { header, body: Bytes::from(inbound.body), received_at: Some(Instant::now()) };
+        let stored = match crate::send::send(&self.state, origin, req).await {
+            Ok(Stored { unconfirmed: Some(r), .. }) | Err(r) => {
+                entry.status = Some(status(send_code(r.code), r.remark));
                 return entry;
             }
+            Ok(stored) => stored,
         };
-        if resp.code != response::SUCCESS {
-            entry.status = Some(status(send_code(resp.code), resp.remark.unwrap_or_default()));
-            return entry;
-        }
-        let queue_offset = resp.field("queueOffset").and_then(|o| o.parse::<i64>().ok()).unwrap_or(0);
-        entry.offset = queue_offset;
+        entry.offset = stored.queue_offset;
         if inbound.transactional {
-            entry.transaction_id = format!("{}-{queue_offset}", resp.field("msgId").unwrap_or_default());
+            entry.transaction_id = format!("{}-{}", stored.msg_id, stored.queue_offset);
         }
         if let Some(due) = inbound.delivery_ms {
             entry.recall_handle = RecallHandle {
@@ -445,22 +445,11 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         let mut entries = Vec::with_capacity(r.entries.len());
         for e in r.entries {
             let current = self.state.grpc_renewals.settle(&e.receipt_handle).await;
-            let st = match ReceiptHandle::parse(&current) {
-                Err(err) => status(Code::InvalidReceiptHandle, format!("invalid receipt handle: {err}")),
-                Ok(handle) => {
-                    let cmd = RemotingCommand::request(request::ACK_MESSAGE)
-                        .with("consumerGroup", &group)
-                        .with("topic", &topic)
-                        .with("queueId", handle.queue_id)
-                        .with("offset", handle.offset)
-                        .with("extraInfo", &current);
-                    match crate::pop::service::ack_message(&self.state, &cmd).await {
-                        Ok(resp) if resp.code == response::SUCCESS => spate_grpc::status::ok(),
-                        Ok(resp) => handle_status(resp),
-                        Err(err) => status(Code::InternalServerError, err.to_string()),
-                    }
-                }
+            let acked = match ReceiptRequest::of_handle(&group, &topic, &current) {
+                Ok(target) => crate::pop::service::ack(&self.state, &target).await,
+                Err(refusal) => Err(refusal),
             };
+            let st = acked.map_or_else(handle_status, |()| spate_grpc::status::ok());
             entries.push(pb::AckMessageResultEntry {
                 message_id: e.message_id,
                 receipt_handle: e.receipt_handle,
@@ -484,19 +473,12 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         let group = resource_name(&r.group);
         let topic = resource_name(&r.topic);
         let handle = self.state.grpc_renewals.settle(&r.receipt_handle).await;
-        let st = match crate::pop::service::forward_to_dlq(
-            &self.state,
-            &group,
-            &topic,
-            &handle,
-            r.delivery_attempt.max(1) as u32,
-        )
-        .await
-        {
-            Ok(resp) if resp.code == response::SUCCESS => spate_grpc::status::ok(),
-            Ok(resp) => handle_status(resp),
-            Err(e) => status(Code::InternalServerError, e.to_string()),
+        let attempts = r.delivery_attempt.max(1) as u32;
+        let forwarded = match ReceiptRequest::of_handle(&group, &topic, &handle) {
+            Ok(target) => crate::pop::service::forward_to_dlq(&self.state, &target, attempts).await,
+            Err(refusal) => Err(refusal),
         };
+        let st = forwarded.map_or_else(handle_status, |()| spate_grpc::status::ok());
         Ok(Response::new(pb::ForwardMessageToDeadLetterQueueResponse { status: Some(st) }))
     }
 
@@ -706,14 +688,13 @@ impl pb::messaging_service_server::MessagingService for Messaging {
 
 /// An ack, change or forward refused: a stale or foreign handle is
 /// INVALID_RECEIPT_HANDLE (clients stop retrying on it).
-fn handle_status(resp: RemotingCommand) -> pb::Status {
-    let remark = resp.remark.unwrap_or_default();
-    let code = if resp.code == response::INVALID_PARAMETER && remark.contains("receipt handle") {
+fn handle_status(r: Refusal) -> pb::Status {
+    let code = if r.code == response::INVALID_PARAMETER && r.remark.contains("receipt handle") {
         Code::InvalidReceiptHandle
     } else {
-        consume_code(resp.code)
+        consume_code(r.code)
     };
-    status(code, remark)
+    status(code, r.remark)
 }
 
 /// The whole call's status: the entries' one outcome when they agree,
@@ -815,35 +796,26 @@ async fn receive(
     // do, so a receive is not held on an empty queue while others have
     // messages (as upstream's proxy pops).
     let queue_id = if fifo { mq.id } else { -1 };
-    let mut cmd = RemotingCommand::request(request::POP_MESSAGE)
-        .with("consumerGroup", &group)
-        .with("topic", &topic)
-        .with("queueId", queue_id)
-        .with("maxMsgNums", batch)
-        .with("invisibleTime", invisible)
-        .with("pollTime", poll.as_millis() as u64)
-        .with("bornTime", crate::schedule::now_ms())
-        .with("initMode", 0)
-        .with("exp", &exp)
-        .with("expType", exp_type)
-        .with("order", fifo);
-    if let Some(a) = r.attempt_id.as_ref().filter(|a| !a.is_empty()) {
-        cmd = cmd.with("attemptId", a);
-    }
-    cmd.received_at = Some(Instant::now());
-    let origin = Origin { gone: Some(gone), ..Origin::remote(peer, client_id.clone()) };
-    let resp = match crate::pop::service::pop_message(state, &origin, &cmd).await {
-        Ok(r) => r,
-        Err(e) => return only(Code::InternalServerError, e.to_string()),
+    let pop = PopMessageRequest {
+        group: group.clone(),
+        topic: topic.clone(),
+        queue_id,
+        max_msgs: usize::try_from(batch).unwrap_or(0),
+        invisible_ms: invisible,
+        poll,
+        init_mode: 0,
+        expression: if exp.trim().is_empty() { "*".to_string() } else { exp },
+        expression_type: exp_type.to_string(),
+        order: fifo,
+        attempt_id: r.attempt_id.clone().filter(|a| !a.is_empty()),
     };
-    if resp.code != response::SUCCESS {
-        let code = consume_code(resp.code);
-        let msg =
-            if code == Code::MessageNotFound { "no new message".to_string() } else { resp.remark.unwrap_or_default() };
-        return only(code, msg);
-    }
+    let origin = Origin { gone: Some(gone), ..Origin::remote(peer, client_id.clone()) };
+    let popped = match crate::pop::service::pop(state, &origin, pop).await {
+        Ok(p) => p,
+        Err(refusal) => return only(consume_code(refusal.code), refusal.remark),
+    };
     let mut out = vec![pb::ReceiveMessageResponse { content: Some(Content::Status(spate_grpc::status::ok())) }];
-    let mut rest: &[u8] = &resp.body;
+    let mut rest: &[u8] = &popped.body;
     while !rest.is_empty() {
         let rec = match message::decode_record(rest, false) {
             Ok(rec) => rec,
@@ -891,19 +863,14 @@ async fn end_transaction(
         _ => return Err(status(Code::BadRequest, "resolution must be COMMIT or ROLLBACK")),
     };
     let from_check = r.source == pb::TransactionSource::SourceServerCheck as i32;
-    let cmd = RemotingCommand::request(request::END_TRANSACTION)
-        .with("producerGroup", grpc_producer_group(topic))
-        .with("tranStateTableOffset", queue_offset)
-        .with("commitLogOffset", commit_log_offset)
-        .with("commitOrRollback", kind)
-        .with("fromTransactionCheck", from_check)
-        .with("msgId", &r.message_id)
-        .with("transactionId", &r.transaction_id);
-    match crate::transaction::end(state, &cmd).await {
-        Ok(resp) if resp.code == response::SUCCESS => Ok(()),
-        Ok(resp) => Err(status(send_code(resp.code), resp.remark.unwrap_or_default())),
-        Err(e) => Err(status(Code::InternalServerError, e.to_string())),
-    }
+    let end = crate::transaction::EndRequest {
+        producer_group: grpc_producer_group(topic),
+        half_queue_offset: queue_offset,
+        commit_log_offset: commit_log_offset as i64,
+        kind,
+        from_check,
+    };
+    crate::transaction::end(state, &end).await.map_err(|r| status(send_code(r.code), r.remark))
 }
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {
@@ -990,22 +957,11 @@ pub async fn change_invisible(
     handle_text: &str,
     invisible_ms: u64,
 ) -> Result<String, pb::Status> {
-    let handle = ReceiptHandle::parse(handle_text)
-        .map_err(|e| status(Code::InvalidReceiptHandle, format!("invalid receipt handle: {e}")))?;
-    let cmd = RemotingCommand::request(request::CHANGE_MESSAGE_INVISIBLETIME)
-        .with("consumerGroup", group)
-        .with("topic", topic)
-        .with("queueId", handle.queue_id)
-        .with("offset", handle.offset)
-        .with("extraInfo", handle_text)
-        .with("invisibleTime", invisible_ms);
-    match crate::pop::service::change_invisible(state, &cmd).await {
-        Ok(resp) if resp.code == response::SUCCESS => {
-            let stamp = resp.field("popTime").and_then(|t| t.parse::<u64>().ok()).unwrap_or(handle.stamp);
-            Ok(ReceiptHandle { stamp, invisible_ms, ..handle }.to_string())
-        }
-        Ok(resp) => Err(handle_status(resp)),
-        Err(e) => Err(status(Code::InternalServerError, e.to_string())),
+    let target = ReceiptRequest::of_handle(group, topic, handle_text).map_err(handle_status)?;
+    let invisible_ms = i64::try_from(invisible_ms).unwrap_or(i64::MAX);
+    match crate::pop::service::change_invisible(state, &target, invisible_ms).await {
+        Ok(renewed) => Ok(renewed.to_string()),
+        Err(refusal) => Err(handle_status(refusal)),
     }
 }
 

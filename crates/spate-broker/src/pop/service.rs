@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use spate_common::message::{self, NewMessage, PHYSICAL_OFFSET_POS, QUEUE_OFFSET_POS};
 use spate_remoting::protocol::{dlq_topic, perm, TopicConfig};
-use spate_remoting::{response, RemotingCommand};
+use spate_remoting::{response, OutboundReservation, RemotingCommand};
 use spate_store::{FlushWait, ReadLimits};
 
 use super::handle::{ReceiptHandle, RetryKind};
@@ -25,6 +25,7 @@ use super::state::{Delivery, Next, PopError, PopLimits, PopRecord, PopRequest, P
 use crate::error::BrokerError;
 use crate::origin::Origin;
 use crate::pull::Selector;
+use crate::refusal::Refusal;
 use crate::{BrokerRole, BrokerState};
 
 /// The property that carries a popped message's receipt handle (upstream's `POP_CK`).
@@ -86,9 +87,6 @@ pub struct PopService {
     since_snapshot: AtomicU64,
 }
 
-/// Why a pop request was refused before it reached the state.
-struct Refusal(i32, String);
-
 impl PopService {
     pub fn new(limits: PopLimits) -> PopService {
         PopService {
@@ -108,7 +106,7 @@ impl PopService {
     async fn lock<'a>(&'a self, state: &Arc<BrokerState>) -> Result<PopGuard<'a>, Refusal> {
         if state.config.read().broker_role == BrokerRole::Slave {
             let c = state.config.read();
-            return Err(Refusal(
+            return Err(Refusal::new(
                 response::SERVICE_NOT_AVAILABLE,
                 format!("broker {} (brokerId {}) is a slave: pop from its master", c.broker_name, c.broker_id),
             ));
@@ -123,8 +121,8 @@ impl PopService {
                 journal::replay(&store, limits, &offsets_state.offsets)
             })
             .await
-            .map_err(|e| Refusal(response::SYSTEM_ERROR, format!("pop state replay failed: {e}")))?
-            .map_err(|e| Refusal(response::SYSTEM_ERROR, format!("pop state replay failed: {e}")))?;
+            .map_err(|e| Refusal::new(response::SYSTEM_ERROR, format!("pop state replay failed: {e}")))?
+            .map_err(|e| Refusal::new(response::SYSTEM_ERROR, format!("pop state replay failed: {e}")))?;
             let (ps, seen) = replayed;
             tracing::info!(
                 records = seen.records,
@@ -138,7 +136,7 @@ impl PopService {
             self.wake.notify_one();
         }
         let guard = tokio::sync::MutexGuard::try_map(guard, |l| l.state.as_mut())
-            .map_err(|_| Refusal(response::SYSTEM_ERROR, "pop state is not loaded".into()))?;
+            .map_err(|_| Refusal::new(response::SYSTEM_ERROR, "pop state is not loaded"))?;
         Ok(PopGuard { guard, held: &self.held })
     }
 }
@@ -187,86 +185,101 @@ async fn journal(state: &Arc<BrokerState>, records: &[PopRecord]) -> Result<Opti
 }
 
 /// Waits until the journal records are durable (flush policy, and on a
-/// SYNC_MASTER its slaves); the error answer if they are not.
-async fn durable(
-    state: &Arc<BrokerState>,
-    req: &RemotingCommand,
-    written: Option<(FlushWait, u64)>,
-) -> Option<RemotingCommand> {
-    let (flush, end) = written?;
-    if let Err(e) = flush.wait().await {
-        return Some(crate::send::store_error_response(req, &e));
+/// SYNC_MASTER its slaves); the refusal if they are not.
+async fn durable(state: &Arc<BrokerState>, written: Option<(FlushWait, u64)>) -> Result<(), Refusal> {
+    let Some((flush, end)) = written else { return Ok(()) };
+    flush.wait().await.map_err(|e| Refusal::from_store(&e))?;
+    crate::send::replicated(state, end).await
+}
+
+/// A pop, decoded by whichever front end carried it.
+#[derive(Debug, Clone)]
+pub struct PopMessageRequest {
+    pub group: String,
+    pub topic: String,
+    /// One queue, or -1: any queue of the topic here.
+    pub queue_id: i32,
+    pub max_msgs: usize,
+    pub invisible_ms: u64,
+    /// How long to wait for messages (long polling); zero: answer at once.
+    pub poll: Duration,
+    pub init_mode: i32,
+    pub expression: String,
+    pub expression_type: String,
+    /// FIFO: one batch per queue in flight.
+    pub order: bool,
+    pub attempt_id: Option<String>,
+}
+
+impl PopMessageRequest {
+    /// POP_MESSAGE's header.
+    pub fn parse(req: &RemotingCommand) -> Result<PopMessageRequest, BrokerError> {
+        Ok(PopMessageRequest {
+            group: req.str_field("consumerGroup")?.to_string(),
+            topic: req.str_field("topic")?.to_string(),
+            queue_id: req.i32_field("queueId")?,
+            max_msgs: req.i32_field("maxMsgNums")?.max(0) as usize,
+            invisible_ms: req.i64_field("invisibleTime")?.max(0) as u64,
+            poll: Duration::from_millis(req.opt_i64_field("pollTime")?.unwrap_or(0).max(0) as u64),
+            init_mode: req.opt_i32_field("initMode")?.unwrap_or(INIT_MODE_MIN),
+            expression: req.field("exp").filter(|e| !e.trim().is_empty()).unwrap_or("*").to_string(),
+            expression_type: req.field("expType").unwrap_or("TAG").to_string(),
+            order: req.opt_bool_field("order")?.unwrap_or(false),
+            attempt_id: req.field("attemptId").filter(|a| !a.is_empty()).map(str::to_string),
+        })
     }
-    let mut resp = RemotingCommand::success(req);
-    crate::send::await_replication(state, end, &mut resp).await;
-    (resp.code != response::SUCCESS).then_some(resp)
 }
 
-struct PopHeader {
-    group: String,
-    topic: String,
-    queue_id: i32,
-    max_msgs: usize,
-    invisible_ms: u64,
-    poll: Duration,
-    init_mode: i32,
-    expression: String,
-    expression_type: String,
-    order: bool,
-    attempt_id: Option<String>,
-}
-
-fn parse_pop(req: &RemotingCommand) -> Result<PopHeader, BrokerError> {
-    Ok(PopHeader {
-        group: req.str_field("consumerGroup")?.to_string(),
-        topic: req.str_field("topic")?.to_string(),
-        queue_id: req.i32_field("queueId")?,
-        max_msgs: req.i32_field("maxMsgNums")?.max(0) as usize,
-        invisible_ms: req.i64_field("invisibleTime")?.max(0) as u64,
-        poll: Duration::from_millis(req.opt_i64_field("pollTime")?.unwrap_or(0).max(0) as u64),
-        init_mode: req.opt_i32_field("initMode")?.unwrap_or(INIT_MODE_MIN),
-        expression: req.field("exp").filter(|e| !e.trim().is_empty()).unwrap_or("*").to_string(),
-        expression_type: req.field("expType").unwrap_or("TAG").to_string(),
-        order: req.opt_bool_field("order")?.unwrap_or(false),
-        attempt_id: req.field("attemptId").filter(|a| !a.is_empty()).map(str::to_string),
-    })
-}
-
-/// POP_MESSAGE (200050).
-pub async fn pop_message(
+/// POP_MESSAGE (200050): the remoting front end of [`pop`].
+pub async fn handle_pop(
     state: &Arc<BrokerState>,
     origin: &Origin<'_>,
     req: &RemotingCommand,
 ) -> Result<RemotingCommand, BrokerError> {
-    let h = parse_pop(req)?;
+    let h = PopMessageRequest::parse(req)?;
+    Ok(match pop(state, origin, h).await {
+        Ok(mut popped) => {
+            // The answer's bytes stay set aside until it is written.
+            if let (Some(conn), Some(r)) = (origin.connection, popped.reservation.take()) {
+                conn.hold_until_answered(req.opaque, r);
+            }
+            popped.response(req)
+        }
+        Err(refusal) => refusal.response(req),
+    })
+}
+
+/// Hands out up to `max_msgs` messages of one queue, or of the first queue
+/// here that has any, waiting up to the poll time for them: what is visible
+/// again first, then new messages. Each is hidden for the invisible time
+/// under a new receipt handle, durably, before it is handed out. No
+/// message is a refusal with PULL_NOT_FOUND (no wait asked) or
+/// POLLING_TIMEOUT.
+pub async fn pop(state: &Arc<BrokerState>, origin: &Origin<'_>, h: PopMessageRequest) -> Result<Popped, Refusal> {
     if let Err(e) = crate::names::validate_group(&h.group) {
-        return Ok(RemotingCommand::error(req, response::INVALID_PARAMETER, e));
+        return Err(Refusal::new(response::INVALID_PARAMETER, e));
     }
     if h.group.len() > POP_GROUP_MAX_LEN {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::INVALID_PARAMETER,
             format!("a pop group's name is at most {POP_GROUP_MAX_LEN} characters (its DLQ topic must be a name)"),
         ));
     }
     if h.attempt_id.as_ref().is_some_and(|a| a.len() > ATTEMPT_ID_MAX_LEN) {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::INVALID_PARAMETER,
             format!("attemptId is longer than {ATTEMPT_ID_MAX_LEN} characters"),
         ));
     }
     let limits = &state.pop.limits;
     if h.max_msgs == 0 || h.max_msgs > limits.max_batch {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::INVALID_PARAMETER,
             format!("maxMsgNums {} is out of range 1..={}", h.max_msgs, limits.max_batch),
         ));
     }
     if h.invisible_ms == 0 || h.invisible_ms > limits.max_invisible_ms {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::INVALID_PARAMETER,
             format!(
                 "invisibleTime {} ms is out of range 1..={} (maxInvisibleTimeMills)",
@@ -276,25 +289,23 @@ pub async fn pop_message(
     }
     let tc = match crate::pull::readable_topic(state, &h.topic) {
         Ok(tc) => tc,
-        Err((code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+        Err((code, remark)) => return Err(Refusal::new(code, remark)),
     };
     if h.queue_id < -1 || h.queue_id >= tc.read_queue_nums {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::INVALID_PARAMETER,
             format!("queueId[{}] is illegal, topic[{}] has {} read queues", h.queue_id, h.topic, tc.read_queue_nums),
         ));
     }
     let selector = match crate::pull::selector(state, &h.expression, &h.expression_type) {
         Ok(s) => s,
-        Err((code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+        Err((code, remark)) => return Err(Refusal::new(code, remark)),
     };
     if state.groups.ensure(&h.group, state.config.read().auto_create_subscription_group) {
         state.persist_groups_soon();
     }
     if state.groups.get(&h.group).is_none() {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::SUBSCRIPTION_GROUP_NOT_EXIST,
             format!("subscription group [{}] does not exist", h.group),
         ));
@@ -334,31 +345,29 @@ pub async fn pop_message(
         };
         let mut full = None;
         for &queue_id in &queues {
-            match pop_queue(state, req, &h, queue_id, &selector).await {
-                Ok(Some(resp)) => {
-                    if let Some(conn) = origin.connection {
-                        crate::pull::hold_for_answer(conn, req, reserved);
-                    }
-                    return Ok(resp.into_command(req));
+            match pop_queue(state, &h, queue_id, &selector).await {
+                Ok(Some(mut popped)) => {
+                    popped.reservation = reserved;
+                    return Ok(popped);
                 }
                 Ok(None) => {}
                 // One queue at its in-flight bound: the others may still give.
-                Err(Refusal(response::POLLING_FULL, remark)) if queues.len() > 1 => full = Some(remark),
-                Err(refused) => return Ok(RemotingCommand::error(req, refused.0, refused.1)),
+                Err(Refusal { code: response::POLLING_FULL, remark }) if queues.len() > 1 => full = Some(remark),
+                Err(refused) => return Err(refused),
             }
         }
         if let Some(remark) = full.filter(|_| h.poll.is_zero() || last_look) {
-            return Ok(RemotingCommand::error(req, response::POLLING_FULL, remark));
+            return Err(Refusal::new(response::POLLING_FULL, remark));
         }
         drop(reserved);
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || last_look || watches.is_empty() {
-            return Ok(not_found(req, h.poll.is_zero()));
+            return Err(not_found(h.poll.is_zero()));
         }
         if slot.is_none() {
             slot = state.long_poll.hold();
             if slot.is_none() {
-                return Ok(RemotingCommand::error(req, response::POLLING_FULL, "too many pops and pulls are waiting"));
+                return Err(Refusal::new(response::POLLING_FULL, "too many pops and pulls are waiting"));
             }
         }
         let changed = watches.iter_mut().map(|rx| Box::pin(rx.changed()));
@@ -366,7 +375,7 @@ pub async fn pop_message(
             _ = futures_util::future::select_all(changed) => {}
             // One last look when the poll time is up.
             _ = tokio::time::sleep(left) => last_look = true,
-            _ = origin.closed() => return Ok(not_found(req, false)),
+            _ = origin.closed() => return Err(not_found(false)),
         }
     }
 }
@@ -377,23 +386,30 @@ fn wake_queue(state: &BrokerState, topic: &str, queue_id: i32) {
     state.long_poll.notify(topic, queue_id, state.store.max_offset_in_queue(topic, queue_id));
 }
 
-fn not_found(req: &RemotingCommand, immediate: bool) -> RemotingCommand {
+fn not_found(immediate: bool) -> Refusal {
     let code = if immediate { response::PULL_NOT_FOUND } else { response::POLLING_TIMEOUT };
-    RemotingCommand::response_to(req, code, Some("no new message".to_string()))
+    Refusal::new(code, "no new message")
 }
 
-struct PopAnswer {
-    pop_time: u64,
-    invisible_ms: u64,
-    rest: i64,
+/// What one pop handed out.
+pub struct Popped {
+    /// When (the handles' stamp).
+    pub pop_time: u64,
+    pub invisible_ms: u64,
+    /// Messages left in the queue past the pop offset.
+    pub rest: i64,
     start_info: String,
     offset_info: String,
     order_info: Option<String>,
-    body: BytesMut,
+    /// The messages as stored, each with its receipt handle in `POP_CK`.
+    pub body: BytesMut,
+    /// The answer's bytes set aside in the remoting connection's outbound budget.
+    pub reservation: Option<OutboundReservation>,
 }
 
-impl PopAnswer {
-    fn into_command(self, req: &RemotingCommand) -> RemotingCommand {
+impl Popped {
+    /// POP_MESSAGE's answer.
+    fn response(self, req: &RemotingCommand) -> RemotingCommand {
         let mut resp = RemotingCommand::success(req)
             .with("popTime", self.pop_time)
             .with("invisibleTime", self.invisible_ms)
@@ -415,11 +431,10 @@ impl PopAnswer {
 /// when it answers with an error.
 async fn pop_queue(
     state: &Arc<BrokerState>,
-    request: &RemotingCommand,
-    h: &PopHeader,
+    h: &PopMessageRequest,
     queue_id: i32,
     selector: &Selector,
-) -> Result<Option<PopAnswer>, Refusal> {
+) -> Result<Option<Popped>, Refusal> {
     let key = QueueKey { group: h.group.clone(), topic: h.topic.clone(), queue_id };
     let mut ps = state.pop.lock(state).await?;
     let now = crate::schedule::now_ms().max(0) as u64;
@@ -431,14 +446,12 @@ async fn pop_queue(
             state.offsets.commit(&h.group, &h.topic, queue_id, p.done_below);
         }
     }
-    let written = journal(state, &records).await.map_err(|e| Refusal(response::SYSTEM_ERROR, e.to_string()))?;
+    let written = journal(state, &records).await.map_err(|e| Refusal::new(response::SYSTEM_ERROR, e.to_string()))?;
     drop(ps);
     state.pop.wake.notify_one();
-    if let Some(refused) = durable(state, request, written).await {
-        // Not durable: the messages stay held and come back when their
-        // invisible time passes; this pop hands out nothing.
-        return Err(Refusal(refused.code, refused.remark.unwrap_or_default()));
-    }
+    // Not durable: the messages stay held and come back when their
+    // invisible time passes; this pop hands out nothing.
+    durable(state, written).await?;
     let Taken { deliveries, body, listed } = taken?;
     if listed.is_empty() {
         return Ok(None);
@@ -460,7 +473,7 @@ async fn pop_queue(
     });
     // A FIFO retry gets its batch back with the time it has left, not anew.
     let invisible_ms = deliveries.iter().map(|d| d.visible_at.saturating_sub(now)).min().unwrap_or(h.invisible_ms);
-    Ok(Some(PopAnswer { pop_time: now, invisible_ms, rest, start_info, offset_info, order_info, body }))
+    Ok(Some(Popped { pop_time: now, invisible_ms, rest, start_info, offset_info, order_info, body, reservation: None }))
 }
 
 struct Taken {
@@ -475,7 +488,7 @@ async fn take(
     state: &Arc<BrokerState>,
     ps: &mut PopState,
     key: &QueueKey,
-    h: &PopHeader,
+    h: &PopMessageRequest,
     now: u64,
     selector: &Selector,
     records: &mut Vec<PopRecord>,
@@ -538,7 +551,7 @@ async fn take(
     if room > 0 && bytes < cap {
         let new = read(state, topic, queue_id, from, room, Some(selector.clone()), cap - bytes)
             .await
-            .map_err(|e| Refusal(response::SYSTEM_ERROR, format!("reading {topic}:{queue_id} failed: {e}")))?;
+            .map_err(|e| Refusal::new(response::SYSTEM_ERROR, format!("reading {topic}:{queue_id} failed: {e}")))?;
         for raw in new.messages {
             if let Some(o) = raw.get(QUEUE_OFFSET_POS..QUEUE_OFFSET_POS + 8) {
                 let o = i64::from_be_bytes(o.try_into().unwrap_or([0; 8]));
@@ -552,8 +565,8 @@ async fn take(
     let req = PopRequest { batch, invisible_ms: h.invisible_ms, fifo: h.order, attempt_id: h.attempt_id.as_deref() };
     let (deliveries, record) = match ps.pop(key, now, &req, |_| it.next().map_or(Next::End(end), Next::Match)) {
         Ok(x) => x,
-        Err(e @ PopError::TooManyInFlight { .. }) => return Err(Refusal(response::POLLING_FULL, e.to_string())),
-        Err(e) => return Err(Refusal(response::INVALID_PARAMETER, e.to_string())),
+        Err(e @ PopError::TooManyInFlight { .. }) => return Err(Refusal::new(response::POLLING_FULL, e.to_string())),
+        Err(e) => return Err(Refusal::new(response::INVALID_PARAMETER, e.to_string())),
     };
     if matches!(&record, PopRecord::Pop { offsets, next, .. } if !offsets.is_empty() || *next != from) {
         records.push(record);
@@ -721,32 +734,75 @@ async fn dead_letter(state: &Arc<BrokerState>, key: &QueueKey, offset: i64, atte
     Ok(())
 }
 
-/// ACK_MESSAGE (200051).
-pub async fn ack_message(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
-    let (key, handle) = match handle_of(state, req) {
-        Ok(x) => x,
-        Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+/// A popped message named by its queue and receipt handle: what an ack or
+/// an invisible-time change acts on.
+#[derive(Debug, Clone)]
+pub struct ReceiptRequest {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: i32,
+    pub offset: i64,
+    /// The receipt handle as handed out (`extraInfo`).
+    pub handle: String,
+}
+
+impl ReceiptRequest {
+    /// ACK_MESSAGE's and CHANGE_MESSAGE_INVISIBLETIME's header.
+    pub fn parse(req: &RemotingCommand) -> Result<ReceiptRequest, Refusal> {
+        let bad = |e: spate_remoting::HeaderError| Refusal::new(response::INVALID_PARAMETER, e.to_string());
+        Ok(ReceiptRequest {
+            group: req.str_field("consumerGroup").map_err(bad)?.to_string(),
+            topic: req.str_field("topic").map_err(bad)?.to_string(),
+            handle: req.str_field("extraInfo").map_err(bad)?.to_string(),
+            queue_id: req.i32_field("queueId").map_err(bad)?,
+            offset: req.i64_field("offset").map_err(bad)?,
+        })
+    }
+
+    /// The message a receipt handle names, in `group` and `topic` (gRPC's
+    /// requests carry the handle alone).
+    pub fn of_handle(group: &str, topic: &str, handle: &str) -> Result<ReceiptRequest, Refusal> {
+        let h = ReceiptHandle::parse(handle)
+            .map_err(|e| Refusal::new(response::INVALID_PARAMETER, format!("invalid receipt handle: {e}")))?;
+        Ok(ReceiptRequest {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            queue_id: h.queue_id,
+            offset: h.offset,
+            handle: handle.to_string(),
+        })
+    }
+}
+
+/// ACK_MESSAGE (200051): the remoting front end of [`ack`].
+pub async fn handle_ack(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let done = match ReceiptRequest::parse(req) {
+        Ok(r) => ack(state, &r).await,
+        Err(refusal) => Err(refusal),
     };
-    let mut ps = match state.pop.lock(state).await {
-        Ok(ps) => ps,
-        Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
-    };
-    let record = match ps.ack(&key, handle.offset, handle.stamp) {
-        Ok(r) => r,
-        Err(e) => return Ok(RemotingCommand::error(req, response::NO_MESSAGE, stale_remark(&e))),
-    };
+    Ok(match done {
+        Ok(()) => RemotingCommand::success(req),
+        Err(refusal) => refusal.response(req),
+    })
+}
+
+/// Acknowledges a popped message, durably: it is never handed out again.
+/// A stale handle (acked, popped again or changed since) is NO_MESSAGE.
+pub async fn ack(state: &Arc<BrokerState>, r: &ReceiptRequest) -> Result<(), Refusal> {
+    let (key, handle) = handle_of(state, r)?;
+    let mut ps = state.pop.lock(state).await?;
+    let record =
+        ps.ack(&key, handle.offset, handle.stamp).map_err(|e| Refusal::new(response::NO_MESSAGE, stale_remark(&e)))?;
     if let Some(p) = ps.progress(&key) {
         state.offsets.commit(&key.group, &key.topic, key.queue_id, p.done_below);
     }
     let written = journal(state, std::slice::from_ref(&record)).await?;
     drop(ps);
-    if let Some(refused) = durable(state, req, written).await {
-        return Ok(refused);
-    }
+    durable(state, written).await?;
     state.pop.counters.acked.fetch_add(1, Ordering::Relaxed);
     // A FIFO queue may hand out its next batch now.
     wake_queue(state, &key.topic, key.queue_id);
-    Ok(RemotingCommand::success(req))
+    Ok(())
 }
 
 /// Most entries one BATCH_ACK_MESSAGE may carry.
@@ -824,7 +880,7 @@ pub async fn batch_ack(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
     }
     let mut ps = match state.pop.lock(state).await {
         Ok(ps) => ps,
-        Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+        Err(refusal) => return Ok(refusal.response(req)),
     };
     // One journal record per queue, however many acks it has.
     let mut by_queue: std::collections::BTreeMap<QueueKey, Vec<(i64, u64)>> = Default::default();
@@ -846,8 +902,8 @@ pub async fn batch_ack(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
     }
     let written = journal(state, &records).await?;
     drop(ps);
-    if let Some(refused) = durable(state, req, written).await {
-        return Ok(refused);
+    if let Err(refusal) = durable(state, written).await {
+        return Ok(refusal.response(req));
     }
     state.pop.counters.acked.fetch_add(acked, Ordering::Relaxed);
     for key in &keys {
@@ -856,38 +912,51 @@ pub async fn batch_ack(state: &Arc<BrokerState>, req: &RemotingCommand) -> Resul
     Ok(RemotingCommand::success(req))
 }
 
-/// CHANGE_MESSAGE_INVISIBLETIME (200053): a new invisible time from now,
-/// and a new handle (the answer's `popTime`); the old handle stops working.
-pub async fn change_invisible(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+/// CHANGE_MESSAGE_INVISIBLETIME (200053): the remoting front end of
+/// [`change_invisible`]; the answer's `popTime` stamps the new handle.
+pub async fn handle_change_invisible(
+    state: &Arc<BrokerState>,
+    req: &RemotingCommand,
+) -> Result<RemotingCommand, BrokerError> {
     let invisible_ms = req.i64_field("invisibleTime")?;
-    let (key, handle) = match handle_of(state, req) {
-        Ok(x) => x,
-        Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+    let changed = match ReceiptRequest::parse(req) {
+        Ok(r) => change_invisible(state, &r, invisible_ms).await,
+        Err(refusal) => Err(refusal),
     };
+    Ok(match changed {
+        Ok(h) => RemotingCommand::success(req)
+            .with("popTime", h.stamp)
+            .with("invisibleTime", h.invisible_ms)
+            .with("reviveQid", 0),
+        Err(refusal) => refusal.response(req),
+    })
+}
+
+/// A new invisible time from now for a popped message, and its new handle;
+/// the old handle stops working.
+pub async fn change_invisible(
+    state: &Arc<BrokerState>,
+    r: &ReceiptRequest,
+    invisible_ms: i64,
+) -> Result<ReceiptHandle, Refusal> {
+    let (key, handle) = handle_of(state, r)?;
     let max = state.pop.limits.max_invisible_ms;
     let Some(invisible_ms) = u64::try_from(invisible_ms).ok().filter(|i| *i <= max) else {
-        return Ok(RemotingCommand::error(
-            req,
+        return Err(Refusal::new(
             response::INVALID_PARAMETER,
             format!("invisibleTime {invisible_ms} ms is out of range 0..={max} (maxInvisibleTimeMills)"),
         ));
     };
-    let mut ps = match state.pop.lock(state).await {
-        Ok(ps) => ps,
-        Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
-    };
+    let mut ps = state.pop.lock(state).await?;
     let now = crate::schedule::now_ms().max(0) as u64;
-    let (d, record) = match ps.change_invisible(&key, handle.offset, handle.stamp, now, invisible_ms) {
-        Ok(x) => x,
-        Err(e) => return Ok(RemotingCommand::error(req, response::NO_MESSAGE, stale_remark(&e))),
-    };
+    let (d, record) = ps
+        .change_invisible(&key, handle.offset, handle.stamp, now, invisible_ms)
+        .map_err(|e| Refusal::new(response::NO_MESSAGE, stale_remark(&e)))?;
     let written = journal(state, std::slice::from_ref(&record)).await?;
     drop(ps);
     state.pop.wake.notify_one();
-    if let Some(refused) = durable(state, req, written).await {
-        return Ok(refused);
-    }
-    Ok(RemotingCommand::success(req).with("popTime", d.stamp).with("invisibleTime", invisible_ms).with("reviveQid", 0))
+    durable(state, written).await?;
+    Ok(ReceiptHandle { stamp: d.stamp, invisible_ms, ..handle })
 }
 
 /// How long a message is hidden while it is copied to the DLQ by
@@ -899,46 +968,12 @@ const DLQ_FORWARD_HIDE_MS: u64 = 5 * 60 * 1000;
 /// ForwardMessageToDeadLetterQueue): hidden first under its current handle
 /// (which checks the handle), copied to `%DLQ%group`, then acked. A crash
 /// in between delivers it again later; it is never lost.
-pub async fn forward_to_dlq(
-    state: &Arc<BrokerState>,
-    group: &str,
-    topic: &str,
-    handle_text: &str,
-    attempts: u32,
-) -> Result<RemotingCommand, BrokerError> {
-    let handle = match ReceiptHandle::parse(handle_text) {
-        Ok(h) => h,
-        Err(e) => {
-            let req = RemotingCommand::request(spate_remoting::request::ACK_MESSAGE);
-            return Ok(RemotingCommand::error(
-                &req,
-                response::INVALID_PARAMETER,
-                format!("invalid receipt handle: {e}"),
-            ));
-        }
-    };
-    let base = |code: i32| {
-        RemotingCommand::request(code)
-            .with("consumerGroup", group)
-            .with("topic", topic)
-            .with("queueId", handle.queue_id)
-            .with("offset", handle.offset)
-    };
+pub async fn forward_to_dlq(state: &Arc<BrokerState>, r: &ReceiptRequest, attempts: u32) -> Result<(), Refusal> {
     let hide_ms = DLQ_FORWARD_HIDE_MS.min(state.pop.limits.max_invisible_ms);
-    let hide = base(spate_remoting::request::CHANGE_MESSAGE_INVISIBLETIME)
-        .with("extraInfo", handle_text)
-        .with("invisibleTime", hide_ms);
-    let hidden = change_invisible(state, &hide).await?;
-    if hidden.code != response::SUCCESS {
-        return Ok(hidden);
-    }
-    let Some(stamp) = hidden.field("popTime").and_then(|t| t.parse::<u64>().ok()) else {
-        return Ok(RemotingCommand::error(&hide, response::SYSTEM_ERROR, "the change answered no popTime"));
-    };
-    let key = QueueKey { group: group.to_string(), topic: topic.to_string(), queue_id: handle.queue_id };
-    dead_letter(state, &key, handle.offset, attempts).await?;
-    let renewed = ReceiptHandle { stamp, invisible_ms: hide_ms, ..handle.clone() };
-    ack_message(state, &base(spate_remoting::request::ACK_MESSAGE).with("extraInfo", renewed.to_string())).await
+    let renewed = change_invisible(state, r, hide_ms as i64).await?;
+    let key = QueueKey { group: r.group.clone(), topic: r.topic.clone(), queue_id: r.queue_id };
+    dead_letter(state, &key, r.offset, attempts).await?;
+    ack(state, &ReceiptRequest { handle: renewed.to_string(), ..r.clone() }).await
 }
 
 fn stale_remark(e: &PopError) -> String {
@@ -947,18 +982,13 @@ fn stale_remark(e: &PopError) -> String {
 
 /// The queue and handle an ack or change names; a refusal for a handle
 /// that is malformed, for another broker, or for another queue.
-fn handle_of(state: &BrokerState, req: &RemotingCommand) -> Result<(QueueKey, ReceiptHandle), Refusal> {
-    let bad = |e: String| Refusal(response::INVALID_PARAMETER, e);
-    let group = req.str_field("consumerGroup").map_err(|e| bad(e.to_string()))?.to_string();
-    let topic = req.str_field("topic").map_err(|e| bad(e.to_string()))?.to_string();
-    let extra = req.str_field("extraInfo").map_err(|e| bad(e.to_string()))?;
-    let queue_id = req.i32_field("queueId").map_err(|e| bad(e.to_string()))?;
-    let offset = req.i64_field("offset").map_err(|e| bad(e.to_string()))?;
-    let handle = ReceiptHandle::parse(extra).map_err(|e| bad(format!("invalid receipt handle: {e}")))?;
-    if handle.queue_id != queue_id || handle.offset != offset {
+fn handle_of(state: &BrokerState, r: &ReceiptRequest) -> Result<(QueueKey, ReceiptHandle), Refusal> {
+    let bad = |e: String| Refusal::new(response::INVALID_PARAMETER, e);
+    let handle = ReceiptHandle::parse(&r.handle).map_err(|e| bad(format!("invalid receipt handle: {e}")))?;
+    if handle.queue_id != r.queue_id || handle.offset != r.offset {
         return Err(bad(format!(
-            "invalid receipt handle: it names queue {} offset {}, the request {queue_id} {offset}",
-            handle.queue_id, handle.offset
+            "invalid receipt handle: it names queue {} offset {}, the request {} {}",
+            handle.queue_id, handle.offset, r.queue_id, r.offset
         )));
     }
     if handle.broker_name != state.broker_name {
@@ -967,7 +997,7 @@ fn handle_of(state: &BrokerState, req: &RemotingCommand) -> Result<(QueueKey, Re
             handle.broker_name, state.broker_name
         )));
     }
-    Ok((QueueKey { group, topic, queue_id }, handle))
+    Ok((QueueKey { group: r.group.clone(), topic: r.topic.clone(), queue_id: r.queue_id }, handle))
 }
 
 /// SPATE_GET_POP_PROGRESS (924): per queue of the group, the pop offset,
@@ -977,7 +1007,7 @@ pub async fn progress(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result
     let group = req.str_field("consumerGroup")?.to_string();
     let rows = match state.pop.lock(state).await {
         Ok(ps) => ps.group_progress(&group),
-        Err(Refusal(code, remark)) => return Ok(RemotingCommand::error(req, code, remark)),
+        Err(refusal) => return Ok(refusal.response(req)),
     };
     if rows.is_empty() {
         return Ok(RemotingCommand::error(
