@@ -274,6 +274,25 @@ pub fn consumer_connections(state: &Arc<BrokerState>, req: &RemotingCommand) -> 
     Ok(RemotingCommand::success(req).with_body(serde_json::to_vec(&body).unwrap_or_default()))
 }
 
+/// GET_PRODUCER_CONNECTION_LIST: the producers of a group, remoting
+/// producers by the group their heartbeats name and RocketMQ 5 (gRPC)
+/// producers under each topic they publish (they name no group).
+pub fn producer_connections(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
+    let group = req.str_field("producerGroup")?;
+    let mut connection_set = state.clients.producer_connections(group);
+    connection_set
+        .extend(state.grpc.producers_publishing(group).iter().map(crate::grpc::sessions::Session::connection));
+    if connection_set.is_empty() {
+        return Ok(RemotingCommand::error(
+            req,
+            response::SYSTEM_ERROR,
+            format!("the producer group[{group}] has no producer connected"),
+        ));
+    }
+    let body = spate_remoting::protocol::ProducerConnection { connection_set };
+    Ok(RemotingCommand::success(req).with_body(serde_json::to_vec(&body).unwrap_or_default()))
+}
+
 /// GET_MAX_OFFSET, GET_MIN_OFFSET, SEARCH_OFFSET_BY_TIMESTAMP, GET_EARLIEST_MSG_STORETIME.
 pub async fn queue_offset(state: &Arc<BrokerState>, req: &RemotingCommand) -> Result<RemotingCommand, BrokerError> {
     use spate_remoting::request as r;

@@ -109,6 +109,23 @@ impl Clients {
         removed
     }
 
+    /// The producers of `group` (admin).
+    pub fn producer_connections(&self, group: &str) -> Vec<ClientConnection> {
+        let p = self.producers.lock();
+        p.get(group)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+            .map(|c| ClientConnection {
+                client_id: c.client_id.clone(),
+                client_addr: c.conn.peer_addr().to_string(),
+                language: c.language.clone(),
+                version: c.version,
+                protocol: "remoting".into(),
+                client_version: String::new(),
+            })
+            .collect()
+    }
+
     /// A live connection of one producer of `group` (for transaction checks).
     pub fn producer_connection(&self, group: &str) -> Option<Arc<Connection>> {
         let p = self.producers.lock();

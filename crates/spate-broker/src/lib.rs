@@ -671,6 +671,7 @@ async fn process(
         r::SPATE_DELETE_LIMIT => admin::delete_limit(state, req).await?,
         r::SPATE_SET_PRIORITY => admin::set_priority(state, req).await?,
         r::GET_CONSUMER_CONNECTION_LIST => admin::consumer_connections(state, req)?,
+        r::GET_PRODUCER_CONNECTION_LIST => admin::producer_connections(state, req)?,
         r::QUERY_MESSAGE => admin::query_message(state, req).await?,
         r::VIEW_MESSAGE_BY_ID => admin::view_message(state, req).await?,
         code if auth::is_admin_code(code) => auth::admin(state, principal, req).await?,

@@ -266,7 +266,9 @@ enum GroupVerb {
         #[arg(short = 't', long)]
         topic: Option<String>,
     },
-    /// The group's connected clients.
+    /// The group's connected clients: its consumers, and the producers of
+    /// a producer group (RocketMQ 5 producers are listed under each topic
+    /// they publish).
     Connections { group: String },
     /// Move the group's offsets on a topic to the first message stored at or
     /// after a time (stop the group's consumers first: they commit their own).
@@ -780,27 +782,39 @@ async fn group(admin: &Admin, verb: GroupVerb) -> Result<Output> {
         GroupVerb::Connections { group } => {
             let mut all = Vec::new();
             let mut table = String::new();
+            // Consumers of the group, then producers of it (a RocketMQ 5
+            // producer is listed under each topic it publishes).
+            let asks = [
+                ("consumer", request::GET_CONSUMER_CONNECTION_LIST, "consumerGroup", "ConsumerConnection"),
+                ("producer", request::GET_PRODUCER_CONNECTION_LIST, "producerGroup", "ProducerConnection"),
+            ];
             for (_, addr) in admin.masters(None).await? {
-                let req = RemotingCommand::request(request::GET_CONSUMER_CONNECTION_LIST).with("consumerGroup", &group);
-                let r = admin.client.invoke(&addr, req, TIMEOUT).await.with_context(|| format!("calling {addr}"))?;
-                if r.code != response::SUCCESS {
-                    continue;
-                }
-                let v: Value = fastjson::decode(&r.body, "ConsumerConnection")?;
-                for c in v.get("connectionSet").and_then(Value::as_array).into_iter().flatten() {
-                    table.push_str(&format!(
-                        "{:<40} {:<24} {:<8} {:<9} {}\n",
-                        c["clientId"].as_str().unwrap_or_default(),
-                        c["clientAddr"].as_str().unwrap_or_default(),
-                        c["language"].as_str().unwrap_or_default(),
-                        c["protocol"].as_str().unwrap_or("remoting"),
-                        c["clientVersion"].as_str().map_or_else(|| c["version"].to_string(), str::to_string)
-                    ));
-                    all.push(c.clone());
+                for (role, code, key, what) in asks {
+                    let req = RemotingCommand::request(code).with(key, &group);
+                    let r =
+                        admin.client.invoke(&addr, req, TIMEOUT).await.with_context(|| format!("calling {addr}"))?;
+                    if r.code != response::SUCCESS {
+                        continue;
+                    }
+                    let v: Value = fastjson::decode(&r.body, what)?;
+                    for c in v.get("connectionSet").and_then(Value::as_array).into_iter().flatten() {
+                        table.push_str(&format!(
+                            "{:<8} {:<40} {:<24} {:<8} {:<9} {}\n",
+                            role,
+                            c["clientId"].as_str().unwrap_or_default(),
+                            c["clientAddr"].as_str().unwrap_or_default(),
+                            c["language"].as_str().unwrap_or_default(),
+                            c["protocol"].as_str().unwrap_or("remoting"),
+                            c["clientVersion"].as_str().map_or_else(|| c["version"].to_string(), str::to_string)
+                        ));
+                        let mut c = c.clone();
+                        c["role"] = json!(role);
+                        all.push(c);
+                    }
                 }
             }
             if all.is_empty() {
-                bail!("consumer group {group} is not online");
+                bail!("group {group} has no client connected");
             }
             Ok((json!(all), table))
         }

@@ -8,7 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::grpc::{code, connect, drain, message, open_telemetry, receive, receive_req, resource, send};
+use common::grpc::{
+    code, connect, connect_as, drain, message, open_telemetry, producer_settings, receive, receive_req, resource, send,
+    with_other_client_id,
+};
 use common::{free_port, Standalone};
 use spate_grpc::pb::{self, messaging_service_client::MessagingServiceClient, Code};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -258,6 +261,47 @@ async fn grpc_clients_show_in_admin_and_metrics() {
         text.contains("grpc-test@1@0@x") && text.contains("gRPC") && text.contains("RUST") && text.contains("5.1.2"),
         "{text}"
     );
+
+    // Producers: a RocketMQ 5 producer names no group and is listed under
+    // the topics it publishes; a remoting producer under its group (here
+    // named as the topic, so one listing shows both kinds).
+    let mut p = connect_as(&spate.broker(), with_other_client_id).await;
+    let (first, _producer_stream) = open_telemetry(&mut p, producer_settings(&[topic]), "5.0.9").await;
+    assert_eq!(code(&first.status), Code::Ok as i32);
+    let cfg = spate_client::ClientConfig::new(&spate.namesrv()).with_instance_name("admin-remoting-p");
+    let remoting = spate_client::Producer::start(cfg, spate_client::ProducerOptions::new(topic)).await.unwrap();
+    remoting.send(spate_client::Message::new(topic, "r")).await.unwrap();
+    // (The remoting producer's heartbeat follows its first route.)
+    let listed = |text: &str| -> Vec<(String, String, String)> {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["role"] == "producer")
+            .map(|c| {
+                let f = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                (f("clientId"), f("protocol"), f("language"))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (text, producers) = loop {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(["admin", "-n", &spate.namesrv(), "--json", "group", "connections", topic])
+            .output()
+            .expect("spate admin");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let producers = listed(&text);
+        if producers.len() >= 2 || Instant::now() > deadline {
+            break (text, producers);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let grpc_producer = ("grpc-test@2@0@y".to_string(), "gRPC".to_string(), "PYTHON".to_string());
+    assert!(producers.contains(&grpc_producer), "{text}");
+    assert!(producers.iter().any(|(id, proto, _)| id.contains("admin-remoting-p") && proto == "remoting"), "{text}");
+    assert!(!producers.iter().any(|(id, _, _)| id == "grpc-test@1@0@x"), "a consumer is not a producer: {text}");
+    remoting.shutdown().await;
 
     // A topic that declares its message type: the route says so, and a
     // message of another type is refused.

@@ -216,6 +216,13 @@ impl GrpcSessions {
         self.all().into_iter().filter(|s| s.group() == Some(group)).collect()
     }
 
+    /// Sessions of producers that said they publish `topic` (admin: a
+    /// RocketMQ 5 producer names no group; upstream's proxy lists it under
+    /// the topic, as here).
+    pub fn producers_publishing(&self, topic: &str) -> Vec<Session> {
+        self.all().into_iter().filter(|s| s.is_producer() && s.topics().contains(&topic)).collect()
+    }
+
     /// The command senders of producers publishing `topic` whose stream
     /// is open (transaction check-back), most recently heard from first.
     pub fn producers_of(&self, topic: &str) -> Vec<TelemetrySender> {

@@ -138,7 +138,14 @@ impl ConsumeStats {
     }
 }
 
-/// One client connection of a consumer group (GET_CONSUMER_CONNECTION_LIST).
+/// A producer group's connected clients (GET_PRODUCER_CONNECTION_LIST's answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProducerConnection {
+    pub connection_set: Vec<ClientConnection>,
+}
+
+/// One client connection of a consumer or producer group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ClientConnection {

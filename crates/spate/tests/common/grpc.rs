@@ -19,9 +19,24 @@ pub fn with_client_id(mut req: tonic::Request<()>) -> Result<tonic::Request<()>,
     Ok(req)
 }
 
+/// Another client instance: its own session on the broker.
+pub fn with_other_client_id(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    req.metadata_mut().insert("x-mq-client-id", "grpc-test@2@0@y".parse().expect("header"));
+    req.metadata_mut().insert("x-mq-language", "PYTHON".parse().expect("header"));
+    Ok(req)
+}
+
 pub async fn connect(addr: &str) -> Client {
+    connect_as(addr, with_client_id).await
+}
+
+/// A client whose calls `identify` names.
+pub async fn connect_as(
+    addr: &str,
+    identify: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+) -> Client {
     let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
-    MessagingServiceClient::with_interceptor(channel, with_client_id as fn(_) -> _)
+    MessagingServiceClient::with_interceptor(channel, identify)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
 }
