@@ -2,8 +2,17 @@
 //! and simple consumers (ReceiveMessage + AckMessage), generated from the
 //! same protos the broker serves. Enough client for load, not a full SDK:
 //! no routes (one endpoint), no retries.
+//!
+//! Calls go straight onto one HTTP/2 connection driven by hyper ([`Conn`]),
+//! without tonic's `Channel` (whose buffer task adds a task hop to every
+//! call, and reconnection this benchmark does not want): the client side
+//! costs what a lean gRPC client costs, so a send's latency is mostly the
+//! broker's and the protocol's.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -11,10 +20,49 @@ use bytes::Bytes;
 use spate_client::ClientError;
 use spate_grpc::pb::{self, messaging_service_client::MessagingServiceClient, receive_message_response::Content, Code};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 type Intercept = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-pub type Client = MessagingServiceClient<InterceptedService<Channel, Intercept>>;
+pub type Client = MessagingServiceClient<InterceptedService<Conn, Intercept>>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One HTTP/2 connection (hyper's client, h2c) as the service tonic's
+/// generated client calls: each call is handed to hyper by the caller's
+/// own task, with `timeout` on its answer's headers.
+#[derive(Clone)]
+pub struct Conn {
+    send: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+    authority: http::uri::Authority,
+    timeout: Duration,
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Conn {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        self.send.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        // tonic gives the path; HTTP/2 also needs the scheme and authority.
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        let answer = self.send.send_request(req);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(r) => r.map(|resp| resp.map(tonic::body::Body::new)).map_err(Into::into),
+                Err(_) => Err(format!("no answer within {timeout:?}").into()),
+            }
+        })
+    }
+}
 
 /// Every call names this process as its client.
 fn client_id(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -29,16 +77,22 @@ fn client_id(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::S
     Ok(req)
 }
 
-/// A channel (one HTTP/2 connection) to `endpoint`, with `timeout` on every call.
+/// One HTTP/2 connection to `endpoint`, with `timeout` on every call.
 pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Client> {
-    let channel = Channel::from_shared(format!("http://{endpoint}"))
-        .with_context(|| format!("gRPC endpoint {endpoint}"))?
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
+    let authority: http::uri::Authority = endpoint.parse().with_context(|| format!("gRPC endpoint {endpoint}"))?;
+    let tcp = tokio::net::TcpStream::connect(endpoint).await.with_context(|| format!("connecting to {endpoint}"))?;
+    tcp.set_nodelay(true)?;
+    let (send, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
-        .with_context(|| format!("connecting to {endpoint}"))?;
-    Ok(MessagingServiceClient::with_interceptor(channel, client_id as Intercept)
+        .with_context(|| format!("HTTP/2 handshake with {endpoint}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "gRPC connection ended");
+        }
+    });
+    let conn = Conn { send, authority, timeout };
+    Ok(MessagingServiceClient::with_interceptor(conn, client_id as Intercept)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))
 }
