@@ -12,7 +12,9 @@
 //! - [`sessions`]: what each gRPC client told us on its Telemetry stream
 //!   (settings, the stream to push commands on), for Heartbeat, admin and
 //!   transaction check-back;
-//! - this file: the server, fed by both listeners.
+//! - this file: the server, fed by both listeners: each admitted
+//!   connection is served by hyper's HTTP/2 server straight into the
+//!   generated `MessagingService` (one service: no router between them).
 
 pub mod access;
 pub mod renew;
@@ -88,20 +90,7 @@ impl GrpcFrontEnd {
         let svc = MessagingServiceServer::new(service::Messaging::new(state.clone()))
             .max_decoding_message_size(max_decode)
             .max_encoding_message_size(usize::MAX);
-        let incoming = Incoming { rx };
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming.into_stream(), stopped.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "gRPC server stopped");
-            }
-        });
+        tokio::spawn(serve_handed_over(rx, svc, stop.clone()));
         if let Some(listener) = listener {
             tokio::spawn(accept_loop(listener, fe.clone()));
         }
@@ -189,14 +178,54 @@ async fn accept_loop(listener: TcpListener, fe: Arc<GrpcFrontEnd>) {
     }
 }
 
-/// The connections the server serves, from both ports.
-struct Incoming {
-    rx: mpsc::Receiver<Counted>,
+type Service = MessagingServiceServer<service::Messaging>;
+
+/// Serves each connection handed over (from both ports) on a task of its
+/// own until the front end stops; then each is shut down gracefully (calls
+/// in progress end, no new ones are taken).
+async fn serve_handed_over(mut rx: mpsc::Receiver<Counted>, svc: Service, stop: CancellationToken) {
+    loop {
+        let conn = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = rx.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        tokio::spawn(serve_connection(conn, svc.clone(), stop.clone()));
+    }
 }
 
-impl Incoming {
-    fn into_stream(self) -> impl futures_util::Stream<Item = std::io::Result<Counted>> {
-        futures_util::stream::unfold(self, |mut inc| async move { inc.rx.recv().await.map(|c| (Ok(c), inc)) })
+/// One HTTP/2 connection: hyper's server calling the generated service
+/// for each stream, with the peer's address where the RPCs look for it
+/// (tonic's `remote_addr`).
+async fn serve_connection(conn: Counted, svc: Service, stop: CancellationToken) {
+    let info = tonic::transport::server::TcpConnectInfo {
+        local_addr: conn.stream.local_addr(),
+        remote_addr: Some(conn.stream.peer_addr()),
+    };
+    let peer = conn.stream.peer_addr();
+    let call = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(info.clone());
+        let mut svc = svc.clone();
+        tower_service::Service::call(&mut svc, req)
+    });
+    let served = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(conn), call);
+    tokio::pin!(served);
+    let ended = tokio::select! {
+        r = served.as_mut() => r,
+        _ = stop.cancelled() => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "gRPC connection ended");
     }
 }
 
@@ -205,16 +234,6 @@ impl Incoming {
 struct Counted {
     stream: Http2Stream,
     _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl tonic::transport::server::Connected for Counted {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        tonic::transport::server::TcpConnectInfo {
-            local_addr: self.stream.local_addr(),
-            remote_addr: Some(self.stream.peer_addr()),
-        }
-    }
 }
 
 impl tokio::io::AsyncRead for Counted {
