@@ -273,6 +273,8 @@ pub struct Stored {
     /// Stored, but not made durable or replicated as this broker is set to
     /// (flush or slave timeout, ...): what to answer instead of success.
     pub unconfirmed: Option<Refusal>,
+    /// A timer message's recall handle (`timer::RecallHandle`).
+    pub recall_handle: Option<String>,
 }
 
 impl Stored {
@@ -283,11 +285,16 @@ impl Stored {
             resp.code = u.code;
             resp.remark = Some(u.remark);
         }
-        resp.with("msgId", self.msg_id)
+        let resp = resp
+            .with("msgId", self.msg_id)
             .with("queueId", self.queue_id)
             .with("queueOffset", self.queue_offset)
             .with("MSG_REGION", "DefaultRegion")
-            .with("TRACE_ON", "true")
+            .with("TRACE_ON", "true");
+        match self.recall_handle {
+            Some(h) => resp.with("recallHandle", h),
+            None => resp,
+        }
     }
 }
 
@@ -421,9 +428,8 @@ pub async fn send(state: &Arc<BrokerState>, origin: &Origin<'_>, req: SendReques
     // A half, delayed or timer message waits in a system topic; the checks
     // above were on its real topic.
     let mut base = base;
-    if let Err(why) = route_special(state, &mut base, &h.producer_group) {
-        return Err(Refusal::new(response::MESSAGE_ILLEGAL, why));
-    }
+    let recall_handle = route_special(state, &mut base, &h.producer_group)
+        .map_err(|why| Refusal::new(response::MESSAGE_ILLEGAL, why))?;
     let queue_id = base.queue_id;
     // Rate limits and the send queue; the stage is held only for the append.
     let admitted = capacity::admit(state, received_at, Op::Send, &h.topic, &h.producer_group, client, 1).await?;
@@ -442,6 +448,7 @@ pub async fn send(state: &Arc<BrokerState>, origin: &Origin<'_>, req: SendReques
         queue_id,
         queue_offset: a.queue_offset,
         unconfirmed,
+        recall_handle,
     })
 }
 
@@ -479,6 +486,7 @@ async fn send_batch(
         queue_id,
         queue_offset: put.appends.first().map_or(0, |a| a.queue_offset),
         unconfirmed,
+        recall_handle: None,
     })
 }
 
@@ -537,12 +545,12 @@ pub fn decode_batch(body: &Bytes, base: &NewMessage) -> Result<Vec<NewMessage>, 
 
 /// Sends a transaction's half, a delayed or a timer message where it waits
 /// (transaction.rs, schedule.rs, timer.rs); an ordinary message is left
-/// as it is after one pass over its properties. The error is a timer
-/// property that cannot be used.
-fn route_special(state: &BrokerState, msg: &mut NewMessage, producer_group: &str) -> Result<(), String> {
+/// as it is after one pass over its properties. A timer message's recall
+/// handle comes back; the error is a timer property that cannot be used.
+fn route_special(state: &BrokerState, msg: &mut NewMessage, producer_group: &str) -> Result<Option<String>, String> {
     let prepared = msg.sys_flag & message::SYSFLAG_TX_MASK == message::SYSFLAG_TX_PREPARED;
     if !prepared && !routed_elsewhere(&msg.properties) {
-        return Ok(());
+        return Ok(None);
     }
     if transaction::is_half(msg.sys_flag, &msg.properties) {
         if message::property(&msg.properties, transaction::PGROUP).is_none() {
@@ -559,10 +567,17 @@ fn route_special(state: &BrokerState, msg: &mut NewMessage, producer_group: &str
     } else {
         let max_delay = state.config.read().timer_max_delay;
         if let Some(due) = timer::requested_due(&msg.properties, schedule::now_ms(), max_delay)? {
+            let handle = message::property(&msg.properties, property::UNIQ_KEY).map(|key| timer::RecallHandle {
+                topic: msg.topic.clone(),
+                broker_name: state.broker_name.clone(),
+                due_ms: due,
+                key: key.to_string(),
+            });
             timer::to_waiting(msg, due);
+            return Ok(handle.map(|h| h.encode()));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 const TIMER_PROPERTIES: [&str; 3] = [property::TIMER_DELIVER_MS, property::TIMER_DELAY_SEC, property::TIMER_DELAY_MS];

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use spate_common::message::{self, property, NewMessage, TIMER_TOPIC};
 use spate_store::{MessageStore, StoreError};
 
+use crate::refusal::Refusal;
 use crate::schedule::{delivering, now_ms, Due, SCHEDULE_GROUP};
 use crate::BrokerState;
 
@@ -107,6 +108,94 @@ pub enum RecallError {
     Put(String),
     #[error("no such pending message: {0}")]
     NotPending(String),
+}
+
+/// What a timer message's recall handle names, in upstream's form:
+/// URL-safe Base64 (padded) of `v1 <topic> <broker> <due ms> <key>`. Opaque
+/// to clients; a forged one can at most cancel a message of a topic the
+/// caller may send to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecallHandle {
+    pub topic: String,
+    pub broker_name: String,
+    pub due_ms: i64,
+    pub key: String,
+}
+
+impl RecallHandle {
+    /// Longest handle text read.
+    const MAX_LEN: usize = 1024;
+
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let text = format!("v1 {} {} {} {}", self.topic, self.broker_name, self.due_ms, self.key);
+        base64::engine::general_purpose::URL_SAFE.encode(text)
+    }
+
+    pub fn decode(handle: &str) -> Option<RecallHandle> {
+        use base64::Engine;
+        if handle.len() > Self::MAX_LEN {
+            return None;
+        }
+        let unpadded = handle.trim_end_matches('=');
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(unpadded).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let mut parts = text.split(' ');
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let (topic, broker_name, due, key) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || key.is_empty() || message::validate_topic(topic).is_err() {
+            return None;
+        }
+        Some(RecallHandle {
+            topic: topic.to_string(),
+            broker_name: broker_name.to_string(),
+            due_ms: due.parse().ok()?,
+            key: key.to_string(),
+        })
+    }
+}
+
+/// RECALL_MESSAGE (370): the remoting front end of [`recall_by_handle`];
+/// the answer's `msgId` is the recalled message's key.
+pub async fn handle_recall(
+    state: &Arc<BrokerState>,
+    req: &spate_remoting::RemotingCommand,
+) -> Result<spate_remoting::RemotingCommand, crate::error::BrokerError> {
+    let topic = req.str_field("topic")?;
+    let handle = req.str_field("recallHandle")?;
+    Ok(match recall_by_handle(state, topic, handle).await {
+        Ok(key) => spate_remoting::RemotingCommand::success(req).with("msgId", key),
+        Err(refusal) => refusal.response(req),
+    })
+}
+
+/// Cancels the pending timer message a recall handle names, on this
+/// broker: ILLEGAL_OPERATION for a handle that does not decode, names
+/// another topic or broker, or comes too late (as upstream answers).
+pub async fn recall_by_handle(state: &Arc<BrokerState>, topic: &str, handle: &str) -> Result<String, Refusal> {
+    use spate_remoting::response;
+    if state.config.read().broker_role == crate::BrokerRole::Slave {
+        return Err(Refusal::new(response::SLAVE_NOT_AVAILABLE, "this broker is a slave: recall on its master"));
+    }
+    let illegal = |why: String| Refusal::new(response::ILLEGAL_OPERATION, why);
+    let h =
+        RecallHandle::decode(handle).ok_or_else(|| illegal("the recall handle is not one a send answered".into()))?;
+    if h.topic != topic {
+        return Err(illegal(format!("the recall handle names topic {}, not {topic}", h.topic)));
+    }
+    if h.broker_name != state.broker_name {
+        return Err(illegal(format!("the recall handle names broker {}, not {}", h.broker_name, state.broker_name)));
+    }
+    if state.topics.get(topic).is_none() {
+        return Err(Refusal::new(response::TOPIC_NOT_EXIST, format!("topic {topic} does not exist")));
+    }
+    match recall(state, &h.topic, &h.key, h.due_ms).await {
+        Ok(()) => Ok(h.key),
+        Err(e @ (RecallError::TooLate(_) | RecallError::NotPending(_))) => Err(illegal(e.to_string())),
+        Err(e @ RecallError::Put(_)) => Err(Refusal::new(response::SYSTEM_ERROR, e.to_string())),
+    }
 }
 
 /// Cancels a pending timer message of `topic` with key `uniq_key` due at
@@ -521,6 +610,23 @@ async fn deliver(state: &Arc<BrokerState>, due: &[(i64, i64)]) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recall_handles_round_trip_in_upstreams_form_and_garbage_is_refused() {
+        use base64::Engine;
+        let h = RecallHandle { topic: "T".into(), broker_name: "b".into(), due_ms: 1234, key: "01AB".into() };
+        let text = h.encode();
+        let b64 = base64::engine::general_purpose::URL_SAFE;
+        assert_eq!(b64.decode(&text).unwrap(), b"v1 T b 1234 01AB", "upstream's layout, padded URL-safe Base64");
+        assert_eq!(RecallHandle::decode(&text), Some(h.clone()));
+        assert_eq!(RecallHandle::decode(text.trim_end_matches('=')), Some(h), "padding optional");
+        for bad in ["", "!!!", "djE", &"A".repeat(5000)] {
+            assert_eq!(RecallHandle::decode(bad), None, "{bad}");
+        }
+        for bad in ["v1 T b 1 k more", "v2 T b 1 k", "v1 T b x k", "v1 T b 1 ", "v1 a/b b 1 k"] {
+            assert_eq!(RecallHandle::decode(&b64.encode(bad)), None, "{bad}");
+        }
+    }
 
     const MAX: Duration = Duration::from_secs(3 * 86_400);
 

@@ -239,6 +239,7 @@ pub fn broker_rule(code: i32) -> Option<Rule> {
     Some(match code {
         r::SEND_MESSAGE | r::SEND_MESSAGE_V2 | r::SEND_BATCH_MESSAGE => Touches(send),
         r::END_TRANSACTION => Touches(end_transaction),
+        r::RECALL_MESSAGE => Touches(|c, _| Ok(vec![topic(c, "topic", PUB)?])),
         r::PULL_MESSAGE | r::LITE_PULL_MESSAGE => Touches(pull),
         r::POP_MESSAGE | r::ACK_MESSAGE | r::CHANGE_MESSAGE_INVISIBLETIME => Touches(|c, _| group_offset(c, SUB)),
         r::BATCH_ACK_MESSAGE => Touches(batch_ack),

@@ -82,6 +82,9 @@ pub mod request {
     pub const AUTH_DELETE_ACL: i32 = 3008;
     pub const AUTH_GET_ACL: i32 = 3009;
     pub const AUTH_LIST_ACL: i32 = 3010;
+    /// Cancels a pending timer message by the handle its send answered
+    /// (upstream 5.3.2's RECALL_MESSAGE).
+    pub const RECALL_MESSAGE: i32 = 370;
     /// Spate's: the auth tables sealed for the Super user asking (a slave
     /// copying its master's users).
     pub const SPATE_GET_AUTH_SNAPSHOT: i32 = 930;
@@ -119,6 +122,9 @@ pub mod response {
     /// A pop's poll time passed with nothing to hand out.
     pub const POLLING_TIMEOUT: i32 = 210;
     pub const FLOW_CONTROL: i32 = 215;
+    /// A recall handle that does not decode, names another topic or
+    /// broker, or comes too late.
+    pub const ILLEGAL_OPERATION: i32 = 604;
 }
 
 /// The client or server language carried in every header.

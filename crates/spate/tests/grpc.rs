@@ -391,3 +391,118 @@ async fn abandoned_receives_free_their_long_polling_slots() {
         sender.await.unwrap();
     }
 }
+
+/// RECALL_MESSAGE on the remoting protocol (upstream 5.3.2's request, the
+/// handle in the send's answer) and gRPC's RecallMessage sent to a broker
+/// that does not hold the message (forwarded to the one that does, as
+/// upstream's proxy does): the recalled messages are never delivered, the
+/// one left alone is; forged and misdirected handles get ILLEGAL_OPERATION.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recalls_by_remoting_and_across_brokers() {
+    use spate_remoting::{request, response, RemotingCommand};
+    let dir = tempfile::tempdir().unwrap();
+    let ns = common::Proc::namesrv();
+    let a = common::Proc::broker(dir.path(), "recall-a", &ns.addr());
+    let b = common::Proc::broker(dir.path(), "recall-b", &ns.addr());
+    let raw = common::raw_client();
+    let topic = "RecallT";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+            .args(["admin", "-n", &ns.addr(), "topic", "create", topic, "-r", "1", "-w", "1"])
+            .output()
+            .unwrap();
+        let route = common::call(
+            &raw,
+            &ns.addr(),
+            RemotingCommand::request(request::GET_ROUTEINFO_BY_TOPIC).with("topic", topic),
+        )
+        .await;
+        let both = route.code == 0
+            && spate_remoting::protocol::json::decode::<spate_remoting::protocol::TopicRouteData>(&route.body, "route")
+                .unwrap()
+                .queue_datas
+                .len()
+                == 2;
+        if out.status.success() && both {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the route never listed both brokers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Three timer messages on broker b, due in 4 s: one recalled over
+    // remoting, one over gRPC through broker a, one left alone.
+    let timer_send = |key: &str| {
+        RemotingCommand::request(request::SEND_MESSAGE)
+            .with("producerGroup", "recall_pg")
+            .with("topic", topic)
+            .with("defaultTopic", "TBW102")
+            .with("defaultTopicQueueNums", 4)
+            .with("queueId", 0)
+            .with("sysFlag", 0)
+            .with("bornTimestamp", 0)
+            .with("flag", 0)
+            .with("properties", format!("TIMER_DELAY_MS\u{1}4000\u{2}UNIQ_KEY\u{1}{key}\u{2}"))
+            .with("reconsumeTimes", 0)
+            .with_body(key.as_bytes().to_vec())
+    };
+    let mut handles = Vec::new();
+    for key in ["RECALL_BY_REMOTING", "RECALL_BY_GRPC", "KEPT"] {
+        let r = common::call(&raw, &b.addr(), timer_send(key)).await;
+        assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+        handles.push(r.field("recallHandle").expect("a timer send answers a recall handle").to_string());
+    }
+    let recall = |to_topic: &str, handle: &str| {
+        RemotingCommand::request(request::RECALL_MESSAGE)
+            .with("producerGroup", "recall_pg")
+            .with("topic", to_topic)
+            .with("recallHandle", handle)
+    };
+    // Forged, another topic's, another broker's: refused, nothing recalled.
+    for (to, t, handle) in [
+        (b.addr(), topic, "bm90LWEtaGFuZGxl"),
+        (b.addr(), "OtherTopic", handles[0].as_str()),
+        (a.addr(), topic, handles[0].as_str()),
+    ] {
+        let r = common::call(&raw, &to, recall(t, handle)).await;
+        assert_eq!(r.code, response::ILLEGAL_OPERATION, "{to} {t} {handle}: {:?}", r.remark);
+    }
+    let r = common::call(&raw, &b.addr(), recall(topic, &handles[0])).await;
+    assert_eq!(r.code, response::SUCCESS, "{:?}", r.remark);
+    assert_eq!(r.field("msgId"), Some("RECALL_BY_REMOTING"));
+
+    // gRPC, on broker a's port: forwarded to broker b.
+    let mut c = connect(&a.addr()).await;
+    let answer = c
+        .recall_message(pb::RecallMessageRequest { topic: resource(topic), recall_handle: handles[1].clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&answer.status), Code::Ok as i32, "{answer:?}");
+    assert_eq!(answer.message_id, "RECALL_BY_GRPC");
+    // A handle that does not decode is the caller's mistake.
+    let garbage = c
+        .recall_message(pb::RecallMessageRequest { topic: resource(topic), recall_handle: "%%%".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&garbage.status), Code::BadRequest as i32, "{garbage:?}");
+
+    // After the due time only the message left alone is delivered.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut on_b = connect(&b.addr()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got: Vec<String> = Vec::new();
+    while got.is_empty() && Instant::now() < deadline {
+        got.extend(
+            drain(&mut on_b, topic, "recall_group").await.iter().map(|m| String::from_utf8_lossy(&m.body).to_string()),
+        );
+    }
+    // A little longer, in case a recalled one were (wrongly) on its way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    got.extend(
+        drain(&mut on_b, topic, "recall_group").await.iter().map(|m| String::from_utf8_lossy(&m.body).to_string()),
+    );
+    assert_eq!(got, vec!["KEPT".to_string()], "only the message not recalled is delivered");
+}

@@ -41,6 +41,9 @@ pub const MAX_ACK_ENTRIES: usize = 1024;
 /// Longest a receive is held waiting for messages (upstream's
 /// `grpcClientConsumerMaxLongPollingTimeoutMillis`).
 pub const MAX_LONG_POLLING: Duration = Duration::from_secs(20);
+/// How long a recall forwarded to the broker holding the message may take
+/// (upstream's proxy allows 2 s).
+const RECALL_FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time kept back from a receive's deadline to answer in.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 /// The producer group a gRPC producer's transactional messages carry:
@@ -101,6 +104,32 @@ impl Messaging {
     fn group_facts(&self, group: &str) -> GroupFacts {
         let g = self.state.groups.get(group).unwrap_or_default();
         GroupFacts { fifo: g.consume_message_orderly, retry_max_times: g.retry_max_times }
+    }
+
+    /// RECALL_MESSAGE to the master of `broker_name` (from the topic's route).
+    async fn forward_recall(&self, topic: &str, broker_name: &str, handle: &str) -> Result<String, Refusal> {
+        let groups = route::lookup(&self.state, &self.namesrv, topic, false).await.map_err(|e| {
+            Refusal::new(response::SERVICE_NOT_AVAILABLE, format!("no route to the broker holding the message: {e:?}"))
+        })?;
+        let Some(target) = groups.iter().find(|g| g.broker_name == broker_name) else {
+            return Err(Refusal::new(
+                response::ILLEGAL_OPERATION,
+                format!("broker {broker_name} named by the recall handle serves no queue of {topic}"),
+            ));
+        };
+        let req = spate_remoting::RemotingCommand::request(spate_remoting::request::RECALL_MESSAGE)
+            .with("producerGroup", grpc_producer_group(topic))
+            .with("topic", topic)
+            .with("recallHandle", handle);
+        let resp = self
+            .namesrv
+            .invoke(&target.addr, req, RECALL_FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| Refusal::new(response::SYSTEM_ERROR, format!("broker {broker_name}: {e}")))?;
+        if resp.code != response::SUCCESS {
+            return Err(Refusal::new(resp.code, resp.remark.unwrap_or_default()));
+        }
+        Ok(resp.field("msgId").unwrap_or_default().to_string())
     }
 
     async fn send_one(&self, origin: &Origin<'_>, m: pb::Message) -> pb::SendResultEntry {
@@ -187,15 +216,7 @@ impl Messaging {
         if inbound.transactional {
             entry.transaction_id = format!("{}-{}", stored.msg_id, stored.queue_offset);
         }
-        if let Some(due) = inbound.delivery_ms {
-            entry.recall_handle = RecallHandle {
-                topic: inbound.topic.clone(),
-                broker_name: self.state.broker_name.clone(),
-                due_ms: due,
-                key: inbound.message_id.clone(),
-            }
-            .encode();
-        }
+        entry.recall_handle = stored.recall_handle.unwrap_or_default();
         entry.status = Some(spate_grpc::status::ok());
         entry
     }
@@ -659,22 +680,25 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         let answer = |st: pb::Status, id: String| {
             Ok(Response::new(pb::RecallMessageResponse { status: Some(st), message_id: id }))
         };
-        let Some(h) = RecallHandle::decode(&r.recall_handle).filter(|h| h.topic == topic) else {
+        let Some(h) = crate::timer::RecallHandle::decode(&r.recall_handle).filter(|h| h.topic == topic) else {
             return answer(
                 status(Code::BadRequest, "the recall handle is not one this topic's sends returned"),
                 String::new(),
             );
         };
-        if h.broker_name != self.state.broker_name {
-            let why = format!("the message is held by broker {}; recall it there", h.broker_name);
-            return answer(status(Code::BadRequest, why), h.key);
-        }
-        match crate::timer::recall(&self.state, &h.topic, &h.key, h.due_ms).await {
-            Ok(()) => answer(spate_grpc::status::ok(), h.key),
-            Err(e @ (crate::timer::RecallError::TooLate(_) | crate::timer::RecallError::NotPending(_))) => {
-                answer(status(Code::NotFound, e.to_string()), h.key)
-            }
-            Err(e) => answer(status(Code::InternalServerError, e.to_string()), h.key),
+        // The broker the handle names holds the message: here, or another
+        // master of the topic, asked with RECALL_MESSAGE as upstream's
+        // proxy asks (the caller was authorized for the topic above).
+        let recalled = if h.broker_name == self.state.broker_name {
+            crate::timer::recall_by_handle(&self.state, &topic, &r.recall_handle).await
+        } else {
+            self.forward_recall(&topic, &h.broker_name, &r.recall_handle).await
+        };
+        match recalled {
+            Ok(_) => answer(spate_grpc::status::ok(), h.key),
+            // Too late, or no such pending message.
+            Err(e) if e.code == response::ILLEGAL_OPERATION => answer(status(Code::NotFound, e.remark), h.key),
+            Err(e) => answer(status(send_code(e.code), e.remark), h.key),
         }
     }
 
@@ -902,51 +926,6 @@ pub fn ask_transaction(state: &BrokerState, record: &[u8], offset_id: &str, half
     producers.into_iter().any(|tx| tx.try_send(Ok(command.clone())).is_ok())
 }
 
-/// What a delayed message's recall handle names: base64 (URL-safe) of its
-/// topic, broker, due time and key, opaque to clients. A forged one can at
-/// most cancel a message of a topic the caller may send to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecallHandle {
-    pub topic: String,
-    pub broker_name: String,
-    pub due_ms: i64,
-    pub key: String,
-}
-
-impl RecallHandle {
-    /// Longest handle text read.
-    const MAX_LEN: usize = 1024;
-
-    pub fn encode(&self) -> String {
-        use base64::Engine;
-        let text = format!("v1\n{}\n{}\n{}\n{}", self.topic, self.broker_name, self.due_ms, self.key);
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
-    }
-
-    pub fn decode(handle: &str) -> Option<RecallHandle> {
-        use base64::Engine;
-        if handle.len() > Self::MAX_LEN {
-            return None;
-        }
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(handle).ok()?;
-        let text = String::from_utf8(bytes).ok()?;
-        let mut parts = text.split('\n');
-        if parts.next()? != "v1" {
-            return None;
-        }
-        let (topic, broker_name, due, key) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || key.is_empty() || message::validate_topic(topic).is_err() {
-            return None;
-        }
-        Some(RecallHandle {
-            topic: topic.to_string(),
-            broker_name: broker_name.to_string(),
-            due_ms: due.parse().ok()?,
-            key: key.to_string(),
-        })
-    }
-}
-
 /// Changes a popped message's invisible time (CHANGE_MESSAGE_INVISIBLETIME)
 /// and gives its new handle; shared by ChangeInvisibleDuration and the
 /// push consumers' renewals.
@@ -968,18 +947,6 @@ pub async fn change_invisible(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recall_handles_round_trip_and_garbage_is_refused() {
-        let h = RecallHandle { topic: "T".into(), broker_name: "b".into(), due_ms: 1234, key: "01AB".into() };
-        assert_eq!(RecallHandle::decode(&h.encode()), Some(h));
-        for bad in ["", "!!!", "djE", &"A".repeat(5000)] {
-            assert_eq!(RecallHandle::decode(bad), None, "{bad}");
-        }
-        use base64::Engine;
-        let extra = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v1\nT\nb\n1\nk\nmore");
-        assert_eq!(RecallHandle::decode(&extra), None);
-    }
 
     #[test]
     fn grpc_timeouts_are_read_in_every_unit() {
