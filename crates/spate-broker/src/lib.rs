@@ -636,7 +636,7 @@ async fn process(
             send::handle(state, &origin::Origin::remoting(state, conn), req).await?
         }
         r::END_TRANSACTION => transaction::handle_end(state, req).await?,
-        r::RECALL_MESSAGE => timer::handle_recall(state, req).await?,
+        r::RECALL_MESSAGE => timer::handle_recall(state, &origin::Origin::remoting(state, conn), req).await?,
         r::PULL_MESSAGE | r::LITE_PULL_MESSAGE => pull::pull(state, conn, req).await?,
         r::POP_MESSAGE => pop::service::handle_pop(state, &origin::Origin::remoting(state, conn), req).await?,
         r::ACK_MESSAGE => pop::service::handle_ack(state, req).await?,

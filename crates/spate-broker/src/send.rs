@@ -574,7 +574,7 @@ fn route_special(state: &BrokerState, msg: &mut NewMessage, producer_group: &str
                 key: key.to_string(),
             });
             timer::to_waiting(msg, due);
-            return Ok(handle.map(|h| h.encode()));
+            return Ok(handle.filter(timer::RecallHandle::encodable).map(|h| h.encode()));
         }
     }
     Ok(None)

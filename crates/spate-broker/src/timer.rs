@@ -126,6 +126,12 @@ impl RecallHandle {
     /// Longest handle text read.
     const MAX_LEN: usize = 1024;
 
+    /// Whether the handle can be decoded again once encoded: its parts are
+    /// separated by spaces, so none may hold one.
+    pub fn encodable(&self) -> bool {
+        [&self.topic, &self.broker_name, &self.key].iter().all(|p| !p.is_empty() && !p.contains([' ', '\n']))
+    }
+
     pub fn encode(&self) -> String {
         use base64::Engine;
         let text = format!("v1 {} {} {} {}", self.topic, self.broker_name, self.due_ms, self.key);
@@ -140,7 +146,10 @@ impl RecallHandle {
         let unpadded = handle.trim_end_matches('=');
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(unpadded).ok()?;
         let text = String::from_utf8(bytes).ok()?;
-        let mut parts = text.split(' ');
+        // Handles this broker issued before it took upstream's form were
+        // separated by newlines; they may still be pending.
+        let sep = if text.contains('\n') { '\n' } else { ' ' };
+        let mut parts = text.split(sep);
         if parts.next()? != "v1" {
             return None;
         }
@@ -161,11 +170,13 @@ impl RecallHandle {
 /// the answer's `msgId` is the recalled message's key.
 pub async fn handle_recall(
     state: &Arc<BrokerState>,
+    origin: &crate::origin::Origin<'_>,
     req: &spate_remoting::RemotingCommand,
 ) -> Result<spate_remoting::RemotingCommand, crate::error::BrokerError> {
     let topic = req.str_field("topic")?;
     let handle = req.str_field("recallHandle")?;
-    Ok(match recall_by_handle(state, topic, handle).await {
+    let group = req.field("producerGroup").unwrap_or_default();
+    Ok(match recall_by_handle(state, origin, group, topic, handle).await {
         Ok(key) => spate_remoting::RemotingCommand::success(req).with("msgId", key),
         Err(refusal) => refusal.response(req),
     })
@@ -173,8 +184,16 @@ pub async fn handle_recall(
 
 /// Cancels the pending timer message a recall handle names, on this
 /// broker: ILLEGAL_OPERATION for a handle that does not decode, names
-/// another topic or broker, or comes too late (as upstream answers).
-pub async fn recall_by_handle(state: &Arc<BrokerState>, topic: &str, handle: &str) -> Result<String, Refusal> {
+/// another topic or broker, or comes too late (as upstream answers). A
+/// recall is a write: it passes the topic's, group's and client's rate
+/// limits and the send queue as a send does.
+pub async fn recall_by_handle(
+    state: &Arc<BrokerState>,
+    origin: &crate::origin::Origin<'_>,
+    group: &str,
+    topic: &str,
+    handle: &str,
+) -> Result<String, Refusal> {
     use spate_remoting::response;
     if state.config.read().broker_role == crate::BrokerRole::Slave {
         return Err(Refusal::new(response::SLAVE_NOT_AVAILABLE, "this broker is a slave: recall on its master"));
@@ -191,6 +210,8 @@ pub async fn recall_by_handle(state: &Arc<BrokerState>, topic: &str, handle: &st
     if state.topics.get(topic).is_none() {
         return Err(Refusal::new(response::TOPIC_NOT_EXIST, format!("topic {topic} does not exist")));
     }
+    let op = crate::capacity::limits::Op::Send;
+    drop(crate::capacity::admit(state, None, op, topic, group, &origin.client_id, 1).await?);
     match recall(state, &h.topic, &h.key, h.due_ms).await {
         Ok(()) => Ok(h.key),
         Err(e @ (RecallError::TooLate(_) | RecallError::NotPending(_))) => Err(illegal(e.to_string())),
@@ -626,6 +647,13 @@ mod tests {
         for bad in ["v1 T b 1 k more", "v2 T b 1 k", "v1 T b x k", "v1 T b 1 ", "v1 a/b b 1 k"] {
             assert_eq!(RecallHandle::decode(&b64.encode(bad)), None, "{bad}");
         }
+        // Handles issued before upstream's form (newline-separated) still decode.
+        let legacy = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v1\nT\nb\n1234\n01AB");
+        assert_eq!(RecallHandle::decode(&legacy).map(|h| h.due_ms), Some(1234));
+        // A part with a space could never be read back: no handle for it.
+        let spaced = RecallHandle { key: "a b".into(), ..RecallHandle::decode(&text).unwrap() };
+        assert!(!spaced.encodable());
+        assert!(RecallHandle::decode(&text).unwrap().encodable());
     }
 
     const MAX: Duration = Duration::from_secs(3 * 86_400);

@@ -264,7 +264,11 @@ pub fn broker_rule(code: i32) -> Option<Rule> {
         }),
         r::GET_CONSUME_STATS | r::SPATE_GET_POP_PROGRESS => Touches(|c, _| Ok(vec![group(c, "consumerGroup", GET)?])),
         r::GET_CONSUMER_CONNECTION_LIST => Touches(|c, _| Ok(vec![group(c, "consumerGroup", GET)?])),
-        r::GET_PRODUCER_CONNECTION_LIST => Touches(|c, _| Ok(vec![group(c, "producerGroup", GET)?])),
+        // The answer lists the group's producers and the gRPC producers of
+        // the topic of that name: Get on both.
+        r::GET_PRODUCER_CONNECTION_LIST => {
+            Touches(|c, _| Ok(vec![group(c, "producerGroup", GET)?, topic(c, "producerGroup", GET)?]))
+        }
         r::GET_ALL_TOPIC_CONFIG
         | r::GET_ALL_CONSUMER_OFFSET
         | r::GET_ALL_SUBSCRIPTIONGROUP_CONFIG

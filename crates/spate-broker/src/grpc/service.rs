@@ -111,10 +111,12 @@ impl Messaging {
         let groups = route::lookup(&self.state, &self.namesrv, topic, false).await.map_err(|e| {
             Refusal::new(response::SERVICE_NOT_AVAILABLE, format!("no route to the broker holding the message: {e:?}"))
         })?;
+        // Not in the route now (a failover under way, or the name servers
+        // unreachable): the client may try again.
         let Some(target) = groups.iter().find(|g| g.broker_name == broker_name) else {
             return Err(Refusal::new(
-                response::ILLEGAL_OPERATION,
-                format!("broker {broker_name} named by the recall handle serves no queue of {topic}"),
+                response::SERVICE_NOT_AVAILABLE,
+                format!("broker {broker_name} named by the recall handle has no master in {topic}'s route now"),
             ));
         };
         let req = spate_remoting::RemotingCommand::request(spate_remoting::request::RECALL_MESSAGE)
@@ -670,11 +672,12 @@ impl pb::messaging_service_server::MessagingService for Messaging {
         &self,
         req: Request<pb::RecallMessageRequest>,
     ) -> Result<Response<pb::RecallMessageResponse>, Status> {
-        let (_, peer) = self.caller(&req)?;
+        let (h, peer) = self.caller(&req)?;
         let t = resource_name(&req.get_ref().topic);
         if let Err(st) = self.allowed(&req, peer, &[access::topic(&t, PUB)]) {
             return Ok(Response::new(pb::RecallMessageResponse { status: Some(st), message_id: String::new() }));
         }
+        let origin = Origin::remote(peer, h.client_id);
         let r = req.into_inner();
         let topic = resource_name(&r.topic);
         let answer = |st: pb::Status, id: String| {
@@ -687,10 +690,13 @@ impl pb::messaging_service_server::MessagingService for Messaging {
             );
         };
         // The broker the handle names holds the message: here, or another
-        // master of the topic, asked with RECALL_MESSAGE as upstream's
-        // proxy asks (the caller was authorized for the topic above).
+        // master of the topic, asked with RECALL_MESSAGE under this
+        // broker's inner credentials, as upstream's proxy asks (so the
+        // caller's Pub on the topic is checked here, by this broker's
+        // policies, and the handle's topic must be the same).
         let recalled = if h.broker_name == self.state.broker_name {
-            crate::timer::recall_by_handle(&self.state, &topic, &r.recall_handle).await
+            let group = grpc_producer_group(&topic);
+            crate::timer::recall_by_handle(&self.state, &origin, &group, &topic, &r.recall_handle).await
         } else {
             self.forward_recall(&topic, &h.broker_name, &r.recall_handle).await
         };
@@ -698,6 +704,9 @@ impl pb::messaging_service_server::MessagingService for Messaging {
             Ok(_) => answer(spate_grpc::status::ok(), h.key),
             // Too late, or no such pending message.
             Err(e) if e.code == response::ILLEGAL_OPERATION => answer(status(Code::NotFound, e.remark), h.key),
+            Err(e) if e.code == response::SERVICE_NOT_AVAILABLE => {
+                answer(status(Code::HaNotAvailable, e.remark), h.key)
+            }
             Err(e) => answer(status(send_code(e.code), e.remark), h.key),
         }
     }
