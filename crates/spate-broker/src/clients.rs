@@ -30,19 +30,23 @@ pub struct ConsumerGroup {
     pub channels: BTreeMap<String, ClientChannel>,
 }
 
+impl ClientChannel {
+    /// As admin lists a group's connections.
+    pub fn connection(&self) -> ClientConnection {
+        ClientConnection {
+            client_id: self.client_id.clone(),
+            client_addr: self.conn.peer_addr().to_string(),
+            language: self.language.clone(),
+            version: self.version,
+            protocol: "remoting".into(),
+            client_version: String::new(),
+        }
+    }
+}
+
 impl ConsumerGroup {
     pub fn connections(&self) -> Vec<ClientConnection> {
-        self.channels
-            .values()
-            .map(|c| ClientConnection {
-                client_id: c.client_id.clone(),
-                client_addr: c.conn.peer_addr().to_string(),
-                language: c.language.clone(),
-                version: c.version,
-                protocol: "remoting".into(),
-                client_version: String::new(),
-            })
-            .collect()
+        self.channels.values().map(ClientChannel::connection).collect()
     }
 }
 
@@ -112,18 +116,7 @@ impl Clients {
     /// The producers of `group` (admin).
     pub fn producer_connections(&self, group: &str) -> Vec<ClientConnection> {
         let p = self.producers.lock();
-        p.get(group)
-            .into_iter()
-            .flat_map(BTreeMap::values)
-            .map(|c| ClientConnection {
-                client_id: c.client_id.clone(),
-                client_addr: c.conn.peer_addr().to_string(),
-                language: c.language.clone(),
-                version: c.version,
-                protocol: "remoting".into(),
-                client_version: String::new(),
-            })
-            .collect()
+        p.get(group).into_iter().flat_map(BTreeMap::values).map(ClientChannel::connection).collect()
     }
 
     /// A live connection of one producer of `group` (for transaction checks).
