@@ -18,36 +18,13 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 main="$(dirname "$(dirname "$here")")"
 bin="${SPATE_BIN:-$main/target/debug/spate}"
 messages="${GRPC_NODE_MESSAGES:-1000}"
-start_timeout_s=10
 
 [ -x "$bin" ] || { echo "spate binary not found at $bin (cargo build -p spate, or set SPATE_BIN)" >&2; exit 1; }
 cd "$here"
 
 "$here/setup.sh"
 
-work="$(mktemp -d /tmp/spate-grpc-node-XXXXXX)"
-spate_pid=""
-cleanup() {
-  local rc=$?
-  if [ -n "$spate_pid" ]; then
-    kill "$spate_pid" 2>/dev/null || true
-    wait "$spate_pid" 2>/dev/null || true
-  fi
-  if [ $rc -ne 0 ] && [ -f "$work/spate.log" ]; then
-    echo "---- last 40 lines of spate's output ----" >&2
-    tail -n 40 "$work/spate.log" >&2
-  fi
-  rm -rf "$work"
-  exit $rc
-}
-trap cleanup EXIT
-
-# Two free loopback ports, chosen by the kernel and released at once.
-read -r namesrv_port broker_port < <(node -e '
-  const net = require("net");
-  const take = () => new Promise(ok => { const s = net.createServer().listen(0, "127.0.0.1", () => ok(s)); });
-  Promise.all([take(), take()]).then(ss => { console.log(ss.map(s => s.address().port).join(" ")); ss.forEach(s => s.close()); });')
-endpoint="127.0.0.1:$broker_port"
+source "$here/../standalone.sh" grpc-node
 
 # No dedicated gRPC port. Half messages are checked every 300 ms, but only
 # once 8 s old: the transaction scenario ends its first two halves itself
@@ -59,18 +36,8 @@ grpcServerPort=0
 transactionCheckInterval=300
 transactionTimeOut=8000
 EOF
-mkdir "$work/data"
-"$bin" standalone -c "$work/broker.conf" --data-dir "$work/data" \
-  --namesrv-port "$namesrv_port" --broker-port "$broker_port" > "$work/spate.log" 2>&1 &
-spate_pid=$!
-
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-deadline=$((SECONDS + start_timeout_s))
-until listening "$namesrv_port" && listening "$broker_port"; do
-  kill -0 "$spate_pid" 2>/dev/null || { echo "spate exited during start-up" >&2; exit 1; }
-  [ $SECONDS -lt $deadline ] || { echo "spate did not listen within ${start_timeout_s}s" >&2; exit 1; }
-  sleep 0.1
-done
+start_standalone
+endpoint="127.0.0.1:$broker_port"
 echo "spate: pid $spate_pid, gRPC endpoint $endpoint"
 
 # run NAME WATCHDOG_S SCENARIO [interop.js options...]: one scenario in topic

@@ -12,7 +12,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 main="$(dirname "$(dirname "$here")")"
 bin="${SPATE_BIN:-$main/target/debug/spate}"
 messages="${ONS_MESSAGES:-20}"
-start_timeout_s=10
 setup_timeout_s=15
 script_timeout_s=180
 
@@ -27,29 +26,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ]; then
   echo "$lock_sum" > "$stamp"
 fi
 
-work="$(mktemp -d /tmp/spate-ons-XXXXXX)"
-spate_pid=""
-cleanup() {
-  local rc=$?
-  if [ -n "$spate_pid" ]; then
-    kill "$spate_pid" 2>/dev/null || true
-    wait "$spate_pid" 2>/dev/null || true
-  fi
-  if [ $rc -ne 0 ] && [ -f "$work/spate.log" ]; then
-    echo "---- last 40 lines of spate's output ----" >&2
-    tail -n 40 "$work/spate.log" >&2
-  fi
-  rm -rf "$work"
-  exit $rc
-}
-trap cleanup EXIT
-
-# Two free loopback ports, chosen by the kernel and released at once.
-read -r namesrv_port broker_port < <(node -e '
-  const net = require("net");
-  const take = () => new Promise(ok => { const s = net.createServer().listen(0, "127.0.0.1", () => ok(s)); });
-  Promise.all([take(), take()]).then(ss => { console.log(ss.map(s => s.address().port).join(" ")); ss.forEach(s => s.close()); });')
-namesrv="127.0.0.1:$namesrv_port"
+source "$here/../standalone.sh" ons
 
 root_user=ons_root
 root_secret="root-$RANDOM-$RANDOM"
@@ -63,18 +40,8 @@ authorizationEnabled=true
 initAuthenticationUser={"username":"$root_user","password":"$root_secret"}
 messageDelayLevel=$(for l in $(seq 1 18); do printf '%dms ' $((l * 100)); done)
 EOF
-mkdir "$work/data"
-"$bin" standalone -c "$work/broker.conf" --data-dir "$work/data" \
-  --namesrv-port "$namesrv_port" --broker-port "$broker_port" > "$work/spate.log" 2>&1 &
-spate_pid=$!
-
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-deadline=$((SECONDS + start_timeout_s))
-until listening "$namesrv_port" && listening "$broker_port"; do
-  kill -0 "$spate_pid" 2>/dev/null || { echo "spate exited during start-up" >&2; exit 1; }
-  [ $SECONDS -lt $deadline ] || { echo "spate did not listen within ${start_timeout_s}s" >&2; exit 1; }
-  sleep 0.1
-done
+start_standalone
+namesrv="127.0.0.1:$namesrv_port"
 
 admin() { SPATE_ACCESS_KEY="$root_user" SPATE_SECRET_KEY="$root_secret" "$bin" admin -n "$namesrv" "$@"; }
 # The broker registers with the name server a moment after it listens.

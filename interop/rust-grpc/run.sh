@@ -15,76 +15,20 @@ main="$(dirname "$(dirname "$here")")"
 bin="${SPATE_BIN:-$main/target/debug/spate}"
 messages="${GRPC_RUST_MESSAGES:-1000}"
 target="${CARGO_TARGET_DIR:-/work/interop-target-rs}"
-start_timeout_s=10
 
 [ -x "$bin" ] || { echo "spate binary not found at $bin (cargo build -p spate, or set SPATE_BIN)" >&2; exit 1; }
 
 (cd "$here" && CARGO_TARGET_DIR="$target" nice -n 15 cargo build --locked)
 client="$target/debug/spate-rust-grpc-interop"
 
-work="$(mktemp -d /tmp/spate-grpc-rust-XXXXXX)"
-spate_pid=""
-stop_spate() {
-  if [ -n "$spate_pid" ]; then
-    kill "$spate_pid" 2>/dev/null || true
-    wait "$spate_pid" 2>/dev/null || true
-    spate_pid=""
-  fi
-}
-cleanup() {
-  local rc=$?
-  stop_spate
-  if [ $rc -ne 0 ] && [ -f "$work/spate.log" ]; then
-    echo "---- last 40 lines of spate's output ----" >&2
-    tail -n 40 "$work/spate.log" >&2
-  fi
-  rm -rf "$work"
-  exit $rc
-}
-trap cleanup EXIT
+source "$here/../standalone.sh" grpc-rust
 
 cat > "$work/broker.conf" <<EOF
 brokerIP1=127.0.0.1
 grpcServerPort=0
 EOF
 
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# A loopback port below the kernel's ephemeral range with nothing listening on it.
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 12000))
-    listening "$p" || { echo "$p"; return; }
-  done
-}
-
-# Start spate; if it cannot bind (another process took a port first), try
-# again with other ports.
-started=""
-for attempt in 1 2 3; do
-  namesrv_port="$(free_port)"
-  broker_port="$(free_port)"
-  [ "$namesrv_port" != "$broker_port" ] || continue
-  rm -rf "$work/data" && mkdir "$work/data"
-  "$bin" standalone -c "$work/broker.conf" --data-dir "$work/data" \
-    --namesrv-port "$namesrv_port" --broker-port "$broker_port" > "$work/spate.log" 2>&1 &
-  spate_pid=$!
-  deadline=$((SECONDS + start_timeout_s))
-  until listening "$namesrv_port" && listening "$broker_port"; do
-    kill -0 "$spate_pid" 2>/dev/null || break
-    [ $SECONDS -lt $deadline ] || { echo "spate did not listen within ${start_timeout_s}s" >&2; exit 1; }
-    sleep 0.1
-  done
-  if kill -0 "$spate_pid" 2>/dev/null; then
-    started=1
-    break
-  fi
-  echo "spate exited during start-up (attempt $attempt); last lines:" >&2
-  tail -n 5 "$work/spate.log" >&2
-  wait "$spate_pid" 2>/dev/null || true
-  spate_pid=""
-done
-[ -n "$started" ] || { echo "spate could not be started" >&2; exit 1; }
+start_standalone
 endpoint="127.0.0.1:$broker_port"
 echo "spate: pid $spate_pid, gRPC endpoint $endpoint"
 
