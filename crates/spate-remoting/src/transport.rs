@@ -267,7 +267,7 @@ pub struct Http2Stream {
     local: Option<std::net::SocketAddr>,
     /// The connection's place in the accepting server's counts
     /// (`serverMaxConnectionsPerAddress`), given back when it is dropped.
-    _counted: Option<Box<dyn Send + Sync>>,
+    _counted: Option<crate::server::AddressSlot>,
 }
 
 enum Http2Inner {
@@ -287,8 +287,8 @@ impl Http2Stream {
     }
 
     /// Keeps `slot` (whose drop uncounts the connection) as long as the stream.
-    pub fn counted(mut self, slot: impl Send + Sync + 'static) -> Http2Stream {
-        self._counted = Some(Box::new(slot));
+    pub fn counted(mut self, slot: crate::server::AddressSlot) -> Http2Stream {
+        self._counted = Some(slot);
         self
     }
 

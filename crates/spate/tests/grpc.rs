@@ -132,19 +132,16 @@ async fn hostile_grpc_calls_get_clear_answers_and_acknowledged_messages_survive(
     assert_eq!(code(&r.status), Code::Ok as i32);
     let (_, got) = receive(&mut c, receive_req(dlq_topic, "g_dlq", 1, 1, 5), Duration::from_secs(10)).await;
     let handle = got[0].system_properties.as_ref().and_then(|p| p.receipt_handle.clone()).expect("receipt handle");
-    let fwd = c
-        .forward_message_to_dead_letter_queue(pb::ForwardMessageToDeadLetterQueueRequest {
-            group: resource("g_dlq"),
-            topic: resource(dlq_topic),
-            receipt_handle: handle.clone(),
-            message_id: "01D0".into(),
-            delivery_attempt: 1,
-            max_delivery_attempts: 1,
-            lite_topic: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let forward = |receipt_handle: String| pb::ForwardMessageToDeadLetterQueueRequest {
+        group: resource("g_dlq"),
+        topic: resource(dlq_topic),
+        receipt_handle,
+        message_id: "01D0".into(),
+        delivery_attempt: 1,
+        max_delivery_attempts: 1,
+        lite_topic: None,
+    };
+    let fwd = c.forward_message_to_dead_letter_queue(forward(handle.clone())).await.unwrap().into_inner();
     assert_eq!(code(&fwd.status), Code::Ok as i32, "{fwd:?}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, again) = receive(&mut c, receive_req(dlq_topic, "g_dlq", 8, 1, 1), Duration::from_secs(5)).await;
@@ -152,19 +149,7 @@ async fn hostile_grpc_calls_get_clear_answers_and_acknowledged_messages_survive(
     let dead: Vec<Vec<u8>> = drain(&mut c, "%DLQ%g_dlq", "g_dlq_reader").await.into_iter().map(|m| m.body).collect();
     assert_eq!(dead, vec![b"to-the-dlq".to_vec()], "the message is in the group's DLQ");
     // The same handle again: already settled.
-    let fwd = c
-        .forward_message_to_dead_letter_queue(pb::ForwardMessageToDeadLetterQueueRequest {
-            group: resource("g_dlq"),
-            topic: resource(dlq_topic),
-            receipt_handle: handle,
-            message_id: "01D0".into(),
-            delivery_attempt: 1,
-            max_delivery_attempts: 1,
-            lite_topic: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let fwd = c.forward_message_to_dead_letter_queue(forward(handle)).await.unwrap().into_inner();
     assert_eq!(code(&fwd.status), Code::InvalidReceiptHandle as i32, "{fwd:?}");
 
     // A garbled HTTP/2 stream on the remoting port: that connection is
