@@ -222,8 +222,9 @@ pub async fn recall_by_handle(
 /// Cancels a pending timer message of `topic` with key `uniq_key` due at
 /// `due_ms`: a marker is stored (and replicated) in the timer queue with
 /// the same due time, so the deliverer meets both in one round, after a
-/// restart or a failover too, and delivers neither.
-pub async fn recall(state: &Arc<BrokerState>, topic: &str, uniq_key: &str, due_ms: i64) -> Result<(), RecallError> {
+/// restart or a failover too, and delivers neither. The topic is the
+/// caller's to check ([`recall_by_handle`]).
+async fn recall(state: &Arc<BrokerState>, topic: &str, uniq_key: &str, due_ms: i64) -> Result<(), RecallError> {
     let ahead = due_ms.saturating_sub(now_ms());
     if ahead < RECALL_MIN_AHEAD_MS {
         return Err(RecallError::TooLate(ahead));
@@ -233,9 +234,6 @@ pub async fn recall(state: &Arc<BrokerState>, topic: &str, uniq_key: &str, due_m
     let max_delay = state.config.read().timer_max_delay;
     if ahead > max_delay.as_millis() as i64 {
         return Err(RecallError::NotPending(format!("due {ahead} ms from now, past timerMaxDelaySec")));
-    }
-    if state.topics.get(topic).is_none() {
-        return Err(RecallError::NotPending(format!("topic {topic} does not exist")));
     }
     let properties = message::encode_properties([(property::UNIQ_KEY, uniq_key), (TIMER_DEL_UNIQKEY, uniq_key)])
         .map_err(|e| RecallError::Put(e.to_string()))?;
@@ -255,11 +253,9 @@ pub async fn recall(state: &Arc<BrokerState>, topic: &str, uniq_key: &str, due_m
     to_waiting(&mut marker, due_ms);
     let put = crate::send::put_one(state, marker).await.map_err(|e| RecallError::Put(format!("{e:?}")))?;
     put.flush.wait().await.map_err(|e| RecallError::Put(e.to_string()))?;
-    let mut ack = spate_remoting::RemotingCommand::request(0);
-    crate::send::await_replication(state, put.append.physical_offset + put.append.size as u64, &mut ack).await;
-    if ack.code != spate_remoting::response::SUCCESS {
-        return Err(RecallError::Put(ack.remark.unwrap_or_default()));
-    }
+    crate::send::replicated(state, put.append.physical_offset + put.append.size as u64)
+        .await
+        .map_err(|r| RecallError::Put(r.remark))?;
     // Stored, but the message may have fallen due meanwhile: only a marker
     // stored well ahead of it is sure to meet it.
     let left = due_ms.saturating_sub(now_ms());
@@ -622,8 +618,8 @@ async fn deliver(state: &Arc<BrokerState>, due: &[(i64, i64)]) -> Result<(), Str
     }
     if let Some((flush, end)) = last {
         flush.wait().await.map_err(|e| e.to_string())?;
-        let mut ack = spate_remoting::RemotingCommand::request(0);
-        crate::send::await_replication(state, end, &mut ack).await;
+        // Waited for, not required: the deliveries stand either way.
+        let _ = crate::send::replicated(state, end).await;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! into the typed request of the broker operation the remoting front end
 //! calls for the same job (`send::send`, `pop::service::{pop, ack,
 //! change_invisible, forward_to_dlq}`, `transaction::end`,
-//! `timer::recall`), and encodes the outcome (or the operation's
+//! `timer::recall_by_handle`), and encodes the outcome (or the operation's
 //! `Refusal`) in gRPC's shape. Business outcomes travel as RocketMQ status
 //! codes in a gRPC OK, as upstream's servers answer; only a malformed call
 //! (no client id) is a gRPC error.
