@@ -378,6 +378,22 @@ pub fn user_subject(username: &str) -> String {
     format!("User:{username}")
 }
 
+/// `f` of `User:<name>`, built on the stack when the name is no longer
+/// than a valid one: the per-request ACL lookup allocates nothing.
+pub fn with_user_subject<R>(username: &str, f: impl FnOnce(&str) -> R) -> R {
+    const PREFIX: &[u8] = b"User:";
+    let mut buf = [0u8; PREFIX.len() + USERNAME_MAX_LEN];
+    let len = PREFIX.len() + username.len();
+    if username.len() <= USERNAME_MAX_LEN {
+        buf[..PREFIX.len()].copy_from_slice(PREFIX);
+        buf[PREFIX.len()..len].copy_from_slice(username.as_bytes());
+        if let Ok(subject) = std::str::from_utf8(&buf[..len]) {
+            return f(subject);
+        }
+    }
+    f(&user_subject(username))
+}
+
 impl Acl {
     /// The user a subject names.
     pub fn username(&self) -> Result<&str, AuthError> {
@@ -431,6 +447,15 @@ pub fn subject_username(subject: &str) -> Result<&str, AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_subject_built_on_the_stack_is_the_allocated_one() {
+        let longest = "u".repeat(USERNAME_MAX_LEN);
+        let too_long = "v".repeat(USERNAME_MAX_LEN + 1);
+        for name in ["bench", "a.b@c-d_e", longest.as_str(), too_long.as_str(), ""] {
+            assert_eq!(with_user_subject(name, str::to_string), user_subject(name));
+        }
+    }
 
     #[test]
     fn resources_parse_and_print_back() {

@@ -45,11 +45,23 @@ pub fn order_for_signing(fields: &mut Vec<(&str, &str)>, request_version: i32) {
     fields.retain(|(k, _)| *k != SIGNATURE && !(*k == UNIQUE_KEY_QUERY && request_version <= VERSION_V4_9_3));
     // Below U+E000, UTF-16 code units order strings as code points do, and
     // so as UTF-8 bytes do; every such key starts with a byte below 0xEE.
-    // Header keys are almost always ASCII: compare bytes then.
-    if fields.iter().all(|(k, _)| k.bytes().all(|b| b < 0xEE)) {
-        fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    // Header keys are almost always ASCII: compare bytes then, by their
+    // first eight at once (most keys differ there, many are one letter).
+    if fields.iter().all(|(k, _)| k.is_ascii() || k.bytes().all(|b| b < 0xEE)) {
+        fields.sort_unstable_by(|a, b| byte_prefix(a.0).cmp(&byte_prefix(b.0)).then_with(|| a.0.cmp(b.0)));
     } else {
         fields.sort_unstable_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    }
+}
+
+/// A key's first eight bytes as a big-endian number, zero-padded: two keys
+/// whose numbers differ are ordered as their bytes are (a shorter key is
+/// padded with zeros, which sort first, as a prefix does).
+fn byte_prefix(key: &str) -> u64 {
+    let bytes = key.as_bytes();
+    match bytes.first_chunk::<8>() {
+        Some(first) => u64::from_be_bytes(*first),
+        None => bytes.iter().enumerate().fold(0, |p, (i, &b)| p | u64::from(b) << (56 - 8 * i)),
     }
 }
 
@@ -242,6 +254,17 @@ mod tests {
         let order = signing_order([("\u{00E9}", "e"), ("z", "z"), ("\u{4E2D}", "zh"), ("A", "a")], 0);
         let keys: Vec<_> = order.iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, ["A", "z", "\u{00E9}", "\u{4E2D}"]);
+    }
+
+    #[test]
+    fn keys_that_share_or_end_within_eight_bytes_sort_as_bytes() {
+        let keys =
+            ["bornTimestamp", "born", "bornTimestampX", "a", "a\u{0}", "", "defaultTopicQueueNums", "defaultTopic"];
+        let order = signing_order(keys.iter().map(|k| (*k, "v")), 0);
+        let got: Vec<_> = order.iter().map(|(k, _)| *k).collect();
+        let mut want = keys.to_vec();
+        want.sort();
+        assert_eq!(got, want);
     }
 
     #[test]

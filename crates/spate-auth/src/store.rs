@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::authorize::{decide, Need, Refusal};
 use crate::error::{AuthError, AuthFailure};
-use crate::model::{subject_username, user_subject, validate_username, Acl, User, UserStatus, UserType};
+use crate::model::{
+    subject_username, user_subject, validate_username, with_user_subject, Acl, User, UserStatus, UserType,
+};
 use crate::sign::SigningKey;
 
 /// Most users and most ACL subjects a table holds.
@@ -178,7 +180,7 @@ impl AuthStore {
             return Ok(());
         }
         let tables = self.tables.read();
-        let acl = tables.acls.get(&user_subject(&who.username));
+        let acl = with_user_subject(&who.username, |subject| tables.acls.get(subject));
         for need in needs {
             if let Err(refusal) = decide(acl, need, source) {
                 let why = match refusal {
