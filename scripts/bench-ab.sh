@@ -9,7 +9,8 @@
 #
 # Usage: scripts/bench-ab.sh REV [seconds per run] [rounds]
 #   BENCH_ARGS  the `spate bench` arguments after -n (default: one sync
-#               producer, 1 KiB, closed loop)
+#               producer, 1 KiB, closed loop); `{broker}` in it becomes
+#               each variant's broker address (e.g. `--grpc {broker}`)
 # B's binary is built once in a scratch worktree and kept in target/ab/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,8 +66,9 @@ switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_c
 run() { # round, variant
   local v=$2 p=${pid[$2]} t0 c0 out t1 c1
   t0=$(ticks "$p"); c0=$(switches "$p")
+  local args=${bench_args//\{broker\}/127.0.0.1:$((${port[$v]} + 35))}
   # shellcheck disable=SC2086
-  out=$(taskset -c 1 "${bin[$v]}" bench $bench_args -n "127.0.0.1:${port[$v]}" --duration "${secs}s" --warmup 2s \
+  out=$(taskset -c 1 "${bin[$v]}" bench $args -n "127.0.0.1:${port[$v]}" --duration "${secs}s" --warmup 2s \
     --json 2>/dev/null)
   t1=$(ticks "$p"); c1=$(switches "$p")
   echo "{\"round\":$1,\"variant\":\"$v\",\"broker_cpu_ticks\":$((t1 - t0)),\"broker_switches\":$((c1 - c0)),\"result\":$out}"

@@ -14,7 +14,8 @@
 //!   transaction check-back;
 //! - this file: the server, fed by both listeners: each admitted
 //!   connection is served by hyper's HTTP/2 server straight into the
-//!   generated `MessagingService` (one service: no router between them).
+//!   generated `MessagingService` (one service: no router between them),
+//!   each call run to completion on the connection's task when it can.
 
 pub mod access;
 pub mod renew;
@@ -210,7 +211,7 @@ async fn serve_connection(conn: Counted, svc: Service, stop: CancellationToken) 
         let mut svc = svc.clone();
         tower_service::Service::call(&mut svc, req)
     });
-    let served = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+    let served = hyper::server::conn::http2::Builder::new(RunFirst)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -226,6 +227,34 @@ async fn serve_connection(conn: Counted, svc: Service, stop: CancellationToken) 
     };
     if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "gRPC connection ended");
+    }
+}
+
+/// How the connection runs each call hyper hands it: polled once at once,
+/// on the connection's own task, and spawned only when it must wait (a
+/// sync flush, a replica, a held receive). A call that can complete then
+/// (a send with async flush, an ack, a route) is read, served and
+/// answered with no task spawn or wake-up between, as on the remoting
+/// port. A call that panics ends only its own stream.
+#[derive(Clone, Copy)]
+struct RunFirst;
+
+impl<F> hyper::rt::Executor<F> for RunFirst
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, call: F) {
+        let mut call = Box::pin(call);
+        // No waker is needed for this first poll: a call still pending is
+        // spawned, and its task polls it again with its own.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.as_mut().poll(&mut cx))) {
+            Ok(std::task::Poll::Ready(())) => {}
+            Ok(std::task::Poll::Pending) => {
+                tokio::spawn(call);
+            }
+            Err(_) => tracing::error!("a gRPC call panicked; its stream is reset"),
+        }
     }
 }
 
