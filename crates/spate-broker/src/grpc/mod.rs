@@ -207,6 +207,7 @@ async fn serve_connection(conn: Counted, svc: Service, stop: CancellationToken) 
     };
     let peer = conn.stream.peer_addr();
     let call = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        RUN_FIRST.set(!streams_its_answer(req.uri().path()));
         req.extensions_mut().insert(info.clone());
         let mut svc = svc.clone();
         tower_service::Service::call(&mut svc, req)
@@ -230,10 +231,26 @@ async fn serve_connection(conn: Counted, svc: Service, stop: CancellationToken) 
     }
 }
 
-/// How the connection runs each call hyper hands it: polled once at once,
-/// on the connection's own task, and spawned only when it must wait (a
-/// sync flush, a replica, a held receive). A call that can complete then
-/// (a send with async flush, an ack, a route) is read, served and
+thread_local! {
+    /// Whether the call hyper is about to hand [`RunFirst`] should be
+    /// polled at once: set by the service just before (hyper calls the
+    /// service, then the executor, in one step on one thread) and taken by
+    /// the executor. Only a performance hint: either way is correct.
+    static RUN_FIRST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The streaming RPCs: their answers come from tasks of their own (a pop,
+/// a client's session), so polling them at once only costs a poll more.
+/// Measured on drains of 4 simple consumers: receive + ack throughput fell
+/// 8 % when receives were polled at once too.
+fn streams_its_answer(path: &str) -> bool {
+    matches!(path.rsplit('/').next(), Some("ReceiveMessage" | "Telemetry"))
+}
+
+/// How the connection runs each call hyper hands it: a unary call is
+/// polled once at once, on the connection's own task, and spawned only
+/// when it must wait (a sync flush, a replica). A call that can complete
+/// then (a send with async flush, an ack, a route) is read, served and
 /// answered with no task spawn or wake-up between, as on the remoting
 /// port. A call that panics ends only its own stream.
 #[derive(Clone, Copy)]
@@ -244,6 +261,10 @@ where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, call: F) {
+        if !RUN_FIRST.replace(false) {
+            tokio::spawn(call);
+            return;
+        }
         let mut call = Box::pin(call);
         // No waker is needed for this first poll: a call still pending is
         // spawned, and its task polls it again with its own.
