@@ -220,6 +220,83 @@ impl RequestHandler for Forward {
     }
 }
 
+/// The gRPC benchmark clients against a real broker's sniffed port: sends
+/// (framed by the benchmark over h2) are all acknowledged and then all
+/// received and acked by simple consumers; a send the broker refuses
+/// stops the run with the code it answered.
+#[test]
+fn grpc_produce_and_pop_drain_against_a_real_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Standalone::start(&dir.path().join("data"));
+    let (ns, broker) = (spate.namesrv(), spate.broker());
+    let admin = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["admin", "-n", &ns, "topic", "create", "BenchG", "-r", "2", "-w", "2"])
+        .output()
+        .unwrap();
+    assert!(admin.status.success(), "{}", String::from_utf8_lossy(&admin.stderr));
+    let sent = bench(&[
+        "produce",
+        "-n",
+        &ns,
+        "--grpc",
+        &broker,
+        "--topic",
+        "BenchG",
+        "--size",
+        "700",
+        "--rate",
+        "0",
+        "--in-flight",
+        "4",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--json",
+    ]);
+    assert_eq!(sent["protocol"], "grpc", "{sent}");
+    assert_eq!(sent["errors"], serde_json::json!({}), "{sent}");
+    let n = sent["sent_ok"].as_u64().unwrap();
+    assert!(n > 0, "{sent}");
+    let drained = bench(&[
+        "consume",
+        "-n",
+        &ns,
+        "--grpc",
+        &broker,
+        "--pop",
+        "--topic",
+        "BenchG",
+        "--group",
+        "bench_g",
+        "--from",
+        "first",
+        "--consumers",
+        "2",
+        "--warmup",
+        "0s",
+        "--duration",
+        "60s",
+        "--count",
+        &n.to_string(),
+        "--json",
+    ]);
+    // A send still in flight when the run ended is stored but not counted.
+    let received = drained["sent_ok"].as_u64().unwrap();
+    assert!((n..=n + 4).contains(&received), "every acknowledged send was received: {drained}");
+    assert_eq!(drained["acked"].as_u64(), Some(received), "and acked: {drained}");
+    assert_eq!(drained["receive_errors"], 0, "{drained}");
+    // A topic name the broker refuses: the run stops at its first send
+    // and names the RocketMQ status code the broker answered.
+    let refused = Command::new(env!("CARGO_BIN_EXE_spate"))
+        .args(["bench", "produce", "-n", &ns, "--grpc", &broker, "--topic", "no/such", "--duration", "1s", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("answered code 40000") && stderr.contains("illegal character"), "{stderr}");
+}
+
 #[test]
 fn open_loop_accounting_shows_a_server_stall() {
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -3,11 +3,17 @@
 //! same protos the broker serves. Enough client for load, not a full SDK:
 //! no routes (one endpoint), no retries.
 //!
-//! Calls go straight onto one HTTP/2 connection driven by hyper ([`Conn`]),
-//! without tonic's `Channel` (whose buffer task adds a task hop to every
-//! call, and reconnection this benchmark does not want): the client side
-//! costs what a lean gRPC client costs, so a send's latency is mostly the
-//! broker's and the protocol's.
+//! Calls go straight onto one HTTP/2 connection, without tonic's `Channel`
+//! (whose buffer task adds a task hop to every call, and reconnection this
+//! benchmark does not want): the client side costs what a lean gRPC client
+//! costs, so a send's latency is mostly the broker's and the protocol's.
+//! - Sends ([`Unary`]) are framed here over `h2` directly: HEADERS and one
+//!   DATA frame that ends the stream, queued together, so each call is one
+//!   write, as grpc-java's batched writes make it. Through hyper's client
+//!   the same call took three writes (HEADERS; DATA; an empty DATA ending
+//!   the stream) and three segments for the broker to wake up for.
+//! - Receives and acks ([`Conn`]) go through tonic's generated client over
+//!   hyper's HTTP/2 connection (server streaming needs its decoder).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -101,10 +107,134 @@ fn resource(name: &str) -> Option<pb::Resource> {
     Some(pb::Resource { name: name.to_string(), ..Default::default() })
 }
 
+/// The outcome of a unary call that got no answer message.
+#[derive(Debug)]
+pub enum CallError {
+    /// The connection or the stream failed, or no answer came in time.
+    Transport(String),
+    /// The server answered with this gRPC status (`grpc-status`, `grpc-message`).
+    Status(i32, String),
+}
+
+/// Most bytes of one answer message this client takes.
+const MAX_ANSWER: usize = 4 << 20;
+
+/// Unary gRPC calls over one HTTP/2 connection driven by `h2` directly:
+/// each call queues its HEADERS and a single DATA frame that ends the
+/// stream before the connection's task next writes, so it goes out in one
+/// write. Its answer is one length-prefixed message and the trailers.
+#[derive(Clone)]
+pub struct Unary {
+    send: h2::client::SendRequest<Bytes>,
+    authority: http::uri::Authority,
+    client_id: http::HeaderValue,
+    timeout: Duration,
+}
+
+impl Unary {
+    pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Unary> {
+        let authority: http::uri::Authority = endpoint.parse().with_context(|| format!("gRPC endpoint {endpoint}"))?;
+        let tcp =
+            tokio::net::TcpStream::connect(endpoint).await.with_context(|| format!("connecting to {endpoint}"))?;
+        tcp.set_nodelay(true)?;
+        let (send, connection) =
+            h2::client::handshake(tcp).await.with_context(|| format!("HTTP/2 handshake with {endpoint}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "gRPC connection ended");
+            }
+        });
+        let client_id = http::HeaderValue::from_str(&format!("spate-bench@{}", std::process::id()))
+            .unwrap_or_else(|_| http::HeaderValue::from_static("spate-bench"));
+        Ok(Unary { send, authority, client_id, timeout })
+    }
+
+    /// Calls `path` (`/package.Service/Method`) with `request`.
+    pub async fn call<Q: prost::Message, A: prost::Message + Default>(
+        &self,
+        path: &str,
+        request: &Q,
+    ) -> Result<A, CallError> {
+        let transport = |e: &dyn std::fmt::Display| CallError::Transport(e.to_string());
+        let len = request.encoded_len();
+        let mut framed = Vec::with_capacity(5 + len);
+        framed.push(0); // not compressed
+        framed.extend_from_slice(&u32::try_from(len).map_err(|e| transport(&e))?.to_be_bytes());
+        request.encode(&mut framed).map_err(|e| transport(&e))?;
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| transport(&e))?;
+        let head = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .header("x-mq-client-id", self.client_id.clone())
+            .header("x-mq-language", "RUST")
+            .body(())
+            .map_err(|e| transport(&e))?;
+        let answer = async {
+            let mut send = self.send.clone().ready().await.map_err(|e| transport(&e))?;
+            let (response, mut body) = send.send_request(head, false).map_err(|e| transport(&e))?;
+            body.send_data(Bytes::from(framed), true).map_err(|e| transport(&e))?;
+            let response = response.await.map_err(|e| transport(&e))?;
+            // A status in the headers is a trailers-only answer: no message.
+            if let Some(status) = grpc_status(response.headers()) {
+                return Err(status);
+            }
+            let mut incoming = response.into_body();
+            let mut message = Vec::new();
+            while let Some(chunk) = incoming.data().await {
+                let chunk = chunk.map_err(|e| transport(&e))?;
+                let _ = incoming.flow_control().release_capacity(chunk.len());
+                if message.len() + chunk.len() > MAX_ANSWER + 5 {
+                    return Err(CallError::Transport(format!("answer over {MAX_ANSWER} bytes")));
+                }
+                message.extend_from_slice(&chunk);
+            }
+            let trailers = incoming.trailers().await.map_err(|e| transport(&e))?.unwrap_or_default();
+            match grpc_status(&trailers) {
+                Some(CallError::Status(0, _)) => decode_message(&message),
+                Some(status) => Err(status),
+                None => Err(CallError::Transport("an answer without grpc-status".into())),
+            }
+        };
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Transport(format!("no answer within {:?}", self.timeout))),
+        }
+    }
+}
+
+/// `grpc-status` and `grpc-message` of an answer's headers or trailers.
+fn grpc_status(headers: &http::HeaderMap) -> Option<CallError> {
+    let code = headers.get("grpc-status")?.to_str().ok().and_then(|c| c.parse().ok()).unwrap_or(2);
+    let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or_default();
+    Some(CallError::Status(code, message.to_string()))
+}
+
+/// One uncompressed length-prefixed message.
+fn decode_message<A: prost::Message + Default>(framed: &[u8]) -> Result<A, CallError> {
+    let bad = |why: &str| CallError::Transport(format!("bad answer message: {why}"));
+    let (prefix, rest) = framed.split_first_chunk::<5>().ok_or_else(|| bad("shorter than its prefix"))?;
+    if prefix[0] != 0 {
+        return Err(bad("compressed, and none was asked for"));
+    }
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    let message = rest.get(..len).filter(|_| rest.len() == len).ok_or_else(|| bad("length does not match"))?;
+    A::decode(message).map_err(|e| bad(&e.to_string()))
+}
+
+/// SendMessage's path on `MessagingService`.
+const SEND_MESSAGE: &str = "/apache.rocketmq.v2.MessagingService/SendMessage";
+
 /// A gRPC producer instance: its own connection.
 pub struct GrpcProducer {
-    client: Client,
+    conn: Unary,
     endpoint: String,
+    /// This process's id, in every message id.
+    pid: u32,
     instance: usize,
     next: AtomicU64,
 }
@@ -112,8 +242,9 @@ pub struct GrpcProducer {
 impl GrpcProducer {
     pub async fn connect(endpoint: &str, instance: usize, timeout: Duration) -> Result<GrpcProducer> {
         Ok(GrpcProducer {
-            client: connect(endpoint, timeout).await?,
+            conn: Unary::connect(endpoint, timeout).await?,
             endpoint: endpoint.to_string(),
+            pid: std::process::id(),
             instance,
             next: AtomicU64::new(0),
         })
@@ -128,7 +259,7 @@ impl GrpcProducer {
                     topic: resource(topic),
                     user_properties: Default::default(),
                     system_properties: Some(pb::SystemProperties {
-                        message_id: format!("01{:08X}{:04X}{:016X}", std::process::id(), self.instance, n),
+                        message_id: format!("01{:08X}{:04X}{:016X}", self.pid, self.instance, n),
                         body_encoding: pb::Encoding::Identity as i32,
                         message_type: pb::MessageType::Normal as i32,
                         born_timestamp: Some(now_timestamp()),
@@ -138,15 +269,19 @@ impl GrpcProducer {
                 }
             })
             .collect();
-        let answer = self.client.clone().send_message(pb::SendMessageRequest { messages }).await;
+        let answer: Result<pb::SendMessageResponse, _> =
+            self.conn.call(SEND_MESSAGE, &pb::SendMessageRequest { messages }).await;
         let broker = |code: i32, remark: String| ClientError::Broker { addr: self.endpoint.clone(), code, remark };
         match answer {
-            Ok(r) => match r.into_inner().status {
+            Ok(r) => match r.status {
                 Some(st) if st.code == Code::Ok as i32 => Ok(()),
                 Some(st) => Err(broker(st.code, st.message)),
                 None => Err(broker(-1, "no status".into())),
             },
-            Err(st) => Err(broker(-(st.code() as i32) - 1, st.message().to_string())),
+            // A gRPC status as -(code) - 1; a failed connection or stream
+            // as UNAVAILABLE (14), as tonic's client reports them.
+            Err(CallError::Status(code, message)) => Err(broker(-code - 1, message)),
+            Err(CallError::Transport(why)) => Err(broker(-15, why)),
         }
     }
 }
