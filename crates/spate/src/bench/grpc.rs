@@ -9,7 +9,8 @@
 //! costs, so a send's latency is mostly the broker's and the protocol's.
 //! - Sends ([`Unary`]) are framed here over `h2` directly: HEADERS and one
 //!   DATA frame that ends the stream, queued together, so each call is one
-//!   write, as grpc-java's batched writes make it. Through hyper's client
+//!   write (with the one runtime worker a pinned benchmark has), as
+//!   grpc-java's batched writes make it. Through hyper's client
 //!   the same call took three writes (HEADERS; DATA; an empty DATA ending
 //!   the stream) and three segments for the broker to wake up for.
 //! - Receives and acks ([`Conn`]) go through tonic's generated client over
@@ -179,9 +180,16 @@ impl Unary {
             let (response, mut body) = send.send_request(head, false).map_err(|e| transport(&e))?;
             body.send_data(Bytes::from(framed), true).map_err(|e| transport(&e))?;
             let response = response.await.map_err(|e| transport(&e))?;
+            if response.status() != http::StatusCode::OK {
+                return Err(CallError::Transport(format!("HTTP status {}", response.status())));
+            }
             // A status in the headers is a trailers-only answer: no message.
-            if let Some(status) = grpc_status(response.headers()) {
-                return Err(status);
+            match grpc_status(response.headers()) {
+                Some(CallError::Status(0, _)) => {
+                    return Err(CallError::Transport("an OK answer without a message".into()))
+                }
+                Some(status) => return Err(status),
+                None => {}
             }
             let mut incoming = response.into_body();
             let mut message = Vec::new();
@@ -278,10 +286,11 @@ impl GrpcProducer {
                 Some(st) => Err(broker(st.code, st.message)),
                 None => Err(broker(-1, "no status".into())),
             },
-            // A gRPC status as -(code) - 1; a failed connection or stream
-            // as UNAVAILABLE (14), as tonic's client reports them.
+            // A gRPC status as -(code) - 1; anything else (the connection,
+            // the stream, the answer's shape, no answer in time) as
+            // UNKNOWN (2), as tonic's client reports most of those.
             Err(CallError::Status(code, message)) => Err(broker(-code - 1, message)),
-            Err(CallError::Transport(why)) => Err(broker(-15, why)),
+            Err(CallError::Transport(why)) => Err(broker(-3, why)),
         }
     }
 }
