@@ -37,7 +37,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -553,13 +553,19 @@ const POP_INVISIBLE: Duration = Duration::from_secs(3);
 /// Pop readers in the group.
 const POP_READERS: usize = 2;
 
+/// Where a delivered message was read: its queue and queue offset. A
+/// sequence number stored twice (a send retried after the master that
+/// stored it first was fenced) has two, both delivered.
+type Copy = (i32, i64);
+
 /// What the pop group saw.
 #[derive(Default)]
 struct PopLog {
-    /// Per sequence number: each delivery's (receive request sent, attempt).
-    deliveries: HashMap<u64, Vec<(Instant, u32)>>,
-    /// Per sequence number: when the first successful ack was answered.
-    acked: HashMap<u64, Instant>,
+    /// Per sequence number: each delivery's (receive request sent, attempt, copy).
+    deliveries: HashMap<u64, Vec<(Instant, u32, Copy)>>,
+    /// Per sequence number: when the first successful ack was answered, and
+    /// of which copy.
+    acked: HashMap<u64, (Instant, Copy)>,
     /// Acks lost with a dying master, whose retry the new master refused:
     /// the message is no longer in flight with that handle (the first ack
     /// landed, or it was revived and comes back).
@@ -633,7 +639,8 @@ impl PopReader {
                         for m in msgs {
                             let seq = seq_of(&m.message.body);
                             if let Some(seq) = seq {
-                                l.lock().deliveries.entry(seq).or_default().push((sent, m.delivery_attempt));
+                                let copy = (m.message.queue_id, m.message.queue_offset);
+                                l.lock().deliveries.entry(seq).or_default().push((sent, m.delivery_attempt, copy));
                                 if seq % 10 == 0 && m.delivery_attempt == 1 {
                                     continue;
                                 }
@@ -643,9 +650,10 @@ impl PopReader {
                         for (seq, m) in to_ack {
                             let outcome = ack_until_answered(&c, &m).await;
                             let (Some(seq), mut l) = (seq, l.lock()) else { continue };
+                            let copy = (m.message.queue_id, m.message.queue_offset);
                             match outcome {
                                 AckOutcome::Acked { retried } => {
-                                    l.acked.entry(seq).or_insert_with(Instant::now);
+                                    l.acked.entry(seq).or_insert_with(|| (Instant::now(), copy));
                                     l.failed_acks += usize::from(retried);
                                 }
                                 AckOutcome::Settled => {
@@ -691,20 +699,29 @@ impl PopReader {
 /// The pop group's violations: acknowledged messages it never acked, and
 /// messages handed out by a receive sent after their ack was answered.
 /// Returns them with the number of messages left un-acked that came back.
-fn check_pops(log: &PopLog, acked: &BTreeSet<u64>) -> (Vec<u64>, Vec<String>, usize) {
+/// A sequence number in `stored_twice` is two messages: a delivery of the
+/// copy not acked is not one after its ack (either copy acked is enough).
+fn check_pops(log: &PopLog, acked: &BTreeSet<u64>, stored_twice: &HashSet<u64>) -> (Vec<u64>, Vec<String>, usize) {
     let never_acked: Vec<u64> =
         acked.iter().filter(|s| !log.acked.contains_key(s) && !log.settled.contains_key(s)).copied().collect();
     let mut after_ack = Vec::new();
     let mut came_back = 0;
     for (seq, deliveries) in &log.deliveries {
-        if let Some(at) = log.acked.get(seq) {
-            for (sent, attempt) in deliveries {
-                if sent > at {
-                    after_ack.push(format!("{seq}: attempt {attempt} received after its ack"));
+        if let Some((at, acked_copy)) = log.acked.get(seq) {
+            for (sent, attempt, copy) in deliveries {
+                if sent > at && (copy == acked_copy || !stored_twice.contains(seq)) {
+                    after_ack.push(format!(
+                        "{seq}: attempt {attempt} (queue {}, offset {}) received after its ack (of queue {}, offset {}; stored twice: {})",
+                        copy.0,
+                        copy.1,
+                        acked_copy.0,
+                        acked_copy.1,
+                        stored_twice.contains(seq)
+                    ));
                 }
             }
         }
-        if seq % 10 == 0 && acked.contains(seq) && deliveries.iter().any(|(_, a)| *a >= 2) {
+        if seq % 10 == 0 && acked.contains(seq) && deliveries.iter().any(|(_, a, _)| *a >= 2) {
             came_back += 1;
         }
     }
@@ -940,26 +957,6 @@ async fn run_with(fault: Fault, auth: bool, trials: usize) {
     //     out after its ack was answered; the ones left un-acked came back.
     pops.wait_acked(&acked, Duration::from_secs(60)).await;
     let pop_log = pops.finish().await;
-    let (never_acked, after_ack, came_back) = check_pops(&pop_log, &acked);
-    assert!(
-        never_acked.is_empty(),
-        "{fault:?}: {} acknowledged messages never acked by the pop group: {:?}",
-        never_acked.len(),
-        never_acked
-            .iter()
-            .take(20)
-            .map(|s| {
-                let a = ledger.acks.iter().find(|a| a.seq == *s).map(|a| (a.queue, a.queue_offset));
-                (s, a, pop_log.deliveries.get(s).map(|d| d.iter().map(|(_, n)| *n).collect::<Vec<_>>()))
-            })
-            .collect::<Vec<_>>()
-    );
-    assert!(after_ack.is_empty(), "{fault:?}: pops after acks: {:?}", &after_ack[..after_ack.len().min(10)]);
-    let held_back = acked.iter().filter(|s| *s % 10 == 0).count();
-    assert_eq!(came_back, held_back, "{fault:?}: messages left un-acked that came back");
-    let pop_redeliveries: usize =
-        pop_log.deliveries.iter().filter(|(s, _)| *s % 10 != 0).map(|(_, d)| d.len().saturating_sub(1)).sum();
-
     // 2. A fresh consumer reads the final log from the start: each
     //    acknowledged message sits at the queue offset it was acknowledged with.
     let (check_consumer, stored) = consumer(&ns, "chaos-check", "chaos-k").await;
@@ -977,6 +974,29 @@ async fn run_with(fault: Fault, auth: bool, trials: usize) {
         &misplaced[..misplaced.len().min(5)]
     );
     let stored_twice: u64 = stored.lock().count.values().map(|n| u64::from(n.saturating_sub(1))).sum();
+    // The pop group's check (1. above), now that the final log tells which
+    // sequence numbers were stored twice.
+    let twice: HashSet<u64> = stored.lock().count.iter().filter(|(_, n)| **n > 1).map(|(s, _)| *s).collect();
+    let (never_acked, after_ack, came_back) = check_pops(&pop_log, &acked, &twice);
+    assert!(
+        never_acked.is_empty(),
+        "{fault:?}: {} acknowledged messages never acked by the pop group: {:?}",
+        never_acked.len(),
+        never_acked
+            .iter()
+            .take(20)
+            .map(|s| {
+                let a = ledger.acks.iter().find(|a| a.seq == *s).map(|a| (a.queue, a.queue_offset));
+                (s, a, pop_log.deliveries.get(s).map(|d| d.iter().map(|(_, n, _)| *n).collect::<Vec<_>>()))
+            })
+            .collect::<Vec<_>>()
+    );
+    assert!(after_ack.is_empty(), "{fault:?}: pops after acks: {:?}", &after_ack[..after_ack.len().min(10)]);
+    let held_back = acked.iter().filter(|s| *s % 10 == 0).count();
+    assert_eq!(came_back, held_back, "{fault:?}: messages left un-acked that came back");
+    let pop_redeliveries: usize =
+        pop_log.deliveries.iter().filter(|(s, _)| *s % 10 != 0).map(|(_, d)| d.len().saturating_sub(1)).sum();
+
     // Everything the live consumer read -- acknowledged or not -- is in the
     // final log where it read it: nobody consumed a message later cut.
     let phantom: Vec<String> = seen
@@ -1118,15 +1138,27 @@ fn pop_check_finds_lost_and_after_ack_deliveries() {
     let t = |ms| t0 + Duration::from_millis(ms);
     let mut log = PopLog::default();
     // 10: left un-acked, back with attempt 2, acked; 11: acked at once.
-    log.deliveries.insert(10, vec![(t(0), 1), (t(50), 2)]);
-    log.deliveries.insert(11, vec![(t(0), 1)]);
-    log.acked.insert(10, t(60));
-    log.acked.insert(11, t(10));
+    log.deliveries.insert(10, vec![(t(0), 1, (0, 5)), (t(50), 2, (0, 5))]);
+    log.deliveries.insert(11, vec![(t(0), 1, (1, 7))]);
+    log.acked.insert(10, (t(60), (0, 5)));
+    log.acked.insert(11, (t(10), (1, 7)));
     let acked: BTreeSet<u64> = [10, 11].into();
-    assert_eq!(check_pops(&log, &acked), (vec![], vec![], 1));
+    let none = HashSet::new();
+    assert_eq!(check_pops(&log, &acked, &none), (vec![], vec![], 1));
     // 11 handed out again by a receive sent after its ack; 12 never acked.
-    log.deliveries.get_mut(&11).unwrap().push((t(20), 2));
+    log.deliveries.get_mut(&11).unwrap().push((t(20), 2, (1, 7)));
     let acked: BTreeSet<u64> = [10, 11, 12].into();
-    let (never, after, back) = check_pops(&log, &acked);
+    let (never, after, back) = check_pops(&log, &acked, &none);
     assert_eq!((never, after.len(), back), (vec![12], 1, 1));
+    // 13 stored twice (queue 2 offsets 3 and 4): its second copy comes
+    // after the first copy's ack, and is no violation; the acked copy again is.
+    log.deliveries.get_mut(&11).unwrap().pop();
+    log.deliveries.insert(13, vec![(t(0), 1, (2, 3)), (t(30), 1, (2, 4))]);
+    log.acked.insert(13, (t(10), (2, 3)));
+    let acked: BTreeSet<u64> = [10, 11, 13].into();
+    let twice: HashSet<u64> = [13].into();
+    assert_eq!(check_pops(&log, &acked, &twice), (vec![], vec![], 1));
+    assert_eq!(check_pops(&log, &acked, &none).1.len(), 1, "not stored twice: a violation");
+    log.deliveries.get_mut(&13).unwrap().push((t(40), 2, (2, 3)));
+    assert_eq!(check_pops(&log, &acked, &twice).1.len(), 1, "the acked copy again");
 }
