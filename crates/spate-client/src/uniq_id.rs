@@ -90,7 +90,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
+    spate_common::message::hex_upper(bytes)
 }
 
 /// Start of the UTC month holding `ms`, and start of the next month.

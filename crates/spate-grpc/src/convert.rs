@@ -269,7 +269,7 @@ pub struct Delivered {
 fn sha1_digest(body: &[u8]) -> pb::Digest {
     use sha1::Digest;
     let sum = sha1::Sha1::digest(body);
-    let checksum = sum.iter().map(|b| format!("{b:02X}")).collect();
+    let checksum = spate_common::message::hex_upper(&sum);
     pb::Digest { r#type: pb::DigestType::Sha1 as i32, checksum }
 }
 

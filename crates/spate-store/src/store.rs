@@ -162,7 +162,25 @@ struct Inner {
     housekeeping: Signal,
     stopping: AtomicBool,
     checkpoint_lock: Mutex<()>,
+    /// When the index was last flushed and the dispatch point it covered
+    /// then (guarded by `checkpoint_lock`'s holder: only checkpoints use it).
+    index_flushed: Mutex<IndexFlushed>,
     _lock_file: File,
+}
+
+/// The index's last flush: when, and up to which dispatch point.
+struct IndexFlushed {
+    at: Option<Instant>,
+    dispatched: u64,
+}
+
+/// Whether a checkpoint must flush the index whatever its interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IndexFlush {
+    /// Only once `flushIntervalIndex` has passed (the periodic checkpoint).
+    WhenDue,
+    /// Now: opening, truncating, deleting a topic, an explicit flush, shutdown.
+    Now,
 }
 
 /// The message store. Cloneable handles are not offered: share it in an
@@ -270,9 +288,10 @@ impl MessageStore {
             housekeeping: Signal::default(),
             stopping: AtomicBool::new(false),
             checkpoint_lock: Mutex::new(()),
+            index_flushed: Mutex::new(IndexFlushed { at: None, dispatched: redispatch_from }),
             _lock_file: lock_file,
         });
-        inner.write_checkpoint()?;
+        inner.write_checkpoint(IndexFlush::Now)?;
         File::create(&inner.abort_path).map_err(|e| StoreError::io(&inner.abort_path, e))?;
         crate::segment::sync_dir(&root)?;
 
@@ -562,7 +581,7 @@ impl MessageStore {
         // recovery after a crash never dispatches its old records again
         // (into a topic of the same name made meanwhile, or bringing this
         // one back); a crash before it leaves the topic whole.
-        inner.write_checkpoint()?;
+        inner.write_checkpoint(IndexFlush::Now)?;
         inner.queues.delete_topic(topic)?;
         w.queue_offsets.remove(topic);
         drop(w);
@@ -709,7 +728,7 @@ impl MessageStore {
         inner.epochs.lock().truncate_after(offset)?;
         // The old checkpoint may name offsets past the cut: replace it
         // before any append can be acknowledged.
-        inner.write_checkpoint()?;
+        inner.write_checkpoint(IndexFlush::Now)?;
         drop(w);
         tracing::info!(offset, "store truncated");
         Ok(())
@@ -835,7 +854,7 @@ impl MessageStore {
         inner.commit_log.commit_pending()?;
         inner.commit_log.flush()?;
         inner.dispatcher.run_once()?;
-        inner.write_checkpoint()
+        inner.write_checkpoint(IndexFlush::Now)
     }
 
     /// Deletes expired (or, with a full disk, the oldest) commit-log
@@ -911,20 +930,30 @@ impl GetResult {
 }
 
 impl Inner {
-    /// Flushes consume queues and index, then records how far they and the
-    /// commit log are durable.
-    fn write_checkpoint(&self) -> Result<()> {
+    /// Flushes consume queues (and the index when `index` says so or its
+    /// interval has passed), then records how far they and the commit log
+    /// are durable: the dispatch point is the lower of the two.
+    fn write_checkpoint(&self, index: IndexFlush) -> Result<()> {
         let _guard = self.checkpoint_lock.lock();
         let dispatched = self.dispatcher.dispatched();
         for cq in self.queues.all() {
             cq.flush()?;
         }
-        if let Some(index) = &self.index {
-            index.flush()?;
-        }
+        let dispatched_flushed = match &self.index {
+            None => dispatched,
+            Some(idx) => {
+                let mut last = self.index_flushed.lock();
+                let due = last.at.is_none_or(|at| at.elapsed() >= self.config.flush_interval_index);
+                if index == IndexFlush::Now || due {
+                    idx.flush()?;
+                    *last = IndexFlushed { at: Some(Instant::now()), dispatched };
+                }
+                last.dispatched.min(dispatched)
+            }
+        };
         let cp = Checkpoint {
             commit_log_flushed: self.commit_log.flushed_offset(),
-            dispatched_flushed: dispatched,
+            dispatched_flushed,
             written_at_ms: now_ms(),
         };
         cp.store(&self.checkpoint_path)
@@ -1020,7 +1049,7 @@ fn start_threads(inner: &Arc<Inner>, commit: Arc<Signal>) -> Result<Vec<JoinHand
             if i.stopping.load(Ordering::Acquire) {
                 break;
             }
-            if let Err(e) = i.write_checkpoint() {
+            if let Err(e) = i.write_checkpoint(IndexFlush::WhenDue) {
                 tracing::error!(error = %e, "checkpoint failed");
             }
             if last_clean.elapsed() >= i.config.clean_resource_interval {

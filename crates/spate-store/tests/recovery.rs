@@ -199,3 +199,48 @@ fn an_intact_record_failing_a_semantic_check_is_kept_not_cut() {
     assert!(store.recovery().damage.is_some());
     assert_eq!(store.max_offset(), records[29].0);
 }
+
+/// The periodic checkpoint never claims more dispatched than the index's
+/// last flush (`flushIntervalIndex`): a crash then dispatches again from
+/// there, every key is found exactly once and no queue unit is doubled.
+/// An explicit flush moves the checkpoint to the end.
+#[test]
+fn the_checkpoint_waits_for_the_index_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_interval = |d: &Path| {
+        let mut c = config(d);
+        c.flush_interval_index = Duration::from_secs(3600);
+        c
+    };
+    let store = MessageStore::open(with_interval(dir.path())).unwrap();
+    for i in 0..30u64 {
+        store.put_message(&msg("Rec", (i % 2) as i32, &body(i, 90), None, Some(&format!("key-{i}")))).unwrap();
+    }
+    assert!(store.wait_dispatched(WAIT));
+    // Several periodic checkpoints (every 50 ms in these tests).
+    std::thread::sleep(Duration::from_millis(400));
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    let end = store.max_offset();
+    store.flush().unwrap();
+    let flushed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), flushed.path());
+    store.shutdown().unwrap();
+
+    let a = MessageStore::open(with_interval(crashed.path())).unwrap();
+    assert!(a.recovery().after_crash);
+    assert_eq!(a.recovery().redispatched_from, 0, "the index was last flushed when the store opened, empty");
+    assert!(a.wait_dispatched(WAIT));
+    assert_eq!(a.max_offset(), end);
+    for q in 0..2 {
+        assert_eq!(a.max_offset_in_queue("Rec", q), 15, "queue {q}: dispatched again, not doubled");
+    }
+    for i in 0..30u64 {
+        let found = a.query_by_key("Rec", &format!("key-{i}"), 0, i64::MAX, 10).unwrap();
+        assert_eq!(found.len(), 1, "key-{i} found once");
+        assert_eq!(decode_record(&found[0], true).unwrap().body, &body(i, 90)[..]);
+    }
+
+    let b = MessageStore::open(with_interval(flushed.path())).unwrap();
+    assert_eq!(b.recovery().redispatched_from, end, "an explicit flush covers the index");
+}
