@@ -15,6 +15,14 @@ use std::sync::Arc;
 pub trait Wake: Send + Sync {
     /// Delivers the wake-up.
     fn wake_now(&self);
+
+    /// Delivers a wake-up held until the end of a [`hold_wakeups`] scope.
+    /// The scope's own work is done by then (no lock of the woken side is
+    /// held), so an implementation may do the woken thread's work right
+    /// here instead of waking it.
+    fn wake_after_scope(&self) {
+        self.wake_now();
+    }
 }
 
 /// Most distinct wake-ups one scope keeps; any beyond are delivered at once.
@@ -32,7 +40,7 @@ impl Drop for Scope {
     fn drop(&mut self) {
         let held = HELD.with(|h| h.borrow_mut().take()).unwrap_or_default();
         for w in held {
-            w.wake_now();
+            w.wake_after_scope();
         }
     }
 }

@@ -182,6 +182,16 @@ impl ConsumeQueue {
         Ok(())
     }
 
+    /// Whether the unit at `queue_offset` is the next one and its file is
+    /// already there: putting it then creates no file.
+    pub(crate) fn has_room_for(&self, queue_offset: i64) -> bool {
+        if queue_offset != self.max_offset() {
+            return false;
+        }
+        let byte = queue_offset as u64 * UNIT_SIZE;
+        self.segments.read().last().is_some_and(|s| s.start_offset() <= byte && byte + UNIT_SIZE <= s.end_offset())
+    }
+
     fn segment_for_write(&self, byte: u64) -> Result<Arc<Segment>> {
         if let Some(seg) = self.segments.read().last() {
             if seg.start_offset() <= byte && byte < seg.end_offset() {

@@ -82,8 +82,31 @@ impl Dispatcher {
         self.dispatch_locked()
     }
 
+    /// Dispatches what is readable on the calling thread, unless the
+    /// dispatcher thread is at it, and only as far as that creates no file
+    /// (a new queue, queue file or index file is left to that thread).
+    /// Returns whether everything readable was dispatched; if not, the
+    /// caller wakes the thread. Used while a pull waits, right after a send
+    /// is answered, instead of a switch to the dispatcher thread and back.
+    pub fn dispatch_inline(&self) -> bool {
+        let Some(_guard) = self.lock.try_lock() else { return false };
+        match self.dispatch_rounds(Mode::Inline) {
+            Ok(Rounds { stopped, .. }) => !stopped,
+            Err(e) => {
+                // The thread meets the same error and handles it.
+                tracing::debug!(error = %e, "inline dispatch stopped");
+                false
+            }
+        }
+    }
+
     /// As [`Dispatcher::run_once`], with `lock` already held.
     pub(crate) fn dispatch_locked(&self) -> Result<bool> {
+        self.dispatch_rounds(Mode::Thread).map(|r| r.any)
+    }
+
+    fn dispatch_rounds(&self, mode: Mode) -> Result<Rounds> {
+        let mut stopped = false;
         let mut grown: Grown = HashMap::new();
         let mut any = false;
         loop {
@@ -112,7 +135,10 @@ impl Dispatcher {
                             }
                             break;
                         }
-                        self.dispatch_record(&chunk[at..at + size], next, &mut grown)?;
+                        if !self.dispatch_record(&chunk[at..at + size], next, &mut grown, mode)? {
+                            stopped = true;
+                            break;
+                        }
                         at += size;
                         next += size as u64;
                     }
@@ -123,7 +149,7 @@ impl Dispatcher {
                     Probe::End | Probe::Invalid => {
                         tracing::error!(offset = next, "dispatcher found no record below the readable offset");
                         self.commit_log.fail(format!("commit log unreadable at {next}"));
-                        return Ok(any);
+                        return Ok(Rounds { any, stopped: true });
                     }
                 }
             }
@@ -135,8 +161,11 @@ impl Dispatcher {
             self.notify(&mut grown);
             self.dispatched.store(next, Ordering::Release);
             any = true;
+            if stopped {
+                break;
+            }
         }
-        Ok(any)
+        Ok(Rounds { any, stopped })
     }
 
     fn notify(&self, grown: &mut Grown) {
@@ -153,22 +182,41 @@ impl Dispatcher {
         }
     }
 
-    fn dispatch_record(&self, bytes: &[u8], offset: u64, grown: &mut Grown) -> Result<()> {
+    /// Puts one record's unit and index entries. Inline, returns false
+    /// having done nothing when that would create a file.
+    fn dispatch_record(&self, bytes: &[u8], offset: u64, grown: &mut Grown, mode: Mode) -> Result<bool> {
         let rec = message::decode_record(bytes, false)?;
         debug_assert_eq!(rec.physical_offset as u64, offset);
         if !crate::commit_log::valid_queue_id(rec.queue_id) {
             tracing::error!(offset, queue_id = rec.queue_id, "record with an impossible queue id not dispatched");
-            return Ok(());
+            return Ok(true);
         }
         // Only an older build could have appended it; its name must never
         // become a consume-queue path.
         if message::validate_topic(rec.topic).is_err() {
             tracing::error!(offset, "record whose topic is not a valid name not dispatched");
-            return Ok(());
+            return Ok(true);
         }
+        let keys = rec.property(property::KEYS);
+        let uniq = rec.property(property::UNIQ_KEY);
+        let queue = match mode {
+            Mode::Thread => self.queues.get_or_create(rec.topic, rec.queue_id)?,
+            Mode::Inline => {
+                let entries =
+                    keys.map_or(0, |k| k.split(' ').filter(|k| !k.is_empty()).count()) + usize::from(uniq.is_some());
+                let index_fits = match &self.index {
+                    Some(index) => index.has_room_for(u32::try_from(entries).unwrap_or(u32::MAX)),
+                    None => true,
+                };
+                match self.queues.get(rec.topic, rec.queue_id) {
+                    Some(q) if index_fits && q.has_room_for(rec.queue_offset) => q,
+                    _ => return Ok(false),
+                }
+            }
+        };
         let tags_code = message::queue_tags_code(rec.topic, rec.properties);
         let unit = CqUnit { physical_offset: offset, size: rec.total_size as u32, tags_code };
-        self.queues.get_or_create(rec.topic, rec.queue_id)?.put(rec.queue_offset, unit)?;
+        queue.put(rec.queue_offset, unit)?;
         // Looked up by &str: no allocation per record once a topic is seen.
         match grown.get_mut(rec.topic) {
             Some(queues) => {
@@ -179,17 +227,32 @@ impl Dispatcher {
             }
         }
         if let Some(index) = &self.index {
-            if let Some(keys) = rec.property(property::KEYS) {
+            if let Some(keys) = keys {
                 for key in keys.split(' ').filter(|k| !k.is_empty()) {
                     index.put(&index_key(rec.topic, key), offset, rec.store_timestamp)?;
                 }
             }
-            if let Some(uniq) = rec.property(property::UNIQ_KEY) {
+            if let Some(uniq) = uniq {
                 index.put(&index_key(rec.topic, uniq), offset, rec.store_timestamp)?;
             }
         }
-        Ok(())
+        Ok(true)
     }
+}
+
+/// Where a dispatch runs: the dispatcher thread does everything; inline
+/// (on a runtime worker) it must not create a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Thread,
+    Inline,
+}
+
+/// What a dispatch did: anything, and whether it stopped short of the
+/// readable end (inline, before a record that needs a file).
+struct Rounds {
+    any: bool,
+    stopped: bool,
 }
 
 /// The index key of a message key or unique id within a topic.

@@ -396,6 +396,12 @@ impl IndexService {
         Ok(())
     }
 
+    /// Whether `keys` more entries fit the current file, so adding them
+    /// creates no file.
+    pub(crate) fn has_room_for(&self, keys: u32) -> bool {
+        self.files.read().last().is_some_and(|f| f.count.load(Ordering::Relaxed).saturating_add(keys) <= f.capacity)
+    }
+
     /// Newest-first offsets of entries whose key hash matches `key` and whose
     /// time lies in `[begin_ms, end_ms]` (with one second of slack either
     /// way), at most `max`, without duplicates. Hash collisions can yield

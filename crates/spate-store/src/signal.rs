@@ -72,7 +72,13 @@ pub struct DispatchWake {
     /// lowered it (root, or `RLIMIT_NICE` allowing it); if not, it stays at
     /// the normal priority throughout.
     may_switch: AtomicBool,
+    /// Dispatches on the calling thread; true when nothing is left for the
+    /// dispatcher thread (see [`DispatchWake::set_inline`]).
+    inline: OnceLock<InlineDispatch>,
 }
+
+/// A dispatch run by the thread that appended, after its answer is sent.
+pub type InlineDispatch = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// Nice value of the dispatcher while nobody waits for a dispatch.
 const BATCH_NICE: libc::c_int = 5;
@@ -86,6 +92,16 @@ impl DispatchWake {
         if self.urgent.load(Ordering::SeqCst) > 0 || self.parked.load(Ordering::SeqCst) {
             spate_common::wake::wake_or_hold(self);
         }
+    }
+
+    /// Installs the inline dispatch: while a pull waits, an append made
+    /// inside a `hold_wakeups` scope (a request served to completion on a
+    /// runtime worker) is dispatched by that worker once its answer is
+    /// written, instead of waking the dispatcher thread. With client and
+    /// broker each on one CPU, the woken dispatcher took the worker's CPU
+    /// for every message: two context switches per message.
+    pub fn set_inline(&self, dispatch: InlineDispatch) {
+        let _ = self.inline.set(dispatch);
     }
 
     /// Wakes the dispatcher now, napping or parked.
@@ -155,6 +171,13 @@ impl DispatchWake {
 impl spate_common::wake::Wake for DispatchWake {
     fn wake_now(&self) {
         self.signal.notify();
+    }
+
+    fn wake_after_scope(&self) {
+        let done_here = self.urgent.load(Ordering::SeqCst) > 0 && self.inline.get().is_some_and(|dispatch| dispatch());
+        if !done_here {
+            self.signal.notify();
+        }
     }
 }
 

@@ -264,6 +264,8 @@ impl MessageStore {
             config.dispatch_batch_bytes,
         ));
         dispatcher.run_once()?;
+        let weak = Arc::downgrade(&dispatcher);
+        readable_wake.set_inline(Box::new(move || weak.upgrade().is_some_and(|d| d.dispatch_inline())));
         {
             let mut w = commit_log.lock_writer();
             for cq in queues.all() {
