@@ -87,6 +87,10 @@ pub struct PopService {
     since_snapshot: AtomicU64,
 }
 
+/// How long loading the pop state waits for the store to dispatch the
+/// journal's last records before the request is refused instead.
+const POP_REPLAY_DISPATCH_WAIT: Duration = Duration::from_secs(10);
+
 impl PopService {
     pub fn new(limits: PopLimits) -> PopService {
         PopService {
@@ -117,13 +121,23 @@ impl PopService {
             let started = Instant::now();
             let (store, offsets_state, limits) = (state.store.clone(), state.clone(), self.limits.clone());
             let replayed = tokio::task::spawn_blocking(move || {
-                store.wait_dispatched(Duration::from_secs(10));
-                journal::replay(&store, limits, &offsets_state.offsets)
+                // A replay must see the whole journal: one that missed its
+                // last records would deliver again what is held, or forget
+                // acks. Not dispatched in time: refuse, and try next call.
+                if !store.wait_dispatched(POP_REPLAY_DISPATCH_WAIT) {
+                    return Ok(None);
+                }
+                journal::replay(&store, limits, &offsets_state.offsets).map(Some)
             })
             .await
             .map_err(|e| Refusal::new(response::SYSTEM_ERROR, format!("pop state replay failed: {e}")))?
             .map_err(|e| Refusal::new(response::SYSTEM_ERROR, format!("pop state replay failed: {e}")))?;
-            let (ps, seen) = replayed;
+            let Some((ps, seen)) = replayed else {
+                return Err(Refusal::new(
+                    response::SYSTEM_ERROR,
+                    "pop state not loaded: the store is still dispatching its log; try again",
+                ));
+            };
             tracing::info!(
                 records = seen.records,
                 unreadable = seen.unreadable,
