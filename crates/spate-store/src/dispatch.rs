@@ -84,7 +84,8 @@ impl Dispatcher {
 
     /// Dispatches what is readable on the calling thread, unless the
     /// dispatcher thread is at it, and only as far as that creates no file
-    /// (a new queue, queue file or index file is left to that thread).
+    /// (a new queue, queue file or index file is left to that thread) and
+    /// within one round of `dispatchBatchBytes`.
     /// Returns whether everything readable was dispatched; if not, the
     /// caller wakes the thread. Used while a pull waits, right after a send
     /// is answered, instead of a switch to the dispatcher thread and back.
@@ -162,6 +163,12 @@ impl Dispatcher {
             self.dispatched.store(next, Ordering::Release);
             any = true;
             if stopped {
+                break;
+            }
+            if mode == Mode::Inline {
+                // One round (`dispatchBatchBytes`) at most on a runtime
+                // worker; a backlog beyond it is the thread's.
+                stopped = self.commit_log.readable_offset() > next;
                 break;
             }
         }
