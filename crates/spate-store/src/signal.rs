@@ -174,7 +174,10 @@ impl spate_common::wake::Wake for DispatchWake {
     }
 
     fn wake_after_scope(&self) {
-        let done_here = self.urgent.load(Ordering::SeqCst) > 0 && self.inline.get().is_some_and(|dispatch| dispatch());
+        // Not while the scope unwinds a panic: a second one would abort.
+        let done_here = !std::thread::panicking()
+            && self.urgent.load(Ordering::SeqCst) > 0
+            && self.inline.get().is_some_and(|dispatch| dispatch());
         if !done_here {
             self.signal.notify();
         }
