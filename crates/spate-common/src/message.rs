@@ -679,16 +679,16 @@ pub fn parse_offset_msg_id(id: &str) -> Option<(SocketAddr, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
     #[test]
     fn hex_upper_matches_formatting_every_byte() {
         let all: Vec<u8> = (0..=255).collect();
         let want: String = all.iter().map(|b| format!("{b:02X}")).collect();
-        assert_eq!(super::hex_upper(&all), want);
-        assert_eq!(super::hex_upper(&[]), "");
+        assert_eq!(hex_upper(&all), want);
+        assert_eq!(hex_upper(&[]), "");
     }
-
-    use super::*;
-    use proptest::prelude::*;
 
     fn sample(topic: &str, body: &[u8], props: &str, v6: bool) -> NewMessage {
         let host: SocketAddr = if v6 { "[::1]:10911".parse().unwrap() } else { "127.0.0.1:10911".parse().unwrap() };

@@ -161,16 +161,14 @@ struct Inner {
     abort_path: PathBuf,
     housekeeping: Signal,
     stopping: AtomicBool,
-    checkpoint_lock: Mutex<()>,
-    /// When the index was last flushed and the dispatch point it covered
-    /// then (guarded by `checkpoint_lock`'s holder: only checkpoints use it).
-    index_flushed: Mutex<IndexFlushed>,
+    /// Serializes checkpoints; holds the index's last flush they track.
+    checkpoint_lock: Mutex<IndexFlushed>,
     _lock_file: File,
 }
 
 /// The index's last flush: when, and up to which dispatch point.
 struct IndexFlushed {
-    at: Option<Instant>,
+    at: Instant,
     dispatched: u64,
 }
 
@@ -289,8 +287,9 @@ impl MessageStore {
             abort_path,
             housekeeping: Signal::default(),
             stopping: AtomicBool::new(false),
-            checkpoint_lock: Mutex::new(()),
-            index_flushed: Mutex::new(IndexFlushed { at: None, dispatched: redispatch_from }),
+            // The old checkpoint vouched for the index up to where dispatch
+            // starts again; the checkpoint below flushes it in any case.
+            checkpoint_lock: Mutex::new(IndexFlushed { at: Instant::now(), dispatched: redispatch_from }),
             _lock_file: lock_file,
         });
         inner.write_checkpoint(IndexFlush::Now)?;
@@ -936,7 +935,7 @@ impl Inner {
     /// interval has passed), then records how far they and the commit log
     /// are durable: the dispatch point is the lower of the two.
     fn write_checkpoint(&self, index: IndexFlush) -> Result<()> {
-        let _guard = self.checkpoint_lock.lock();
+        let mut last = self.checkpoint_lock.lock();
         let dispatched = self.dispatcher.dispatched();
         for cq in self.queues.all() {
             cq.flush()?;
@@ -944,11 +943,9 @@ impl Inner {
         let dispatched_flushed = match &self.index {
             None => dispatched,
             Some(idx) => {
-                let mut last = self.index_flushed.lock();
-                let due = last.at.is_none_or(|at| at.elapsed() >= self.config.flush_interval_index);
-                if index == IndexFlush::Now || due {
+                if index == IndexFlush::Now || last.at.elapsed() >= self.config.flush_interval_index {
                     idx.flush()?;
-                    *last = IndexFlushed { at: Some(Instant::now()), dispatched };
+                    *last = IndexFlushed { at: Instant::now(), dispatched };
                 }
                 last.dispatched.min(dispatched)
             }
