@@ -26,6 +26,9 @@ fn populate(dir: &Path, n: u64) -> Vec<(u64, u32)> {
     out
 }
 
+/// Copies a store directory, also a live one: a file that goes away while
+/// the copy runs (a checkpoint's temporary file renamed into place) is
+/// left out, as a crash at that moment would find the directory.
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -34,7 +37,13 @@ fn copy_dir(from: &Path, to: &Path) {
         if entry.file_type().unwrap().is_dir() {
             copy_dir(&entry.path(), &target);
         } else {
-            std::fs::copy(entry.path(), target).unwrap();
+            match std::fs::copy(entry.path(), &target) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let _ = std::fs::remove_file(&target);
+                }
+                Err(e) => panic!("copying {}: {e}", entry.path().display()),
+            }
         }
     }
 }
