@@ -31,7 +31,7 @@ pub use rustls;
 
 pub use client::{ClientConfig, RemotingClient};
 pub use code::{request, response, LanguageCode};
-pub use command::{RemotingCommand, SerializeType};
+pub use command::{ExtFields, RemotingCommand, SerializeType};
 pub use connection::OutboundReservation;
 pub use connection::{BoxFuture, Connection, ConnectionConfig, RequestHandler};
 pub use error::{BadHeader, FrameError, HeaderError, RemotingError};
