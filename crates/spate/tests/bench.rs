@@ -285,7 +285,11 @@ fn grpc_produce_and_pop_drain_against_a_real_broker() {
     // A send still in flight when the run ended is stored but not counted.
     let received = drained["sent_ok"].as_u64().unwrap();
     assert!((n..=n + 4).contains(&received), "every acknowledged send was received: {drained}");
-    assert_eq!(drained["acked"].as_u64(), Some(received), "and acked: {drained}");
+    // Every one received was acked. The count stops at --count; a receive
+    // still under way then (a stored send the producer did not count) is
+    // acked after the count was taken, so acks may run up to the same slack.
+    let acked = drained["acked"].as_u64().unwrap();
+    assert!((received..=n + 4).contains(&acked), "and acked: {drained}");
     assert_eq!(drained["receive_errors"], 0, "{drained}");
     // A topic name the broker refuses: the run stops at its first send
     // and names the RocketMQ status code the broker answered.
