@@ -215,7 +215,7 @@ impl CommitLog {
             if seg.wrote() < seg.size() {
                 seg.expect_cold_writes();
                 if allocator.warms() {
-                    seg.warm_from(seg.wrote(), false, || false);
+                    seg.warm_from(seg.wrote(), false, allocator.warm_policy().through_file, || false);
                 }
             }
         }

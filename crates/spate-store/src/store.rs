@@ -209,6 +209,7 @@ impl MessageStore {
         let warm = crate::allocator::WarmPolicy {
             touch: config.warm_mapped_file_enable && !config.transient_store_pool_enable,
             lock: config.lock_mapped_file_enable,
+            through_file: config.flush_disk_type == crate::config::FlushDiskType::Async,
         };
         let allocator = Arc::new(Allocator::new(config.commit_log_dir(), config.mapped_file_size_commit_log, warm));
         let mut threads = Vec::new();
