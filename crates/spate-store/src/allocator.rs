@@ -124,12 +124,7 @@ impl Allocator {
         }
     }
 
-    /// Whether segments are warmed before hand-over.
-    pub fn warms(&self) -> bool {
-        self.warm.touch
-    }
-
-    /// How segments are warmed.
+    /// Whether and how segments are warmed before hand-over.
     pub fn warm_policy(&self) -> WarmPolicy {
         self.warm
     }

@@ -214,8 +214,9 @@ impl CommitLog {
         if let Some(seg) = &current {
             if seg.wrote() < seg.size() {
                 seg.expect_cold_writes();
-                if allocator.warms() {
-                    seg.warm_from(seg.wrote(), false, allocator.warm_policy().through_file, || false);
+                let warm = allocator.warm_policy();
+                if warm.touch {
+                    seg.warm_from(seg.wrote(), false, warm.through_file, || false);
                 }
             }
         }
@@ -257,7 +258,7 @@ impl CommitLog {
         // An empty log takes its first segment on the first append, which
         // would otherwise find it barely warmed and fault in the rest of it
         // on the append path: wait for it here, as long as a roll would.
-        if log.current_segment_end().is_none() && log.allocator.warms() {
+        if log.current_segment_end().is_none() && log.allocator.warm_policy().touch {
             let began = Instant::now();
             if !log.allocator.wait_ready(next, log.allocate_timeout) {
                 tracing::warn!(start = next, "first commit-log segment not prepared within allocateMappedFileTimeout");

@@ -402,7 +402,7 @@ impl Segment {
         let fresh = seen.checked_at.is_some_and(|at| now.saturating_duration_since(at) < RESIDENT_FRESH);
         // Only the pages past a fresh range that this one starts in need asking.
         let extends = fresh && seen.from_page <= from_page && from_page <= seen.to_page;
-        let ask_from = if extends { seen.to_page.max(from_page) } else { from_page };
+        let ask_from = if extends { seen.to_page } else { from_page };
         if ask_from >= to_page {
             return true;
         }
@@ -412,7 +412,7 @@ impl Segment {
         let mut slot = self.resident_seen.lock();
         *slot = if extends && slot.checked_at == seen.checked_at {
             // The range grows; its age stays that of its oldest check.
-            ResidentSeen { from_page: seen.from_page, to_page: to_page.max(seen.to_page), checked_at: seen.checked_at }
+            ResidentSeen { from_page: seen.from_page, to_page, checked_at: seen.checked_at }
         } else {
             ResidentSeen { from_page, to_page, checked_at: Some(now) }
         };
