@@ -27,7 +27,7 @@ use crate::index::IndexService;
 pub type DispatchListener = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
 
 /// Queues that grew in a batch: topic -> queue id -> new max offset.
-type Grown = HashMap<String, HashMap<i32, i64>>;
+type Grown = HashMap<String, HashMap<i32, i64, ahash::RandomState>, ahash::RandomState>;
 
 /// Builds consume queues and the index from the commit log.
 pub struct Dispatcher {
@@ -108,7 +108,7 @@ impl Dispatcher {
 
     fn dispatch_rounds(&self, mode: Mode) -> Result<Rounds> {
         let mut stopped = false;
-        let mut grown: Grown = HashMap::new();
+        let mut grown = Grown::default();
         let mut any = false;
         loop {
             let from = self.dispatched();
@@ -119,7 +119,9 @@ impl Dispatcher {
             let seg = self.commit_log.segment_for(from)?;
             let rel = from - seg.start_offset();
             let avail = seg.readable().saturating_sub(rel);
-            let mut chunk = seg.read(rel, avail.min(self.batch_bytes as u64) as usize);
+            // Borrowed, not copied: below the readable offset nothing is
+            // written again, and truncation waits for our lock.
+            let mut chunk = seg.bytes(rel, avail.min(self.batch_bytes as u64) as usize);
             let mut at = 0usize;
             let mut next = from;
             while at < chunk.len() {
@@ -128,7 +130,7 @@ impl Dispatcher {
                         if at + size > chunk.len() {
                             if at == 0 {
                                 // A record bigger than the batch: read it whole.
-                                chunk = seg.read(rel, size.min(avail as usize));
+                                chunk = seg.bytes(rel, size.min(avail as usize));
                                 if size > chunk.len() {
                                     break;
                                 }
@@ -204,8 +206,11 @@ impl Dispatcher {
             tracing::error!(offset, "record whose topic is not a valid name not dispatched");
             return Ok(true);
         }
-        let keys = rec.property(property::KEYS);
-        let uniq = rec.property(property::UNIQ_KEY);
+        let found = message::find_properties(
+            rec.properties,
+            [property::KEYS, property::UNIQ_KEY, property::TAGS, property::TIMER_OUT_MS],
+        );
+        let [keys, uniq, tags, timer_out] = found;
         let queue = match mode {
             Mode::Thread => self.queues.get_or_create(rec.topic, rec.queue_id)?,
             Mode::Inline => {
@@ -221,7 +226,7 @@ impl Dispatcher {
                 }
             }
         };
-        let tags_code = message::queue_tags_code(rec.topic, rec.properties);
+        let tags_code = message::queue_tags_code_of(rec.topic, tags, timer_out);
         let unit = CqUnit { physical_offset: offset, size: rec.total_size as u32, tags_code };
         queue.put(rec.queue_offset, unit)?;
         // Looked up by &str: no allocation per record once a topic is seen.
@@ -230,17 +235,19 @@ impl Dispatcher {
                 queues.insert(rec.queue_id, rec.queue_offset + 1);
             }
             None => {
-                grown.insert(rec.topic.to_string(), HashMap::from([(rec.queue_id, rec.queue_offset + 1)]));
+                let mut queues = HashMap::default();
+                queues.insert(rec.queue_id, rec.queue_offset + 1);
+                grown.insert(rec.topic.to_string(), queues);
             }
         }
         if let Some(index) = &self.index {
             if let Some(keys) = keys {
                 for key in keys.split(' ').filter(|k| !k.is_empty()) {
-                    index.put(&index_key(rec.topic, key), offset, rec.store_timestamp)?;
+                    index.put(rec.topic, key, offset, rec.store_timestamp)?;
                 }
             }
             if let Some(uniq) = uniq {
-                index.put(&index_key(rec.topic, uniq), offset, rec.store_timestamp)?;
+                index.put(rec.topic, uniq, offset, rec.store_timestamp)?;
             }
         }
         Ok(true)
@@ -260,9 +267,4 @@ enum Mode {
 struct Rounds {
     any: bool,
     stopped: bool,
-}
-
-/// The index key of a message key or unique id within a topic.
-pub fn index_key(topic: &str, key: &str) -> String {
-    format!("{topic}#{key}")
 }

@@ -44,9 +44,15 @@ const ENTRY_SIZE: usize = 20;
 /// Slack applied to time filters: entry times are stored in whole seconds.
 const TIME_SLACK_MS: i64 = 1000;
 
-/// Stable 32-bit hash of a key.
-fn key_hash(key: &str) -> u32 {
-    crc32fast::hash(key.as_bytes())
+/// Stable 32-bit hash of a message key within its topic: the CRC-32 of
+/// `topic#key`, computed in pieces so no string is built per entry (the
+/// dispatcher puts one or more entries per message).
+fn key_hash(topic: &str, key: &str) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(topic.as_bytes());
+    h.update(b"#");
+    h.update(key.as_bytes());
+    h.finalize()
 }
 
 fn file_size(slots: u32, capacity: u32) -> u64 {
@@ -375,10 +381,11 @@ impl IndexService {
         })
     }
 
-    /// Adds one key (e.g. `"TopicA#order-17"`) pointing at `phys_offset`.
-    /// Meant for the single dispatcher thread; keys arrive in increasing
-    /// offset order. Creates the next file when the current one is full.
-    pub fn put(&self, key: &str, phys_offset: u64, store_timestamp_ms: i64) -> Result<()> {
+    /// Adds one key of a topic (a message key or unique id) pointing at
+    /// `phys_offset`. Meant for the single dispatcher thread; keys arrive in
+    /// increasing offset order. Creates the next file when the current one
+    /// is full.
+    pub fn put(&self, topic: &str, key: &str, phys_offset: u64, store_timestamp_ms: i64) -> Result<()> {
         let mut w = self.writer.lock();
         let current = self.files.read().last().cloned();
         let file = match current {
@@ -392,7 +399,7 @@ impl IndexService {
                 f
             }
         };
-        file.put(key_hash(key), phys_offset, store_timestamp_ms);
+        file.put(key_hash(topic, key), phys_offset, store_timestamp_ms);
         Ok(())
     }
 
@@ -402,17 +409,17 @@ impl IndexService {
         self.files.read().last().is_some_and(|f| f.count.load(Ordering::Relaxed).saturating_add(keys) <= f.capacity)
     }
 
-    /// Newest-first offsets of entries whose key hash matches `key` and whose
+    /// Newest-first offsets of entries whose key hash matches `key` of `topic` and whose
     /// time lies in `[begin_ms, end_ms]` (with one second of slack either
     /// way), at most `max`, without duplicates. Hash collisions can yield
     /// offsets of other keys: callers verify against the record.
-    pub fn query(&self, key: &str, begin_ms: i64, end_ms: i64, max: usize) -> Vec<u64> {
+    pub fn query(&self, topic: &str, key: &str, begin_ms: i64, end_ms: i64, max: usize) -> Vec<u64> {
         let mut out = Vec::new();
         if max == 0 || begin_ms > end_ms {
             return out;
         }
         let (lo, hi) = (begin_ms.saturating_sub(TIME_SLACK_MS), end_ms.saturating_add(TIME_SLACK_MS));
-        let hash = key_hash(key);
+        let hash = key_hash(topic, key);
         let files = self.files.read().clone();
         let mut seen = HashSet::new();
         for f in files.iter().rev() {
@@ -533,19 +540,19 @@ mod tests {
     fn put_query_newest_first_with_time_range_and_max() {
         let dir = tempfile::tempdir().unwrap();
         let idx = IndexService::open(dir.path(), 1024, 64).unwrap();
-        assert_eq!(idx.query("T#a", 0, i64::MAX, 10), Vec::<u64>::new());
+        assert_eq!(idx.query("T", "a", 0, i64::MAX, 10), Vec::<u64>::new());
         for i in 0..10u64 {
-            idx.put("T#a", 100 * i, T0 + 10_000 * i as i64).unwrap();
-            idx.put("T#b", 100 * i + 50, T0 + 10_000 * i as i64).unwrap();
+            idx.put("T", "a", 100 * i, T0 + 10_000 * i as i64).unwrap();
+            idx.put("T", "b", 100 * i + 50, T0 + 10_000 * i as i64).unwrap();
         }
         let all: Vec<u64> = (0..10).rev().map(|i| 100 * i).collect();
-        assert_eq!(idx.query("T#a", T0, T0 + 100_000, 100), all);
-        assert_eq!(idx.query("T#a", 0, i64::MAX, 3), vec![900, 800, 700]);
-        assert_eq!(idx.query("T#a", T0 + 29_000, T0 + 41_000, 10), vec![400, 300]);
-        assert_eq!(idx.query("T#b", T0 + 50_000, T0 + 50_000, 10), vec![550]);
-        assert!(idx.query("T#a", T0 + 200_000, T0 + 300_000, 10).is_empty());
-        assert!(idx.query("T#zzz", 0, i64::MAX, 10).is_empty());
-        assert_eq!(idx.query("T#a", 0, i64::MAX, 0), Vec::<u64>::new());
+        assert_eq!(idx.query("T", "a", T0, T0 + 100_000, 100), all);
+        assert_eq!(idx.query("T", "a", 0, i64::MAX, 3), vec![900, 800, 700]);
+        assert_eq!(idx.query("T", "a", T0 + 29_000, T0 + 41_000, 10), vec![400, 300]);
+        assert_eq!(idx.query("T", "b", T0 + 50_000, T0 + 50_000, 10), vec![550]);
+        assert!(idx.query("T", "a", T0 + 200_000, T0 + 300_000, 10).is_empty());
+        assert!(idx.query("T", "zzz", 0, i64::MAX, 10).is_empty());
+        assert_eq!(idx.query("T", "a", 0, i64::MAX, 0), Vec::<u64>::new());
         assert_eq!(idx.max_phys_offset(), 950);
         assert_eq!(idx.file_count(), 1);
     }
@@ -555,16 +562,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idx = IndexService::open(dir.path(), 16, 8).unwrap();
         for i in 0..20u64 {
-            idx.put("T#k", i * 10, T0 + i as i64 * 1000).unwrap();
+            idx.put("T", "k", i * 10, T0 + i as i64 * 1000).unwrap();
         }
         // Entry number 0 is reserved, so each file holds 7 entries.
         assert_eq!(idx.file_count(), 3);
         assert_eq!(names(dir.path()), vec!["00000000000000000000", "00000000000000000001", "00000000000000000002"]);
         let want: Vec<u64> = (0..20).rev().map(|i| i * 10).collect();
-        assert_eq!(idx.query("T#k", 0, i64::MAX, 100), want);
-        assert_eq!(idx.query("T#k", 0, i64::MAX, 9), want[..9].to_vec());
+        assert_eq!(idx.query("T", "k", 0, i64::MAX, 100), want);
+        assert_eq!(idx.query("T", "k", 0, i64::MAX, 9), want[..9].to_vec());
         // Only the middle file overlaps this range.
-        assert_eq!(idx.query("T#k", T0 + 9_000, T0 + 10_000, 100), vec![110, 100, 90, 80]);
+        assert_eq!(idx.query("T", "k", T0 + 9_000, T0 + 10_000, 100), vec![110, 100, 90, 80]);
         idx.flush().unwrap();
     }
 
@@ -574,18 +581,18 @@ mod tests {
         {
             let idx = IndexService::open(dir.path(), 16, 8).unwrap();
             for i in 0..10u64 {
-                idx.put(&format!("T#{}", i % 3), i, T0 + i as i64).unwrap();
+                idx.put("T", &(i % 3).to_string(), i, T0 + i as i64).unwrap();
             }
             idx.flush().unwrap();
         }
         let idx = IndexService::open(dir.path(), 16, 8).unwrap();
         assert_eq!(idx.file_count(), 2);
         assert_eq!(idx.max_phys_offset(), 9);
-        assert_eq!(idx.query("T#0", 0, i64::MAX, 10), vec![9, 6, 3, 0]);
-        assert_eq!(idx.query("T#1", 0, i64::MAX, 10), vec![7, 4, 1]);
-        idx.put("T#1", 10, T0 + 10).unwrap();
+        assert_eq!(idx.query("T", "0", 0, i64::MAX, 10), vec![9, 6, 3, 0]);
+        assert_eq!(idx.query("T", "1", 0, i64::MAX, 10), vec![7, 4, 1]);
+        idx.put("T", "1", 10, T0 + 10).unwrap();
         assert_eq!(idx.file_count(), 2);
-        assert_eq!(idx.query("T#1", 0, i64::MAX, 10), vec![10, 7, 4, 1]);
+        assert_eq!(idx.query("T", "1", 0, i64::MAX, 10), vec![10, 7, 4, 1]);
         drop(idx);
         // Different settings: the files no longer fit and are discarded.
         let idx = IndexService::open(dir.path(), 32, 8).unwrap();
@@ -598,14 +605,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idx = IndexService::open(dir.path(), 16, 8).unwrap();
         for i in 0..21u64 {
-            idx.put("T#k", 1000 + i * 100, T0).unwrap();
+            idx.put("T", "k", 1000 + i * 100, T0).unwrap();
         }
         // Files: [1000..=1600], [1700..=2300], [2400..=3000].
         assert_eq!(idx.file_count(), 3);
         assert_eq!(idx.delete_files_below(1600).unwrap(), 0);
         assert_eq!(idx.delete_files_below(1601).unwrap(), 1);
         assert_eq!(idx.file_count(), 2);
-        assert_eq!(idx.query("T#k", 0, i64::MAX, 100).last(), Some(&1700));
+        assert_eq!(idx.query("T", "k", 0, i64::MAX, 100).last(), Some(&1700));
         // The newest file is never deleted by retention.
         assert_eq!(idx.delete_files_below(u64::MAX).unwrap(), 1);
         assert_eq!(idx.file_count(), 1);
@@ -614,19 +621,19 @@ mod tests {
         let idx2dir = tempfile::tempdir().unwrap();
         let idx = IndexService::open(idx2dir.path(), 16, 8).unwrap();
         for i in 0..21u64 {
-            idx.put("T#k", 1000 + i * 100, T0).unwrap();
+            idx.put("T", "k", 1000 + i * 100, T0).unwrap();
         }
         idx.truncate_after(2000).unwrap();
         assert_eq!(idx.file_count(), 2);
         assert_eq!(idx.max_phys_offset(), 2000);
         // Entries past the cut in a surviving file remain (callers verify).
-        assert_eq!(idx.query("T#k", 0, i64::MAX, 100).len(), 14);
+        assert_eq!(idx.query("T", "k", 0, i64::MAX, 100).len(), 14);
         idx.truncate_after(1000).unwrap();
         assert_eq!(idx.file_count(), 0);
         assert_eq!(idx.max_phys_offset(), 0);
-        idx.put("T#k", 1000, T0).unwrap();
+        idx.put("T", "k", 1000, T0).unwrap();
         assert_eq!(names(idx2dir.path()), vec!["00000000000000000003"]);
-        assert_eq!(idx.query("T#k", 0, i64::MAX, 100), vec![1000]);
+        assert_eq!(idx.query("T", "k", 0, i64::MAX, 100), vec![1000]);
     }
 
     #[test]
@@ -639,9 +646,9 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), b"not an index file").unwrap();
         let idx = IndexService::open(dir.path(), 16, 8).unwrap();
         assert_eq!(idx.file_count(), 0);
-        idx.put("T#k", 1, T0).unwrap();
+        idx.put("T", "k", 1, T0).unwrap();
         assert_eq!(names(dir.path()), vec!["00000000000000000008", "notes.txt"]);
-        assert_eq!(idx.query("T#k", 0, i64::MAX, 10), vec![1]);
+        assert_eq!(idx.query("T", "k", 0, i64::MAX, 10), vec![1]);
         assert!(IndexService::open(dir.path(), 0, 8).is_err());
         assert!(IndexService::open(dir.path(), 16, 1).is_err());
     }
@@ -652,7 +659,7 @@ mod tests {
         {
             let idx = IndexService::open(dir.path(), 4, 64).unwrap();
             for i in 0..5u64 {
-                idx.put("T#k", i, T0).unwrap();
+                idx.put("T", "k", i, T0).unwrap();
             }
         }
         // Entry n holds offset n - 1. Point entry 3 back at entry 4: a cycle.
@@ -662,7 +669,7 @@ mod tests {
         bytes[at..at + 4].copy_from_slice(&4i32.to_be_bytes());
         std::fs::write(&path, &bytes).unwrap();
         let idx = IndexService::open(dir.path(), 4, 64).unwrap();
-        assert_eq!(idx.query("T#k", 0, i64::MAX, 100), vec![4, 3, 2]);
+        assert_eq!(idx.query("T", "k", 0, i64::MAX, 100), vec![4, 3, 2]);
     }
 
     #[test]
@@ -672,11 +679,11 @@ mod tests {
         let mut want: Vec<Vec<u64>> = vec![Vec::new(); 5];
         for i in 0..40u64 {
             let k = (i * 7 % 5) as usize;
-            idx.put(&format!("T#key-{k}"), i, T0 + i as i64 * 100).unwrap();
+            idx.put("T", &format!("key-{k}"), i, T0 + i as i64 * 100).unwrap();
             want[k].insert(0, i);
         }
         for (k, offsets) in want.iter().enumerate() {
-            let got = idx.query(&format!("T#key-{k}"), 0, i64::MAX, 100);
+            let got = idx.query("T", &format!("key-{k}"), 0, i64::MAX, 100);
             // Any extra candidate would be a full 32-bit hash collision;
             // the expected offsets must all be there, newest first.
             let mine: Vec<u64> = got.iter().copied().filter(|o| offsets.contains(o)).collect();
@@ -692,17 +699,26 @@ mod tests {
             let idx = Arc::clone(&idx);
             std::thread::spawn(move || {
                 for _ in 0..2000 {
-                    let got = idx.query("T#even", 0, i64::MAX, 1000);
+                    let got = idx.query("T", "even", 0, i64::MAX, 1000);
                     assert!(got.iter().all(|o| o % 2 == 0));
                     assert!(got.windows(2).all(|w| w[0] > w[1]), "not newest first: {got:?}");
                 }
             })
         };
         for i in 0..2000u64 {
-            let key = if i % 2 == 0 { "T#even" } else { "T#odd" };
-            idx.put(key, i, T0 + i as i64).unwrap();
+            let key = if i % 2 == 0 { "even" } else { "odd" };
+            idx.put("T", key, i, T0 + i as i64).unwrap();
         }
         reader.join().unwrap();
-        assert_eq!(idx.query("T#even", 0, i64::MAX, 10_000).len(), 1000);
+        assert_eq!(idx.query("T", "even", 0, i64::MAX, 10_000).len(), 1000);
+    }
+
+    #[test]
+    fn a_key_hashes_as_its_topic_and_key_joined_by_a_hash_sign() {
+        // Index files written before the hash was computed in pieces hold
+        // the CRC-32 of the joined string; both must find the same slots.
+        for (topic, key) in [("T", "k"), ("TopicA", "order-17"), ("", ""), ("t", "a#b")] {
+            assert_eq!(key_hash(topic, key), crc32fast::hash(format!("{topic}#{key}").as_bytes()));
+        }
     }
 }

@@ -18,7 +18,7 @@ use crate::checkpoint::{Checkpoint, EpochEntry, EpochFile};
 use crate::commit_log::{now_ms, AppendResult, CommitLog};
 use crate::config::StoreConfig;
 use crate::consume_queue::{ConsumeQueue, ConsumeQueueTable};
-use crate::dispatch::{index_key, DispatchListener, Dispatcher};
+use crate::dispatch::{DispatchListener, Dispatcher};
 use crate::error::{Result, StoreError};
 use crate::flush::{FlushPolicy, FlushWait, Flusher};
 use crate::index::IndexService;
@@ -676,7 +676,7 @@ impl MessageStore {
     pub fn query_by_key(&self, topic: &str, key: &str, begin_ms: i64, end_ms: i64, max: usize) -> Result<Vec<Vec<u8>>> {
         let Some(index) = &self.inner.index else { return Ok(Vec::new()) };
         let max = max.min(self.inner.config.max_msgs_num_batch);
-        let candidates = index.query(&index_key(topic, key), begin_ms, end_ms, max.saturating_mul(4).max(max));
+        let candidates = index.query(topic, key, begin_ms, end_ms, max.saturating_mul(4).max(max));
         let mut out = Vec::new();
         for offset in candidates {
             if out.len() >= max {
