@@ -3,8 +3,12 @@
 //! separation, pre-locked write buffers.
 //!
 //! The writer asks for segment `start` as soon as it begins the one before,
-//! so by the time it rolls over the file is ready and taking it is a mutex
-//! hand-off, not a file creation.
+//! and the thread prepares that one and the one after it (upstream's "next"
+//! and "next next" files), so by the time the writer rolls over the file is
+//! ready and taking it is a mutex hand-off, not a file creation. Two ahead,
+//! not one: on a machine whose every new page costs the hypervisor a fault
+//! (BENCHMARKS.md), warming one segment took most of the time a fast writer
+//! needs to fill one, and any hiccup made the writer wait at the roll.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,14 +21,21 @@ use parking_lot::{Condvar, Mutex};
 use crate::error::{Result, StoreError};
 use crate::segment::Segment;
 
+/// Segments prepared ahead of the writer: the one it rolls into next and
+/// the one after.
+pub const SEGMENTS_AHEAD: usize = 2;
+
 #[derive(Default)]
 struct Slot {
-    requested: Option<u64>,
+    /// Starts wanted, the nearest first; at most [`SEGMENTS_AHEAD`].
+    wanted: Vec<u64>,
     /// The start the thread is preparing now.
     in_progress: Option<u64>,
     /// The start a writer is blocked on.
     waiting: Option<u64>,
-    ready: Option<(u64, Result<Segment>)>,
+    /// Prepared segments not yet taken; only wanted starts, so at most
+    /// [`SEGMENTS_AHEAD`].
+    ready: Vec<(u64, Result<Segment>)>,
     /// Full segments whose read-ahead is to be turned back on.
     retired: Vec<Arc<Segment>>,
     shutdown: bool,
@@ -74,20 +85,30 @@ impl Allocator {
         }
     }
 
-    /// Asks for the segment starting at `start` to be prepared. Replaces any
-    /// earlier request that was not taken (a prepared file for it is left on
-    /// disk; recovery ignores empty files past the end).
+    /// Asks for the segment starting at `start`, and the one after it, to
+    /// be prepared. Replaces any earlier request that was not taken (a
+    /// prepared file for it is left on disk; recovery removes empty files
+    /// past the end).
     pub fn request(&self, start: u64) {
         let mut slot = self.slot.lock();
-        if slot.requested == Some(start)
-            || slot.in_progress == Some(start)
-            || matches!(slot.ready, Some((s, _)) if s == start)
-        {
+        self.want_from(&mut slot, start);
+    }
+
+    /// Makes `start` and the segments after it, [`SEGMENTS_AHEAD`] in all,
+    /// the wanted ones; forgets prepared segments no longer wanted.
+    fn want_from(&self, slot: &mut Slot, start: u64) {
+        if slot.wanted.first() == Some(&start) {
             return;
         }
-        slot.requested = Some(start);
-        slot.ready = None;
+        let wanted: Vec<u64> = (0..SEGMENTS_AHEAD as u64).map(|i| start + i * self.size).collect();
+        slot.ready.retain(|(s, _)| wanted.contains(s));
+        slot.wanted = wanted;
         self.changed.notify_all();
+    }
+
+    /// The nearest wanted start that is neither prepared nor being prepared.
+    fn next_to_prepare(slot: &Slot) -> Option<u64> {
+        slot.wanted.iter().copied().find(|s| slot.in_progress != Some(*s) && !slot.ready.iter().any(|(r, _)| r == s))
     }
 
     /// Takes the segment starting at `start`, waiting up to `timeout` for
@@ -97,23 +118,19 @@ impl Allocator {
         let deadline = began + timeout;
         let mut slot = self.slot.lock();
         loop {
-            if let Some((s, _)) = &slot.ready {
-                if *s == start {
-                    slot.waiting = None;
-                    let (_, seg) = slot.ready.take().ok_or(StoreError::Busy("segment allocator"))?;
-                    let waited = began.elapsed().as_micros() as u64;
-                    self.wait_us_max.fetch_max(waited, Ordering::Relaxed);
-                    return seg;
-                }
+            if let Some(i) = slot.ready.iter().position(|(s, _)| *s == start) {
+                slot.waiting = None;
+                let (_, seg) = slot.ready.swap_remove(i);
+                let waited = began.elapsed().as_micros() as u64;
+                self.wait_us_max.fetch_max(waited, Ordering::Relaxed);
+                return seg;
             }
             if slot.shutdown {
                 slot.waiting = None;
                 return Err(StoreError::ShutDown);
             }
-            if slot.requested != Some(start) && slot.in_progress != Some(start) {
-                slot.requested = Some(start);
-                slot.ready = None;
-                self.changed.notify_all();
+            if !slot.wanted.contains(&start) {
+                self.want_from(&mut slot, start);
             }
             // Tells the thread to cut warming short: we are blocked on it.
             slot.waiting = Some(start);
@@ -136,16 +153,14 @@ impl Allocator {
         let deadline = Instant::now() + timeout;
         let mut slot = self.slot.lock();
         loop {
-            if matches!(slot.ready, Some((s, _)) if s == start) {
+            if slot.ready.iter().any(|(s, _)| *s == start) {
                 return true;
             }
             if slot.shutdown {
                 return false;
             }
-            if slot.requested != Some(start) && slot.in_progress != Some(start) {
-                slot.requested = Some(start);
-                slot.ready = None;
-                self.changed.notify_all();
+            if !slot.wanted.contains(&start) {
+                self.want_from(&mut slot, start);
             }
             if self.changed.wait_until(&mut slot, deadline).timed_out() {
                 return false;
@@ -185,7 +200,7 @@ impl Allocator {
                         slot = self.slot.lock();
                         continue;
                     }
-                    if let Some(start) = slot.requested.take() {
+                    if let Some(start) = Self::next_to_prepare(&slot) {
                         slot.in_progress = Some(start);
                         break start;
                     }
@@ -223,10 +238,10 @@ impl Allocator {
             }
             let mut slot = self.slot.lock();
             slot.in_progress = None;
-            // A newer request supersedes this one; keep only what is wanted.
-            if slot.requested.is_none() || slot.requested == Some(start) {
-                slot.requested = None;
-                slot.ready = Some((start, seg));
+            // A newer request may have superseded this one; keep only what
+            // is wanted (the file stays on disk, empty).
+            if slot.wanted.contains(&start) {
+                slot.ready.push((start, seg));
             }
             self.changed.notify_all();
         }
@@ -367,7 +382,7 @@ mod tests {
         assert!(!full.has_cold_writes());
         alloc.shutdown();
         t.join().unwrap();
-        assert!(matches!(alloc.take(131072, Duration::from_millis(10)), Err(StoreError::ShutDown)));
+        assert!(matches!(alloc.take(1 << 40, Duration::from_millis(10)), Err(StoreError::ShutDown)));
     }
 
     #[test]
@@ -387,6 +402,39 @@ mod tests {
         alloc.shutdown();
         t.join().unwrap();
         assert!(!alloc.wait_ready(65536, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn prepares_the_next_two_and_forgets_what_a_new_request_passes_over() {
+        const SIZE: u64 = 65536;
+        let dir = tempfile::tempdir().unwrap();
+        let alloc = Arc::new(Allocator::new(
+            dir.path().to_path_buf(),
+            SIZE,
+            WarmPolicy { touch: true, lock: false, through_file: true },
+        ));
+        let runner = alloc.clone();
+        let t = std::thread::spawn(move || runner.run());
+        alloc.request(0);
+        assert!(alloc.wait_ready(0, Duration::from_secs(5)));
+        assert!(alloc.wait_ready(SIZE, Duration::from_secs(5)), "the one after is prepared too");
+        assert_eq!(alloc.take(0, Duration::ZERO).unwrap().start_offset(), 0);
+        // Rolling into the next: it is there at once, and the one after it
+        // is prepared in turn.
+        alloc.request(SIZE);
+        assert_eq!(alloc.take(SIZE, Duration::ZERO).unwrap().start_offset(), SIZE);
+        alloc.request(2 * SIZE);
+        assert!(alloc.wait_ready(3 * SIZE, Duration::from_secs(5)));
+        assert!(alloc.wait_ready(2 * SIZE, Duration::ZERO));
+        // A truncation asks for an earlier start: what lies past the new
+        // pair is no longer offered (its file stays, empty, for recovery).
+        alloc.request(SIZE);
+        assert!(alloc.wait_ready(SIZE, Duration::from_secs(5)));
+        assert!(alloc.wait_ready(2 * SIZE, Duration::from_secs(5)));
+        assert!(!alloc.slot.lock().ready.iter().any(|(s, _)| *s == 3 * SIZE));
+        assert!(alloc.slot.lock().ready.len() <= SEGMENTS_AHEAD);
+        alloc.shutdown();
+        t.join().unwrap();
     }
 
     #[test]
