@@ -376,6 +376,11 @@ fn store_prints_json_with_every_field_in_open_loop_and_at_maximum_rate() {
     assert!(v["p50_us"].as_u64() <= v["p99_us"].as_u64() && v["p99_us"].as_u64() <= v["max_us"].as_u64(), "{v}");
     assert!(v["p50_ns"].as_u64().unwrap() > 0, "nanosecond percentiles: {v}");
     assert!(v["producer_minor_faults"].is_i64() && v["fdatasync_p50_us"].as_f64().unwrap() > 0.0, "{v}");
+    // What each store thread cost: the flusher ran (async flush, every
+    // interval), and every entry has both figures.
+    let threads = v["store_threads_ms"].as_object().unwrap_or_else(|| panic!("store_threads_ms: {v}"));
+    assert!(threads.contains_key("spate-flusher") && threads.contains_key("spate-allocator"), "{v}");
+    assert!(threads.values().all(|t| t["run"].is_u64() && t["wait"].is_u64()), "{v}");
     // Sync flush, 4 producers as fast as they can: group commits happen.
     let v = bench(&[&common[..], &["--flush", "sync", "--producers", "4", "--rate", "0"]].concat());
     for f in FIELDS {

@@ -205,6 +205,7 @@ fn run_blocking(args: &StoreArgs) -> Result<StoreReport> {
     }
     let before = store.stats();
     let steal_before = super::procstat::steal_ms_per_cpu();
+    let threads_before = store_thread_times();
 
     let start = Instant::now() + SCHEDULE_LEAD;
     let plan = Plan {
@@ -222,12 +223,56 @@ fn run_blocking(args: &StoreArgs) -> Result<StoreReport> {
     let elapsed = start.elapsed().min(args.duration + ELAPSED_OVER_DURATION_MAX);
     let after = store.stats();
     let steal = super::procstat::steal_between(&steal_before, &super::procstat::steal_ms_per_cpu());
+    let threads = store_thread_ms(&threads_before, &store_thread_times());
     store.shutdown().context("shutting the store down")?;
     let mut report = build_report(args, elapsed, tally, &before, &after, fdatasync_p50_us)?;
     if let Some(steal) = steal {
         report.report.extra.insert("cpu_steal_ms".into(), json!(steal));
     }
+    report.report.extra.insert("store_threads_ms".into(), threads);
     Ok(report)
+}
+
+/// Nanoseconds each store thread (named `spate-*`) has run and waited
+/// for a CPU, by thread name, from `/proc/self/task/*/schedstat`. Threads
+/// sharing a name are added up.
+fn store_thread_times() -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for entry in tasks.flatten() {
+        // A thread may exit between the listing and the reads.
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !comm.starts_with("spate-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("schedstat")).unwrap_or_default();
+        let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
+        let (run, wait) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
+        let slot = out.entry(comm.to_string()).or_insert((0, 0));
+        slot.0 += run;
+        slot.1 += wait;
+    }
+    out
+}
+
+/// What each store thread cost over the measured window: milliseconds on
+/// a CPU (`run`) and runnable but waiting for one (`wait`). The store's
+/// threads compete for the CPUs the producers leave (with `--pin`, all
+/// but CPU 0), so this says which of them falls behind, and why.
+fn store_thread_ms(before: &BTreeMap<String, (u64, u64)>, after: &BTreeMap<String, (u64, u64)>) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, (run, wait)) in after {
+        let (run0, wait0) = before.get(name).copied().unwrap_or((0, 0));
+        out.insert(
+            name.clone(),
+            json!({
+                "run": run.saturating_sub(run0) / 1_000_000,
+                "wait": wait.saturating_sub(wait0) / 1_000_000,
+            }),
+        );
+    }
+    Value::Object(out)
 }
 
 fn store_config(args: &StoreArgs, dir: &Path) -> Result<StoreConfig> {
