@@ -3,12 +3,14 @@
 //! separation, pre-locked write buffers.
 //!
 //! The writer asks for segment `start` as soon as it begins the one before,
-//! and the thread prepares that one and the one after it (upstream's "next"
-//! and "next next" files), so by the time the writer rolls over the file is
-//! ready and taking it is a mutex hand-off, not a file creation. Two ahead,
-//! not one: on a machine whose every new page costs the hypervisor a fault
+//! so by the time it rolls over the file is ready and taking it is a mutex
+//! hand-off, not a file creation. Once the writer has rolled, the thread
+//! prepares the one after it as well (upstream's "next" and "next next"
+//! files): on a machine whose every new page costs the hypervisor a fault
 //! (BENCHMARKS.md), warming one segment took most of the time a fast writer
-//! needs to fill one, and any hiccup made the writer wait at the roll.
+//! needs to fill one, and any hiccup made the writer wait at the roll. Not
+//! before the first roll: a store that has just opened, and may fill its
+//! segment slowly, is not made to warm two segments' worth of memory.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,22 +87,29 @@ impl Allocator {
         }
     }
 
-    /// Asks for the segment starting at `start`, and the one after it, to
-    /// be prepared. Replaces any earlier request that was not taken (a
-    /// prepared file for it is left on disk; recovery removes empty files
-    /// past the end).
+    /// Asks for the segment starting at `start` to be prepared. Replaces
+    /// any earlier request that was not taken (a prepared file for it is
+    /// left on disk; recovery removes empty files past the end).
     pub fn request(&self, start: u64) {
         let mut slot = self.slot.lock();
-        self.want_from(&mut slot, start);
+        self.want_from(&mut slot, start, 1);
     }
 
-    /// Makes `start` and the segments after it, [`SEGMENTS_AHEAD`] in all,
-    /// the wanted ones; forgets prepared segments no longer wanted.
-    fn want_from(&self, slot: &mut Slot, start: u64) {
-        if slot.wanted.first() == Some(&start) {
+    /// As [`Allocator::request`], and the segment after it too
+    /// ([`SEGMENTS_AHEAD`] in all): for the writer that has just rolled.
+    pub fn request_ahead(&self, start: u64) {
+        let mut slot = self.slot.lock();
+        self.want_from(&mut slot, start, SEGMENTS_AHEAD);
+    }
+
+    /// Makes `start` and the `count - 1` segments after it the wanted ones;
+    /// forgets prepared segments no longer wanted.
+    fn want_from(&self, slot: &mut Slot, start: u64, count: usize) {
+        let count = count.clamp(1, SEGMENTS_AHEAD) as u64;
+        let wanted: Vec<u64> = (0..count).map(|i| start + i * self.size).collect();
+        if slot.wanted == wanted {
             return;
         }
-        let wanted: Vec<u64> = (0..SEGMENTS_AHEAD as u64).map(|i| start + i * self.size).collect();
         slot.ready.retain(|(s, _)| wanted.contains(s));
         slot.wanted = wanted;
         self.changed.notify_all();
@@ -130,7 +139,7 @@ impl Allocator {
                 return Err(StoreError::ShutDown);
             }
             if !slot.wanted.contains(&start) {
-                self.want_from(&mut slot, start);
+                self.want_from(&mut slot, start, 1);
             }
             // Tells the thread to cut warming short: we are blocked on it.
             slot.waiting = Some(start);
@@ -160,7 +169,7 @@ impl Allocator {
                 return false;
             }
             if !slot.wanted.contains(&start) {
-                self.want_from(&mut slot, start);
+                self.want_from(&mut slot, start, 1);
             }
             if self.changed.wait_until(&mut slot, deadline).timed_out() {
                 return false;
@@ -405,7 +414,7 @@ mod tests {
     }
 
     #[test]
-    fn prepares_the_next_two_and_forgets_what_a_new_request_passes_over() {
+    fn prepares_the_next_two_once_rolled_and_forgets_what_a_new_request_passes_over() {
         const SIZE: u64 = 65536;
         let dir = tempfile::tempdir().unwrap();
         let alloc = Arc::new(Allocator::new(
@@ -415,23 +424,27 @@ mod tests {
         ));
         let runner = alloc.clone();
         let t = std::thread::spawn(move || runner.run());
+        // Opening: the first segment only.
         alloc.request(0);
         assert!(alloc.wait_ready(0, Duration::from_secs(5)));
-        assert!(alloc.wait_ready(SIZE, Duration::from_secs(5)), "the one after is prepared too");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(alloc.slot.lock().ready.len(), 1, "nothing past the one asked for");
         assert_eq!(alloc.take(0, Duration::ZERO).unwrap().start_offset(), 0);
+        // Rolled: the next and the one after it.
+        alloc.request_ahead(SIZE);
+        assert!(alloc.wait_ready(SIZE, Duration::from_secs(5)));
+        assert!(alloc.wait_ready(2 * SIZE, Duration::from_secs(5)), "the one after is prepared too");
         // Rolling into the next: it is there at once, and the one after it
         // is prepared in turn.
-        alloc.request(SIZE);
         assert_eq!(alloc.take(SIZE, Duration::ZERO).unwrap().start_offset(), SIZE);
-        alloc.request(2 * SIZE);
+        alloc.request_ahead(2 * SIZE);
         assert!(alloc.wait_ready(3 * SIZE, Duration::from_secs(5)));
         assert!(alloc.wait_ready(2 * SIZE, Duration::ZERO));
-        // A truncation asks for an earlier start: what lies past the new
-        // pair is no longer offered (its file stays, empty, for recovery).
+        // A truncation asks for an earlier start: what lies past it is no
+        // longer offered (its file stays, empty, for recovery).
         alloc.request(SIZE);
         assert!(alloc.wait_ready(SIZE, Duration::from_secs(5)));
-        assert!(alloc.wait_ready(2 * SIZE, Duration::from_secs(5)));
-        assert!(!alloc.slot.lock().ready.iter().any(|(s, _)| *s == 3 * SIZE));
+        assert!(!alloc.slot.lock().ready.iter().any(|(s, _)| *s >= 2 * SIZE));
         assert!(alloc.slot.lock().ready.len() <= SEGMENTS_AHEAD);
         alloc.shutdown();
         t.join().unwrap();

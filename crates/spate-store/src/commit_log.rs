@@ -403,7 +403,7 @@ impl CommitLog {
             }
             Err(e) => return Err(e),
         };
-        self.allocator.request(next_start + self.segment_size);
+        self.allocator.request_ahead(next_start + self.segment_size);
         if let Some(full) = w.current.take() {
             self.allocator.retire(full);
         }

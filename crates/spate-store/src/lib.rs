@@ -31,7 +31,7 @@
 //!
 //! The append path ([`MessageStore::put_message`]) is a memory copy under the
 //! writer lock; it does no file I/O. Blocking work runs on the store's own
-//! threads: allocator (next two segments), flusher (fdatasync / group commit),
+//! threads: allocator (next segments), flusher (fdatasync / group commit),
 //! committer (read/write separation), dispatcher (consume queues, index)
 //! and housekeeping (checkpoint, retention).
 
