@@ -33,6 +33,11 @@ struct Slot {
     wanted: Vec<u64>,
     /// The start the thread is preparing now.
     in_progress: Option<u64>,
+    /// The start in progress stopped being wanted while it was prepared
+    /// (a truncation asked for an earlier one, and may have deleted its
+    /// file): what the thread made of it is dropped, even if the same
+    /// start is wanted again by the time it is done.
+    cancelled: bool,
     /// The start a writer is blocked on.
     waiting: Option<u64>,
     /// Prepared segments not yet taken; only wanted starts, so at most
@@ -110,6 +115,9 @@ impl Allocator {
         if slot.wanted == wanted {
             return;
         }
+        if slot.in_progress.is_some_and(|s| !wanted.contains(&s)) {
+            slot.cancelled = true;
+        }
         slot.ready.retain(|(s, _)| wanted.contains(s));
         slot.wanted = wanted;
         self.changed.notify_all();
@@ -130,6 +138,10 @@ impl Allocator {
             if let Some(i) = slot.ready.iter().position(|(s, _)| *s == start) {
                 slot.waiting = None;
                 let (_, seg) = slot.ready.swap_remove(i);
+                // Taken: no longer to be prepared. Left wanted, the thread
+                // could pick it again before the writer asks for the next
+                // ones, and warm (zero) the file the writer is filling.
+                slot.wanted.retain(|s| *s != start);
                 let waited = began.elapsed().as_micros() as u64;
                 self.wait_us_max.fetch_max(waited, Ordering::Relaxed);
                 return seg;
@@ -211,6 +223,7 @@ impl Allocator {
                     }
                     if let Some(start) = Self::next_to_prepare(&slot) {
                         slot.in_progress = Some(start);
+                        slot.cancelled = false;
                         break start;
                     }
                     self.changed.wait(&mut slot);
@@ -230,7 +243,7 @@ impl Allocator {
                     let complete = !self.warm.touch
                         || seg.warm(self.warm.lock, self.warm.through_file, || {
                             let slot = self.slot.lock();
-                            slot.shutdown || slot.waiting == Some(start)
+                            slot.shutdown || slot.cancelled || slot.waiting == Some(start)
                         });
                     // The warmed pages stay dirty zeros, mapped writable:
                     // the writer then takes no fault on them, and only the
@@ -239,21 +252,31 @@ impl Allocator {
                     // traffic and left every page clean and write-protected,
                     // a fault per page on the append path.
                     if !complete {
-                        tracing::warn!(start, "writer caught up with warming; handing over a partly warmed segment");
+                        tracing::warn!(
+                            start,
+                            "warming cut short: the writer caught up with it, or it is no longer wanted"
+                        );
                     }
                     tracing::debug!(start, elapsed_ms = began.elapsed().as_millis() as u64, "next segment ready");
                 }
                 Err(e) => tracing::error!(start, error = %e, "cannot prepare next commit-log segment"),
             }
-            let mut slot = self.slot.lock();
-            slot.in_progress = None;
-            // A newer request may have superseded this one; keep only what
-            // is wanted (the file stays on disk, empty).
-            if slot.wanted.contains(&start) {
-                slot.ready.push((start, seg));
-            }
-            self.changed.notify_all();
+            self.prepared(start, seg);
         }
+    }
+
+    /// Offers what the thread made of `start`, if it is still wanted.
+    fn prepared(&self, start: u64, seg: Result<Segment>) {
+        let mut slot = self.slot.lock();
+        slot.in_progress = None;
+        // A newer request may have superseded this one; keep only what is
+        // wanted and was never withdrawn meanwhile (the file stays on disk,
+        // empty, or was deleted by the truncation that withdrew it).
+        if slot.wanted.contains(&start) && !std::mem::take(&mut slot.cancelled) {
+            slot.ready.push((start, seg));
+        }
+        slot.cancelled = false;
+        self.changed.notify_all();
     }
 
     /// Stops the thread; waiting takers get [`StoreError::ShutDown`].
@@ -448,6 +471,43 @@ mod tests {
         assert!(alloc.slot.lock().ready.len() <= SEGMENTS_AHEAD);
         alloc.shutdown();
         t.join().unwrap();
+    }
+
+    #[test]
+    fn a_taken_segment_is_never_prepared_again() {
+        // No thread: the state machine alone, as the thread would see it.
+        let dir = tempfile::tempdir().unwrap();
+        let alloc = Allocator::new(dir.path().to_path_buf(), 65536, WarmPolicy::default());
+        alloc.request_ahead(0);
+        alloc.slot.lock().in_progress = Some(0);
+        alloc.prepared(0, Segment::create(dir.path(), 0, 65536, false, false));
+        assert_eq!(alloc.take(0, Duration::ZERO).unwrap().start_offset(), 0);
+        // Between the take and the writer's next request the thread must
+        // not pick the segment the writer is now filling.
+        let slot = alloc.slot.lock();
+        assert_eq!(Allocator::next_to_prepare(&slot), Some(65536));
+        assert!(!slot.wanted.contains(&0));
+    }
+
+    #[test]
+    fn a_segment_withdrawn_while_prepared_is_dropped_even_if_wanted_again() {
+        const SIZE: u64 = 65536;
+        let dir = tempfile::tempdir().unwrap();
+        let alloc = Allocator::new(dir.path().to_path_buf(), SIZE, WarmPolicy::default());
+        // Preparing 2 * SIZE, the second one ahead...
+        alloc.request_ahead(SIZE);
+        alloc.slot.lock().in_progress = Some(2 * SIZE);
+        let seg = Segment::create(dir.path(), 2 * SIZE, SIZE, false, false);
+        // ...when a truncation withdraws it (and deletes its file), then
+        // the writer rolls and wants it again before the thread is done.
+        alloc.request(SIZE);
+        std::fs::remove_file(dir.path().join(crate::segment::file_name(2 * SIZE))).unwrap();
+        alloc.request_ahead(SIZE);
+        alloc.prepared(2 * SIZE, seg);
+        let slot = alloc.slot.lock();
+        assert!(slot.ready.is_empty(), "a deleted file must not be handed to the writer");
+        assert_eq!(Allocator::next_to_prepare(&slot), Some(SIZE));
+        assert!(!slot.cancelled);
     }
 
     #[test]
