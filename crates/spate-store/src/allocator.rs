@@ -107,6 +107,19 @@ impl Allocator {
         self.want_from(&mut slot, start, SEGMENTS_AHEAD);
     }
 
+    /// Forgets every prepared segment and cancels the one in progress, and
+    /// wants none until asked again (a truncation is about to delete the
+    /// files past its cut).
+    pub fn withdraw(&self) {
+        let mut slot = self.slot.lock();
+        slot.wanted.clear();
+        slot.ready.clear();
+        if slot.in_progress.is_some() {
+            slot.cancelled = true;
+        }
+        self.changed.notify_all();
+    }
+
     /// Makes `start` and the `count - 1` segments after it the wanted ones;
     /// forgets prepared segments no longer wanted.
     fn want_from(&self, slot: &mut Slot, start: u64, count: usize) {
@@ -500,8 +513,9 @@ mod tests {
         let seg = Segment::create(dir.path(), 2 * SIZE, SIZE, false, false);
         // ...when a truncation withdraws it (and deletes its file), then
         // the writer rolls and wants it again before the thread is done.
-        alloc.request(SIZE);
+        alloc.withdraw();
         std::fs::remove_file(dir.path().join(crate::segment::file_name(2 * SIZE))).unwrap();
+        alloc.request(SIZE);
         alloc.request_ahead(SIZE);
         alloc.prepared(2 * SIZE, seg);
         let slot = alloc.slot.lock();

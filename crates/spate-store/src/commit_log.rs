@@ -717,6 +717,12 @@ impl CommitLog {
         }
         let current = segs.last().cloned();
         drop(segs);
+        // Withdraw everything the allocator prepared or is preparing before
+        // any file is deleted, so that no early return below leaves it
+        // offering a segment whose file is gone. What is wanted next is
+        // asked for once the files past the cut are gone (asked for now,
+        // the thread could reopen a file about to be deleted).
+        self.allocator.withdraw();
         self.max_offset.store(offset, Ordering::Release);
         self.readable_offset.store(offset, Ordering::Release);
         self.flushed_offset.store(self.flushed_offset().min(offset), Ordering::Release);
