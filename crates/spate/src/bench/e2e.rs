@@ -153,7 +153,7 @@ pub async fn run(a: &E2eArgs) -> Result<Report> {
     let producer = Arc::new(producer);
     let (p, size, topic, sent2) = (producer.clone(), a.size, a.topic.clone(), sent.clone());
     let (timer_delay, delay_level) = (a.timer_delay, a.delay_level);
-    let scheduler = super::report::open_loop_schedule(start, start + total, a.rate as f64, move |k, _| {
+    let schedule = super::report::open_loop_schedule_in_runtime(start, start + total, a.rate as f64, move |k, _| {
         let mut body = BytesMut::with_capacity(size);
         body.put_u64(run_id);
         body.put_u64(k);
@@ -172,7 +172,9 @@ pub async fn run(a: &E2eArgs) -> Result<Report> {
         });
         true
     });
-    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
+    // On a worker: what the schedule issues is spawned there, with no
+    // thread to wake.
+    tokio::spawn(schedule).await.context("the open-loop schedule")?.context("the open-loop schedule")?;
     let expected = (a.duration.as_secs_f64() * a.rate as f64) as u64;
     // Per message sent in the measured window (each one send and one delivery).
     let usage = window.fields(expected, "message").await;

@@ -212,6 +212,95 @@ pub fn open_loop_schedule(
     })
 }
 
+/// [`open_loop_schedule`] as a task of the current runtime, for a
+/// benchmark whose client shares one CPU with it (e2e): the waits are a
+/// `timerfd` in the runtime's own poll, exact to microseconds (tokio's
+/// timer rounds to milliseconds), so no thread of its own wakes per
+/// request and hands it over. On that CPU the thread's wake-up, and the
+/// runtime worker it woke and that the next wake-up preempted, were the
+/// benchmark's largest cost per message (BENCHMARKS.md). The price: a
+/// request is issued late whenever the worker is busy when it falls due,
+/// which the open-loop producer's figures would count, so it keeps the
+/// thread.
+pub async fn open_loop_schedule_in_runtime(
+    start: std::time::Instant,
+    end: std::time::Instant,
+    per_second: f64,
+    mut issue: impl FnMut(u64, std::time::Instant) -> bool + Send + 'static,
+) -> std::io::Result<()> {
+    let timer = PreciseTimer::new()?;
+    let mut k: u64 = 0;
+    loop {
+        let intended = start + Duration::from_secs_f64(k as f64 / per_second.max(1e-9));
+        if intended >= end {
+            return Ok(());
+        }
+        timer.sleep_until(intended).await?;
+        if !issue(k, intended) {
+            return Ok(());
+        }
+        k += 1;
+    }
+}
+
+/// A one-shot `timerfd` on CLOCK_MONOTONIC (the clock `Instant` reads),
+/// polled by the runtime.
+struct PreciseTimer {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl PreciseTimer {
+    fn new() -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: timerfd_create takes no pointers; a non-negative result
+        // is a new descriptor that nothing else owns.
+        let raw = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is the descriptor just created, owned from here on.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // SAFETY: the OwnedFd keeps its descriptor open and unchanged for
+        // as long as it lives, and the AsyncFd owns it (I/O safety).
+        let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(PreciseTimer { fd })
+    }
+
+    /// Returns at `at` (at once if it is past).
+    async fn sleep_until(&self, at: std::time::Instant) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let Some(wait) = at.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) else {
+            return Ok(());
+        };
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec {
+                tv_sec: wait.as_secs() as libc::time_t,
+                tv_nsec: wait.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
+        if unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut expirations = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into the 8-byte buffer.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), expirations.as_mut_ptr().cast(), expirations.len()) };
+            if n == 8 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(e);
+            }
+            ready.clear_ready();
+        }
+    }
+}
+
 /// `10s`, `2m`, `500ms`, `1h`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
