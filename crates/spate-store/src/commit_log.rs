@@ -379,6 +379,9 @@ impl CommitLog {
     /// Seals the current segment with a blank marker and switches to the next
     /// one, already prepared by the allocator.
     fn roll(&self, w: &mut Writer) -> Result<Arc<Segment>> {
+        // The first segment of an empty log is taken here too; that is not
+        // yet a roll, and a store that has just opened wants one ahead.
+        let rolled = w.current.is_some();
         let next_start = match w.current.clone() {
             Some(cur) => {
                 let pos = cur.wrote();
@@ -403,7 +406,11 @@ impl CommitLog {
             }
             Err(e) => return Err(e),
         };
-        self.allocator.request_ahead(next_start + self.segment_size);
+        if rolled {
+            self.allocator.request_ahead(next_start + self.segment_size);
+        } else {
+            self.allocator.request(next_start + self.segment_size);
+        }
         if let Some(full) = w.current.take() {
             self.allocator.retire(full);
         }
@@ -831,6 +838,15 @@ impl CommitLog {
     /// Number of segments on disk.
     pub fn segment_count(&self) -> usize {
         self.segments.read().len()
+    }
+
+    /// Waits (bounded) until the segment after the current one is prepared,
+    /// asking for it if nobody has; true at once before the first segment.
+    pub fn wait_next_segment(&self, timeout: Duration) -> bool {
+        match self.current_segment_end() {
+            Some(end) => self.allocator.wait_ready(end, timeout),
+            None => true,
+        }
     }
 
     /// Longest wait of an append for the next segment, in microseconds.

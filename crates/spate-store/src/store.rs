@@ -812,6 +812,13 @@ impl MessageStore {
         }
     }
 
+    /// Waits (bounded) until the commit log's next segment is prepared, so
+    /// that a measurement starts with the allocator at rest rather than
+    /// warming a segment beside the appends (`spate bench store`).
+    pub fn wait_next_segment(&self, timeout: Duration) -> bool {
+        self.inner.commit_log.wait_next_segment(timeout)
+    }
+
     /// Waits (bounded) until consume queues and index cover everything
     /// readable now. For tests and orderly hand-overs.
     pub fn wait_dispatched(&self, timeout: Duration) -> bool {

@@ -641,3 +641,19 @@ fn append_may_wait_only_near_a_segment_end() {
     }
     assert!(!store.append_may_wait(1024));
 }
+
+#[test]
+fn the_next_segment_can_be_awaited_and_is_then_taken_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path())).unwrap();
+    store.put_message(&msg("N", 0, &body(0, 300), None, None)).unwrap();
+    assert!(store.wait_next_segment(WAIT));
+    // Fill past the first segment: the roll finds the next one prepared.
+    let mut i = 1;
+    while store.stats().segments_rolled == 0 {
+        store.put_message(&msg("N", 0, &body(i, 300), None, None)).unwrap();
+        i += 1;
+    }
+    assert!(store.stats().roll_wait_us_max < 100_000, "{:?}", store.stats());
+    assert!(store.wait_next_segment(WAIT), "and the one after it too");
+}
