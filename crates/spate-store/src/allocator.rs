@@ -112,22 +112,18 @@ impl Allocator {
     /// files past its cut).
     pub fn withdraw(&self) {
         let mut slot = self.slot.lock();
-        slot.wanted.clear();
-        slot.ready.clear();
-        if slot.in_progress.is_some() {
-            slot.cancelled = true;
-        }
-        self.changed.notify_all();
+        self.set_wanted(&mut slot, Vec::new());
     }
 
-    /// Makes `start` and the `count - 1` segments after it the wanted ones;
-    /// forgets prepared segments no longer wanted.
+    /// Makes `start` and the `count - 1` segments after it the wanted ones.
     fn want_from(&self, slot: &mut Slot, start: u64, count: usize) {
         let count = count.clamp(1, SEGMENTS_AHEAD) as u64;
-        let wanted: Vec<u64> = (0..count).map(|i| start + i * self.size).collect();
-        if slot.wanted == wanted {
-            return;
-        }
+        self.set_wanted(slot, (0..count).map(|i| start + i * self.size).collect());
+    }
+
+    /// Makes `wanted` the wanted starts: forgets prepared segments no longer
+    /// among them and cancels the one in progress if it is not.
+    fn set_wanted(&self, slot: &mut Slot, wanted: Vec<u64>) {
         if slot.in_progress.is_some_and(|s| !wanted.contains(&s)) {
             slot.cancelled = true;
         }
@@ -236,7 +232,6 @@ impl Allocator {
                     }
                     if let Some(start) = Self::next_to_prepare(&slot) {
                         slot.in_progress = Some(start);
-                        slot.cancelled = false;
                         break start;
                     }
                     self.changed.wait(&mut slot);
@@ -285,10 +280,10 @@ impl Allocator {
         // A newer request may have superseded this one; keep only what is
         // wanted and was never withdrawn meanwhile (the file stays on disk,
         // empty, or was deleted by the truncation that withdrew it).
-        if slot.wanted.contains(&start) && !std::mem::take(&mut slot.cancelled) {
+        let cancelled = std::mem::take(&mut slot.cancelled);
+        if !cancelled && slot.wanted.contains(&start) {
             slot.ready.push((start, seg));
         }
-        slot.cancelled = false;
         self.changed.notify_all();
     }
 
@@ -463,8 +458,11 @@ mod tests {
         // Opening: the first segment only.
         alloc.request(0);
         assert!(alloc.wait_ready(0, Duration::from_secs(5)));
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(alloc.slot.lock().ready.len(), 1, "nothing past the one asked for");
+        {
+            let slot = alloc.slot.lock();
+            assert_eq!(slot.wanted, vec![0], "nothing past the one asked for");
+            assert_eq!(Allocator::next_to_prepare(&slot), None);
+        }
         assert_eq!(alloc.take(0, Duration::ZERO).unwrap().start_offset(), 0);
         // Rolled: the next and the one after it.
         alloc.request_ahead(SIZE);

@@ -194,12 +194,7 @@ pub fn open_loop_schedule(
         unsafe {
             libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
         }
-        let mut k: u64 = 0;
-        loop {
-            let intended = start + Duration::from_secs_f64(k as f64 / per_second.max(1e-9));
-            if intended >= end {
-                return;
-            }
+        for (k, intended) in schedule_times(start, end, per_second) {
             let now = std::time::Instant::now();
             if intended > now {
                 std::thread::sleep(intended - now);
@@ -207,9 +202,20 @@ pub fn open_loop_schedule(
             if !issue(k, intended) {
                 return;
             }
-            k += 1;
         }
     })
+}
+
+/// The open-loop schedule's send times: request `k` at `start + k /
+/// per_second`, while before `end`.
+fn schedule_times(
+    start: std::time::Instant,
+    end: std::time::Instant,
+    per_second: f64,
+) -> impl Iterator<Item = (u64, std::time::Instant)> {
+    (0u64..)
+        .map(move |k| (k, start + Duration::from_secs_f64(k as f64 / per_second.max(1e-9))))
+        .take_while(move |(_, intended)| *intended < end)
 }
 
 /// [`open_loop_schedule`] as a task of the current runtime, for a
@@ -229,18 +235,13 @@ pub async fn open_loop_schedule_in_runtime(
     mut issue: impl FnMut(u64, std::time::Instant) -> bool + Send + 'static,
 ) -> std::io::Result<()> {
     let timer = PreciseTimer::new()?;
-    let mut k: u64 = 0;
-    loop {
-        let intended = start + Duration::from_secs_f64(k as f64 / per_second.max(1e-9));
-        if intended >= end {
-            return Ok(());
-        }
+    for (k, intended) in schedule_times(start, end, per_second) {
         timer.sleep_until(intended).await?;
         if !issue(k, intended) {
-            return Ok(());
+            break;
         }
-        k += 1;
     }
+    Ok(())
 }
 
 /// A one-shot `timerfd` on CLOCK_MONOTONIC (the clock `Instant` reads),

@@ -247,22 +247,30 @@ fn run_blocking(args: &StoreArgs) -> Result<StoreReport> {
 /// sharing a name are added up.
 fn store_thread_times() -> BTreeMap<String, (u64, u64)> {
     let mut out = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
-    for entry in tasks.flatten() {
-        // A thread may exit between the listing and the reads.
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        let comm = comm.trim();
-        if !comm.starts_with("spate-") {
-            continue;
-        }
-        let stat = std::fs::read_to_string(entry.path().join("schedstat")).unwrap_or_default();
+    for (task, comm) in store_threads() {
+        let stat = std::fs::read_to_string(task.join("schedstat")).unwrap_or_default();
         let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
         let (run, wait) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
-        let slot = out.entry(comm.to_string()).or_insert((0, 0));
+        let slot = out.entry(comm).or_insert((0, 0));
         slot.0 += run;
         slot.1 += wait;
     }
     out
+}
+
+/// The store's background threads (named `spate-*`): each one's
+/// `/proc/self/task/<tid>` directory and name. A thread may exit between
+/// the listing and the reads; it is then missing or its files read empty.
+fn store_threads() -> Vec<(PathBuf, String)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|entry| {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            let comm = comm.trim();
+            comm.starts_with("spate-").then(|| (entry.path(), comm.to_string()))
+        })
+        .collect()
 }
 
 /// What each store thread cost over the measured window: milliseconds on
@@ -694,14 +702,13 @@ fn pin_store_threads() -> Result<()> {
     if others.is_empty() {
         bail!("--pin needs at least two CPUs");
     }
-    for entry in std::fs::read_dir("/proc/self/task")? {
-        let entry = entry?;
-        // A thread may exit between the listing and the read.
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.starts_with("spate-") {
-            if let Ok(tid) = entry.file_name().to_string_lossy().parse() {
-                set_affinity(tid, &others);
-            }
+    let threads = store_threads();
+    if threads.is_empty() {
+        bail!("--pin found no store threads under /proc/self/task");
+    }
+    for (task, _) in threads {
+        if let Some(tid) = task.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()) {
+            set_affinity(tid, &others);
         }
     }
     Ok(())
