@@ -696,20 +696,30 @@ fn set_affinity(tid: libc::pid_t, cpus: &[usize]) {
     }
 }
 
-/// Moves the store's background threads (named `spate-*`) off CPU 0.
+/// Moves every other thread of this process off CPU 0: the store's
+/// background threads, and the runtime's. Not chosen by name: a thread
+/// takes its name only once it first runs, so a store thread spawned just
+/// before (the flusher, the housekeeper) could still carry the process's
+/// name and stay on the producers' CPU, as two did until 2026-12-07. The
+/// producers, started after this by the calling thread, pin themselves.
 fn pin_store_threads() -> Result<()> {
     let others: Vec<usize> = (1..std::thread::available_parallelism()?.get()).collect();
     if others.is_empty() {
         bail!("--pin needs at least two CPUs");
     }
-    let threads = store_threads();
-    if threads.is_empty() {
-        bail!("--pin found no store threads under /proc/self/task");
+    // SAFETY: gettid takes no arguments and touches no memory.
+    let me = unsafe { libc::gettid() };
+    let tids: Vec<libc::pid_t> = std::fs::read_dir("/proc/self/task")
+        .context("listing /proc/self/task")?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|&tid| tid != me)
+        .collect();
+    if tids.is_empty() {
+        bail!("--pin found no other threads under /proc/self/task");
     }
-    for (task, _) in threads {
-        if let Some(tid) = task.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()) {
-            set_affinity(tid, &others);
-        }
+    for tid in tids {
+        set_affinity(tid, &others);
     }
     Ok(())
 }
