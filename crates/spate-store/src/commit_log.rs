@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::pi_mutex::{PiGuard, PiMutex};
 use spate_common::message::{self, MessageError, NewMessage, Probe, RecordSlots, BLANK_MIN_LEN};
 
-use crate::allocator::{Allocator, WriteBuffer, WriteBufferPool};
+use crate::allocator::{Allocator, WriteBuffer, WriteBufferPool, SEGMENTS_AHEAD};
 use crate::error::{Result, StoreError};
 use crate::segment::{self, Segment};
 use crate::signal::{DispatchWake, Signal};
@@ -398,7 +398,9 @@ impl CommitLog {
             None => self.max_offset.load(Ordering::Acquire),
         };
         debug_assert_eq!(next_start % self.segment_size, 0);
-        let seg = match self.allocator.take(next_start, self.allocate_timeout) {
+        // Once rolled, two ahead; a log's first segment asks for one.
+        let ahead = if rolled { SEGMENTS_AHEAD } else { 1 };
+        let seg = match self.allocator.roll_into(next_start, self.allocate_timeout, ahead, w.current.clone()) {
             Ok(seg) => Arc::new(seg),
             Err(e @ StoreError::Io { .. }) => {
                 self.fail(format!("cannot create commit-log segment at {next_start}: {e}"));
@@ -406,14 +408,6 @@ impl CommitLog {
             }
             Err(e) => return Err(e),
         };
-        if rolled {
-            self.allocator.request_ahead(next_start + self.segment_size);
-        } else {
-            self.allocator.request(next_start + self.segment_size);
-        }
-        if let Some(full) = w.current.take() {
-            self.allocator.retire(full);
-        }
         w.buffer = match &self.pool {
             Some(pool) => {
                 let buf = pool.borrow();
