@@ -453,14 +453,13 @@ mod tests {
         alloc.request(0);
         let seg = alloc.take(0, Duration::from_secs(5)).unwrap();
         assert_eq!(seg.start_offset(), 0);
-        alloc.request(65536);
-        let seg2 = alloc.take(65536, Duration::from_secs(5)).unwrap();
-        assert_eq!(seg2.start_offset(), 65536);
-        // Handed over with read-ahead off; once full and retired, the
-        // thread turns it back on.
+        // Handed over with read-ahead off; once full and retired by the
+        // roll into the next one, the thread turns it back on.
         let full = Arc::new(seg);
-        assert!(full.has_cold_writes() && seg2.has_cold_writes());
-        alloc.retire(full.clone());
+        assert!(full.has_cold_writes());
+        let seg2 = alloc.roll_into(65536, Duration::from_secs(5), SEGMENTS_AHEAD, Some(full.clone())).unwrap();
+        assert_eq!(seg2.start_offset(), 65536);
+        assert!(seg2.has_cold_writes());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while full.has_cold_writes() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

@@ -168,7 +168,7 @@ pub async fn run(args: StoreArgs) -> Result<StoreReport> {
     if args.producers == 0 {
         bail!("--producers must be positive");
     }
-    // Not named `spate-*`: `--pin` moves those (the store's) off CPU 0.
+    // `--pin` moves every thread but this one off CPU 0 (`pin_store_threads`).
     let bench = std::thread::Builder::new()
         .name("bench-store".into())
         .spawn(move || run_blocking(&args))
@@ -699,7 +699,7 @@ fn set_affinity(tid: libc::pid_t, cpus: &[usize]) {
 /// Moves every other thread of this process off CPU 0: the store's
 /// background threads, and the runtime's. Not chosen by name: a thread
 /// takes its name only once it first runs, so a store thread spawned just
-/// before (the flusher, the housekeeper) could still carry the process's
+/// before (the flusher, the housekeeper) could still carry its creator's
 /// name and stay on the producers' CPU, as two did until 2026-12-07. The
 /// producers, started after this by the calling thread, pin themselves.
 fn pin_store_threads() -> Result<()> {
