@@ -24,7 +24,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{FrameCodec, DEFAULT_FRAME_MAX_LENGTH};
-use crate::command::{RemotingCommand, FLAG_ONEWAY};
+use crate::command::{RemotingCommand, SerializeType, FLAG_ONEWAY};
 use crate::error::{BadHeader, FrameError, RemotingError};
 use crate::transport::{Detached, ReadSide, Transport, WriteSide};
 
@@ -86,6 +86,13 @@ pub struct ConnectionConfig {
     /// Credentials that sign every request this side sends (a client's);
     /// `None` on servers, whose requests to clients are never signed.
     pub credentials: Option<spate_auth::Credentials>,
+    /// The header encoding of requests this side sends
+    /// (`rocketmq.serialize.type`): JSON by default, as upstream's clients;
+    /// [`SerializeType::RocketMq`] (binary) sends every request that fits
+    /// it in binary, which peers decode with less work. A request built
+    /// with the binary encoding keeps it either way; answers always go in
+    /// their request's encoding.
+    pub serialize_type: SerializeType,
 }
 
 impl Default for ConnectionConfig {
@@ -101,6 +108,7 @@ impl Default for ConnectionConfig {
             write_timeout: Duration::from_secs(30),
             priority_lane: None,
             credentials: None,
+            serialize_type: SerializeType::Json,
         }
     }
 }
@@ -139,6 +147,8 @@ pub struct Connection {
     closed: CancellationToken,
     on_priority_lane: AtomicBool,
     signer: Option<crate::signing::Signer>,
+    /// [`ConnectionConfig::serialize_type`].
+    serialize_type: SerializeType,
     tls: bool,
     /// The socket's write half while the writer task waits, so a frame
     /// with nothing queued before it is written by whoever produced it.
@@ -204,6 +214,7 @@ impl Connection {
             closed: CancellationToken::new(),
             on_priority_lane: AtomicBool::new(false),
             signer: cfg.credentials.as_ref().map(crate::signing::Signer::new),
+            serialize_type: cfg.serialize_type,
             tls,
             direct: parking_lot::Mutex::new(DirectWrite::default()),
             direct_rest: Notify::new(),
@@ -267,7 +278,7 @@ impl Connection {
         let opaque = NEXT_OPAQUE.fetch_add(1, Ordering::Relaxed);
         request.opaque = opaque;
         request.flag &= !FLAG_ONEWAY;
-        self.sign(&mut request);
+        self.prepare_request(&mut request);
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.pending.lock();
@@ -298,13 +309,17 @@ impl Connection {
     pub async fn oneway(&self, mut request: RemotingCommand) -> Result<(), RemotingError> {
         request.opaque = NEXT_OPAQUE.fetch_add(1, Ordering::Relaxed);
         request.flag |= FLAG_ONEWAY;
-        self.sign(&mut request);
+        self.prepare_request(&mut request);
         self.send(request).await
     }
 
-    /// Signs an outgoing request with this side's credentials, if any. The
-    /// opaque and flag live outside the signed header fields.
-    fn sign(&self, request: &mut RemotingCommand) {
+    /// Prepares an outgoing request: this side's header encoding, and its
+    /// signature with this side's credentials, if any. The opaque and flag
+    /// live outside the signed header fields.
+    fn prepare_request(&self, request: &mut RemotingCommand) {
+        if self.serialize_type == SerializeType::RocketMq {
+            request.serialize_type = SerializeType::RocketMq;
+        }
         if let Some(signer) = &self.signer {
             signer.sign(request);
         }
@@ -473,7 +488,7 @@ impl Connection {
         }
         request.opaque = NEXT_OPAQUE.fetch_add(1, Ordering::Relaxed);
         request.flag |= FLAG_ONEWAY;
-        self.sign(&mut request);
+        self.prepare_request(&mut request);
         let frame = self.encode_counted(&request);
         let len = frame.bytes.len();
         self.outbound.try_send(frame).map_err(|_| {

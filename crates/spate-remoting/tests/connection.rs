@@ -69,6 +69,25 @@ async fn start() -> (RemotingServer, Arc<Server>, String) {
 }
 
 #[tokio::test]
+async fn a_client_set_to_the_binary_encoding_sends_its_requests_in_it() {
+    let (_server, _h, addr) = start().await;
+    let mut cfg = ClientConfig::default();
+    cfg.connection.serialize_type = SerializeType::RocketMq;
+    let client = RemotingClient::new(cfg, None);
+    // Built as JSON (the default), sent as binary: the answer, which goes
+    // in its request's encoding, says which one the server read.
+    let req = RemotingCommand::request(ECHO).with("v", "caf\u{e9}\u{1}x");
+    assert_eq!(req.serialize_type, SerializeType::Json);
+    let resp = client.invoke(&addr, req, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(resp.serialize_type, SerializeType::RocketMq);
+    assert_eq!(resp.field("echo"), Some("caf\u{e9}\u{1}x"));
+    // A code the binary header cannot hold (16 bits) still goes, as JSON.
+    let req = RemotingCommand::request(200_050);
+    let resp = client.invoke(&addr, req, Duration::from_secs(3)).await.unwrap();
+    assert_eq!((resp.code, resp.serialize_type), (response::REQUEST_CODE_NOT_SUPPORTED, SerializeType::Json));
+}
+
+#[tokio::test]
 async fn requests_are_correlated_in_both_header_encodings() {
     let (_server, _h, addr) = start().await;
     let client = Arc::new(RemotingClient::new(ClientConfig::default(), None));

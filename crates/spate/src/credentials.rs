@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use spate_remoting::Credentials;
+use spate_remoting::{Credentials, SerializeType};
 
 #[derive(Args, Clone, Default)]
 pub struct SecurityArgs {
@@ -29,6 +29,19 @@ pub struct SecurityArgs {
     /// traffic is encrypted, but the server is not authenticated.
     #[arg(long = "tls-trust-cert", global = true)]
     pub tls_trust_cert: Option<PathBuf>,
+    /// Header encoding of the requests sent (`rocketmq.serialize.type`):
+    /// `json`, upstream clients' default and ours, or `rocketmq` (binary,
+    /// cheaper for both sides to read and write).
+    #[arg(long = "serialize-type", global = true, value_parser = parse_serialize_type)]
+    pub serialize_type: Option<SerializeType>,
+}
+
+fn parse_serialize_type(s: &str) -> Result<SerializeType> {
+    match s.to_ascii_uppercase().as_str() {
+        "JSON" => Ok(SerializeType::Json),
+        "ROCKETMQ" => Ok(SerializeType::RocketMq),
+        _ => bail!("`{s}`: expected json or rocketmq"),
+    }
 }
 
 impl std::fmt::Debug for SecurityArgs {
@@ -37,6 +50,7 @@ impl std::fmt::Debug for SecurityArgs {
             .field("access_key", &self.access_key)
             .field("credentials_file", &self.credentials_file)
             .field("tls", &self.tls)
+            .field("serialize_type", &self.serialize_type)
             .finish_non_exhaustive()
     }
 }
@@ -69,11 +83,14 @@ impl SecurityArgs {
         Ok(Some(settings.client_config().context("--tls")?))
     }
 
-    /// A remoting client configuration that signs with these credentials
-    /// and speaks TLS when asked.
+    /// A remoting client configuration that signs with these credentials,
+    /// speaks TLS when asked, and encodes headers as asked.
     pub fn client_config(&self) -> Result<spate_remoting::ClientConfig> {
         let mut c = spate_remoting::ClientConfig::default();
         c.connection.credentials = self.credentials()?;
+        if let Some(t) = self.serialize_type {
+            c.connection.serialize_type = t;
+        }
         c.tls = self.tls()?;
         Ok(c)
     }
