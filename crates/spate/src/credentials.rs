@@ -31,7 +31,8 @@ pub struct SecurityArgs {
     pub tls_trust_cert: Option<PathBuf>,
     /// Header encoding of the requests sent (`rocketmq.serialize.type`):
     /// `json`, upstream clients' default and ours, or `rocketmq` (binary,
-    /// cheaper for both sides to read and write).
+    /// cheaper for both sides to read and write). `admin` and `bench`
+    /// only: the controller's own requests stay JSON.
     #[arg(long = "serialize-type", global = true, value_parser = parse_serialize_type)]
     pub serialize_type: Option<SerializeType>,
 }
