@@ -100,13 +100,6 @@ impl Allocator {
         self.want_from(&mut slot, start, 1);
     }
 
-    /// As [`Allocator::request`], and the segment after it too
-    /// ([`SEGMENTS_AHEAD`] in all): for the writer that has just rolled.
-    pub fn request_ahead(&self, start: u64) {
-        let mut slot = self.slot.lock();
-        self.want_from(&mut slot, start, SEGMENTS_AHEAD);
-    }
-
     /// Forgets every prepared segment and cancels the one in progress, and
     /// wants none until asked again (a truncation is about to delete the
     /// files past its cut).
@@ -145,10 +138,13 @@ impl Allocator {
     }
 
     /// The writer's roll-over, in one hold of the lock: takes the segment
-    /// at `start` (as [`Allocator::take`]), then asks for the `ahead`
-    /// segments after it (1 for the first segment of a log, up to
-    /// [`SEGMENTS_AHEAD`] once it has rolled) and hands over the segment it
-    /// filled, if that one wrote over cold pages ([`Allocator::retire`]).
+    /// at `start` (as [`Allocator::take`]), hands over the segment it
+    /// filled (`full`), so read-ahead is turned back on for it here rather
+    /// than on the append path if it wrote over cold pages, and asks for
+    /// the segments after `start`: [`SEGMENTS_AHEAD`] of them once the
+    /// writer has rolled, one for a log's first segment (`full` is `None`:
+    /// a store that has just opened, and may fill it slowly, is not made
+    /// to warm two).
     /// Taking the lock once matters: the wake-up of the thread comes with
     /// the last of it, so the writer never waits for the lock behind the
     /// thread it has just woken. That thread runs at a low priority on a
@@ -156,18 +152,18 @@ impl Allocator {
     /// at every roll, for 0.04-0.25 ms and in some runs 40-60 ms
     /// (BENCHMARKS.md). Nothing is asked for or handed over when the take
     /// fails.
-    pub fn roll_into(
-        &self,
-        start: u64,
-        timeout: Duration,
-        ahead: usize,
-        full: Option<Arc<Segment>>,
-    ) -> Result<Segment> {
+    pub fn roll_into(&self, start: u64, timeout: Duration, full: Option<Arc<Segment>>) -> Result<Segment> {
         let mut slot = self.slot.lock();
         let seg = self.take_locked(&mut slot, start, timeout)?;
-        if let Some(full) = full {
-            Self::retire_locked(&mut slot, full);
-        }
+        let ahead = match full {
+            Some(full) => {
+                if full.has_cold_writes() && slot.retired.len() < MAX_RETIRED {
+                    slot.retired.push(full);
+                }
+                SEGMENTS_AHEAD
+            }
+            None => 1,
+        };
         // Wakes the thread (`set_wanted` notifies): the lock is released
         // right after, and the writer does not take it again this roll.
         self.want_from(&mut slot, start + self.size, ahead);
@@ -235,26 +231,6 @@ impl Allocator {
                 return false;
             }
         }
-    }
-
-    /// Hands over a segment the writer has filled, so read-ahead is turned
-    /// back on for it here rather than on the append path (a roll does
-    /// this in [`Allocator::roll_into`]).
-    pub fn retire(&self, seg: Arc<Segment>) {
-        let mut slot = self.slot.lock();
-        if Self::retire_locked(&mut slot, seg) {
-            self.changed.notify_all();
-        }
-    }
-
-    /// Queues `seg` for the thread if it wrote over cold pages; whether it
-    /// was queued.
-    fn retire_locked(slot: &mut Slot, seg: Arc<Segment>) -> bool {
-        let queued = seg.has_cold_writes() && slot.retired.len() < MAX_RETIRED;
-        if queued {
-            slot.retired.push(seg);
-        }
-        queued
     }
 
     /// The allocator thread's loop; returns on [`Allocator::shutdown`].
@@ -440,6 +416,12 @@ fn lower_this_threads_priority() {
 mod tests {
     use super::*;
 
+    /// What a roll asks for ([`SEGMENTS_AHEAD`] from `start`), without a take.
+    fn want_ahead(alloc: &Allocator, start: u64) {
+        let mut slot = alloc.slot.lock();
+        alloc.want_from(&mut slot, start, SEGMENTS_AHEAD);
+    }
+
     #[test]
     fn prepares_ahead_and_times_out_when_asked_for_the_impossible() {
         let dir = tempfile::tempdir().unwrap();
@@ -457,7 +439,7 @@ mod tests {
         // roll into the next one, the thread turns it back on.
         let full = Arc::new(seg);
         assert!(full.has_cold_writes());
-        let seg2 = alloc.roll_into(65536, Duration::from_secs(5), SEGMENTS_AHEAD, Some(full.clone())).unwrap();
+        let seg2 = alloc.roll_into(65536, Duration::from_secs(5), Some(full.clone())).unwrap();
         assert_eq!(seg2.start_offset(), 65536);
         assert!(seg2.has_cold_writes());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -510,13 +492,13 @@ mod tests {
         }
         assert_eq!(alloc.take(0, Duration::ZERO).unwrap().start_offset(), 0);
         // Rolled: the next and the one after it.
-        alloc.request_ahead(SIZE);
+        want_ahead(&alloc, SIZE);
         assert!(alloc.wait_ready(SIZE, Duration::from_secs(5)));
         assert!(alloc.wait_ready(2 * SIZE, Duration::from_secs(5)), "the one after is prepared too");
         // Rolling into the next: it is there at once, and the one after it
         // is prepared in turn.
         assert_eq!(alloc.take(SIZE, Duration::ZERO).unwrap().start_offset(), SIZE);
-        alloc.request_ahead(2 * SIZE);
+        want_ahead(&alloc, 2 * SIZE);
         assert!(alloc.wait_ready(3 * SIZE, Duration::from_secs(5)));
         assert!(alloc.wait_ready(2 * SIZE, Duration::ZERO));
         // A truncation asks for an earlier start: what lies past it is no
@@ -538,7 +520,7 @@ mod tests {
         alloc.request(0);
         alloc.slot.lock().in_progress = Some(0);
         alloc.prepared(0, Segment::create(dir.path(), 0, SIZE, false, false));
-        let first = alloc.roll_into(0, Duration::ZERO, 1, None).unwrap();
+        let first = alloc.roll_into(0, Duration::ZERO, None).unwrap();
         assert_eq!(first.start_offset(), 0);
         assert_eq!(alloc.slot.lock().wanted, vec![SIZE], "a log's first segment asks for one ahead");
         first.expect_cold_writes();
@@ -546,7 +528,7 @@ mod tests {
         // Not prepared yet: the take times out, and the roll leaves the
         // wanted starts and the full segment as they were.
         assert!(matches!(
-            alloc.roll_into(SIZE, Duration::from_millis(5), SEGMENTS_AHEAD, Some(full.clone())),
+            alloc.roll_into(SIZE, Duration::from_millis(5), Some(full.clone())),
             Err(StoreError::Busy(_))
         ));
         {
@@ -556,7 +538,7 @@ mod tests {
         }
         alloc.slot.lock().in_progress = Some(SIZE);
         alloc.prepared(SIZE, Segment::create(dir.path(), SIZE, SIZE, false, false));
-        let next = alloc.roll_into(SIZE, Duration::ZERO, SEGMENTS_AHEAD, Some(full.clone())).unwrap();
+        let next = alloc.roll_into(SIZE, Duration::ZERO, Some(full.clone())).unwrap();
         assert_eq!(next.start_offset(), SIZE);
         let slot = alloc.slot.lock();
         assert_eq!(slot.wanted, vec![2 * SIZE, 3 * SIZE], "rolled: the next two");
@@ -570,7 +552,7 @@ mod tests {
         // No thread: the state machine alone, as the thread would see it.
         let dir = tempfile::tempdir().unwrap();
         let alloc = Allocator::new(dir.path().to_path_buf(), 65536, WarmPolicy::default());
-        alloc.request_ahead(0);
+        want_ahead(&alloc, 0);
         alloc.slot.lock().in_progress = Some(0);
         alloc.prepared(0, Segment::create(dir.path(), 0, 65536, false, false));
         assert_eq!(alloc.take(0, Duration::ZERO).unwrap().start_offset(), 0);
@@ -587,7 +569,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let alloc = Allocator::new(dir.path().to_path_buf(), SIZE, WarmPolicy::default());
         // Preparing 2 * SIZE, the second one ahead...
-        alloc.request_ahead(SIZE);
+        want_ahead(&alloc, SIZE);
         alloc.slot.lock().in_progress = Some(2 * SIZE);
         let seg = Segment::create(dir.path(), 2 * SIZE, SIZE, false, false);
         // ...when a truncation withdraws it (and deletes its file), then
@@ -595,7 +577,7 @@ mod tests {
         alloc.withdraw();
         std::fs::remove_file(dir.path().join(crate::segment::file_name(2 * SIZE))).unwrap();
         alloc.request(SIZE);
-        alloc.request_ahead(SIZE);
+        want_ahead(&alloc, SIZE);
         alloc.prepared(2 * SIZE, seg);
         let slot = alloc.slot.lock();
         assert!(slot.ready.is_empty(), "a deleted file must not be handed to the writer");

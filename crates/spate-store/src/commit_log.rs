@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::pi_mutex::{PiGuard, PiMutex};
 use spate_common::message::{self, MessageError, NewMessage, Probe, RecordSlots, BLANK_MIN_LEN};
 
-use crate::allocator::{Allocator, WriteBuffer, WriteBufferPool, SEGMENTS_AHEAD};
+use crate::allocator::{Allocator, WriteBuffer, WriteBufferPool};
 use crate::error::{Result, StoreError};
 use crate::segment::{self, Segment};
 use crate::signal::{DispatchWake, Signal};
@@ -379,9 +379,6 @@ impl CommitLog {
     /// Seals the current segment with a blank marker and switches to the next
     /// one, already prepared by the allocator.
     fn roll(&self, w: &mut Writer) -> Result<Arc<Segment>> {
-        // The first segment of an empty log is taken here too; that is not
-        // yet a roll, and a store that has just opened wants one ahead.
-        let rolled = w.current.is_some();
         let next_start = match w.current.clone() {
             Some(cur) => {
                 let pos = cur.wrote();
@@ -398,9 +395,9 @@ impl CommitLog {
             None => self.max_offset.load(Ordering::Acquire),
         };
         debug_assert_eq!(next_start % self.segment_size, 0);
-        // Once rolled, two ahead; a log's first segment asks for one.
-        let ahead = if rolled { SEGMENTS_AHEAD } else { 1 };
-        let seg = match self.allocator.roll_into(next_start, self.allocate_timeout, ahead, w.current.clone()) {
+        // The first segment of an empty log is taken here too (no current
+        // one): that is not yet a roll, and asks for one segment ahead.
+        let seg = match self.allocator.roll_into(next_start, self.allocate_timeout, w.current.clone()) {
             Ok(seg) => Arc::new(seg),
             Err(e @ StoreError::Io { .. }) => {
                 self.fail(format!("cannot create commit-log segment at {next_start}: {e}"));
