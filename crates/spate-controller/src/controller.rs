@@ -29,6 +29,8 @@ use crate::zk::{Zk, ZkError};
 const NAMESRV_TIMEOUT: Duration = Duration::from_secs(1);
 /// Shortest pause between two scans, however often the watch fires.
 const MIN_SCAN_GAP: Duration = Duration::from_millis(5);
+/// Pause before a new ZooKeeper session after one ended or failed to open.
+pub const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
 /// Settings of `spate controller`.
 #[derive(Debug, Clone)]
@@ -259,53 +261,69 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Runs until the task is dropped; a lost session is replaced by a fresh
-/// one (as a standby). `snapshot` is kept current for `/metrics`.
+/// Runs until the task is dropped. A lost session is replaced by a fresh
+/// one (as a standby), and so is a session that could not be opened or
+/// failed an operation before it led (ZooKeeper not yet up, slow or
+/// unreachable): the controller keeps trying every [`RECONNECT_DELAY`]
+/// rather than exit. Only a connect string ZooKeeper's client rejects
+/// outright ends it. `snapshot` is kept current for `/metrics`.
 pub async fn run(cfg: ControllerConfig, snapshot: Arc<Mutex<Snapshot>>) -> Result<(), ZkError> {
     loop {
-        let zk = Zk::connect(&cfg.zk_addrs, cfg.session_timeout).await?;
-        tracing::info!(id = %cfg.id, zk = %cfg.zk_addrs, "controller connected");
-        let mut scanner = Scanner::new(
-            cfg.policy.clone(),
-            cfg.namesrv_addrs.clone(),
-            cfg.namesrv_credentials.clone(),
-            snapshot.clone(),
-        );
-        let mut leading = false;
-        let mut changes = None;
-        while zk.session_alive() {
-            if !leading {
-                leading = zk.try_lead(&cfg.id).await?;
-                if leading {
-                    tracing::info!(id = %cfg.id, "controller leads");
-                    // Without watches (ZooKeeper before 3.6) the scan interval alone drives it.
-                    changes = zk
-                        .watch_tree(crate::zk::GROUPS)
-                        .await
-                        .map_err(|e| tracing::warn!(error = %e, "no watch on the groups; polling only"))
-                        .ok();
-                }
-            }
-            if leading {
-                if let Err(e) = scanner.scan_once(&zk).await {
-                    tracing::warn!(error = %e, "scan failed");
-                }
-            }
-            match changes.as_mut() {
-                Some(w) => {
-                    tokio::select! {
-                        _ = w.changed() => {
-                            // One scan answers every change queued so far.
-                            while w.changed().now_or_never().is_some() {}
-                            tokio::time::sleep(MIN_SCAN_GAP).await;
-                        }
-                        _ = tokio::time::sleep(cfg.scan_interval) => {}
-                    }
-                }
-                None => tokio::time::sleep(cfg.scan_interval).await,
-            }
+        match session(&cfg, &snapshot).await {
+            Ok(()) => tracing::warn!(id = %cfg.id, "controller session ended; reconnecting as a standby"),
+            Err(e) if e.is_bad_address() => return Err(e),
+            Err(e) => tracing::warn!(id = %cfg.id, error = %e, "controller cannot reach ZooKeeper; retrying"),
         }
         *snapshot.lock() = Snapshot::default();
-        tracing::warn!(id = %cfg.id, "controller session ended; reconnecting as a standby");
+        tokio::time::sleep(RECONNECT_DELAY).await;
     }
+}
+
+/// One ZooKeeper session, until it ends (`Ok`) or cannot be opened.
+async fn session(cfg: &ControllerConfig, snapshot: &Arc<Mutex<Snapshot>>) -> Result<(), ZkError> {
+    let zk = Zk::connect(&cfg.zk_addrs, cfg.session_timeout).await?;
+    tracing::info!(id = %cfg.id, zk = %cfg.zk_addrs, "controller connected");
+    let mut scanner =
+        Scanner::new(cfg.policy.clone(), cfg.namesrv_addrs.clone(), cfg.namesrv_credentials.clone(), snapshot.clone());
+    let mut leading = false;
+    let mut changes = None;
+    while zk.session_alive() {
+        if !leading {
+            // A failed attempt (connection loss, a slow server) is retried
+            // next round on the same session: its ephemeral leader node, if
+            // the create did land, is recognised as ours then.
+            match zk.try_lead(&cfg.id).await {
+                Ok(now) => leading = now,
+                Err(e) => tracing::warn!(id = %cfg.id, error = %e, "leadership attempt failed; retrying"),
+            }
+            if leading {
+                tracing::info!(id = %cfg.id, "controller leads");
+                // Without watches (ZooKeeper before 3.6) the scan interval alone drives it.
+                changes = zk
+                    .watch_tree(crate::zk::GROUPS)
+                    .await
+                    .map_err(|e| tracing::warn!(error = %e, "no watch on the groups; polling only"))
+                    .ok();
+            }
+        }
+        if leading {
+            if let Err(e) = scanner.scan_once(&zk).await {
+                tracing::warn!(error = %e, "scan failed");
+            }
+        }
+        match changes.as_mut() {
+            Some(w) => {
+                tokio::select! {
+                    _ = w.changed() => {
+                        // One scan answers every change queued so far.
+                        while w.changed().now_or_never().is_some() {}
+                        tokio::time::sleep(MIN_SCAN_GAP).await;
+                    }
+                    _ = tokio::time::sleep(cfg.scan_interval) => {}
+                }
+            }
+            None => tokio::time::sleep(cfg.scan_interval).await,
+        }
+    }
+    Ok(())
 }

@@ -37,6 +37,14 @@ pub enum ZkError {
 
 pub type Result<T> = std::result::Result<T, ZkError>;
 
+impl ZkError {
+    /// A connect string the client refuses as such (not a server that is
+    /// down or slow): retrying cannot help.
+    pub fn is_bad_address(&self) -> bool {
+        matches!(self, ZkError::Connect { source: zk::Error::BadArguments(_), .. })
+    }
+}
+
 fn op<'a>(op: &'static str, path: &'a str) -> impl FnOnce(zk::Error) -> ZkError + 'a {
     move |source| ZkError::Op { op, path: path.to_string(), source }
 }

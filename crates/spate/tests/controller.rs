@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{call, raw_client, send_req, BrokerProc, Proc, ZooKeeper};
+use common::{call, free_port, raw_client, send_req, BrokerProc, Proc, ZooKeeper};
 use spate_controller::fsm::{GroupState, Liveness, ReplState};
 use spate_controller::zk::Zk;
 use spate_remoting::response;
@@ -166,6 +166,33 @@ async fn controllers_elect_promote_an_in_sync_slave_and_take_over_from_each_othe
 /// SINGLE_MASTER. Replication is paced (`haTransferBytesPerSecond`) so each
 /// state lasts long enough to be seen; every written state is in the
 /// group's history, which `spate admin ha groups` shows.
+/// A controller that cannot reach ZooKeeper (not up yet, or slow to open a
+/// session on a loaded machine) keeps trying; it used to exit at the first
+/// failed connect, leaving every group without a master for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_started_before_zookeeper_waits_for_it_and_then_leads() {
+    let _serial = SERIAL.lock().await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut early = Controller::start(&addr, "early");
+    // Nothing listens: with a 1 s session timeout, more than two connect
+    // attempts fail in this time.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(early.0.try_wait().unwrap().is_none(), "the controller exited while ZooKeeper was down");
+
+    let _zk = ZooKeeper::start_on(port);
+    let observer = Zk::connect(&addr, Duration::from_secs(5)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while observer.leader().await.unwrap().as_deref() != Some("early") {
+        assert!(Instant::now() < deadline, "the controller never led once ZooKeeper was up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And it does its work: the first broker up is elected.
+    let (_b0, _) = broker(&addr, 0, 0).await;
+    let (g, _) = wait_group(&observer, "first election", Duration::from_secs(5), |g| g.master == Some(0)).await;
+    assert_eq!(g.master_epoch, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_brokers_walk_the_group_through_every_replication_state() {
     let _serial = SERIAL.lock().await;

@@ -101,11 +101,12 @@ impl Cluster {
         if keep {
             eprintln!("failover cluster in {}", dir.path().display());
         }
+        let controller_log = dir.path().join("controller.log");
         let controller = Controller(
             Command::new(env!("CARGO_BIN_EXE_spate"))
                 .args(["controller", "--zk", &zk.addr(), "--session-timeout-ms", "1000", "--scan-interval-ms", "50"])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(&controller_log).unwrap())
                 .spawn()
                 .unwrap(),
         );
@@ -131,7 +132,15 @@ impl Cluster {
                 if g.state == ReplState::Sync && g.in_sync.len() == 3 {
                     break g;
                 }
-                assert!(Instant::now() < deadline, "the group never reached SYNC with 3 members: {g:?}");
+                if Instant::now() >= deadline {
+                    let live = observer.read_live("broker-a").await;
+                    let mut logs =
+                        format!("--- controller:\n{}", std::fs::read_to_string(&controller_log).unwrap_or_default());
+                    for (id, b) in &brokers {
+                        logs.push_str(&format!("--- broker {id}:\n{}", b.log_text()));
+                    }
+                    panic!("the group never reached SYNC with 3 members: {g:?}; live {live:?}\n{logs}");
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };

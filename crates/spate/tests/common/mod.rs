@@ -487,12 +487,17 @@ pub const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
 
 impl ZooKeeper {
     pub fn start() -> ZooKeeper {
+        ZooKeeper::start_on(free_port())
+    }
+
+    /// On a given port (one a test already handed to a process that should
+    /// find ZooKeeper there later).
+    pub fn start_on(port: u16) -> ZooKeeper {
         assert!(
             Path::new(ZOOKEEPER_JAR).exists(),
             "ZooKeeper is not installed ({ZOOKEEPER_JAR} missing): run scripts/test.sh, which installs it"
         );
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let child = Command::new("java")
             .args([
                 "-Dzookeeper.admin.enableServer=false",
