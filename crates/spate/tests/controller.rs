@@ -47,7 +47,18 @@ impl Drop for Controller {
 
 /// A broker's ZooKeeper session publishing its liveness node.
 async fn broker(zk: &str, id: i64, max_offset: u64) -> (Zk, Liveness) {
-    let s = Zk::connect(zk, Duration::from_millis(800)).await.unwrap();
+    // A session this short may fail to open on a loaded machine: try
+    // again, as a real broker does.
+    let mut tries = 0;
+    let s = loop {
+        match Zk::connect(zk, Duration::from_millis(800)).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 10, "broker {id} never opened a ZooKeeper session: {e}");
+            }
+        }
+    };
     s.ensure_group("broker-a").await.unwrap();
     let live = Liveness {
         broker_id: id,
