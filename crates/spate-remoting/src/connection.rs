@@ -330,11 +330,12 @@ impl Connection {
         if self.is_closed() {
             return Err(RemotingError::Closed(self.peer.to_string()));
         }
-        let frame = match self.write_direct(self.encode_counted(&cmd)) {
+        let bytes = match self.write_direct(self.encode_counted(&cmd)) {
             Ok(()) => return Ok(()),
-            Err(frame) => frame,
+            Err(bytes) => bytes,
         };
-        let len = frame.bytes.len();
+        let len = bytes.len();
+        let frame = Outbound { bytes, queued_at: Instant::now() };
         let sent = tokio::select! {
             r = self.outbound.send(frame) => r.is_ok(),
             _ = self.closed.cancelled() => false,
@@ -351,9 +352,11 @@ impl Connection {
     /// case of one answer (or one request) at a time costs no task wake-up
     /// and no thread hop. A frame the socket takes only part of is finished
     /// by the writer; `Err` gives the frame back to be queued (TLS, a busy
-    /// writer, frames queued already, a full socket buffer).
-    fn write_direct(&self, frame: Outbound) -> Result<(), Outbound> {
-        let len = frame.bytes.len();
+    /// writer, frames queued already, a full socket buffer). The clock is
+    /// read only for a frame that will wait (the write timeout counts from
+    /// then), not for the common one written whole.
+    fn write_direct(&self, frame: Bytes) -> Result<(), Bytes> {
+        let len = frame.len();
         // Only this frame's own bytes are counted: nothing waits before it.
         if self.outbound_bytes.load(Ordering::Acquire) != len {
             return Err(frame);
@@ -363,14 +366,14 @@ impl Connection {
             return Err(frame);
         }
         let Some(WriteSide::Plain(side)) = direct.side.as_ref() else { return Err(frame) };
-        match side.try_write(&frame.bytes) {
+        match side.try_write(&frame) {
             Ok(n) if n == len => {
                 drop(direct);
                 self.release_outbound(len);
                 Ok(())
             }
             Ok(n) => {
-                direct.rest = Some(Outbound { bytes: frame.bytes.slice(n..), queued_at: frame.queued_at });
+                direct.rest = Some(Outbound { bytes: frame.slice(n..), queued_at: Instant::now() });
                 drop(direct);
                 self.release_outbound(n);
                 self.direct_rest.notify_one();
@@ -381,14 +384,14 @@ impl Connection {
         }
     }
 
-    /// Encodes `cmd` and counts its bytes as queued (the caller queues it,
-    /// or releases the count when it cannot).
-    fn encode_counted(&self, cmd: &RemotingCommand) -> Outbound {
+    /// Encodes `cmd` and counts its bytes as queued (the caller writes or
+    /// queues it, or releases the count when it cannot).
+    fn encode_counted(&self, cmd: &RemotingCommand) -> Bytes {
         let mut buf = BytesMut::new();
         cmd.encode(&mut buf);
         let bytes = buf.freeze();
         self.outbound_bytes.fetch_add(bytes.len(), Ordering::AcqRel);
-        Outbound { bytes, queued_at: Instant::now() }
+        bytes
     }
 
     fn release_outbound(&self, bytes: usize) {
@@ -489,9 +492,9 @@ impl Connection {
         request.opaque = NEXT_OPAQUE.fetch_add(1, Ordering::Relaxed);
         request.flag |= FLAG_ONEWAY;
         self.prepare_request(&mut request);
-        let frame = self.encode_counted(&request);
-        let len = frame.bytes.len();
-        self.outbound.try_send(frame).map_err(|_| {
+        let bytes = self.encode_counted(&request);
+        let len = bytes.len();
+        self.outbound.try_send(Outbound { bytes, queued_at: Instant::now() }).map_err(|_| {
             self.release_outbound(len);
             RemotingError::TooManyInFlight(self.peer.to_string())
         })
@@ -670,6 +673,15 @@ fn closed(r: &Reading) {
 async fn read_loop(r: &Reading, frames: &mut FramedRead<ReadSide, FrameCodec>) -> Stop {
     let conn = &r.conn;
     let may_move = !r.on_lane && r.cfg.priority_lane.is_some();
+    // One wait for the close and one idle timer serve every frame: a timer
+    // armed and disarmed per frame, and a waiter added to the close's list
+    // and taken off it, cost every request a timer-wheel update, a lock
+    // and a clock read. The timer is moved on only when it fires early.
+    let closed = conn.closed.cancelled();
+    tokio::pin!(closed);
+    let idle = tokio::time::sleep(r.cfg.idle_timeout);
+    tokio::pin!(idle);
+    let mut last_frame = Instant::now();
     loop {
         // Back-pressure on a peer behind on its answers: its requests stay
         // in the kernel's buffers, not ours.
@@ -677,31 +689,39 @@ async fn read_loop(r: &Reading, frames: &mut FramedRead<ReadSide, FrameCodec>) -
             return Stop::Closed;
         }
         let next = tokio::select! {
-            _ = conn.closed.cancelled() => return Stop::Closed,
-            next = tokio::time::timeout(r.cfg.idle_timeout, frames.next()) => next,
-        };
-        let cmd = match next {
-            Err(_) => {
+            biased;
+            _ = &mut closed => return Stop::Closed,
+            next = frames.next() => next,
+            _ = &mut idle => {
+                let due = last_frame + r.cfg.idle_timeout;
+                if Instant::now() < due {
+                    idle.as_mut().reset(due.into());
+                    continue;
+                }
                 tracing::info!(peer = %conn.peer, idle_s = r.cfg.idle_timeout.as_secs(), "closing idle connection");
                 return Stop::Closed;
             }
-            Ok(None) => return Stop::Closed,
-            Ok(Some(Err(FrameError::Io(e)))) => {
+        };
+        let now = Instant::now();
+        last_frame = now;
+        let cmd = match next {
+            None => return Stop::Closed,
+            Some(Err(FrameError::Io(e))) => {
                 tracing::debug!(peer = %conn.peer, error = %e, "connection read failed");
                 return Stop::Closed;
             }
-            Ok(Some(Err(e))) => {
+            Some(Err(e)) => {
                 tracing::warn!(peer = %conn.peer, reason = %e, "closing connection after a bad frame");
                 return Stop::Closed;
             }
-            Ok(Some(Ok(Err(bad)))) => {
+            Some(Ok(Err(bad))) => {
                 if !answer_bad_header(conn, bad).await {
                     return Stop::Closed;
                 }
                 continue;
             }
-            Ok(Some(Ok(Ok(mut cmd)))) => {
-                cmd.received_at = Some(std::time::Instant::now());
+            Some(Ok(Ok(mut cmd))) => {
+                cmd.received_at = Some(now);
                 cmd
             }
         };

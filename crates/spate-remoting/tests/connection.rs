@@ -386,3 +386,44 @@ async fn a_peer_that_does_not_read_is_bounded_in_bytes_then_closed_after_the_wri
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(4), "closed only after {waited:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_silent_for_the_idle_timeout_is_closed_and_a_busy_one_is_not() {
+    let handler = Arc::new(Server { oneways: AtomicUsize::new(0) });
+    let idle = Duration::from_millis(400);
+    let cfg = ConnectionConfig { idle_timeout: idle, ..ConnectionConfig::default() };
+    let server = RemotingServer::bind("127.0.0.1:0".parse().unwrap(), cfg, handler).await.unwrap();
+    let mut busy = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    let mut quiet = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    // One request on the quiet one (a connection is served from its first
+    // byte on: admission has a timeout of its own), then nothing.
+    let mut r = RemotingCommand::request(ECHO);
+    r.opaque = 100;
+    quiet.write_all(&r.to_bytes()).await.unwrap();
+    assert_eq!(read_answers(&mut quiet, 1).await[0].opaque, 100);
+    // A request every 100 ms for three idle timeouts: every one answered.
+    for i in 0..12 {
+        let mut r = RemotingCommand::request(ECHO);
+        r.opaque = i;
+        busy.write_all(&r.to_bytes()).await.unwrap();
+        let answers = read_answers(&mut busy, 1).await;
+        assert_eq!(answers[0].opaque, i, "the busy connection's request {i} was not answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The silent one was closed meanwhile: its read sees the end at once.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_millis(200), quiet.read(&mut buf))
+        .await
+        .expect("a connection silent for three idle timeouts is still open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // Once silent, the busy one goes too, about one idle timeout later.
+    let silent_from = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(3), busy.read(&mut buf))
+        .await
+        .expect("the busy connection, silent now, was never closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let after = silent_from.elapsed();
+    assert!(after >= idle - Duration::from_millis(150) && after < idle * 3, "closed {after:?} after its last frame");
+}
