@@ -501,7 +501,7 @@ impl ZooKeeper {
         let child = Command::new("java")
             .args([
                 "-Dzookeeper.admin.enableServer=false",
-                "-Dzookeeper.4lw.commands.whitelist=ruok",
+                "-Dzookeeper.4lw.commands.whitelist=srvr",
                 "-cp",
                 ZOOKEEPER_JAR,
                 "org.apache.zookeeper.server.ZooKeeperServerMain",
@@ -514,7 +514,10 @@ impl ZooKeeper {
             .spawn()
             .expect("spawn java (ZooKeeper)");
         let zk = ZooKeeper { child: Some(child), port, _dir: dir };
-        // Ready when it answers "imok".
+        // Ready when it serves requests: `srvr` then reports its mode.
+        // (`ruok` answers "imok" earlier, while the server still refuses
+        // sessions -- "not currently serving requests" -- and a process
+        // that connected then could fail its first session.)
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
@@ -522,11 +525,11 @@ impl ZooKeeper {
                 // A server still starting may accept and not answer yet.
                 let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut out = String::new();
-                if s.write_all(b"ruok").is_ok() && s.read_to_string(&mut out).is_ok() && out == "imok" {
+                if s.write_all(b"srvr").is_ok() && s.read_to_string(&mut out).is_ok() && out.contains("Mode:") {
                     return zk;
                 }
             }
-            assert!(Instant::now() < deadline, "ZooKeeper on port {port} never became ready");
+            assert!(Instant::now() < deadline, "ZooKeeper on port {port} never began serving");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
