@@ -693,9 +693,13 @@ async fn read_loop(r: &Reading, frames: &mut FramedRead<ReadSide, FrameCodec>) -
             _ = &mut closed => return Stop::Closed,
             next = frames.next() => next,
             _ = &mut idle => {
-                let due = last_frame + r.cfg.idle_timeout;
-                if Instant::now() < due {
-                    idle.as_mut().reset(due.into());
+                // (A timeout too large to add to an instant never ends:
+                // the timer is set about 30 years out, as tokio's own are.)
+                let due = last_frame.checked_add(r.cfg.idle_timeout);
+                if due.is_none_or(|due| Instant::now() < due) {
+                    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30);
+                    let next = due.map_or_else(far, Into::into);
+                    idle.as_mut().reset(next);
                     continue;
                 }
                 tracing::info!(peer = %conn.peer, idle_s = r.cfg.idle_timeout.as_secs(), "closing idle connection");

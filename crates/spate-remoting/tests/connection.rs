@@ -427,3 +427,17 @@ async fn a_connection_silent_for_the_idle_timeout_is_closed_and_a_busy_one_is_no
     let after = silent_from.elapsed();
     assert!(after >= idle - Duration::from_millis(150) && after < idle * 3, "closed {after:?} after its last frame");
 }
+
+#[tokio::test]
+async fn an_idle_timeout_too_large_for_the_clock_means_never() {
+    let handler = Arc::new(Server { oneways: AtomicUsize::new(0) });
+    let cfg = ConnectionConfig { idle_timeout: Duration::MAX, ..ConnectionConfig::default() };
+    let server = RemotingServer::bind("127.0.0.1:0".parse().unwrap(), cfg, handler).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    for i in 0..3 {
+        let mut r = RemotingCommand::request(ECHO);
+        r.opaque = i;
+        s.write_all(&r.to_bytes()).await.unwrap();
+        assert_eq!(read_answers(&mut s, 1).await[0].opaque, i);
+    }
+}
