@@ -262,20 +262,23 @@ pub fn now_ms() -> u64 {
 }
 
 /// Runs until the task is dropped. A lost session is replaced by a fresh
-/// one (as a standby), and so is a session that could not be opened or
-/// failed an operation before it led (ZooKeeper not yet up, slow or
-/// unreachable): the controller keeps trying every [`RECONNECT_DELAY`]
-/// rather than exit. Only a connect string ZooKeeper's client rejects
+/// one (as a standby) at once; a session that could not be opened
+/// (ZooKeeper not yet up, slow or unreachable) is tried again every
+/// [`RECONNECT_DELAY`] rather than exit. Only a connect string ZooKeeper's client rejects
 /// outright ends it. `snapshot` is kept current for `/metrics`.
 pub async fn run(cfg: ControllerConfig, snapshot: Arc<Mutex<Snapshot>>) -> Result<(), ZkError> {
     loop {
-        match session(&cfg, &snapshot).await {
+        let result = session(&cfg, &snapshot).await;
+        *snapshot.lock() = Snapshot::default();
+        match result {
+            // At once: a group may be waiting for its election.
             Ok(()) => tracing::warn!(id = %cfg.id, "controller session ended; reconnecting as a standby"),
             Err(e) if e.is_bad_address() => return Err(e),
-            Err(e) => tracing::warn!(id = %cfg.id, error = %e, "controller cannot reach ZooKeeper; retrying"),
+            Err(e) => {
+                tracing::warn!(id = %cfg.id, error = %e, "controller cannot reach ZooKeeper; retrying");
+                tokio::time::sleep(RECONNECT_DELAY).await;
+            }
         }
-        *snapshot.lock() = Snapshot::default();
-        tokio::time::sleep(RECONNECT_DELAY).await;
     }
 }
 
