@@ -29,7 +29,7 @@ use crate::zk::{Zk, ZkError};
 const NAMESRV_TIMEOUT: Duration = Duration::from_secs(1);
 /// Shortest pause between two scans, however often the watch fires.
 const MIN_SCAN_GAP: Duration = Duration::from_millis(5);
-/// Pause before a new ZooKeeper session after one ended or failed to open.
+/// Pause before trying again to open a ZooKeeper session that failed to open.
 pub const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
 /// Settings of `spate controller`.
@@ -264,8 +264,9 @@ pub fn now_ms() -> u64 {
 /// Runs until the task is dropped. A lost session is replaced by a fresh
 /// one (as a standby) at once; a session that could not be opened
 /// (ZooKeeper not yet up, slow or unreachable) is tried again every
-/// [`RECONNECT_DELAY`] rather than exit. Only a connect string ZooKeeper's client rejects
-/// outright ends it. `snapshot` is kept current for `/metrics`.
+/// [`RECONNECT_DELAY`] rather than exit. Only a connect string ZooKeeper's
+/// client rejects outright ends it. `snapshot` is kept current for
+/// `/metrics`.
 pub async fn run(cfg: ControllerConfig, snapshot: Arc<Mutex<Snapshot>>) -> Result<(), ZkError> {
     loop {
         let result = session(&cfg, &snapshot).await;
