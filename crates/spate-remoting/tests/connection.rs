@@ -390,7 +390,9 @@ async fn a_peer_that_does_not_read_is_bounded_in_bytes_then_closed_after_the_wri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_silent_for_the_idle_timeout_is_closed_and_a_busy_one_is_not() {
     let handler = Arc::new(Server { oneways: AtomicUsize::new(0) });
-    let idle = Duration::from_millis(400);
+    // Wide enough that a loaded machine's stall between two requests 100 ms
+    // apart does not pass for idleness.
+    let idle = Duration::from_millis(800);
     let cfg = ConnectionConfig { idle_timeout: idle, ..ConnectionConfig::default() };
     let server = RemotingServer::bind("127.0.0.1:0".parse().unwrap(), cfg, handler).await.unwrap();
     let mut busy = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
@@ -402,7 +404,7 @@ async fn a_connection_silent_for_the_idle_timeout_is_closed_and_a_busy_one_is_no
     quiet.write_all(&r.to_bytes()).await.unwrap();
     assert_eq!(read_answers(&mut quiet, 1).await[0].opaque, 100);
     // A request every 100 ms for three idle timeouts: every one answered.
-    for i in 0..12 {
+    for i in 0..24 {
         let mut r = RemotingCommand::request(ECHO);
         r.opaque = i;
         busy.write_all(&r.to_bytes()).await.unwrap();
