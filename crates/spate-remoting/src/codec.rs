@@ -13,6 +13,13 @@ pub const DEFAULT_FRAME_MAX_LENGTH: usize = 16 * 1024 * 1024;
 /// Most bytes reserved ahead of a partly received frame.
 const RESERVE_AHEAD_MAX: usize = 64 * 1024;
 
+/// Room for the next read once a frame is taken out of the buffer: below
+/// `READ_ROOM_MIN` free bytes the buffer grows by `READ_ROOM`, so the next
+/// read takes an ordinary frame whole. (With only what was left, every few
+/// frames were read in two parts: two reads for one request.)
+const READ_ROOM_MIN: usize = 4 * 1024;
+const READ_ROOM: usize = 16 * 1024;
+
 /// Frame codec for `tokio_util::codec::Framed`. An item is a command, or
 /// a whole frame whose header fields are out of range ([`BadHeader`]):
 /// the stream stays in step after one, so the connection can answer it
@@ -52,6 +59,9 @@ impl Decoder for FrameCodec {
         }
         src.advance(4);
         let frame = src.split_to(len).freeze();
+        if src.capacity() - src.len() < READ_ROOM_MIN {
+            src.reserve(READ_ROOM);
+        }
         RemotingCommand::decode(frame).map(Some)
     }
 }
@@ -87,6 +97,23 @@ mod tests {
             }
         }
         assert_eq!(out, vec![a, b]);
+    }
+
+    #[test]
+    fn a_frame_taken_out_leaves_room_for_the_next_whole() {
+        let mut codec = FrameCodec::new(DEFAULT_FRAME_MAX_LENGTH);
+        let frame = RemotingCommand::request(1).with_body(vec![7u8; 1024]).to_bytes();
+        // A buffer the frame fills almost to the end, as a read leaves it.
+        let mut buf = BytesMut::with_capacity(frame.len() + 100);
+        buf.put_slice(&frame);
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        assert!(buf.capacity() - buf.len() >= READ_ROOM_MIN, "room for {} bytes", buf.capacity() - buf.len());
+        // A buffer with room to spare is left as it is (no allocation).
+        let mut buf = BytesMut::with_capacity(frame.len() + 2 * READ_ROOM);
+        buf.put_slice(&frame);
+        let before = buf.capacity() - frame.len();
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        assert_eq!(buf.capacity(), before);
     }
 
     #[test]
