@@ -459,10 +459,10 @@ impl Connection {
     }
 
     /// While the queued bytes are at the high water mark, waits for them
-    /// to fall below the low one. False when the connection closed.
-    async fn wait_for_drain(&self) -> bool {
+    /// to fall below the low one.
+    async fn wait_for_drain(&self) -> Drain {
         if self.outbound_bytes() < self.write_buffer_high_water_mark {
-            return true;
+            return Drain::Ready;
         }
         tracing::debug!(peer = %self.peer, queued = self.outbound_bytes(), "peer is behind on its answers; reading paused");
         loop {
@@ -470,11 +470,11 @@ impl Connection {
             tokio::pin!(drained);
             drained.as_mut().enable();
             if self.outbound_bytes() < self.write_buffer_low_water_mark {
-                return true;
+                return Drain::Waited;
             }
             tokio::select! {
                 _ = drained => {}
-                _ = self.closed.cancelled() => return false,
+                _ = self.closed.cancelled() => return Drain::Closed,
             }
         }
     }
@@ -550,6 +550,15 @@ struct Reading {
     home: tokio::runtime::Handle,
     on_lane: bool,
     cfg: ConnectionConfig,
+}
+
+/// What waiting for the peer to take its answers came to.
+enum Drain {
+    /// Nothing to wait for.
+    Ready,
+    /// Reading was paused until the queue drained.
+    Waited,
+    Closed,
 }
 
 /// Why a reader stopped.
@@ -638,7 +647,7 @@ async fn serve_on_lane(
     let mut next = Some(Ok(first));
     while let Some(decoded) = next.take() {
         let going = match decoded {
-            Ok(cmd) => dispatch(&r, cmd).await,
+            Ok(cmd) => !matches!(dispatch(&r, cmd).await, Dispatched::Closed),
             Err(bad) => answer_bad_header(&r.conn, bad).await,
         };
         if !going {
@@ -677,37 +686,40 @@ async fn read_loop(r: &Reading, frames: &mut FramedRead<ReadSide, FrameCodec>) -
     // armed and disarmed per frame, and a waiter added to the close's list
     // and taken off it, cost every request a timer-wheel update, a lock
     // and a clock read. The timer is moved on only when it fires early.
+    // Idle is time with nothing read while reading could go on: a pause
+    // for back-pressure (below, and in `dispatch`) starts it again.
     let closed = conn.closed.cancelled();
     tokio::pin!(closed);
     let idle = tokio::time::sleep(r.cfg.idle_timeout);
     tokio::pin!(idle);
-    let mut last_frame = Instant::now();
+    let mut active = tokio::time::Instant::now();
     loop {
         // Back-pressure on a peer behind on its answers: its requests stay
         // in the kernel's buffers, not ours.
-        if !conn.wait_for_drain().await {
-            return Stop::Closed;
+        match conn.wait_for_drain().await {
+            Drain::Ready => {}
+            Drain::Waited => active = tokio::time::Instant::now(),
+            Drain::Closed => return Stop::Closed,
         }
         let next = tokio::select! {
             biased;
             _ = &mut closed => return Stop::Closed,
             next = frames.next() => next,
             _ = &mut idle => {
-                // (A timeout too large to add to an instant never ends:
-                // the timer is set about 30 years out, as tokio's own are.)
-                let due = last_frame.checked_add(r.cfg.idle_timeout);
-                if due.is_none_or(|due| Instant::now() < due) {
-                    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30);
-                    let next = due.map_or_else(far, Into::into);
-                    idle.as_mut().reset(next);
-                    continue;
+                match idle_until(active, r.cfg.idle_timeout, tokio::time::Instant::now()) {
+                    Some(later) => {
+                        idle.as_mut().reset(later);
+                        continue;
+                    }
+                    None => {
+                        tracing::info!(peer = %conn.peer, idle_s = r.cfg.idle_timeout.as_secs(), "closing idle connection");
+                        return Stop::Closed;
+                    }
                 }
-                tracing::info!(peer = %conn.peer, idle_s = r.cfg.idle_timeout.as_secs(), "closing idle connection");
-                return Stop::Closed;
             }
         };
-        let now = Instant::now();
-        last_frame = now;
+        let now = tokio::time::Instant::now();
+        active = now;
         let cmd = match next {
             None => return Stop::Closed,
             Some(Err(FrameError::Io(e))) => {
@@ -722,19 +734,37 @@ async fn read_loop(r: &Reading, frames: &mut FramedRead<ReadSide, FrameCodec>) -
                 if !answer_bad_header(conn, bad).await {
                     return Stop::Closed;
                 }
+                active = tokio::time::Instant::now();
                 continue;
             }
             Some(Ok(Ok(mut cmd))) => {
-                cmd.received_at = Some(now);
+                cmd.received_at = Some(now.into_std());
                 cmd
             }
         };
         if may_move && !cmd.is_response() && r.handler.as_ref().is_some_and(|h| h.is_priority(&cmd)) {
             return Stop::ToLane(cmd);
         }
-        if !dispatch(r, cmd).await {
-            return Stop::Closed;
+        match dispatch(r, cmd).await {
+            Dispatched::Now => {}
+            Dispatched::AfterWait => active = tokio::time::Instant::now(),
+            Dispatched::Closed => return Stop::Closed,
         }
+    }
+}
+
+/// When a connection last active at `active` is idle, if not yet at `now`;
+/// `None`: it is idle now. A timeout too large to add to the clock never
+/// ends (the time is set about 30 years out, as tokio's own far timers).
+fn idle_until(
+    active: tokio::time::Instant,
+    timeout: Duration,
+    now: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    match active.checked_add(timeout) {
+        Some(due) if due <= now => None,
+        Some(due) => Some(due),
+        None => Some(now + Duration::from_secs(86_400 * 365 * 30)),
     }
 }
 
@@ -758,25 +788,32 @@ async fn answer_bad_header(conn: &Arc<Connection>, bad: BadHeader) -> bool {
 /// Hands one frame to its place: a response to the request waiting for it,
 /// a request to the handler (on the lane if it is priority traffic and the
 /// connection is there, otherwise on the connection's home runtime).
-/// False when the connection closed meanwhile.
-async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> bool {
+async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> Dispatched {
     let conn = &r.conn;
     cmd.received_at.get_or_insert_with(std::time::Instant::now);
     tracing::trace!(peer = %conn.peer, code = cmd.code, response = cmd.is_response(), header = ?cmd.serialize_type, "frame");
     if cmd.is_response() {
         conn.complete(cmd);
-        return true;
+        return Dispatched::Now;
     }
     let Some(handler) = r.handler.clone() else {
         tracing::debug!(peer = %conn.peer, code = cmd.code, "request on a connection without a handler");
-        return true;
+        return Dispatched::Now;
     };
     let run_here = !r.on_lane || handler.is_priority(&cmd);
     // Waiting for a permit stops reading: back-pressure to a peer that
-    // sends faster than we process.
-    let permit = tokio::select! {
-        _ = conn.closed.cancelled() => return false,
-        p = r.in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return false },
+    // sends faster than we process. A free permit is taken without a wait
+    // (nor a waiter on the close's list).
+    let (permit, dispatched) = match r.in_flight.clone().try_acquire_owned() {
+        Ok(p) => (p, Dispatched::Now),
+        Err(tokio::sync::TryAcquireError::Closed) => return Dispatched::Closed,
+        Err(tokio::sync::TryAcquireError::NoPermits) => {
+            let p = tokio::select! {
+                _ = conn.closed.cancelled() => return Dispatched::Closed,
+                p = r.in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Dispatched::Closed },
+            };
+            (p, Dispatched::AfterWait)
+        }
     };
     let conn2 = conn.clone();
     let task = async move {
@@ -805,7 +842,7 @@ async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> bool {
     };
     if !run_here {
         r.home.spawn(task);
-        return true;
+        return dispatched;
     }
     // Run to completion: a request that need not wait (a send with
     // asynchronous flush, a pull that finds data, a route or a heartbeat)
@@ -821,7 +858,16 @@ async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> bool {
     if spate_common::wake::hold_wakeups(|| task.as_mut().poll(&mut cx).is_pending()) {
         tokio::spawn(task);
     }
-    true
+    dispatched
+}
+
+/// How a frame was handed on.
+enum Dispatched {
+    Now,
+    /// After a wait for a place among the requests in flight.
+    AfterWait,
+    /// The connection closed meanwhile.
+    Closed,
 }
 
 /// Writes queued frames, several in one vectored write. With a `handover`
@@ -1015,6 +1061,17 @@ impl Buf for Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_idle_timer_moves_on_closes_when_due_and_never_overflows() {
+        let t0 = tokio::time::Instant::now();
+        let idle = Duration::from_secs(10);
+        assert_eq!(idle_until(t0, idle, t0 + Duration::from_secs(3)), Some(t0 + idle));
+        assert_eq!(idle_until(t0, idle, t0 + idle), None);
+        assert_eq!(idle_until(t0, idle, t0 + Duration::from_secs(11)), None);
+        let far = idle_until(t0, Duration::MAX, t0).expect("a timeout past the clock's end never ends");
+        assert!(far > t0 + Duration::from_secs(86_400 * 365 * 10));
+    }
 
     #[test]
     fn a_batch_advances_across_frames() {
