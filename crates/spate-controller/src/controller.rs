@@ -29,7 +29,9 @@ use crate::zk::{Zk, ZkError};
 const NAMESRV_TIMEOUT: Duration = Duration::from_secs(1);
 /// Shortest pause between two scans, however often the watch fires.
 const MIN_SCAN_GAP: Duration = Duration::from_millis(5);
-/// Pause before trying again to open a ZooKeeper session that failed to open.
+/// Pause before trying again to open a ZooKeeper session that failed to
+/// open, and the shortest a session may last before the next one opens
+/// at once (one that keeps ending as soon as it opens must not spin).
 pub const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
 /// Settings of `spate controller`.
@@ -263,17 +265,21 @@ pub fn now_ms() -> u64 {
 
 /// Runs until the task is dropped. A lost session is replaced by a fresh
 /// one (as a standby) at once; a session that could not be opened
-/// (ZooKeeper not yet up, slow or unreachable) is tried again every
-/// [`RECONNECT_DELAY`] rather than exit. Only a connect string ZooKeeper's
-/// client rejects outright ends it. `snapshot` is kept current for
-/// `/metrics`.
+/// (ZooKeeper not yet up, slow or unreachable; an attempt lasts up to the
+/// session timeout) is tried again [`RECONNECT_DELAY`] later rather than
+/// exit. Only a connect string ZooKeeper's client rejects outright ends
+/// it. `snapshot` is kept current for `/metrics`.
 pub async fn run(cfg: ControllerConfig, snapshot: Arc<Mutex<Snapshot>>) -> Result<(), ZkError> {
     loop {
+        let began = tokio::time::Instant::now();
         let result = session(&cfg, &snapshot).await;
         *snapshot.lock() = Snapshot::default();
         match result {
             // At once: a group may be waiting for its election.
-            Ok(()) => tracing::warn!(id = %cfg.id, "controller session ended; reconnecting as a standby"),
+            Ok(()) => {
+                tracing::warn!(id = %cfg.id, "controller session ended; reconnecting as a standby");
+                tokio::time::sleep_until(began + RECONNECT_DELAY).await;
+            }
             Err(e) if e.is_bad_address() => return Err(e),
             Err(e) => {
                 tracing::warn!(id = %cfg.id, error = %e, "controller cannot reach ZooKeeper; retrying");
@@ -291,14 +297,24 @@ async fn session(cfg: &ControllerConfig, snapshot: &Arc<Mutex<Snapshot>>) -> Res
         Scanner::new(cfg.policy.clone(), cfg.namesrv_addrs.clone(), cfg.namesrv_credentials.clone(), snapshot.clone());
     let mut leading = false;
     let mut changes = None;
+    let mut failed_attempts: u64 = 0;
     while zk.session_alive() {
         if !leading {
             // A failed attempt (connection loss, a slow server) is retried
             // next round on the same session: its ephemeral leader node, if
-            // the create did land, is recognised as ours then.
+            // the create did land, is recognised as ours then. Logged at
+            // the 1st, 2nd, 4th, 8th ... failure in a row, not every round.
             match zk.try_lead(&cfg.id).await {
-                Ok(now) => leading = now,
-                Err(e) => tracing::warn!(id = %cfg.id, error = %e, "leadership attempt failed; retrying"),
+                Ok(now) => {
+                    leading = now;
+                    failed_attempts = 0;
+                }
+                Err(e) => {
+                    failed_attempts += 1;
+                    if failed_attempts.is_power_of_two() {
+                        tracing::warn!(id = %cfg.id, error = %e, failed_attempts, "leadership attempt failed; retrying");
+                    }
+                }
             }
             if leading {
                 tracing::info!(id = %cfg.id, "controller leads");

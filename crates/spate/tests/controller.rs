@@ -171,12 +171,6 @@ async fn controllers_elect_promote_an_in_sync_slave_and_take_over_from_each_othe
     drop(c2.take());
 }
 
-/// With real brokers: a master alone is SINGLE_MASTER; a slave that joins
-/// far behind makes the group ASYNC, nearly caught up SEMI_SYNC, holding
-/// every acknowledged write SYNC; when it dies the group goes back to
-/// SINGLE_MASTER. Replication is paced (`haTransferBytesPerSecond`) so each
-/// state lasts long enough to be seen; every written state is in the
-/// group's history, which `spate admin ha groups` shows.
 /// A controller that cannot reach ZooKeeper (not up yet, or slow to open a
 /// session on a loaded machine) keeps trying; it used to exit at the first
 /// failed connect, leaving every group without a master for good.
@@ -186,8 +180,9 @@ async fn a_controller_started_before_zookeeper_waits_for_it_and_then_leads() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut early = Controller::start(&addr, "early");
-    // Nothing listens: with a 1 s session timeout, more than two connect
-    // attempts fail in this time.
+    // Nothing listens: with a 1 s session timeout and a 500 ms pause, at
+    // least one connect attempt fails in this time (the old controller
+    // exited at the first).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(early.0.try_wait().unwrap().is_none(), "the controller exited while ZooKeeper was down");
 
@@ -204,6 +199,12 @@ async fn a_controller_started_before_zookeeper_waits_for_it_and_then_leads() {
     assert_eq!(g.master_epoch, 1);
 }
 
+/// With real brokers: a master alone is SINGLE_MASTER; a slave that joins
+/// far behind makes the group ASYNC, nearly caught up SEMI_SYNC, holding
+/// every acknowledged write SYNC; when it dies the group goes back to
+/// SINGLE_MASTER. Replication is paced (`haTransferBytesPerSecond`) so each
+/// state lasts long enough to be seen; every written state is in the
+/// group's history, which `spate admin ha groups` shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_brokers_walk_the_group_through_every_replication_state() {
     let _serial = SERIAL.lock().await;

@@ -128,19 +128,22 @@ impl Cluster {
         let observer = Zk::connect(&zk.addr(), Duration::from_secs(5)).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let first = loop {
-            if let Ok((g, _)) = observer.read_group("broker-a").await {
+            // (Not there until the first broker creates it.)
+            let group = observer.read_group("broker-a").await;
+            if let Ok((g, _)) = &group {
                 if g.state == ReplState::Sync && g.in_sync.len() == 3 {
-                    break g;
+                    break g.clone();
                 }
-                if Instant::now() >= deadline {
-                    let live = observer.read_live("broker-a").await;
-                    let mut logs =
-                        format!("--- controller:\n{}", std::fs::read_to_string(&controller_log).unwrap_or_default());
-                    for (id, b) in &brokers {
-                        logs.push_str(&format!("--- broker {id}:\n{}", b.log_text()));
-                    }
-                    panic!("the group never reached SYNC with 3 members: {g:?}; live {live:?}\n{logs}");
+            }
+            if Instant::now() >= deadline {
+                let g = group.map(|(g, _)| g);
+                let live = observer.read_live("broker-a").await;
+                let mut logs =
+                    format!("--- controller:\n{}", std::fs::read_to_string(&controller_log).unwrap_or_default());
+                for (id, b) in &brokers {
+                    logs.push_str(&format!("--- broker {id}:\n{}", b.log_text()));
                 }
+                panic!("the group never reached SYNC with 3 members: {g:?}; live {live:?}\n{logs}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
