@@ -275,7 +275,8 @@ pub async fn run(cfg: ControllerConfig, snapshot: Arc<Mutex<Snapshot>>) -> Resul
         let result = session(&cfg, &snapshot).await;
         *snapshot.lock() = Snapshot::default();
         match result {
-            // At once: a group may be waiting for its election.
+            // At once, a group may be waiting for its election (unless that
+            // session lasted under RECONNECT_DELAY: no tight loop).
             Ok(()) => {
                 tracing::warn!(id = %cfg.id, "controller session ended; reconnecting as a standby");
                 tokio::time::sleep_until(began + RECONNECT_DELAY).await;
