@@ -460,9 +460,9 @@ impl Connection {
 
     /// While the queued bytes are at the high water mark, waits for them
     /// to fall below the low one.
-    async fn wait_for_drain(&self) -> Drain {
+    async fn wait_for_drain(&self) -> Paused {
         if self.outbound_bytes() < self.write_buffer_high_water_mark {
-            return Drain::Ready;
+            return Paused::No;
         }
         tracing::debug!(peer = %self.peer, queued = self.outbound_bytes(), "peer is behind on its answers; reading paused");
         loop {
@@ -470,11 +470,11 @@ impl Connection {
             tokio::pin!(drained);
             drained.as_mut().enable();
             if self.outbound_bytes() < self.write_buffer_low_water_mark {
-                return Drain::Waited;
+                return Paused::Yes;
             }
             tokio::select! {
                 _ = drained => {}
-                _ = self.closed.cancelled() => return Drain::Closed,
+                _ = self.closed.cancelled() => return Paused::Closed,
             }
         }
     }
@@ -552,12 +552,13 @@ struct Reading {
     cfg: ConnectionConfig,
 }
 
-/// What waiting for the peer to take its answers came to.
-enum Drain {
-    /// Nothing to wait for.
-    Ready,
-    /// Reading was paused until the queue drained.
-    Waited,
+/// How a step that may pause reading went (waiting for the peer to take
+/// its answers, or for a place among the requests in flight): the read
+/// loop's idle time starts again after a pause.
+enum Paused {
+    No,
+    Yes,
+    /// The connection closed meanwhile.
     Closed,
 }
 
@@ -647,7 +648,7 @@ async fn serve_on_lane(
     let mut next = Some(Ok(first));
     while let Some(decoded) = next.take() {
         let going = match decoded {
-            Ok(cmd) => !matches!(dispatch(&r, cmd).await, Dispatched::Closed),
+            Ok(cmd) => !matches!(dispatch(&r, cmd).await, Paused::Closed),
             Err(bad) => answer_bad_header(&r.conn, bad).await,
         };
         if !going {
@@ -697,9 +698,9 @@ async fn read_loop(r: &Reading, frames: &mut FramedRead<ReadSide, FrameCodec>) -
         // Back-pressure on a peer behind on its answers: its requests stay
         // in the kernel's buffers, not ours.
         match conn.wait_for_drain().await {
-            Drain::Ready => {}
-            Drain::Waited => active = tokio::time::Instant::now(),
-            Drain::Closed => return Stop::Closed,
+            Paused::No => {}
+            Paused::Yes => active = tokio::time::Instant::now(),
+            Paused::Closed => return Stop::Closed,
         }
         let next = tokio::select! {
             biased;
@@ -746,9 +747,9 @@ async fn read_loop(r: &Reading, frames: &mut FramedRead<ReadSide, FrameCodec>) -
             return Stop::ToLane(cmd);
         }
         match dispatch(r, cmd).await {
-            Dispatched::Now => {}
-            Dispatched::AfterWait => active = tokio::time::Instant::now(),
-            Dispatched::Closed => return Stop::Closed,
+            Paused::No => {}
+            Paused::Yes => active = tokio::time::Instant::now(),
+            Paused::Closed => return Stop::Closed,
         }
     }
 }
@@ -788,31 +789,31 @@ async fn answer_bad_header(conn: &Arc<Connection>, bad: BadHeader) -> bool {
 /// Hands one frame to its place: a response to the request waiting for it,
 /// a request to the handler (on the lane if it is priority traffic and the
 /// connection is there, otherwise on the connection's home runtime).
-async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> Dispatched {
+async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> Paused {
     let conn = &r.conn;
     cmd.received_at.get_or_insert_with(std::time::Instant::now);
     tracing::trace!(peer = %conn.peer, code = cmd.code, response = cmd.is_response(), header = ?cmd.serialize_type, "frame");
     if cmd.is_response() {
         conn.complete(cmd);
-        return Dispatched::Now;
+        return Paused::No;
     }
     let Some(handler) = r.handler.clone() else {
         tracing::debug!(peer = %conn.peer, code = cmd.code, "request on a connection without a handler");
-        return Dispatched::Now;
+        return Paused::No;
     };
     let run_here = !r.on_lane || handler.is_priority(&cmd);
     // Waiting for a permit stops reading: back-pressure to a peer that
     // sends faster than we process. A free permit is taken without a wait
     // (nor a waiter on the close's list).
     let (permit, dispatched) = match r.in_flight.clone().try_acquire_owned() {
-        Ok(p) => (p, Dispatched::Now),
-        Err(tokio::sync::TryAcquireError::Closed) => return Dispatched::Closed,
+        Ok(p) => (p, Paused::No),
+        Err(tokio::sync::TryAcquireError::Closed) => return Paused::Closed,
         Err(tokio::sync::TryAcquireError::NoPermits) => {
             let p = tokio::select! {
-                _ = conn.closed.cancelled() => return Dispatched::Closed,
-                p = r.in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Dispatched::Closed },
+                _ = conn.closed.cancelled() => return Paused::Closed,
+                p = r.in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Paused::Closed },
             };
-            (p, Dispatched::AfterWait)
+            (p, Paused::Yes)
         }
     };
     let conn2 = conn.clone();
@@ -859,15 +860,6 @@ async fn dispatch(r: &Reading, mut cmd: RemotingCommand) -> Dispatched {
         tokio::spawn(task);
     }
     dispatched
-}
-
-/// How a frame was handed on.
-enum Dispatched {
-    Now,
-    /// After a wait for a place among the requests in flight.
-    AfterWait,
-    /// The connection closed meanwhile.
-    Closed,
 }
 
 /// Writes queued frames, several in one vectored write. With a `handover`
